@@ -1,0 +1,683 @@
+//! The configuration file (`config.toml`): every key of SPEC, with its default.
+//!
+//! A file is checked key by key so that one run reports every mistake, each with its
+//! dotted key and the line it is on: the whole section is deserialised first, and only
+//! when that fails is each key tried alone to find which ones are wrong.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// The whole configuration; `Config::default()` is the built-in loopback setup.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub turn: TurnConfig,
+    pub http: HttpConfig,
+    pub rooms: RoomsConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// IPv4 address put into XOR-RELAYED-ADDRESS and ICE candidates.
+    pub public_ip: Ipv4Addr,
+    /// The same for IPv6; `None` ("" in the file) means the relay address itself.
+    #[serde(deserialize_with = "optional_ipv6")]
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Data-plane threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            public_ip: Ipv4Addr::LOCALHOST,
+            public_ipv6: None,
+            workers: 0,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The number of data-plane workers to start.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub listen: Vec<ListenAddr>,
+    pub tls_listen: Vec<ListenAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub realm: String,
+    pub auth_secret: String,
+    pub users: BTreeMap<String, String>,
+    pub relay_ports: PortRange,
+    pub relay_ips: Vec<IpAddr>,
+    pub allow_loopback_peers: bool,
+    pub allowed_peers: Vec<Cidr>,
+    pub denied_peers: Vec<Cidr>,
+    /// TCP and TLS client connections held at once; more are refused at accept.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            listen: vec![ListenAddr(SocketAddr::from((Ipv4Addr::LOCALHOST, 3478)))],
+            tls_listen: Vec::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            realm: "confnode".to_owned(),
+            auth_secret: String::new(),
+            users: BTreeMap::new(),
+            relay_ports: PortRange {
+                first: 49152,
+                last: 65535,
+            },
+            relay_ips: Vec::new(),
+            allow_loopback_peers: false,
+            allowed_peers: Vec::new(),
+            denied_peers: Vec::new(),
+            max_tcp_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub public_url: PublicUrl,
+    pub jwt_secret: String,
+    pub hosts: Vec<HostAccount>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            public_url: PublicUrl("http://localhost:8080".to_owned()),
+            jwt_secret: String::new(),
+            hosts: Vec::new(),
+        }
+    }
+}
+
+/// A host account that may create rooms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostAccount {
+    pub name: String,
+    pub password_hash: PasswordHash,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    pub ttl_hours: u32,
+    pub max_participants: u32,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            ttl_hours: 24,
+            max_participants: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("confnode-data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub retention_days: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: LogLevel::Info,
+            retention_days: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_tracing(self) -> tracing::Level {
+        match self {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+/// A listen address: `"127.0.0.1:3478"`, `"[::1]:3478"`, or `":443"` for every IPv4
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Some(port) = s.strip_prefix(':') {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("invalid port in listen address {s:?}"))?;
+            return Ok(ListenAddr(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))));
+        }
+        s.parse().map(ListenAddr).map_err(|_| {
+            format!(
+                "invalid listen address {s:?}: expected \"IP:PORT\", \"[IPv6]:PORT\" or \":PORT\""
+            )
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ListenAddr::try_from(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An inclusive UDP port range for relay sockets, written `"49152-65535"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_port_range(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let bad = || format!("invalid port range {s:?}: expected \"FIRST-LAST\", e.g. \"49152-65535\"");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let first: u16 = a.trim().parse().map_err(|_| bad())?;
+    let last: u16 = b.trim().parse().map_err(|_| bad())?;
+    if first == 0 || first > last {
+        return Err(format!(
+            "invalid port range {s:?}: the first port must be at least 1 and not above the last"
+        ));
+    }
+    Ok(PortRange { first, last })
+}
+
+/// An address block, `"10.0.0.0/8"`, `"2001:db8::/32"`, or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this block (families must match; callers canonicalise first).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid address block {s:?}: expected \"ADDRESS/PREFIX\"");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(format!("invalid address block {s:?}: prefix above {max}"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The base URL of the room links handed out (`http://` or `https://`, no trailing `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl(pub String);
+
+impl<'de> Deserialize<'de> for PublicUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let rest = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid URL {s:?}: must start with http:// or https://"
+                ))
+            })?;
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(serde::de::Error::custom(format!(
+                "invalid URL {s:?}: no host"
+            )));
+        }
+        Ok(PublicUrl(s.trim_end_matches('/').to_owned()))
+    }
+}
+
+/// An argon2id PHC string, checked for form when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordHash(pub String);
+
+impl<'de> Deserialize<'de> for PasswordHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parsed = argon2::PasswordHash::new(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "not a PHC password hash ({e}); make one with `confnode hash-password`"
+            ))
+        })?;
+        if parsed.algorithm.as_str() != "argon2id" {
+            return Err(serde::de::Error::custom(
+                "the password hash must be argon2id; make one with `confnode hash-password`",
+            ));
+        }
+        Ok(PasswordHash(s))
+    }
+}
+
+fn optional_ipv6<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("invalid IPv6 address {s:?}")))
+}
+
+/// One mistake in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `turn.listen`; empty for a syntax error.
+    pub key: String,
+    /// 1-based line, where it could be found.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.line, self.key.is_empty()) {
+            (Some(line), false) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            (Some(line), true) => write!(f, "line {line}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.key, self.message),
+            (None, true) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Every mistake found in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: String::new(),
+                line: None,
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and checks configuration text, collecting every error.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError {
+                key: String::new(),
+                line: e.span().map(|s| line_at(text, s.start)),
+                message: e.message().trim().to_owned(),
+            }])
+        })?;
+        let mut errors = Vec::new();
+        let mut config = Config::default();
+        for (name, value) in &root {
+            let Some(table) = value.as_table() else {
+                errors.push(ConfigError {
+                    key: name.clone(),
+                    line: find_line(text, "", name),
+                    message: format!("expected a [{name}] section"),
+                });
+                continue;
+            };
+            match name.as_str() {
+                "node" => section(text, name, table, &mut errors, &mut config.node),
+                "turn" => section(text, name, table, &mut errors, &mut config.turn),
+                "http" => section(text, name, table, &mut errors, &mut config.http),
+                "rooms" => section(text, name, table, &mut errors, &mut config.rooms),
+                "store" => section(text, name, table, &mut errors, &mut config.store),
+                "log" => section(text, name, table, &mut errors, &mut config.log),
+                _ => errors.push(ConfigError {
+                    key: name.clone(),
+                    line: find_section_line(text, name),
+                    message: "unknown section; expected one of node, turn, http, rooms, store, log"
+                        .to_owned(),
+                }),
+            }
+        }
+        if errors.is_empty() {
+            errors.extend(config.cross_check(text));
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Checks that span several keys, after each key parsed on its own.
+    fn cross_check(&self, text: &str) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |section: &str, key: &str, message: &str| {
+            errors.push(ConfigError {
+                key: format!("{section}.{key}"),
+                line: find_line(text, section, key),
+                message: message.to_owned(),
+            })
+        };
+        if self.turn.listen.is_empty() {
+            err("turn", "listen", "at least one listen address is needed");
+        }
+        if !self.turn.tls_listen.is_empty() {
+            if self.turn.tls_cert.as_os_str().is_empty() {
+                err(
+                    "turn",
+                    "tls_cert",
+                    "tls_listen is set, so a certificate path is needed",
+                );
+            }
+            if self.turn.tls_key.as_os_str().is_empty() {
+                err(
+                    "turn",
+                    "tls_key",
+                    "tls_listen is set, so a key path is needed",
+                );
+            }
+        }
+        if self.rooms.ttl_hours == 0 {
+            err("rooms", "ttl_hours", "must be at least 1");
+        }
+        if self.rooms.max_participants < 2 {
+            err("rooms", "max_participants", "must be at least 2");
+        }
+        if self.store.path.as_os_str().is_empty() {
+            err("store", "path", "must not be empty");
+        }
+        if self.log.retention_days == 0 {
+            err("log", "retention_days", "must be at least 1");
+        }
+        if self.turn.max_tcp_connections == 0 {
+            err("turn", "max_tcp_connections", "must be at least 1");
+        }
+        errors
+    }
+}
+
+/// Deserialises one section into `out`; on failure, tries each key alone so that every
+/// wrong key is reported, not only the first.
+fn section<T: DeserializeOwned>(
+    text: &str,
+    name: &str,
+    table: &toml::Table,
+    errors: &mut Vec<ConfigError>,
+    out: &mut T,
+) {
+    match toml::Value::Table(table.clone()).try_into::<T>() {
+        Ok(v) => *out = v,
+        Err(whole) => {
+            let before = errors.len();
+            for (key, value) in table {
+                let mut one = toml::Table::new();
+                one.insert(key.clone(), value.clone());
+                if let Err(e) = toml::Value::Table(one).try_into::<T>() {
+                    errors.push(ConfigError {
+                        key: format!("{name}.{key}"),
+                        line: find_line(text, name, key),
+                        message: e.message().trim().to_owned(),
+                    });
+                }
+            }
+            if errors.len() == before {
+                errors.push(ConfigError {
+                    key: name.to_owned(),
+                    line: find_section_line(text, name),
+                    message: whole.message().trim().to_owned(),
+                });
+            }
+        }
+    }
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of `[section]` (or `[[section...]]`).
+fn find_section_line(text: &str, section: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            header_of(l).is_some_and(|h| h == section || h.starts_with(&format!("{section}.")))
+        })
+        .map(|i| i + 1)
+}
+
+/// The line where `key` is set inside `[section]` (or `[[section.key]]` for arrays of
+/// tables). A best effort: the key is reported with or without it.
+fn find_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let nested = format!("{section}.{key}");
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if let Some(h) = header_of(line) {
+            if h == nested {
+                return Some(i + 1);
+            }
+            current = h.to_owned();
+            continue;
+        }
+        let in_section = current == section || (section.is_empty() && current.is_empty());
+        if !in_section {
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// The name in a `[name]` or `[[name]]` header line.
+fn header_of(line: &str) -> Option<&str> {
+    let t = line.split('#').next().unwrap_or("").trim();
+    let inner = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]"));
+    let inner = inner.or_else(|| t.strip_prefix('[').and_then(|r| r.strip_suffix(']')))?;
+    Some(inner.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_loopback_defaults() {
+        let c = Config::from_toml("").expect("empty config is valid");
+        assert_eq!(c.turn.listen[0].0, "127.0.0.1:3478".parse().expect("addr"));
+        assert_eq!(c.http.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(
+            c.turn.relay_ports,
+            PortRange {
+                first: 49152,
+                last: 65535
+            }
+        );
+        assert_eq!(c.log.retention_days, 60);
+        assert_eq!(c.rooms.max_participants, 50);
+    }
+
+    #[test]
+    fn shipped_config_toml_is_valid_and_matches_defaults() {
+        let text = include_str!("../config.toml");
+        let c = Config::from_toml(text).unwrap_or_else(|e| panic!("shipped config.toml: {e}"));
+        let d = Config::default();
+        assert_eq!(c.turn.listen, d.turn.listen);
+        assert_eq!(c.turn.realm, d.turn.realm);
+        assert_eq!(c.http.listen, d.http.listen);
+        assert_eq!(c.http.public_url, d.http.public_url);
+        assert_eq!(c.rooms.ttl_hours, d.rooms.ttl_hours);
+        assert_eq!(c.log.level, d.log.level);
+    }
+
+    #[test]
+    fn typo_and_bad_value_are_all_reported_with_key_and_line() {
+        let text = "[turn]\nlisten = [\"127.0.0.1:3478\"]\nliste = 1\nrelay_ports = \"9-2\"\n\n[node]\nworkers = \"two\"\n";
+        let errs = Config::from_toml(text).expect_err("must fail").0;
+        let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(keys.contains(&("turn.liste", Some(3))), "{errs:?}");
+        assert!(keys.contains(&("turn.relay_ports", Some(4))), "{errs:?}");
+        assert!(keys.contains(&("node.workers", Some(7))), "{errs:?}");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_section_and_syntax_errors_are_reported() {
+        let errs = Config::from_toml("[tunr]\nx = 1\n")
+            .expect_err("unknown section")
+            .0;
+        assert_eq!(errs[0].key, "tunr");
+        assert_eq!(errs[0].line, Some(1));
+        let errs = Config::from_toml("[turn]\nlisten = [\n")
+            .expect_err("syntax")
+            .0;
+        assert!(errs[0].line.is_some());
+    }
+
+    #[test]
+    fn host_hash_must_be_argon2id() {
+        let text = "[[http.hosts]]\nname = \"host\"\npassword_hash = \"plain\"\n";
+        let errs = Config::from_toml(text).expect_err("bad hash").0;
+        assert_eq!(errs[0].key, "http.hosts");
+        assert!(errs[0].message.contains("hash-password"), "{errs:?}");
+    }
+
+    #[test]
+    fn listen_forms() {
+        let c = Config::from_toml("[turn]\nlisten = [\"[::1]:3478\"]\ntls_listen = [\":443\"]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n")
+            .expect("valid");
+        assert_eq!(c.turn.listen[0].0, "[::1]:3478".parse().expect("addr"));
+        assert_eq!(c.turn.tls_listen[0].0, "0.0.0.0:443".parse().expect("addr"));
+        let errs = Config::from_toml("[turn]\ntls_listen = [\":443\"]\n")
+            .expect_err("no cert")
+            .0;
+        assert!(errs.iter().any(|e| e.key == "turn.tls_cert"), "{errs:?}");
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        assert!(c.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!c.contains("11.0.0.1".parse().expect("ip")));
+        let all: Cidr = "::/0".parse().expect("cidr");
+        assert!(all.contains("::1".parse().expect("ip")));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! confnode: a self-hosted video-conference node (STUN/TURN server, SFU, room API).
+//!
+//! The protocol cores (`stun`, later `turn` and `sfu`) are sans-IO state machines:
+//! bytes and time in, bytes out. `net` is the only layer that touches sockets.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod net;
+pub mod node;
+pub mod stun;

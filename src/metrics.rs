@@ -1,0 +1,178 @@
+//! Counters on `/metrics` (Prometheus text format).
+//!
+//! Hot paths hold cloned counter handles (an `Arc<AtomicU64>` each) taken once at start,
+//! and add a whole batch at a time, so counting costs no lookup and little contention.
+//! Label values are fixed words: never user names or addresses.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::fmt::Write;
+
+/// The client transport a message came over.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+impl EncodeLabelValue for Transport {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Why a packet was dropped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a well-formed message of any protocol we speak.
+    Malformed,
+    /// A protocol whose handler is not part of this node yet (DTLS, RTP, ChannelData).
+    Unrouted,
+    /// Well-formed STUN that nothing here answers (a response arriving at the server,
+    /// an unknown method).
+    Unhandled,
+    /// The kernel refused or could not take the reply.
+    SendFailed,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Unrouted => "unrouted",
+            DropReason::Unhandled => "unhandled",
+            DropReason::SendFailed => "send_failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: Transport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabel {
+    transport: Transport,
+    reason: DropReason,
+}
+
+/// All of the node's metrics and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    received: Family<TransportLabel, Counter>,
+    stun_answered: Family<TransportLabel, Counter>,
+    dropped: Family<DropLabel, Counter>,
+    /// TCP and TLS client connections open now.
+    pub tcp_connections: Gauge,
+    /// TCP and TLS connections refused because `turn.max_tcp_connections` was reached.
+    pub tcp_refused: Counter,
+}
+
+/// The counters of one transport, cloned into each worker or connection task.
+#[derive(Clone, Debug)]
+pub struct TransportCounters {
+    pub received: Counter,
+    pub stun_answered: Counter,
+    pub malformed: Counter,
+    pub unrouted: Counter,
+    pub unhandled: Counter,
+    pub send_failed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("confnode");
+        let received = Family::<TransportLabel, Counter>::default();
+        let stun_answered = Family::<TransportLabel, Counter>::default();
+        let dropped = Family::<DropLabel, Counter>::default();
+        let tcp_connections = Gauge::default();
+        let tcp_refused = Counter::default();
+        registry.register(
+            "received",
+            "Datagrams and stream messages received by the data plane",
+            received.clone(),
+        );
+        registry.register(
+            "stun_answered",
+            "STUN requests answered",
+            stun_answered.clone(),
+        );
+        registry.register("dropped", "Packets dropped, by reason", dropped.clone());
+        registry.register(
+            "tcp_connections",
+            "TCP and TLS client connections open",
+            tcp_connections.clone(),
+        );
+        registry.register(
+            "tcp_refused",
+            "TCP and TLS connections refused at the connection limit",
+            tcp_refused.clone(),
+        );
+        let m = Metrics {
+            registry,
+            received,
+            stun_answered,
+            dropped,
+            tcp_connections,
+            tcp_refused,
+        };
+        // Create every series up front so scrapers see zeros, not missing series.
+        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+            m.transport(t);
+        }
+        m
+    }
+
+    /// The counter handles of one transport.
+    pub fn transport(&self, transport: Transport) -> TransportCounters {
+        let label = TransportLabel { transport };
+        let drop = |reason| {
+            self.dropped
+                .get_or_create(&DropLabel { transport, reason })
+                .clone()
+        };
+        TransportCounters {
+            received: self.received.get_or_create(&label).clone(),
+            stun_answered: self.stun_answered.get_or_create(&label).clone(),
+            malformed: drop(DropReason::Malformed),
+            unrouted: drop(DropReason::Unrouted),
+            unhandled: drop(DropReason::Unhandled),
+            send_failed: drop(DropReason::SendFailed),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,350 @@
+//! Batched UDP receive and send (`recvmmsg`/`sendmmsg`) over preallocated slots.
+//!
+//! A datagram is received into a slot and stays there: the protocol core reads it and
+//! writes its reply into the same slot, and `sendmmsg` sends straight from the slots.
+//! Each slot keeps `HEADROOM` bytes in front of the datagram so that a relay can prepend
+//! a header (TURN ChannelData, a Data indication) without moving the payload.
+
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Datagrams per system call.
+pub const BATCH: usize = 32;
+/// Bytes kept free in front of each received datagram.
+pub const HEADROOM: usize = 64;
+/// The largest datagram received whole; longer ones are truncated by the kernel and
+/// dropped. Media and TURN traffic stays well under a 1500-byte MTU.
+pub const MAX_DATAGRAM: usize = 2048 - HEADROOM;
+const SLOT: usize = HEADROOM + MAX_DATAGRAM;
+
+/// A datagram to send from a slot: `len` bytes starting at `start` within the slot.
+#[derive(Clone, Copy, Debug)]
+struct Out {
+    start: usize,
+    len: usize,
+    dst: SocketAddr,
+}
+
+/// What one `send` call did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub sent: usize,
+    pub failed: usize,
+}
+
+/// Preallocated buffers and system-call descriptors for `BATCH` datagrams.
+pub struct Batch {
+    bufs: Box<[u8]>,
+    lens: [usize; BATCH],
+    srcs: [Option<SocketAddr>; BATCH],
+    outs: [Option<Out>; BATCH],
+    received: usize,
+    names: Box<[libc::sockaddr_storage]>,
+    iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all
+        // zero bytes is a valid (empty) value.
+        let zeroed = || unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
+        let iov = || unsafe { MaybeUninit::<libc::iovec>::zeroed().assume_init() };
+        let hdr = || unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        Batch {
+            bufs: vec![0u8; SLOT * BATCH].into_boxed_slice(),
+            lens: [0; BATCH],
+            srcs: [None; BATCH],
+            outs: [None; BATCH],
+            received: 0,
+            names: (0..BATCH).map(|_| zeroed()).collect(),
+            iovs: (0..BATCH).map(|_| iov()).collect(),
+            hdrs: (0..BATCH).map(|_| hdr()).collect(),
+        }
+    }
+
+    /// Receives up to `BATCH` datagrams from a non-blocking socket. Returns how many
+    /// arrived; `WouldBlock` when none were waiting. Previous contents are discarded.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.received = 0;
+        self.outs = [None; BATCH];
+        for i in 0..BATCH {
+            let slot = &mut self.bufs[i * SLOT..(i + 1) * SLOT];
+            self.iovs[i] = libc::iovec {
+                iov_base: slot[HEADROOM..].as_mut_ptr().cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: every header points at a live iovec, name buffer and slot of this
+        // struct, sized as declared; the kernel writes only within them.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let h = &self.hdrs[i];
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.lens[i] = h.msg_len as usize;
+            self.srcs[i] = if truncated {
+                None
+            } else {
+                from_sockaddr(&self.names[i])
+            };
+        }
+        self.received = n;
+        Ok(n)
+    }
+
+    /// Datagrams held from the last `recv`.
+    pub fn len(&self) -> usize {
+        self.received
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.received == 0
+    }
+
+    /// Datagram `i` of the last `recv`: the slot after the headroom (the datagram is its
+    /// first `len` bytes, the rest is free for a reply), the length and the sender.
+    /// `None` for a datagram that was truncated or came from an unknown address family.
+    pub fn packet_mut(&mut self, i: usize) -> Option<(&mut [u8], usize, SocketAddr)> {
+        if i >= self.received {
+            return None;
+        }
+        let src = self.srcs[i]?;
+        let slot = &mut self.bufs[i * SLOT + HEADROOM..(i + 1) * SLOT];
+        Some((slot, self.lens[i], src))
+    }
+
+    /// Marks the first `len` bytes after slot `i`'s headroom to be sent to `dst`.
+    pub fn reply(&mut self, i: usize, len: usize, dst: SocketAddr) {
+        if i < self.received && len <= MAX_DATAGRAM {
+            self.outs[i] = Some(Out {
+                start: HEADROOM,
+                len,
+                dst,
+            });
+        }
+    }
+
+    /// Sends every marked datagram with as few `sendmmsg` calls as possible. A datagram
+    /// the kernel refuses (or has no room for) is counted as failed and skipped; it is
+    /// never retried, as a relay must not stall on one bad destination.
+    pub fn send(&mut self, fd: RawFd) -> Sent {
+        let mut count = 0;
+        for i in 0..self.received {
+            let Some(out) = self.outs[i] else { continue };
+            let slot = &mut self.bufs[i * SLOT..(i + 1) * SLOT];
+            self.iovs[count] = libc::iovec {
+                iov_base: slot[out.start..].as_mut_ptr().cast(),
+                iov_len: out.len,
+            };
+            let namelen = to_sockaddr(out.dst, &mut self.names[count]);
+            let h = &mut self.hdrs[count].msg_hdr;
+            h.msg_name = (&mut self.names[count] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = namelen;
+            h.msg_iov = &mut self.iovs[count];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            count += 1;
+        }
+        self.outs = [None; BATCH];
+        let mut result = Sent::default();
+        let mut next = 0;
+        while next < count {
+            // SAFETY: headers next..count point at live iovecs, names and slots of this
+            // struct, filled above; the kernel only reads them.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[next..].as_mut_ptr(),
+                    (count - next) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                // The datagram at `next` failed (ICMP-reported unreachable, full buffer,
+                // refused address): skip it and go on with the rest.
+                result.failed += 1;
+                next += 1;
+            } else {
+                result.sent += n as usize;
+                next += n as usize;
+            }
+        }
+        result
+    }
+}
+
+/// Reads an IPv4 or IPv6 socket address the kernel wrote.
+fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in, which is smaller
+            // than and alignment-compatible with sockaddr_storage.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` into `s` for the kernel; returns the length to pass along.
+fn to_sockaddr(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_in fits in and is alignment-compatible with sockaddr_storage.
+            let out =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            out.sin_family = libc::AF_INET as libc::sa_family_t;
+            out.sin_port = a.port().to_be();
+            out.sin_addr = libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            };
+            out.sin_zero = [0; 8];
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let out =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            out.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            out.sin6_port = a.port().to_be();
+            out.sin6_flowinfo = a.flowinfo();
+            out.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
+            out.sin6_scope_id = a.scope_id();
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn echo_roundtrip(bind: &str) {
+        let server = std::net::UdpSocket::bind(bind).expect("bind server");
+        server.set_nonblocking(true).expect("nonblocking");
+        let client = std::net::UdpSocket::bind(bind).expect("bind client");
+        let to = server.local_addr().expect("addr");
+        for i in 0..40u8 {
+            client.send_to(&[i; 100], to).expect("send");
+        }
+        let mut batch = Batch::new();
+        let mut got = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got < 40 && std::time::Instant::now() < deadline {
+            let n = match batch.recv(server.as_raw_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("recv: {e}"),
+            };
+            for i in 0..n {
+                let (buf, len, src) = batch.packet_mut(i).expect("packet");
+                assert_eq!(len, 100);
+                assert_eq!(src, client.local_addr().expect("addr"));
+                buf[0] = buf[0].wrapping_add(1);
+                batch.reply(i, len, src);
+            }
+            assert_eq!(batch.send(server.as_raw_fd()), Sent { sent: n, failed: 0 });
+            got += n;
+        }
+        assert_eq!(got, 40);
+        let mut buf = [0u8; 200];
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        for i in 0..40u8 {
+            let (n, _) = client.recv_from(&mut buf).expect("echo");
+            assert_eq!(n, 100);
+            assert_eq!(buf[0], i + 1);
+        }
+    }
+
+    #[test]
+    fn receives_and_replies_in_place_ipv4() {
+        echo_roundtrip("127.0.0.1:0");
+    }
+
+    #[test]
+    fn receives_and_replies_in_place_ipv6() {
+        echo_roundtrip("[::1]:0");
+    }
+
+    #[test]
+    fn empty_socket_would_block() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_nonblocking(true).expect("nonblocking");
+        let err = Batch::new()
+            .recv(s.as_raw_fd())
+            .expect_err("nothing queued");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn oversized_datagram_is_not_handed_out() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        client
+            .send_to(
+                &vec![1u8; MAX_DATAGRAM + 10],
+                server.local_addr().expect("addr"),
+            )
+            .expect("send");
+        server
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .expect("timeout");
+        // Wait until it is queued, then take it with recvmmsg.
+        let mut peek = [0u8; 1];
+        let _ = server.peek_from(&mut peek);
+        let mut batch = Batch::new();
+        assert_eq!(batch.recv(server.as_raw_fd()).expect("recv"), 1);
+        assert!(batch.packet_mut(0).is_none());
+    }
+}

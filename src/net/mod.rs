@@ -1,0 +1,8 @@
+//! The I/O layer: sockets, batched system calls, the first-byte demux, and the
+//! data-plane workers that feed packets to the sans-IO protocol cores.
+
+pub mod batch;
+pub mod demux;
+pub mod tcp;
+pub mod udp;
+pub mod worker;

@@ -1,0 +1,140 @@
+//! Starting and stopping the node: bind every socket first (so a taken port fails the
+//! start with a clear message), then run the data-plane workers on their threads and
+//! the control plane (TCP, HTTP, signals) on tokio.
+
+use crate::config::Config;
+use crate::metrics::{Metrics, Transport};
+use crate::net::{tcp, udp, worker};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Semaphore;
+
+/// Runs the node until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let workers = start_workers(&config, &metrics, &shutdown)?;
+
+    let tcp_listeners = config
+        .turn
+        .listen
+        .iter()
+        .map(|l| bind(l.0, "TCP", udp::bind_tcp_listener(l.0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let http_listener = std::net::TcpListener::bind(config.http.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l));
+    let http_listener = bind(config.http.listen, "HTTP", http_listener)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("confnode-control")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control plane: {e}"))?;
+    let result = runtime.block_on(control_plane(
+        &config,
+        metrics,
+        tcp_listeners,
+        http_listener,
+    ));
+
+    shutdown.store(true, Ordering::Relaxed);
+    for w in &workers {
+        let _ = w.waker.wake();
+    }
+    for w in workers {
+        let _ = w.thread.join();
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    tracing::info!("stopped");
+    result
+}
+
+fn bind<T>(addr: SocketAddr, what: &str, r: std::io::Result<T>) -> Result<T, String> {
+    r.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+}
+
+/// One worker per core (or `node.workers`), each with its own socket on every UDP
+/// listen address.
+fn start_workers(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<Vec<worker::WorkerHandle>, String> {
+    let count = config.node.worker_count();
+    let mut handles = Vec::with_capacity(count);
+    for id in 0..count {
+        let sockets = config
+            .turn
+            .listen
+            .iter()
+            .map(|l| bind(l.0, "UDP", udp::bind_shared(l.0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let handle = worker::spawn(
+            id,
+            sockets,
+            metrics.transport(Transport::Udp),
+            shutdown.clone(),
+        )
+        .map_err(|e| format!("cannot start data-plane worker {id}: {e}"))?;
+        handles.push(handle);
+    }
+    tracing::info!(workers = count, "data plane started");
+    Ok(handles)
+}
+
+async fn control_plane(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    tcp_listeners: Vec<std::net::TcpListener>,
+    http_listener: std::net::TcpListener,
+) -> Result<(), String> {
+    let limit = Arc::new(Semaphore::new(config.turn.max_tcp_connections));
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in tcp_listeners {
+        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+        tasks.spawn(tcp::serve(
+            l,
+            metrics.transport(Transport::Tcp),
+            metrics.clone(),
+            limit.clone(),
+        ));
+    }
+    let http = tokio::net::TcpListener::from_std(http_listener).map_err(|e| e.to_string())?;
+    let app = crate::http::router(crate::http::AppState {
+        metrics: metrics.clone(),
+    });
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    });
+    let listen: Vec<String> = config.turn.listen.iter().map(|l| l.0.to_string()).collect();
+    tracing::info!(
+        turn = %listen.join(","),
+        http = %config.http.listen,
+        "confnode {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP is taken (and will reload TLS certificates).
+async fn wait_for_signal() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let err = |e: std::io::Error| format!("cannot install signal handlers: {e}");
+    let mut term = signal(SignalKind::terminate()).map_err(err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(err)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(err)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload yet"),
+        }
+    }
+}
