@@ -65,7 +65,9 @@ pub struct TurnConfig {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub realm: String,
-    pub auth_secret: String,
+    /// TURN REST API secrets: one string, or a list while a new one is rolled out.
+    #[serde(deserialize_with = "one_or_many")]
+    pub auth_secret: Vec<String>,
     pub users: BTreeMap<String, String>,
     pub relay_ports: PortRange,
     pub relay_ips: Vec<IpAddr>,
@@ -74,6 +76,13 @@ pub struct TurnConfig {
     pub denied_peers: Vec<Cidr>,
     /// TCP and TLS client connections held at once; more are refused at accept.
     pub max_tcp_connections: usize,
+    /// Allocations held at once, by all users together.
+    pub max_allocations: usize,
+    /// Allocations one username may hold at once.
+    pub max_allocations_per_user: u32,
+    /// Permissions and channels one allocation may hold.
+    pub max_permissions: usize,
+    pub max_channels: usize,
 }
 
 impl Default for TurnConfig {
@@ -84,7 +93,7 @@ impl Default for TurnConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             realm: "confnode".to_owned(),
-            auth_secret: String::new(),
+            auth_secret: Vec::new(),
             users: BTreeMap::new(),
             relay_ports: PortRange {
                 first: 49152,
@@ -95,6 +104,10 @@ impl Default for TurnConfig {
             allowed_peers: Vec::new(),
             denied_peers: Vec::new(),
             max_tcp_connections: 10_000,
+            max_allocations: 100_000,
+            max_allocations_per_user: 1_000,
+            max_permissions: 64,
+            max_channels: 64,
         }
     }
 }
@@ -352,6 +365,20 @@ impl<'de> Deserialize<'de> for PasswordHash {
     }
 }
 
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let secrets = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    Ok(secrets.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
 fn optional_ipv6<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
     let s = String::deserialize(d)?;
     if s.is_empty() {
@@ -500,8 +527,19 @@ impl Config {
         if self.log.retention_days == 0 {
             err("log", "retention_days", "must be at least 1");
         }
-        if self.turn.max_tcp_connections == 0 {
-            err("turn", "max_tcp_connections", "must be at least 1");
+        for (key, value) in [
+            ("max_tcp_connections", self.turn.max_tcp_connections),
+            ("max_allocations", self.turn.max_allocations),
+            (
+                "max_allocations_per_user",
+                self.turn.max_allocations_per_user as usize,
+            ),
+            ("max_permissions", self.turn.max_permissions),
+            ("max_channels", self.turn.max_channels),
+        ] {
+            if value == 0 {
+                err("turn", key, "must be at least 1");
+            }
         }
         errors
     }

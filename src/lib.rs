@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod stun;
+pub mod turn;

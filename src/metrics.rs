@@ -77,8 +77,45 @@ struct DropLabel {
     reason: DropReason,
 }
 
+/// Which way a relayed packet went.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    ToPeer,
+    ToClient,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Direction::ToPeer => "to_peer",
+            Direction::ToClient => "to_client",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: Direction,
+}
+
+/// TURN's metrics, shared by every TURN core.
+#[derive(Clone, Debug, Default)]
+pub struct TurnMetrics {
+    pub allocations: Gauge,
+    pub permissions: Gauge,
+    pub channels: Gauge,
+    pub auth_failures: Counter,
+    pub peers_refused: Counter,
+    pub quota_refused: Counter,
+    pub relayed_packets_to_peer: Counter,
+    pub relayed_bytes_to_peer: Counter,
+    pub relayed_packets_to_client: Counter,
+    pub relayed_bytes_to_client: Counter,
+}
+
 /// All of the node's metrics and the registry that encodes them.
 pub struct Metrics {
+    pub turn: TurnMetrics,
     registry: Registry,
     received: Family<TransportLabel, Counter>,
     stun_answered: Family<TransportLabel, Counter>,
@@ -135,7 +172,9 @@ impl Metrics {
             "TCP and TLS connections refused at the connection limit",
             tcp_refused.clone(),
         );
+        let turn = register_turn(&mut registry);
         let m = Metrics {
+            turn,
             registry,
             received,
             stun_answered,
@@ -175,4 +214,48 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+fn register_turn(registry: &mut Registry) -> TurnMetrics {
+    let packets = Family::<DirectionLabel, Counter>::default();
+    let bytes = Family::<DirectionLabel, Counter>::default();
+    let series = |f: &Family<DirectionLabel, Counter>, direction| {
+        f.get_or_create(&DirectionLabel { direction }).clone()
+    };
+    let t = TurnMetrics {
+        relayed_packets_to_peer: series(&packets, Direction::ToPeer),
+        relayed_bytes_to_peer: series(&bytes, Direction::ToPeer),
+        relayed_packets_to_client: series(&packets, Direction::ToClient),
+        relayed_bytes_to_client: series(&bytes, Direction::ToClient),
+        ..TurnMetrics::default()
+    };
+    registry.register("turn_relayed_packets", "Packets relayed by TURN", packets);
+    registry.register("turn_relayed_bytes", "Payload bytes relayed by TURN", bytes);
+    registry.register(
+        "turn_allocations",
+        "TURN allocations held",
+        t.allocations.clone(),
+    );
+    registry.register(
+        "turn_permissions",
+        "TURN permissions installed",
+        t.permissions.clone(),
+    );
+    registry.register("turn_channels", "TURN channels bound", t.channels.clone());
+    registry.register(
+        "turn_auth_failures",
+        "TURN requests refused for wrong credentials",
+        t.auth_failures.clone(),
+    );
+    registry.register(
+        "turn_peers_refused",
+        "TURN peers refused by the peer policy (403)",
+        t.peers_refused.clone(),
+    );
+    registry.register(
+        "turn_quota_refused",
+        "TURN allocations refused at a quota (486)",
+        t.quota_refused.clone(),
+    );
+    t
 }

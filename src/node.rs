@@ -5,7 +5,10 @@
 use crate::config::Config;
 use crate::metrics::{Metrics, Transport};
 use crate::net::{tcp, udp, worker};
-use std::net::SocketAddr;
+use crate::turn::auth::Auth;
+use crate::turn::policy::PeerPolicy;
+use crate::turn::server::{Limits, Shared, TurnCore};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Semaphore;
@@ -14,7 +17,14 @@ use tokio::sync::Semaphore;
 pub fn run(config: Config) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let workers = start_workers(&config, &metrics, &shutdown)?;
+    let turn = Arc::new(turn_shared(&config, &metrics));
+    let auth = Auth::new(
+        &config.turn.realm,
+        &config.turn.users,
+        &config.turn.auth_secret,
+        random_key(),
+    );
+    let workers = start_workers(&config, &metrics, &turn, &auth, &shutdown)?;
 
     let tcp_listeners = config
         .turn
@@ -60,9 +70,12 @@ fn bind<T>(addr: SocketAddr, what: &str, r: std::io::Result<T>) -> Result<T, Str
 fn start_workers(
     config: &Config,
     metrics: &Arc<Metrics>,
+    turn: &Arc<Shared>,
+    auth: &Auth,
     shutdown: &Arc<AtomicBool>,
 ) -> Result<Vec<worker::WorkerHandle>, String> {
     let count = config.node.worker_count();
+    let epoch = std::time::Instant::now();
     let mut handles = Vec::with_capacity(count);
     for id in 0..count {
         let sockets = config
@@ -71,13 +84,17 @@ fn start_workers(
             .iter()
             .map(|l| bind(l.0, "UDP", udp::bind_shared(l.0)))
             .collect::<Result<Vec<_>, _>>()?;
-        let handle = worker::spawn(
+        let seed = u64::from_le_bytes(random_key()[..8].try_into().unwrap_or([1; 8]));
+        let setup = worker::WorkerSetup {
             id,
-            sockets,
-            metrics.transport(Transport::Udp),
-            shutdown.clone(),
-        )
-        .map_err(|e| format!("cannot start data-plane worker {id}: {e}"))?;
+            counters: metrics.transport(Transport::Udp),
+            turn: TurnCore::new(turn.clone(), auth.clone(), false, seed),
+            turn_metrics: metrics.turn.clone(),
+            shutdown: shutdown.clone(),
+            epoch,
+        };
+        let handle = worker::spawn(sockets, setup)
+            .map_err(|e| format!("cannot start data-plane worker {id}: {e}"))?;
         handles.push(handle);
     }
     tracing::info!(workers = count, "data plane started");
@@ -137,4 +154,64 @@ async fn wait_for_signal() -> Result<(), String> {
             _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload yet"),
         }
     }
+}
+
+/// What every TURN core shares, from the configuration.
+fn turn_shared(config: &Config, metrics: &Metrics) -> Shared {
+    let t = &config.turn;
+    let limits = Limits {
+        max_allocations: t.max_allocations,
+        max_allocations_per_user: t.max_allocations_per_user,
+        max_permissions: t.max_permissions,
+        max_channels: t.max_channels,
+        ..Limits::default()
+    };
+    let mut own: Vec<SocketAddr> = t.listen.iter().map(|l| l.0).collect();
+    for l in &t.listen {
+        match l.0 {
+            SocketAddr::V4(a) => own.push(SocketAddr::from((config.node.public_ip, a.port()))),
+            SocketAddr::V6(a) => {
+                if let Some(ip) = config.node.public_ipv6 {
+                    own.push(SocketAddr::from((ip, a.port())));
+                }
+            }
+        }
+    }
+    let policy = PeerPolicy::new(
+        t.allow_loopback_peers,
+        &t.allowed_peers,
+        &t.denied_peers,
+        &own,
+    );
+    Shared::new(
+        limits,
+        t.relay_ports,
+        relay_ip(config, false),
+        relay_ip(config, true),
+        config.node.public_ip,
+        config.node.public_ipv6,
+        policy,
+        metrics.turn.clone(),
+    )
+}
+
+/// The address relay sockets of one family bind to: the first of `turn.relay_ips`
+/// of that family, else the first listen address of that family.
+fn relay_ip(config: &Config, v6: bool) -> Option<IpAddr> {
+    let t = &config.turn;
+    if !t.relay_ips.is_empty() {
+        return t.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == v6);
+    }
+    t.listen
+        .iter()
+        .map(|l| l.0.ip())
+        .find(|ip| ip.is_ipv6() == v6)
+}
+
+/// 32 bytes from the operating system's random source (keys made at start).
+fn random_key() -> [u8; 32] {
+    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    key
 }

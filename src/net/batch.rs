@@ -19,12 +19,24 @@ pub const HEADROOM: usize = 64;
 pub const MAX_DATAGRAM: usize = 2048 - HEADROOM;
 const SLOT: usize = HEADROOM + MAX_DATAGRAM;
 
-/// A datagram to send from a slot: `len` bytes starting at `start` within the slot.
+/// A datagram to send from a slot: `len` bytes starting at `start` within the slot,
+/// through the socket the caller knows as `via`.
 #[derive(Clone, Copy, Debug)]
 struct Out {
     start: usize,
     len: usize,
     dst: SocketAddr,
+    via: usize,
+}
+
+/// One received datagram, as `Batch::packet` hands it out.
+pub struct Packet<'a> {
+    /// The whole slot: `HEADROOM` free bytes, then the datagram, then free space.
+    pub slot: &'a mut [u8],
+    pub len: usize,
+    pub src: SocketAddr,
+    /// The `origin` given to `recv`: which socket it came from.
+    pub origin: usize,
 }
 
 /// What one `send` call did.
@@ -39,6 +51,7 @@ pub struct Batch {
     bufs: Box<[u8]>,
     lens: [usize; BATCH],
     srcs: [Option<SocketAddr>; BATCH],
+    origins: [usize; BATCH],
     outs: [Option<Out>; BATCH],
     received: usize,
     names: Box<[libc::sockaddr_storage]>,
@@ -63,6 +76,7 @@ impl Batch {
             bufs: vec![0u8; SLOT * BATCH].into_boxed_slice(),
             lens: [0; BATCH],
             srcs: [None; BATCH],
+            origins: [0; BATCH],
             outs: [None; BATCH],
             received: 0,
             names: (0..BATCH).map(|_| zeroed()).collect(),
@@ -71,12 +85,27 @@ impl Batch {
         }
     }
 
-    /// Receives up to `BATCH` datagrams from a non-blocking socket. Returns how many
-    /// arrived; `WouldBlock` when none were waiting. Previous contents are discarded.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Forgets the datagrams held, and what was to be sent.
+    pub fn clear(&mut self) {
         self.received = 0;
         self.outs = [None; BATCH];
-        for i in 0..BATCH {
+    }
+
+    /// Whether every slot holds a datagram.
+    pub fn is_full(&self) -> bool {
+        self.received == BATCH
+    }
+
+    /// Receives datagrams from a non-blocking socket into the free slots, marking them
+    /// with `origin`. Returns how many arrived; `WouldBlock` when none were waiting.
+    /// Filling one batch from several sockets lets their replies share one `sendmmsg`.
+    pub fn recv(&mut self, fd: RawFd, origin: usize) -> io::Result<usize> {
+        let first = self.received;
+        let free = BATCH - first;
+        if free == 0 {
+            return Ok(0);
+        }
+        for i in first..BATCH {
             let slot = &mut self.bufs[i * SLOT..(i + 1) * SLOT];
             self.iovs[i] = libc::iovec {
                 iov_base: slot[HEADROOM..].as_mut_ptr().cast(),
@@ -97,8 +126,8 @@ impl Batch {
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.hdrs[first..].as_mut_ptr(),
+                free as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -107,7 +136,8 @@ impl Batch {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
-        for i in 0..n {
+        for i in first..first + n {
+            self.origins[i] = origin;
             let h = &self.hdrs[i];
             let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.lens[i] = h.msg_len as usize;
@@ -117,7 +147,7 @@ impl Batch {
                 from_sockaddr(&self.names[i])
             };
         }
-        self.received = n;
+        self.received = first + n;
         Ok(n)
     }
 
@@ -130,35 +160,83 @@ impl Batch {
         self.received == 0
     }
 
-    /// Datagram `i` of the last `recv`: the slot after the headroom (the datagram is its
-    /// first `len` bytes, the rest is free for a reply), the length and the sender.
-    /// `None` for a datagram that was truncated or came from an unknown address family.
-    pub fn packet_mut(&mut self, i: usize) -> Option<(&mut [u8], usize, SocketAddr)> {
+    /// Datagram `i`: `None` for one that was truncated or came from an unknown address
+    /// family.
+    pub fn packet(&mut self, i: usize) -> Option<Packet<'_>> {
         if i >= self.received {
             return None;
         }
         let src = self.srcs[i]?;
-        let slot = &mut self.bufs[i * SLOT + HEADROOM..(i + 1) * SLOT];
-        Some((slot, self.lens[i], src))
+        Some(Packet {
+            slot: &mut self.bufs[i * SLOT..(i + 1) * SLOT],
+            len: self.lens[i],
+            src,
+            origin: self.origins[i],
+        })
     }
 
-    /// Marks the first `len` bytes after slot `i`'s headroom to be sent to `dst`.
-    pub fn reply(&mut self, i: usize, len: usize, dst: SocketAddr) {
-        if i < self.received && len <= MAX_DATAGRAM {
+    /// Marks `len` bytes of slot `i` from `start` (counted from the slot's beginning,
+    /// headroom included) to be sent to `dst` through socket `via`.
+    pub fn send_from(&mut self, i: usize, start: usize, len: usize, dst: SocketAddr, via: usize) {
+        if i < self.received && start.checked_add(len).is_some_and(|end| end <= SLOT) {
             self.outs[i] = Some(Out {
-                start: HEADROOM,
+                start,
                 len,
                 dst,
+                via,
             });
         }
     }
 
-    /// Sends every marked datagram with as few `sendmmsg` calls as possible. A datagram
-    /// the kernel refuses (or has no room for) is counted as failed and skipped; it is
-    /// never retried, as a relay must not stall on one bad destination.
-    pub fn send(&mut self, fd: RawFd) -> Sent {
-        let mut count = 0;
+    /// Marks the first `len` bytes after slot `i`'s headroom to go back to where the
+    /// datagram came from.
+    pub fn reply(&mut self, i: usize, len: usize, dst: SocketAddr) {
+        let via = self.origins[i % BATCH];
+        self.send_from(i, HEADROOM, len, dst, via);
+    }
+
+    /// Sends every marked datagram, with one `sendmmsg` per socket (`fd_of` maps `via`
+    /// to it; `None` drops those datagrams as failed). A datagram the kernel refuses is
+    /// counted as failed and skipped; it is never retried, as a relay must not stall on
+    /// one bad destination.
+    pub fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Sent {
+        let mut order = [0usize; BATCH];
+        let mut n = 0;
         for i in 0..self.received {
+            if self.outs[i].is_some() {
+                order[n] = i;
+                n += 1;
+            }
+        }
+        // Group by socket, keeping each socket's datagrams in arrival order.
+        order[..n].sort_by_key(|&i| self.outs[i].map(|o| o.via));
+        let mut total = Sent::default();
+        let mut begin = 0;
+        while begin < n {
+            let via = self.outs[order[begin]].map(|o| o.via).unwrap_or(usize::MAX);
+            let mut end = begin + 1;
+            while end < n && self.outs[order[end]].map(|o| o.via) == Some(via) {
+                end += 1;
+            }
+            let sent = match fd_of(via) {
+                Some(fd) => self.send_group(fd, &order[begin..end]),
+                None => Sent {
+                    sent: 0,
+                    failed: end - begin,
+                },
+            };
+            total.sent += sent.sent;
+            total.failed += sent.failed;
+            begin = end;
+        }
+        self.outs = [None; BATCH];
+        total
+    }
+
+    /// Sends the marked datagrams of the slots in `slots` through `fd`.
+    fn send_group(&mut self, fd: RawFd, slots: &[usize]) -> Sent {
+        let mut count = 0;
+        for &i in slots {
             let Some(out) = self.outs[i] else { continue };
             let slot = &mut self.bufs[i * SLOT..(i + 1) * SLOT];
             self.iovs[count] = libc::iovec {
@@ -176,7 +254,6 @@ impl Batch {
             h.msg_flags = 0;
             count += 1;
         }
-        self.outs = [None; BATCH];
         let mut result = Sent::default();
         let mut next = 0;
         while next < count {
@@ -280,19 +357,26 @@ mod tests {
         let mut got = 0;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got < 40 && std::time::Instant::now() < deadline {
-            let n = match batch.recv(server.as_raw_fd()) {
+            batch.clear();
+            let n = match batch.recv(server.as_raw_fd(), 7) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("recv: {e}"),
             };
             for i in 0..n {
-                let (buf, len, src) = batch.packet_mut(i).expect("packet");
-                assert_eq!(len, 100);
-                assert_eq!(src, client.local_addr().expect("addr"));
-                buf[0] = buf[0].wrapping_add(1);
+                let p = batch.packet(i).expect("packet");
+                assert_eq!(p.len, 100);
+                assert_eq!(p.origin, 7);
+                assert_eq!(p.src, client.local_addr().expect("addr"));
+                p.slot[HEADROOM] = p.slot[HEADROOM].wrapping_add(1);
+                let (len, src) = (p.len, p.src);
                 batch.reply(i, len, src);
             }
-            assert_eq!(batch.send(server.as_raw_fd()), Sent { sent: n, failed: 0 });
+            let fd = server.as_raw_fd();
+            assert_eq!(
+                batch.flush(|via| (via == 7).then_some(fd)),
+                Sent { sent: n, failed: 0 }
+            );
             got += n;
         }
         assert_eq!(got, 40);
@@ -322,7 +406,7 @@ mod tests {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         s.set_nonblocking(true).expect("nonblocking");
         let err = Batch::new()
-            .recv(s.as_raw_fd())
+            .recv(s.as_raw_fd(), 0)
             .expect_err("nothing queued");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
@@ -344,7 +428,7 @@ mod tests {
         let mut peek = [0u8; 1];
         let _ = server.peek_from(&mut peek);
         let mut batch = Batch::new();
-        assert_eq!(batch.recv(server.as_raw_fd()).expect("recv"), 1);
-        assert!(batch.packet_mut(0).is_none());
+        assert_eq!(batch.recv(server.as_raw_fd(), 0).expect("recv"), 1);
+        assert!(batch.packet(0).is_none());
     }
 }

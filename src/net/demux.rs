@@ -6,7 +6,8 @@
 pub enum Class {
     /// 0–3: STUN (Binding, TURN methods, ICE checks).
     Stun,
-    /// 64–79: TURN ChannelData.
+    /// 64–127: TURN ChannelData (RFC 7983 gives 64–79; RFC 5766 channel numbers,
+    /// still used by coturn's clients, reach 127).
     ChannelData,
     /// 20–63: DTLS records.
     Dtls,
@@ -20,7 +21,7 @@ pub fn classify(packet: &[u8]) -> Class {
     match packet.first() {
         Some(0..=3) => Class::Stun,
         Some(20..=63) => Class::Dtls,
-        Some(64..=79) => Class::ChannelData,
+        Some(64..=127) => Class::ChannelData,
         Some(128..=191) => Class::Rtp,
         _ => Class::Unknown,
     }
@@ -38,7 +39,7 @@ mod tests {
         assert_eq!(classify(&[22]), Class::Dtls);
         assert_eq!(classify(&[0x40]), Class::ChannelData);
         assert_eq!(classify(&[0x4f]), Class::ChannelData);
-        assert_eq!(classify(&[0x50]), Class::Unknown);
+        assert_eq!(classify(&[0x7f]), Class::ChannelData);
         assert_eq!(classify(&[0x80]), Class::Rtp);
         assert_eq!(classify(&[0xbf]), Class::Rtp);
         assert_eq!(classify(&[0xc0]), Class::Unknown);

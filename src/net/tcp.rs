@@ -117,7 +117,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
             stream.read_exact(&mut buf[4..total]).await?;
             Ok(Ok(Some(total)))
         }
-        0x40..=0x4f => {
+        0x40..=0x7f => {
             let padded = length.div_ceil(4) * 4;
             stream.read_exact(&mut buf[4..4 + padded]).await?;
             Ok(Ok(None))

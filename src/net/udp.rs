@@ -36,3 +36,17 @@ pub fn bind_tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> 
     socket.listen(1024)?;
     Ok(socket.into())
 }
+
+/// Binds a non-blocking relay socket for one TURN allocation: its own port, shared with
+/// nobody (no `SO_REUSEPORT`), so a taken port fails with `AddrInUse`.
+pub fn bind_relay(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}

@@ -1,23 +1,33 @@
-//! A data-plane worker: one thread with its own `mio` event loop and its own
-//! `SO_REUSEPORT` socket per listen address. Workers share nothing on the hot path but
-//! counters, which they add to once per batch.
+//! A data-plane worker: one thread with its own `mio` event loop, its own
+//! `SO_REUSEPORT` socket per listen address, and the relay sockets of the TURN
+//! allocations it owns. Workers share nothing on the hot path but counters, which they
+//! add to once per batch.
+//!
+//! The kernel hashes a client's address to one of the listener sockets, so every packet
+//! of a client reaches the worker that holds its allocation.
 
-use crate::metrics::TransportCounters;
-use crate::net::batch::{BATCH, Batch};
+use crate::metrics::{TransportCounters, TurnMetrics};
+use crate::net::batch::{Batch, HEADROOM};
 use crate::net::demux::{self, Class};
 use crate::stun;
+use crate::turn::server::{Action, ClientKey, Clock, DropReason, RelayId, RelayIo, TurnCore};
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(usize::MAX);
-/// Batches taken from one socket before the others get a turn.
-const BATCHES_PER_TURN: usize = 16;
+/// Batches served before the event loop polls again.
+const BATCHES_PER_TURN: usize = 64;
+/// How often expired allocations, permissions and channels are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Socket buffers of relay sockets: one per allocation, so smaller than a listener's.
+const RELAY_BUFFER: usize = 256 << 10;
 
 /// A running worker: wake it to make it look at the shutdown flag.
 pub struct WorkerHandle {
@@ -25,47 +35,118 @@ pub struct WorkerHandle {
     pub thread: JoinHandle<()>,
 }
 
-/// Starts a worker thread serving `sockets`. It runs until `shutdown` is set and the
-/// waker is woken.
-pub fn spawn(
-    id: usize,
-    sockets: Vec<std::net::UdpSocket>,
-    counters: TransportCounters,
-    shutdown: Arc<AtomicBool>,
-) -> io::Result<WorkerHandle> {
+/// What a worker needs besides its sockets.
+pub struct WorkerSetup {
+    pub id: usize,
+    pub counters: TransportCounters,
+    pub turn: TurnCore,
+    pub turn_metrics: TurnMetrics,
+    pub shutdown: Arc<AtomicBool>,
+    /// Where `Clock::mono_ms` counts from, the same for every core of the node.
+    pub epoch: Instant,
+}
+
+/// Starts a worker thread serving the listener `sockets`. It runs until `shutdown` is
+/// set and the waker is woken.
+pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let mut socks = Vec::with_capacity(sockets.len());
-    for (i, s) in sockets.into_iter().enumerate() {
-        let mut s = UdpSocket::from_std(s);
-        poll.registry()
-            .register(&mut s, Token(i), Interest::READABLE)?;
-        socks.push(s);
+    let mut table = SocketTable {
+        registry: poll.registry().try_clone()?,
+        sockets: Vec::new(),
+        free: Vec::new(),
+        listeners: sockets.len(),
+    };
+    for s in sockets {
+        table.insert(UdpSocket::from_std(s))?;
     }
+    let id = setup.id;
     let thread = std::thread::Builder::new()
         .name(format!("confnode-worker-{id}"))
         .spawn(move || {
             let mut worker = Worker {
                 poll,
-                sockets: socks,
-                counters,
+                table,
+                ready: Vec::new(),
                 batch: Batch::new(),
+                setup,
             };
-            if let Err(e) = worker.run(&shutdown) {
+            if let Err(e) = worker.run() {
                 tracing::error!("data-plane worker {id} stopped: {e}");
             }
         })?;
     Ok(WorkerHandle { waker, thread })
 }
 
-struct Worker {
-    poll: Poll,
-    sockets: Vec<UdpSocket>,
-    counters: TransportCounters,
-    batch: Batch,
+/// The worker's sockets: listeners first (index = listener number), then relay
+/// sockets. A socket's index is its mio token and, for relays, its `RelayId`.
+struct SocketTable {
+    registry: Registry,
+    sockets: Vec<Option<UdpSocket>>,
+    free: Vec<usize>,
+    listeners: usize,
 }
 
-/// What one batch came to, added to the shared counters once.
+impl SocketTable {
+    fn insert(&mut self, mut socket: UdpSocket) -> io::Result<usize> {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.sockets.push(None);
+                self.sockets.len() - 1
+            }
+        };
+        if let Err(e) = self
+            .registry
+            .register(&mut socket, Token(index), Interest::READABLE)
+        {
+            self.free.push(index);
+            return Err(e);
+        }
+        self.sockets[index] = Some(socket);
+        Ok(index)
+    }
+
+    fn fd(&self, index: usize) -> Option<RawFd> {
+        self.sockets.get(index)?.as_ref().map(|s| s.as_raw_fd())
+    }
+}
+
+impl RelayIo for SocketTable {
+    fn open(&mut self, addr: SocketAddr) -> io::Result<RelayId> {
+        let socket = self.reserve(addr)?;
+        self.adopt(socket)
+    }
+
+    fn reserve(&mut self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        crate::net::udp::bind_relay(addr, RELAY_BUFFER)
+    }
+
+    fn adopt(&mut self, socket: std::net::UdpSocket) -> io::Result<RelayId> {
+        self.insert(UdpSocket::from_std(socket))
+    }
+
+    fn close(&mut self, id: RelayId) {
+        if id < self.listeners {
+            return;
+        }
+        if let Some(mut socket) = self.sockets.get_mut(id).and_then(Option::take) {
+            let _ = self.registry.deregister(&mut socket);
+            self.free.push(id);
+        }
+    }
+}
+
+struct Worker {
+    poll: Poll,
+    table: SocketTable,
+    /// Sockets with datagrams (maybe) waiting, by index.
+    ready: Vec<bool>,
+    batch: Batch,
+    setup: WorkerSetup,
+}
+
+/// What a turn of the loop came to, added to the shared counters once.
 #[derive(Default)]
 struct Tally {
     received: u64,
@@ -74,96 +155,180 @@ struct Tally {
     unrouted: u64,
     unhandled: u64,
     send_failed: u64,
+    to_peer: (u64, u64),
+    to_client: (u64, u64),
 }
 
 impl Worker {
-    fn run(&mut self, shutdown: &AtomicBool) -> io::Result<()> {
-        let mut events = Events::with_capacity(64);
-        // Sockets that still had datagrams queued when their turn ended.
-        let mut pending = vec![false; self.sockets.len()];
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
-            let busy = pending.iter().any(|&p| p);
-            let timeout = if busy { Some(Duration::ZERO) } else { None };
-            match self.poll.poll(&mut events, timeout) {
+            let busy = self.ready.iter().any(|&r| r);
+            let timeout = if busy {
+                Duration::ZERO
+            } else {
+                next_sweep.saturating_duration_since(Instant::now())
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
             for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    Token(i) if i < pending.len() => pending[i] = true,
-                    Token(_) => {}
+                let Token(i) = event.token();
+                if i == WAKER.0 {
+                    continue;
                 }
+                if self.ready.len() <= i {
+                    self.ready.resize(i + 1, false);
+                }
+                self.ready[i] = true;
             }
-            if shutdown.load(Ordering::Relaxed) {
+            if self.setup.shutdown.load(Ordering::Relaxed) {
+                self.setup.turn.close_all(&mut self.table);
                 return Ok(());
             }
-            for (i, p) in pending.iter_mut().enumerate() {
-                if *p {
-                    *p = self.serve(i)?;
-                }
+            self.serve();
+            if Instant::now() >= next_sweep {
+                let clock = self.clock();
+                self.setup.turn.sweep(clock, &mut self.table);
+                next_sweep = Instant::now() + SWEEP_EVERY;
             }
         }
     }
 
-    /// Serves up to `BATCHES_PER_TURN` batches from socket `i`. Returns whether more
-    /// datagrams may be waiting.
-    fn serve(&mut self, i: usize) -> io::Result<bool> {
-        let fd = self.sockets[i].as_raw_fd();
+    fn clock(&self) -> Clock {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Clock {
+            mono_ms: self.setup.epoch.elapsed().as_millis() as u64,
+            unix,
+        }
+    }
+
+    /// Fills batches from the ready sockets (several sockets share a batch, so that
+    /// what they relay towards one listener leaves in one `sendmmsg`), handles and
+    /// flushes them, for up to `BATCHES_PER_TURN` batches.
+    fn serve(&mut self) {
         let mut tally = Tally::default();
-        let mut more = true;
+        let clock = self.clock();
+        let mut cursor = 0;
         for _ in 0..BATCHES_PER_TURN {
-            let n = match self.batch.recv(fd) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    more = false;
-                    break;
+            self.batch.clear();
+            while cursor < self.ready.len() && !self.batch.is_full() {
+                if !self.ready[cursor] {
+                    cursor += 1;
+                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // An ICMP error queued on the socket (a client went away): not fatal.
-                Err(e) if is_transient(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            tally.received += n as u64;
-            for j in 0..n {
-                self.handle(j, &mut tally);
+                let Some(fd) = self.table.fd(cursor) else {
+                    self.ready[cursor] = false;
+                    cursor += 1;
+                    continue;
+                };
+                match self.batch.recv(fd, cursor) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // WouldBlock: drained. Anything else is an ICMP error queued
+                        // on the socket for an earlier datagram, or a closed socket:
+                        // nothing to read now either way.
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            tracing::trace!("receive error: {e}");
+                        }
+                        self.ready[cursor] = false;
+                        cursor += 1;
+                    }
+                }
             }
-            let sent = self.batch.send(fd);
-            tally.send_failed += sent.failed as u64;
-            if n < BATCH {
-                more = false;
+            if self.batch.is_empty() {
                 break;
             }
+            tally.received += self.batch.len() as u64;
+            for j in 0..self.batch.len() {
+                self.handle(j, clock, &mut tally);
+            }
+            let table = &self.table;
+            let sent = self.batch.flush(|via| table.fd(via));
+            tally.send_failed += sent.failed as u64;
         }
         self.count(&tally);
-        Ok(more)
     }
 
-    /// Classifies datagram `j` of the batch and lets the right core answer it.
-    fn handle(&mut self, j: usize, tally: &mut Tally) {
-        let Some((buf, len, src)) = self.batch.packet_mut(j) else {
+    /// Lets the right core see datagram `j` of the batch and marks what it answers.
+    fn handle(&mut self, j: usize, clock: Clock, tally: &mut Tally) {
+        let listeners = self.table.listeners;
+        let Some(p) = self.batch.packet(j) else {
             tally.malformed += 1;
             return;
         };
-        match demux::classify(&buf[..len]) {
-            Class::Stun => match stun::answer(buf, len, src) {
-                stun::Verdict::Reply(n) => {
-                    tally.answered += 1;
-                    self.batch.reply(j, n, src);
+        let (src, len, origin) = (p.src, p.len, p.origin);
+        let action = if origin >= listeners {
+            self.setup
+                .turn
+                .handle_peer(clock, origin, src, p.slot, HEADROOM, len)
+        } else {
+            let data = &mut p.slot[HEADROOM..];
+            match demux::classify(&data[..len]) {
+                Class::Stun if !TurnCore::is_turn_method(data) => {
+                    match stun::answer(data, len, src) {
+                        stun::Verdict::Reply(n) => {
+                            tally.answered += 1;
+                            Action::Reply(n)
+                        }
+                        stun::Verdict::Indication => Action::Drop(DropReason::Consumed),
+                        stun::Verdict::Unhandled => Action::Drop(DropReason::Unhandled),
+                        stun::Verdict::Malformed => Action::Drop(DropReason::Malformed),
+                    }
                 }
-                stun::Verdict::Indication => {}
-                stun::Verdict::Unhandled => tally.unhandled += 1,
-                stun::Verdict::Malformed => tally.malformed += 1,
-            },
-            // Routed once TURN and the SFU land; until then dropped and counted.
-            Class::ChannelData | Class::Dtls | Class::Rtp => tally.unrouted += 1,
-            Class::Unknown => tally.malformed += 1,
+                Class::Stun | Class::ChannelData => {
+                    let client = ClientKey {
+                        listener: origin,
+                        addr: src,
+                    };
+                    self.setup
+                        .turn
+                        .handle_client(clock, client, data, len, &mut self.table)
+                }
+                // Routed once the SFU lands; until then dropped and counted.
+                Class::Dtls | Class::Rtp => {
+                    tally.unrouted += 1;
+                    return;
+                }
+                Class::Unknown => Action::Drop(DropReason::Malformed),
+            }
+        };
+        match action {
+            Action::Reply(n) => self.batch.reply(j, n, src),
+            Action::ToPeer {
+                relay,
+                peer,
+                start,
+                len,
+            } => {
+                tally.to_peer.0 += 1;
+                tally.to_peer.1 += len as u64;
+                self.batch.send_from(j, HEADROOM + start, len, peer, relay);
+            }
+            Action::ToClient { client, start, len } => {
+                tally.to_client.0 += 1;
+                tally.to_client.1 += len as u64;
+                self.batch
+                    .send_from(j, start, len, client.addr, client.listener);
+            }
+            Action::Drop(DropReason::Malformed) => tally.malformed += 1,
+            Action::Drop(DropReason::Unhandled | DropReason::NoRoute | DropReason::RateLimited) => {
+                tally.unhandled += 1
+            }
+            Action::Drop(DropReason::Consumed) => {}
         }
     }
 
     fn count(&self, t: &Tally) {
-        let c = &self.counters;
+        let c = &self.setup.counters;
+        let m = &self.setup.turn_metrics;
         for (counter, n) in [
             (&c.received, t.received),
             (&c.stun_answered, t.answered),
@@ -171,19 +336,14 @@ impl Worker {
             (&c.unrouted, t.unrouted),
             (&c.unhandled, t.unhandled),
             (&c.send_failed, t.send_failed),
+            (&m.relayed_packets_to_peer, t.to_peer.0),
+            (&m.relayed_bytes_to_peer, t.to_peer.1),
+            (&m.relayed_packets_to_client, t.to_client.0),
+            (&m.relayed_bytes_to_client, t.to_client.1),
         ] {
             if n > 0 {
                 counter.inc_by(n);
             }
         }
     }
-}
-
-/// Errors a UDP socket reports for an earlier datagram (ICMP unreachable and the like),
-/// which say nothing about the socket itself.
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ENOBUFS)
-    )
 }

@@ -1,0 +1,1018 @@
+//! TURN authentication (RFC 8489 §9.2 long-term credentials, RFC 8656 §7), sans-IO.
+//!
+//! Two credential sources, as coturn has them:
+//! - static users (`turn.users`): key = MD5(username ":" realm ":" password), computed
+//!   once at start;
+//! - the TURN REST API (coturn's `use-auth-secret`): username `<unix-expiry>:<id>` (or a
+//!   bare `<unix-expiry>`, or coturn's other order `<id>:<unix-expiry>`), password =
+//!   base64(HMAC-SHA1(secret, username)). Any of several secrets is accepted so they can
+//!   be rotated.
+//!
+//! Nonces are stateless: the issue time and an HMAC over it and the client's transport
+//! address, so nothing is stored for a client before it authenticates. Answers to
+//! unauthenticated requests (401, 438) go through a fixed-size per-source rate limiter so
+//! the node cannot be used to reflect traffic at a spoofed address.
+//!
+//! Time comes in as arguments (unix seconds, milliseconds for the limiter): no clocks.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, SocketAddr};
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use sha2::Sha256;
+
+use crate::stun::message::{attr, long_term_key};
+use crate::stun::{Message, WriteError, Writer};
+
+/// How long a nonce stays valid, in seconds (coturn's default `stale-nonce` is the same).
+/// A nonce whose issue time is further than this from `now` in either direction (the
+/// clock may step back) is stale; the client gets a 438 and retries with the fresh one.
+pub const NONCE_LIFETIME_SECS: u64 = 600;
+/// Length of a nonce on the wire: [`NONCE_RAW_LEN`] bytes, lowercase hex.
+pub const NONCE_LEN: usize = 2 * NONCE_RAW_LEN;
+// RFC 8489 §14.10: NONCE is fewer than 128 characters.
+const _: () = assert!(NONCE_LEN < 128);
+/// Issue time (8 bytes, big-endian unix seconds) and a 16-byte truncated HMAC-SHA256.
+const NONCE_RAW_LEN: usize = 8 + NONCE_TAG_LEN;
+/// 128 bits of tag: forging a nonce is as hard as guessing a random 128-bit value.
+const NONCE_TAG_LEN: usize = 16;
+
+/// Slots in the per-source limiter of unauthenticated answers (a power of two).
+pub const CHALLENGE_BUCKETS: usize = 4096;
+/// Unauthenticated answers a source may get in a burst.
+pub const CHALLENGE_BURST: u32 = 20;
+/// Unauthenticated answers a source may get per second, sustained.
+pub const CHALLENGE_PER_SEC: u32 = 10;
+/// Token amounts are kept in thousandths so refill works in whole milliseconds.
+const MILLI: u32 = 1000;
+
+/// USERNAME is "fewer than 509 bytes" (RFC 8489 §14.3).
+const MAX_USERNAME_LEN: usize = 508;
+/// Length of base64 of a 20-byte HMAC-SHA1: the REST API password.
+const REST_PASSWORD_LEN: usize = 28;
+
+/// The identity a request authenticated as, and the key its response is signed with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: Box<str>,
+    /// MD5(username ":" realm ":" password), RFC 8489 §9.2.2: the key of the response's
+    /// MESSAGE-INTEGRITY (or MESSAGE-INTEGRITY-SHA256).
+    pub key: [u8; 16],
+}
+
+impl fmt::Debug for Credentials {
+    /// The key stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a request did not authenticate, and so which error to answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// No MESSAGE-INTEGRITY: answer 401 with REALM and NONCE.
+    Challenge,
+    /// Unknown user, expired REST username or integrity mismatch: 401 with REALM and NONCE.
+    WrongCredentials,
+    /// A nonce that is expired, bound to another client address, or not ours: 438 with a
+    /// fresh NONCE and REALM.
+    StaleNonce,
+    /// MESSAGE-INTEGRITY without USERNAME, REALM or NONCE: 400.
+    BadRequest,
+}
+
+impl Reject {
+    /// The STUN error code to answer with.
+    pub const fn error_code(self) -> u16 {
+        match self {
+            Reject::Challenge | Reject::WrongCredentials => 401,
+            Reject::StaleNonce => 438,
+            Reject::BadRequest => 400,
+        }
+    }
+
+    /// The reason phrase for ERROR-CODE (RFC 8489 §14.8, RFC 8656 §19).
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Reject::Challenge | Reject::WrongCredentials => "Unauthenticated",
+            Reject::StaleNonce => "Stale Nonce",
+            Reject::BadRequest => "Bad Request",
+        }
+    }
+
+    /// Whether the answer carries REALM and NONCE ([`Auth::add_challenge`]).
+    pub const fn needs_challenge(self) -> bool {
+        !matches!(self, Reject::BadRequest)
+    }
+}
+
+/// One data-plane worker's authenticator: credentials, the nonce key and the limiter of
+/// unauthenticated answers. Built once from configuration and cloned per worker; each
+/// clone has its own limiter table.
+#[derive(Clone)]
+pub struct Auth {
+    realm: Box<str>,
+    /// Static users and their precomputed long-term keys.
+    users: BTreeMap<Box<str>, [u8; 16]>,
+    /// One HMAC-SHA1 state per REST secret, already keyed (saves rehashing the key).
+    secrets: Box<[Hmac<Sha1>]>,
+    /// HMAC-SHA256 keyed with the nonce secret.
+    nonce_mac: Hmac<Sha256>,
+    limiter: ChallengeLimiter,
+}
+
+impl fmt::Debug for Auth {
+    /// Counts only: no keys, secrets or user names in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("realm", &self.realm)
+            .field("users", &self.users.len())
+            .field("secrets", &self.secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// `users` maps static usernames to passwords; `secrets` are TURN REST API secrets
+    /// (empty strings are skipped: an empty HMAC key would let anyone mint passwords);
+    /// `nonce_secret` keys the nonces and should be random per process (every worker
+    /// must share it, or nonces issued by one are stale at another).
+    pub fn new(
+        realm: &str,
+        users: &BTreeMap<String, String>,
+        secrets: &[String],
+        nonce_secret: [u8; 32],
+    ) -> Auth {
+        let users = users
+            .iter()
+            .map(|(name, password)| {
+                let key = long_term_key(name.as_bytes(), realm.as_bytes(), password.as_bytes());
+                (Box::from(name.as_str()), key)
+            })
+            .collect();
+        let secrets = secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| Hmac::<Sha1>::new_from_slice(s.as_bytes()).ok())
+            .collect();
+        // Not input-dependent: HMAC takes keys of any length, so this cannot fail.
+        let nonce_mac =
+            Hmac::<Sha256>::new_from_slice(&nonce_secret).expect("HMAC accepts any key length");
+        Auth {
+            realm: realm.into(),
+            users,
+            secrets,
+            nonce_mac,
+            limiter: ChallengeLimiter::new(),
+        }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// Checks a request's USERNAME, REALM, NONCE and MESSAGE-INTEGRITY (or
+    /// MESSAGE-INTEGRITY-SHA256 under the same key; when both are present both must
+    /// match), in the order of RFC 8489 §9.2.4: 400, then 438, then 401.
+    ///
+    /// The key always follows the MD5 password algorithm: our nonces never start with the
+    /// "obMatJos2" cookie, so clients do not negotiate PASSWORD-ALGORITHM (§9.2.3).
+    /// USERHASH is not supported (a request with it but no USERNAME gets 400).
+    pub fn check(
+        &self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        now: u64,
+    ) -> Result<Credentials, Reject> {
+        if msg.integrity_offset().is_none() && msg.integrity_sha256_offset().is_none() {
+            return Err(Reject::Challenge);
+        }
+        let (Some(username), Some(_), Some(nonce)) = (
+            msg.get(attr::USERNAME),
+            msg.get(attr::REALM),
+            msg.get(attr::NONCE),
+        ) else {
+            return Err(Reject::BadRequest);
+        };
+        if !self.nonce_is_valid(nonce, src, now) {
+            return Err(Reject::StaleNonce);
+        }
+        // REALM itself is not compared: the key is built with our realm, so a request
+        // signed for another realm fails the integrity check with 401 as it should.
+        let username = std::str::from_utf8(username).map_err(|_| Reject::WrongCredentials)?;
+        if username.len() > MAX_USERNAME_LEN {
+            return Err(Reject::WrongCredentials);
+        }
+        let key = self.verified_key(msg, username, now)?;
+        Ok(Credentials {
+            username: username.into(),
+            key,
+        })
+    }
+
+    /// The long-term key of `username` under which `msg` verifies. A static user wins
+    /// over the REST scheme when both are configured.
+    fn verified_key(
+        &self,
+        msg: &Message<'_>,
+        username: &str,
+        now: u64,
+    ) -> Result<[u8; 16], Reject> {
+        if let Some(key) = self.users.get(username) {
+            return integrity_matches(msg, key)
+                .then_some(*key)
+                .ok_or(Reject::WrongCredentials);
+        }
+        let expiry = rest_expiry(username).ok_or(Reject::WrongCredentials)?;
+        if expiry < now {
+            return Err(Reject::WrongCredentials);
+        }
+        // Rotation: whichever secret the username's password was made with.
+        self.secrets
+            .iter()
+            .map(|secret| self.rest_key(secret, username))
+            .find(|key| integrity_matches(msg, key))
+            .ok_or(Reject::WrongCredentials)
+    }
+
+    /// MD5(username ":" realm ":" base64(HMAC-SHA1(secret, username))).
+    fn rest_key(&self, secret: &Hmac<Sha1>, username: &str) -> [u8; 16] {
+        let mut mac = secret.clone();
+        mac.update(username.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut password = [0u8; REST_PASSWORD_LEN];
+        let len = base64_encode(&tag, &mut password);
+        long_term_key(username.as_bytes(), self.realm.as_bytes(), &password[..len])
+    }
+
+    /// Appends REALM and a fresh NONCE for `src` to a response being written (after
+    /// ERROR-CODE, before any integrity attribute).
+    pub fn add_challenge(
+        &self,
+        w: &mut Writer<'_>,
+        src: SocketAddr,
+        now: u64,
+    ) -> Result<(), WriteError> {
+        w.add(attr::REALM, self.realm.as_bytes())?;
+        w.add(attr::NONCE, &self.nonce(src, now))
+    }
+
+    /// A nonce issued at `now` to the client at `src`: lowercase hex of the issue time
+    /// (8 bytes, big-endian) followed by HMAC-SHA256(nonce secret, time || client IP as
+    /// 16 bytes (IPv4 mapped) || client port), truncated to 16 bytes. 48 printable
+    /// characters, within RFC 8489's limit of 128 for NONCE.
+    pub fn nonce(&self, src: SocketAddr, now: u64) -> [u8; NONCE_LEN] {
+        let tag = self.nonce_tag(now, src).finalize().into_bytes();
+        let mut raw = [0u8; NONCE_RAW_LEN];
+        raw[..8].copy_from_slice(&now.to_be_bytes());
+        raw[8..].copy_from_slice(&tag[..NONCE_TAG_LEN]);
+        hex_encode(&raw)
+    }
+
+    /// Whether `nonce` was issued by this node (any worker sharing the nonce secret) to
+    /// `src`, within [`NONCE_LIFETIME_SECS`] of `now`.
+    fn nonce_is_valid(&self, nonce: &[u8], src: SocketAddr, now: u64) -> bool {
+        let Some(raw) = hex_decode::<NONCE_RAW_LEN>(nonce) else {
+            return false;
+        };
+        let (time, tag) = raw.split_at(8);
+        let mut issued = [0u8; 8];
+        issued.copy_from_slice(time);
+        let issued = u64::from_be_bytes(issued);
+        if now.abs_diff(issued) >= NONCE_LIFETIME_SECS {
+            return false;
+        }
+        // Constant-time comparison of the tag.
+        self.nonce_tag(issued, src)
+            .verify_truncated_left(tag)
+            .is_ok()
+    }
+
+    fn nonce_tag(&self, issued: u64, src: SocketAddr) -> Hmac<Sha256> {
+        let mut mac = self.nonce_mac.clone();
+        mac.update(&issued.to_be_bytes());
+        mac.update(&ip_bytes(src.ip()));
+        mac.update(&src.port().to_be_bytes());
+        mac
+    }
+
+    /// Per-source rate limit on 401/438 answers (so the node is no reflector): true =
+    /// may answer. Call it before answering any request that did not authenticate.
+    ///
+    /// A fixed table of [`CHALLENGE_BUCKETS`] token buckets (burst [`CHALLENGE_BURST`],
+    /// [`CHALLENGE_PER_SEC`] per second) indexed by a keyed hash (SipHash with a random
+    /// key) of the source: the IPv4 address, or the /64 of an IPv6 one (one subscriber's
+    /// LAN, which an attacker could otherwise spread spoofed sources over to multiply
+    /// what one victim network receives). No allocation, no growth with the number of
+    /// sources; sources that share a bucket share its budget. The table is per clone,
+    /// i.e. per worker.
+    pub fn allow_challenge(&mut self, src: IpAddr, now_ms: u64) -> bool {
+        self.limiter.allow(src, now_ms)
+    }
+}
+
+/// Whether every integrity attribute `msg` carries verifies under `key` (and it has one).
+fn integrity_matches(msg: &Message<'_>, key: &[u8; 16]) -> bool {
+    match (msg.verify_integrity(key), msg.verify_integrity_sha256(key)) {
+        (None, None) => false,
+        (sha1, sha256) => sha1 != Some(false) && sha256 != Some(false),
+    }
+}
+
+/// The expiry a TURN REST username carries, read as coturn does: `<expiry>:<id>`, a bare
+/// `<expiry>`, or else `<id>:<expiry>`. `None` when no part is a plain decimal number.
+fn rest_expiry(username: &str) -> Option<u64> {
+    match username.split_once(':') {
+        None => decimal(username),
+        Some((head, tail)) => decimal(head).or_else(|| decimal(tail)),
+    }
+}
+
+/// Digits only: no sign, no spaces; `None` if empty or above `u64::MAX`.
+fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A client IP as 16 bytes, IPv4 in its mapped form so a dual-stack socket's
+/// `::ffff:a.b.c.d` and a plain IPv4 socket's `a.b.c.d` are the same client.
+fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (RFC 4648 §4), as coturn and every REST API issuer use
+/// for the password, written into `out`; returns the length written. Output that does
+/// not fit `out` is cut short (callers size `out` as 4 * ceil(len / 3)). Local so
+/// that the one 20-byte encoding needs no extra crate.
+fn base64_encode(input: &[u8], out: &mut [u8]) -> usize {
+    let mut written = 0;
+    for (chunk, quad) in input.chunks(3).zip(out.chunks_exact_mut(4)) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let group = byte(0) << 16 | byte(1) << 8 | byte(2);
+        for (i, slot) in quad.iter_mut().enumerate() {
+            // A chunk of n bytes yields n + 1 digits; the rest is padding.
+            *slot = if i <= chunk.len() {
+                BASE64[(group >> (18 - 6 * i) & 0x3f) as usize]
+            } else {
+                b'='
+            };
+        }
+        written += 4;
+    }
+    written
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_encode<const N: usize, const M: usize>(raw: &[u8; N]) -> [u8; M] {
+    let mut out = [0u8; M];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(raw) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
+    }
+    out
+}
+
+/// Decodes exactly `2 * N` lowercase hex digits (the only form we issue).
+fn hex_decode<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The token buckets behind [`Auth::allow_challenge`].
+#[derive(Clone)]
+struct ChallengeLimiter {
+    /// Keyed SipHash: a source cannot aim at another source's bucket without the key.
+    hasher: RandomState,
+    buckets: Box<[Bucket]>,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    /// Tokens in thousandths.
+    milli_tokens: u32,
+    last_ms: u64,
+}
+
+impl Bucket {
+    const FULL: Bucket = Bucket {
+        milli_tokens: CHALLENGE_BURST * MILLI,
+        last_ms: 0,
+    };
+
+    /// Refills for the time since the last call, then takes one token if there is one.
+    fn take(&mut self, now_ms: u64) -> bool {
+        // A clock that steps back refills nothing and leaves `last_ms` where it was.
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        // `CHALLENGE_PER_SEC` tokens a second are as many thousandths a millisecond.
+        let refill = elapsed.saturating_mul(u64::from(CHALLENGE_PER_SEC));
+        let capacity = CHALLENGE_BURST * MILLI;
+        let filled = u64::from(self.milli_tokens).saturating_add(refill);
+        self.milli_tokens = u32::try_from(filled).map_or(capacity, |t| t.min(capacity));
+        if self.milli_tokens < MILLI {
+            return false;
+        }
+        self.milli_tokens -= MILLI;
+        true
+    }
+}
+
+impl ChallengeLimiter {
+    fn new() -> ChallengeLimiter {
+        ChallengeLimiter {
+            hasher: RandomState::new(),
+            buckets: vec![Bucket::FULL; CHALLENGE_BUCKETS].into_boxed_slice(),
+        }
+    }
+
+    fn allow(&mut self, src: IpAddr, now_ms: u64) -> bool {
+        let index = self.index(src);
+        self.buckets.get_mut(index).is_some_and(|b| b.take(now_ms))
+    }
+
+    fn index(&self, src: IpAddr) -> usize {
+        // Truncating the hash is fine: only its low bits pick the bucket.
+        self.hasher.hash_one(source_key(src)) as usize & (CHALLENGE_BUCKETS - 1)
+    }
+}
+
+/// What a source is limited as: its IPv4 address, or the /64 of an IPv6 address.
+fn source_key(src: IpAddr) -> (u8, u64) {
+    let ip = match src {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(src, IpAddr::V4),
+        IpAddr::V4(_) => src,
+    };
+    match ip {
+        IpAddr::V4(v4) => (4, u64::from(u32::from(v4))),
+        IpAddr::V6(v6) => (6, (u128::from(v6) >> 64) as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::Class;
+    use crate::stun::message::method;
+
+    use stun::agent::TransactionId;
+    use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+    use stun::integrity::MessageIntegrity;
+    use stun::message::{CLASS_REQUEST, METHOD_ALLOCATE, Message as Theirs, MessageType, Setter};
+    use stun::textattrs::TextAttribute;
+
+    const REALM: &str = "confnode";
+    const SECRET: &str = "north";
+    const OLD_SECRET: &str = "south";
+    /// Some time in 2025.
+    const NOW: u64 = 1_750_000_000;
+    /// The REST password of "1750003600:conference-42" under SECRET, from Python's
+    /// hmac and base64 modules (an implementation we did not write).
+    const PYTHON_REST_PASSWORD: &str = "WuqciR20ELKZ6kWZ5PrMjk/Rwh0=";
+
+    fn src() -> SocketAddr {
+        "203.0.113.7:50000".parse().expect("addr")
+    }
+
+    fn auth() -> Auth {
+        let mut users = BTreeMap::new();
+        users.insert("alice".to_owned(), "wonderland".to_owned());
+        // A static user whose name looks like a REST one: the static password wins.
+        users.insert("9999999999:static".to_owned(), "pw".to_owned());
+        Auth::new(
+            REALM,
+            &users,
+            &[SECRET.to_owned(), String::new(), OLD_SECRET.to_owned()],
+            [7; 32],
+        )
+    }
+
+    /// The REST API password, computed the way an application server does.
+    fn rest_password(secret: &str, username: &str) -> String {
+        let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(username.as_bytes());
+        let mut out = [0u8; 28];
+        let n = base64_encode(&mac.finalize().into_bytes(), &mut out);
+        String::from_utf8(out[..n].to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_and_python() {
+        let vectors: [(&[u8], &str); 7] = [
+            (b"", ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+        ];
+        for (input, expected) in vectors {
+            let mut out = [0u8; 8];
+            let n = base64_encode(input, &mut out);
+            assert_eq!(&out[..n], expected.as_bytes());
+        }
+        // base64.b64encode(hmac.new(b"north", b"1750003600:conference-42", sha1).digest())
+        assert_eq!(
+            rest_password(SECRET, "1750003600:conference-42"),
+            PYTHON_REST_PASSWORD
+        );
+    }
+
+    /// An Allocate request built by webrtc-rs `stun`, signed for `username`/`password`.
+    fn request(username: &str, password: &str, nonce: &[u8]) -> Vec<u8> {
+        let mut m = Theirs::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(TextAttribute::new(ATTR_USERNAME, username.into())),
+            Box::new(TextAttribute::new(ATTR_REALM, REALM.into())),
+            Box::new(TextAttribute::new(
+                ATTR_NONCE,
+                String::from_utf8(nonce.to_vec()).expect("ascii nonce"),
+            )),
+            Box::new(MessageIntegrity::new_long_term_integrity(
+                username.into(),
+                REALM.into(),
+                password.into(),
+            )),
+        ];
+        m.build(&setters).expect("build");
+        m.raw
+    }
+
+    fn check(a: &Auth, raw: &[u8], src: SocketAddr, now: u64) -> Result<Credentials, Reject> {
+        a.check(&Message::parse(raw).expect("parse"), src, now)
+    }
+
+    #[test]
+    fn static_user_right_and_wrong_password() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let ok = check(&a, &request("alice", "wonderland", &nonce), src(), NOW + 1);
+        let creds = ok.expect("alice authenticates");
+        assert_eq!(&*creds.username, "alice");
+        assert_eq!(
+            creds.key,
+            long_term_key(b"alice", b"confnode", b"wonderland")
+        );
+        assert_eq!(
+            check(&a, &request("alice", "looking-glass", &nonce), src(), NOW),
+            Err(Reject::WrongCredentials)
+        );
+        assert_eq!(
+            check(&a, &request("bob", "wonderland", &nonce), src(), NOW),
+            Err(Reject::WrongCredentials)
+        );
+    }
+
+    #[test]
+    fn rest_usernames_with_each_secret() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let user = format!("{}:conference-42", NOW + 3600);
+        let raw = request(&user, PYTHON_REST_PASSWORD, &nonce);
+        assert!(check(&a, &raw, src(), NOW).is_ok());
+        for secret in [SECRET, OLD_SECRET] {
+            let creds = check(
+                &a,
+                &request(&user, &rest_password(secret, &user), &nonce),
+                src(),
+                NOW,
+            )
+            .expect("REST user authenticates");
+            assert_eq!(&*creds.username, user);
+        }
+        assert_eq!(
+            check(
+                &a,
+                &request(&user, &rest_password("east", &user), &nonce),
+                src(),
+                NOW
+            ),
+            Err(Reject::WrongCredentials)
+        );
+        // The empty secret in the list was skipped, not accepted.
+        assert_eq!(
+            check(
+                &a,
+                &request(&user, &rest_password("", &user), &nonce),
+                src(),
+                NOW
+            ),
+            Err(Reject::WrongCredentials)
+        );
+    }
+
+    #[test]
+    fn rest_username_forms() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let expiry = NOW + 60;
+        for user in [
+            format!("{expiry}"),
+            format!("{expiry}:x"),
+            format!("x:{expiry}"),
+            format!("{expiry}:a:b"),
+        ] {
+            let raw = request(&user, &rest_password(SECRET, &user), &nonce);
+            assert!(check(&a, &raw, src(), NOW).is_ok(), "{user}");
+        }
+        // An expiry that is no plain number, and no static user by that name.
+        for user in ["x", "x:y", "+1750000060:x", "99999999999999999999999:x", ""] {
+            let raw = request(user, &rest_password(SECRET, user), &nonce);
+            assert_eq!(
+                check(&a, &raw, src(), NOW),
+                Err(Reject::WrongCredentials),
+                "{user}"
+            );
+        }
+        // A static user with a REST-looking name uses its static password.
+        let raw = request("9999999999:static", "pw", &nonce);
+        assert!(check(&a, &raw, src(), NOW).is_ok());
+        let user = "9999999999:static";
+        let raw = request(user, &rest_password(SECRET, user), &nonce);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::WrongCredentials));
+    }
+
+    #[test]
+    fn expired_rest_username_refused() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let user = format!("{}:old", NOW - 1);
+        let raw = request(&user, &rest_password(SECRET, &user), &nonce);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::WrongCredentials));
+        // Valid up to and including the expiry second.
+        let user = format!("{NOW}:edge");
+        let raw = request(&user, &rest_password(SECRET, &user), &nonce);
+        assert!(check(&a, &raw, src(), NOW).is_ok());
+    }
+
+    #[test]
+    fn stale_nonce_after_lifetime() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let raw = request("alice", "wonderland", &nonce);
+        assert!(check(&a, &raw, src(), NOW + NONCE_LIFETIME_SECS - 1).is_ok());
+        assert_eq!(
+            check(&a, &raw, src(), NOW + NONCE_LIFETIME_SECS),
+            Err(Reject::StaleNonce)
+        );
+        // A clock stepping back a little keeps the nonce, a lot does not.
+        assert!(check(&a, &raw, src(), NOW - 5).is_ok());
+        assert_eq!(
+            check(&a, &raw, src(), NOW - NONCE_LIFETIME_SECS),
+            Err(Reject::StaleNonce)
+        );
+        // Stale wins over wrong credentials (RFC 8489 §9.2.4 order).
+        let raw = request("alice", "nope", &nonce);
+        assert_eq!(
+            check(&a, &raw, src(), NOW + NONCE_LIFETIME_SECS),
+            Err(Reject::StaleNonce)
+        );
+    }
+
+    #[test]
+    fn nonce_bound_to_client_address() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let raw = request("alice", "wonderland", &nonce);
+        for other in [
+            "203.0.113.7:50001",
+            "203.0.113.8:50000",
+            "[2001:db8::7]:50000",
+        ] {
+            let other: SocketAddr = other.parse().expect("addr");
+            assert_eq!(
+                check(&a, &raw, other, NOW),
+                Err(Reject::StaleNonce),
+                "{other}"
+            );
+        }
+        // The mapped spelling of the same client is the same client.
+        let mapped: SocketAddr = "[::ffff:203.0.113.7]:50000".parse().expect("addr");
+        assert!(check(&a, &raw, mapped, NOW).is_ok());
+        // Another node (another nonce secret) did not issue it.
+        let mut users = BTreeMap::new();
+        users.insert("alice".to_owned(), "wonderland".to_owned());
+        let c = Auth::new(REALM, &users, &[], [8; 32]);
+        assert_eq!(check(&c, &raw, src(), NOW), Err(Reject::StaleNonce));
+    }
+
+    #[test]
+    fn garbage_nonces_are_stale() {
+        let a = auth();
+        let good = a.nonce(src(), NOW);
+        let mut flipped = good;
+        flipped[NONCE_LEN - 1] = if flipped[NONCE_LEN - 1] == b'0' {
+            b'1'
+        } else {
+            b'0'
+        };
+        let mut later = good;
+        later[15] = if later[15] == b'0' { b'1' } else { b'0' }; // issue time changed
+        let upper = good.to_ascii_uppercase();
+        let garbage: [&[u8]; 7] = [
+            b"",
+            b"x",
+            b"obMatJos2AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            &flipped,
+            &later,
+            &good[..NONCE_LEN - 2],
+            &upper,
+        ];
+        for nonce in garbage {
+            let raw = request("alice", "wonderland", nonce);
+            assert_eq!(
+                check(&a, &raw, src(), NOW),
+                Err(Reject::StaleNonce),
+                "{nonce:?}"
+            );
+        }
+        // Non-UTF-8 bytes too (written with our own writer).
+        let raw = own_request(&a, Some(b"alice"), Some(&[0xff; 48]), Integrity::Sha1);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::StaleNonce));
+    }
+
+    #[test]
+    fn nonce_format() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        assert_eq!(nonce.len(), NONCE_LEN);
+        assert!(
+            nonce
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(&nonce[..16], format!("{NOW:016x}").as_bytes());
+        // Deterministic per (time, address), different across either.
+        assert_eq!(nonce, a.nonce(src(), NOW));
+        assert_ne!(nonce, a.nonce(src(), NOW + 1));
+        assert_ne!(
+            nonce,
+            a.nonce("203.0.113.7:50001".parse().expect("addr"), NOW)
+        );
+    }
+
+    enum Integrity {
+        None,
+        Sha1,
+        Sha256,
+        Both,
+    }
+
+    /// A request written with our own [`Writer`] (webrtc-rs `stun` has no MI-SHA256).
+    fn own_request(
+        a: &Auth,
+        username: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        mi: Integrity,
+    ) -> Vec<u8> {
+        let mut buf = [0u8; 1024];
+        let mut w =
+            Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[9; 12]).expect("writer");
+        w.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+            .expect("attr");
+        if let Some(username) = username {
+            w.add(attr::USERNAME, username).expect("attr");
+        }
+        w.add(attr::REALM, a.realm().as_bytes()).expect("attr");
+        if let Some(nonce) = nonce {
+            w.add(attr::NONCE, nonce).expect("attr");
+        }
+        let key = long_term_key(b"alice", REALM.as_bytes(), b"wonderland");
+        match mi {
+            Integrity::None => {}
+            Integrity::Sha1 => w.add_integrity(&key).expect("mi"),
+            Integrity::Sha256 => w.add_integrity_sha256(&key).expect("mi"),
+            Integrity::Both => {
+                w.add_integrity(&key).expect("mi");
+                w.add_integrity_sha256(&key).expect("mi");
+            }
+        }
+        w.add_fingerprint().expect("fingerprint");
+        let n = w.finish();
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn integrity_sha256_and_both() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        for mi in [Integrity::Sha1, Integrity::Sha256, Integrity::Both] {
+            let raw = own_request(&a, Some(b"alice"), Some(&nonce), mi);
+            let creds = check(&a, &raw, src(), NOW).expect("authenticates");
+            assert_eq!(&*creds.username, "alice");
+        }
+        // A wrong MI-SHA256 next to a right MI fails the whole request.
+        let mut raw = own_request(&a, Some(b"alice"), Some(&nonce), Integrity::Both);
+        let msg = Message::parse(&raw).expect("parse");
+        let at = msg.integrity_sha256_offset().expect("mi-sha256") + 4;
+        raw[at] ^= 1;
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::WrongCredentials));
+        // And a wrong MI-SHA256 alone too.
+        let mut raw = own_request(&a, Some(b"alice"), Some(&nonce), Integrity::Sha256);
+        let at = Message::parse(&raw)
+            .expect("parse")
+            .integrity_sha256_offset()
+            .expect("mi")
+            + 10;
+        raw[at] ^= 1;
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::WrongCredentials));
+    }
+
+    #[test]
+    fn missing_attributes() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        // No integrity at all: a challenge, whatever else is there.
+        let raw = own_request(&a, Some(b"alice"), Some(&nonce), Integrity::None);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::Challenge));
+        let raw = own_request(&a, None, None, Integrity::None);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::Challenge));
+        // Integrity without USERNAME or NONCE: 400.
+        let raw = own_request(&a, None, Some(&nonce), Integrity::Sha1);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::BadRequest));
+        let raw = own_request(&a, Some(b"alice"), None, Integrity::Sha256);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::BadRequest));
+        // Not UTF-8, or too long: not a valid username.
+        let raw = own_request(&a, Some(&[0xc3, 0x28]), Some(&nonce), Integrity::Sha1);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::WrongCredentials));
+        let raw = own_request(&a, Some(&[b'a'; 509]), Some(&nonce), Integrity::Sha1);
+        assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::WrongCredentials));
+    }
+
+    #[test]
+    fn missing_realm_is_bad_request() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[1; 12]).expect("w");
+        w.add(attr::USERNAME, b"alice").expect("attr");
+        w.add(attr::NONCE, &nonce).expect("attr");
+        w.add_integrity(&long_term_key(b"alice", b"confnode", b"wonderland"))
+            .expect("mi");
+        let n = w.finish();
+        assert_eq!(check(&a, &buf[..n], src(), NOW), Err(Reject::BadRequest));
+    }
+
+    #[test]
+    fn another_realm_fails_integrity() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[1; 12]).expect("w");
+        w.add(attr::USERNAME, b"alice").expect("attr");
+        w.add(attr::REALM, b"elsewhere").expect("attr");
+        w.add(attr::NONCE, &nonce).expect("attr");
+        w.add_integrity(&long_term_key(b"alice", b"elsewhere", b"wonderland"))
+            .expect("mi");
+        let n = w.finish();
+        assert_eq!(
+            check(&a, &buf[..n], src(), NOW),
+            Err(Reject::WrongCredentials)
+        );
+    }
+
+    #[test]
+    fn challenge_is_readable_by_webrtc_stun() {
+        let a = auth();
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Error, &[2; 12]).expect("w");
+        w.add_error_code(Reject::Challenge.error_code(), Reject::Challenge.reason())
+            .expect("error code");
+        a.add_challenge(&mut w, src(), NOW).expect("challenge");
+        let n = w.finish();
+        let mut theirs = Theirs::new();
+        theirs.unmarshal_binary(&buf[..n]).expect("they parse it");
+        let realm = TextAttribute::get_from_as(&theirs, ATTR_REALM).expect("realm");
+        let nonce = TextAttribute::get_from_as(&theirs, ATTR_NONCE).expect("nonce");
+        assert_eq!(realm.text, REALM);
+        // The nonce they read back authenticates the next request.
+        let raw = request("alice", "wonderland", nonce.text.as_bytes());
+        assert!(check(&a, &raw, src(), NOW + 2).is_ok());
+    }
+
+    #[test]
+    fn reject_codes() {
+        assert_eq!(Reject::Challenge.error_code(), 401);
+        assert_eq!(Reject::WrongCredentials.error_code(), 401);
+        assert_eq!(Reject::StaleNonce.error_code(), 438);
+        assert_eq!(Reject::BadRequest.error_code(), 400);
+        assert!(Reject::StaleNonce.needs_challenge());
+        assert!(!Reject::BadRequest.needs_challenge());
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let a = auth();
+        let shown = format!("{a:?}");
+        assert!(
+            !shown.contains("alice") && !shown.contains(SECRET),
+            "{shown}"
+        );
+        let creds = Credentials {
+            username: "alice".into(),
+            key: [0xab; 16],
+        };
+        assert!(!format!("{creds:?}").contains("171"));
+    }
+
+    #[test]
+    fn limiter_burst_refusal_refill() {
+        let mut a = auth();
+        let ip: IpAddr = "198.51.100.1".parse().expect("ip");
+        let t = 5_000_000;
+        for i in 0..CHALLENGE_BURST {
+            assert!(a.allow_challenge(ip, t), "answer {i} of the burst");
+        }
+        assert!(!a.allow_challenge(ip, t));
+        // 10 per second: one token every 100 ms.
+        assert!(!a.allow_challenge(ip, t + 99));
+        assert!(a.allow_challenge(ip, t + 100));
+        assert!(!a.allow_challenge(ip, t + 100));
+        assert!(a.allow_challenge(ip, t + 200));
+        // A long pause refills to the burst, no further.
+        let later = t + 3_600_000;
+        let granted = (0..100).filter(|_| a.allow_challenge(ip, later)).count();
+        assert_eq!(granted, CHALLENGE_BURST as usize);
+        // A clock stepping back refills nothing and does not panic.
+        assert!(!a.allow_challenge(ip, 0));
+        assert!(a.allow_challenge(ip, later + 100));
+    }
+
+    #[test]
+    fn limiter_sources_are_independent() {
+        let mut a = auth();
+        let first: IpAddr = "198.51.100.1".parse().expect("ip");
+        // A source in another bucket (4096 buckets: found within a few tries).
+        let second = (2..=255u8)
+            .map(|last| IpAddr::from([198, 51, 100, last]))
+            .find(|ip| a.limiter.index(*ip) != a.limiter.index(first))
+            .expect("another bucket");
+        while a.allow_challenge(first, 1000) {}
+        assert!(!a.allow_challenge(first, 1000));
+        for _ in 0..CHALLENGE_BURST {
+            assert!(a.allow_challenge(second, 1000));
+        }
+        // A clone (another worker) has its own table.
+        let mut b = a.clone();
+        b.limiter = ChallengeLimiter::new();
+        assert!(b.allow_challenge(first, 1000));
+    }
+
+    #[test]
+    fn limiter_groups_ipv6_by_slash_64_and_mapped_with_ipv4() {
+        let a = auth();
+        let l = &a.limiter;
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            l.index(v6("2001:db8:1:2::1")),
+            l.index(v6("2001:db8:1:2:ffff::9"))
+        );
+        assert_eq!(
+            l.index(v6("::ffff:198.51.100.1")),
+            l.index(v6("198.51.100.1"))
+        );
+        assert_eq!(
+            source_key(v6("2001:db8:1:2::1")),
+            (6, 0x2001_0db8_0001_0002)
+        );
+        assert_eq!(source_key(v6("::ffff:198.51.100.1")), (4, 0xc633_6401));
+    }
+
+    #[test]
+    fn limiter_table_is_fixed() {
+        let mut a = auth();
+        for i in 0..100_000u32 {
+            let _ = a.allow_challenge(IpAddr::from(i.to_be_bytes()), u64::from(i));
+        }
+        assert_eq!(a.limiter.buckets.len(), CHALLENGE_BUCKETS);
+    }
+}

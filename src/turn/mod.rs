@@ -1,0 +1,5 @@
+//! TURN (RFC 8656) as sans-IO cores: authentication, the peer policy, allocations.
+
+pub mod auth;
+pub mod policy;
+pub mod server;
