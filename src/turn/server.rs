@@ -77,6 +77,9 @@ const MAX_PEERS_PER_REQUEST: usize = 8;
 /// Attempts at a free relay port before answering 508.
 const PORT_ATTEMPTS: usize = 64;
 const UDP: u8 = 17;
+/// ADDITIONAL-ADDRESS-FAMILY as numbered in the draft that coturn implements; RFC 8656
+/// moved it to 0x8000. Both are read.
+const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
 const FAMILY_V4: u8 = 0x01;
 const FAMILY_V6: u8 = 0x02;
 
@@ -164,11 +167,11 @@ impl Shared {
     }
 
     /// Takes the reservation of `token` if it is live and of the wanted family.
-    fn take_reservation(&self, token: &[u8; 8], v6: bool, now: u64) -> Option<Reservation> {
+    fn take_reservation(&self, token: &[u8; 8], now: u64) -> Option<Reservation> {
         let mut list = self.reservations.lock().ok()?;
         let i = list
             .iter()
-            .position(|r| &r.token == token && r.expires > now && r.advertised.is_ipv6() == v6)?;
+            .position(|r| &r.token == token && r.expires > now)?;
         Some(list.swap_remove(i))
     }
 
@@ -670,10 +673,15 @@ impl TurnCore {
         };
         let reserved = match req.reservation {
             Some(token) => {
+                // The reservation decides the family; a REQUESTED-ADDRESS-FAMILY beside
+                // it has to agree.
                 let r = self
                     .shared
-                    .take_reservation(&token, want_v6 && !want_v4, clock.mono_ms)
+                    .take_reservation(&token, clock.mono_ms)
                     .ok_or(BAD_REQUEST)?;
+                if req.family.is_some() && r.advertised.is_ipv6() != (want_v6 && !want_v4) {
+                    return Err(BAD_REQUEST);
+                }
                 let id = relays.adopt(r.socket).map_err(|_| CAPACITY)?;
                 Some(Relay {
                     id,
@@ -1236,7 +1244,7 @@ fn read_request(msg: &Message<'_>) -> Request {
                 req.transport = v.first().copied().filter(|_| v.len() == 4)
             }
             attr::REQUESTED_ADDRESS_FAMILY => req.family = family(v, &mut req.bad_attribute),
-            attr::ADDITIONAL_ADDRESS_FAMILY => {
+            attr::ADDITIONAL_ADDRESS_FAMILY | ADDITIONAL_ADDRESS_FAMILY_DRAFT => {
                 req.additional_family = family(v, &mut req.bad_attribute)
             }
             attr::EVEN_PORT => req.even_port = v.first().map(|b| b & 0x80 != 0),
