@@ -19,6 +19,7 @@
 //! - the highest offered rate it relays with under 1% loss: the offered rate of a run
 //!   is the highest one-second send rate the clients report, and the load is raised
 //!   by running several uclient processes side by side until loss reaches 1%;
+//!
 //! and the ratios to coturn and to the bare relay. On a 2-core machine the clients and
 //! the peer share the cores with the server, so the highest rate is the system's, not
 //! the server's alone: compare the rows, not the absolute figure.
@@ -42,7 +43,7 @@ mod load;
 
 use load::{
     Epoll, MsgBatch, Proc, Rng, env_flag, env_u64, find_tool, free_port, median, print_table,
-    reset_peak_rss, run_bounded, set_buffers, start_confnode, start_coturn, status_kb, tail,
+    reset_peak_rss, set_buffers, start_confnode, start_coturn, status_kb, tail,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -409,6 +410,13 @@ fn start_bare_relay(env: &Env) -> Result<Server, String> {
 /// run keeps runs independent and makes its peak RSS that of this load alone.
 fn run(kind: Kind, load: Load, env: &Env, label: &str) -> Result<Run, String> {
     let mut server = start_server(kind, env)?;
+    if kind != Kind::Bare && !answers_allocate(server.addr) {
+        return Err(format!(
+            "{} does not answer a TURN Allocate request (no response within 2 s), so \
+             turnutils_uclient cannot allocate; is TURN in this build?",
+            kind.name()
+        ));
+    }
     let pid = server.proc.pid();
     let gone = |what: &str| format!("{} (pid {pid}) is gone: no {what}", kind.name());
     // Start-up has settled once the server answers; the peak is reset so that it
@@ -933,6 +941,47 @@ fn flush_to_clients(batch: &mut MsgBatch, queued: &mut usize, listen: &UdpSocket
 // ---------------------------------------------------------------------------------
 // Helpers and the report
 
+/// True if `server` answers an unauthenticated TURN Allocate request at all (a TURN
+/// server answers 401 with its realm and nonce). Checked before each run so that a
+/// server without TURN fails in 2 s with a clear reason rather than after uclient's
+/// set-up time-out.
+fn answers_allocate(server: SocketAddr) -> bool {
+    let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    if sock.connect(server).is_err() {
+        return false;
+    }
+    let txid = Rng::from_os().txid();
+    // Allocate (0x0003), one attribute: REQUESTED-TRANSPORT (0x0019) = UDP (17).
+    let mut req = [0u8; 28];
+    req[0..2].copy_from_slice(&0x0003u16.to_be_bytes());
+    req[2..4].copy_from_slice(&8u16.to_be_bytes());
+    req[4..8].copy_from_slice(&load::MAGIC_COOKIE.to_be_bytes());
+    req[8..20].copy_from_slice(&txid);
+    req[20..24].copy_from_slice(&[0x00, 0x19, 0x00, 0x04]);
+    req[24..28].copy_from_slice(&[17, 0, 0, 0]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        if sock.send(&req).is_err()
+            || sock
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .is_err()
+        {
+            return false;
+        }
+        while let Ok(n) = sock.recv(&mut buf) {
+            let kind = u16::from_be_bytes([buf[0], buf[1]]);
+            // A success (0x0103) or error (0x0113) response to our Allocate.
+            if n >= 20 && (kind == 0x0103 || kind == 0x0113) && buf[8..20] == txid {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// True once `peer` echoes a datagram.
 fn wait_echo(peer: SocketAddr, limit: Duration) -> bool {
     let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
@@ -1011,7 +1060,7 @@ fn report(rows: &[Row], rounds: u64, cpu_load: Load, quick: bool) {
             }),
         ];
         if let Some(fail) = &row.failure {
-            cells.push(format!("FAILED in {}", first_line(fail)));
+            cells.push("FAILED (below)".to_owned());
         }
         table.push(cells);
     }
@@ -1081,8 +1130,4 @@ fn report(rows: &[Row], rounds: u64, cpu_load: Load, quick: bool) {
         let _ = write!(cmd, "TURN_LOAD_ROUNDS={r} ");
     }
     println!("\ncommand: {cmd}{COMMAND}");
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
 }

@@ -83,6 +83,8 @@ pub struct TurnConfig {
     /// Permissions and channels one allocation may hold.
     pub max_permissions: usize,
     pub max_channels: usize,
+    /// Relayed kilobits per second one allocation may use; 0 = no cap.
+    pub max_bandwidth_kbps: u64,
 }
 
 impl Default for TurnConfig {
@@ -108,6 +110,7 @@ impl Default for TurnConfig {
             max_allocations_per_user: 1_000,
             max_permissions: 64,
             max_channels: 64,
+            max_bandwidth_kbps: 0,
         }
     }
 }

@@ -164,6 +164,7 @@ fn turn_shared(config: &Config, metrics: &Metrics) -> Shared {
         max_allocations_per_user: t.max_allocations_per_user,
         max_permissions: t.max_permissions,
         max_channels: t.max_channels,
+        bandwidth: t.max_bandwidth_kbps.saturating_mul(1000) / 8,
         ..Limits::default()
     };
     let mut own: Vec<SocketAddr> = t.listen.iter().map(|l| l.0).collect();

@@ -319,9 +319,12 @@ impl Worker {
                     .send_from(j, start, len, client.addr, client.listener);
             }
             Action::Drop(DropReason::Malformed) => tally.malformed += 1,
-            Action::Drop(DropReason::Unhandled | DropReason::NoRoute | DropReason::RateLimited) => {
-                tally.unhandled += 1
-            }
+            Action::Drop(
+                DropReason::Unhandled
+                | DropReason::NoRoute
+                | DropReason::RateLimited
+                | DropReason::Bandwidth,
+            ) => tally.unhandled += 1,
             Action::Drop(DropReason::Consumed) => {}
         }
     }

@@ -242,6 +242,7 @@ pub struct Message<'a> {
     method: u16,
     class: Class,
     cookie_tid: &'a [u8; 16],
+    transaction_id: &'a [u8; 12],
     integrity: Option<usize>,
     integrity_sha256: Option<usize>,
     fingerprint: Option<usize>,
@@ -266,12 +267,16 @@ impl<'a> Message<'a> {
         let (_, cookie_tid) = header
             .split_last_chunk::<16>()
             .ok_or(ParseError::Truncated)?;
+        let (_, transaction_id) = cookie_tid
+            .split_last_chunk::<12>()
+            .ok_or(ParseError::Truncated)?;
         let (method, class) = split_type(u16::from_be_bytes([header[0], header[1]]));
         let mut msg = Message {
             raw,
             method,
             class,
             cookie_tid,
+            transaction_id,
             integrity: None,
             integrity_sha256: None,
             fingerprint: None,
@@ -344,11 +349,7 @@ impl<'a> Message<'a> {
 
     /// The 96-bit transaction id (RFC 5389 and later).
     pub fn transaction_id(&self) -> &'a [u8; 12] {
-        let (_, tid) = self
-            .cookie_tid
-            .split_last_chunk::<12>()
-            .unwrap_or((&[], &[0; 12]));
-        tid
+        self.transaction_id
     }
 
     /// Header bytes 4..20: the magic cookie and the transaction id, or the whole 128-bit

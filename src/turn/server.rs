@@ -48,6 +48,9 @@ pub struct Limits {
     pub max_allocations_per_user: u32,
     pub max_permissions: usize,
     pub max_channels: usize,
+    /// Relayed bytes per second one allocation may move, both directions together;
+    /// 0 = no cap. One second's worth may come in a burst.
+    pub bandwidth: u64,
 }
 
 impl Default for Limits {
@@ -59,6 +62,7 @@ impl Default for Limits {
             max_allocations_per_user: 1_000,
             max_permissions: 64,
             max_channels: 64,
+            bandwidth: 0,
         }
     }
 }
@@ -237,6 +241,8 @@ pub enum DropReason {
     Consumed,
     /// Not a TURN message.
     Unhandled,
+    /// Over the allocation's bandwidth cap.
+    Bandwidth,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -263,6 +269,9 @@ struct Allocation {
     allocate_tid: [u8; 12],
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
+    /// Bytes the allocation may still relay now (with `Limits::bandwidth`).
+    budget: u64,
+    budget_at: u64,
 }
 
 /// A permission for one peer IP address (RFC 8656 §9).
@@ -404,11 +413,43 @@ impl TurnCore {
         len: usize,
         relays: &mut dyn RelayIo,
     ) -> Action {
-        match buf.first() {
+        let action = match buf.first() {
             Some(0x40..=0x7F) => self.channel_data(clock, client, &buf[..len]),
             Some(0..=3) => self.stun(clock, client, buf, len, relays),
             _ => Action::Drop(DropReason::Malformed),
+        };
+        match action {
+            Action::ToPeer { len, .. } if self.shared.limits.bandwidth > 0 => {
+                let index = self.by_client.get(&client).copied();
+                match index {
+                    Some(i) if self.charge(i, len, clock.mono_ms) => action,
+                    _ => Action::Drop(DropReason::Bandwidth),
+                }
+            }
+            _ => action,
         }
+    }
+
+    /// Takes `bytes` from allocation `index`'s bandwidth budget, refilled at
+    /// `Limits::bandwidth` per second up to one second's worth.
+    fn charge(&mut self, index: usize, bytes: usize, now: u64) -> bool {
+        let rate = self.shared.limits.bandwidth;
+        let Some(alloc) = self.allocations.get_mut(index).and_then(Option::as_mut) else {
+            return false;
+        };
+        let elapsed = now.saturating_sub(alloc.budget_at);
+        alloc.budget = rate.min(
+            alloc
+                .budget
+                .saturating_add(elapsed.saturating_mul(rate) / 1000),
+        );
+        alloc.budget_at = now;
+        let bytes = bytes as u64;
+        if alloc.budget < bytes {
+            return false;
+        }
+        alloc.budget -= bytes;
+        true
     }
 
     fn channel_data(&mut self, clock: Clock, client: ClientKey, buf: &[u8]) -> Action {
@@ -714,6 +755,8 @@ impl TurnCore {
             allocate_tid: req.tid,
             permissions: Vec::new(),
             channels: Vec::new(),
+            budget: self.shared.limits.bandwidth,
+            budget_at: clock.mono_ms,
         };
         let index = self.insert(alloc);
         Ok(self.allocate_success(clock, index, buf, req, token, v6_error))
@@ -1100,6 +1143,12 @@ impl TurnCore {
         if !self.may_exchange(alloc, peer, now) {
             return Action::Drop(DropReason::NoRoute);
         }
+        if self.shared.limits.bandwidth > 0 && !self.charge(index, len, now) {
+            return Action::Drop(DropReason::Bandwidth);
+        }
+        let Some(alloc) = self.allocations.get(index).and_then(Option::as_ref) else {
+            return Action::Drop(DropReason::NoRoute);
+        };
         let client = alloc.client;
         if let Some(ch) = alloc
             .channels
@@ -1272,11 +1321,9 @@ fn read_request(msg: &Message<'_>) -> Request {
             | attr::DONT_FRAGMENT
             | attr::DATA
             | attr::FINGERPRINT => {}
-            t if attr::is_comprehension_required(t) => {
-                if req.unknown_count < req.unknown.len() {
-                    req.unknown[req.unknown_count] = t;
-                    req.unknown_count += 1;
-                }
+            t if attr::is_comprehension_required(t) && req.unknown_count < req.unknown.len() => {
+                req.unknown[req.unknown_count] = t;
+                req.unknown_count += 1;
             }
             _ => {}
         }
