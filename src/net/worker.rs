@@ -67,7 +67,7 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
             let mut worker = Worker {
                 poll,
                 table,
-                ready: Vec::new(),
+                ready: Ready::default(),
                 batch: Batch::new(),
                 setup,
             };
@@ -140,10 +140,43 @@ impl RelayIo for SocketTable {
 struct Worker {
     poll: Poll,
     table: SocketTable,
-    /// Sockets with datagrams (maybe) waiting, by index.
-    ready: Vec<bool>,
+    ready: Ready,
     batch: Batch,
     setup: WorkerSetup,
+}
+
+/// Sockets with datagrams (maybe) waiting, in the order they became ready; each
+/// socket is queued once. A socket leaves the queue when it would block.
+#[derive(Default)]
+struct Ready {
+    queue: std::collections::VecDeque<usize>,
+    queued: Vec<bool>,
+}
+
+impl Ready {
+    fn push(&mut self, index: usize) {
+        if self.queued.len() <= index {
+            self.queued.resize(index + 1, false);
+        }
+        if !self.queued[index] {
+            self.queued[index] = true;
+            self.queue.push_back(index);
+        }
+    }
+
+    fn rotate(&mut self) {
+        if let Some(index) = self.queue.pop_front() {
+            self.queue.push_back(index);
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some(index) = self.queue.pop_front()
+            && let Some(q) = self.queued.get_mut(index)
+        {
+            *q = false;
+        }
+    }
 }
 
 /// What a turn of the loop came to, added to the shared counters once.
@@ -164,7 +197,7 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
-            let busy = self.ready.iter().any(|&r| r);
+            let busy = !self.ready.queue.is_empty();
             let timeout = if busy {
                 Duration::ZERO
             } else {
@@ -180,10 +213,7 @@ impl Worker {
                 if i == WAKER.0 {
                     continue;
                 }
-                if self.ready.len() <= i {
-                    self.ready.resize(i + 1, false);
-                }
-                self.ready[i] = true;
+                self.ready.push(i);
             }
             if self.setup.shutdown.load(Ordering::Relaxed) {
                 self.setup.turn.close_all(&mut self.table);
@@ -215,31 +245,29 @@ impl Worker {
     fn serve(&mut self) {
         let mut tally = Tally::default();
         let clock = self.clock();
-        let mut cursor = 0;
         for _ in 0..BATCHES_PER_TURN {
             self.batch.clear();
-            while cursor < self.ready.len() && !self.batch.is_full() {
-                if !self.ready[cursor] {
-                    cursor += 1;
-                    continue;
-                }
-                let Some(fd) = self.table.fd(cursor) else {
-                    self.ready[cursor] = false;
-                    cursor += 1;
+            while !self.batch.is_full() {
+                let Some(&index) = self.ready.queue.front() else {
+                    break;
+                };
+                let Some(fd) = self.table.fd(index) else {
+                    self.ready.pop();
                     continue;
                 };
-                match self.batch.recv(fd, cursor) {
-                    Ok(_) => {}
+                match self.batch.recv(fd, index) {
+                    // It may have more: to the back of the queue, so that one busy
+                    // socket cannot starve the others.
+                    Ok(_) => self.ready.rotate(),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         // WouldBlock: drained. Anything else is an ICMP error queued
-                        // on the socket for an earlier datagram, or a closed socket:
-                        // nothing to read now either way.
+                        // on the socket for an earlier datagram: nothing to read now
+                        // either way.
                         if e.kind() != io::ErrorKind::WouldBlock {
                             tracing::trace!("receive error: {e}");
                         }
-                        self.ready[cursor] = false;
-                        cursor += 1;
+                        self.ready.pop();
                     }
                 }
             }
