@@ -17,14 +17,15 @@ use tokio::sync::Semaphore;
 pub fn run(config: Config) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let turn = Arc::new(turn_shared(&config, &metrics));
+    let udp_listen = udp_listen_addresses(&config)?;
+    let turn = Arc::new(turn_shared(&config, &udp_listen, &metrics));
     let auth = Auth::new(
         &config.turn.realm,
         &config.turn.users,
         &config.turn.auth_secret,
         random_key(),
     );
-    let workers = start_workers(&config, &metrics, &turn, &auth, &shutdown)?;
+    let workers = start_workers(&config, &udp_listen, &metrics, &turn, &auth, &shutdown)?;
 
     let tcp_listeners = config
         .turn
@@ -69,6 +70,7 @@ fn bind<T>(addr: SocketAddr, what: &str, r: std::io::Result<T>) -> Result<T, Str
 /// listen address.
 fn start_workers(
     config: &Config,
+    udp_listen: &[SocketAddr],
     metrics: &Arc<Metrics>,
     turn: &Arc<Shared>,
     auth: &Auth,
@@ -78,11 +80,9 @@ fn start_workers(
     let epoch = std::time::Instant::now();
     let mut handles = Vec::with_capacity(count);
     for id in 0..count {
-        let sockets = config
-            .turn
-            .listen
+        let sockets = udp_listen
             .iter()
-            .map(|l| bind(l.0, "UDP", udp::bind_shared(l.0)))
+            .map(|&a| bind(a, "UDP", udp::bind_shared(a)))
             .collect::<Result<Vec<_>, _>>()?;
         let seed = u64::from_le_bytes(random_key()[..8].try_into().unwrap_or([1; 8]));
         let setup = worker::WorkerSetup {
@@ -157,7 +157,7 @@ async fn wait_for_signal() -> Result<(), String> {
 }
 
 /// What every TURN core shares, from the configuration.
-fn turn_shared(config: &Config, metrics: &Metrics) -> Shared {
+fn turn_shared(config: &Config, udp_listen: &[SocketAddr], metrics: &Metrics) -> Shared {
     let t = &config.turn;
     let limits = Limits {
         max_allocations: t.max_allocations,
@@ -167,9 +167,9 @@ fn turn_shared(config: &Config, metrics: &Metrics) -> Shared {
         bandwidth: t.max_bandwidth_kbps.saturating_mul(1000) / 8,
         ..Limits::default()
     };
-    let mut own: Vec<SocketAddr> = t.listen.iter().map(|l| l.0).collect();
-    for l in &t.listen {
-        match l.0 {
+    let mut own: Vec<SocketAddr> = udp_listen.to_vec();
+    for &l in udp_listen {
+        match l {
             SocketAddr::V4(a) => own.push(SocketAddr::from((config.node.public_ip, a.port()))),
             SocketAddr::V6(a) => {
                 if let Some(ip) = config.node.public_ipv6 {
@@ -187,8 +187,8 @@ fn turn_shared(config: &Config, metrics: &Metrics) -> Shared {
     Shared::new(
         limits,
         t.relay_ports,
-        relay_ip(config, false),
-        relay_ip(config, true),
+        relay_ip(config, udp_listen, false),
+        relay_ip(config, udp_listen, true),
         config.node.public_ip,
         config.node.public_ipv6,
         policy,
@@ -197,16 +197,43 @@ fn turn_shared(config: &Config, metrics: &Metrics) -> Shared {
 }
 
 /// The address relay sockets of one family bind to: the first of `turn.relay_ips`
-/// of that family, else the first listen address of that family.
-fn relay_ip(config: &Config, v6: bool) -> Option<IpAddr> {
+/// of that family, else the first UDP listen address of that family (preferring one
+/// that is not loopback, when a wildcard listen address was expanded).
+fn relay_ip(config: &Config, udp_listen: &[SocketAddr], v6: bool) -> Option<IpAddr> {
     let t = &config.turn;
     if !t.relay_ips.is_empty() {
         return t.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == v6);
     }
-    t.listen
-        .iter()
-        .map(|l| l.0.ip())
-        .find(|ip| ip.is_ipv6() == v6)
+    let family = || {
+        udp_listen
+            .iter()
+            .map(|a| a.ip())
+            .filter(move |ip| ip.is_ipv6() == v6)
+    };
+    family()
+        .find(|ip| !ip.is_loopback())
+        .or_else(|| family().next())
+}
+
+/// The UDP listen addresses, with each wildcard expanded to the host's addresses.
+fn udp_listen_addresses(config: &Config) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    for l in &config.turn.listen {
+        let expanded = udp::expand_wildcard(l.0)
+            .map_err(|e| format!("cannot list the host's addresses for {}: {e}", l.0))?;
+        if expanded.is_empty() {
+            return Err(format!(
+                "turn.listen: {} matches no address of this host",
+                l.0
+            ));
+        }
+        for a in expanded {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// 32 bytes from the operating system's random source (keys made at start).

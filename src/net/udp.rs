@@ -50,3 +50,73 @@ pub fn bind_relay(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSo
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
+
+/// The addresses a wildcard UDP listen address stands for: every address of that
+/// family on the host's interfaces now. A UDP socket bound to a wildcard answers from
+/// whichever address the kernel picks, which on a host with several addresses may not
+/// be the one the client sent to; sockets bound to each address answer from it.
+pub fn expand_wildcard(addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+    if !addr.ip().is_unspecified() {
+        return Ok(vec![addr]);
+    }
+    let mut out = Vec::new();
+    for ip in interface_addresses()? {
+        let same_family = ip.is_ipv6() == addr.is_ipv6();
+        // Link-local IPv6 addresses need a scope id and serve no TURN client.
+        let link_local = matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local());
+        if same_family && !link_local && !out.contains(&SocketAddr::new(ip, addr.port())) {
+            out.push(SocketAddr::new(ip, addr.port()));
+        }
+    }
+    Ok(out)
+}
+
+/// Every IPv4 and IPv6 address on the host's interfaces (getifaddrs(3)).
+fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `head`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cur };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family tells its real type,
+            // and both sockaddr_in and sockaddr_in6 are read only for their family.
+            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                let a = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.push(std::net::IpAddr::from(
+                    u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                ));
+            } else if family == libc::AF_INET6 {
+                let a = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in6>() };
+                out.push(std::net::IpAddr::from(a.sin6_addr.s6_addr));
+            }
+        }
+        cur = entry.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_expands_to_loopback_among_others() {
+        let v4 = expand_wildcard("0.0.0.0:3478".parse().expect("addr")).expect("getifaddrs");
+        assert!(
+            v4.contains(&"127.0.0.1:3478".parse().expect("addr")),
+            "{v4:?}"
+        );
+        assert!(v4.iter().all(|a| a.is_ipv4() && a.port() == 3478));
+        let one = expand_wildcard("127.0.0.1:9".parse().expect("addr")).expect("specific");
+        assert_eq!(one, vec!["127.0.0.1:9".parse().expect("addr")]);
+    }
+}
