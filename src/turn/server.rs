@@ -71,6 +71,8 @@ const PERMISSION_LIFETIME_MS: u64 = 300_000;
 const CHANNEL_LIFETIME_MS: u64 = 600_000;
 /// How long a port reserved by EVEN-PORT's R bit waits for its Allocate (RFC 8656 §7.2).
 const RESERVATION_MS: u64 = 30_000;
+/// Ports held at once for reservations, over the whole node.
+const MAX_RESERVATIONS: usize = 1_000;
 /// Channel numbers: RFC 8656 narrowed them to 0x4000–0x4FFF, but RFC 5766 clients
 /// (coturn's tools among them) still pick from 0x4000–0x7FFF, and nothing else on the
 /// media port starts with 0x50–0x7F (RFC 7983), so the old range is kept.
@@ -168,6 +170,15 @@ impl Shared {
         if let Ok(mut list) = self.reservations.lock() {
             list.push(r);
         }
+    }
+
+    /// Whether another port may be held for EVEN-PORT's R bit: held ports count
+    /// against no allocation quota, so their number is bounded on its own.
+    fn reservation_room(&self) -> bool {
+        self.reservations
+            .lock()
+            .map(|list| list.len() < MAX_RESERVATIONS)
+            .unwrap_or(false)
     }
 
     /// Takes the reservation of `token` if it is live and of the wanted family.
@@ -413,6 +424,9 @@ impl TurnCore {
         len: usize,
         relays: &mut dyn RelayIo,
     ) -> Action {
+        if len > buf.len() {
+            return Action::Drop(DropReason::Malformed);
+        }
         let action = match buf.first() {
             Some(0x40..=0x7F) => self.channel_data(clock, client, &buf[..len]),
             Some(0..=3) => self.stun(clock, client, buf, len, relays),
@@ -461,10 +475,10 @@ impl TurnCore {
         if 4 + len > buf.len() {
             return Action::Drop(DropReason::Malformed);
         }
-        let Some(alloc) = self.allocation(client) else {
+        let now = clock.mono_ms;
+        let Some(alloc) = self.allocation(client, now) else {
             return Action::Drop(DropReason::NoRoute);
         };
-        let now = clock.mono_ms;
         let Some(ch) = alloc
             .channels
             .iter()
@@ -496,9 +510,11 @@ impl TurnCore {
         }
     }
 
-    fn allocation(&self, client: ClientKey) -> Option<&Allocation> {
+    /// The live allocation of a client (one past its lifetime waits for the sweep,
+    /// but relays nothing).
+    fn allocation(&self, client: ClientKey, now: u64) -> Option<&Allocation> {
         let &i = self.by_client.get(&client)?;
-        self.allocations.get(i)?.as_ref()
+        self.allocations.get(i)?.as_ref().filter(|a| a.expires > now)
     }
 
     fn stun(
@@ -539,7 +555,7 @@ impl TurnCore {
         let Some(data) = msg.attributes().find(|a| a.typ == attr::DATA) else {
             return Action::Drop(DropReason::Malformed);
         };
-        let Some(alloc) = self.allocation(client) else {
+        let Some(alloc) = self.allocation(client, clock.mono_ms) else {
             return Action::Drop(DropReason::NoRoute);
         };
         if !self.may_exchange(alloc, peer, clock.mono_ms) {
@@ -565,17 +581,20 @@ impl TurnCore {
         auth: Result<Credentials, Reject>,
         relays: &mut dyn RelayIo,
     ) -> Action {
-        if req.unknown_count > 0 {
-            let unknown = req.unknown;
-            let count = req.unknown_count;
-            return self.answer_error(buf, &req, (420, "Unknown Attribute"), None, |w| {
-                w.add_unknown_attributes(&unknown[..count])
-            });
-        }
         let creds = match auth {
             Ok(creds) => creds,
             Err(reject) => return self.reject(clock, client, buf, &req, reject),
         };
+        // After authentication (RFC 8489 §6.3): an unauthenticated answer goes through
+        // the rate limit of `reject`, never out unthrottled to a spoofable source.
+        if req.unknown_count > 0 {
+            let unknown = req.unknown;
+            let count = req.unknown_count;
+            let key = Some(&creds.key);
+            return self.answer_error(buf, &req, (420, "Unknown Attribute"), key, |w| {
+                w.add_unknown_attributes(&unknown[..count])
+            });
+        }
         if req.bad_attribute {
             return self.answer_error(buf, &req, BAD_REQUEST, Some(&creds.key), |_| Ok(()));
         }
@@ -799,6 +818,9 @@ impl TurnCore {
         };
         let ip = ip.ok_or(FAMILY_NOT_SUPPORTED)?;
         let (primary, token) = if reserve {
+            if !self.shared.reservation_room() {
+                return Err(CAPACITY);
+            }
             let (relay, socket, advertised) = self.open_pair(ip, relays)?;
             let token = self.random().to_be_bytes();
             self.shared.add_reservation(Reservation {
@@ -1365,5 +1387,1839 @@ fn answer(
     match written {
         Ok(n) => Action::Reply(n),
         Err(_) => Action::Drop(DropReason::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The core driven by hand: a fake `RelayIo` that hands out ids and records what is
+    //! opened and closed, a clock that moves only when a test moves it, requests written
+    //! with `Writer` and signed with the long-term key.
+
+    use super::*;
+    use crate::stun::message::{decode_xor_address, long_term_key};
+    use std::collections::BTreeMap;
+
+    const REALM: &str = "confnode.test";
+    const ALICE: User = ("alice", "wonderland");
+    const BOB: User = ("bob", "builder");
+    const RELAY_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+    const RELAY_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10));
+    const PUBLIC_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+    const PUBLIC_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5);
+    const PORTS: PortRange = PortRange {
+        first: 50_000,
+        last: 50_099,
+    };
+    /// Headroom in front of a peer's datagram, as the data plane keeps it.
+    const HEADROOM: usize = crate::net::batch::HEADROOM;
+
+    type User = (&'static str, &'static str);
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    /// Peers the default policy lets through.
+    fn peer_a() -> SocketAddr {
+        addr("93.184.216.34:5000")
+    }
+
+    fn peer_b() -> SocketAddr {
+        addr("93.184.216.35:6000")
+    }
+
+    fn peer_v6() -> SocketAddr {
+        addr("[2606:4700:4700::1111]:7000")
+    }
+
+    /// The node's own media address: loopback, refused by the policy except here.
+    fn own() -> SocketAddr {
+        addr("127.0.0.1:3478")
+    }
+
+    fn client(n: u16) -> ClientKey {
+        ClientKey {
+            listener: 0,
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 40_000 + n),
+        }
+    }
+
+    fn key(user: User) -> [u8; 16] {
+        long_term_key(user.0.as_bytes(), REALM.as_bytes(), user.1.as_bytes())
+    }
+
+    /// Relay sockets as ids: records what the core opens, reserves, adopts and closes.
+    #[derive(Default)]
+    struct FakeRelays {
+        next: RelayId,
+        open: Vec<(RelayId, SocketAddr)>,
+        closed: Vec<RelayId>,
+        /// Reserved sockets: the real (loopback) socket's address, the address asked for.
+        reserved: Vec<(SocketAddr, SocketAddr)>,
+        adopted: Vec<RelayId>,
+        /// Every bind fails with `AddrInUse`.
+        busy: bool,
+        opens_tried: usize,
+    }
+
+    impl FakeRelays {
+        fn new() -> FakeRelays {
+            FakeRelays {
+                next: 10,
+                ..FakeRelays::default()
+            }
+        }
+
+        fn taken(&self, addr: SocketAddr) -> bool {
+            self.busy
+                || self.open.iter().any(|&(_, a)| a == addr)
+                || self.reserved.iter().any(|&(_, a)| a == addr)
+        }
+
+        fn id_of(&self, addr: SocketAddr) -> RelayId {
+            self.open
+                .iter()
+                .find(|&&(_, a)| a == addr)
+                .map(|&(id, _)| id)
+                .expect("a relay open on that address")
+        }
+
+        fn add(&mut self, addr: SocketAddr) -> RelayId {
+            let id = self.next;
+            self.next += 1;
+            self.open.push((id, addr));
+            id
+        }
+    }
+
+    impl RelayIo for FakeRelays {
+        fn open(&mut self, addr: SocketAddr) -> io::Result<RelayId> {
+            self.opens_tried += 1;
+            assert!(addr.port() >= PORTS.first && addr.port() <= PORTS.last);
+            if self.taken(addr) {
+                return Err(io::ErrorKind::AddrInUse.into());
+            }
+            Ok(self.add(addr))
+        }
+
+        fn reserve(&mut self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+            if self.taken(addr) {
+                return Err(io::ErrorKind::AddrInUse.into());
+            }
+            // The core only carries the socket around; any socket will do.
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            self.reserved.push((socket.local_addr()?, addr));
+            Ok(socket)
+        }
+
+        fn adopt(&mut self, socket: std::net::UdpSocket) -> io::Result<RelayId> {
+            let local = socket.local_addr()?;
+            let i = self
+                .reserved
+                .iter()
+                .position(|&(l, _)| l == local)
+                .ok_or(io::ErrorKind::NotFound)?;
+            let (_, addr) = self.reserved.swap_remove(i);
+            let id = self.add(addr);
+            self.adopted.push(id);
+            Ok(id)
+        }
+
+        fn close(&mut self, id: RelayId) {
+            let i = self
+                .open
+                .iter()
+                .position(|&(r, _)| r == id)
+                .expect("closing a relay that is open (and only once)");
+            self.open.swap_remove(i);
+            self.closed.push(id);
+        }
+    }
+
+    struct Node {
+        shared: Arc<Shared>,
+        core: TurnCore,
+        /// A clone of the core's authenticator, for nonces.
+        auth: Auth,
+        relays: FakeRelays,
+        now: Clock,
+        buf: Vec<u8>,
+        tids: u32,
+    }
+
+    struct Setup {
+        limits: Limits,
+        v6: bool,
+        stream: bool,
+        own: Vec<SocketAddr>,
+    }
+
+    impl Default for Setup {
+        fn default() -> Setup {
+            Setup {
+                limits: Limits::default(),
+                v6: false,
+                stream: false,
+                own: vec![own()],
+            }
+        }
+    }
+
+    fn node() -> Node {
+        node_with(Setup::default())
+    }
+
+    fn node_with(setup: Setup) -> Node {
+        let policy = PeerPolicy::new(false, &[], &[], &setup.own);
+        let shared = Arc::new(Shared::new(
+            setup.limits,
+            PORTS,
+            Some(RELAY_V4),
+            setup.v6.then_some(RELAY_V6),
+            PUBLIC_V4,
+            setup.v6.then_some(PUBLIC_V6),
+            policy,
+            TurnMetrics::default(),
+        ));
+        let mut users = BTreeMap::new();
+        for (name, password) in [ALICE, BOB] {
+            users.insert(name.to_owned(), password.to_owned());
+        }
+        let auth = Auth::new(REALM, &users, &[], [7; 32]);
+        let core = TurnCore::new(shared.clone(), auth.clone(), setup.stream, 0x5eed);
+        Node {
+            shared,
+            core,
+            auth,
+            relays: FakeRelays::new(),
+            now: Clock {
+                mono_ms: 5_000_000,
+                unix: 1_750_000_000,
+            },
+            buf: vec![0; 2048],
+            tids: 0,
+        }
+    }
+
+    impl Node {
+        fn tid(&mut self) -> [u8; 12] {
+            self.tids += 1;
+            let mut tid = [0xa5; 12];
+            tid[..4].copy_from_slice(&self.tids.to_be_bytes());
+            tid
+        }
+
+        fn advance(&mut self, secs: u64) {
+            self.now.mono_ms += secs * 1000;
+            self.now.unix += secs;
+        }
+
+        fn sweep(&mut self) {
+            self.core.sweep(self.now, &mut self.relays);
+        }
+
+        /// A request from `from`: the attributes `attrs` writes, then (with `user`)
+        /// USERNAME, REALM, a valid NONCE and MESSAGE-INTEGRITY, then FINGERPRINT.
+        fn request(
+            &self,
+            from: ClientKey,
+            method: u16,
+            tid: [u8; 12],
+            user: Option<User>,
+            attrs: impl FnOnce(&mut Writer<'_>),
+        ) -> Vec<u8> {
+            let mut buf = [0u8; 1024];
+            let mut w = Writer::new(&mut buf, method, Class::Request, &tid).expect("writer");
+            attrs(&mut w);
+            if let Some(user) = user {
+                w.add(attr::USERNAME, user.0.as_bytes()).expect("username");
+                w.add(attr::REALM, REALM.as_bytes()).expect("realm");
+                w.add(attr::NONCE, &self.auth.nonce(from.addr, self.now.unix))
+                    .expect("nonce");
+                w.add_integrity(&key(user)).expect("integrity");
+            }
+            w.add_fingerprint().expect("fingerprint");
+            let n = w.finish();
+            buf[..n].to_vec()
+        }
+
+        /// Hands `packet` from `from` to the core in a slot prefilled with 0xEE.
+        fn client_sends(&mut self, from: ClientKey, packet: &[u8]) -> Action {
+            self.buf.fill(0xEE);
+            self.buf[..packet.len()].copy_from_slice(packet);
+            self.core.handle_client(
+                self.now,
+                from,
+                &mut self.buf,
+                packet.len(),
+                &mut self.relays,
+            )
+        }
+
+        /// Sends a request and returns the response.
+        fn ask(&mut self, from: ClientKey, packet: &[u8]) -> Vec<u8> {
+            match self.client_sends(from, packet) {
+                Action::Reply(n) => self.buf[..n].to_vec(),
+                other => panic!("expected a reply, got {other:?}"),
+            }
+        }
+
+        /// A signed request with a fresh transaction id, answered.
+        fn call(
+            &mut self,
+            from: ClientKey,
+            method: u16,
+            user: User,
+            attrs: impl FnOnce(&mut Writer<'_>),
+        ) -> Vec<u8> {
+            let tid = self.tid();
+            let req = self.request(from, method, tid, Some(user), attrs);
+            self.ask(from, &req)
+        }
+
+        fn allocate_with(
+            &mut self,
+            from: ClientKey,
+            user: User,
+            attrs: impl FnOnce(&mut Writer<'_>),
+        ) -> Vec<u8> {
+            self.call(from, method::ALLOCATE, user, attrs)
+        }
+
+        /// A plain UDP allocation for alice, with `lifetime` if given. Returns the
+        /// relay id and the relayed (advertised) address.
+        fn allocate(&mut self, from: ClientKey, lifetime: Option<u32>) -> (RelayId, SocketAddr) {
+            let res = self.allocate_with(from, ALICE, |w| {
+                udp(w);
+                if let Some(l) = lifetime {
+                    w.add_u32(attr::LIFETIME, l).expect("lifetime");
+                }
+            });
+            assert_success(&res, method::ALLOCATE, ALICE);
+            let relayed = xor_addresses(&res, attr::XOR_RELAYED_ADDRESS)[0];
+            let id = self.relays.id_of(SocketAddr::new(RELAY_V4, relayed.port()));
+            (id, relayed)
+        }
+
+        fn refresh(&mut self, from: ClientKey, user: User, lifetime: Option<u32>) -> Vec<u8> {
+            self.call(from, method::REFRESH, user, |w| {
+                if let Some(l) = lifetime {
+                    w.add_u32(attr::LIFETIME, l).expect("lifetime");
+                }
+            })
+        }
+
+        fn permit(&mut self, from: ClientKey, peers: &[SocketAddr]) -> Vec<u8> {
+            self.call(from, method::CREATE_PERMISSION, ALICE, |w| {
+                for &p in peers {
+                    w.add_xor_address(attr::XOR_PEER_ADDRESS, p).expect("peer");
+                }
+            })
+        }
+
+        fn bind(&mut self, from: ClientKey, number: u16, peer: SocketAddr) -> Vec<u8> {
+            self.call(from, method::CHANNEL_BIND, ALICE, |w| {
+                channel_number(w, number);
+                w.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+                    .expect("peer");
+            })
+        }
+
+        /// A datagram from `peer` on `relay`, received after `HEADROOM` free bytes.
+        fn peer_sends(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) -> Action {
+            self.buf.fill(0xEE);
+            self.buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
+            self.core.handle_peer(
+                self.now,
+                relay,
+                peer,
+                &mut self.buf,
+                HEADROOM,
+                payload.len(),
+            )
+        }
+    }
+
+    fn udp(w: &mut Writer<'_>) {
+        w.add_u32(attr::REQUESTED_TRANSPORT, u32::from(UDP) << 24)
+            .expect("transport");
+    }
+
+    fn channel_number(w: &mut Writer<'_>, number: u16) {
+        let [hi, lo] = number.to_be_bytes();
+        w.add(attr::CHANNEL_NUMBER, &[hi, lo, 0, 0])
+            .expect("channel");
+    }
+
+    fn channel_data(number: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = number.to_be_bytes().to_vec();
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn send_indication(peer: Option<SocketAddr>, data: Option<&[u8]>) -> Vec<u8> {
+        let mut buf = [0u8; 1024];
+        let mut w =
+            Writer::new(&mut buf, method::SEND, Class::Indication, &[3; 12]).expect("writer");
+        if let Some(p) = peer {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, p).expect("peer");
+        }
+        if let Some(d) = data {
+            w.add(attr::DATA, d).expect("data");
+        }
+        let n = w.finish();
+        buf[..n].to_vec()
+    }
+
+    fn payload(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 1) as u8).collect()
+    }
+
+    fn parse(raw: &[u8]) -> Message<'_> {
+        Message::parse(raw).expect("a well-formed STUN message")
+    }
+
+    fn error_code(raw: &[u8]) -> Option<u16> {
+        let v = parse(raw).get(attr::ERROR_CODE)?;
+        Some(u16::from(v[2] & 7) * 100 + u16::from(v[3]))
+    }
+
+    fn lifetime_of(raw: &[u8]) -> Option<u32> {
+        be_u32(parse(raw).get(attr::LIFETIME)?)
+    }
+
+    fn xor_addresses(raw: &[u8], typ: u16) -> Vec<SocketAddr> {
+        let msg = parse(raw);
+        msg.attributes()
+            .filter(|a| a.typ == typ)
+            .map(|a| decode_xor_address(a.value, msg.cookie_and_transaction_id()).expect("addr"))
+            .collect()
+    }
+
+    fn assert_success(raw: &[u8], method: u16, user: User) {
+        let msg = parse(raw);
+        assert_eq!(
+            (msg.method(), msg.class()),
+            (method, Class::Success),
+            "error {:?}",
+            error_code(raw)
+        );
+        assert_eq!(msg.verify_integrity(&key(user)), Some(true));
+        assert_eq!(msg.verify_fingerprint(), Some(true));
+    }
+
+    /// An error answer with `code`, signed for `user` (unsigned when `None`).
+    fn assert_error(raw: &[u8], code: u16, user: Option<User>) {
+        let msg = parse(raw);
+        assert_eq!(msg.class(), Class::Error);
+        assert_eq!(error_code(raw), Some(code));
+        assert_eq!(msg.verify_fingerprint(), Some(true));
+        match user {
+            Some(u) => assert_eq!(msg.verify_integrity(&key(u)), Some(true)),
+            None => assert_eq!(msg.integrity_offset(), None),
+        }
+    }
+
+    fn is_drop(action: Action, reason: DropReason) -> bool {
+        action == Action::Drop(reason)
+    }
+
+    #[test]
+    fn challenge_without_credentials_creates_nothing() {
+        let mut n = node();
+        let tid = n.tid();
+        let req = n.request(client(1), method::ALLOCATE, tid, None, udp);
+        let res = n.ask(client(1), &req);
+        assert_error(&res, 401, None);
+        let msg = parse(&res);
+        assert_eq!(msg.transaction_id(), &tid);
+        assert_eq!(msg.get(attr::REALM), Some(REALM.as_bytes()));
+        let nonce = msg.get(attr::NONCE).expect("nonce");
+        assert_eq!(nonce, n.auth.nonce(client(1).addr, n.now.unix));
+        assert!(n.core.is_empty());
+        assert!(n.relays.open.is_empty() && n.relays.opens_tried == 0);
+        assert_eq!(n.shared.allocations(), 0);
+        // Wrong password: 401 again, counted as an auth failure.
+        let res = n.allocate_with(client(1), ("alice", "guess"), udp);
+        assert_error(&res, 401, None);
+        assert_eq!(n.shared.metrics.auth_failures.get(), 1);
+        // A nonce from ten minutes ago: 438 with a fresh one.
+        let req = n.request(client(1), method::ALLOCATE, tid, Some(ALICE), udp);
+        n.advance(crate::turn::auth::NONCE_LIFETIME_SECS);
+        let res = n.ask(client(1), &req);
+        assert_error(&res, 438, None);
+        let fresh = n.auth.nonce(client(1).addr, n.now.unix);
+        assert_eq!(parse(&res).get(attr::NONCE), Some(&fresh[..]));
+        assert!(n.core.is_empty());
+    }
+
+    #[test]
+    fn challenges_are_rate_limited_per_source() {
+        let mut n = node();
+        let tid = n.tid();
+        let req = n.request(client(1), method::ALLOCATE, tid, None, udp);
+        for _ in 0..crate::turn::auth::CHALLENGE_BURST {
+            assert!(matches!(n.client_sends(client(1), &req), Action::Reply(_)));
+        }
+        // The same address from another port is the same source.
+        assert!(is_drop(
+            n.client_sends(client(2), &req),
+            DropReason::RateLimited
+        ));
+        n.now.mono_ms += 100;
+        assert!(matches!(n.client_sends(client(1), &req), Action::Reply(_)));
+        assert!(n.core.is_empty());
+        assert_eq!(n.shared.allocations(), 0);
+    }
+
+    #[test]
+    fn allocate_success() {
+        let mut n = node();
+        let res = n.allocate_with(client(1), ALICE, udp);
+        assert_success(&res, method::ALLOCATE, ALICE);
+        // Signed for alice, not for anyone else.
+        assert_eq!(parse(&res).verify_integrity(&key(BOB)), Some(false));
+        let [(id, bound)] = n.relays.open[..] else {
+            panic!("one relay: {:?}", n.relays.open)
+        };
+        assert_eq!(bound.ip(), RELAY_V4);
+        assert!((PORTS.first..=PORTS.last).contains(&bound.port()));
+        assert_eq!(
+            xor_addresses(&res, attr::XOR_RELAYED_ADDRESS),
+            [SocketAddr::new(IpAddr::V4(PUBLIC_V4), bound.port())]
+        );
+        assert_eq!(
+            xor_addresses(&res, attr::XOR_MAPPED_ADDRESS),
+            [client(1).addr]
+        );
+        assert_eq!(lifetime_of(&res), Some(600));
+        assert_eq!(parse(&res).get(attr::RESERVATION_TOKEN), None);
+        assert_eq!(n.core.len(), 1);
+        assert_eq!(n.shared.allocations(), 1);
+        assert_eq!(n.shared.metrics.allocations.get(), 1);
+        assert_eq!(n.core.by_relay[id], n.core.by_client[&client(1)]);
+    }
+
+    #[test]
+    fn allocate_lifetime_is_clamped() {
+        let mut n = node();
+        let cases = [
+            (None, 600),
+            (Some(0), 600),
+            (Some(1), 600),
+            (Some(599), 600),
+            (Some(1200), 1200),
+            (Some(3600), 3600),
+            (Some(3601), 3600),
+            (Some(u32::MAX), 3600),
+        ];
+        for (i, (asked, granted)) in cases.into_iter().enumerate() {
+            let res = n.allocate_with(client(i as u16), ALICE, |w| {
+                udp(w);
+                if let Some(l) = asked {
+                    w.add_u32(attr::LIFETIME, l).expect("lifetime");
+                }
+            });
+            assert_success(&res, method::ALLOCATE, ALICE);
+            assert_eq!(lifetime_of(&res), Some(granted), "asked {asked:?}");
+        }
+    }
+
+    #[test]
+    fn retransmitted_allocate_is_answered_again_other_tid_is_437() {
+        let mut n = node();
+        let tid = n.tid();
+        let req = n.request(client(1), method::ALLOCATE, tid, Some(ALICE), udp);
+        let first = n.ask(client(1), &req);
+        assert_success(&first, method::ALLOCATE, ALICE);
+        n.advance(2);
+        let again = n.ask(client(1), &req);
+        assert_success(&again, method::ALLOCATE, ALICE);
+        assert_eq!(parse(&again).transaction_id(), &tid);
+        assert_eq!(
+            xor_addresses(&again, attr::XOR_RELAYED_ADDRESS),
+            xor_addresses(&first, attr::XOR_RELAYED_ADDRESS)
+        );
+        assert_eq!(lifetime_of(&again), Some(598));
+        assert_eq!(n.relays.open.len(), 1);
+        assert_eq!(n.relays.opens_tried, 1);
+        assert_eq!(n.shared.allocations(), 1);
+        // Another Allocate on the same 5-tuple.
+        let res = n.allocate_with(client(1), ALICE, udp);
+        assert_error(&res, 437, Some(ALICE));
+        assert_eq!(n.relays.open.len(), 1);
+        assert_eq!(n.shared.allocations(), 1);
+    }
+
+    #[test]
+    fn requested_transport_442_and_400() {
+        let mut n = node();
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            w.add_u32(attr::REQUESTED_TRANSPORT, 6 << 24).expect("tcp");
+        });
+        assert_error(&res, 442, Some(ALICE));
+        let res = n.allocate_with(client(1), ALICE, |_| {});
+        assert_error(&res, 400, Some(ALICE));
+        // A malformed REQUESTED-TRANSPORT counts as missing.
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            w.add(attr::REQUESTED_TRANSPORT, &[17]).expect("short");
+        });
+        assert_error(&res, 400, Some(ALICE));
+        assert!(n.core.is_empty());
+        assert_eq!(n.relays.opens_tried, 0);
+        assert_eq!(n.shared.allocations(), 0);
+    }
+
+    #[test]
+    fn requests_without_allocation_are_437() {
+        let mut n = node();
+        let res = n.refresh(client(1), ALICE, None);
+        assert_error(&res, 437, Some(ALICE));
+        let res = n.permit(client(1), &[peer_a()]);
+        assert_error(&res, 437, Some(ALICE));
+        let res = n.bind(client(1), 0x4000, peer_a());
+        assert_error(&res, 437, Some(ALICE));
+        // Another client address (port) of the same user is another 5-tuple.
+        n.allocate(client(1), None);
+        let res = n.permit(client(2), &[peer_a()]);
+        assert_error(&res, 437, Some(ALICE));
+    }
+
+    #[test]
+    fn refresh_zero_deletes_and_closes_the_relay() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), None);
+        n.permit(client(1), &[peer_a()]);
+        n.bind(client(1), 0x4000, peer_b());
+        let res = n.refresh(client(1), ALICE, Some(0));
+        assert_success(&res, method::REFRESH, ALICE);
+        assert_eq!(lifetime_of(&res), Some(0));
+        assert_eq!(n.relays.closed, [id]);
+        assert!(n.relays.open.is_empty());
+        assert!(n.core.is_empty());
+        assert_eq!(n.shared.allocations(), 0);
+        let m = &n.shared.metrics;
+        assert_eq!(
+            (m.allocations.get(), m.permissions.get(), m.channels.get()),
+            (0, 0, 0)
+        );
+        // Nothing is relayed any more, either way.
+        assert!(is_drop(
+            n.peer_sends(id, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+        let cd = channel_data(0x4000, b"hello");
+        assert!(is_drop(n.client_sends(client(1), &cd), DropReason::NoRoute));
+        // A second delete (a retransmission) finds no allocation.
+        let res = n.refresh(client(1), ALICE, Some(0));
+        assert_error(&res, 437, Some(ALICE));
+        assert_eq!(n.relays.closed, [id]);
+    }
+
+    #[test]
+    fn refresh_extends_and_clamps() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), None);
+        n.advance(500);
+        let res = n.refresh(client(1), ALICE, Some(1800));
+        assert_success(&res, method::REFRESH, ALICE);
+        assert_eq!(lifetime_of(&res), Some(1800));
+        // Past the first lifetime of 600 s: still there.
+        n.advance(1799);
+        n.sweep();
+        assert_eq!(n.core.len(), 1);
+        assert!(n.relays.closed.is_empty());
+        // Clamped as the Allocate's was.
+        let res = n.refresh(client(1), ALICE, None);
+        assert_eq!(lifetime_of(&res), Some(600));
+        let res = n.refresh(client(1), ALICE, Some(100_000));
+        assert_eq!(lifetime_of(&res), Some(3600));
+        let res = n.refresh(client(1), ALICE, Some(10));
+        assert_eq!(lifetime_of(&res), Some(600));
+        n.advance(599);
+        n.sweep();
+        assert_eq!(n.core.len(), 1);
+        n.advance(1);
+        n.sweep();
+        assert!(n.core.is_empty());
+        assert_eq!(n.relays.closed, [id]);
+        // Refreshing a family the allocation lacks: 443.
+        let mut n = node();
+        n.allocate(client(1), None);
+        let res = n.call(client(1), method::REFRESH, ALICE, |w| {
+            w.add(attr::REQUESTED_ADDRESS_FAMILY, &[FAMILY_V6, 0, 0, 0])
+                .expect("family");
+        });
+        assert_error(&res, 443, Some(ALICE));
+    }
+
+    #[test]
+    fn expiry_by_sweep_closes_the_relay_and_releases_the_quota() {
+        let mut n = node_with(Setup {
+            limits: Limits {
+                max_allocations_per_user: 1,
+                ..Limits::default()
+            },
+            ..Setup::default()
+        });
+        let (id, _) = n.allocate(client(1), None);
+        let res = n.allocate_with(client(2), ALICE, udp);
+        assert_error(&res, 486, Some(ALICE));
+        n.advance(590);
+        assert_success(
+            &n.permit(client(1), &[peer_a()]),
+            method::CREATE_PERMISSION,
+            ALICE,
+        );
+        assert!(matches!(
+            n.peer_sends(id, peer_a(), b"x"),
+            Action::ToClient { .. }
+        ));
+        n.advance(10);
+        // Expired, not yet swept: nothing is relayed already.
+        assert!(is_drop(
+            n.peer_sends(id, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+        assert_eq!(n.core.len(), 1);
+        n.sweep();
+        assert!(n.core.is_empty());
+        assert_eq!(n.relays.closed, [id]);
+        assert!(n.relays.open.is_empty());
+        assert_eq!(n.shared.allocations(), 0);
+        assert_eq!(n.shared.metrics.allocations.get(), 0);
+        assert_eq!(n.shared.metrics.permissions.get(), 0);
+        let res = n.allocate_with(client(2), ALICE, udp);
+        assert_success(&res, method::ALLOCATE, ALICE);
+        // The freed slot is reused, and the old relay id leads nowhere.
+        assert_eq!(n.core.allocations.len(), 1);
+        assert!(is_drop(
+            n.peer_sends(id, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+        // A second sweep closes nothing twice.
+        n.sweep();
+        assert_eq!(n.relays.closed, [id]);
+    }
+
+    #[test]
+    fn create_permission_install_refresh_expire() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), Some(3600));
+        assert!(is_drop(
+            n.peer_sends(id, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+        let res = n.permit(client(1), &[peer_a()]);
+        assert_success(&res, method::CREATE_PERMISSION, ALICE);
+        assert_eq!(n.shared.metrics.permissions.get(), 1);
+        // Per IP address: any port of the peer.
+        let other_port = SocketAddr::new(peer_a().ip(), 1);
+        for p in [peer_a(), other_port] {
+            assert!(matches!(n.peer_sends(id, p, b"x"), Action::ToClient { .. }));
+        }
+        assert!(is_drop(
+            n.peer_sends(id, peer_b(), b"x"),
+            DropReason::NoRoute
+        ));
+        // Refreshed at 200 s: lives until 500 s.
+        n.advance(200);
+        assert_success(
+            &n.permit(client(1), &[peer_a()]),
+            method::CREATE_PERMISSION,
+            ALICE,
+        );
+        assert_eq!(n.shared.metrics.permissions.get(), 1);
+        n.advance(299);
+        assert!(matches!(
+            n.peer_sends(id, peer_a(), b"x"),
+            Action::ToClient { .. }
+        ));
+        n.advance(1);
+        assert!(is_drop(
+            n.peer_sends(id, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+        let send = send_indication(Some(peer_a()), Some(b"x"));
+        assert!(is_drop(
+            n.client_sends(client(1), &send),
+            DropReason::NoRoute
+        ));
+        n.sweep();
+        assert_eq!(n.shared.metrics.permissions.get(), 0);
+        assert_eq!(n.core.len(), 1);
+        // Several peers in one request; none is an error.
+        let res = n.permit(client(1), &[peer_a(), peer_b()]);
+        assert_success(&res, method::CREATE_PERMISSION, ALICE);
+        assert_eq!(n.shared.metrics.permissions.get(), 2);
+        let res = n.permit(client(1), &[]);
+        assert_error(&res, 400, Some(ALICE));
+    }
+
+    #[test]
+    fn permission_limit() {
+        let mut n = node_with(Setup {
+            limits: Limits {
+                max_permissions: 2,
+                ..Limits::default()
+            },
+            ..Setup::default()
+        });
+        n.allocate(client(1), None);
+        assert_success(
+            &n.permit(client(1), &[peer_a(), peer_b()]),
+            method::CREATE_PERMISSION,
+            ALICE,
+        );
+        // Refreshing is no new permission.
+        assert_success(
+            &n.permit(client(1), &[peer_a()]),
+            method::CREATE_PERMISSION,
+            ALICE,
+        );
+        let res = n.permit(client(1), &[addr("93.184.216.36:1")]);
+        assert_error(&res, 508, Some(ALICE));
+    }
+
+    #[test]
+    fn channel_bind_rules() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), Some(3600));
+        for number in [0x0000, 0x3FFF, 0x8000, 0xFFFF] {
+            let res = n.bind(client(1), number, peer_a());
+            assert_error(&res, 400, Some(ALICE));
+        }
+        assert_success(
+            &n.bind(client(1), 0x4000, peer_a()),
+            method::CHANNEL_BIND,
+            ALICE,
+        );
+        // RFC 5766's upper end is accepted.
+        assert_success(
+            &n.bind(client(1), 0x7FFF, peer_b()),
+            method::CHANNEL_BIND,
+            ALICE,
+        );
+        assert_eq!(n.shared.metrics.channels.get(), 2);
+        // The bind installed the permissions too.
+        assert_eq!(n.shared.metrics.permissions.get(), 2);
+        // A number bound to another peer, a peer bound to another number.
+        assert_error(&n.bind(client(1), 0x4000, peer_b()), 400, Some(ALICE));
+        assert_error(&n.bind(client(1), 0x4001, peer_a()), 400, Some(ALICE));
+        // Same peer, same number: a refresh, no new channel.
+        assert_success(
+            &n.bind(client(1), 0x4000, peer_a()),
+            method::CHANNEL_BIND,
+            ALICE,
+        );
+        assert_eq!(n.shared.metrics.channels.get(), 2);
+        // Missing attributes.
+        let res = n.call(client(1), method::CHANNEL_BIND, ALICE, |w| {
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer_a())
+                .expect("peer")
+        });
+        assert_error(&res, 400, Some(ALICE));
+        let res = n.call(client(1), method::CHANNEL_BIND, ALICE, |w| {
+            channel_number(w, 0x4002)
+        });
+        assert_error(&res, 400, Some(ALICE));
+        // Refreshed at 550 s, the channel outlives its first 600 s.
+        n.advance(550);
+        n.bind(client(1), 0x4000, peer_a());
+        n.advance(100);
+        let cd = channel_data(0x4000, b"ping");
+        assert!(matches!(
+            n.client_sends(client(1), &cd),
+            Action::ToPeer { .. }
+        ));
+        assert!(matches!(
+            n.peer_sends(id, peer_a(), b"pong"),
+            Action::ToClient { len: 8, .. }
+        ));
+        // 0x7FFF, not refreshed, is gone (its permission too).
+        let cd = channel_data(0x7FFF, b"ping");
+        assert!(is_drop(n.client_sends(client(1), &cd), DropReason::NoRoute));
+        n.sweep();
+        assert_eq!(n.shared.metrics.channels.get(), 1);
+    }
+
+    #[test]
+    fn channel_limit() {
+        let mut n = node_with(Setup {
+            limits: Limits {
+                max_channels: 1,
+                ..Limits::default()
+            },
+            ..Setup::default()
+        });
+        n.allocate(client(1), None);
+        n.bind(client(1), 0x4000, peer_a());
+        assert_error(&n.bind(client(1), 0x4001, peer_b()), 508, Some(ALICE));
+    }
+
+    #[test]
+    fn channel_data_to_peer() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), Some(3600));
+        n.bind(client(1), 0x4000, peer_a());
+        let data = payload(160);
+        let cd = channel_data(0x4000, &data);
+        assert_eq!(
+            n.client_sends(client(1), &cd),
+            Action::ToPeer {
+                relay: id,
+                peer: peer_a(),
+                start: 4,
+                len: 160,
+            }
+        );
+        assert_eq!(&n.buf[4..164], &data[..]);
+        // Padding after the data (a stream client pads) is not sent.
+        let mut padded = channel_data(0x4000, &payload(161));
+        padded.extend_from_slice(&[0; 3]);
+        assert!(matches!(
+            n.client_sends(client(1), &padded),
+            Action::ToPeer {
+                start: 4,
+                len: 161,
+                ..
+            }
+        ));
+        // Empty data is relayed as an empty datagram.
+        let empty = channel_data(0x4000, &[]);
+        assert!(matches!(
+            n.client_sends(client(1), &empty),
+            Action::ToPeer { len: 0, .. }
+        ));
+        // A length beyond what arrived, or a header cut short.
+        let mut short = channel_data(0x4000, &data);
+        short.truncate(100);
+        assert!(is_drop(
+            n.client_sends(client(1), &short),
+            DropReason::Malformed
+        ));
+        for cut in 1..4 {
+            assert!(is_drop(
+                n.client_sends(client(1), &cd[..cut]),
+                DropReason::Malformed
+            ));
+        }
+        // No such channel; no allocation for that client.
+        let other = channel_data(0x4001, &data);
+        assert!(is_drop(
+            n.client_sends(client(1), &other),
+            DropReason::NoRoute
+        ));
+        assert!(is_drop(n.client_sends(client(2), &cd), DropReason::NoRoute));
+    }
+
+    #[test]
+    fn channel_data_on_an_expired_channel_is_dropped() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), Some(3600));
+        n.bind(client(1), 0x4000, peer_a());
+        // Keep the permission alive past the channel's 600 s.
+        n.advance(250);
+        n.permit(client(1), &[peer_a()]);
+        n.advance(250);
+        n.permit(client(1), &[peer_a()]);
+        n.advance(99);
+        let cd = channel_data(0x4000, b"ping");
+        assert!(matches!(
+            n.client_sends(client(1), &cd),
+            Action::ToPeer { .. }
+        ));
+        n.advance(1);
+        assert!(is_drop(n.client_sends(client(1), &cd), DropReason::NoRoute));
+        // From the peer it now comes as a Data indication.
+        let Action::ToClient { start, len, .. } = n.peer_sends(id, peer_a(), b"pong") else {
+            panic!("relayed to the client")
+        };
+        assert_eq!(parse(&n.buf[start..start + len]).method(), method::DATA);
+        // A channel whose permission lapsed carries nothing either.
+        let mut n = node();
+        n.allocate(client(1), Some(3600));
+        n.bind(client(1), 0x4000, peer_a());
+        n.advance(300);
+        assert!(is_drop(n.client_sends(client(1), &cd), DropReason::NoRoute));
+    }
+
+    #[test]
+    fn send_indication_to_peer() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), None);
+        let data = payload(100);
+        let send = send_indication(Some(peer_a()), Some(&data));
+        // No permission yet.
+        assert!(is_drop(
+            n.client_sends(client(1), &send),
+            DropReason::NoRoute
+        ));
+        n.permit(client(1), &[peer_a()]);
+        let Action::ToPeer {
+            relay,
+            peer,
+            start,
+            len,
+        } = n.client_sends(client(1), &send)
+        else {
+            panic!("relayed to the peer")
+        };
+        assert_eq!((relay, peer, len), (id, peer_a(), 100));
+        assert_eq!(start, HEADER_LEN + 4 + 8 + 4);
+        assert_eq!(&n.buf[start..start + len], &data[..]);
+        // Incomplete indications.
+        for bad in [
+            send_indication(None, Some(&data)),
+            send_indication(Some(peer_a()), None),
+        ] {
+            assert!(is_drop(
+                n.client_sends(client(1), &bad),
+                DropReason::Malformed
+            ));
+        }
+        // A peer without permission, a refused peer, a client without allocation.
+        for peer in [peer_b(), addr("10.0.0.1:5000")] {
+            let send = send_indication(Some(peer), Some(&data));
+            assert!(is_drop(
+                n.client_sends(client(1), &send),
+                DropReason::NoRoute
+            ));
+        }
+        assert!(is_drop(
+            n.client_sends(client(2), &send),
+            DropReason::NoRoute
+        ));
+        // No relay of the peer's family.
+        let send = send_indication(Some(peer_v6()), Some(&data));
+        assert!(is_drop(
+            n.client_sends(client(1), &send),
+            DropReason::NoRoute
+        ));
+    }
+
+    #[test]
+    fn peer_data_gets_a_channel_data_header() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), None);
+        n.bind(client(1), 0x4000, peer_a());
+        let data = payload(160);
+        assert_eq!(
+            n.peer_sends(id, peer_a(), &data),
+            Action::ToClient {
+                client: client(1),
+                start: HEADROOM - 4,
+                len: 164,
+            }
+        );
+        assert_eq!(&n.buf[HEADROOM - 4..HEADROOM], &[0x40, 0x00, 0, 160]);
+        assert_eq!(&n.buf[HEADROOM..HEADROOM + 160], &data[..]);
+        // UDP: no padding.
+        assert!(matches!(
+            n.peer_sends(id, peer_a(), &payload(161)),
+            Action::ToClient { len: 165, .. }
+        ));
+        // No headroom at all: dropped, not panicking.
+        let action = n.core.handle_peer(n.now, id, peer_a(), &mut n.buf, 2, 100);
+        assert!(is_drop(action, DropReason::Malformed));
+    }
+
+    #[test]
+    fn peer_data_to_a_stream_client_is_padded() {
+        let mut n = node_with(Setup {
+            stream: true,
+            ..Setup::default()
+        });
+        let (id, _) = n.allocate(client(1), None);
+        n.bind(client(1), 0x4000, peer_a());
+        for (len, framed) in [(160, 164), (161, 168), (162, 168), (163, 168), (0, 4)] {
+            let data = payload(len);
+            assert_eq!(
+                n.peer_sends(id, peer_a(), &data),
+                Action::ToClient {
+                    client: client(1),
+                    start: HEADROOM - 4,
+                    len: framed,
+                },
+                "{len} bytes"
+            );
+            let [hi, lo] = (len as u16).to_be_bytes();
+            assert_eq!(&n.buf[HEADROOM - 4..HEADROOM], &[0x40, 0x00, hi, lo]);
+            assert_eq!(&n.buf[HEADROOM..HEADROOM + len], &data[..]);
+            // The padding is zeroed (the slot was full of 0xEE).
+            assert!(
+                n.buf[HEADROOM + len..HEADROOM - 4 + framed]
+                    .iter()
+                    .all(|&b| b == 0)
+            );
+        }
+        // Padding that does not fit the slot: dropped.
+        let end = n.buf.len();
+        let action = n
+            .core
+            .handle_peer(n.now, id, peer_a(), &mut n.buf, end - 5, 5);
+        assert!(is_drop(action, DropReason::Malformed));
+    }
+
+    #[test]
+    fn peer_data_without_channel_is_a_data_indication() {
+        let mut n = node_with(Setup {
+            v6: true,
+            ..Setup::default()
+        });
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(attr::ADDITIONAL_ADDRESS_FAMILY, &[FAMILY_V6, 0, 0, 0])
+                .expect("family");
+        });
+        assert_success(&res, method::ALLOCATE, ALICE);
+        n.permit(client(1), &[peer_a(), peer_v6()]);
+        let relayed = xor_addresses(&res, attr::XOR_RELAYED_ADDRESS);
+        let id4 = n.relays.id_of(SocketAddr::new(RELAY_V4, relayed[0].port()));
+        let id6 = n.relays.id_of(SocketAddr::new(RELAY_V6, relayed[1].port()));
+        for (id, peer, addr_len) in [(id4, peer_a(), 8), (id6, peer_v6(), 20)] {
+            for len in [160, 161, 1] {
+                let data = payload(len);
+                let Action::ToClient {
+                    client: to,
+                    start,
+                    len: total,
+                } = n.peer_sends(id, peer, &data)
+                else {
+                    panic!("relayed to the client")
+                };
+                assert_eq!(to, client(1));
+                let header = HEADER_LEN + 4 + addr_len + 4;
+                assert_eq!(start, HEADROOM - header);
+                assert_eq!(total, header + len.div_ceil(4) * 4);
+                let msg = parse(&n.buf[start..start + total]);
+                assert_eq!(
+                    (msg.method(), msg.class()),
+                    (method::DATA, Class::Indication)
+                );
+                assert_eq!(msg.xor_address(attr::XOR_PEER_ADDRESS), Some(Ok(peer)));
+                assert_eq!(msg.get(attr::DATA), Some(&data[..]));
+            }
+        }
+        // Not enough headroom for the header.
+        let action = n
+            .core
+            .handle_peer(n.now, id6, peer_v6(), &mut n.buf, 40, 10);
+        assert!(is_drop(action, DropReason::Malformed));
+    }
+
+    #[test]
+    fn peer_data_without_permission_is_dropped() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), None);
+        n.permit(client(1), &[peer_a()]);
+        assert!(is_drop(
+            n.peer_sends(id, peer_b(), b"x"),
+            DropReason::NoRoute
+        ));
+        // A relay id that is no allocation's.
+        assert!(is_drop(
+            n.peer_sends(id + 1, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+        assert!(is_drop(
+            n.peer_sends(usize::MAX, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+    }
+
+    #[test]
+    fn refused_peers_get_403() {
+        // No own address: nothing is let in as the node's own.
+        let mut n = node_with(Setup {
+            v6: true,
+            own: Vec::new(),
+            ..Setup::default()
+        });
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(attr::ADDITIONAL_ADDRESS_FAMILY, &[FAMILY_V6, 0, 0, 0])
+                .expect("family");
+        });
+        assert_success(&res, method::ALLOCATE, ALICE);
+        let refused = [
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+            "0.0.0.0:5000",
+            "10.1.2.3:5000",
+            "169.254.169.254:80",
+            "192.168.0.1:5000",
+            "[fe80::1]:5000",
+            "100.64.0.1:5000",
+            "[fc00::1]:5000",
+            "[64:ff9b::a01:203]:5000",
+            "224.0.0.1:5000",
+        ];
+        for (i, peer) in refused.iter().enumerate() {
+            let peer = addr(peer);
+            assert_error(&n.permit(client(1), &[peer]), 403, Some(ALICE));
+            assert_error(
+                &n.bind(client(1), 0x4000 + i as u16, peer),
+                403,
+                Some(ALICE),
+            );
+            let send = send_indication(Some(peer), Some(b"x"));
+            assert!(is_drop(
+                n.client_sends(client(1), &send),
+                DropReason::NoRoute
+            ));
+        }
+        assert_eq!(
+            n.shared.metrics.peers_refused.get(),
+            2 * refused.len() as u64
+        );
+        assert_eq!(n.shared.metrics.permissions.get(), 0);
+        // All or nothing: the allowed peer beside a refused one is not installed.
+        let res = n.permit(client(1), &[peer_a(), addr("10.1.2.3:1")]);
+        assert_error(&res, 403, Some(ALICE));
+        assert_eq!(n.shared.metrics.permissions.get(), 0);
+        let id = n.relays.open[0].0;
+        assert!(is_drop(
+            n.peer_sends(id, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+        // An IPv6 peer on an IPv4-only allocation: 443.
+        let mut n = node();
+        n.allocate(client(1), None);
+        assert_error(&n.permit(client(1), &[peer_v6()]), 443, Some(ALICE));
+    }
+
+    #[test]
+    fn own_address_only_on_its_exact_port() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), None);
+        let other_port = SocketAddr::new(own().ip(), own().port() + 1);
+        // A permission for the IP is installed (permissions have no port)...
+        assert_success(
+            &n.permit(client(1), &[other_port]),
+            method::CREATE_PERMISSION,
+            ALICE,
+        );
+        // ...but carries data to and from the own address and port only.
+        let send = send_indication(Some(own()), Some(b"x"));
+        assert!(matches!(
+            n.client_sends(client(1), &send),
+            Action::ToPeer { peer, .. } if peer == own()
+        ));
+        let send = send_indication(Some(other_port), Some(b"x"));
+        assert!(is_drop(
+            n.client_sends(client(1), &send),
+            DropReason::NoRoute
+        ));
+        assert!(matches!(
+            n.peer_sends(id, own(), b"x"),
+            Action::ToClient { .. }
+        ));
+        assert!(is_drop(
+            n.peer_sends(id, other_port, b"x"),
+            DropReason::NoRoute
+        ));
+        // A channel to the own address and port, none to another port.
+        assert_success(
+            &n.bind(client(1), 0x4000, own()),
+            method::CHANNEL_BIND,
+            ALICE,
+        );
+        assert_error(&n.bind(client(1), 0x4001, other_port), 403, Some(ALICE));
+        let cd = channel_data(0x4000, b"x");
+        assert!(matches!(
+            n.client_sends(client(1), &cd),
+            Action::ToPeer { peer, .. } if peer == own()
+        ));
+        // Another loopback address is no own address.
+        assert_error(
+            &n.permit(client(1), &[addr("127.0.0.2:3478")]),
+            403,
+            Some(ALICE),
+        );
+    }
+
+    #[test]
+    fn even_port() {
+        let mut n = node();
+        for i in 0..20 {
+            let res = n.allocate_with(client(i), ALICE, |w| {
+                udp(w);
+                w.add(attr::EVEN_PORT, &[0x00]).expect("even port");
+            });
+            assert_success(&res, method::ALLOCATE, ALICE);
+            let relayed = xor_addresses(&res, attr::XOR_RELAYED_ADDRESS)[0];
+            assert_eq!(relayed.port() % 2, 0, "{relayed}");
+            assert_eq!(parse(&res).get(attr::RESERVATION_TOKEN), None);
+        }
+        assert!(n.relays.reserved.is_empty());
+    }
+
+    #[test]
+    fn even_port_with_reservation() {
+        let mut n = node();
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(attr::EVEN_PORT, &[0x80]).expect("even port");
+        });
+        assert_success(&res, method::ALLOCATE, ALICE);
+        let relayed = xor_addresses(&res, attr::XOR_RELAYED_ADDRESS)[0];
+        let port = relayed.port();
+        assert_eq!(port % 2, 0);
+        let token: [u8; 8] = parse(&res)
+            .get(attr::RESERVATION_TOKEN)
+            .expect("token")
+            .try_into()
+            .expect("8 bytes");
+        assert_eq!(n.relays.reserved.len(), 1);
+        assert_eq!(n.relays.reserved[0].1, SocketAddr::new(RELAY_V4, port + 1));
+        // The token and EVEN-PORT together: 400.
+        let res = n.allocate_with(client(2), ALICE, |w| {
+            udp(w);
+            w.add(attr::EVEN_PORT, &[0x00]).expect("even port");
+            w.add(attr::RESERVATION_TOKEN, &token).expect("token");
+        });
+        assert_error(&res, 400, Some(ALICE));
+        // The token alone gets the odd port above.
+        let res = n.allocate_with(client(2), BOB, |w| {
+            udp(w);
+            w.add(attr::RESERVATION_TOKEN, &token).expect("token");
+        });
+        assert_success(&res, method::ALLOCATE, BOB);
+        assert_eq!(
+            xor_addresses(&res, attr::XOR_RELAYED_ADDRESS),
+            [SocketAddr::new(IpAddr::V4(PUBLIC_V4), port + 1)]
+        );
+        let [adopted] = n.relays.adopted[..] else {
+            panic!("one adopted socket")
+        };
+        assert_eq!(n.relays.id_of(SocketAddr::new(RELAY_V4, port + 1)), adopted);
+        assert!(n.relays.reserved.is_empty());
+        assert_eq!(n.shared.allocations(), 2);
+        // Used once only; unknown tokens fail alike.
+        for t in [token, [9; 8]] {
+            let res = n.allocate_with(client(3), ALICE, |w| {
+                udp(w);
+                w.add(attr::RESERVATION_TOKEN, &t).expect("token");
+            });
+            assert_error(&res, 400, Some(ALICE));
+        }
+        // Deleting the second allocation closes the adopted socket.
+        n.refresh(client(2), BOB, Some(0));
+        assert_eq!(n.relays.closed, [adopted]);
+        // A reservation lapses after 30 s.
+        let res = n.allocate_with(client(4), ALICE, |w| {
+            udp(w);
+            w.add(attr::EVEN_PORT, &[0x80]).expect("even port");
+        });
+        let token = parse(&res)
+            .get(attr::RESERVATION_TOKEN)
+            .expect("token")
+            .to_vec();
+        n.advance(30);
+        n.sweep();
+        let res = n.allocate_with(client(5), ALICE, |w| {
+            udp(w);
+            w.add(attr::RESERVATION_TOKEN, &token).expect("token");
+        });
+        assert_error(&res, 400, Some(ALICE));
+        assert!(n.shared.reservations.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn dual_allocation() {
+        let mut n = node_with(Setup {
+            v6: true,
+            ..Setup::default()
+        });
+        for (from, family_attr) in [
+            (client(10), attr::ADDITIONAL_ADDRESS_FAMILY),
+            (client(11), ADDITIONAL_ADDRESS_FAMILY_DRAFT),
+        ] {
+            let res = n.allocate_with(from, ALICE, |w| {
+                udp(w);
+                w.add(family_attr, &[FAMILY_V6, 0, 0, 0]).expect("family");
+            });
+            assert_success(&res, method::ALLOCATE, ALICE);
+            let relayed = xor_addresses(&res, attr::XOR_RELAYED_ADDRESS);
+            let [v4, v6] = relayed[..] else {
+                panic!("two relayed addresses: {relayed:?}")
+            };
+            assert_eq!(v4.ip(), IpAddr::V4(PUBLIC_V4));
+            assert_eq!(v6.ip(), IpAddr::V6(PUBLIC_V6));
+            n.relays.id_of(SocketAddr::new(RELAY_V4, v4.port()));
+            n.relays.id_of(SocketAddr::new(RELAY_V6, v6.port()));
+            assert_eq!(parse(&res).get(attr::ADDRESS_ERROR_CODE), None);
+            // Deleting it closes both.
+            let closed = n.relays.closed.len();
+            n.refresh(from, ALICE, Some(0));
+            assert_eq!(n.relays.closed.len(), closed + 2);
+        }
+        assert!(n.relays.open.is_empty());
+        // IPv6 alone.
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(attr::REQUESTED_ADDRESS_FAMILY, &[FAMILY_V6, 0, 0, 0])
+                .expect("family");
+        });
+        assert_success(&res, method::ALLOCATE, ALICE);
+        let relayed = xor_addresses(&res, attr::XOR_RELAYED_ADDRESS);
+        assert!(relayed.len() == 1 && relayed[0].is_ipv6(), "{relayed:?}");
+        // Both family attributes, or an additional family that is IPv4: 400.
+        for (typ, family) in [
+            (attr::REQUESTED_ADDRESS_FAMILY, FAMILY_V4),
+            (attr::REQUESTED_ADDRESS_FAMILY, FAMILY_V6),
+        ] {
+            let res = n.allocate_with(client(2), ALICE, |w| {
+                udp(w);
+                w.add(typ, &[family, 0, 0, 0]).expect("family");
+                w.add(attr::ADDITIONAL_ADDRESS_FAMILY, &[FAMILY_V6, 0, 0, 0])
+                    .expect("family");
+            });
+            assert_error(&res, 400, Some(ALICE));
+        }
+        let res = n.allocate_with(client(2), ALICE, |w| {
+            udp(w);
+            w.add(attr::ADDITIONAL_ADDRESS_FAMILY, &[FAMILY_V4, 0, 0, 0])
+                .expect("family");
+        });
+        assert_error(&res, 400, Some(ALICE));
+    }
+
+    #[test]
+    fn dual_allocation_without_ipv6_relay() {
+        let mut n = node();
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(attr::ADDITIONAL_ADDRESS_FAMILY, &[FAMILY_V6, 0, 0, 0])
+                .expect("family");
+        });
+        assert_success(&res, method::ALLOCATE, ALICE);
+        let relayed = xor_addresses(&res, attr::XOR_RELAYED_ADDRESS);
+        assert!(relayed.len() == 1 && relayed[0].is_ipv4(), "{relayed:?}");
+        let error = parse(&res)
+            .get(attr::ADDRESS_ERROR_CODE)
+            .expect("address error");
+        assert_eq!(&error[..4], &[FAMILY_V6, 0, 4, 40]);
+        assert_eq!(&error[4..], FAMILY_NOT_SUPPORTED.1.as_bytes());
+        assert_eq!(n.relays.open.len(), 1);
+        // IPv6 alone is refused outright.
+        let res = n.allocate_with(client(2), ALICE, |w| {
+            udp(w);
+            w.add(attr::REQUESTED_ADDRESS_FAMILY, &[FAMILY_V6, 0, 0, 0])
+                .expect("family");
+        });
+        assert_error(&res, 440, Some(ALICE));
+        // An unknown family too; a malformed one is 400.
+        let res = n.allocate_with(client(2), ALICE, |w| {
+            udp(w);
+            w.add(attr::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0])
+                .expect("family");
+        });
+        assert_error(&res, 440, Some(ALICE));
+        let res = n.allocate_with(client(2), ALICE, |w| {
+            udp(w);
+            w.add(attr::REQUESTED_ADDRESS_FAMILY, &[1]).expect("family");
+        });
+        assert_error(&res, 400, Some(ALICE));
+        assert_eq!(n.shared.allocations(), 1);
+    }
+
+    #[test]
+    fn quota_486() {
+        let mut n = node_with(Setup {
+            limits: Limits {
+                max_allocations_per_user: 2,
+                max_allocations: 3,
+                ..Limits::default()
+            },
+            ..Setup::default()
+        });
+        n.allocate(client(1), None);
+        n.allocate(client(2), None);
+        assert_error(&n.allocate_with(client(3), ALICE, udp), 486, Some(ALICE));
+        // Another user has a quota of its own.
+        assert_success(&n.allocate_with(client(4), BOB, udp), method::ALLOCATE, BOB);
+        // The node-wide limit.
+        assert_error(&n.allocate_with(client(5), BOB, udp), 486, Some(BOB));
+        assert_eq!(n.shared.metrics.quota_refused.get(), 2);
+        assert_eq!(n.relays.open.len(), 3);
+        assert_eq!(n.relays.opens_tried, 3);
+        // A deletion makes room.
+        n.refresh(client(1), ALICE, Some(0));
+        assert_success(
+            &n.allocate_with(client(3), ALICE, udp),
+            method::ALLOCATE,
+            ALICE,
+        );
+        assert_eq!(n.shared.allocations(), 3);
+    }
+
+    #[test]
+    fn no_free_port_is_508() {
+        let mut n = node();
+        n.relays.busy = true;
+        let res = n.allocate_with(client(1), ALICE, udp);
+        assert_error(&res, 508, Some(ALICE));
+        assert_eq!(n.relays.opens_tried, PORT_ATTEMPTS);
+        assert!(n.core.is_empty());
+        // The quota taken for it was given back.
+        assert_eq!(n.shared.allocations(), 0);
+        // EVEN-PORT with R needs two ports: 508 as well.
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(attr::EVEN_PORT, &[0x80]).expect("even port");
+        });
+        assert_error(&res, 508, Some(ALICE));
+        assert_eq!(n.shared.allocations(), 0);
+        n.relays.busy = false;
+        assert_success(
+            &n.allocate_with(client(1), ALICE, udp),
+            method::ALLOCATE,
+            ALICE,
+        );
+    }
+
+    #[test]
+    fn unknown_comprehension_required_attribute_is_420() {
+        let mut n = node();
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(0x7777, b"????").expect("unknown");
+            w.add(0x0031, b"").expect("unknown");
+        });
+        assert_error(&res, 420, Some(ALICE));
+        assert_eq!(
+            parse(&res).get(attr::UNKNOWN_ATTRIBUTES),
+            Some(&[0x77, 0x77, 0x00, 0x31][..])
+        );
+        assert!(n.core.is_empty());
+        // Not authenticated: the challenge comes first (rate-limited, no reflection).
+        let tid = n.tid();
+        let req = n.request(client(1), method::ALLOCATE, tid, None, |w| {
+            udp(w);
+            w.add(0x7777, b"????").expect("unknown");
+        });
+        assert_error(&n.ask(client(1), &req), 401, None);
+        // A comprehension-optional one is ignored.
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(0xC777, b"????").expect("optional");
+        });
+        assert_success(&res, method::ALLOCATE, ALICE);
+    }
+
+    #[test]
+    fn refresh_with_another_users_credentials_is_441() {
+        let mut n = node();
+        let (id, _) = n.allocate(client(1), None);
+        for method in [method::REFRESH, method::CREATE_PERMISSION] {
+            let res = n.call(client(1), method, BOB, |w| {
+                w.add_u32(attr::LIFETIME, 0).expect("lifetime");
+                w.add_xor_address(attr::XOR_PEER_ADDRESS, peer_a())
+                    .expect("peer");
+            });
+            assert_error(&res, 441, Some(BOB));
+        }
+        assert_eq!(n.core.len(), 1);
+        assert!(n.relays.closed.is_empty());
+        assert!(is_drop(
+            n.peer_sends(id, peer_a(), b"x"),
+            DropReason::NoRoute
+        ));
+    }
+
+    #[test]
+    fn bandwidth_cap() {
+        let mut n = node_with(Setup {
+            limits: Limits {
+                bandwidth: 1000,
+                ..Limits::default()
+            },
+            ..Setup::default()
+        });
+        let (id, _) = n.allocate(client(1), None);
+        n.bind(client(1), 0x4000, peer_a());
+        let cd = channel_data(0x4000, &payload(160));
+        // 1000 bytes a second, both directions together.
+        for _ in 0..3 {
+            assert!(matches!(
+                n.client_sends(client(1), &cd),
+                Action::ToPeer { .. }
+            ));
+            assert!(matches!(
+                n.peer_sends(id, peer_a(), &payload(160)),
+                Action::ToClient { .. }
+            ));
+        }
+        assert!(is_drop(
+            n.client_sends(client(1), &cd),
+            DropReason::Bandwidth
+        ));
+        assert!(is_drop(
+            n.peer_sends(id, peer_a(), &payload(160)),
+            DropReason::Bandwidth
+        ));
+        n.now.mono_ms += 200;
+        assert!(matches!(
+            n.client_sends(client(1), &cd),
+            Action::ToPeer { .. }
+        ));
+    }
+
+    /// xorshift64: deterministic noise.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn fill(&mut self, out: &mut [u8]) {
+            for b in out {
+                *b = self.next() as u8;
+            }
+        }
+    }
+
+    /// Checks what the core answered stays inside the slot and parses where it should.
+    fn check_action(action: Action, slot: &[u8]) {
+        match action {
+            Action::Reply(n) => {
+                assert!(n <= slot.len());
+                parse(&slot[..n]);
+            }
+            Action::ToPeer { start, len, .. } | Action::ToClient { start, len, .. } => {
+                assert!(start + len <= slot.len());
+            }
+            Action::Drop(_) => {}
+        }
+    }
+
+    /// Attribute types that steer the core down its paths.
+    const FUZZ_ATTRIBUTES: [u16; 14] = [
+        attr::LIFETIME,
+        attr::REQUESTED_TRANSPORT,
+        attr::REQUESTED_ADDRESS_FAMILY,
+        attr::ADDITIONAL_ADDRESS_FAMILY,
+        ADDITIONAL_ADDRESS_FAMILY_DRAFT,
+        attr::EVEN_PORT,
+        attr::RESERVATION_TOKEN,
+        attr::CHANNEL_NUMBER,
+        attr::XOR_PEER_ADDRESS,
+        attr::DATA,
+        attr::DONT_FRAGMENT,
+        attr::SOFTWARE,
+        0x7777,
+        0xC001,
+    ];
+
+    /// A STUN message of a TURN-ish method and class with a few random attributes,
+    /// their values well-formed half the time, usually signed: deep enough to reach
+    /// every request handler with odd input.
+    fn random_message(
+        n: &Node,
+        rng: &mut Rng,
+        from: ClientKey,
+        peers: &[SocketAddr],
+        tokens: &[[u8; 8]],
+    ) -> Vec<u8> {
+        let methods = [
+            method::ALLOCATE,
+            method::REFRESH,
+            method::CREATE_PERMISSION,
+            method::CHANNEL_BIND,
+            method::SEND,
+            method::DATA,
+            method::BINDING,
+            0x0FF,
+        ];
+        let method = methods[rng.below(methods.len())];
+        let class = [
+            Class::Request,
+            Class::Request,
+            Class::Indication,
+            Class::Success,
+        ][rng.below(4)];
+        let mut tid = [0u8; 12];
+        rng.fill(&mut tid);
+        let mut buf = [0u8; 1024];
+        let mut w = Writer::new(&mut buf, method, class, &tid).expect("writer");
+        for _ in 0..rng.below(7) {
+            let typ = FUZZ_ATTRIBUTES[rng.below(FUZZ_ATTRIBUTES.len())];
+            let well_formed = rng.below(2) == 0;
+            // Errors (a value too long for the buffer) just leave the attribute out.
+            let _ = match typ {
+                attr::XOR_PEER_ADDRESS if well_formed => {
+                    w.add_xor_address(typ, peers[rng.below(peers.len())])
+                }
+                attr::REQUESTED_TRANSPORT if well_formed => {
+                    w.add_u32(typ, [17u32, 6, 0][rng.below(3)] << 24)
+                }
+                attr::LIFETIME if well_formed => {
+                    w.add_u32(typ, [0, 1, 600, 3600, u32::MAX][rng.below(5)])
+                }
+                attr::CHANNEL_NUMBER if well_formed => {
+                    let number = [0x3FFF, 0x4000, 0x4001, 0x4002, 0x7FFF, 0x8000][rng.below(6)];
+                    let [hi, lo] = u16::to_be_bytes(number);
+                    w.add(typ, &[hi, lo, 0, 0])
+                }
+                attr::REQUESTED_ADDRESS_FAMILY
+                | attr::ADDITIONAL_ADDRESS_FAMILY
+                | ADDITIONAL_ADDRESS_FAMILY_DRAFT
+                    if well_formed =>
+                {
+                    w.add(typ, &[1 + rng.below(3) as u8, 0, 0, 0])
+                }
+                attr::EVEN_PORT if well_formed => w.add(typ, &[[0, 0x80][rng.below(2)]]),
+                attr::RESERVATION_TOKEN if well_formed && !tokens.is_empty() => {
+                    w.add(typ, &tokens[rng.below(tokens.len())])
+                }
+                _ => {
+                    let mut value = [0u8; 48];
+                    let len = rng.below(value.len() + 1);
+                    rng.fill(&mut value[..len]);
+                    w.add(typ, &value[..len])
+                }
+            };
+        }
+        if class == Class::Request && rng.below(4) != 0 {
+            let user = if rng.below(8) == 0 { BOB } else { ALICE };
+            let _ = w.add(attr::USERNAME, user.0.as_bytes());
+            let _ = w.add(attr::REALM, REALM.as_bytes());
+            let _ = w.add(attr::NONCE, &n.auth.nonce(from.addr, n.now.unix));
+            let _ = w.add_integrity(&key(user));
+        }
+        if rng.below(2) == 0 {
+            let _ = w.add_fingerprint();
+        }
+        let len = w.finish();
+        buf[..len].to_vec()
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut n = node_with(Setup {
+            v6: true,
+            ..Setup::default()
+        });
+        // A live allocation with a channel and permissions, so that the deep paths run.
+        let (id, _) = n.allocate(client(1), Some(3600));
+        n.bind(client(1), 0x4000, peer_a());
+        n.permit(client(1), &[peer_b(), own()]);
+        let peers = [
+            peer_a(),
+            peer_b(),
+            peer_v6(),
+            own(),
+            addr("127.0.0.1:1"),
+            addr("10.0.0.1:1"),
+        ];
+        let mut tokens: Vec<[u8; 8]> = Vec::new();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut slot = vec![0u8; 2048];
+        // Successes, errors, to a peer, to a client, drops.
+        let mut seen = [0usize; 5];
+        for i in 0..100_000u32 {
+            let from = client(1 + (i % 3) as u16);
+            let message = random_message(&n, &mut rng, from, &peers, &tokens);
+            let len = match i % 5 {
+                // Pure noise behind a first byte of each kind: STUN, ChannelData, neither.
+                0 => {
+                    let len = 1 + rng.below(200);
+                    rng.fill(&mut slot[..len]);
+                    slot[0] = [0x00, 0x01, 0x40, 0x7f, 0xff][rng.below(5)];
+                    len
+                }
+                // ChannelData on bound and unbound channels, its length field sometimes lying.
+                1 => {
+                    let data_len = rng.below(300);
+                    let number = 0x4000 + rng.below(3) as u16;
+                    let claimed = if rng.below(4) == 0 {
+                        rng.below(400)
+                    } else {
+                        data_len
+                    };
+                    slot[..2].copy_from_slice(&number.to_be_bytes());
+                    slot[2..4].copy_from_slice(&(claimed as u16).to_be_bytes());
+                    rng.fill(&mut slot[4..4 + data_len]);
+                    4 + data_len
+                }
+                // A generated message as it is, with bits flipped, or cut short.
+                2 | 3 => {
+                    slot[..message.len()].copy_from_slice(&message);
+                    message.len()
+                }
+                _ => {
+                    slot[..message.len()].copy_from_slice(&message);
+                    if rng.below(2) == 0 {
+                        for _ in 0..=rng.below(4) {
+                            slot[rng.below(message.len())] ^= 1 << rng.below(8);
+                        }
+                        message.len()
+                    } else {
+                        rng.below(message.len() + 1)
+                    }
+                }
+            };
+            // Now and then a slot with no room for more than the packet.
+            let cap = if i % 7 == 0 { len } else { slot.len() };
+            let action = n
+                .core
+                .handle_client(n.now, from, &mut slot[..cap], len, &mut n.relays);
+            check_action(action, &slot[..cap]);
+            if let Action::Reply(len) = action {
+                let msg = parse(&slot[..len]);
+                if msg.class() == Class::Success {
+                    seen[0] += 1;
+                    if let Some(t) = msg.get(attr::RESERVATION_TOKEN) {
+                        tokens.push(t.try_into().expect("8 bytes"));
+                    }
+                } else {
+                    seen[1] += 1;
+                }
+            }
+            seen[2] += usize::from(matches!(action, Action::ToPeer { .. }));
+            // Noise from a peer on a live or a dead relay, at any start and length.
+            let start = rng.below(HEADROOM + 1);
+            let plen = rng.below(slot.len() - start + 1).min(1500);
+            rng.fill(&mut slot[start..start + plen]);
+            let relay = match rng.below(3) {
+                0 => id,
+                1 if !n.relays.open.is_empty() => n.relays.open[rng.below(n.relays.open.len())].0,
+                _ => [0, id + 1000, usize::MAX][rng.below(3)],
+            };
+            let peer = peers[rng.below(peers.len())];
+            let action = n
+                .core
+                .handle_peer(n.now, relay, peer, &mut slot, start, plen);
+            check_action(action, &slot);
+            if let Action::ToClient { start, len, .. } = action {
+                seen[3] += 1;
+                // Framed either way: ChannelData or a Data indication.
+                if slot[start] < 0x40 {
+                    parse(&slot[start..start + len]);
+                }
+            }
+            seen[4] += usize::from(matches!(action, Action::Drop(_)));
+            if i % 1000 == 999 {
+                n.advance(1);
+                n.sweep();
+            }
+        }
+        assert!(seen.iter().all(|&k| k > 0), "outcomes {seen:?}");
+        n.core.close_all(&mut n.relays);
+        assert!(n.relays.open.is_empty(), "{:?}", n.relays.open);
+        assert_eq!(n.shared.allocations(), 0);
     }
 }
