@@ -199,3 +199,381 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).expect("write file");
     p
 }
+
+// ---- TURN helpers (tests/turn_udp.rs, tests/turn_negative.rs) ----
+
+impl Node {
+    /// Like [`Node::start`], with `turn` (keys of the `[turn]` table, one per line, e.g.
+    /// `users = { user = "pass" }`) written into the generated `[turn]` table, which
+    /// `extra` cannot reopen.
+    pub fn start_with_turn(turn: &str, extra: &str) -> Node {
+        Node::start_on(&["127.0.0.1", "[::1]"], turn, extra)
+    }
+
+    /// Like [`Node::start_with_turn`], listening for TURN on `hosts` (e.g. `127.0.0.2`,
+    /// `[::1]`) at one fresh port. `stun` is the first host at that port, `stun6` is
+    /// `[::1]` at that port whether or not it is listened on.
+    pub fn start_on(hosts: &[&str], turn: &str, extra: &str) -> Node {
+        let port = free_port();
+        let http_port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listen: Vec<String> = hosts.iter().map(|h| format!("\"{h}:{port}\"")).collect();
+        let config = format!(
+            "[turn]\nlisten = [{listen}]\n{turn}\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+             [store]\npath = \"{store}\"\n{extra}",
+            listen = listen.join(", "),
+            store = dir.path().join("data").display()
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).expect("write config");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start confnode");
+        let first = format!("{}:{port}", hosts.first().expect("a TURN listen host"));
+        let node = Node {
+            child: Some(child),
+            stun: first.parse().expect("listen address"),
+            stun6: format!("[::1]:{port}").parse().expect("addr"),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            dir,
+        };
+        node.wait_ready();
+        node
+    }
+
+    /// Resident memory of the node process in kB (VmRSS of /proc/<pid>/status).
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// Polls `series` until `done` holds for its value or `limit` passes; returns the
+    /// last value seen.
+    pub fn wait_metric(&self, series: &str, limit: Duration, done: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.metric(series);
+            if done(v) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, e.g. `turnutils_peer`.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether something listens on UDP `port` (any address), from /proc/net/udp{,6}; looks
+/// without binding, so it cannot race the process that is about to bind it.
+pub fn udp_port_bound(port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| format!("{a} ").ends_with(&needle))
+            })
+        })
+    })
+}
+
+// ---- HTTP helpers (tests/http_rooms.rs) ----
+
+/// The node's output (stdout, where its log goes, and stderr), collected line by line
+/// while it runs.
+#[derive(Clone, Default)]
+pub struct NodeOutput(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl NodeOutput {
+    pub fn text(&self) -> String {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The first line containing `needle`, waiting up to `limit` for it.
+    pub fn wait_for_line(&self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self
+                .text()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned);
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Node {
+    /// Like [`Node::start_with_turn`], with `http` (keys of `[http]`, one per line) written
+    /// into the generated `[http]` table; the node's output is collected (and echoed).
+    pub fn start_with_http(turn: &str, http: &str, extra: &str) -> (Node, NodeOutput) {
+        let port = free_port();
+        let http_port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = format!(
+            "[turn]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\n{turn}\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n{http}\n\
+             [store]\npath = \"{store}\"\n{extra}",
+            store = dir.path().join("data").display()
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start confnode");
+        let log = NodeOutput::default();
+        let stdout = child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>);
+        for pipe in [stdout, stderr].into_iter().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    if let Ok(mut t) = log.0.lock() {
+                        t.push_str(&line);
+                        t.push('\n');
+                    }
+                }
+            });
+        }
+        let node = Node {
+            child: Some(child),
+            stun: SocketAddr::from(([127, 0, 0, 1], port)),
+            stun6: format!("[::1]:{port}").parse().expect("addr"),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            dir,
+        };
+        node.wait_ready();
+        (node, log)
+    }
+}
+
+/// An HTTP answer: status, head (status line and headers) and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header's value (the first, name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection (`Connection: close`); the body
+/// is sent with its Content-Length. Panics when the node cannot be reached.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("send head");
+    // The node may answer (413) before reading all of a large body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer to {method} {path}: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    HttpResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// An open `text/event-stream` response, read event by event.
+pub struct SseStream {
+    reader: std::io::BufReader<TcpStream>,
+    pending: String,
+    ended: bool,
+}
+
+impl SseStream {
+    /// GETs `path`; a non-200 answer comes back as `Err`.
+    pub fn open(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<SseStream, HttpResponse> {
+        use std::io::BufRead;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).expect("send");
+        let mut reader = std::io::BufReader::new(s);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read head");
+            if n == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+        let stream = SseStream {
+            reader,
+            pending: String::new(),
+            ended: false,
+        };
+        if status == 200 {
+            return Ok(stream);
+        }
+        // An error answer: read its body (Content-Length).
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        let mut reader = stream.reader;
+        reader.read_exact(&mut body).expect("error body");
+        Err(HttpResponse {
+            status,
+            head,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// The next event as (name, data), skipping keep-alive comments; `None` once the
+    /// server ended the stream. Panics when nothing arrives within 10 s.
+    pub fn next_event(&mut self) -> Option<(String, String)> {
+        use std::io::BufRead;
+        loop {
+            if let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut name = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if block.lines().all(|l| l.starts_with(':') || l.is_empty()) {
+                    continue;
+                }
+                return Some((name, data));
+            }
+            if self.ended {
+                return None;
+            }
+            // One chunk of the chunked body.
+            let mut size = String::new();
+            match self.reader.read_line(&mut size) {
+                Ok(0) => {
+                    self.ended = true;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("no event within 10 s: {e}"),
+            }
+            let size = usize::from_str_radix(size.trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size {size:?}"));
+            if size == 0 {
+                self.ended = true;
+                continue;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            self.reader
+                .read_exact(&mut chunk)
+                .unwrap_or_else(|e| panic!("chunk: {e}"));
+            self.pending
+                .push_str(&String::from_utf8_lossy(&chunk[..size]));
+        }
+    }
+
+    /// The next event, which must be `name`; its data as JSON.
+    pub fn expect(&mut self, name: &str) -> serde_json::Value {
+        match self.next_event() {
+            Some((n, data)) if n == name => serde_json::from_str(&data)
+                .unwrap_or_else(|e| panic!("{name} data is not JSON ({e}): {data}")),
+            other => panic!("expected a {name} event, got {other:?}"),
+        }
+    }
+}
