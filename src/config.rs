@@ -518,6 +518,18 @@ impl Config {
                 );
             }
         }
+        if self.http.hosts.is_empty()
+            && self.http.jwt_secret.is_empty()
+            && !self.http.listen.ip().is_loopback()
+        {
+            err(
+                "http",
+                "hosts",
+                "http.listen is not a loopback address, so at least one [[http.hosts]] account \
+                 is needed (or http.jwt_secret); make its password_hash with \
+                 `confnode hash-password`",
+            );
+        }
         if self.rooms.ttl_hours == 0 {
             err("rooms", "ttl_hours", "must be at least 1");
         }
@@ -690,6 +702,24 @@ mod tests {
             .expect_err("syntax")
             .0;
         assert!(errs[0].line.is_some());
+    }
+
+    #[test]
+    fn public_http_needs_hosts() {
+        let errs = Config::from_toml("[http]\nlisten = \"0.0.0.0:8080\"\n")
+            .expect_err("no hosts")
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "http.hosts");
+        assert!(Config::from_toml("[http]\nlisten = \"[::1]:8080\"\n").is_ok());
+        assert!(
+            Config::from_toml("[http]\nlisten = \"0.0.0.0:8080\"\njwt_secret = \"s\"\n").is_ok()
+        );
+        let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$4v3Q0u3XDsJ1Ptq6nXl0hA";
+        let text = format!(
+            "[http]\nlisten = \"0.0.0.0:8080\"\n[[http.hosts]]\nname = \"a\"\npassword_hash = \"{hash}\"\n"
+        );
+        assert!(Config::from_toml(&text).is_ok());
     }
 
     #[test]

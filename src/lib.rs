@@ -8,5 +8,6 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod rooms;
 pub mod stun;
 pub mod turn;

@@ -4,7 +4,9 @@
 
 use crate::config::Config;
 use crate::metrics::{Metrics, Transport};
-use crate::net::{tcp, udp, worker};
+use crate::net::tcp::StreamContext;
+use crate::net::tls::TlsCerts;
+use crate::net::{tcp, tls, udp, worker};
 use crate::turn::auth::Auth;
 use crate::turn::policy::PeerPolicy;
 use crate::turn::server::{Limits, Shared, TurnCore};
@@ -15,6 +17,9 @@ use tokio::sync::Semaphore;
 
 /// Runs the node until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), String> {
+    // The TURN REST secrets are settled once, so TURN and the room API share them.
+    let mut config = config;
+    config.turn.auth_secret = effective_turn_secrets(&config.turn.auth_secret);
     let metrics = Arc::new(Metrics::new());
     let shutdown = Arc::new(AtomicBool::new(false));
     let udp_listen = udp_listen_addresses(&config)?;
@@ -25,13 +30,36 @@ pub fn run(config: Config) -> Result<(), String> {
         &config.turn.auth_secret,
         random_key(),
     );
-    let workers = start_workers(&config, &udp_listen, &metrics, &turn, &auth, &shutdown)?;
+    // TLS files are read before anything starts, so a bad one fails the start.
+    let tls_certs = if config.turn.tls_listen.is_empty() {
+        None
+    } else {
+        Some(TlsCerts::load(&config.turn.tls_cert, &config.turn.tls_key)?)
+    };
+    // One clock origin for every TURN core, UDP workers and TCP/TLS connections alike:
+    // a port reserved by one core (EVEN-PORT) is taken, and timed, by another.
+    let epoch = std::time::Instant::now();
+    let workers = start_workers(
+        &config,
+        &udp_listen,
+        &metrics,
+        &turn,
+        &auth,
+        &shutdown,
+        epoch,
+    )?;
 
     let tcp_listeners = config
         .turn
         .listen
         .iter()
         .map(|l| bind(l.0, "TCP", udp::bind_tcp_listener(l.0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls_listeners = config
+        .turn
+        .tls_listen
+        .iter()
+        .map(|l| bind(l.0, "TLS", udp::bind_tcp_listener(l.0)))
         .collect::<Result<Vec<_>, _>>()?;
     let http_listener = std::net::TcpListener::bind(config.http.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l));
@@ -43,12 +71,15 @@ pub fn run(config: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the control plane: {e}"))?;
-    let result = runtime.block_on(control_plane(
-        &config,
-        metrics,
-        tcp_listeners,
-        http_listener,
-    ));
+    let streams = Streams {
+        turn,
+        auth,
+        epoch,
+        tcp: tcp_listeners,
+        tls: tls_listeners,
+        certs: tls_certs,
+    };
+    let result = runtime.block_on(control_plane(&config, metrics, streams, http_listener));
 
     shutdown.store(true, Ordering::Relaxed);
     for w in &workers {
@@ -75,9 +106,9 @@ fn start_workers(
     turn: &Arc<Shared>,
     auth: &Auth,
     shutdown: &Arc<AtomicBool>,
+    epoch: std::time::Instant,
 ) -> Result<Vec<worker::WorkerHandle>, String> {
     let count = config.node.worker_count();
-    let epoch = std::time::Instant::now();
     let mut handles = Vec::with_capacity(count);
     for id in 0..count {
         let sockets = udp_listen
@@ -101,47 +132,79 @@ fn start_workers(
     Ok(handles)
 }
 
+/// What the TCP and TLS listeners need: their sockets, what their TURN cores share,
+/// and the certificate.
+struct Streams {
+    turn: Arc<Shared>,
+    auth: Auth,
+    epoch: std::time::Instant,
+    tcp: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+    certs: Option<TlsCerts>,
+}
+
 async fn control_plane(
     config: &Config,
     metrics: Arc<Metrics>,
-    tcp_listeners: Vec<std::net::TcpListener>,
+    streams: Streams,
     http_listener: std::net::TcpListener,
 ) -> Result<(), String> {
+    // TCP and TLS connections together are held to `max_tcp_connections`.
     let limit = Arc::new(Semaphore::new(config.turn.max_tcp_connections));
+    let context = |transport| {
+        Arc::new(StreamContext {
+            transport,
+            counters: metrics.transport(transport),
+            metrics: metrics.clone(),
+            limit: limit.clone(),
+            turn: streams.turn.clone(),
+            auth: streams.auth.clone(),
+            epoch: streams.epoch,
+        })
+    };
     let mut tasks = tokio::task::JoinSet::new();
-    for l in tcp_listeners {
+    let tcp_context = context(Transport::Tcp);
+    for l in streams.tcp {
         let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-        tasks.spawn(tcp::serve(
-            l,
-            metrics.transport(Transport::Tcp),
-            metrics.clone(),
-            limit.clone(),
-        ));
+        tasks.spawn(tcp::serve(l, tcp_context.clone()));
+    }
+    if let Some(certs) = &streams.certs {
+        let tls_context = context(Transport::Tls);
+        for l in streams.tls {
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            tasks.spawn(tls::serve(l, tls_context.clone(), certs.acceptor()));
+        }
     }
     let http = tokio::net::TcpListener::from_std(http_listener).map_err(|e| e.to_string())?;
-    let app = crate::http::router(crate::http::AppState {
-        metrics: metrics.clone(),
-    });
+    let app = crate::http::router(crate::http::AppState::new(config, metrics.clone())?);
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
             tracing::error!("HTTP server stopped: {e}");
         }
     });
     let listen: Vec<String> = config.turn.listen.iter().map(|l| l.0.to_string()).collect();
+    let tls_listen: Vec<String> = config
+        .turn
+        .tls_listen
+        .iter()
+        .map(|l| l.0.to_string())
+        .collect();
     tracing::info!(
         turn = %listen.join(","),
+        turn_tls = %tls_listen.join(","),
         http = %config.http.listen,
         "confnode {} ready",
         env!("CARGO_PKG_VERSION")
     );
-    wait_for_signal().await?;
+    wait_for_signal(streams.certs.as_ref()).await?;
     tracing::info!("shutting down");
     tasks.shutdown().await;
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP is taken (and will reload TLS certificates).
-async fn wait_for_signal() -> Result<(), String> {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate and key (open
+/// connections and their allocations stay; a failed reload keeps the old ones).
+async fn wait_for_signal(certs: Option<&TlsCerts>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let err = |e: std::io::Error| format!("cannot install signal handlers: {e}");
     let mut term = signal(SignalKind::terminate()).map_err(err)?;
@@ -151,7 +214,18 @@ async fn wait_for_signal() -> Result<(), String> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload yet"),
+            _ = hup.recv() => reload(certs),
+        }
+    }
+}
+
+/// SIGHUP: reads the TLS certificate and key again.
+fn reload(certs: Option<&TlsCerts>) {
+    match certs.map(TlsCerts::reload) {
+        None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Some(Err(e)) => {
+            tracing::error!("SIGHUP: TLS certificate not reloaded, the old one stays: {e}")
         }
     }
 }
@@ -234,6 +308,21 @@ fn udp_listen_addresses(config: &Config) -> Result<Vec<SocketAddr>, String> {
         }
     }
     Ok(out)
+}
+
+/// The TURN REST secrets in force: the configured ones, or, when none is set, one
+/// random secret made now, with which the room API signs the TURN credentials it
+/// hands to participants (so they work with no secret configured).
+pub fn effective_turn_secrets(configured: &[String]) -> Vec<String> {
+    let secrets: Vec<String> = configured
+        .iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
+    if !secrets.is_empty() {
+        return secrets;
+    }
+    vec![random_key().iter().map(|b| format!("{b:02x}")).collect()]
 }
 
 /// 32 bytes from the operating system's random source (keys made at start).

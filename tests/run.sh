@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 packages=()
 command -v turnutils_stunclient >/dev/null || packages+=(coturn)
+# The TLS tests make their self-signed certificates with the openssl command line.
+command -v openssl >/dev/null || packages+=(openssl)
 if ((${#packages[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

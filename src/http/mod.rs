@@ -1,11 +1,16 @@
-//! The HTTP side of the node (axum): health, metrics, and later the room API and the
+//! The HTTP side of the node (axum): health, metrics, the room API, and later the
 //! reference page.
 
+pub mod auth;
+pub mod rooms;
+
+use crate::config::Config;
 use crate::metrics::Metrics;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -13,12 +18,48 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
+    pub rooms: Arc<rooms::RoomsApi>,
 }
 
+impl AppState {
+    /// The HTTP state from configuration. `config.turn.auth_secret` must hold the
+    /// node's effective TURN REST secrets (`node::effective_turn_secrets`): the first
+    /// signs the TURN credentials handed to participants.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<AppState, String> {
+        let rooms = rooms::RoomsApi::new(config, &config.turn.auth_secret)?;
+        Ok(AppState {
+            metrics,
+            rooms: Arc::new(rooms),
+        })
+    }
+}
+
+/// The HTTP routes. Inside a tokio runtime this also starts the task that sweeps
+/// expired rooms and absent participants.
 pub fn router(state: AppState) -> Router {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(rooms::RoomsApi::sweep_forever(Arc::downgrade(&state.rooms)));
+    }
+    let participant = "/api/rooms/{room}/participants/{participant}";
     Router::new()
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/api/rooms", post(rooms::create_room))
+        .route(
+            "/api/rooms/{room}",
+            get(rooms::get_room).delete(rooms::delete_room),
+        )
+        .route("/api/rooms/{room}/participants", post(rooms::join))
+        .route(participant, axum::routing::delete(rooms::leave))
+        .route(&format!("{participant}/events"), get(rooms::events))
+        .route(&format!("{participant}/publish"), post(rooms::publish))
+        .route(&format!("{participant}/subscribe"), post(rooms::subscribe))
+        .route(
+            &format!("{participant}/preferences"),
+            put(rooms::preferences),
+        )
+        .layer(DefaultBodyLimit::max(rooms::MAX_BODY))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
@@ -45,4 +86,8 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found")
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
 }

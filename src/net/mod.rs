@@ -4,5 +4,6 @@
 pub mod batch;
 pub mod demux;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 pub mod worker;

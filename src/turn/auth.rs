@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -117,10 +118,11 @@ impl Reject {
 #[derive(Clone)]
 pub struct Auth {
     realm: Box<str>,
-    /// Static users and their precomputed long-term keys.
-    users: BTreeMap<Box<str>, [u8; 16]>,
+    /// Static users and their precomputed long-term keys; shared by every clone (a
+    /// TCP/TLS connection gets a clone of its own, so this must not be copied per clone).
+    users: Arc<BTreeMap<Box<str>, [u8; 16]>>,
     /// One HMAC-SHA1 state per REST secret, already keyed (saves rehashing the key).
-    secrets: Box<[Hmac<Sha1>]>,
+    secrets: Arc<[Hmac<Sha1>]>,
     /// HMAC-SHA256 keyed with the nonce secret.
     nonce_mac: Hmac<Sha256>,
     limiter: ChallengeLimiter,
@@ -148,7 +150,7 @@ impl Auth {
         secrets: &[String],
         nonce_secret: [u8; 32],
     ) -> Auth {
-        let users = users
+        let users: BTreeMap<Box<str>, [u8; 16]> = users
             .iter()
             .map(|(name, password)| {
                 let key = long_term_key(name.as_bytes(), realm.as_bytes(), password.as_bytes());
@@ -165,10 +167,24 @@ impl Auth {
             Hmac::<Sha256>::new_from_slice(&nonce_secret).expect("HMAC accepts any key length");
         Auth {
             realm: realm.into(),
-            users,
+            users: Arc::new(users),
             secrets,
             nonce_mac,
             limiter: ChallengeLimiter::new(),
+        }
+    }
+
+    /// A clone for one TCP or TLS connection: the same credentials and nonce key, but a
+    /// limiter of a single bucket instead of a table of [`CHALLENGE_BUCKETS`]. A
+    /// connection has one source, whose address the TCP handshake proved (so no
+    /// reflection is possible), and the table would cost 64 KiB per connection.
+    pub fn for_connection(&self) -> Auth {
+        Auth {
+            realm: self.realm.clone(),
+            users: self.users.clone(),
+            secrets: self.secrets.clone(),
+            nonce_mac: self.nonce_mac.clone(),
+            limiter: ChallengeLimiter::with_buckets(1),
         }
     }
 
@@ -446,9 +462,14 @@ impl Bucket {
 
 impl ChallengeLimiter {
     fn new() -> ChallengeLimiter {
+        ChallengeLimiter::with_buckets(CHALLENGE_BUCKETS)
+    }
+
+    /// `count` must be a power of two (the index is a mask of the hash).
+    fn with_buckets(count: usize) -> ChallengeLimiter {
         ChallengeLimiter {
             hasher: RandomState::new(),
-            buckets: vec![Bucket::FULL; CHALLENGE_BUCKETS].into_boxed_slice(),
+            buckets: vec![Bucket::FULL; count].into_boxed_slice(),
         }
     }
 
@@ -459,7 +480,7 @@ impl ChallengeLimiter {
 
     fn index(&self, src: IpAddr) -> usize {
         // Truncating the hash is fine: only its low bits pick the bucket.
-        self.hasher.hash_one(source_key(src)) as usize & (CHALLENGE_BUCKETS - 1)
+        self.hasher.hash_one(source_key(src)) as usize & (self.buckets.len() - 1)
     }
 }
 

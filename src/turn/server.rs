@@ -514,7 +514,10 @@ impl TurnCore {
     /// but relays nothing).
     fn allocation(&self, client: ClientKey, now: u64) -> Option<&Allocation> {
         let &i = self.by_client.get(&client)?;
-        self.allocations.get(i)?.as_ref().filter(|a| a.expires > now)
+        self.allocations
+            .get(i)?
+            .as_ref()
+            .filter(|a| a.expires > now)
     }
 
     fn stun(

@@ -1,0 +1,725 @@
+//! The room API of SPEC's table: rooms, participants, their event streams (SSE) and
+//! the media calls (validated here; answered by the SFU once it exists).
+//!
+//! The state is [`crate::rooms::Rooms`] behind one mutex, together with the senders of
+//! the open event streams; each change's [`Effects`] are delivered under the same lock,
+//! so every stream sees events in the order the changes happened.
+//!
+//! Privacy: nothing here logs or stores a display name; logs carry room ids only.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::rand_core::OsRng;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Json, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha1::Sha1;
+use tokio::sync::mpsc;
+
+use super::auth::{HostAuth, ONE_TIME_ACCOUNT, Refusal};
+use super::{AppState, error};
+use crate::config::Config;
+use crate::rooms::{Effects, Event, Limits, RoomError, Rooms, StreamId, validate_display_name};
+
+/// Largest request body (JSON or SDP), as the issue's bound for SDP.
+pub const MAX_BODY: usize = 64 * 1024;
+/// How long the TURN credentials handed to a participant stay valid.
+pub const TURN_CREDENTIAL_SECS: u64 = 12 * 3600;
+/// Events waiting on one stream; a client that falls this far behind loses the stream
+/// (it reconnects and starts again from a fresh roster).
+const STREAM_QUEUE: usize = 64;
+/// SSE comment lines keep idle connections (and proxies) open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often detached participants and expired rooms are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The room API's shared state.
+pub struct RoomsApi {
+    hub: Mutex<Hub>,
+    hosts: Arc<HostAuth>,
+    ice: IceServers,
+    public_url: String,
+    next_stream: AtomicU64,
+}
+
+impl std::fmt::Debug for RoomsApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomsApi")
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Hub {
+    rooms: Rooms,
+    streams: HashMap<StreamId, mpsc::Sender<Event>>,
+}
+
+impl Hub {
+    /// Delivers events, then ends the streams that are to end (and any that could not
+    /// take an event: gone or too far behind).
+    fn apply(&mut self, effects: Effects) {
+        let mut close = effects.close;
+        for (stream, event) in effects.notices {
+            if let Some(tx) = self.streams.get(&stream)
+                && tx.try_send(event).is_err()
+            {
+                close.push(stream);
+            }
+        }
+        for stream in close {
+            self.streams.remove(&stream);
+        }
+    }
+}
+
+impl RoomsApi {
+    /// The room API from configuration. `turn_secrets` are the node's effective TURN
+    /// REST secrets (the first signs the credentials handed out). With no host account
+    /// and no JWT secret, a one-time password is made and printed on stderr; that is only
+    /// allowed on a loopback `http.listen`.
+    pub fn new(config: &Config, turn_secrets: &[String]) -> Result<RoomsApi, String> {
+        let http = &config.http;
+        if http.hosts.is_empty() && http.jwt_secret.is_empty() && !http.listen.ip().is_loopback() {
+            return Err(format!(
+                "http.hosts: http.listen {} is not a loopback address, so at least one \
+                 [[http.hosts]] account (or http.jwt_secret) is needed",
+                http.listen
+            ));
+        }
+        let secret = turn_secrets
+            .iter()
+            .find(|s| !s.is_empty())
+            .cloned()
+            .ok_or("no TURN REST secret to sign participants' TURN credentials with")?;
+        let (hosts, one_time) = HostAuth::from_config(http);
+        if let Some(password) = one_time {
+            eprintln!(
+                "confnode: no [[http.hosts]] configured; one-time host login: \
+                 {ONE_TIME_ACCOUNT} / {password}"
+            );
+        }
+        Ok(RoomsApi {
+            hub: Mutex::new(Hub {
+                rooms: Rooms::new(Limits::new(
+                    config.rooms.ttl_hours,
+                    config.rooms.max_participants,
+                )),
+                streams: HashMap::new(),
+            }),
+            hosts: Arc::new(hosts),
+            ice: IceServers::from_config(config, secret),
+            public_url: http.public_url.0.clone(),
+            next_stream: AtomicU64::new(1),
+        })
+    }
+
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes detached participants and expired rooms every few seconds, until the
+    /// API is dropped.
+    pub async fn sweep_forever(api: Weak<RoomsApi>) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(api) = api.upgrade() else { return };
+            let mut hub = api.hub();
+            let effects = hub.rooms.sweep(unix_now());
+            hub.apply(effects);
+        }
+    }
+}
+
+/// The `ice_servers` handed to participants: this node's STUN and TURN addresses, and
+/// TURN REST credentials (`<expiry>:<participant>`, base64(HMAC-SHA1(secret, username)))
+/// that the node's own TURN accepts.
+#[derive(Clone)]
+pub struct IceServers {
+    urls: Vec<String>,
+    secret: String,
+}
+
+impl IceServers {
+    pub fn from_config(config: &Config, secret: String) -> IceServers {
+        let mut urls = Vec::new();
+        let mut seen = Vec::new();
+        for l in &config.turn.listen {
+            let host = match l.0.ip() {
+                IpAddr::V4(_) => config.node.public_ip.to_string(),
+                IpAddr::V6(ip) => match config.node.public_ipv6 {
+                    Some(public) => format!("[{public}]"),
+                    None if !ip.is_unspecified() => format!("[{ip}]"),
+                    None => continue,
+                },
+            };
+            let hostport = format!("{host}:{}", l.0.port());
+            if seen.contains(&hostport) {
+                continue;
+            }
+            urls.push(format!("stun:{hostport}"));
+            urls.push(format!("turn:{hostport}?transport=udp"));
+            urls.push(format!("turn:{hostport}?transport=tcp"));
+            seen.push(hostport);
+        }
+        // Only IPv6 wildcards without node.public_ipv6: the IPv4 public address.
+        if let (true, Some(first)) = (urls.is_empty(), config.turn.listen.first()) {
+            let hostport = format!("{}:{}", config.node.public_ip, first.0.port());
+            urls.push(format!("stun:{hostport}"));
+            urls.push(format!("turn:{hostport}?transport=udp"));
+            urls.push(format!("turn:{hostport}?transport=tcp"));
+        }
+        // TURN over TLS needs a name the certificate is for: the public URL's host.
+        if let Some(host) = url_host(&config.http.public_url.0) {
+            let mut ports: Vec<u16> = config.turn.tls_listen.iter().map(|l| l.0.port()).collect();
+            ports.dedup();
+            for port in ports {
+                urls.push(format!("turns:{host}:{port}?transport=tcp"));
+            }
+        }
+        IceServers { urls, secret }
+    }
+
+    /// One RTCIceServer entry with credentials for `participant`, valid from `now` for
+    /// [`TURN_CREDENTIAL_SECS`].
+    pub fn for_participant(&self, participant: &str, now: u64) -> serde_json::Value {
+        let username = format!("{}:{participant}", now + TURN_CREDENTIAL_SECS);
+        json!([{
+            "urls": self.urls,
+            "username": username,
+            "credential": rest_password(&self.secret, &username),
+        }])
+    }
+}
+
+/// The TURN REST API password: base64(HMAC-SHA1(secret, username)).
+pub fn rest_password(secret: &str, username: &str) -> String {
+    let mut mac =
+        <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// The host of an `http(s)://host[:port][/...]` URL, without the port.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix seconds as an RFC 3339 UTC timestamp, `2026-01-02T03:04:05Z`.
+pub fn rfc3339(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days as i64 + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn room_error(e: RoomError) -> Response {
+    let status = match e {
+        RoomError::NoRoom | RoomError::NoParticipant => StatusCode::NOT_FOUND,
+        RoomError::BadToken => StatusCode::UNAUTHORIZED,
+        RoomError::Full => StatusCode::CONFLICT,
+        RoomError::TooManyRooms => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let mut response = error(status, e.message());
+    if e == RoomError::BadToken {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"confnode\""),
+        );
+    }
+    response
+}
+
+fn refused(r: Refusal) -> Response {
+    match r {
+        Refusal::Busy => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many logins being checked; retry in a moment",
+        ),
+        Refusal::Unauthorized { bearer } => {
+            let (message, challenge) = if bearer {
+                (
+                    "invalid host token",
+                    "Bearer realm=\"confnode\", error=\"invalid_token\"",
+                )
+            } else {
+                (
+                    "host login needed (Basic, or a Bearer token)",
+                    "Basic realm=\"confnode\", charset=\"UTF-8\"",
+                )
+            };
+            let mut response = error(StatusCode::UNAUTHORIZED, message);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            response
+        }
+    }
+}
+
+/// An error answer ready to send (boxed: a `Response` is large to return by value).
+type Refused = Box<Response>;
+
+/// A body read within [`MAX_BODY`], or the fitting error (413 when over).
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
+    b.map_err(|r| {
+        let status = r.status();
+        Box::new(if status == StatusCode::PAYLOAD_TOO_LARGE {
+            error(status, "request body over 64 KiB")
+        } else {
+            error(status, "cannot read the request body")
+        })
+    })
+}
+
+/// The participant token from `Authorization: Bearer`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// `POST /api/rooms`
+pub async fn create_room(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let api = &state.rooms;
+    let host = match api.hosts.authenticate(&headers).await {
+        Ok(h) => h,
+        Err(r) => return refused(r),
+    };
+    let created = api.hub().rooms.create(&host, &mut OsRng, unix_now());
+    match created {
+        Ok(view) => {
+            tracing::info!(room = %view.room, "room created");
+            let url = format!("{}/r/{}", api.public_url, view.room);
+            (
+                StatusCode::CREATED,
+                Json(json!({
+                    "room": view.room,
+                    "url": url,
+                    "expires_at": rfc3339(view.expires_at),
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => room_error(e),
+    }
+}
+
+/// `GET /api/rooms/{room}`
+pub async fn get_room(State(state): State<AppState>, Path(room): Path<String>) -> Response {
+    let view = state.rooms.hub().rooms.view(&room, unix_now());
+    match view {
+        Ok(v) => Json(json!({
+            "room": v.room,
+            "participants": v.participants,
+            "expires_at": rfc3339(v.expires_at),
+        }))
+        .into_response(),
+        Err(e) => room_error(e),
+    }
+}
+
+/// `DELETE /api/rooms/{room}` (host): everyone in it hears `room_closed` and is out.
+pub async fn delete_room(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let api = &state.rooms;
+    if let Err(r) = api.hosts.authenticate(&headers).await {
+        return refused(r);
+    }
+    let mut hub = api.hub();
+    match hub.rooms.delete(&room, unix_now()) {
+        Ok(effects) => {
+            hub.apply(effects);
+            drop(hub);
+            tracing::info!(room = %room, "room deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => room_error(e),
+    }
+}
+
+/// `POST /api/rooms/{room}/participants` `{"display_name"}`
+pub async fn join(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let raw = match body(raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let api = &state.rooms;
+    let now = unix_now();
+    if let Err(e) = api.hub().rooms.view(&room, now) {
+        return room_error(e);
+    }
+    #[derive(serde::Deserialize)]
+    struct JoinBody {
+        display_name: String,
+    }
+    // The parser's message is not passed on: it may quote the input.
+    let Ok(parsed) = serde_json::from_slice::<JoinBody>(&raw) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON: {\"display_name\": \"...\"}",
+        );
+    };
+    let name = match validate_display_name(&parsed.display_name) {
+        Ok(n) => n,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let mut hub = api.hub();
+    let joined = match hub.rooms.join(&room, name, &mut OsRng, now) {
+        Ok(j) => j,
+        Err(e) => return room_error(e),
+    };
+    hub.apply(joined.effects);
+    drop(hub);
+    tracing::info!(room = %room, "participant joined");
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "participant": joined.participant,
+            "token": joined.token,
+            "ice_servers": api.ice.for_participant(&joined.participant, now),
+        })),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `GET /api/rooms/{room}/participants/{p}/events` (token as Bearer or `?token=`)
+pub async fn events(
+    State(state): State<AppState>,
+    Path((room, participant)): Path<(String, String)>,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let from_query = query.ok().and_then(|q| q.0.token);
+    let token = bearer(&headers).or(from_query.as_deref());
+    let api = &state.rooms;
+    let now = unix_now();
+    let stream = api.next_stream.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let mut hub = api.hub();
+    if let Err(e) = hub.rooms.authenticate(&room, &participant, token, now) {
+        return room_error(e);
+    }
+    let attached = match hub.rooms.attach_stream(&room, &participant, stream, now) {
+        Ok(a) => a,
+        Err(e) => return room_error(e),
+    };
+    if let Some(old) = attached.replaced {
+        hub.streams.remove(&old);
+    }
+    // A fresh queue has room for the first event.
+    let _ = tx.try_send(attached.roster);
+    hub.streams.insert(stream, tx);
+    drop(hub);
+    let events = EventStream {
+        rx,
+        _guard: StreamGuard {
+            api: Arc::downgrade(&state.rooms),
+            room,
+            participant,
+            stream,
+        },
+    };
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
+    // Reverse proxies must pass events on at once.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// One participant's event stream, as an SSE body.
+struct EventStream {
+    rx: mpsc::Receiver<Event>,
+    /// Held for its `Drop`.
+    _guard: StreamGuard,
+}
+
+impl futures_core::Stream for EventStream {
+    type Item = Result<sse::Event, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|next| next.map(|e| Ok(sse::Event::default().event(e.name()).data(e.data()))))
+    }
+}
+
+/// Tells the rooms when a stream ends (its client went away or it was closed here).
+struct StreamGuard {
+    api: Weak<RoomsApi>,
+    room: String,
+    participant: String,
+    stream: StreamId,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(api) = self.api.upgrade() {
+            let mut hub = api.hub();
+            hub.streams.remove(&self.stream);
+            hub.rooms
+                .detach_stream(&self.room, &self.participant, self.stream, unix_now());
+        }
+    }
+}
+
+/// A participant's own call: its token checked, or the answer to refuse with.
+fn authenticate(
+    api: &RoomsApi,
+    room: &str,
+    participant: &str,
+    headers: &HeaderMap,
+) -> Result<(), Refused> {
+    api.hub()
+        .rooms
+        .authenticate(room, participant, bearer(headers), unix_now())
+        .map_err(|e| Box::new(room_error(e)))
+}
+
+/// `DELETE /api/rooms/{room}/participants/{p}` (token): the others hear `left`.
+pub async fn leave(
+    State(state): State<AppState>,
+    Path((room, participant)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let api = &state.rooms;
+    if let Err(r) = authenticate(api, &room, &participant, &headers) {
+        return *r;
+    }
+    let mut hub = api.hub();
+    match hub.rooms.leave(&room, &participant, unix_now()) {
+        Ok(effects) => {
+            hub.apply(effects);
+            drop(hub);
+            tracing::info!(room = %room, "participant left");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => room_error(e),
+    }
+}
+
+/// Checks an SDP body: `application/sdp`, starting with `v=0`.
+fn sdp_body(headers: &HeaderMap, raw: &Bytes) -> Result<(), Refused> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/sdp") {
+        return Err(Box::new(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be an SDP of type application/sdp",
+        )));
+    }
+    let valid =
+        std::str::from_utf8(raw).is_ok_and(|s| s.starts_with("v=0\r\n") || s.starts_with("v=0\n"));
+    if !valid {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "not an SDP: it must start with the line v=0",
+        )));
+    }
+    Ok(())
+}
+
+fn media_plane_missing() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "media plane not available yet",
+    )
+}
+
+/// `POST .../participants/{p}/publish` (SDP offer, WHIP-like)
+pub async fn publish(
+    State(state): State<AppState>,
+    Path((room, participant)): Path<(String, String)>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = authenticate(&state.rooms, &room, &participant, &headers) {
+        return *r;
+    }
+    let raw = match body(raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if let Err(r) = sdp_body(&headers, &raw) {
+        return *r;
+    }
+    media_plane_missing()
+}
+
+/// `POST .../participants/{p}/subscribe` (SDP answer to the server's offer)
+pub async fn subscribe(
+    State(state): State<AppState>,
+    Path((room, participant)): Path<(String, String)>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    publish(State(state), Path((room, participant)), headers, raw).await
+}
+
+/// `PUT .../participants/{p}/preferences` `{"max_height": 180}`
+pub async fn preferences(
+    State(state): State<AppState>,
+    Path((room, participant)): Path<(String, String)>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let api = &state.rooms;
+    if let Err(r) = authenticate(api, &room, &participant, &headers) {
+        return *r;
+    }
+    let raw = match body(raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let max_height = serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()
+        .and_then(|v| v.get("max_height").and_then(serde_json::Value::as_u64))
+        .and_then(|h| u32::try_from(h).ok())
+        .filter(|&h| h > 0);
+    let Some(max_height) = max_height else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON: {\"max_height\": a positive integer}",
+        );
+    };
+    let stored = api
+        .hub()
+        .rooms
+        .set_max_height(&room, &participant, max_height, unix_now());
+    match stored {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => room_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn public_url_hosts() {
+        assert_eq!(
+            url_host("https://meet.example.org"),
+            Some("meet.example.org")
+        );
+        assert_eq!(url_host("http://localhost:8080/x"), Some("localhost"));
+        assert_eq!(url_host("https://[2001:db8::1]:443"), Some("[2001:db8::1]"));
+        assert_eq!(url_host("ftp://x"), None);
+    }
+
+    #[test]
+    fn ice_servers_from_listen_addresses() {
+        let config = Config::from_toml(
+            "[node]\npublic_ip = \"203.0.113.7\"\n\
+             [turn]\nlisten = [\"0.0.0.0:3478\", \"[::1]:3479\", \"[::]:3480\"]\n\
+             tls_listen = [\":5349\"]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\
+             [http]\npublic_url = \"https://meet.example.org\"\n",
+        )
+        .expect("config");
+        let ice = IceServers::from_config(&config, "s3cret".into());
+        assert_eq!(
+            ice.urls,
+            vec![
+                "stun:203.0.113.7:3478",
+                "turn:203.0.113.7:3478?transport=udp",
+                "turn:203.0.113.7:3478?transport=tcp",
+                "stun:[::1]:3479",
+                "turn:[::1]:3479?transport=udp",
+                "turn:[::1]:3479?transport=tcp",
+                "turns:meet.example.org:5349?transport=tcp",
+            ]
+        );
+        let v = ice.for_participant("p1", 1_000);
+        assert_eq!(v[0]["username"], "44200:p1");
+        assert_eq!(
+            v[0]["credential"],
+            rest_password("s3cret", "44200:p1").as_str()
+        );
+    }
+
+    #[test]
+    fn rest_password_matches_coturn() {
+        // Python: base64.b64encode(hmac.new(b"north", b"1750003600:conference-42", sha1).digest())
+        assert_eq!(
+            rest_password("north", "1750003600:conference-42"),
+            "WuqciR20ELKZ6kWZ5PrMjk/Rwh0="
+        );
+    }
+}

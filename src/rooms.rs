@@ -1,0 +1,972 @@
+//! Rooms and their participants: the state behind the HTTP room API, sans-IO.
+//!
+//! Time comes in as unix seconds and randomness as an `RngCore`, so every rule (expiry,
+//! capacity, tokens, who is told what) is tested without clocks or sockets. Nothing here
+//! sends anything: each change returns the [`Effects`] it has on the participants' event
+//! streams (which event goes to which stream, which streams end), and the HTTP layer
+//! delivers them.
+//!
+//! Privacy: display names live here, in memory, only while their participant is in the
+//! room. No `Debug` output of this module shows one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use argon2::password_hash::rand_core::RngCore;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+/// Live rooms one host may hold at once.
+pub const MAX_ROOMS_PER_HOST: usize = 100;
+/// Live rooms on the node at once, all hosts together.
+pub const MAX_ROOMS: usize = 10_000;
+/// Event streams one participant may hold open; a further one replaces the oldest.
+pub const MAX_STREAMS_PER_PARTICIPANT: usize = 2;
+/// A participant with no open event stream for this long (never connected, or the
+/// browser went away) leaves the room, and the others are told.
+pub const DETACHED_GRACE_SECS: u64 = 60;
+/// Longest display name, in characters, after trimming.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+
+/// Random bytes in a room id (the link is the only key to a room): 128 bits.
+const ROOM_ID_BYTES: usize = 16;
+/// Random bytes in a participant id (public: it is in the roster; unique, not secret).
+const PARTICIPANT_ID_BYTES: usize = 12;
+/// Random bytes in a participant's bearer token: 256 bits.
+const TOKEN_BYTES: usize = 32;
+
+/// The bounds and lifetimes rooms are kept to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// An unused room expires this long after its creation or after its last
+    /// participant left (`rooms.ttl_hours`).
+    pub ttl_secs: u64,
+    /// Participants in one room at once (`rooms.max_participants`).
+    pub max_participants: usize,
+    pub max_rooms_per_host: usize,
+    pub max_rooms: usize,
+}
+
+impl Limits {
+    pub fn new(ttl_hours: u32, max_participants: u32) -> Limits {
+        Limits {
+            ttl_secs: u64::from(ttl_hours) * 3600,
+            max_participants: max_participants as usize,
+            max_rooms_per_host: MAX_ROOMS_PER_HOST,
+            max_rooms: MAX_ROOMS,
+        }
+    }
+}
+
+/// Why a request on rooms failed; the HTTP layer maps each to a status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomError {
+    /// No such room, or it expired or was deleted (404).
+    NoRoom,
+    /// No such participant in the room (404).
+    NoParticipant,
+    /// The token is not this participant's (401).
+    BadToken,
+    /// The room has `max_participants` in it (409).
+    Full,
+    /// The host holds `max_rooms_per_host` rooms, or the node `max_rooms` (429).
+    TooManyRooms,
+}
+
+impl RoomError {
+    pub fn message(self) -> &'static str {
+        match self {
+            RoomError::NoRoom => "no such room (it may have expired or been closed)",
+            RoomError::NoParticipant => "no such participant in this room",
+            RoomError::BadToken => "missing or wrong participant token",
+            RoomError::Full => "the room is full",
+            RoomError::TooManyRooms => "too many open rooms; delete one first",
+        }
+    }
+}
+
+/// One participant as others see it: in rosters, `joined` events and room answers.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    pub participant: String,
+    pub display_name: String,
+}
+
+impl fmt::Debug for Member {
+    /// The display name stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Member")
+            .field("participant", &self.participant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a participant's event stream carries. Later the SFU sends `Offer`s here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Everyone in the room now, in the order they joined (sent on connect and after
+    /// every change).
+    Roster(Arc<[Member]>),
+    /// Someone joined.
+    Joined(Member),
+    /// Someone left (or was dropped); their id.
+    Left(String),
+    /// The room was deleted by a host or expired; the stream ends after this.
+    RoomClosed,
+    /// An SDP offer from the server for the participant's receiving peer connection.
+    Offer(String),
+}
+
+impl Event {
+    /// The SSE `event:` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Roster(_) => "roster",
+            Event::Joined(_) => "joined",
+            Event::Left(_) => "left",
+            Event::RoomClosed => "room_closed",
+            Event::Offer(_) => "offer",
+        }
+    }
+
+    /// The SSE `data:` line: one JSON object.
+    pub fn data(&self) -> String {
+        let value = match self {
+            Event::Roster(members) => serde_json::json!({ "participants": &**members }),
+            Event::Joined(m) => serde_json::json!(m),
+            Event::Left(id) => serde_json::json!({ "participant": id }),
+            Event::RoomClosed => serde_json::json!({}),
+            Event::Offer(sdp) => serde_json::json!({ "type": "offer", "sdp": sdp }),
+        };
+        value.to_string()
+    }
+}
+
+/// Identifies one open event stream (assigned by the caller, unique per process).
+pub type StreamId = u64;
+
+/// What a change does to event streams: events to deliver, then streams to end.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub notices: Vec<(StreamId, Event)>,
+    pub close: Vec<StreamId>,
+}
+
+impl Effects {
+    fn merge(&mut self, other: Effects) {
+        self.notices.extend(other.notices);
+        self.close.extend(other.close);
+    }
+}
+
+/// A room as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomView {
+    pub room: String,
+    pub participants: Vec<Member>,
+    /// Unix seconds. While people are in the room it cannot expire: then this is the
+    /// earliest it could (`now + ttl`).
+    pub expires_at: u64,
+}
+
+/// A participant just admitted.
+pub struct Joined {
+    pub participant: String,
+    /// The bearer secret; only its hash is kept.
+    pub token: String,
+    pub effects: Effects,
+}
+
+impl fmt::Debug for Joined {
+    /// The token stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Joined")
+            .field("participant", &self.participant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An event stream just attached.
+#[derive(Debug)]
+pub struct Attached {
+    /// The first event of the stream.
+    pub roster: Event,
+    /// The participant's oldest stream, ended to keep within
+    /// [`MAX_STREAMS_PER_PARTICIPANT`].
+    pub replaced: Option<StreamId>,
+}
+
+struct Participant {
+    id: String,
+    display_name: String,
+    token_hash: [u8; 32],
+    /// The simulcast height cap this participant asked for (`PUT preferences`).
+    max_height: Option<u32>,
+    streams: Vec<StreamId>,
+    /// When the last stream ended (or the join, before the first one).
+    detached_since: Option<u64>,
+}
+
+struct Room {
+    host: Box<str>,
+    participants: Vec<Participant>,
+    /// Creation, or when the last participant left; meaningful while empty.
+    idle_since: u64,
+}
+
+impl Room {
+    fn participant(&self, id: &str) -> Option<&Participant> {
+        self.participants.iter().find(|p| p.id == id)
+    }
+
+    fn participant_mut(&mut self, id: &str) -> Option<&mut Participant> {
+        self.participants.iter_mut().find(|p| p.id == id)
+    }
+
+    fn expires_at(&self, ttl: u64, now: u64) -> u64 {
+        if self.participants.is_empty() {
+            self.idle_since.saturating_add(ttl)
+        } else {
+            now.saturating_add(ttl)
+        }
+    }
+
+    fn is_expired(&self, ttl: u64, now: u64) -> bool {
+        self.participants.is_empty() && now >= self.idle_since.saturating_add(ttl)
+    }
+
+    fn roster(&self) -> Arc<[Member]> {
+        self.participants
+            .iter()
+            .map(|p| Member {
+                participant: p.id.clone(),
+                display_name: p.display_name.clone(),
+            })
+            .collect()
+    }
+
+    fn all_streams(&self) -> impl Iterator<Item = StreamId> + '_ {
+        self.participants
+            .iter()
+            .flat_map(|p| p.streams.iter().copied())
+    }
+
+    /// A participant is gone: the others hear `left` and the new roster; the
+    /// participant's own streams hear `left` too and then end.
+    fn remove(&mut self, index: usize, now: u64) -> Effects {
+        let gone = self.participants.remove(index);
+        if self.participants.is_empty() {
+            self.idle_since = now;
+        }
+        let left = Event::Left(gone.id);
+        let roster = Event::Roster(self.roster());
+        let mut effects = Effects::default();
+        for s in self.all_streams() {
+            effects.notices.push((s, left.clone()));
+            effects.notices.push((s, roster.clone()));
+        }
+        for &s in &gone.streams {
+            effects.notices.push((s, left.clone()));
+        }
+        effects.close = gone.streams;
+        effects
+    }
+}
+
+/// Every room of the node.
+pub struct Rooms {
+    limits: Limits,
+    rooms: HashMap<String, Room>,
+}
+
+impl fmt::Debug for Rooms {
+    /// Counts only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rooms")
+            .field("rooms", &self.rooms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rooms {
+    pub fn new(limits: Limits) -> Rooms {
+        Rooms {
+            limits,
+            rooms: HashMap::new(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Rooms held now (expired ones count until swept).
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// A live (not expired) room.
+    fn live(&self, room: &str, now: u64) -> Result<&Room, RoomError> {
+        self.rooms
+            .get(room)
+            .filter(|r| !r.is_expired(self.limits.ttl_secs, now))
+            .ok_or(RoomError::NoRoom)
+    }
+
+    fn live_mut(&mut self, room: &str, now: u64) -> Result<&mut Room, RoomError> {
+        let ttl = self.limits.ttl_secs;
+        self.rooms
+            .get_mut(room)
+            .filter(|r| !r.is_expired(ttl, now))
+            .ok_or(RoomError::NoRoom)
+    }
+
+    /// A new empty room for `host`; its id carries 128 random bits.
+    pub fn create(
+        &mut self,
+        host: &str,
+        rng: &mut impl RngCore,
+        now: u64,
+    ) -> Result<RoomView, RoomError> {
+        let ttl = self.limits.ttl_secs;
+        let live = |r: &&Room| !r.is_expired(ttl, now);
+        if self.rooms.values().filter(live).count() >= self.limits.max_rooms {
+            return Err(RoomError::TooManyRooms);
+        }
+        let of_host = self
+            .rooms
+            .values()
+            .filter(live)
+            .filter(|r| &*r.host == host)
+            .count();
+        if of_host >= self.limits.max_rooms_per_host {
+            return Err(RoomError::TooManyRooms);
+        }
+        // Expired rooms still in the map free their place (and their id) now.
+        if self.rooms.len() >= self.limits.max_rooms {
+            self.rooms.retain(|_, r| !r.is_expired(ttl, now));
+        }
+        let id = loop {
+            let id = random_text::<ROOM_ID_BYTES>(rng);
+            if !self.rooms.contains_key(&id) {
+                break id;
+            }
+        };
+        self.rooms.insert(
+            id.clone(),
+            Room {
+                host: host.into(),
+                participants: Vec::new(),
+                idle_since: now,
+            },
+        );
+        Ok(RoomView {
+            room: id,
+            participants: Vec::new(),
+            expires_at: now.saturating_add(ttl),
+        })
+    }
+
+    pub fn view(&self, room: &str, now: u64) -> Result<RoomView, RoomError> {
+        let r = self.live(room, now)?;
+        Ok(RoomView {
+            room: room.to_owned(),
+            participants: r.roster().to_vec(),
+            expires_at: r.expires_at(self.limits.ttl_secs, now),
+        })
+    }
+
+    /// Deletes a room: every stream in it hears `room_closed` and ends; every token of
+    /// it stops working.
+    pub fn delete(&mut self, room: &str, now: u64) -> Result<Effects, RoomError> {
+        self.live(room, now)?;
+        let r = self.rooms.remove(room).ok_or(RoomError::NoRoom)?;
+        Ok(close_room(&r))
+    }
+
+    /// Admits a participant under an already validated display name (see
+    /// [`validate_display_name`]). The others hear `joined` and the new roster.
+    pub fn join(
+        &mut self,
+        room: &str,
+        display_name: String,
+        rng: &mut impl RngCore,
+        now: u64,
+    ) -> Result<Joined, RoomError> {
+        let max = self.limits.max_participants;
+        let r = self.live_mut(room, now)?;
+        if r.participants.len() >= max {
+            return Err(RoomError::Full);
+        }
+        let id = loop {
+            let id = random_text::<PARTICIPANT_ID_BYTES>(rng);
+            if r.participant(&id).is_none() {
+                break id;
+            }
+        };
+        let token = random_text::<TOKEN_BYTES>(rng);
+        let member = Member {
+            participant: id.clone(),
+            display_name: display_name.clone(),
+        };
+        let mut effects = Effects::default();
+        let joined = Event::Joined(member);
+        for s in r.all_streams() {
+            effects.notices.push((s, joined.clone()));
+        }
+        r.participants.push(Participant {
+            id: id.clone(),
+            display_name,
+            token_hash: hash_token(&token),
+            max_height: None,
+            streams: Vec::new(),
+            detached_since: Some(now),
+        });
+        let roster = Event::Roster(r.roster());
+        for s in r.all_streams() {
+            effects.notices.push((s, roster.clone()));
+        }
+        Ok(Joined {
+            participant: id,
+            token,
+            effects,
+        })
+    }
+
+    /// Checks that `token` is `participant`'s in `room`.
+    pub fn authenticate(
+        &self,
+        room: &str,
+        participant: &str,
+        token: Option<&str>,
+        now: u64,
+    ) -> Result<(), RoomError> {
+        let r = self.live(room, now)?;
+        let p = r.participant(participant).ok_or(RoomError::NoParticipant)?;
+        let token = token.ok_or(RoomError::BadToken)?;
+        if same_hash(&p.token_hash, &hash_token(token)) {
+            Ok(())
+        } else {
+            Err(RoomError::BadToken)
+        }
+    }
+
+    /// A participant leaves (after [`Rooms::authenticate`]).
+    pub fn leave(&mut self, room: &str, participant: &str, now: u64) -> Result<Effects, RoomError> {
+        let r = self.live_mut(room, now)?;
+        let index = r
+            .participants
+            .iter()
+            .position(|p| p.id == participant)
+            .ok_or(RoomError::NoParticipant)?;
+        Ok(r.remove(index, now))
+    }
+
+    /// Stores the simulcast height cap a participant asked for.
+    pub fn set_max_height(
+        &mut self,
+        room: &str,
+        participant: &str,
+        max_height: u32,
+        now: u64,
+    ) -> Result<(), RoomError> {
+        let p = self
+            .live_mut(room, now)?
+            .participant_mut(participant)
+            .ok_or(RoomError::NoParticipant)?;
+        p.max_height = Some(max_height);
+        Ok(())
+    }
+
+    pub fn max_height(&self, room: &str, participant: &str, now: u64) -> Option<u32> {
+        self.live(room, now)
+            .ok()?
+            .participant(participant)?
+            .max_height
+    }
+
+    /// An event stream of `participant` opened; it starts with the roster. Beyond
+    /// [`MAX_STREAMS_PER_PARTICIPANT`] the oldest stream is replaced (a reloaded page
+    /// gets through while its old connection is not yet known to be dead).
+    pub fn attach_stream(
+        &mut self,
+        room: &str,
+        participant: &str,
+        stream: StreamId,
+        now: u64,
+    ) -> Result<Attached, RoomError> {
+        let r = self.live_mut(room, now)?;
+        let roster = Event::Roster(r.roster());
+        let p = r
+            .participant_mut(participant)
+            .ok_or(RoomError::NoParticipant)?;
+        let replaced = if p.streams.len() >= MAX_STREAMS_PER_PARTICIPANT {
+            Some(p.streams.remove(0))
+        } else {
+            None
+        };
+        p.streams.push(stream);
+        p.detached_since = None;
+        Ok(Attached { roster, replaced })
+    }
+
+    /// An event stream ended (the client went away, or it was closed here). Unknown
+    /// rooms, participants and streams are ignored: the stream may have been closed
+    /// because they are gone.
+    pub fn detach_stream(&mut self, room: &str, participant: &str, stream: StreamId, now: u64) {
+        let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.participant_mut(participant))
+        else {
+            return;
+        };
+        p.streams.retain(|&s| s != stream);
+        if p.streams.is_empty() && p.detached_since.is_none() {
+            p.detached_since = Some(now);
+        }
+    }
+
+    /// Drops participants without an event stream for [`DETACHED_GRACE_SECS`] (the
+    /// others are told) and removes expired rooms. Call it every few seconds.
+    pub fn sweep(&mut self, now: u64) -> Effects {
+        let ttl = self.limits.ttl_secs;
+        let mut effects = Effects::default();
+        for r in self.rooms.values_mut() {
+            while let Some(index) = r.participants.iter().position(|p| {
+                p.detached_since
+                    .is_some_and(|t| now >= t.saturating_add(DETACHED_GRACE_SECS))
+            }) {
+                effects.merge(r.remove(index, now));
+            }
+        }
+        self.rooms.retain(|_, r| {
+            let expired = r.is_expired(ttl, now);
+            if expired {
+                effects.merge(close_room(r));
+            }
+            !expired
+        });
+        effects
+    }
+}
+
+/// `room_closed` to every stream of a room, then the end of each.
+fn close_room(r: &Room) -> Effects {
+    let close: Vec<StreamId> = r.all_streams().collect();
+    Effects {
+        notices: close.iter().map(|&s| (s, Event::RoomClosed)).collect(),
+        close,
+    }
+}
+
+/// A display name as given, trimmed: 1 to [`MAX_DISPLAY_NAME_CHARS`] characters, none
+/// of them a control character (line breaks, escapes, bidi overrides and other format
+/// characters).
+pub fn validate_display_name(name: &str) -> Result<String, &'static str> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("display_name must not be empty");
+    }
+    if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err("display_name must be at most 64 characters");
+    }
+    if name.chars().any(is_forbidden) {
+        return Err("display_name must not contain control characters");
+    }
+    Ok(name.to_owned())
+}
+
+/// Control characters (Cc), and the format characters that reorder or hide text
+/// (bidi embeddings, overrides and isolates, zero-width and line/paragraph separators).
+fn is_forbidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}')
+}
+
+/// `N` random bytes as unpadded base64url text.
+fn random_text<const N: usize>(rng: &mut impl RngCore) -> String {
+    let mut raw = [0u8; N];
+    rng.fill_bytes(&mut raw);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Compares two digests without an early exit.
+fn same_hash(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argon2::password_hash::rand_core::{CryptoRng, Error};
+
+    /// A deterministic generator (xorshift64): ids differ, tests repeat.
+    struct TestRng(u64);
+
+    impl RngCore for TestRng {
+        fn next_u32(&mut self) -> u32 {
+            self.next_u64() as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            for b in dest {
+                *b = self.next_u64() as u8;
+            }
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+    impl CryptoRng for TestRng {}
+
+    const T0: u64 = 1_800_000_000;
+    const TTL: u64 = 24 * 3600;
+
+    fn rooms() -> (Rooms, TestRng) {
+        (
+            Rooms::new(Limits::new(24, 3)),
+            TestRng(0x1234_5678_9abc_def1),
+        )
+    }
+
+    fn name(s: &str) -> String {
+        validate_display_name(s).expect("valid name")
+    }
+
+    #[test]
+    fn ids_and_tokens_have_their_sizes() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        // 16 bytes = 128 bits in 22 base64url characters.
+        assert_eq!(room.len(), 22);
+        assert!(
+            room.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        let j = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        assert_eq!(j.participant.len(), 16);
+        assert_eq!(j.token.len(), 43);
+        let other = r.create("host", &mut rng, T0).expect("room").room;
+        assert_ne!(room, other);
+    }
+
+    #[test]
+    fn unused_room_expires_after_ttl() {
+        let (mut r, mut rng) = rooms();
+        let v = r.create("host", &mut rng, T0).expect("room");
+        assert_eq!(v.expires_at, T0 + TTL);
+        assert_eq!(
+            r.view(&v.room, T0 + TTL - 1).expect("live").expires_at,
+            T0 + TTL
+        );
+        assert_eq!(r.view(&v.room, T0 + TTL), Err(RoomError::NoRoom));
+        // Expired but not yet swept: joining fails too.
+        assert_eq!(
+            r.join(&v.room, name("Ann"), &mut rng, T0 + TTL).err(),
+            Some(RoomError::NoRoom)
+        );
+        assert_eq!(r.len(), 1);
+        r.sweep(T0 + TTL);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn occupied_room_does_not_expire_and_ttl_restarts_when_empty() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let j = r.join(&room, name("Ann"), &mut rng, T0 + 10).expect("join");
+        r.attach_stream(&room, &j.participant, 1, T0 + 10)
+            .expect("attach");
+        let later = T0 + 3 * TTL;
+        let v = r.view(&room, later).expect("occupied rooms stay");
+        assert_eq!(v.expires_at, later + TTL);
+        assert!(r.sweep(later).notices.is_empty());
+        r.leave(&room, &j.participant, later).expect("leave");
+        assert_eq!(r.view(&room, later).expect("live").expires_at, later + TTL);
+        assert!(r.view(&room, later + TTL - 1).is_ok());
+        assert_eq!(r.view(&room, later + TTL), Err(RoomError::NoRoom));
+    }
+
+    #[test]
+    fn capacity_is_enforced_and_freed_by_leaving() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let ids: Vec<String> = (0..3)
+            .map(|i| {
+                r.join(&room, name(&format!("P{i}")), &mut rng, T0)
+                    .expect("join")
+                    .participant
+            })
+            .collect();
+        assert_eq!(
+            r.join(&room, name("late"), &mut rng, T0).err(),
+            Some(RoomError::Full)
+        );
+        r.leave(&room, &ids[1], T0).expect("leave");
+        assert!(r.join(&room, name("late"), &mut rng, T0).is_ok());
+    }
+
+    #[test]
+    fn rooms_per_host_and_in_total_are_bounded() {
+        let mut rng = TestRng(7);
+        let mut r = Rooms::new(Limits {
+            ttl_secs: TTL,
+            max_participants: 2,
+            max_rooms_per_host: 2,
+            max_rooms: 3,
+        });
+        r.create("a", &mut rng, T0).expect("1");
+        r.create("a", &mut rng, T0).expect("2");
+        assert_eq!(
+            r.create("a", &mut rng, T0).err(),
+            Some(RoomError::TooManyRooms)
+        );
+        r.create("b", &mut rng, T0).expect("3");
+        assert_eq!(
+            r.create("c", &mut rng, T0).err(),
+            Some(RoomError::TooManyRooms)
+        );
+        // Expired rooms do not count, even before a sweep.
+        assert!(r.create("c", &mut rng, T0 + TTL).is_ok());
+        assert!(r.len() <= 3);
+    }
+
+    #[test]
+    fn tokens_are_per_participant() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let a = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        let b = r.join(&room, name("Bob"), &mut rng, T0).expect("join");
+        assert_ne!(a.token, b.token);
+        assert_eq!(
+            r.authenticate(&room, &a.participant, Some(&a.token), T0),
+            Ok(())
+        );
+        assert_eq!(
+            r.authenticate(&room, &a.participant, Some(&b.token), T0),
+            Err(RoomError::BadToken)
+        );
+        assert_eq!(
+            r.authenticate(&room, &a.participant, None, T0),
+            Err(RoomError::BadToken)
+        );
+        assert_eq!(
+            r.authenticate(&room, &a.participant, Some(""), T0),
+            Err(RoomError::BadToken)
+        );
+        assert_eq!(
+            r.authenticate(&room, "nobody", Some(&a.token), T0),
+            Err(RoomError::NoParticipant)
+        );
+        assert_eq!(
+            r.authenticate("nowhere", &a.participant, Some(&a.token), T0),
+            Err(RoomError::NoRoom)
+        );
+        // After leaving, the token is worthless.
+        r.leave(&room, &a.participant, T0).expect("leave");
+        assert_eq!(
+            r.authenticate(&room, &a.participant, Some(&a.token), T0),
+            Err(RoomError::NoParticipant)
+        );
+    }
+
+    #[test]
+    fn join_and_leave_tell_the_others() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let a = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        assert!(a.effects.notices.is_empty(), "nobody listens yet");
+        let att = r
+            .attach_stream(&room, &a.participant, 10, T0)
+            .expect("attach");
+        let Event::Roster(members) = &att.roster else {
+            panic!("first event is the roster")
+        };
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].display_name, "Ann");
+
+        let b = r.join(&room, name("  Bob "), &mut rng, T0).expect("join");
+        let events: Vec<_> = b
+            .effects
+            .notices
+            .iter()
+            .map(|(s, e)| (*s, e.name()))
+            .collect();
+        assert_eq!(events, vec![(10, "joined"), (10, "roster")]);
+        let Event::Joined(m) = &b.effects.notices[0].1 else {
+            panic!("joined")
+        };
+        assert_eq!(m.display_name, "Bob");
+        assert_eq!(m.participant, b.participant);
+        r.attach_stream(&room, &b.participant, 20, T0)
+            .expect("attach");
+
+        let e = r.leave(&room, &b.participant, T0).expect("leave");
+        let events: Vec<_> = e.notices.iter().map(|(s, e)| (*s, e.name())).collect();
+        assert_eq!(events, vec![(10, "left"), (10, "roster"), (20, "left")]);
+        assert_eq!(e.notices[0].1, Event::Left(b.participant.clone()));
+        assert_eq!(e.close, vec![20]);
+        let Event::Roster(members) = &e.notices[1].1 else {
+            panic!("roster")
+        };
+        assert_eq!(members.len(), 1);
+        assert_eq!(
+            r.leave(&room, &b.participant, T0).err(),
+            Some(RoomError::NoParticipant)
+        );
+    }
+
+    #[test]
+    fn delete_closes_every_stream() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let a = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        let b = r.join(&room, name("Bob"), &mut rng, T0).expect("join");
+        r.attach_stream(&room, &a.participant, 1, T0)
+            .expect("attach");
+        r.attach_stream(&room, &b.participant, 2, T0)
+            .expect("attach");
+        r.attach_stream(&room, &b.participant, 3, T0)
+            .expect("attach");
+        let e = r.delete(&room, T0).expect("delete");
+        assert_eq!(
+            e.notices,
+            vec![
+                (1, Event::RoomClosed),
+                (2, Event::RoomClosed),
+                (3, Event::RoomClosed)
+            ]
+        );
+        assert_eq!(e.close, vec![1, 2, 3]);
+        assert_eq!(r.view(&room, T0), Err(RoomError::NoRoom));
+        assert_eq!(
+            r.authenticate(&room, &a.participant, Some(&a.token), T0),
+            Err(RoomError::NoRoom)
+        );
+        assert_eq!(r.delete(&room, T0), Err(RoomError::NoRoom));
+    }
+
+    #[test]
+    fn streams_per_participant_are_bounded() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let a = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        let p = &a.participant;
+        assert_eq!(r.attach_stream(&room, p, 1, T0).expect("1").replaced, None);
+        assert_eq!(r.attach_stream(&room, p, 2, T0).expect("2").replaced, None);
+        assert_eq!(
+            r.attach_stream(&room, p, 3, T0).expect("3").replaced,
+            Some(1)
+        );
+        // The replaced stream's later detach changes nothing.
+        r.detach_stream(&room, p, 1, T0);
+        let e = r.leave(&room, p, T0).expect("leave");
+        assert_eq!(e.close, vec![2, 3]);
+        assert_eq!(
+            r.attach_stream(&room, p, 4, T0).err(),
+            Some(RoomError::NoParticipant)
+        );
+    }
+
+    #[test]
+    fn detached_participants_are_dropped_after_grace() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let a = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        let b = r.join(&room, name("Bob"), &mut rng, T0).expect("join");
+        r.attach_stream(&room, &a.participant, 1, T0)
+            .expect("attach");
+        // Bob never opens a stream.
+        assert!(r.sweep(T0 + DETACHED_GRACE_SECS - 1).notices.is_empty());
+        let e = r.sweep(T0 + DETACHED_GRACE_SECS);
+        assert_eq!(e.notices[0], (1, Event::Left(b.participant.clone())));
+        assert_eq!(r.view(&room, T0 + 61).expect("room").participants.len(), 1);
+        // Ann's stream ends; she gets the grace too, then the room idles.
+        r.detach_stream(&room, &a.participant, 1, T0 + 100);
+        assert!(r.sweep(T0 + 159).notices.is_empty());
+        r.sweep(T0 + 160);
+        let v = r.view(&room, T0 + 160).expect("empty room lives on");
+        assert!(v.participants.is_empty());
+        assert_eq!(v.expires_at, T0 + 160 + TTL);
+        // Reattaching within the grace keeps her.
+        let c = r.join(&room, name("Cy"), &mut rng, T0 + 200).expect("join");
+        r.attach_stream(&room, &c.participant, 5, T0 + 200)
+            .expect("a");
+        r.detach_stream(&room, &c.participant, 5, T0 + 210);
+        r.attach_stream(&room, &c.participant, 6, T0 + 260)
+            .expect("a");
+        r.sweep(T0 + 400);
+        assert_eq!(r.view(&room, T0 + 400).expect("room").participants.len(), 1);
+    }
+
+    #[test]
+    fn preferences_are_stored() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let a = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        assert_eq!(r.max_height(&room, &a.participant, T0), None);
+        r.set_max_height(&room, &a.participant, 180, T0)
+            .expect("set");
+        assert_eq!(r.max_height(&room, &a.participant, T0), Some(180));
+        assert_eq!(
+            r.set_max_height(&room, "nobody", 180, T0),
+            Err(RoomError::NoParticipant)
+        );
+    }
+
+    #[test]
+    fn display_names() {
+        assert_eq!(
+            validate_display_name("  Ann Lee \t").as_deref(),
+            Ok("Ann Lee")
+        );
+        assert_eq!(validate_display_name("Zoë 🎥").as_deref(), Ok("Zoë 🎥"));
+        assert!(validate_display_name("").is_err());
+        assert!(validate_display_name("   ").is_err());
+        assert!(validate_display_name("a\nb").is_err());
+        assert!(validate_display_name("a\u{7}b").is_err());
+        assert!(validate_display_name("a\u{202E}b").is_err());
+        assert!(validate_display_name("a\u{200B}b").is_err());
+        let max: String = "é".repeat(64);
+        assert!(validate_display_name(&max).is_ok());
+        assert!(validate_display_name(&format!("{max}e")).is_err());
+    }
+
+    #[test]
+    fn events_serialise() {
+        let m = Member {
+            participant: "p1".into(),
+            display_name: "Ann \"A\"".into(),
+        };
+        let roster = Event::Roster(Arc::from(vec![m.clone()]));
+        assert_eq!(
+            roster.data(),
+            r#"{"participants":[{"display_name":"Ann \"A\"","participant":"p1"}]}"#
+        );
+        assert_eq!(Event::Left("p1".into()).data(), r#"{"participant":"p1"}"#);
+        assert_eq!(Event::RoomClosed.name(), "room_closed");
+        assert_eq!(Event::RoomClosed.data(), "{}");
+        assert_eq!(Event::Offer("v=0".into()).name(), "offer");
+        // No display name in Debug output (logs).
+        assert!(!format!("{:?}", Event::Joined(m)).contains("Ann"));
+    }
+}

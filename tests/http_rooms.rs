@@ -1,0 +1,1012 @@
+//! The HTTP room API of SPEC's table, against the real binary: every row, its success
+//! and each of its errors.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHasher, SaltString};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::{BIN, HttpResponse, Node, NodeOutput, SseStream, free_port, http, run_with_timeout};
+use confnode::stun::message::{Class, Message, Writer, attr, long_term_key, method};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+
+const HOST: &str = "carol";
+const PASSWORD: &str = "correct horse battery";
+const JWT_SECRET: &str = "jwt-test-secret-of-a-decent-length";
+const PUBLIC_URL: &str = "https://meet.example.org";
+
+/// A cheap argon2id hash (the config takes any argon2id parameters; default ones take
+/// long in a debug build).
+fn hash(password: &str) -> String {
+    let params = argon2::Params::new(8, 1, 1, None).expect("params");
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .expect("hash")
+        .to_string()
+}
+
+/// A node with one host account, a JWT secret, and `extra` configuration.
+fn node_with(turn: &str, extra: &str) -> (Node, NodeOutput) {
+    let http = format!(
+        "public_url = \"{PUBLIC_URL}/\"\njwt_secret = \"{JWT_SECRET}\"\n\
+         [[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
+        hash(PASSWORD)
+    );
+    Node::start_with_http(turn, &http, extra)
+}
+
+fn node() -> Node {
+    node_with("", "").0
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+fn host_auth() -> String {
+    basic(HOST, PASSWORD)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A JWT with the given header and claims, signed HS256 (or HS512) with `secret`.
+fn jwt_with(header: Value, claims: Value, secret: &str, hs512: bool) -> String {
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let input = format!("{}.{}", b64(&header), b64(&claims));
+    let sig = if hs512 {
+        let mut mac = Hmac::<sha2::Sha512>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(input.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    } else {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(input.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    };
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+fn jwt(claims: Value) -> String {
+    jwt_with(
+        json!({"alg": "HS256", "typ": "JWT"}),
+        claims,
+        JWT_SECRET,
+        false,
+    )
+}
+
+fn create_room_as(node: &Node, authorization: &str) -> HttpResponse {
+    http(
+        node.http,
+        "POST",
+        "/api/rooms",
+        &[("Authorization", authorization)],
+        b"",
+    )
+}
+
+fn create_room(node: &Node) -> String {
+    let r = create_room_as(node, &host_auth());
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["room"].as_str().expect("room").to_owned()
+}
+
+/// A joined participant: id, token, the whole answer.
+struct Joined {
+    id: String,
+    token: String,
+    answer: Value,
+}
+
+fn join_raw(node: &Node, room: &str, body: &[u8]) -> HttpResponse {
+    http(
+        node.http,
+        "POST",
+        &format!("/api/rooms/{room}/participants"),
+        &[("Content-Type", "application/json")],
+        body,
+    )
+}
+
+fn join(node: &Node, room: &str, name: &str) -> Joined {
+    let body = json!({ "display_name": name }).to_string();
+    let r = join_raw(node, room, body.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.body);
+    let answer = r.json();
+    Joined {
+        id: answer["participant"].as_str().expect("id").to_owned(),
+        token: answer["token"].as_str().expect("token").to_owned(),
+        answer,
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn events(node: &Node, room: &str, p: &Joined) -> SseStream {
+    SseStream::open(
+        node.http,
+        &format!("/api/rooms/{room}/participants/{}/events", p.id),
+        &[("Authorization", &bearer(&p.token))],
+    )
+    .unwrap_or_else(|r| panic!("events: {} {}", r.status, r.body))
+}
+
+fn get_room(node: &Node, room: &str) -> HttpResponse {
+    http(node.http, "GET", &format!("/api/rooms/{room}"), &[], b"")
+}
+
+fn assert_error(r: &HttpResponse, status: u16) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{}",
+        r.head
+    );
+    assert!(
+        r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{}",
+        r.body
+    );
+}
+
+/// RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`) to unix seconds.
+fn parse_rfc3339(s: &str) -> u64 {
+    assert_eq!(s.len(), 20, "{s}");
+    assert!(s.ends_with('Z'), "{s}");
+    let n = |a: usize, b: usize| s[a..b].parse::<i64>().expect("digits");
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // days_from_civil (Howard Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19)) as u64
+}
+
+#[test]
+fn health() {
+    let node = node();
+    let r = http(node.http, "GET", "/api/health", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+    assert_eq!(r.json()["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn create_room_with_basic_login() {
+    let node = node();
+    let r = create_room_as(&node, &host_auth());
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = r.json();
+    let room = v["room"].as_str().expect("room");
+    // At least 128 random bits: 22 base64url characters.
+    let raw = URL_SAFE_NO_PAD.decode(room).expect("base64url");
+    assert!(raw.len() >= 16, "{room}");
+    assert_eq!(v["url"], format!("{PUBLIC_URL}/r/{room}"));
+    let expires = parse_rfc3339(v["expires_at"].as_str().expect("expires_at"));
+    let ttl = 24 * 3600;
+    assert!(expires.abs_diff(unix_now() + ttl) <= 5, "{v}");
+    // Another room has another id.
+    assert_ne!(create_room(&node), room);
+    // GET shows it, empty.
+    let g = get_room(&node, room);
+    assert_eq!(g.status, 200);
+    assert_eq!(g.json()["room"], room);
+    assert_eq!(g.json()["participants"], json!([]));
+    assert_eq!(g.json()["expires_at"], v["expires_at"]);
+}
+
+#[test]
+fn create_room_refuses_missing_and_wrong_basic_login() {
+    let node = node();
+    let garbage = format!("Basic {}", STANDARD.encode("no colon here"));
+    for auth in [
+        None,
+        Some(basic(HOST, "wrong password")),
+        Some(basic("mallory", PASSWORD)),
+        Some(basic(HOST, "")),
+        Some("Basic %%%".to_owned()),
+        Some(garbage),
+        Some("Digest username=\"carol\"".to_owned()),
+    ] {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        let r = http(node.http, "POST", "/api/rooms", &headers, b"");
+        assert_error(&r, 401);
+        let challenge = r.header("www-authenticate").expect("WWW-Authenticate");
+        assert!(challenge.starts_with("Basic realm="), "{challenge}");
+    }
+}
+
+#[test]
+fn create_room_with_jwt() {
+    let node = node();
+    let token = jwt(json!({ "sub": "sso-user", "exp": unix_now() + 600 }));
+    let r = create_room_as(&node, &bearer(&token));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.json()["room"].is_string());
+    // A host token may delete too.
+    let room = r.json()["room"].as_str().expect("room").to_owned();
+    let d = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}"),
+        &[("Authorization", &bearer(&token))],
+        b"",
+    );
+    assert_eq!(d.status, 204, "{}", d.body);
+}
+
+#[test]
+fn create_room_refuses_bad_expired_and_alg_none_jwt() {
+    let node = node();
+    let now = unix_now();
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let cases = [
+        ("expired", jwt(json!({ "exp": now - 3600 }))),
+        ("no exp", jwt(json!({ "sub": "x" }))),
+        ("exp not a number", jwt(json!({ "exp": "tomorrow" }))),
+        (
+            "wrong secret",
+            jwt_with(header.clone(), json!({ "exp": now + 600 }), "other", false),
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(json!({"alg": "none", "typ": "JWT"})),
+                b64(json!({ "exp": now + 600 }))
+            ),
+        ),
+        (
+            "HS512",
+            jwt_with(
+                json!({"alg": "HS512", "typ": "JWT"}),
+                json!({ "exp": now + 600 }),
+                JWT_SECRET,
+                true,
+            ),
+        ),
+        ("not a JWT", "abc.def".to_owned()),
+        ("empty", String::new()),
+    ];
+    for (what, token) in cases {
+        let r = create_room_as(&node, &bearer(&token));
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        assert_error(&r, 401);
+        let challenge = r.header("www-authenticate").expect("WWW-Authenticate");
+        assert!(challenge.starts_with("Bearer"), "{what}: {challenge}");
+    }
+}
+
+#[test]
+fn rooms_per_host_are_bounded() {
+    let node = node();
+    let as_host = |sub: &str| bearer(&jwt(json!({ "sub": sub, "exp": unix_now() + 600 })));
+    let first = as_host("busy");
+    let mut rooms = Vec::new();
+    for i in 0..100 {
+        let r = create_room_as(&node, &first);
+        assert_eq!(r.status, 201, "room {i}: {}", r.body);
+        rooms.push(r.json()["room"].as_str().expect("room").to_owned());
+    }
+    assert_error(&create_room_as(&node, &first), 429);
+    // Another host is not held back.
+    assert_eq!(create_room_as(&node, &as_host("other")).status, 201);
+    // Deleting one makes room for one.
+    let d = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{}", rooms[0]),
+        &[("Authorization", &first)],
+        b"",
+    );
+    assert_eq!(d.status, 204);
+    assert_eq!(create_room_as(&node, &first).status, 201);
+    assert_error(&create_room_as(&node, &first), 429);
+}
+
+#[test]
+fn get_room_lists_participants_and_404s_unknown_rooms() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "  Ann  ");
+    let b = join(&node, &room, "Bob");
+    let v = get_room(&node, &room).json();
+    assert_eq!(
+        v["participants"],
+        json!([
+            { "participant": a.id, "display_name": "Ann" },
+            { "participant": b.id, "display_name": "Bob" },
+        ])
+    );
+    // Occupied: the link lives at least another ttl.
+    let expires = parse_rfc3339(v["expires_at"].as_str().expect("expires_at"));
+    assert!(expires >= unix_now() + 24 * 3600 - 5);
+    for unknown in ["AAAAAAAAAAAAAAAAAAAAAA", "x", "%20"] {
+        assert_error(&get_room(&node, unknown), 404);
+    }
+    // Unknown paths and methods answer JSON errors too.
+    assert_error(&http(node.http, "GET", "/api/nothing", &[], b""), 404);
+    assert_error(
+        &http(node.http, "PATCH", &format!("/api/rooms/{room}"), &[], b""),
+        405,
+    );
+}
+
+#[test]
+fn delete_room_needs_a_host_and_disconnects_everyone() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let mut ea = events(&node, &room, &a);
+    let mut eb = events(&node, &room, &b);
+    ea.expect("roster");
+    eb.expect("roster");
+    let path = format!("/api/rooms/{room}");
+    // Not without a host login; not with a participant's token.
+    let r = http(node.http, "DELETE", &path, &[], b"");
+    assert_error(&r, 401);
+    assert!(r.header("www-authenticate").is_some());
+    let r = http(
+        node.http,
+        "DELETE",
+        &path,
+        &[("Authorization", &bearer(&a.token))],
+        b"",
+    );
+    assert_error(&r, 401);
+    let r = http(
+        node.http,
+        "DELETE",
+        &path,
+        &[("Authorization", &basic(HOST, "nope"))],
+        b"",
+    );
+    assert_error(&r, 401);
+    // Unknown room.
+    let r = http(
+        node.http,
+        "DELETE",
+        "/api/rooms/AAAAAAAAAAAAAAAAAAAAAA",
+        &[("Authorization", &host_auth())],
+        b"",
+    );
+    assert_error(&r, 404);
+
+    let r = http(
+        node.http,
+        "DELETE",
+        &path,
+        &[("Authorization", &host_auth())],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(r.body.is_empty());
+    // Both streams hear room_closed, then end.
+    for s in [&mut ea, &mut eb] {
+        assert_eq!(s.expect("room_closed"), json!({}));
+        assert_eq!(s.next_event(), None);
+    }
+    // The room and its tokens are gone.
+    assert_error(&get_room(&node, &room), 404);
+    let again = SseStream::open(
+        node.http,
+        &format!("/api/rooms/{room}/participants/{}/events", a.id),
+        &[("Authorization", &bearer(&a.token))],
+    );
+    assert_eq!(again.err().map(|r| r.status), Some(404));
+    let r = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}/participants/{}", b.id),
+        &[("Authorization", &bearer(&b.token))],
+        b"",
+    );
+    assert_error(&r, 404);
+    assert_error(&join_raw(&node, &room, br#"{"display_name":"Cy"}"#), 404);
+    let r = http(
+        node.http,
+        "DELETE",
+        &path,
+        &[("Authorization", &host_auth())],
+        b"",
+    );
+    assert_error(&r, 404);
+}
+
+#[test]
+fn join_answers_participant_token_and_ice_servers() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    assert!(URL_SAFE_NO_PAD.decode(&a.token).expect("b64").len() >= 16);
+    let b = join(&node, &room, "Ann");
+    assert_ne!(a.id, b.id, "same name, another participant");
+    assert_ne!(a.token, b.token);
+    let servers = a.answer["ice_servers"].as_array().expect("ice_servers");
+    assert_eq!(servers.len(), 1);
+    let urls: Vec<&str> = servers[0]["urls"]
+        .as_array()
+        .expect("urls")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let port = node.stun.port();
+    for url in [
+        format!("stun:127.0.0.1:{port}"),
+        format!("turn:127.0.0.1:{port}?transport=udp"),
+        format!("turn:127.0.0.1:{port}?transport=tcp"),
+        format!("stun:[::1]:{port}"),
+        format!("turn:[::1]:{port}?transport=udp"),
+        format!("turn:[::1]:{port}?transport=tcp"),
+    ] {
+        assert!(urls.contains(&url.as_str()), "{url} not in {urls:?}");
+    }
+    // A TURN REST username: <expiry>:<participant>, expiring within a day.
+    let username = servers[0]["username"].as_str().expect("username");
+    let (expiry, id) = username.split_once(':').expect("expiry:id");
+    assert_eq!(id, a.id);
+    let expiry: u64 = expiry.parse().expect("expiry");
+    assert!(expiry > unix_now() + 3600 && expiry <= unix_now() + 24 * 3600);
+    assert!(servers[0]["credential"].is_string());
+}
+
+#[test]
+fn join_refuses_bad_json_bad_names_big_bodies_and_unknown_rooms() {
+    let node = node();
+    let room = create_room(&node);
+    let cases: [(&[u8], &str); 10] = [
+        (b"", "empty body"),
+        (b"{", "truncated JSON"),
+        (b"display_name=Ann", "a form"),
+        (br#"{"name":"Ann"}"#, "no display_name"),
+        (br#"{"display_name":42}"#, "not a string"),
+        (br#"{"display_name":""}"#, "empty"),
+        (br#"{"display_name":"   "}"#, "blank"),
+        (br#"{"display_name":"Ann\nLee"}"#, "line break"),
+        (br#"{"display_name":"Ann\u0007"}"#, "bell"),
+        (br#"{"display_name":"a\u202Eb"}"#, "bidi override"),
+    ];
+    for (body, what) in cases {
+        let r = join_raw(&node, &room, body);
+        assert_eq!(r.status, 400, "{what}: {}", r.body);
+        assert_error(&r, 400);
+    }
+    let long = json!({ "display_name": "é".repeat(65) }).to_string();
+    assert_error(&join_raw(&node, &room, long.as_bytes()), 400);
+    let max = json!({ "display_name": "é".repeat(64) }).to_string();
+    assert_eq!(join_raw(&node, &room, max.as_bytes()).status, 201);
+    // Over 64 KiB: 413, whatever it holds.
+    let mut big = br#"{"display_name":"Ann","pad":""#.to_vec();
+    big.resize(64 * 1024 + 1, b'x');
+    assert_error(&join_raw(&node, &room, &big), 413);
+    // Unknown room.
+    assert_error(
+        &join_raw(
+            &node,
+            "AAAAAAAAAAAAAAAAAAAAAA",
+            br#"{"display_name":"Ann"}"#,
+        ),
+        404,
+    );
+}
+
+#[test]
+fn a_full_room_answers_409() {
+    let (node, _) = node_with("", "[rooms]\nmax_participants = 2\n");
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    join(&node, &room, "Bob");
+    let r = join_raw(&node, &room, br#"{"display_name":"Cy"}"#);
+    assert_error(&r, 409);
+    // Someone leaving frees the place.
+    let r = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}/participants/{}", a.id),
+        &[("Authorization", &bearer(&a.token))],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    join(&node, &room, "Cy");
+}
+
+#[test]
+fn events_stream_roster_joined_and_left() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let mut ea = events(&node, &room, &a);
+    assert_eq!(
+        ea.expect("roster"),
+        json!({ "participants": [{ "participant": a.id, "display_name": "Ann" }] })
+    );
+    // Bob joins: Ann hears joined, then the new roster.
+    let b = join(&node, &room, "Bob");
+    assert_eq!(
+        ea.expect("joined"),
+        json!({ "participant": b.id, "display_name": "Bob" })
+    );
+    let roster = ea.expect("roster");
+    assert_eq!(roster["participants"].as_array().map(Vec::len), Some(2));
+    // Bob's own stream, with the token in the query (EventSource cannot set headers).
+    let mut eb = SseStream::open(
+        node.http,
+        &format!(
+            "/api/rooms/{room}/participants/{}/events?token={}",
+            b.id, b.token
+        ),
+        &[],
+    )
+    .unwrap_or_else(|r| panic!("{} {}", r.status, r.body));
+    assert_eq!(eb.expect("roster"), roster);
+    // Bob leaves: Ann hears left and the roster; Bob's stream ends.
+    let r = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}/participants/{}", b.id),
+        &[("Authorization", &bearer(&b.token))],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(ea.expect("left"), json!({ "participant": b.id }));
+    assert_eq!(
+        ea.expect("roster")["participants"],
+        json!([{ "participant": a.id, "display_name": "Ann" }])
+    );
+    assert_eq!(eb.expect("left"), json!({ "participant": b.id }));
+    assert_eq!(eb.next_event(), None);
+    assert_eq!(
+        get_room(&node, &room).json()["participants"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn events_refuse_missing_and_wrong_tokens() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let path = format!("/api/rooms/{room}/participants/{}/events", a.id);
+    for (headers, query) in [
+        (vec![], ""),
+        (vec![("Authorization", bearer(&b.token))], ""),
+        (vec![("Authorization", bearer("x"))], ""),
+        (vec![("Authorization", host_auth())], ""),
+        (vec![], "?token="),
+        (vec![], "?token=wrong"),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let r = SseStream::open(node.http, &format!("{path}{query}"), &headers)
+            .err()
+            .expect("refused");
+        assert_error(&r, 401);
+        assert!(r.header("www-authenticate").is_some());
+    }
+    let unknown = format!("/api/rooms/{room}/participants/nobody/events");
+    let r = SseStream::open(node.http, &unknown, &[("Authorization", &bearer(&a.token))]);
+    assert_error(&r.err().expect("404"), 404);
+    let unknown = format!(
+        "/api/rooms/AAAAAAAAAAAAAAAAAAAAAA/participants/{}/events",
+        a.id
+    );
+    let r = SseStream::open(node.http, &unknown, &[("Authorization", &bearer(&a.token))]);
+    assert_error(&r.err().expect("404"), 404);
+}
+
+#[test]
+fn a_third_event_stream_replaces_the_oldest() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let mut first = events(&node, &room, &a);
+    first.expect("roster");
+    let mut second = events(&node, &room, &a);
+    second.expect("roster");
+    let mut third = events(&node, &room, &a);
+    third.expect("roster");
+    assert_eq!(first.next_event(), None, "the oldest stream ends");
+    join(&node, &room, "Bob");
+    for s in [&mut second, &mut third] {
+        s.expect("joined");
+        s.expect("roster");
+    }
+}
+
+#[test]
+fn leave_needs_the_participants_own_token() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let path = format!("/api/rooms/{room}/participants/{}", a.id);
+    for auth in [
+        None,
+        Some(bearer(&b.token)),
+        Some(bearer("")),
+        Some(host_auth()),
+    ] {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        assert_error(&http(node.http, "DELETE", &path, &headers, b""), 401);
+    }
+    let own = bearer(&a.token);
+    let r = http(node.http, "DELETE", &path, &[("Authorization", &own)], b"");
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_error(
+        &http(node.http, "DELETE", &path, &[("Authorization", &own)], b""),
+        404,
+    );
+    let unknown = format!("/api/rooms/AAAAAAAAAAAAAAAAAAAAAA/participants/{}", b.id);
+    assert_error(
+        &http(
+            node.http,
+            "DELETE",
+            &unknown,
+            &[("Authorization", &bearer(&b.token))],
+            b"",
+        ),
+        404,
+    );
+}
+
+const OFFER: &[u8] = b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n";
+
+#[test]
+fn publish_and_subscribe_validate_then_wait_for_the_media_plane() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let own = bearer(&a.token);
+    let other = bearer(&b.token);
+    let sdp = ("Content-Type", "application/sdp");
+    let mut big = OFFER.to_vec();
+    big.resize(64 * 1024 + 1, b'a');
+    for call in ["publish", "subscribe"] {
+        let path = format!("/api/rooms/{room}/participants/{}/{call}", a.id);
+        let send =
+            |headers: &[(&str, &str)], body: &[u8]| http(node.http, "POST", &path, headers, body);
+        assert_error(&send(&[sdp], OFFER), 401);
+        assert_error(&send(&[sdp, ("Authorization", &other)], OFFER), 401);
+        assert_error(&send(&[sdp, ("Authorization", "Bearer nope")], OFFER), 401);
+        assert_error(&send(&[sdp, ("Authorization", &own)], &big), 413);
+        assert_error(
+            &send(
+                &[sdp, ("Authorization", &own)],
+                b"o=- 1 1 IN IP4 0.0.0.0\r\n",
+            ),
+            400,
+        );
+        assert_error(&send(&[sdp, ("Authorization", &own)], b""), 400);
+        assert_error(&send(&[sdp, ("Authorization", &own)], b"v=01\r\n"), 400);
+        assert_error(
+            &send(
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Authorization", &own),
+                ],
+                OFFER,
+            ),
+            415,
+        );
+        let r = send(&[sdp, ("Authorization", &own)], OFFER);
+        assert_error(&r, 503);
+        assert_eq!(r.json()["error"], "media plane not available yet");
+        let unknown = format!(
+            "/api/rooms/AAAAAAAAAAAAAAAAAAAAAA/participants/{}/{call}",
+            a.id
+        );
+        assert_error(
+            &http(
+                node.http,
+                "POST",
+                &unknown,
+                &[sdp, ("Authorization", &own)],
+                OFFER,
+            ),
+            404,
+        );
+    }
+}
+
+#[test]
+fn preferences_take_a_positive_integer_max_height() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let path = format!("/api/rooms/{room}/participants/{}/preferences", a.id);
+    let own = bearer(&a.token);
+    let put = |auth: Option<&str>, body: &[u8]| {
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = auth {
+            headers.push(("Authorization", a));
+        }
+        http(node.http, "PUT", &path, &headers, body)
+    };
+    let r = put(Some(&own), br#"{"max_height": 180}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(put(Some(&own), br#"{"max_height": 1080}"#).status, 204);
+    for body in [
+        &br#"{"max_height": 0}"#[..],
+        br#"{"max_height": -180}"#,
+        br#"{"max_height": 180.5}"#,
+        br#"{"max_height": "180"}"#,
+        br#"{"max_height": 99999999999}"#,
+        br#"{"height": 180}"#,
+        b"180",
+        b"{",
+    ] {
+        let r = put(Some(&own), body);
+        assert_eq!(
+            r.status,
+            400,
+            "{}: {}",
+            String::from_utf8_lossy(body),
+            r.body
+        );
+        assert_error(&r, 400);
+    }
+    assert_error(&put(None, br#"{"max_height": 180}"#), 401);
+    assert_error(
+        &put(Some(&bearer(&b.token)), br#"{"max_height": 180}"#),
+        401,
+    );
+    let mut big = br#"{"max_height": 180, "pad": ""#.to_vec();
+    big.resize(64 * 1024 + 1, b' ');
+    assert_error(&put(Some(&own), &big), 413);
+    let unknown = format!(
+        "/api/rooms/AAAAAAAAAAAAAAAAAAAAAA/participants/{}/preferences",
+        a.id
+    );
+    let r = http(
+        node.http,
+        "PUT",
+        &unknown,
+        &[("Authorization", &own)],
+        br#"{"max_height": 180}"#,
+    );
+    assert_error(&r, 404);
+}
+
+/// A TURN Allocate over UDP with the given long-term credentials: true on success.
+fn turn_allocate(server: SocketAddr, username: &str, password: &str) -> bool {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let exchange = |request: &[u8]| -> Vec<u8> {
+        let mut buf = [0u8; 1500];
+        for _ in 0..5 {
+            sock.send_to(request, server).expect("send");
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return buf[..n].to_vec();
+            }
+        }
+        panic!("no answer from TURN at {server}");
+    };
+    // First without credentials: 401 with REALM and NONCE.
+    let mut buf = [0u8; 512];
+    let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[7; 12]).expect("w");
+    w.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+        .expect("attr");
+    let n = w.finish();
+    let challenge = exchange(&buf[..n]);
+    let msg = Message::parse(&challenge).expect("STUN answer");
+    assert_eq!(msg.class(), Class::Error);
+    let realm = msg.get(attr::REALM).expect("REALM").to_vec();
+    let nonce = msg.get(attr::NONCE).expect("NONCE").to_vec();
+    // Then with them.
+    let mut buf = [0u8; 512];
+    let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[8; 12]).expect("w");
+    w.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+        .expect("attr");
+    w.add(attr::USERNAME, username.as_bytes()).expect("attr");
+    w.add(attr::REALM, &realm).expect("attr");
+    w.add(attr::NONCE, &nonce).expect("attr");
+    let key = long_term_key(username.as_bytes(), &realm, password.as_bytes());
+    w.add_integrity(&key).expect("mi");
+    w.add_fingerprint().expect("fp");
+    let n = w.finish();
+    let answer = exchange(&buf[..n]);
+    let msg = Message::parse(&answer).expect("STUN answer");
+    if msg.class() != Class::Success {
+        return false;
+    }
+    assert_eq!(
+        msg.verify_integrity(&key),
+        Some(true),
+        "signed with our key"
+    );
+    assert!(msg.xor_address(attr::XOR_RELAYED_ADDRESS).is_some());
+    true
+}
+
+fn turn_credentials(j: &Joined) -> (String, String) {
+    let server = &j.answer["ice_servers"][0];
+    (
+        server["username"].as_str().expect("username").to_owned(),
+        server["credential"]
+            .as_str()
+            .expect("credential")
+            .to_owned(),
+    )
+}
+
+/// The address of the `turn:HOST:PORT?transport=udp` URL.
+fn turn_udp_url(j: &Joined) -> SocketAddr {
+    j.answer["ice_servers"][0]["urls"]
+        .as_array()
+        .expect("urls")
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|u| {
+            let hostport = u.strip_prefix("turn:")?.strip_suffix("?transport=udp")?;
+            hostport.parse().ok()
+        })
+        .expect("a turn: URL over UDP")
+}
+
+#[test]
+fn ice_server_credentials_allocate_on_the_nodes_turn() {
+    // No turn.auth_secret configured: the node's own random secret signs them.
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let (username, credential) = turn_credentials(&a);
+    let server = turn_udp_url(&a);
+    assert_eq!(server, node.stun);
+    assert!(turn_allocate(server, &username, &credential));
+    // Changed credentials do not work.
+    assert!(!turn_allocate(
+        server,
+        &username,
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    ));
+    let other = format!("1:{}", a.id);
+    assert!(!turn_allocate(server, &other, &credential));
+}
+
+#[test]
+fn ice_server_credentials_follow_the_configured_secret() {
+    let secret = "rest-api-secret";
+    let (node, _) = node_with(&format!("auth_secret = \"{secret}\""), "");
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let (username, credential) = turn_credentials(&a);
+    // What any TURN REST API issuer (and coturn) computes.
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(username.as_bytes());
+    assert_eq!(credential, STANDARD.encode(mac.finalize().into_bytes()));
+    assert!(turn_allocate(turn_udp_url(&a), &username, &credential));
+}
+
+#[test]
+fn display_names_never_reach_logs_or_disk() {
+    let (node, log) = node_with("", "[log]\nlevel = \"trace\"\n");
+    let room = create_room(&node);
+    let name = "Zebediah Quixote-Unique";
+    let a = join(&node, &room, name);
+    let mut ea = events(&node, &room, &a);
+    ea.expect("roster");
+    let b = join(&node, &room, name);
+    ea.expect("joined");
+    ea.expect("roster");
+    http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}/participants/{}", b.id),
+        &[("Authorization", &bearer(&b.token))],
+        b"",
+    );
+    ea.expect("left");
+    ea.expect("roster");
+    // A token in the query string (EventSource) stays out of the log too.
+    let mut eq = SseStream::open(
+        node.http,
+        &format!(
+            "/api/rooms/{room}/participants/{}/events?token={}",
+            a.id, a.token
+        ),
+        &[],
+    )
+    .unwrap_or_else(|r| panic!("{} {}", r.status, r.body));
+    eq.expect("roster");
+    // The room id may be logged (the privacy terms allow it).
+    assert!(log.wait_for_line(&room, Duration::from_secs(5)).is_some());
+    let text = log.text();
+    assert!(
+        !text.contains("Zebediah"),
+        "a display name in the log:\n{text}"
+    );
+    assert!(!text.contains(&a.token), "a token in the log");
+    // Nothing written under the node's directory holds it either.
+    let mut dirs = vec![node.dir.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(!text.contains("Zebediah"), "{}", path.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn one_time_host_password_on_loopback_without_hosts() {
+    // No [[http.hosts]], no jwt_secret, loopback: a password is printed once.
+    let (node, log) = Node::start_with_http("", "", "");
+    let line = log
+        .wait_for_line("one-time host login", Duration::from_secs(10))
+        .expect("the one-time login is printed");
+    let prefix = "confnode: no [[http.hosts]] configured; one-time host login: host / ";
+    let password = line
+        .split_once(prefix)
+        .map(|(_, p)| p.trim().to_owned())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(password.len() >= 22, "{password}");
+    assert_eq!(log.text().matches("one-time host login").count(), 1);
+    let r = create_room_as(&node, &basic("host", &password));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_error(&create_room_as(&node, &basic("host", "guess")), 401);
+}
+
+#[test]
+fn a_public_http_listen_without_hosts_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let path = common::write_file(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "[turn]\nlisten = [\"127.0.0.1:{}\"]\n[http]\nlisten = \"0.0.0.0:{port}\"\n",
+            free_port()
+        ),
+    );
+    let (status, out) = run_with_timeout(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null()),
+        Duration::from_secs(20),
+    );
+    assert!(!status.success(), "started without hosts: {out}");
+    assert!(out.contains("http.hosts"), "{out}");
+    // check-config says the same.
+    let (status, out) = run_with_timeout(
+        Command::new(BIN).arg("check-config").arg(&path),
+        Duration::from_secs(20),
+    );
+    assert!(!status.success());
+    assert!(out.contains("http.hosts"), "{out}");
+}
