@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod rooms;
+pub mod sfu;
 pub mod stun;
 pub mod turn;

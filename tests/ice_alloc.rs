@@ -1,0 +1,139 @@
+//! Answering ICE connectivity checks allocates nothing: neither the routing lookup
+//! (`local_ufrag`) nor `IceAgent::handle_binding` on its success and error paths.
+//!
+//! A counting global allocator (per thread, so the test harness's own threads do not
+//! disturb the count) watches 10,000 checks after a warm-up.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use confnode::sfu::ice::{IceAgent, IceCredentials, IceVerdict, local_ufrag};
+use confnode::stun::message::{attr, method};
+use confnode::stun::{Class, Message, Writer};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: allocations during thread teardown must not panic.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
+// `GlobalAlloc` contract; the counter is a const-initialised thread-local `Cell` that
+// never allocates itself. (An allocator is the one place a test cannot avoid `unsafe`.)
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const PWD: &[u8] = b"sfupassword0123456789abcd";
+
+/// A check as Chrome sends it; `key` signs it, `nominate` adds USE-CANDIDATE.
+fn check(key: &[u8], nominate: bool, controlled: bool) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &[0x3c; 12]).unwrap();
+    w.add(attr::USERNAME, b"SfuLocal:Hx3u").unwrap();
+    w.add(0xC057, &[0, 1, 0, 10]).unwrap(); // GOOG-NETWORK-INFO
+    if controlled {
+        w.add(attr::ICE_CONTROLLED, &[9; 8]).unwrap();
+    } else {
+        w.add(attr::ICE_CONTROLLING, &[9; 8]).unwrap();
+    }
+    if nominate {
+        w.add(attr::USE_CANDIDATE, &[]).unwrap();
+    }
+    w.add_u32(attr::PRIORITY, 1_853_824_767).unwrap();
+    w.add_integrity(key).unwrap();
+    w.add_fingerprint().unwrap();
+    let n = w.finish();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn answering_checks_does_not_allocate() {
+    let local = IceCredentials::parse("SfuLocal", std::str::from_utf8(PWD).unwrap()).unwrap();
+    let remote = IceCredentials::parse("Hx3u", "6yTJ9QGhb4Fn0K3bnJ1W0aJq").unwrap();
+    let mut agent = IceAgent::new(local, Some(remote), 0);
+    let sources: [SocketAddr; 3] = [
+        "198.51.100.20:50000".parse().unwrap(),
+        "[2001:db8::20]:50000".parse().unwrap(),
+        "203.0.113.5:61000".parse().unwrap(),
+    ];
+    let cases = [
+        check(PWD, true, false),                          // nomination
+        check(PWD, false, false),                         // consent refresh
+        check(b"wrong-password-0123456789", true, false), // 401
+        check(PWD, false, true),                          // 487
+    ];
+    let mut slot = [0u8; 1500];
+    let mut now = 0u64;
+    let mut run = |i: usize| {
+        let req = &cases[i % cases.len()];
+        let src = sources[(i / cases.len()) % sources.len()];
+        slot[..req.len()].copy_from_slice(req);
+        // The data plane's routing step: find the agent by the USERNAME's first part.
+        let routed = Message::parse(&slot[..req.len()])
+            .ok()
+            .and_then(|m| local_ufrag(&m).map(|u| u == b"SfuLocal"));
+        assert_eq!(routed, Some(true));
+        now += 20;
+        let verdict = agent.handle_binding(black_box(&mut slot), req.len(), black_box(src), now);
+        assert!(matches!(
+            verdict,
+            IceVerdict::Success { .. } | IceVerdict::Error { .. }
+        ));
+        black_box(verdict);
+    };
+    for i in 0..100 {
+        run(i);
+    }
+    // The counter is live: one allocation shows.
+    let before = allocations();
+    black_box(Vec::<u8>::with_capacity(8));
+    assert_eq!(allocations() - before, 1);
+
+    let before = allocations();
+    for i in 0..10_000 {
+        run(i);
+    }
+    assert_eq!(
+        allocations() - before,
+        0,
+        "heap allocations while answering checks"
+    );
+    assert!(agent.selected().is_some());
+    assert!(!agent.consent_expired(now));
+}
