@@ -14,7 +14,8 @@
 //! utime + stime from /proc/<pid>/stat around the round, so the client's own cost is
 //! not counted.
 //!
-//! Settings: `STUN_LOAD_REQUESTS` (per round, default 200000), `STUN_LOAD_ROUNDS`
+//! Settings: `STUN_LOAD_REQUESTS` (per round, default 500000: server CPU time comes in
+//! 10 ms ticks, so a round should take well over a second of it), `STUN_LOAD_ROUNDS`
 //! (default 3), `STUN_LOAD_FINGERPRINT=1`.
 
 mod load;
@@ -73,7 +74,7 @@ impl Round {
 }
 
 fn main() {
-    let requests = env_u64("STUN_LOAD_REQUESTS", 200_000);
+    let requests = env_u64("STUN_LOAD_REQUESTS", 500_000);
     let rounds = env_u64("STUN_LOAD_ROUNDS", 3).max(1);
     let fingerprint = env_flag("STUN_LOAD_FINGERPRINT");
 
@@ -136,6 +137,12 @@ fn main() {
                 r.per_cpu_second(),
                 r.counts.answered as f64 / r.wall.max(1e-9),
             );
+            if r.counts.stray > 0 {
+                println!(
+                    "    ({} datagrams were no answer to an outstanding request: late or malformed)",
+                    r.counts.stray
+                );
+            }
             if r.counts.sent < requests {
                 println!(
                     "    (stopped by the {} s round limit after sending {} requests)",

@@ -18,7 +18,9 @@
 //!   load) minus the idle VmRSS, over 500 allocations held at once;
 //! - the highest offered rate it relays with under 1% loss: the offered rate of a run
 //!   is the highest one-second send rate the clients report, and the load is raised
-//!   by running several uclient processes side by side until loss reaches 1%;
+//!   by running several uclient processes side by side until loss reaches 1% (the
+//!   bare relay's client threads cost less than uclient processes, so its ladder
+//!   offers somewhat more at the same step);
 //!
 //! and the ratios to coturn and to the bare relay. On a 2-core machine the clients and
 //! the peer share the cores with the server, so the highest rate is the system's, not
@@ -36,8 +38,13 @@
 //! tick to catch up, starting 1–6 s after set-up at random as uclient staggers its
 //! sessions, echoed by the same `turnutils_peer`. Its CPU is the relay process's.
 //!
-//! Settings: `TURN_LOAD_QUICK=1` (one round, no 500-allocation run, no rate ladder),
-//! `TURN_LOAD_ONLY=confnode|coturn|bare` (comma-separated), `TURN_LOAD_ROUNDS`.
+//! Settings: `TURN_LOAD_QUICK=1` (one round; RSS per allocation from its 100
+//! allocations; no 500-allocation run, no rate ladder), `TURN_LOAD_ONLY=confnode|coturn|bare`
+//! (comma-separated), `TURN_LOAD_ROUNDS`.
+//!
+//! Every server is started afresh for each run and stopped after it; every client is
+//! killed after a time limit; a server that does not answer a TURN Allocate fails its
+//! row in 2 s with that reason instead of stalling the bench.
 
 mod load;
 
@@ -127,6 +134,11 @@ struct ClientReport {
     received: u64,
     /// (seconds since the client started, messages sent so far)
     samples: Vec<(u64, u64)>,
+    /// uclient's "Total connect time": seconds to set up its allocations (at least
+    /// 0.1 s each, its own pace). None for the bare client, whose set-up is not paced.
+    setup_s: Option<u64>,
+    /// Error lines uclient logged, e.g. `error 437 (Allocation Mismatch)` before a retry.
+    errors: Vec<String>,
 }
 
 /// The measurements of one run against one server.
@@ -138,6 +150,9 @@ struct Run {
     idle_kb: u64,
     peak_kb: u64,
     peak_rate: f64,
+    /// The slowest client's set-up, and the quickest's.
+    setup_s: Option<u64>,
+    setup_min_s: Option<u64>,
 }
 
 impl Run {
@@ -155,7 +170,7 @@ impl Run {
     }
 }
 
-/// Everything measured for one server; `failure` set at its first failed run, after
+/// Everything measured for one server. `failure` is set when a CPU round fails, after
 /// which it is not run again (a server that cannot relay would only burn time-outs).
 struct Row {
     kind: Kind,
@@ -163,12 +178,70 @@ struct Row {
     rss_run: Option<Run>,
     ladder: Vec<Run>,
     failure: Option<String>,
+    /// Failures of the 500-allocation run or of the rate ladder, which leave the
+    /// other figures standing.
+    notes: Vec<String>,
 }
 
 struct Env {
+    /// The echoing peer every row relays to.
     peer: SocketAddr,
+    peer_proc: Proc,
+    peer_tool: std::path::PathBuf,
     uclient: Option<std::path::PathBuf>,
     logs: tempfile::TempDir,
+}
+
+impl Env {
+    /// Restarts the peer if it is gone or silent. Others test with turnutils_peer on
+    /// this machine too, and a cleanup that stops them by name takes ours along.
+    fn ensure_peer(&mut self) -> Result<(), String> {
+        if self.peer_proc.exit_status().is_none() && wait_echo(self.peer, Duration::from_secs(1)) {
+            return Ok(());
+        }
+        println!("    (turnutils_peer had stopped or went silent: starting it again)");
+        self.peer_proc.stop();
+        let (proc, addr) = start_peer(&self.peer_tool, self.logs.path())?;
+        self.peer_proc = proc;
+        self.peer = addr;
+        Ok(())
+    }
+}
+
+/// Starts `turnutils_peer` on a fresh loopback port and waits until it echoes.
+fn start_peer(
+    tool: &std::path::Path,
+    logs: &std::path::Path,
+) -> Result<(Proc, SocketAddr), String> {
+    let port = free_port();
+    let mut cmd = Command::new(tool);
+    cmd.args(["-L", "127.0.0.1", "-p", &port.to_string()]);
+    let mut proc = Proc::spawn(
+        "turnutils_peer",
+        &mut cmd,
+        &logs.join(format!("peer-{port}.log")),
+    )?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if !wait_echo(addr, Duration::from_secs(10)) {
+        proc.stop();
+        return Err(format!(
+            "turnutils_peer did not echo on {addr} within 10 s:\n{}",
+            proc.log_tail(10)
+        ));
+    }
+    Ok((proc, addr))
+}
+
+/// `run`, with a live peer, once more if the peer was stopped under it.
+fn measure(kind: Kind, load: Load, env: &mut Env, label: &str) -> Result<Run, String> {
+    env.ensure_peer()?;
+    let result = run(kind, load, env, label);
+    if env.peer_proc.exit_status().is_none() {
+        return result;
+    }
+    println!("    (turnutils_peer stopped during the run, which does not count: once more)");
+    env.ensure_peer()?;
+    run(kind, load, env, label)
 }
 
 fn main() {
@@ -202,24 +275,11 @@ fn main() {
     }
 
     let logs = tempfile::tempdir().expect("temp dir for logs");
-    let peer_port = free_port();
-    let mut peer_cmd = Command::new(peer_tool);
-    peer_cmd.args(["-L", "127.0.0.1", "-p", &peer_port.to_string()]);
-    let mut peer_proc = Proc::spawn(
-        "turnutils_peer",
-        &mut peer_cmd,
-        &logs.path().join("peer.log"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let peer = SocketAddr::from(([127, 0, 0, 1], peer_port));
-    if !wait_echo(peer, Duration::from_secs(10)) {
-        panic!(
-            "turnutils_peer did not echo on {peer} within 10 s:\n{}",
-            peer_proc.log_tail(10)
-        );
-    }
-    let env = Env {
+    let (peer_proc, peer) = start_peer(&peer_tool, logs.path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut env = Env {
         peer,
+        peer_proc,
+        peer_tool,
         uclient,
         logs,
     };
@@ -255,12 +315,13 @@ fn main() {
             rss_run: None,
             ladder: Vec::new(),
             failure: None,
+            notes: Vec::new(),
         })
         .collect();
 
     for round in 1..=rounds {
         for row in rows.iter_mut().filter(|r| r.failure.is_none()) {
-            match run(row.kind, cpu_load, &env, &format!("round {round}")) {
+            match measure(row.kind, cpu_load, &mut env, &format!("round {round}")) {
                 Ok(r) => row.cpu_runs.push(r),
                 Err(e) => row.failure = Some(format!("round {round}: {e}")),
             }
@@ -268,9 +329,9 @@ fn main() {
     }
     if !quick {
         for row in rows.iter_mut().filter(|r| r.failure.is_none()) {
-            match run(row.kind, rss_load, &env, "500 allocations") {
+            match measure(row.kind, rss_load, &mut env, "500 allocations") {
                 Ok(r) => row.rss_run = Some(r),
-                Err(e) => row.failure = Some(format!("500 allocations: {e}")),
+                Err(e) => row.notes.push(format!("500 allocations: {e}")),
             }
         }
         for row in rows.iter_mut().filter(|r| r.failure.is_none()) {
@@ -279,7 +340,7 @@ fn main() {
                 continue;
             }
             for &load in &ladder {
-                match run(row.kind, load, &env, "rate ladder") {
+                match measure(row.kind, load, &mut env, "rate ladder") {
                     Ok(r) => {
                         let stop = r.loss() >= LOSS_LIMIT;
                         row.ladder.push(r);
@@ -290,14 +351,15 @@ fn main() {
                     // A failure under overload is a result of the ladder, not of
                     // the server's other figures: stop climbing, keep the rest.
                     Err(e) => {
-                        println!("    {} rate ladder stopped: {e}", row.kind.name());
+                        row.notes
+                            .push(format!("rate ladder, {}: {e}", load.describe()));
                         break;
                     }
                 }
             }
         }
     }
-    peer_proc.stop();
+    env.peer_proc.stop();
     report(&rows, rounds, cpu_load, quick);
 }
 
@@ -457,13 +519,22 @@ fn run(kind: Kind, load: Load, env: &Env, label: &str) -> Result<Run, String> {
         idle_kb,
         peak_kb,
         peak_rate: peak_rate(&reports),
+        setup_s: reports.iter().filter_map(|r| r.setup_s).max(),
+        setup_min_s: reports.iter().filter_map(|r| r.setup_s).min(),
     };
     if run.received == 0 {
         return Err(format!("nothing was relayed ({} sent, 0 echoed)", run.sent));
     }
+    // Side by side clients only add up when their traffic overlaps, which it does
+    // when their set-ups take about as long: show both ends.
+    let setup = match (run.setup_min_s, run.setup_s) {
+        (Some(a), Some(b)) if a != b => format!("  set-up {a}-{b} s"),
+        (_, Some(b)) => format!("  set-up {b} s"),
+        _ => String::new(),
+    };
     println!(
         "  {label:<15} {:<10} {:<26} sent {:>7}  echoed {:>7}  lost {:>5} ({:.2}%)  \
-         server CPU {:>6.2} s = {:>5.2} µs/msg  peak {:>6.0} msg/s  RSS +{:.1} kB/allocation",
+         server CPU {:>6.2} s = {:>5.2} µs/msg  peak {:>6.0} msg/s  RSS +{:.1} kB/allocation{setup}",
         kind.name(),
         load.describe(),
         run.sent,
@@ -475,6 +546,14 @@ fn run(kind: Kind, load: Load, env: &Env, label: &str) -> Result<Run, String> {
         run.peak_rate,
         run.kb_per_allocation(),
     );
+    let errors: Vec<&String> = reports.iter().flat_map(|r| &r.errors).collect();
+    if let Some(first) = errors.first() {
+        // Retried errors do not fail a run but slow its set-up: worth seeing.
+        println!(
+            "    turnutils_uclient logged {} error line(s), the first: {first}",
+            errors.len()
+        );
+    }
     let _ = io::stdout().flush();
     Ok(run)
 }
@@ -505,8 +584,12 @@ fn run_uclients(server: SocketAddr, load: Load, env: &Env) -> Result<Vec<ClientR
         .as_ref()
         .ok_or("turnutils_uclient is not installed (Debian package coturn)")?;
     let setup = UCLIENT_SETUP_PER_ALLOCATION * load.m as u32;
-    // Set-up gets twice what uclient needs with a quick server, plus 10 s.
-    let setup_limit = setup * 2 + Duration::from_secs(10);
+    // Set-up gets three times what uclient needs with a quick server, plus 20 s: a
+    // server answering 437 makes uclient wait a second and try again.
+    let setup_limit = setup * 3 + Duration::from_secs(20);
+    // uclient's output goes to a file, block-buffered: line buffering keeps what it
+    // said when it has to be stopped (coreutils' stdbuf, where installed).
+    let stdbuf = find_tool("stdbuf");
     let traffic = Duration::from_millis(START_DELAY_MS + START_SPREAD_MS + load.n * INTERVAL_MS);
     let limit = setup_limit + traffic + UCLIENT_STOPPING + Duration::from_secs(15);
 
@@ -516,7 +599,14 @@ fn run_uclients(server: SocketAddr, load: Load, env: &Env) -> Result<Vec<ClientR
             .logs
             .path()
             .join(format!("uclient-{}-{i}.log", server.port()));
-        let mut cmd = Command::new(tool);
+        let mut cmd = match &stdbuf {
+            Some(stdbuf) => {
+                let mut c = Command::new(stdbuf);
+                c.arg("-oL").arg(tool);
+                c
+            }
+            None => Command::new(tool),
+        };
         cmd.args(["-m", &load.m.to_string(), "-n", &load.n.to_string()])
             .args(["-l", &MSG_LEN.to_string(), "-z", &INTERVAL_MS.to_string()])
             .args(["-c", "-e", "127.0.0.1", "-r", &env.peer.port().to_string()])
@@ -599,12 +689,24 @@ fn run_uclients(server: SocketAddr, load: Load, env: &Env) -> Result<Vec<ClientR
 ///   `3: : start_mclient: msz=100, tot_send_msgs=16213, tot_recv_msgs=16121, ...`
 ///     once a second while sending (cumulative counts);
 ///   `8: : start_mclient: tot_send_msgs=200000, tot_recv_msgs=200000` at the end;
-///   `8: : Total lost packets 0 (0.000000%), total send dropped 0 (0.000000%)`.
+///   `8: : Total lost packets 0 (0.000000%), total send dropped 0 (0.000000%)`;
+///   `0: : Total connect time is 10` once its allocations are set up;
+///   `0: : error 437 (Allocation Mismatch)` for an error answer it retries.
 /// None when the final counts are missing (uclient did not finish).
 fn parse_uclient(text: &str) -> Option<ClientReport> {
     let mut report = ClientReport::default();
     let mut finished = false;
     for (i, line) in text.lines().enumerate() {
+        if let Some(s) = number_after(line, "Total connect time is ") {
+            report.setup_s = Some(s);
+        }
+        // `error 437 (Allocation Mismatch)`, `ERROR: ...`; the final "total send
+        // dropped" line is counts, not an error.
+        let lower = line.to_ascii_lowercase();
+        if lower.contains("error") && !lower.contains("tot_") {
+            let text = line.split_once(": : ").map_or(line, |x| x.1);
+            report.errors.push(text.trim().to_owned());
+        }
         let Some(sent) = number_after(line, "tot_send_msgs=") else {
             continue;
         };
@@ -816,11 +918,14 @@ fn bare_relay(peer: SocketAddrV4) -> io::Result<()> {
                         target = match by_client.get(&client) {
                             Some(&a) => Some(a),
                             // The first packet of a new client allocates for it.
-                            None => allocate(&mut allocations, &epoll, client, peer).ok(),
+                            None => {
+                                let a = allocate(&mut allocations, &epoll, client, peer).ok();
+                                if let Some(a) = a {
+                                    by_client.insert(client, a);
+                                }
+                                a
+                            }
                         };
-                        if let Some(a) = target {
-                            by_client.insert(client, a);
-                        }
                         if target.is_some() && len == 0 {
                             // An allocate: answer it, relay nothing.
                             let hello = channel_header(0);
@@ -1012,13 +1117,20 @@ struct Figures {
     us_per_msg: Option<f64>,
     loss: Option<f64>,
     kb_per_alloc: Option<(f64, usize)>,
+    /// The rate, and whether it is only a lower bound (no run reached 1% loss).
     max_rate: Option<(f64, bool)>,
+    setup_s: Option<f64>,
 }
 
 fn figures(row: &Row) -> Figures {
     let runs = &row.cpu_runs;
     let us_per_msg = median(&runs.iter().map(Run::us_per_message).collect::<Vec<_>>());
     let loss = median(&runs.iter().map(Run::loss).collect::<Vec<_>>());
+    let setups: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.setup_s)
+        .map(|s| s as f64)
+        .collect();
     let rss_source = row.rss_run.as_ref().or(runs.first());
     let kb_per_alloc = rss_source.map(|r| (r.kb_per_allocation(), r.load.allocations()));
     // Every run is a point of the rate curve; the best rate among those under 1%
@@ -1035,6 +1147,7 @@ fn figures(row: &Row) -> Figures {
         loss,
         kb_per_alloc,
         max_rate: ok.map(|r| (r, never_failed)),
+        setup_s: median(&setups),
     }
 }
 
@@ -1053,13 +1166,14 @@ fn report(rows: &[Row], rounds: u64, cpu_load: Load, quick: bool) {
             fmt(f.us_per_msg, 2),
             f.loss
                 .map_or("-".to_owned(), |l| format!("{:.3}%", l * 100.0)),
+            fmt(f.setup_s, 0),
             f.kb_per_alloc
                 .map_or("-".to_owned(), |(kb, n)| format!("{kb:.1} (of {n})")),
             f.max_rate.map_or("-".to_owned(), |(r, open)| {
                 format!("{}{r:.0}", if open { ">= " } else { "" })
             }),
         ];
-        if let Some(fail) = &row.failure {
+        if row.failure.is_some() {
             cells.push("FAILED (below)".to_owned());
         }
         table.push(cells);
@@ -1069,6 +1183,7 @@ fn report(rows: &[Row], rounds: u64, cpu_load: Load, quick: bool) {
             "server",
             "server CPU µs per echoed msg",
             "lost",
+            "uclient set-up s",
             "peak RSS kB per allocation",
             "max msg/s under 1% loss",
             "",
@@ -1080,7 +1195,16 @@ fn report(rows: &[Row], rounds: u64, cpu_load: Load, quick: bool) {
         if let Some(fail) = &row.failure {
             println!("\n{} FAILED in {fail}", row.kind.name());
         }
+        for note in &row.notes {
+            println!("\n{} failed in {note}", row.kind.name());
+        }
     }
+    println!(
+        "\n(uclient set-up: its seconds to set up {} allocations, 0.1 s each at best; \
+         RSS: VmHWM - idle VmRSS over the allocations named; rate: the highest one-second \
+         send rate of a run under 1% loss, \">=\" when no run reached 1%)",
+        cpu_load.m
+    );
 
     let find = |k: Kind| rows.iter().position(|r| r.kind == k).map(|i| &figs[i]);
     let pairs = [
@@ -1104,7 +1228,13 @@ fn report(rows: &[Row], rounds: u64, cpu_load: Load, quick: bool) {
         } else {
             ratio(fa.kb_per_alloc.map(|x| x.0), fb.kb_per_alloc.map(|x| x.0))
         };
-        let rate = ratio(fa.max_rate.map(|x| x.0), fb.max_rate.map(|x| x.0));
+        // A rate that is only a lower bound makes the ratio a bound too.
+        let rate = match (fa.max_rate, fb.max_rate) {
+            (Some((x, false)), Some((y, false))) => ratio(Some(x), Some(y)),
+            (Some((x, true)), Some((y, false))) => format!(">= {}", ratio(Some(x), Some(y))),
+            (Some((x, false)), Some((y, true))) => format!("<= {}", ratio(Some(x), Some(y))),
+            _ => "-".to_owned(),
+        };
         ratio_rows.push(vec![
             label.to_owned(),
             ratio(fa.us_per_msg, fb.us_per_msg),
