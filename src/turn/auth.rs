@@ -43,10 +43,13 @@ const NONCE_TAG_LEN: usize = 16;
 
 /// Slots in the per-source limiter of unauthenticated answers (a power of two).
 pub const CHALLENGE_BUCKETS: usize = 4096;
-/// Unauthenticated answers a source may get in a burst.
-pub const CHALLENGE_BURST: u32 = 20;
+/// Unauthenticated answers a source may get in a burst. Every client's first request
+/// is answered with a 401, and a whole office behind one NAT address may join at once,
+/// so the bucket is deep; a reflector it still is not, as a 401 is about twice the size
+/// of the request and a victim gets at most this many, then `CHALLENGE_PER_SEC`.
+pub const CHALLENGE_BURST: u32 = 200;
 /// Unauthenticated answers a source may get per second, sustained.
-pub const CHALLENGE_PER_SEC: u32 = 10;
+pub const CHALLENGE_PER_SEC: u32 = 100;
 /// Token amounts are kept in thousandths so refill works in whole milliseconds.
 const MILLI: u32 = 1000;
 
@@ -974,18 +977,20 @@ mod tests {
             assert!(a.allow_challenge(ip, t), "answer {i} of the burst");
         }
         assert!(!a.allow_challenge(ip, t));
-        // 10 per second: one token every 100 ms.
-        assert!(!a.allow_challenge(ip, t + 99));
-        assert!(a.allow_challenge(ip, t + 100));
-        assert!(!a.allow_challenge(ip, t + 100));
-        assert!(a.allow_challenge(ip, t + 200));
+        // One token every 1000 / CHALLENGE_PER_SEC ms.
+        let step = u64::from(1000 / CHALLENGE_PER_SEC);
+        assert!(!a.allow_challenge(ip, t + step - 1));
+        assert!(a.allow_challenge(ip, t + step));
+        assert!(!a.allow_challenge(ip, t + step));
+        assert!(a.allow_challenge(ip, t + 2 * step));
         // A long pause refills to the burst, no further.
         let later = t + 3_600_000;
-        let granted = (0..100).filter(|_| a.allow_challenge(ip, later)).count();
+        let tries = 2 * CHALLENGE_BURST as usize;
+        let granted = (0..tries).filter(|_| a.allow_challenge(ip, later)).count();
         assert_eq!(granted, CHALLENGE_BURST as usize);
         // A clock stepping back refills nothing and does not panic.
         assert!(!a.allow_challenge(ip, 0));
-        assert!(a.allow_challenge(ip, later + 100));
+        assert!(a.allow_challenge(ip, later + step));
     }
 
     #[test]
