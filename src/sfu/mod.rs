@@ -6,6 +6,18 @@
 //!   the shared media port, learns its address and watches consent.
 //! - `sdp`: the publisher's offer and our answer (WHIP-like), and the server offers of a
 //!   subscriber's receiving peer connection with their renegotiation.
+//! - `rtp`, `rtcp`, `codec`: RTP/RTCP headers and VP8/H264 payloads read and rewritten
+//!   in place; `track` (a published track: layers, cache, NACKs, keyframe throttle),
+//!   `forward` (one receiver's continuous stream of it), `simulcast` (layer choice),
+//!   `nack` and `report`: the forwarding path, allocation-free per packet.
 
+pub mod codec;
+pub mod forward;
 pub mod ice;
+pub mod nack;
+pub mod report;
+pub mod rtcp;
+pub mod rtp;
 pub mod sdp;
+pub mod simulcast;
+pub mod track;
