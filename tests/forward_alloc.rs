@@ -8,8 +8,6 @@
 //! NACKs and RTX retransmissions, receivers' NACKs answered from the cache (plain and
 //! RTX), receiver and sender reports, and the RTCP from receivers walked and read.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::hint::black_box;
 
 use confnode::sfu::codec::Codec;
@@ -18,51 +16,9 @@ use confnode::sfu::rtcp::{self, Rtcp, RtcpIter};
 use confnode::sfu::rtp::{self, RtpHeader};
 use confnode::sfu::track::{LayerConfig, Track, TrackConfig};
 
-struct Counting;
+mod alloc_counter;
 
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: allocations during thread teardown must not panic.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
-// `GlobalAlloc` contract; the counter is a const-initialised thread-local `Cell` that
-// never allocates itself. (An allocator is the one place a test cannot avoid `unsafe`.)
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use alloc_counter::allocations;
 
 const PT: u8 = 96;
 const RTX_PT: u8 = 97;
