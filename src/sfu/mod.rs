@@ -12,6 +12,7 @@
 //!   `nack` and `report`: the forwarding path, allocation-free per packet.
 
 pub mod codec;
+pub mod dtls;
 pub mod forward;
 pub mod ice;
 pub mod nack;
@@ -20,4 +21,5 @@ pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod simulcast;
+pub mod srtp;
 pub mod track;
