@@ -7,6 +7,8 @@ use crate::metrics::{Metrics, Transport};
 use crate::net::tcp::StreamContext;
 use crate::net::tls::TlsCerts;
 use crate::net::{tcp, tls, udp, worker};
+use crate::sfu::dtls::DtlsIdentity;
+use crate::sfu::session::MediaSessions;
 use crate::turn::auth::Auth;
 use crate::turn::policy::PeerPolicy;
 use crate::turn::server::{Limits, Shared, TurnCore};
@@ -39,6 +41,16 @@ pub fn run(config: Config) -> Result<(), String> {
     // One clock origin for every TURN core, UDP workers and TCP/TLS connections alike:
     // a port reserved by one core (EVEN-PORT) is taken, and timed, by another.
     let epoch = std::time::Instant::now();
+    // The SFU's sessions, shared by the room API (which makes them) and the workers
+    // (which answer their ICE checks), on the same clock.
+    // The node's DTLS certificate, made at start; its fingerprint goes into every SDP.
+    let dtls =
+        DtlsIdentity::generate().map_err(|e| format!("cannot make the DTLS certificate: {e}"))?;
+    let media = Arc::new(MediaSessions::new(
+        epoch,
+        media_candidates(&config, &udp_listen),
+        dtls.fingerprint_hex().to_owned(),
+    ));
     let workers = start_workers(
         &config,
         &udp_listen,
@@ -46,7 +58,7 @@ pub fn run(config: Config) -> Result<(), String> {
         &turn,
         &auth,
         &shutdown,
-        epoch,
+        &media,
     )?;
 
     let tcp_listeners = config
@@ -79,7 +91,13 @@ pub fn run(config: Config) -> Result<(), String> {
         tls: tls_listeners,
         certs: tls_certs,
     };
-    let result = runtime.block_on(control_plane(&config, metrics, streams, http_listener));
+    let result = runtime.block_on(control_plane(
+        &config,
+        metrics,
+        streams,
+        http_listener,
+        media,
+    ));
 
     shutdown.store(true, Ordering::Relaxed);
     for w in &workers {
@@ -106,7 +124,7 @@ fn start_workers(
     turn: &Arc<Shared>,
     auth: &Auth,
     shutdown: &Arc<AtomicBool>,
-    epoch: std::time::Instant,
+    media: &Arc<MediaSessions>,
 ) -> Result<Vec<worker::WorkerHandle>, String> {
     let count = config.node.worker_count();
     let mut handles = Vec::with_capacity(count);
@@ -122,7 +140,8 @@ fn start_workers(
             turn: TurnCore::new(turn.clone(), auth.clone(), false, seed),
             turn_metrics: metrics.turn.clone(),
             shutdown: shutdown.clone(),
-            epoch,
+            epoch: media.epoch(),
+            media: media.clone(),
         };
         let handle = worker::spawn(sockets, setup)
             .map_err(|e| format!("cannot start data-plane worker {id}: {e}"))?;
@@ -148,6 +167,7 @@ async fn control_plane(
     metrics: Arc<Metrics>,
     streams: Streams,
     http_listener: std::net::TcpListener,
+    media: Arc<MediaSessions>,
 ) -> Result<(), String> {
     // TCP and TLS connections together are held to `max_tcp_connections`.
     let limit = Arc::new(Semaphore::new(config.turn.max_tcp_connections));
@@ -176,7 +196,7 @@ async fn control_plane(
         }
     }
     let http = tokio::net::TcpListener::from_std(http_listener).map_err(|e| e.to_string())?;
-    let app = crate::http::router(crate::http::AppState::new(config, metrics.clone())?);
+    let app = crate::http::router(crate::http::AppState::new(config, metrics.clone(), media)?);
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
             tracing::error!("HTTP server stopped: {e}");
@@ -287,6 +307,22 @@ fn relay_ip(config: &Config, udp_listen: &[SocketAddr], v6: bool) -> Option<IpAd
     family()
         .find(|ip| !ip.is_loopback())
         .or_else(|| family().next())
+}
+
+/// The SFU's host candidates (the media port is the first UDP listen port of each
+/// family): `node.public_ip` for IPv4; for IPv6 `node.public_ipv6`, else the first
+/// IPv6 listen address (one that is not loopback where there is one). IPv4 first.
+fn media_candidates(config: &Config, udp_listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    if let Some(v4) = udp_listen.iter().find(|a| a.is_ipv4()) {
+        out.push(SocketAddr::new(config.node.public_ip.into(), v4.port()));
+    }
+    let v6 = || udp_listen.iter().filter(|a| a.is_ipv6());
+    if let Some(a) = v6().find(|a| !a.ip().is_loopback()).or_else(|| v6().next()) {
+        let ip = config.node.public_ipv6.map_or(a.ip(), IpAddr::from);
+        out.push(SocketAddr::new(ip, a.port()));
+    }
+    out
 }
 
 /// The UDP listen addresses, with each wildcard expanded to the host's addresses.

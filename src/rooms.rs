@@ -468,6 +468,12 @@ impl Rooms {
         Ok(r.remove(index, now))
     }
 
+    /// Whether `participant` is in the live room `room`.
+    pub fn contains(&self, room: &str, participant: &str, now: u64) -> bool {
+        self.live(room, now)
+            .is_ok_and(|r| r.participant(participant).is_some())
+    }
+
     /// Stores the simulcast height cap a participant asked for.
     pub fn set_max_height(
         &mut self,

@@ -679,7 +679,7 @@ fn leave_needs_the_participants_own_token() {
 const OFFER: &[u8] = b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n";
 
 #[test]
-fn publish_and_subscribe_validate_then_wait_for_the_media_plane() {
+fn publish_and_subscribe_validate_their_sdp_bodies() {
     let node = node();
     let room = create_room(&node);
     let a = join(&node, &room, "Ann");
@@ -717,8 +717,13 @@ fn publish_and_subscribe_validate_then_wait_for_the_media_plane() {
             415,
         );
         let r = send(&[sdp, ("Authorization", &own)], OFFER);
-        assert_error(&r, 503);
-        assert_eq!(r.json()["error"], "media plane not available yet");
+        if call == "publish" {
+            // An offer without media is no publish.
+            assert_error(&r, 400);
+        } else {
+            assert_error(&r, 503);
+            assert_eq!(r.json()["error"], "media plane not available yet");
+        }
         let unknown = format!(
             "/api/rooms/AAAAAAAAAAAAAAAAAAAAAA/participants/{}/{call}",
             a.id
@@ -734,6 +739,98 @@ fn publish_and_subscribe_validate_then_wait_for_the_media_plane() {
             404,
         );
     }
+}
+
+/// A Chrome-like publisher offer: Opus and VP8 with RTX, bundled, rtcp-mux.
+const PUBLISH_OFFER: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Clnt\r\n\
+a=ice-pwd:clientpassword0123456789\r\n\
+a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=sendonly\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Clnt\r\n\
+a=ice-pwd:clientpassword0123456789\r\n\
+a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC\r\n\
+a=setup:actpass\r\n\
+a=mid:1\r\n\
+a=sendonly\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:96 VP8/90000\r\n\
+a=rtpmap:97 rtx/90000\r\n\
+a=fmtp:97 apt=96\r\n";
+
+#[test]
+fn publish_answers_sdp_once() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let path = format!("/api/rooms/{room}/participants/{}/publish", a.id);
+    let own = bearer(&a.token);
+    let headers = [("Content-Type", "application/sdp"), ("Authorization", &own)];
+    // A malformed offer (no BUNDLE) is refused with a message, and publishes nothing.
+    let unbundled = PUBLISH_OFFER.replace("a=group:BUNDLE 0 1\r\n", "");
+    assert_error(
+        &http(node.http, "POST", &path, &headers, unbundled.as_bytes()),
+        400,
+    );
+    let r = http(node.http, "POST", &path, &headers, PUBLISH_OFFER.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/sdp")),
+        "{}",
+        r.head
+    );
+    let sdp = &r.body;
+    assert!(sdp.starts_with("v=0"), "{sdp}");
+    assert!(sdp.contains("a=ice-lite"), "{sdp}");
+    assert!(sdp.contains("a=setup:passive"), "{sdp}");
+    assert!(!sdp.contains("a=setup:active"), "{sdp}");
+    let ufrag = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("our ufrag");
+    assert!(ufrag.len() >= 4 && ufrag != "Clnt", "{sdp}");
+    assert!(sdp.lines().any(|l| l.starts_with("a=ice-pwd:")), "{sdp}");
+    assert!(sdp.contains("a=fingerprint:sha-256 "), "{sdp}");
+    let port = node.stun.port();
+    assert!(
+        sdp.lines()
+            .any(|l| l.starts_with("a=candidate:")
+                && l.contains(&format!(" 127.0.0.1 {port} typ host"))),
+        "{sdp}"
+    );
+    // A second publish on the same participant is a conflict.
+    assert_error(
+        &http(node.http, "POST", &path, &headers, PUBLISH_OFFER.as_bytes()),
+        409,
+    );
+    // Another participant publishes on its own.
+    let b = join(&node, &room, "Bob");
+    let other = bearer(&b.token);
+    let r = http(
+        node.http,
+        "POST",
+        &format!("/api/rooms/{room}/participants/{}/publish", b.id),
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &other),
+        ],
+        PUBLISH_OFFER.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(!r.body.contains(&format!("a=ice-ufrag:{ufrag}\r")));
 }
 
 #[test]

@@ -93,3 +93,67 @@ fn answering_checks_does_not_allocate() {
     assert!(agent.selected().is_some());
     assert!(!agent.consent_expired(now));
 }
+
+/// The data plane's path for a check: the worker's session cache finds the session by
+/// the USERNAME's first part (filled from the registry on the first check), and the
+/// session's agent answers. In steady state that allocates nothing either.
+#[test]
+fn routing_checks_through_the_session_cache_does_not_allocate() {
+    use confnode::sfu::sdp::PublishOffer;
+    use confnode::sfu::session::{CheckVerdict, MediaSessions, SessionCache};
+    use std::sync::Arc;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
+        a=ice-ufrag:Hx3u\r\na=ice-pwd:6yTJ9QGhb4Fn0K3bnJ1W0aJq\r\n\
+        a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC\r\n\
+        a=setup:actpass\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n";
+    let sessions = Arc::new(MediaSessions::new(
+        std::time::Instant::now(),
+        vec!["192.0.2.1:3478".parse().unwrap()],
+        "6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC".into(),
+    ));
+    let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
+    let answer = sessions.publish("room", "p", &offer).unwrap();
+    let line = |name: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("a={name}:")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (ufrag, pwd) = (line("ice-ufrag"), line("ice-pwd"));
+    let mut cache = SessionCache::new(0, sessions.clone());
+    let request = {
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &[0x3c; 12]).unwrap();
+        w.add(attr::USERNAME, format!("{ufrag}:Hx3u").as_bytes())
+            .unwrap();
+        w.add(attr::ICE_CONTROLLING, &[9; 8]).unwrap();
+        w.add(attr::USE_CANDIDATE, &[]).unwrap();
+        w.add_integrity(pwd.as_bytes()).unwrap();
+        w.add_fingerprint().unwrap();
+        let n = w.finish();
+        buf[..n].to_vec()
+    };
+    let src: SocketAddr = "198.51.100.20:50000".parse().unwrap();
+    let mut slot = [0u8; 1500];
+    let mut run = |now: u64| {
+        slot[..request.len()].copy_from_slice(&request);
+        let v = cache.answer_check(black_box(&mut slot), request.len(), src, now);
+        assert!(matches!(v, CheckVerdict::Reply(_)), "{v:?}");
+    };
+    for now in 0..10 {
+        run(now);
+    }
+    let before = allocations();
+    for now in 10..10_010 {
+        run(now);
+    }
+    assert_eq!(
+        allocations() - before,
+        0,
+        "heap allocations while routing and answering checks"
+    );
+}

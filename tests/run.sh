@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of confnode, on a fresh Debian machine: installs the packages the tests
-# drive (coturn for its turnutils_* client tools), then checks formatting and lints and
-# runs the whole test suite.
+# drive (coturn for its turnutils_* client tools; chromium, node and playwright-core for
+# the reference page in tests/browser.rs), then checks formatting and lints and runs the
+# whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,11 +10,21 @@ packages=()
 command -v turnutils_stunclient >/dev/null || packages+=(coturn)
 # The TLS tests make their self-signed certificates with the openssl command line.
 command -v openssl >/dev/null || packages+=(openssl)
+# The reference page in headless Chromium: Debian's browser, driven from node by
+# playwright-core (never `npx playwright install`: it downloads a browser of its own).
+[ -x /usr/bin/chromium ] || packages+=(chromium)
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 if ((${#packages[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
+fi
+
+# playwright-core at the version of tests/browser/package-lock.json.
+if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 
 cargo fmt --all -- --check

@@ -1,11 +1,13 @@
-//! The HTTP side of the node (axum): health, metrics, the room API, and later the
-//! reference page.
+//! The HTTP side of the node (axum): health, metrics, the room API, and the reference
+//! page.
 
 pub mod auth;
+pub mod page;
 pub mod rooms;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::sfu::session::MediaSessions;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
@@ -25,8 +27,13 @@ impl AppState {
     /// The HTTP state from configuration. `config.turn.auth_secret` must hold the
     /// node's effective TURN REST secrets (`node::effective_turn_secrets`): the first
     /// signs the TURN credentials handed to participants.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<AppState, String> {
-        let rooms = rooms::RoomsApi::new(config, &config.turn.auth_secret)?;
+    /// `media` is the SFU's session registry, shared with the data-plane workers.
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        media: Arc<MediaSessions>,
+    ) -> Result<AppState, String> {
+        let rooms = rooms::RoomsApi::new(config, &config.turn.auth_secret, media)?;
         Ok(AppState {
             metrics,
             rooms: Arc::new(rooms),
@@ -58,6 +65,7 @@ pub fn router(state: AppState) -> Router {
             &format!("{participant}/preferences"),
             put(rooms::preferences),
         )
+        .merge(page::routes())
         .layer(DefaultBodyLimit::max(rooms::MAX_BODY))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -1,5 +1,7 @@
 //! The room API of SPEC's table: rooms, participants, their event streams (SSE) and
-//! the media calls (validated here; answered by the SFU once it exists).
+//! the media calls: `publish` registers a media session with the SFU
+//! ([`crate::sfu::session`]) and answers its SDP; `subscribe` is validated and waits
+//! for the SFU's forwarding.
 //!
 //! The state is [`crate::rooms::Rooms`] behind one mutex, together with the senders of
 //! the open event streams; each change's [`Effects`] are delivered under the same lock,
@@ -34,6 +36,8 @@ use super::auth::{HostAuth, ONE_TIME_ACCOUNT, Refusal};
 use super::{AppState, error};
 use crate::config::Config;
 use crate::rooms::{Effects, Event, Limits, RoomError, Rooms, StreamId, validate_display_name};
+use crate::sfu::sdp::PublishOffer;
+use crate::sfu::session::{MediaSessions, PublishRefusal};
 
 /// Largest request body (JSON or SDP), as the bound for SDP.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -44,8 +48,11 @@ pub const TURN_CREDENTIAL_SECS: u64 = 12 * 3600;
 const STREAM_QUEUE: usize = 64;
 /// SSE comment lines keep idle connections (and proxies) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// How often detached participants and expired rooms are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often media sessions are swept for lost consent (and sessions without a
+/// participant).
+const MEDIA_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often detached participants and expired rooms are swept, in media sweeps.
+const ROOM_SWEEP_TICKS: u32 = 5;
 
 /// The room API's shared state.
 pub struct RoomsApi {
@@ -54,6 +61,8 @@ pub struct RoomsApi {
     ice: IceServers,
     public_url: String,
     next_stream: AtomicU64,
+    /// The SFU's media sessions (shared with the data-plane workers).
+    media: Arc<MediaSessions>,
 }
 
 impl std::fmt::Debug for RoomsApi {
@@ -92,7 +101,11 @@ impl RoomsApi {
     /// REST secrets (the first signs the credentials handed out). With no host account
     /// and no JWT secret, a one-time password is made and printed on stderr; that is only
     /// allowed on a loopback `http.listen`.
-    pub fn new(config: &Config, turn_secrets: &[String]) -> Result<RoomsApi, String> {
+    pub fn new(
+        config: &Config,
+        turn_secrets: &[String],
+        media: Arc<MediaSessions>,
+    ) -> Result<RoomsApi, String> {
         let http = &config.http;
         if http.hosts.is_empty() && http.jwt_secret.is_empty() && !http.listen.ip().is_loopback() {
             return Err(format!(
@@ -125,6 +138,7 @@ impl RoomsApi {
             ice: IceServers::from_config(config, secret),
             public_url: http.public_url.0.clone(),
             next_stream: AtomicU64::new(1),
+            media,
         })
     }
 
@@ -132,17 +146,65 @@ impl RoomsApi {
         self.hub.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Removes detached participants and expired rooms every few seconds, until the
-    /// API is dropped.
+    /// Every second, makes participants whose media consent ran out leave; every few
+    /// seconds removes detached participants and expired rooms (and their media
+    /// sessions). Runs until the API is dropped.
     pub async fn sweep_forever(api: Weak<RoomsApi>) {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        let mut tick = tokio::time::interval(MEDIA_SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u32;
         loop {
             tick.tick().await;
             let Some(api) = api.upgrade() else { return };
-            let mut hub = api.hub();
-            let effects = hub.rooms.sweep(unix_now());
-            hub.apply(effects);
+            api.sweep_media();
+            ticks += 1;
+            if ticks % ROOM_SWEEP_TICKS == 0 {
+                let mut hub = api.hub();
+                let effects = hub.rooms.sweep(unix_now());
+                hub.apply(effects);
+                drop(hub);
+                api.drop_orphan_sessions();
+            }
+        }
+    }
+
+    /// Consent freshness (RFC 7675): a participant whose media session heard no valid
+    /// ICE check for 30 s leaves the room (the others hear `left`), and the session
+    /// ends. Locks are taken one after the other, never nested.
+    fn sweep_media(&self) {
+        let expired = self.media.consent_expired(self.media.now_ms());
+        if expired.is_empty() {
+            return;
+        }
+        let now = unix_now();
+        for (room, participant) in &expired {
+            let mut hub = self.hub();
+            if let Ok(effects) = hub.rooms.leave(room, participant, now) {
+                hub.apply(effects);
+                drop(hub);
+                tracing::info!(room = %room, "participant left: media consent expired");
+            }
+        }
+        self.media
+            .retain(|r, p| !expired.iter().any(|(er, ep)| er == r && ep == p));
+    }
+
+    /// Ends the media sessions of participants that are no longer in a room (dropped by
+    /// the room sweep, or gone while their publish was being answered).
+    fn drop_orphan_sessions(&self) {
+        let held = self.media.participants();
+        if held.is_empty() {
+            return;
+        }
+        let now = unix_now();
+        let gone: Vec<(String, String)> = {
+            let hub = self.hub();
+            held.into_iter()
+                .filter(|(r, p)| !hub.rooms.contains(r, p, now))
+                .collect()
+        };
+        for (room, participant) in gone {
+            self.media.remove_participant(&room, &participant);
         }
     }
 }
@@ -384,6 +446,7 @@ pub async fn delete_room(
         Ok(effects) => {
             hub.apply(effects);
             drop(hub);
+            api.media.remove_room(&room);
             tracing::info!(room = %room, "room deleted");
             StatusCode::NO_CONTENT.into_response()
         }
@@ -557,6 +620,7 @@ pub async fn leave(
         Ok(effects) => {
             hub.apply(effects);
             drop(hub);
+            api.media.remove_participant(&room, &participant);
             tracing::info!(room = %room, "participant left");
             StatusCode::NO_CONTENT.into_response()
         }
@@ -595,24 +659,67 @@ fn media_plane_missing() -> Response {
     )
 }
 
-/// `POST .../participants/{p}/publish` (SDP offer, WHIP-like)
+/// An authenticated call with an SDP body: the body, or the answer to refuse with.
+fn sdp_call(
+    api: &RoomsApi,
+    room: &str,
+    participant: &str,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Refused> {
+    authenticate(api, room, participant, headers)?;
+    let raw = body(raw)?;
+    sdp_body(headers, &raw)?;
+    Ok(raw)
+}
+
+/// `POST .../participants/{p}/publish` (SDP offer, WHIP-like): 201 with our SDP
+/// answer; the participant's media session is registered under our ICE ufrag, so the
+/// data plane answers its connectivity checks. A second publish is refused (409).
 pub async fn publish(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authenticate(&state.rooms, &room, &participant, &headers) {
-        return *r;
-    }
-    let raw = match body(raw) {
+    let api = &state.rooms;
+    let raw = match sdp_call(api, &room, &participant, &headers, raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    if let Err(r) = sdp_body(&headers, &raw) {
-        return *r;
+    if api.media.is_publishing(&room, &participant) {
+        return already_publishing();
     }
-    media_plane_missing()
+    let offer = match PublishOffer::parse(&raw) {
+        Ok(o) => o,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, &e.to_string());
+        }
+    };
+    match api.media.publish(&room, &participant, &offer) {
+        Ok(answer) => {
+            tracing::info!(room = %room, "participant publishes");
+            (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "application/sdp")],
+                answer,
+            )
+                .into_response()
+        }
+        Err(PublishRefusal::AlreadyPublishing) => already_publishing(),
+        Err(PublishRefusal::Full) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node holds as many media sessions as it can",
+        ),
+    }
+}
+
+fn already_publishing() -> Response {
+    error(
+        StatusCode::CONFLICT,
+        "this participant already publishes; leave and join again to publish anew",
+    )
 }
 
 /// `POST .../participants/{p}/subscribe` (SDP answer to the server's offer)
@@ -622,7 +729,10 @@ pub async fn subscribe(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    publish(State(state), Path((room, participant)), headers, raw).await
+    if let Err(r) = sdp_call(&state.rooms, &room, &participant, &headers, raw) {
+        return *r;
+    }
+    media_plane_missing()
 }
 
 /// `PUT .../participants/{p}/preferences` `{"max_height": 180}`

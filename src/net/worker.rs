@@ -9,6 +9,7 @@
 use crate::metrics::{TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM};
 use crate::net::demux::{self, Class};
+use crate::sfu::session::{CheckVerdict, MediaSessions, SessionCache};
 use crate::stun;
 use crate::turn::server::{Action, ClientKey, Clock, DropReason, RelayId, RelayIo, TurnCore};
 use mio::net::UdpSocket;
@@ -44,6 +45,8 @@ pub struct WorkerSetup {
     pub shutdown: Arc<AtomicBool>,
     /// Where `Clock::mono_ms` counts from, the same for every core of the node.
     pub epoch: Instant,
+    /// The SFU's media sessions, which ICE checks on the media port are routed to.
+    pub media: Arc<MediaSessions>,
 }
 
 /// Starts a worker thread serving the listener `sockets`. It runs until `shutdown` is
@@ -64,12 +67,14 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
     let thread = std::thread::Builder::new()
         .name(format!("confnode-worker-{id}"))
         .spawn(move || {
+            let sessions = SessionCache::new(id, setup.media.clone());
             let mut worker = Worker {
                 poll,
                 table,
                 ready: Ready::default(),
                 batch: Batch::new(),
                 setup,
+                sessions,
             };
             if let Err(e) = worker.run() {
                 tracing::error!("data-plane worker {id} stopped: {e}");
@@ -143,6 +148,8 @@ struct Worker {
     ready: Ready,
     batch: Batch,
     setup: WorkerSetup,
+    /// This worker's cache of the SFU's sessions, by our ICE ufrag.
+    sessions: SessionCache,
 }
 
 /// Sockets with datagrams (maybe) waiting, in the order they became ready; each
@@ -223,6 +230,7 @@ impl Worker {
             if Instant::now() >= next_sweep {
                 let clock = self.clock();
                 self.setup.turn.sweep(clock, &mut self.table);
+                self.sessions.sweep();
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
         }
@@ -243,9 +251,9 @@ impl Worker {
     /// what they relay towards one listener leaves in one `sendmmsg`), handles and
     /// flushes them, for up to `BATCHES_PER_TURN` batches.
     fn serve(&mut self) {
-        let mut tally = Tally::default();
         let clock = self.clock();
         for _ in 0..BATCHES_PER_TURN {
+            let mut tally = Tally::default();
             self.batch.clear();
             while !self.batch.is_full() {
                 let Some(&index) = self.ready.queue.front() else {
@@ -278,11 +286,15 @@ impl Worker {
             for j in 0..self.batch.len() {
                 self.handle(j, clock, &mut tally);
             }
+            // Counted before the answers leave, so a client that got its answer finds
+            // it counted on /metrics.
+            self.count(&tally);
             let table = &self.table;
             let sent = self.batch.flush(|via| table.fd(via));
-            tally.send_failed += sent.failed as u64;
+            if sent.failed > 0 {
+                self.setup.counters.send_failed.inc_by(sent.failed as u64);
+            }
         }
-        self.count(&tally);
     }
 
     /// Lets the right core see datagram `j` of the batch and marks what it answers.
@@ -307,7 +319,18 @@ impl Worker {
                             Action::Reply(n)
                         }
                         stun::Verdict::Indication => Action::Drop(DropReason::Consumed),
-                        stun::Verdict::Unhandled => Action::Drop(DropReason::Unhandled),
+                        // An ICE check (a Binding request with MESSAGE-INTEGRITY)
+                        // for one of the SFU's sessions, or nothing we answer.
+                        stun::Verdict::Unhandled => {
+                            match self.sessions.answer_check(data, len, src, clock.mono_ms) {
+                                CheckVerdict::Reply(n) => {
+                                    tally.answered += 1;
+                                    Action::Reply(n)
+                                }
+                                CheckVerdict::NotOurs => Action::Drop(DropReason::Unhandled),
+                                CheckVerdict::Malformed => Action::Drop(DropReason::Malformed),
+                            }
+                        }
                         stun::Verdict::Malformed => Action::Drop(DropReason::Malformed),
                     }
                 }

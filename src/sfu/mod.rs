@@ -4,6 +4,8 @@
 //!
 //! - `ice`: the ICE-lite responder that answers a participant's connectivity checks on
 //!   the shared media port, learns its address and watches consent.
+//! - `session`: the registry of media sessions that the room API fills and the
+//!   data-plane workers read (by our ICE ufrag), with each worker's cache of it.
 //! - `sdp`: the publisher's offer and our answer (WHIP-like), and the server offers of a
 //!   subscriber's receiving peer connection with their renegotiation.
 //! - `rtp`, `rtcp`, `codec`: RTP/RTCP headers and VP8/H264 payloads read and rewritten
@@ -20,6 +22,7 @@ pub mod report;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod session;
 pub mod simulcast;
 pub mod srtp;
 pub mod track;

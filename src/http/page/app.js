@@ -1,0 +1,907 @@
+/* confnode reference page: plain JavaScript, no build step, nothing from other hosts.
+ *
+ * "/"        host view: log in (Basic, or a pasted JWT), create a room, copy its link.
+ * "/r/{id}"  room view: join with a display name, publish camera and microphone on a
+ *            sending RTCPeerConnection (WHIP-like POST .../publish; video as three
+ *            simulcast layers q/h/f), receive everyone else on a second RTCPeerConnection
+ *            that answers the server's `offer` events (POST .../subscribe).
+ *
+ * Query parameters on /r/{id} for automated browsers: name=, autojoin=1, maxHeight=,
+ * relay=1. Every remote video is a <video data-participant="{participant id}">.
+ *
+ * Display names only ever go into textContent (never into HTML), and nothing here
+ * stores them.
+ */
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+
+  /** Simulcast layers of the camera, lowest first (rids as the SFU expects them). */
+  const SIMULCAST = [
+    { rid: "q", scaleResolutionDownBy: 4 },
+    { rid: "h", scaleResolutionDownBy: 2 },
+    { rid: "f", scaleResolutionDownBy: 1 },
+  ];
+  const CAMERA = {
+    width: { ideal: 1280 },
+    height: { ideal: 720 },
+    frameRate: { ideal: 30 },
+  };
+  /** Longest wait for ICE candidates before an SDP is sent (the SFU is ICE-lite and
+   * learns the browser's address from its checks, so candidates are a bonus). */
+  const GATHER_WAIT_MS = 1500;
+  const HUES = 8;
+
+  // ---- small helpers ----
+
+  function show(el, visible) {
+    el.hidden = !visible;
+  }
+
+  function setText(el, text) {
+    el.textContent = text;
+  }
+
+  /** base64 of a string's UTF-8 bytes (btoa alone takes Latin-1 only). */
+  function base64Utf8(text) {
+    let binary = "";
+    for (const byte of new TextEncoder().encode(text)) {
+      binary += String.fromCharCode(byte);
+    }
+    return btoa(binary);
+  }
+
+  function initials(name) {
+    const words = (name || "").trim().split(/\s+/).filter(Boolean);
+    if (words.length === 0) return "?";
+    const first = Array.from(words[0])[0] || "";
+    const last = words.length > 1 ? Array.from(words[words.length - 1])[0] || "" : "";
+    return (first + last).toUpperCase();
+  }
+
+  /** A stable colour class for a participant id. */
+  function hueClass(id) {
+    let h = 0;
+    for (const c of id) h = (h * 31 + c.codePointAt(0)) >>> 0;
+    return "hue-" + (h % HUES);
+  }
+
+  /** fetch() on this node's API: no cookies (so no browser login prompt on a 401). */
+  function api(method, path, { auth, json, sdp } = {}) {
+    const headers = {};
+    let body;
+    if (auth) headers.Authorization = auth;
+    if (json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      body = JSON.stringify(json);
+    } else if (sdp !== undefined) {
+      headers["Content-Type"] = "application/sdp";
+      body = sdp;
+    }
+    return fetch(path, { method, headers, body, credentials: "omit", cache: "no-store" });
+  }
+
+  /** The `error` of an error answer, or a fallback naming the status. */
+  async function errorOf(res) {
+    try {
+      const j = await res.json();
+      if (j && typeof j.error === "string") return j.error;
+    } catch (_) {
+      /* not JSON */
+    }
+    return "the server answered " + res.status;
+  }
+
+  async function copyText(text, input) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch (_) {
+      // No clipboard API (not a secure context, or refused): select and copy.
+      if (input) {
+        input.focus();
+        input.select();
+        try {
+          return document.execCommand("copy");
+        } catch (_) {
+          return false;
+        }
+      }
+      return false;
+    }
+  }
+
+  function iceGathered(pc, limitMs) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      };
+      const check = () => {
+        if (pc.iceGatheringState === "complete") done();
+      };
+      const timer = setTimeout(done, limitMs);
+      pc.addEventListener("icegatheringstatechange", check);
+    });
+  }
+
+  // ---- host view ----
+
+  function hostView() {
+    show($("host-view"), true);
+    const form = $("login-form");
+    const error = $("login-error");
+    const button = $("create-room");
+    let auth = null;
+
+    function fail(message) {
+      setText(error, message);
+      show(error, true);
+    }
+
+    async function create(withAuth) {
+      show(error, false);
+      button.disabled = true;
+      $("create-another").disabled = true;
+      setText(button, "Creating…");
+      try {
+        const res = await api("POST", "/api/rooms", { auth: withAuth });
+        if (res.status === 201) {
+          auth = withAuth;
+          created(await res.json());
+          return;
+        }
+        const why = await errorOf(res);
+        show(form.parentElement, true);
+        show($("created"), false);
+        if (res.status === 401) {
+          fail("Not logged in: " + why + ". Check the host name and password, or the token.");
+        } else {
+          fail("Could not create a room: " + why + ".");
+        }
+      } catch (e) {
+        fail("Could not reach the node: " + e.message);
+      } finally {
+        button.disabled = false;
+        $("create-another").disabled = false;
+        setText(button, "Create room");
+      }
+    }
+
+    function created(room) {
+      const link = $("room-link");
+      link.value = room.url;
+      $("created").dataset.room = room.room;
+      $("open-room").href = "/r/" + encodeURIComponent(room.room);
+      const expires = new Date(room.expires_at);
+      setText(
+        $("room-expiry"),
+        isNaN(expires) ? "" : "If nobody uses it, the link expires on " + expires.toLocaleString() + "."
+      );
+      setText($("copy-status"), "");
+      show(form.parentElement, false);
+      show($("created"), true);
+      $("created-title").tabIndex = -1;
+      $("created-title").focus();
+    }
+
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const token = $("host-token").value.trim().replace(/^bearer\s+/i, "");
+      if (token) {
+        create("Bearer " + token);
+        return;
+      }
+      const name = $("host-name").value.trim();
+      const password = $("host-password").value;
+      if (!name || !password) {
+        fail("Enter the host name and password, or paste a host token.");
+        (name ? $("host-password") : $("host-name")).focus();
+        return;
+      }
+      create("Basic " + base64Utf8(name + ":" + password));
+    });
+
+    $("copy-room-link").addEventListener("click", async () => {
+      const ok = await copyText($("room-link").value, $("room-link"));
+      setText($("copy-status"), ok ? "Link copied." : "Copy the link from the field above.");
+    });
+
+    $("create-another").addEventListener("click", () => {
+      if (auth) create(auth);
+    });
+
+    $("host-name").focus();
+  }
+
+  // ---- room view ----
+
+  /** Everything about the current call; replaced on every join. */
+  let call = null;
+
+  function roomView(room) {
+    show($("room-view"), true);
+    const params = new URLSearchParams(location.search);
+    const options = {
+      room,
+      relay: params.get("relay") === "1",
+      maxHeight: Number.parseInt(params.get("maxHeight") || "", 10),
+    };
+    const nameField = $("display-name");
+    if (params.has("name")) nameField.value = params.get("name");
+
+    $("join-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      join(options);
+    });
+    $("rejoin").addEventListener("click", () => {
+      show($("left-panel"), false);
+      show($("join-panel"), true);
+      join(options);
+    });
+    $("leave").addEventListener("click", () => leave("Your camera and microphone are off, and the others no longer see you."));
+    $("toggle-mic").addEventListener("click", toggleMic);
+    $("toggle-cam").addEventListener("click", toggleCam);
+    $("enable-sound").addEventListener("click", enableSound);
+    $("copy-link").addEventListener("click", async () => {
+      const link = location.origin + "/r/" + encodeURIComponent(room);
+      const ok = await copyText(link, null);
+      notice("copy", ok ? "Room link copied." : "Copy this link: " + link, "info", 4000);
+    });
+    window.addEventListener("pagehide", () => {
+      // Tell the room at once (the node would drop us a minute after the stream ends).
+      if (call && call.active) {
+        fetch(call.base, {
+          method: "DELETE",
+          headers: { Authorization: "Bearer " + call.token },
+          credentials: "omit",
+          keepalive: true,
+        }).catch(() => {});
+      }
+    });
+
+    checkRoom(room).then((exists) => {
+      if (exists && params.get("autojoin") === "1" && nameField.value.trim()) join(options);
+      else nameField.focus();
+    });
+  }
+
+  async function checkRoom(room) {
+    const state = $("room-state");
+    try {
+      const res = await api("GET", "/api/rooms/" + encodeURIComponent(room));
+      if (res.ok) {
+        const info = await res.json();
+        const n = Array.isArray(info.participants) ? info.participants.length : 0;
+        setText(state, n === 0 ? "Nobody is here yet." : n === 1 ? "1 person is here." : n + " people are here.");
+        return true;
+      }
+      if (res.status === 404) {
+        setText(state, "This room does not exist, or its link has expired.");
+        $("join-button").disabled = true;
+        return false;
+      }
+      setText(state, "Could not look up the room: " + (await errorOf(res)) + ".");
+      return true;
+    } catch (e) {
+      setText(state, "Could not reach the node: " + e.message);
+      return true;
+    }
+  }
+
+  async function join(options) {
+    const nameField = $("display-name");
+    const error = $("join-error");
+    const button = $("join-button");
+    const name = nameField.value.trim();
+    show(error, false);
+    if (!name) {
+      setText(error, "Enter your name to join.");
+      show(error, true);
+      nameField.focus();
+      return;
+    }
+    button.disabled = true;
+    setText(button, "Joining…");
+    let joined;
+    try {
+      const res = await api("POST", "/api/rooms/" + encodeURIComponent(options.room) + "/participants", {
+        json: { display_name: name },
+      });
+      if (res.status !== 201) {
+        const why = await errorOf(res);
+        setText(error, res.status === 409 ? "The room is full." : "Could not join: " + why + ".");
+        show(error, true);
+        return;
+      }
+      joined = await res.json();
+    } catch (e) {
+      setText(error, "Could not reach the node: " + e.message);
+      show(error, true);
+      return;
+    } finally {
+      button.disabled = false;
+      setText(button, "Join");
+    }
+
+    call = {
+      active: true,
+      room: options.room,
+      relay: options.relay,
+      participant: joined.participant,
+      token: joined.token,
+      iceServers: Array.isArray(joined.ice_servers) ? joined.ice_servers : [],
+      base:
+        "/api/rooms/" + encodeURIComponent(options.room) + "/participants/" + encodeURIComponent(joined.participant),
+      name,
+      events: null,
+      members: new Map(),
+      tiles: new Map(),
+      trackOwner: new Map(),
+      local: null,
+      sendPc: null,
+      recvPc: null,
+      recvQueue: Promise.resolve(),
+      publishing: "starting",
+    };
+    const c = call;
+    show($("join-panel"), false);
+    show($("left-panel"), false);
+    show($("call"), true);
+    selfTile(c);
+    openEvents(c);
+    if (Number.isFinite(options.maxHeight) && options.maxHeight > 0) preferences(c, options.maxHeight);
+    startMedia(c);
+  }
+
+  function auth(c) {
+    return "Bearer " + c.token;
+  }
+
+  async function preferences(c, maxHeight) {
+    try {
+      const res = await api("PUT", c.base + "/preferences", { auth: auth(c), json: { max_height: maxHeight } });
+      if (!res.ok) notice("prefs", "Could not set the video height limit: " + (await errorOf(res)) + ".", "warn");
+    } catch (_) {
+      /* the event stream reports a lost node */
+    }
+  }
+
+  // ---- notices ----
+
+  const noticeTimers = new Map();
+
+  /** Shows (or replaces) the notice `key`; `level` is info, warn or error. */
+  function notice(key, text, level, hideAfterMs) {
+    const box = $("notices");
+    let el = box.querySelector('[data-notice="' + key + '"]');
+    if (!el) {
+      el = document.createElement("p");
+      el.dataset.notice = key;
+      box.append(el);
+    }
+    el.className = "notice notice-" + (level || "info");
+    setText(el, text);
+    clearTimeout(noticeTimers.get(key));
+    if (hideAfterMs) noticeTimers.set(key, setTimeout(() => clearNotice(key), hideAfterMs));
+  }
+
+  function clearNotice(key) {
+    const el = $("notices").querySelector('[data-notice="' + key + '"]');
+    if (el) el.remove();
+  }
+
+  // ---- roster and event stream ----
+
+  function openEvents(c) {
+    const es = new EventSource(c.base + "/events?token=" + encodeURIComponent(c.token));
+    c.events = es;
+    const data = (ev) => {
+      try {
+        return JSON.parse(ev.data);
+      } catch (_) {
+        return null;
+      }
+    };
+    es.addEventListener("open", () => clearNotice("connection"));
+    es.addEventListener("roster", (ev) => {
+      const d = data(ev);
+      if (d && Array.isArray(d.participants)) setRoster(c, d.participants);
+    });
+    es.addEventListener("joined", (ev) => {
+      const d = data(ev);
+      if (d && d.participant) {
+        c.members.set(d.participant, d.display_name || "");
+        renderRoster(c);
+      }
+    });
+    es.addEventListener("left", (ev) => {
+      const d = data(ev);
+      if (!d || !d.participant) return;
+      if (d.participant === c.participant) {
+        leave("You are no longer in this room.", true);
+        return;
+      }
+      c.members.delete(d.participant);
+      renderRoster(c);
+    });
+    es.addEventListener("room_closed", () => leave("The room was closed.", true));
+    es.addEventListener("offer", (ev) => {
+      const d = data(ev);
+      if (d && typeof d.sdp === "string") receiveOffer(c, d.sdp);
+    });
+    es.addEventListener("error", () => {
+      if (!c.active) return;
+      if (es.readyState === EventSource.CLOSED) {
+        // The node refused the stream: we are out of the room, or it is gone.
+        leave("You are no longer in this room (the connection to it was lost).", true);
+      } else {
+        notice("connection", "Connection to the room lost; reconnecting…", "warn");
+      }
+    });
+  }
+
+  function setRoster(c, participants) {
+    c.members = new Map();
+    for (const m of participants) {
+      if (m && typeof m.participant === "string") c.members.set(m.participant, m.display_name || "");
+    }
+    renderRoster(c);
+  }
+
+  /** The list of people and the stage's tiles, from `c.members`. */
+  function renderRoster(c) {
+    if (!c.active) return;
+    const list = $("roster");
+    const items = [];
+    for (const [id, name] of c.members) {
+      const li = document.createElement("li");
+      li.dataset.member = id;
+      const dot = document.createElement("span");
+      dot.className = "avatar small " + hueClass(id);
+      dot.setAttribute("aria-hidden", "true");
+      setText(dot, initials(name));
+      const label = document.createElement("span");
+      label.className = "member-name";
+      setText(label, name);
+      li.append(dot, label);
+      if (id === c.participant) {
+        const you = document.createElement("span");
+        you.className = "you";
+        setText(you, "(you)");
+        li.append(" ", you);
+      }
+      items.push(li);
+    }
+    list.replaceChildren(...items);
+    setText($("people-count"), String(c.members.size));
+
+    // A tile for everyone else; their video appears in it once media arrives.
+    for (const [id, name] of c.members) {
+      if (id !== c.participant) ensureTile(c, id).name(name);
+    }
+    for (const id of [...c.tiles.keys()]) {
+      if (id !== c.participant && !c.members.has(id)) removeTile(c, id);
+    }
+    layout(c);
+  }
+
+  // ---- tiles ----
+
+  function makeTile(id, hue) {
+    const figure = $("tile-template").content.firstElementChild.cloneNode(true);
+    figure.dataset.member = id;
+    const avatar = figure.querySelector(".avatar");
+    avatar.classList.add(hue);
+    const caption = figure.querySelector(".name");
+    return {
+      figure,
+      video: null,
+      stream: null,
+      name(text) {
+        setText(caption, text);
+        setText(avatar, initials(text));
+      },
+    };
+  }
+
+  function selfTile(c) {
+    const tile = makeTile(c.participant, hueClass(c.participant));
+    tile.figure.classList.add("self", "video-off");
+    tile.name(c.name);
+    const you = document.createElement("span");
+    you.className = "you";
+    setText(you, " (you)");
+    tile.figure.querySelector(".name").append(you);
+    const video = document.createElement("video");
+    video.id = "self-video";
+    video.muted = true;
+    video.autoplay = true;
+    video.playsInline = true;
+    video.setAttribute("aria-label", "Your camera");
+    tile.figure.querySelector(".media").prepend(video);
+    tile.video = video;
+    c.tiles.set(c.participant, tile);
+    $("tiles").replaceChildren(tile.figure);
+    layout(c);
+  }
+
+  function ensureTile(c, id) {
+    let tile = c.tiles.get(id);
+    if (!tile) {
+      tile = makeTile(id, hueClass(id));
+      tile.figure.classList.add("video-off");
+      tile.name(c.members.get(id) || "");
+      c.tiles.set(id, tile);
+      $("tiles").append(tile.figure);
+      layout(c);
+    }
+    return tile;
+  }
+
+  function removeTile(c, id) {
+    const tile = c.tiles.get(id);
+    if (!tile) return;
+    if (tile.video) tile.video.srcObject = null;
+    tile.figure.remove();
+    c.tiles.delete(id);
+    layout(c);
+  }
+
+  function layout(c) {
+    $("tiles").dataset.count = String(c.tiles.size);
+  }
+
+  // ---- local media and publishing ----
+
+  function pcConfig(c) {
+    return {
+      iceServers: c.iceServers,
+      iceTransportPolicy: c.relay ? "relay" : "all",
+      bundlePolicy: "max-bundle",
+      rtcpMuxPolicy: "require",
+    };
+  }
+
+  async function startMedia(c) {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      notice(
+        "media",
+        "This browser offers no camera or microphone here (it needs HTTPS). You can still see and hear the others.",
+        "warn"
+      );
+      c.publishing = "no-devices";
+      return;
+    }
+    let stream = null;
+    let reason = null;
+    for (const constraints of [
+      { audio: true, video: CAMERA },
+      { audio: false, video: CAMERA },
+      { audio: true, video: false },
+    ]) {
+      try {
+        stream = await navigator.mediaDevices.getUserMedia(constraints);
+        break;
+      } catch (e) {
+        reason = reason || e;
+        if (e && e.name === "NotAllowedError") break;
+      }
+    }
+    if (!c.active) {
+      if (stream) stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    if (!stream) {
+      const why = reason && reason.name === "NotAllowedError" ? "access was not allowed" : "none was found";
+      notice(
+        "media",
+        "Camera and microphone are off: " + why + ". You can still see and hear the others.",
+        "warn"
+      );
+      c.publishing = "no-devices";
+      return;
+    }
+    c.local = stream;
+    const self = c.tiles.get(c.participant);
+    const video = stream.getVideoTracks()[0];
+    const audio = stream.getAudioTracks()[0];
+    if (self) {
+      self.video.srcObject = stream;
+      self.figure.classList.toggle("video-off", !video);
+      self.video.play().catch(() => {});
+    }
+    $("toggle-mic").disabled = !audio;
+    $("toggle-cam").disabled = !video;
+    if (video && "contentHint" in video) video.contentHint = "motion";
+    await publish(c, audio, video);
+  }
+
+  async function publish(c, audio, video) {
+    const pc = new RTCPeerConnection(pcConfig(c));
+    c.sendPc = pc;
+    if (audio) pc.addTransceiver(audio, { direction: "sendonly", streams: [c.local] });
+    if (video) {
+      pc.addTransceiver(video, {
+        direction: "sendonly",
+        streams: [c.local],
+        sendEncodings: SIMULCAST.map((e) => ({ ...e })),
+      });
+    }
+    pc.addEventListener("connectionstatechange", () => {
+      if (!c.active || c.sendPc !== pc) return;
+      if (pc.connectionState === "failed") {
+        notice("media", "Sending your camera and microphone failed: no connection to the media server.", "error");
+      } else if (pc.connectionState === "connected") {
+        clearNotice("media");
+      }
+    });
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGathered(pc, GATHER_WAIT_MS);
+      if (!c.active) return;
+      const res = await api("POST", c.base + "/publish", { auth: auth(c), sdp: pc.localDescription.sdp });
+      if (!c.active) return;
+      if (res.status === 201) {
+        await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+        c.publishing = "published";
+        return;
+      }
+      pc.close();
+      c.sendPc = null;
+      if (res.status === 503) {
+        c.publishing = "unavailable";
+        notice(
+          "media",
+          "Media server not available yet: the others cannot see or hear you for now. The list of people still works.",
+          "warn"
+        );
+      } else {
+        c.publishing = "failed";
+        notice("media", "Could not send your camera and microphone: " + (await errorOf(res)) + ".", "error");
+      }
+    } catch (e) {
+      if (!c.active) return;
+      pc.close();
+      c.sendPc = null;
+      c.publishing = "failed";
+      notice("media", "Could not send your camera and microphone: " + e.message, "error");
+    }
+  }
+
+  function toggleMic() {
+    const track = call && call.local && call.local.getAudioTracks()[0];
+    if (!track) return;
+    track.enabled = !track.enabled;
+    $("toggle-mic").setAttribute("aria-pressed", String(!track.enabled));
+  }
+
+  function toggleCam() {
+    const track = call && call.local && call.local.getVideoTracks()[0];
+    if (!track) return;
+    track.enabled = !track.enabled;
+    $("toggle-cam").setAttribute("aria-pressed", String(!track.enabled));
+    const self = call.tiles.get(call.participant);
+    if (self) self.figure.classList.toggle("video-off", !track.enabled);
+  }
+
+  // ---- receiving ----
+
+  /** Answers the server's offers one after another (renegotiations queue up). */
+  function receiveOffer(c, sdp) {
+    c.recvQueue = c.recvQueue
+      .then(() => answerOffer(c, sdp))
+      .catch((e) => {
+        if (c.active) notice("receive", "Could not receive the others' video: " + e.message, "error");
+      });
+  }
+
+  async function answerOffer(c, sdp) {
+    if (!c.active) return;
+    if (!c.recvPc) {
+      const pc = new RTCPeerConnection(pcConfig(c));
+      pc.addEventListener("track", (ev) => remoteTrack(c, ev));
+      pc.addEventListener("connectionstatechange", () => {
+        if (!c.active || c.recvPc !== pc) return;
+        if (pc.connectionState === "failed") {
+          notice("receive", "Receiving the others' video failed: no connection to the media server.", "error");
+        } else if (pc.connectionState === "connected") {
+          clearNotice("receive");
+        }
+      });
+      c.recvPc = pc;
+    }
+    const pc = c.recvPc;
+    await pc.setRemoteDescription({ type: "offer", sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    await iceGathered(pc, GATHER_WAIT_MS);
+    if (!c.active) return;
+    const res = await api("POST", c.base + "/subscribe", { auth: auth(c), sdp: pc.localDescription.sdp });
+    if (!res.ok) throw new Error(await errorOf(res));
+  }
+
+  /** A remote track: its stream's id is the publishing participant's id. */
+  function remoteTrack(c, ev) {
+    const stream = ev.streams[0];
+    if (!stream || !c.active) return;
+    const id = stream.id;
+    c.trackOwner.set(ev.track.id, id);
+    const tile = ensureTile(c, id);
+    if (tile.stream !== stream) {
+      tile.stream = stream;
+      stream.addEventListener("removetrack", () => refreshTile(tile));
+      stream.addEventListener("addtrack", () => refreshTile(tile));
+    }
+    ev.track.addEventListener("mute", () => refreshTile(tile));
+    ev.track.addEventListener("unmute", () => refreshTile(tile));
+    ev.track.addEventListener("ended", () => refreshTile(tile));
+    if (!tile.video) {
+      const video = document.createElement("video");
+      video.dataset.participant = id;
+      video.autoplay = true;
+      video.playsInline = true;
+      video.muted = soundBlocked;
+      tile.figure.querySelector(".media").prepend(video);
+      tile.video = video;
+    }
+    if (tile.video.srcObject !== stream) tile.video.srcObject = stream;
+    play(tile.video);
+    refreshTile(tile);
+  }
+
+  /** Shows the avatar instead of the picture while no video frames arrive. */
+  function refreshTile(tile) {
+    const live = tile.stream
+      ? tile.stream.getVideoTracks().some((t) => t.readyState === "live" && !t.muted)
+      : false;
+    tile.figure.classList.toggle("video-off", !live);
+  }
+
+  /** Set once the browser refused to play sound without a click. */
+  let soundBlocked = false;
+
+  function play(video) {
+    video.play().catch(() => {
+      // Autoplay with sound refused: play muted, offer a button to turn sound on.
+      soundBlocked = true;
+      video.muted = true;
+      video.play().catch(() => {});
+      show($("enable-sound"), true);
+    });
+  }
+
+  function enableSound() {
+    soundBlocked = false;
+    show($("enable-sound"), false);
+    if (!call) return;
+    for (const [id, tile] of call.tiles) {
+      if (id !== call.participant && tile.video) {
+        tile.video.muted = false;
+        play(tile.video);
+      }
+    }
+  }
+
+  // ---- leaving ----
+
+  /** Ends the call: tells the node (unless `already` out), stops everything. */
+  async function leave(reason, already) {
+    const c = call;
+    if (!c || !c.active) return;
+    c.active = false;
+    if (c.events) c.events.close();
+    for (const pc of [c.sendPc, c.recvPc]) if (pc) pc.close();
+    if (c.local) c.local.getTracks().forEach((t) => t.stop());
+    for (const tile of c.tiles.values()) if (tile.video) tile.video.srcObject = null;
+    $("tiles").replaceChildren();
+    $("roster").replaceChildren();
+    $("notices").replaceChildren();
+    show($("enable-sound"), false);
+    for (const id of ["toggle-mic", "toggle-cam"]) {
+      $(id).disabled = true;
+      $(id).setAttribute("aria-pressed", "false");
+    }
+    show($("call"), false);
+    setText($("left-title"), already ? "The meeting ended for you" : "You left the meeting");
+    setText($("left-reason"), reason);
+    show($("left-panel"), true);
+    $("rejoin").focus();
+    if (!already) {
+      try {
+        await api("DELETE", c.base, { auth: auth(c) });
+      } catch (_) {
+        /* the node drops us when the event stream is gone */
+      }
+    }
+  }
+
+  // ---- for automated browsers (tests read these; nothing here changes state) ----
+
+  /** The local candidate type of the selected ICE pair in a stats report, or null. */
+  function candidateType(report) {
+    let type = null;
+    report.forEach((t) => {
+      if (t.type !== "transport" || !t.selectedCandidatePairId) return;
+      const pair = report.get(t.selectedCandidatePairId);
+      const local = pair && report.get(pair.localCandidateId);
+      if (local) type = local.candidateType;
+    });
+    return type;
+  }
+
+  window.confnode = Object.freeze({
+    /** Where the call stands: participant id, publishing state, members' count. */
+    state() {
+      if (!call) return { joined: false };
+      return {
+        joined: call.active,
+        participant: call.participant,
+        publishing: call.publishing,
+        members: call.members.size,
+        sending: call.sendPc ? call.sendPc.connectionState : null,
+        receiving: call.recvPc ? call.recvPc.connectionState : null,
+      };
+    },
+    /** getStats() of both peer connections, reduced to plain numbers per stream, and
+     * the type of the local ICE candidate each one uses (host, srflx, prflx, relay). */
+    async stats() {
+      const out = { inbound: [], outbound: [], sendingVia: null, receivingVia: null };
+      if (!call) return out;
+      if (call.recvPc) {
+        const report = await call.recvPc.getStats();
+        out.receivingVia = candidateType(report);
+        report.forEach((s) => {
+          if (s.type !== "inbound-rtp") return;
+          out.inbound.push({
+            participant: call.trackOwner.get(s.trackIdentifier) || null,
+            kind: s.kind,
+            mid: s.mid,
+            packetsReceived: s.packetsReceived,
+            bytesReceived: s.bytesReceived,
+            framesDecoded: s.framesDecoded,
+            frameWidth: s.frameWidth,
+            frameHeight: s.frameHeight,
+            totalSamplesReceived: s.totalSamplesReceived,
+            totalAudioEnergy: s.totalAudioEnergy,
+          });
+        });
+      }
+      if (call.sendPc) {
+        const report = await call.sendPc.getStats();
+        out.sendingVia = candidateType(report);
+        report.forEach((s) => {
+          if (s.type !== "outbound-rtp") return;
+          out.outbound.push({
+            kind: s.kind,
+            rid: s.rid,
+            packetsSent: s.packetsSent,
+            bytesSent: s.bytesSent,
+            framesEncoded: s.framesEncoded,
+            frameWidth: s.frameWidth,
+            frameHeight: s.frameHeight,
+            qualityLimitationReason: s.qualityLimitationReason,
+          });
+        });
+      }
+      return out;
+    },
+  });
+
+  // ---- start ----
+
+  const match = /^\/r\/([^/]+)\/?$/.exec(location.pathname);
+  if (match) {
+    let room;
+    try {
+      room = decodeURIComponent(match[1]);
+    } catch (_) {
+      room = match[1];
+    }
+    roomView(room);
+  } else {
+    hostView();
+  }
+})();

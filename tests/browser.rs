@@ -1,0 +1,135 @@
+//! The reference page in headless Chromium (Debian's `chromium`, driven by the npm
+//! package `playwright-core` from tests/browser/), against the real binary. These tests
+//! never skip: without the browser or the package they fail and say what to install
+//! (tests/run.sh installs both).
+//!
+//! Set `CONFNODE_SCREENSHOTS=/some/dir` to keep the screenshots (otherwise they go to a
+//! temporary folder removed at the end).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHasher, SaltString};
+use common::{Node, NodeOutput, run_with_timeout};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const HOST: &str = "dana";
+const PASSWORD: &str = "a long host password for the browser test";
+/// One script's whole run, browser start included (a loaded 2-core machine is slow).
+const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
+
+/// A cheap argon2id hash (the config takes any argon2id parameters; the default ones
+/// are slow in a debug build).
+fn hash(password: &str) -> String {
+    let params = argon2::Params::new(8, 1, 1, None).expect("params");
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .expect("hash")
+        .to_string()
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Fails, naming what to install, unless Chromium, node and playwright-core are there.
+fn require_browser_tools() {
+    assert!(
+        Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: install the Debian package `chromium` \
+         (apt-get install chromium), or run tests/run.sh, which does"
+    );
+    common::require_tool("node", "nodejs");
+    let package = browser_dir().join("node_modules/playwright-core/package.json");
+    assert!(
+        package.is_file(),
+        "the npm package `playwright-core` is missing in tests/browser: run \
+         `npm ci` there (it installs the version pinned in package-lock.json; never \
+         `npx playwright install`, Debian's chromium is used), or run tests/run.sh, which does"
+    );
+}
+
+/// A node with one host account.
+fn node() -> (Node, NodeOutput) {
+    let http = format!(
+        "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
+        hash(PASSWORD)
+    );
+    Node::start_with_http("", &http, "")
+}
+
+/// Runs `node tests/browser/{script}` against `node`; panics with its output unless it
+/// passes within [`SCRIPT_LIMIT`].
+fn run_script(script: &str, node: &Node, log: &NodeOutput) {
+    require_browser_tools();
+    let kept = std::env::var_os("CONFNODE_SCREENSHOTS").map(PathBuf::from);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let shots = kept.unwrap_or_else(|| temp.path().join("screenshots"));
+    let mut cmd = Command::new("node");
+    cmd.arg(browser_dir().join(script))
+        .current_dir(browser_dir())
+        .env("CONFNODE_URL", format!("http://{}", node.http))
+        .env("CONFNODE_HOST", HOST)
+        .env("CONFNODE_PASSWORD", PASSWORD)
+        .env("CONFNODE_SCREENSHOTS", &shots)
+        .env("CHROMIUM", CHROMIUM)
+        // Chromium's own temp files (profiles) go with the test's.
+        .env("TMPDIR", temp.path());
+    let (status, output) = run_with_timeout(&mut cmd, SCRIPT_LIMIT);
+    assert!(
+        status.success(),
+        "tests/browser/{script} failed ({status}; killed after {} s if it ran that long):\n\
+         {output}",
+        SCRIPT_LIMIT.as_secs()
+    );
+    println!("{output}");
+    // Privacy: the node logs no display name (SPEC: names never reach the logs).
+    let text = log.text();
+    for name in ["Alice", "Bob", "Carol"] {
+        assert!(
+            !mentions(&text, name),
+            "the node's output mentions the display name {name}:\n{text}"
+        );
+    }
+}
+
+/// Whether `word` stands in `text` as a word of its own (not inside a random id, whose
+/// base64url letters might spell it).
+fn mentions(text: &str, word: &str) -> bool {
+    let id_char =
+        |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    text.match_indices(word).any(|(i, _)| {
+        !id_char(text[..i].chars().next_back()) && !id_char(text[i + word.len()..].chars().next())
+    })
+}
+
+#[test]
+fn mentions_finds_words_not_parts_of_ids() {
+    assert!(mentions("joined name=Bob room=x", "Bob"));
+    assert!(mentions("\"Bob\"", "Bob"));
+    assert!(!mentions("room=xBobq-1 p=Bob_2", "Bob"));
+}
+
+/// A host logs in on `/` and creates a room; Alice (laptop) and Bob (phone) join with
+/// `?name=…&autojoin=1`, Carol with the form; everyone sees everyone in the roster;
+/// Bob leaves and is gone from the others' rosters within 5 s; screenshots of both
+/// viewports. Publishing must either work or say "media server not available yet".
+#[test]
+fn roster_in_chromium() {
+    let (node, log) = node();
+    run_script("roster.mjs", &node, &log);
+}
+
+/// Issue 4's media checks (tests/browser/media.mjs): three participants decode each
+/// other's video and hear each other, directly and with relay=1; upper simulcast
+/// layers reach a receiver without maxHeight; leaving shows within 5 s.
+#[test]
+#[ignore = "needs the SFU media plane end to end (server offers, forwarding): switch on by removing this line"]
+fn media_in_chromium() {
+    let (node, log) = node();
+    run_script("media.mjs", &node, &log);
+}
