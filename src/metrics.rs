@@ -113,9 +113,87 @@ pub struct TurnMetrics {
     pub relayed_bytes_to_client: Counter,
 }
 
+/// What kind of media packet the SFU received.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum MediaKind {
+    Rtp,
+    Rtcp,
+}
+
+impl EncodeLabelValue for MediaKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            MediaKind::Rtp => "rtp",
+            MediaKind::Rtcp => "rtcp",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: MediaKind,
+}
+
+/// Why the SFU dropped a DTLS or SRTP/SRTCP datagram on the media port.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum MediaDrop {
+    /// From an address that never sent a valid ICE check (unknown or spoofed).
+    Unvalidated,
+    /// SRTP before the session's DTLS handshake gave keys (or after it ended).
+    NoKeys,
+    /// The SRTP/SRTCP tag did not verify.
+    AuthFailed,
+    /// Replayed, or older than the replay window.
+    Replayed,
+    /// Not parsable as SRTP/SRTCP (too short, bad header), or a stream table full.
+    Malformed,
+    /// A DTLS record the session's DTLS endpoint refused.
+    Dtls,
+}
+
+impl EncodeLabelValue for MediaDrop {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            MediaDrop::Unvalidated => "unvalidated",
+            MediaDrop::NoKeys => "no_keys",
+            MediaDrop::AuthFailed => "auth_failed",
+            MediaDrop::Replayed => "replayed",
+            MediaDrop::Malformed => "malformed",
+            MediaDrop::Dtls => "dtls",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MediaDropLabel {
+    reason: MediaDrop,
+}
+
+/// The SFU's metrics: handles cloned into the session registry and every worker.
+#[derive(Clone, Debug, Default)]
+pub struct SfuMetrics {
+    /// Media sessions whose DTLS handshake completed (SRTP keys in place) and that have
+    /// not ended since.
+    pub dtls_connected: Gauge,
+    /// DTLS handshakes that failed (bad fingerprint, protocol error, timeout).
+    pub dtls_failures: Counter,
+    /// Media datagrams unprotected, and their bytes on the wire, by kind.
+    pub received_rtp_packets: Counter,
+    pub received_rtp_bytes: Counter,
+    pub received_rtcp_packets: Counter,
+    pub received_rtcp_bytes: Counter,
+    pub dropped_unvalidated: Counter,
+    pub dropped_no_keys: Counter,
+    pub dropped_auth_failed: Counter,
+    pub dropped_replayed: Counter,
+    pub dropped_malformed: Counter,
+    pub dropped_dtls: Counter,
+}
+
 /// All of the node's metrics and the registry that encodes them.
 pub struct Metrics {
     pub turn: TurnMetrics,
+    pub sfu: SfuMetrics,
     registry: Registry,
     received: Family<TransportLabel, Counter>,
     stun_answered: Family<TransportLabel, Counter>,
@@ -173,8 +251,10 @@ impl Metrics {
             tcp_refused.clone(),
         );
         let turn = register_turn(&mut registry);
+        let sfu = register_sfu(&mut registry);
         let m = Metrics {
             turn,
+            sfu,
             registry,
             received,
             stun_answered,
@@ -214,6 +294,53 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+fn register_sfu(registry: &mut Registry) -> SfuMetrics {
+    let packets = Family::<KindLabel, Counter>::default();
+    let bytes = Family::<KindLabel, Counter>::default();
+    let dropped = Family::<MediaDropLabel, Counter>::default();
+    let kind = |f: &Family<KindLabel, Counter>, kind| f.get_or_create(&KindLabel { kind }).clone();
+    let drop = |reason| dropped.get_or_create(&MediaDropLabel { reason }).clone();
+    let m = SfuMetrics {
+        received_rtp_packets: kind(&packets, MediaKind::Rtp),
+        received_rtp_bytes: kind(&bytes, MediaKind::Rtp),
+        received_rtcp_packets: kind(&packets, MediaKind::Rtcp),
+        received_rtcp_bytes: kind(&bytes, MediaKind::Rtcp),
+        dropped_unvalidated: drop(MediaDrop::Unvalidated),
+        dropped_no_keys: drop(MediaDrop::NoKeys),
+        dropped_auth_failed: drop(MediaDrop::AuthFailed),
+        dropped_replayed: drop(MediaDrop::Replayed),
+        dropped_malformed: drop(MediaDrop::Malformed),
+        dropped_dtls: drop(MediaDrop::Dtls),
+        ..SfuMetrics::default()
+    };
+    registry.register(
+        "sfu_received_packets",
+        "SRTP/SRTCP packets received and unprotected by the SFU, by kind",
+        packets,
+    );
+    registry.register(
+        "sfu_received_bytes",
+        "Bytes (as received, SRTP overhead included) of the SFU's received media, by kind",
+        bytes,
+    );
+    registry.register(
+        "sfu_dropped",
+        "DTLS and SRTP datagrams the SFU dropped, by reason",
+        dropped,
+    );
+    registry.register(
+        "sfu_dtls_connected",
+        "Media sessions with DTLS connected",
+        m.dtls_connected.clone(),
+    );
+    registry.register(
+        "sfu_dtls_failures",
+        "DTLS handshakes of media sessions that failed",
+        m.dtls_failures.clone(),
+    );
+    m
 }
 
 fn register_turn(registry: &mut Registry) -> TurnMetrics {

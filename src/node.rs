@@ -44,12 +44,14 @@ pub fn run(config: Config) -> Result<(), String> {
     // The SFU's sessions, shared by the room API (which makes them) and the workers
     // (which answer their ICE checks), on the same clock.
     // The node's DTLS certificate, made at start; its fingerprint goes into every SDP.
+    // Every session's DTLS endpoint presents it.
     let dtls =
         DtlsIdentity::generate().map_err(|e| format!("cannot make the DTLS certificate: {e}"))?;
     let media = Arc::new(MediaSessions::new(
         epoch,
         media_candidates(&config, &udp_listen),
-        dtls.fingerprint_hex().to_owned(),
+        Arc::new(dtls),
+        metrics.sfu.clone(),
     ));
     let workers = start_workers(
         &config,

@@ -2,7 +2,8 @@
 //! role, with its own rcgen certificate), records exchanged in memory: both ends derive
 //! the same SRTP keys, a fingerprint that does not match the SDP fails the session,
 //! lost flights are retransmitted, a silent client times out, and once keys are set,
-//! SRTP and SRTCP between the two ends allocate nothing per packet.
+//! SRTP and SRTCP between the two ends allocate nothing per packet, also when they go
+//! through the data plane's `SessionCache` (address routing, then unprotect).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -563,5 +564,120 @@ fn srtp_after_the_handshake_allocates_nothing() {
         allocations() - before,
         0,
         "allocations in 40,000 SRTP/SRTCP operations"
+    );
+}
+
+/// The data plane's media path: a client validated by an ICE check completes DTLS
+/// through `SessionCache::handle_media`, and then its SRTP and SRTCP are unprotected
+/// there (address lookup, session lock, replay check, decryption) without allocating.
+#[test]
+fn srtp_through_the_session_cache_allocates_nothing() {
+    use confnode::metrics::SfuMetrics;
+    use confnode::sfu::sdp::PublishOffer;
+    use confnode::sfu::session::{CheckVerdict, MediaSessions, MediaVerdict, SessionCache};
+    use confnode::stun::message::{attr, method};
+    use confnode::stun::{Class, Writer};
+    use std::net::SocketAddr;
+
+    let sessions = Arc::new(MediaSessions::new(
+        Instant::now(),
+        vec!["192.0.2.1:3478".parse().unwrap()],
+        Arc::new(DtlsIdentity::generate().unwrap()),
+        SfuMetrics::default(),
+    ));
+    let mut client = Client::new(sessions.epoch());
+    let offer = format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
+         a=ice-ufrag:Hx3u\r\na=ice-pwd:6yTJ9QGhb4Fn0K3bnJ1W0aJq\r\n\
+         a=fingerprint:sha-256 {}\r\na=setup:actpass\r\na=mid:0\r\na=sendonly\r\n\
+         a=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n",
+        client.fingerprint
+    );
+    let offer = PublishOffer::parse(offer.as_bytes()).unwrap();
+    let answer = sessions.publish("room", "p", &offer).unwrap();
+    let line = |name: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("a={name}:")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (ufrag, pwd) = (line("ice-ufrag"), line("ice-pwd"));
+    let mut cache = SessionCache::new(0, sessions.clone());
+    let src: SocketAddr = "198.51.100.20:50000".parse().unwrap();
+
+    let mut slot = [0u8; 1500];
+    let n = {
+        let mut w = Writer::new(&mut slot, method::BINDING, Class::Request, &[0x3c; 12]).unwrap();
+        w.add(attr::USERNAME, format!("{ufrag}:Hx3u").as_bytes())
+            .unwrap();
+        w.add(attr::ICE_CONTROLLING, &[9; 8]).unwrap();
+        w.add(attr::USE_CANDIDATE, &[]).unwrap();
+        w.add_integrity(pwd.as_bytes()).unwrap();
+        w.add_fingerprint().unwrap();
+        w.finish()
+    };
+    let now = sessions.now_ms();
+    assert!(matches!(
+        cache.answer_check(&mut slot, n, src, now),
+        CheckVerdict::Reply(_)
+    ));
+
+    // The handshake, through the cache.
+    let _ = client.dtls.handle_timeout(sessions.epoch());
+    let mut to_client: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..20 {
+        let mut records = Vec::new();
+        client.poll(&mut records);
+        let mut send = |d: &[u8], to: SocketAddr, _: usize| {
+            assert_eq!(to, src);
+            to_client.push(d.to_vec());
+        };
+        for mut r in records {
+            let v = cache.handle_media(&mut r, src, 0, sessions.now_ms(), &mut send);
+            assert_eq!(v, MediaVerdict::Dtls);
+        }
+        for r in to_client.drain(..) {
+            client.dtls.handle_packet(&r).unwrap();
+        }
+        if client.keys.is_some() && sessions.metrics().dtls_connected.get() == 1 {
+            break;
+        }
+    }
+    assert_eq!(sessions.metrics().dtls_connected.get(), 1);
+    let (mut tx, _) = {
+        let (profile, material) = client.keys.as_ref().expect("client keys");
+        let (client_write, server_write) = split_keying_material(*profile, material).unwrap();
+        (
+            SrtpContext::new(&client_write, 16).unwrap(),
+            SrtpContext::new(&server_write, 16).unwrap(),
+        )
+    };
+
+    let audio = rtp(0, 0x1111, &[0x55; 160]);
+    let report = rtcp_rr(0x2222);
+    let mut send = |_: &[u8], _: SocketAddr, _: usize| panic!("nothing to send");
+    let mut round = |seq: u16, slot: &mut [u8]| {
+        slot[..audio.len()].copy_from_slice(&audio);
+        slot[2..4].copy_from_slice(&seq.to_be_bytes());
+        let n = tx.protect_rtp(slot, audio.len()).unwrap();
+        let v = cache.handle_media(&mut slot[..n], src, 0, 1, &mut send);
+        assert_eq!(v, MediaVerdict::Rtp(audio.len()));
+        slot[..report.len()].copy_from_slice(&report);
+        let n = tx.protect_rtcp(slot, report.len()).unwrap();
+        let v = cache.handle_media(&mut slot[..n], src, 0, 1, &mut send);
+        assert_eq!(v, MediaVerdict::Rtcp(report.len()));
+    };
+    round(0, &mut slot);
+    let before = allocations();
+    for seq in 1..=10_000u16 {
+        round(seq, &mut slot);
+    }
+    assert_eq!(
+        allocations() - before,
+        0,
+        "allocations while routing and unprotecting 20,000 packets"
     );
 }

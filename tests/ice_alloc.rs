@@ -111,7 +111,8 @@ fn routing_checks_through_the_session_cache_does_not_allocate() {
     let sessions = Arc::new(MediaSessions::new(
         std::time::Instant::now(),
         vec!["192.0.2.1:3478".parse().unwrap()],
-        "6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC".into(),
+        Arc::new(confnode::sfu::dtls::DtlsIdentity::generate().unwrap()),
+        confnode::metrics::SfuMetrics::default(),
     ));
     let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
     let answer = sessions.publish("room", "p", &offer).unwrap();

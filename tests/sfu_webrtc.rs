@@ -1,7 +1,9 @@
 //! A real WebRTC peer (the `webrtc` crate, webrtc-rs) publishes to the node: its offer
-//! is answered over HTTP and its ICE agent, a full controlling agent, connects to the
-//! node's ICE-lite responder on the shared media port. (DTLS comes with the next step,
-//! so only the ICE connection state is checked here.)
+//! is answered over HTTP, its ICE agent (a full controlling agent) connects to the
+//! node's ICE-lite responder on the shared media port, its DTLS client completes the
+//! handshake with the node's passive endpoint (peer connection `connected`), and the
+//! SRTP it then sends (an Opus and a VP8 track) is unprotected by the node: its count of
+//! received RTP packets grows, so the SRTP keys of both sides agree.
 
 mod common;
 
@@ -12,14 +14,15 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Node, http};
+use common::{Node, http, http_get, metric_value};
 use serde_json::json;
 use tokio::sync::mpsc;
 use webrtc::api::APIBuilder;
 use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
-use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
+use webrtc::media::Sample;
 use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 use webrtc::track::track_local::TrackLocal;
@@ -67,8 +70,46 @@ fn join(node: &Node) -> (String, String, String) {
     )
 }
 
+const RTP_RECEIVED: &str = "confnode_sfu_received_packets_total{kind=\"rtp\"}";
+const DTLS_CONNECTED: &str = "confnode_sfu_dtls_connected";
+const AUTH_FAILED: &str = "confnode_sfu_dropped_total{reason=\"auth_failed\"}";
+
+/// One series of the node's /metrics, read off the async runtime.
+async fn metric(addr: std::net::SocketAddr, series: &'static str) -> f64 {
+    tokio::task::spawn_blocking(move || {
+        let (status, body) = http_get(addr, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        metric_value(&body, series)
+    })
+    .await
+    .expect("metrics")
+}
+
+/// Writes samples with dummy payloads to `track` every `every` until `stop` is set.
+fn send_samples(
+    track: Arc<TrackLocalStaticSample>,
+    every: Duration,
+    size: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut n = 0u8;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            n = n.wrapping_add(1);
+            let sample = Sample {
+                data: vec![n; size].into(),
+                duration: every,
+                ..Default::default()
+            };
+            let _ = track.write_sample(&sample).await;
+        }
+    })
+}
+
 #[test]
-fn a_webrtc_rs_publisher_connects_over_ice() {
+fn a_webrtc_rs_publisher_connects_and_its_srtp_is_received() {
     let node = node();
     let (room, participant, token) = join(&node);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -91,6 +132,7 @@ fn a_webrtc_rs_publisher_connects_over_ice() {
                 .await
                 .expect("peer connection"),
         );
+        let mut tracks = Vec::new();
         for (mime, id) in [(MIME_TYPE_OPUS, "audio"), (MIME_TYPE_VP8, "video")] {
             let track = Arc::new(TrackLocalStaticSample::new(
                 RTCRtpCodecCapability {
@@ -100,12 +142,13 @@ fn a_webrtc_rs_publisher_connects_over_ice() {
                 id.to_owned(),
                 "stream".to_owned(),
             ));
-            pc.add_track(track as Arc<dyn TrackLocal + Send + Sync>)
+            pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>)
                 .await
                 .expect("add track");
+            tracks.push(track);
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        pc.on_ice_connection_state_change(Box::new(move |state| {
+        pc.on_peer_connection_state_change(Box::new(move |state| {
             let _ = tx.send(state);
             Box::pin(async {})
         }));
@@ -140,22 +183,59 @@ fn a_webrtc_rs_publisher_connects_over_ice() {
             .await
             .unwrap_or_else(|e| panic!("remote description: {e}\n{}", r.body));
 
-        let connected = tokio::time::timeout(Duration::from_secs(15), async {
+        // ICE and DTLS.
+        let connected = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(state) = rx.recv().await {
                 match state {
-                    RTCIceConnectionState::Connected => return Ok(()),
-                    RTCIceConnectionState::Failed => return Err(state),
+                    RTCPeerConnectionState::Connected => return Ok(()),
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        return Err(state);
+                    }
                     _ => {}
                 }
             }
-            Err(RTCIceConnectionState::Unspecified)
+            Err(RTCPeerConnectionState::Unspecified)
         })
         .await;
-        let _ = pc.close().await;
         match connected {
             Ok(Ok(())) => {}
-            Ok(Err(state)) => panic!("ICE ended in {state}"),
-            Err(_) => panic!("ICE not connected within 15 s"),
+            Ok(Err(state)) => panic!("peer connection ended in {state}"),
+            Err(_) => panic!("peer connection not connected within 10 s"),
         }
+        assert_eq!(metric(http_addr, DTLS_CONNECTED).await, 1.0);
+        let before = metric(http_addr, RTP_RECEIVED).await;
+
+        // A few seconds of Opus (20 ms frames) and VP8 (30 fps) with dummy payloads.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let senders = [
+            send_samples(
+                tracks[0].clone(),
+                Duration::from_millis(20),
+                80,
+                stop.clone(),
+            ),
+            send_samples(
+                tracks[1].clone(),
+                Duration::from_millis(33),
+                1000,
+                stop.clone(),
+            ),
+        ];
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for s in senders {
+            let _ = s.await;
+        }
+        // Let the last packets land.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = metric(http_addr, RTP_RECEIVED).await;
+        let auth_failed = metric(http_addr, AUTH_FAILED).await;
+        let _ = pc.close().await;
+        // ~150 audio and ~90 video packets were sent; a loaded machine may lose a few.
+        assert!(
+            after - before >= 100.0,
+            "RTP packets unprotected by the node: {before} before, {after} after"
+        );
+        assert_eq!(auth_failed, 0.0, "SRTP packets that failed authentication");
     });
 }

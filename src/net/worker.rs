@@ -6,10 +6,10 @@
 //! The kernel hashes a client's address to one of the listener sockets, so every packet
 //! of a client reaches the worker that holds its allocation.
 
-use crate::metrics::{TransportCounters, TurnMetrics};
+use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM};
 use crate::net::demux::{self, Class};
-use crate::sfu::session::{CheckVerdict, MediaSessions, SessionCache};
+use crate::sfu::session::{CheckVerdict, MediaSessions, MediaVerdict, SessionCache};
 use crate::stun;
 use crate::turn::server::{Action, ClientKey, Clock, DropReason, RelayId, RelayIo, TurnCore};
 use mio::net::UdpSocket;
@@ -115,6 +115,19 @@ impl SocketTable {
     fn fd(&self, index: usize) -> Option<RawFd> {
         self.sockets.get(index)?.as_ref().map(|s| s.as_raw_fd())
     }
+
+    /// Sends one datagram at once through listener `via` (the SFU's DTLS records: rare,
+    /// and several per flight, so not through the batch's one reply slot). Returns
+    /// whether the kernel took it; a lost record is retransmitted by DTLS.
+    fn send_now(&self, data: &[u8], to: SocketAddr, via: usize) -> bool {
+        if via >= self.listeners {
+            return false;
+        }
+        match self.sockets.get(via).and_then(Option::as_ref) {
+            Some(socket) => socket.send_to(data, to).is_ok(),
+            None => false,
+        }
+    }
 }
 
 impl RelayIo for SocketTable {
@@ -192,11 +205,26 @@ struct Tally {
     received: u64,
     answered: u64,
     malformed: u64,
-    unrouted: u64,
     unhandled: u64,
     send_failed: u64,
     to_peer: (u64, u64),
     to_client: (u64, u64),
+    /// SFU media unprotected: (packets, bytes) of RTP and RTCP.
+    rtp: (u64, u64),
+    rtcp: (u64, u64),
+    /// SFU media dropped, by `MediaDrop` (in `media_drop_index` order).
+    media_dropped: [u64; 6],
+}
+
+fn media_drop_index(reason: MediaDrop) -> usize {
+    match reason {
+        MediaDrop::Unvalidated => 0,
+        MediaDrop::NoKeys => 1,
+        MediaDrop::AuthFailed => 2,
+        MediaDrop::Replayed => 3,
+        MediaDrop::Malformed => 4,
+        MediaDrop::Dtls => 5,
+    }
 }
 
 impl Worker {
@@ -205,10 +233,15 @@ impl Worker {
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
             let busy = !self.ready.queue.is_empty();
+            // The next DTLS retransmission, if sooner than the sweep.
+            let wake = match self.sessions.next_timer() {
+                Some(ms) => next_sweep.min(self.setup.epoch + Duration::from_millis(ms)),
+                None => next_sweep,
+            };
             let timeout = if busy {
                 Duration::ZERO
             } else {
-                next_sweep.saturating_duration_since(Instant::now())
+                wake.saturating_duration_since(Instant::now())
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -227,12 +260,31 @@ impl Worker {
                 return Ok(());
             }
             self.serve();
+            self.run_dtls_timers();
             if Instant::now() >= next_sweep {
                 let clock = self.clock();
                 self.setup.turn.sweep(clock, &mut self.table);
                 self.sessions.sweep();
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
+        }
+    }
+
+    /// Retransmits the DTLS flights whose timers ran out.
+    fn run_dtls_timers(&mut self) {
+        let now = self.clock().mono_ms;
+        if self.sessions.next_timer().is_none_or(|t| t > now) {
+            return;
+        }
+        let table = &self.table;
+        let mut failed = 0u64;
+        self.sessions.run_timers(now, &mut |data, to, via| {
+            if !table.send_now(data, to, via) {
+                failed += 1;
+            }
+        });
+        if failed > 0 {
+            self.setup.counters.send_failed.inc_by(failed);
         }
     }
 
@@ -343,9 +395,35 @@ impl Worker {
                         .turn
                         .handle_client(clock, client, data, len, &mut self.table)
                 }
-                // Routed once the SFU lands; until then dropped and counted.
+                // The SFU's DTLS and SRTP, routed by the client's validated address.
                 Class::Dtls | Class::Rtp => {
-                    tally.unrouted += 1;
+                    let table = &self.table;
+                    let verdict = self.sessions.handle_media(
+                        &mut data[..len],
+                        src,
+                        origin,
+                        clock.mono_ms,
+                        &mut |record, to, via| {
+                            if !table.send_now(record, to, via) {
+                                tally.send_failed += 1;
+                            }
+                        },
+                    );
+                    match verdict {
+                        MediaVerdict::Dtls => {}
+                        MediaVerdict::Rtp(_) => {
+                            tally.rtp.0 += 1;
+                            tally.rtp.1 += len as u64;
+                        }
+                        MediaVerdict::Rtcp(_) => {
+                            tally.rtcp.0 += 1;
+                            tally.rtcp.1 += len as u64;
+                        }
+                        MediaVerdict::Dropped(reason) => {
+                            tally.media_dropped[media_drop_index(reason)] += 1;
+                        }
+                    }
+                    // Forwarding comes next; until then the packet ends here.
                     return;
                 }
                 Class::Unknown => Action::Drop(DropReason::Malformed),
@@ -383,17 +461,34 @@ impl Worker {
     fn count(&self, t: &Tally) {
         let c = &self.setup.counters;
         let m = &self.setup.turn_metrics;
+        let sfu = self.setup.media.metrics();
+        let media_drops = [
+            &sfu.dropped_unvalidated,
+            &sfu.dropped_no_keys,
+            &sfu.dropped_auth_failed,
+            &sfu.dropped_replayed,
+            &sfu.dropped_malformed,
+            &sfu.dropped_dtls,
+        ];
+        for (counter, &n) in media_drops.into_iter().zip(&t.media_dropped) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
         for (counter, n) in [
             (&c.received, t.received),
             (&c.stun_answered, t.answered),
             (&c.malformed, t.malformed),
-            (&c.unrouted, t.unrouted),
             (&c.unhandled, t.unhandled),
             (&c.send_failed, t.send_failed),
             (&m.relayed_packets_to_peer, t.to_peer.0),
             (&m.relayed_bytes_to_peer, t.to_peer.1),
             (&m.relayed_packets_to_client, t.to_client.0),
             (&m.relayed_bytes_to_client, t.to_client.1),
+            (&sfu.received_rtp_packets, t.rtp.0),
+            (&sfu.received_rtp_bytes, t.rtp.1),
+            (&sfu.received_rtcp_packets, t.rtcp.0),
+            (&sfu.received_rtcp_bytes, t.rtcp.1),
         ] {
             if n > 0 {
                 counter.inc_by(n);
