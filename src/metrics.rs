@@ -188,6 +188,10 @@ pub struct SfuMetrics {
     pub dropped_replayed: Counter,
     pub dropped_malformed: Counter,
     pub dropped_dtls: Counter,
+    /// RTP packets forwarded to receivers (one per receiver).
+    pub forwarded_rtp_packets: Counter,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub keyframe_requests: Counter,
 }
 
 /// All of the node's metrics and the registry that encodes them.
@@ -339,6 +343,16 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
         "sfu_dtls_failures",
         "DTLS handshakes of media sessions that failed",
         m.dtls_failures.clone(),
+    );
+    registry.register(
+        "sfu_forwarded_packets",
+        "RTP packets the SFU forwarded, counted once per receiver",
+        m.forwarded_rtp_packets.clone(),
+    );
+    registry.register(
+        "sfu_keyframe_requests",
+        "Keyframe requests (PLI) the SFU sent to publishers",
+        m.keyframe_requests.clone(),
     );
     m
 }

@@ -474,6 +474,18 @@ impl Rooms {
             .is_ok_and(|r| r.participant(participant).is_some())
     }
 
+    /// The participants of the live room `room` with an open event stream, each with
+    /// its newest stream (where the SFU's offers go).
+    pub fn stream_holders(&self, room: &str, now: u64) -> Vec<(String, StreamId)> {
+        let Ok(r) = self.live(room, now) else {
+            return Vec::new();
+        };
+        r.participants
+            .iter()
+            .filter_map(|p| Some((p.id.clone(), *p.streams.last()?)))
+            .collect()
+    }
+
     /// Stores the simulcast height cap a participant asked for.
     pub fn set_max_height(
         &mut self,

@@ -321,6 +321,14 @@ fn a_publisher_whose_checks_stop_leaves_after_30_s() {
         Some(2),
         "Ann is still in the room before 30 s"
     );
+    // Ann publishes, so Bob's stream is offered her tracks.
+    let offer = eb.expect("offer");
+    assert!(
+        offer["sdp"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("a=msid:{} ", a.id))),
+        "{offer}"
+    );
     assert_eq!(eb.expect("left"), json!({ "participant": a.id }));
     let after = started.elapsed();
     assert!(

@@ -4,6 +4,10 @@
 //! handshake with the node's passive endpoint (peer connection `connected`), and the
 //! SRTP it then sends (an Opus and a VP8 track) is unprotected by the node: its count of
 //! received RTP packets grows, so the SRTP keys of both sides agree.
+//!
+//! Then a second webrtc-rs peer subscribes in the same room: it answers the offer the
+//! node sends on its event stream, connects, and the RTP payloads the publisher sends
+//! (VP8 and Opus) arrive at it intact and in order, with continuous sequence numbers.
 
 mod common;
 
@@ -41,6 +45,24 @@ fn node() -> Node {
     Node::start_with_http("", &http, "").0
 }
 
+/// Joins `room` as `name`: (participant, token).
+fn join_room(node: &Node, room: &str, name: &str) -> (String, String) {
+    let body = json!({ "display_name": name }).to_string();
+    let r = http(
+        node.http,
+        "POST",
+        &format!("/api/rooms/{room}/participants"),
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = r.json();
+    (
+        v["participant"].as_str().expect("id").to_owned(),
+        v["token"].as_str().expect("token").to_owned(),
+    )
+}
+
 /// Creates a room and joins it: (room, participant, token).
 fn join(node: &Node) -> (String, String, String) {
     let auth = format!("Basic {}", STANDARD.encode(format!("{HOST}:{PASSWORD}")));
@@ -73,6 +95,7 @@ fn join(node: &Node) -> (String, String, String) {
 const RTP_RECEIVED: &str = "confnode_sfu_received_packets_total{kind=\"rtp\"}";
 const DTLS_CONNECTED: &str = "confnode_sfu_dtls_connected";
 const AUTH_FAILED: &str = "confnode_sfu_dropped_total{reason=\"auth_failed\"}";
+const FORWARDED: &str = "confnode_sfu_forwarded_packets_total";
 
 /// One series of the node's /metrics, read off the async runtime.
 async fn metric(addr: std::net::SocketAddr, series: &'static str) -> f64 {
@@ -237,5 +260,330 @@ fn a_webrtc_rs_publisher_connects_and_its_srtp_is_received() {
             "RTP packets unprotected by the node: {before} before, {after} after"
         );
         assert_eq!(auth_failed, 0.0, "SRTP packets that failed authentication");
+    });
+}
+
+/// A webrtc-rs API with the default codecs that gathers loopback candidates (the node
+/// listens on loopback only). As an answerer it takes the DTLS client role, as browsers
+/// do (webrtc-rs would otherwise answer an ICE-lite offerer with `setup:passive`).
+fn webrtc_api() -> webrtc::api::API {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().expect("codecs");
+    let mut settings = SettingEngine::default();
+    settings.set_include_loopback_candidate(true);
+    settings
+        .set_answering_dtls_role(webrtc::dtls_transport::dtls_role::DTLSRole::Client)
+        .expect("DTLS role");
+    APIBuilder::new()
+        .with_media_engine(media)
+        .with_setting_engine(settings)
+        .build()
+}
+
+/// Waits until `rx` reports `connected`.
+async fn wait_connected(rx: &mut mpsc::UnboundedReceiver<RTCPeerConnectionState>, who: &str) {
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(state) = rx.recv().await {
+            match state {
+                RTCPeerConnectionState::Connected => return Ok(()),
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    return Err(state);
+                }
+                _ => {}
+            }
+        }
+        Err(RTCPeerConnectionState::Unspecified)
+    })
+    .await;
+    match connected {
+        Ok(Ok(())) => {}
+        Ok(Err(state)) => panic!("{who}: peer connection ended in {state}"),
+        Err(_) => panic!("{who}: peer connection not connected within 10 s"),
+    }
+}
+
+fn state_channel(
+    pc: &webrtc::peer_connection::RTCPeerConnection,
+) -> mpsc::UnboundedReceiver<RTCPeerConnectionState> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    pc.on_peer_connection_state_change(Box::new(move |state| {
+        let _ = tx.send(state);
+        Box::pin(async {})
+    }));
+    rx
+}
+
+/// POSTs an SDP to `path` off the runtime.
+async fn post_sdp(
+    addr: std::net::SocketAddr,
+    path: String,
+    token: &str,
+    sdp: String,
+) -> common::HttpResponse {
+    let bearer = format!("Bearer {token}");
+    tokio::task::spawn_blocking(move || {
+        http(
+            addr,
+            "POST",
+            &path,
+            &[
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &bearer),
+            ],
+            sdp.as_bytes(),
+        )
+    })
+    .await
+    .expect("POST")
+}
+
+/// The VP8 payload of packet `i`: a one-packet key frame (so that any packet is where a
+/// receiver may start) carrying `i`.
+fn vp8_payload(i: u32) -> Vec<u8> {
+    let mut p = vec![
+        0x10, // S=1, partition 0, no extensions
+        0x10, 0x00, 0x00, // frame tag: key frame, shown
+        0x9D, 0x01, 0x2A, // start code
+        0x80, 0x02, 0xE0, 0x01, // 640x480
+    ];
+    p.extend_from_slice(&i.to_be_bytes());
+    p.extend((0..300u32).map(|k| (k.wrapping_mul(7) ^ i) as u8));
+    p
+}
+
+/// The Opus payload of packet `i`.
+fn opus_payload(i: u32) -> Vec<u8> {
+    let mut p = vec![0xFC];
+    p.extend_from_slice(&i.to_be_bytes());
+    p.extend((0..60u32).map(|k| (k ^ i.wrapping_mul(3)) as u8));
+    p
+}
+
+/// The index a payload carries (after the VP8 header, or the Opus TOC byte).
+fn index_of(payload: &[u8], video: bool) -> Option<u32> {
+    let at = if video { 11 } else { 1 };
+    let b = payload.get(at..at + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[test]
+fn rtp_from_a_webrtc_rs_publisher_reaches_a_webrtc_rs_subscriber_in_order() {
+    use webrtc::rtp::header::Header;
+    use webrtc::rtp::packet::Packet;
+    use webrtc::track::track_local::TrackLocalWriter;
+    use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+    let node = node();
+    let (room, publisher, pub_token) = join(&node);
+    let (subscriber, sub_token) = join_room(&node, &room, "Subscriber");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let http_addr = node.http;
+        let api = webrtc_api();
+
+        // The publisher: VP8 and Opus, RTP written as is.
+        let pc = Arc::new(
+            api.new_peer_connection(RTCConfiguration::default())
+                .await
+                .expect("peer connection"),
+        );
+        let mut tracks = Vec::new();
+        for (mime, id) in [(MIME_TYPE_VP8, "video"), (MIME_TYPE_OPUS, "audio")] {
+            let track = Arc::new(TrackLocalStaticRTP::new(
+                RTCRtpCodecCapability {
+                    mime_type: mime.to_owned(),
+                    ..Default::default()
+                },
+                id.to_owned(),
+                "stream".to_owned(),
+            ));
+            let sender = pc
+                .add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>)
+                .await
+                .expect("add track");
+            // Keyframe requests from the node arrive here; they are read and ignored
+            // (every VP8 packet of this test is a key frame).
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1500];
+                while sender.read(&mut buf).await.is_ok() {}
+            });
+            tracks.push(track);
+        }
+        let mut pub_state = state_channel(&pc);
+        let offer = pc.create_offer(None).await.expect("offer");
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer).await.expect("local");
+        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+        let offer = pc.local_description().await.expect("offer sdp").sdp;
+        let r = post_sdp(
+            http_addr,
+            format!("/api/rooms/{room}/participants/{publisher}/publish"),
+            &pub_token,
+            offer,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        pc.set_remote_description(RTCSessionDescription::answer(r.body).expect("answer"))
+            .await
+            .expect("remote description");
+        wait_connected(&mut pub_state, "publisher").await;
+
+        // The subscriber opens its event stream: the roster, then the node's offer.
+        let events = format!("/api/rooms/{room}/participants/{subscriber}/events");
+        let bearer = format!("Bearer {sub_token}");
+        let (stream, offer) = tokio::task::spawn_blocking(move || {
+            let mut stream =
+                common::SseStream::open(http_addr, &events, &[("Authorization", &bearer)])
+                    .unwrap_or_else(|r| panic!("events: {} {}", r.status, r.body));
+            loop {
+                let (name, data) = stream.next_event().expect("event stream ended");
+                if name == "offer" {
+                    let v: serde_json::Value = serde_json::from_str(&data).expect("JSON");
+                    assert_eq!(v["type"], "offer");
+                    return (stream, v["sdp"].as_str().expect("sdp").to_owned());
+                }
+            }
+        })
+        .await
+        .expect("offer event");
+        assert_eq!(offer.matches("m=video").count(), 1, "{offer}");
+        assert_eq!(offer.matches("m=audio").count(), 1, "{offer}");
+        assert!(
+            offer.contains(&format!("a=msid:{publisher} ")),
+            "the publisher's id is the stream id: {offer}"
+        );
+
+        let sub = Arc::new(
+            api.new_peer_connection(RTCConfiguration::default())
+                .await
+                .expect("peer connection"),
+        );
+        // (video?, sequence number, payload) of every RTP packet received.
+        let (rtp_tx, mut rtp_rx) = mpsc::unbounded_channel::<(bool, u16, Vec<u8>)>();
+        sub.on_track(Box::new(move |track, _, _| {
+            let tx = rtp_tx.clone();
+            let video = track.kind() == webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Video;
+            tokio::spawn(async move {
+                while let Ok((pkt, _)) = track.read_rtp().await {
+                    if tx
+                        .send((video, pkt.header.sequence_number, pkt.payload.to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            Box::pin(async {})
+        }));
+        let mut sub_state = state_channel(&sub);
+        sub.set_remote_description(RTCSessionDescription::offer(offer.clone()).expect("offer"))
+            .await
+            .unwrap_or_else(|e| panic!("remote description: {e}\n{offer}"));
+        let answer = sub.create_answer(None).await.expect("answer");
+        let mut gathered = sub.gathering_complete_promise().await;
+        sub.set_local_description(answer).await.expect("local");
+        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+        let answer = sub.local_description().await.expect("answer sdp").sdp;
+        let r = post_sdp(
+            http_addr,
+            format!("/api/rooms/{room}/participants/{subscriber}/subscribe"),
+            &sub_token,
+            answer,
+        )
+        .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+        wait_connected(&mut sub_state, "subscriber").await;
+
+        // Send until the subscriber has 100 video packets (at most 10 s).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (video, audio) = (tracks[0].clone(), tracks[1].clone());
+        let sending = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 500 {
+                    tick.tick().await;
+                    let header = |seq: u32, ts: u32| Header {
+                        version: 2,
+                        marker: true,
+                        sequence_number: (1000 + seq) as u16,
+                        timestamp: ts,
+                        ..Default::default()
+                    };
+                    let v = Packet {
+                        header: header(i, i * 1800),
+                        payload: vp8_payload(i).into(),
+                    };
+                    let _ = video.write_rtp(&v).await;
+                    let a = Packet {
+                        header: header(i, i * 960),
+                        payload: opus_payload(i).into(),
+                    };
+                    let _ = audio.write_rtp(&a).await;
+                    i += 1;
+                }
+            })
+        };
+        let mut got_video: Vec<(u16, Vec<u8>)> = Vec::new();
+        let mut got_audio: Vec<(u16, Vec<u8>)> = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some((is_video, seq, payload)) = rtp_rx.recv().await {
+                if is_video {
+                    got_video.push((seq, payload));
+                } else {
+                    got_audio.push((seq, payload));
+                }
+                if got_video.len() >= 100 && got_audio.len() >= 50 {
+                    return;
+                }
+            }
+        })
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = sending.await;
+        let forwarded = metric(http_addr, FORWARDED).await;
+        assert!(
+            forwarded >= (got_video.len() + got_audio.len()) as f64,
+            "{forwarded} forwarded, {} + {} received",
+            got_video.len(),
+            got_audio.len()
+        );
+        let _ = sub.close().await;
+        let _ = pc.close().await;
+        drop(stream);
+
+        for (kind, got, min, expected) in [
+            ("video", &got_video, 100, vp8_payload as fn(u32) -> Vec<u8>),
+            ("audio", &got_audio, 50, opus_payload),
+        ] {
+            assert!(
+                got.len() >= min,
+                "{kind}: only {} RTP packets reached the subscriber",
+                got.len()
+            );
+            let mut last: Option<(u32, u16)> = None;
+            for (seq, payload) in got.iter() {
+                let i = index_of(payload, kind == "video").expect("an index");
+                assert_eq!(
+                    payload,
+                    &expected(i),
+                    "{kind} packet {i} changed on the way"
+                );
+                if let Some((li, lseq)) = last {
+                    assert!(i > li, "{kind}: packet {i} after {li}");
+                    assert_eq!(
+                        seq.wrapping_sub(lseq),
+                        (i - li) as u16,
+                        "{kind}: sequence numbers not continuous"
+                    );
+                }
+                last = Some((i, *seq));
+            }
+        }
     });
 }

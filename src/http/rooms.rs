@@ -187,6 +187,39 @@ impl RoomsApi {
         }
         self.media
             .retain(|r, p| !expired.iter().any(|(er, ep)| er == r && ep == p));
+        let mut rooms: Vec<&String> = expired.iter().map(|(r, _)| r).collect();
+        rooms.sort();
+        rooms.dedup();
+        for room in rooms {
+            self.sync_media(room);
+        }
+    }
+
+    /// Brings the SFU's receiving sessions of `room` in line with what its participants
+    /// publish, and sends the resulting offers to their event streams (under the hub's
+    /// lock, so they keep their order with the other events).
+    fn sync_media(&self, room: &str) {
+        let mut hub = self.hub();
+        let holders = hub.rooms.stream_holders(room, unix_now());
+        if holders.is_empty() {
+            return;
+        }
+        let now = unix_now();
+        let ids: Vec<(String, Option<u16>)> = holders
+            .iter()
+            .map(|(p, _)| {
+                let h = hub.rooms.max_height(room, p, now);
+                (p.clone(), h.map(|h| h.min(u32::from(u16::MAX)) as u16))
+            })
+            .collect();
+        let offers = self.media.sync_room(room, &ids);
+        let mut effects = Effects::default();
+        for (participant, sdp) in offers {
+            if let Some(&(_, stream)) = holders.iter().find(|(p, _)| *p == participant) {
+                effects.notices.push((stream, Event::Offer(sdp)));
+            }
+        }
+        hub.apply(effects);
     }
 
     /// Ends the media sessions of participants that are no longer in a room (dropped by
@@ -203,8 +236,15 @@ impl RoomsApi {
                 .filter(|(r, p)| !hub.rooms.contains(r, p, now))
                 .collect()
         };
-        for (room, participant) in gone {
-            self.media.remove_participant(&room, &participant);
+        for (room, participant) in &gone {
+            self.media.remove_participant(room, participant);
+        }
+        // The others stop receiving what the dropped ones published.
+        let mut rooms: Vec<&String> = gone.iter().map(|(r, _)| r).collect();
+        rooms.sort();
+        rooms.dedup();
+        for room in rooms {
+            self.sync_media(room);
         }
     }
 }
@@ -536,6 +576,8 @@ pub async fn events(
     let _ = tx.try_send(attached.roster);
     hub.streams.insert(stream, tx);
     drop(hub);
+    // Its receiving session, and an offer when others publish.
+    api.sync_media(&room);
     let events = EventStream {
         rx,
         _guard: StreamGuard {
@@ -621,6 +663,7 @@ pub async fn leave(
             hub.apply(effects);
             drop(hub);
             api.media.remove_participant(&room, &participant);
+            api.sync_media(&room);
             tracing::info!(room = %room, "participant left");
             StatusCode::NO_CONTENT.into_response()
         }
@@ -650,13 +693,6 @@ fn sdp_body(headers: &HeaderMap, raw: &Bytes) -> Result<(), Refused> {
         )));
     }
     Ok(())
-}
-
-fn media_plane_missing() -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "media plane not available yet",
-    )
 }
 
 /// An authenticated call with an SDP body: the body, or the answer to refuse with.
@@ -700,6 +736,7 @@ pub async fn publish(
     match api.media.publish(&room, &participant, &offer) {
         Ok(answer) => {
             tracing::info!(room = %room, "participant publishes");
+            api.sync_media(&room);
             (
                 StatusCode::CREATED,
                 [(header::CONTENT_TYPE, "application/sdp")],
@@ -729,10 +766,34 @@ pub async fn subscribe(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = sdp_call(&state.rooms, &room, &participant, &headers, raw) {
-        return *r;
+    let api = &state.rooms;
+    let raw = match sdp_call(api, &room, &participant, &headers, raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Some(limit) = api.media.max_answer_len(&room, &participant) else {
+        return error(
+            StatusCode::CONFLICT,
+            "no offer is waiting for an answer: open the event stream first",
+        );
+    };
+    if raw.len() > limit {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the answer is longer than any answer to our offer can be",
+        );
     }
-    media_plane_missing()
+    match api.media.subscribe_answer(&room, &participant, &raw) {
+        Ok(()) => {
+            // What changed while the offer was out goes in the next one.
+            api.sync_media(&room);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            error(status, &e.to_string())
+        }
+    }
 }
 
 /// `PUT .../participants/{p}/preferences` `{"max_height": 180}`
@@ -766,7 +827,11 @@ pub async fn preferences(
         .rooms
         .set_max_height(&room, &participant, max_height, unix_now());
     match stored {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            let h = max_height.min(u32::from(u16::MAX)) as u16;
+            api.media.set_max_height(&room, &participant, Some(h));
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => room_error(e),
     }
 }

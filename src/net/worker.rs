@@ -5,6 +5,11 @@
 //!
 //! The kernel hashes a client's address to one of the listener sockets, so every packet
 //! of a client reaches the worker that holds its allocation.
+//!
+//! SFU media is forwarded by the worker that receives it from the publisher: each
+//! receiver's copy leaves at once through this worker's listener socket of the same
+//! index as the receiver's own (every worker's socket on that local address sends from
+//! it), see `sfu::session`.
 
 use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM};
@@ -423,7 +428,8 @@ impl Worker {
                             tally.media_dropped[media_drop_index(reason)] += 1;
                         }
                     }
-                    // Forwarding comes next; until then the packet ends here.
+                    // RTP from a publisher was forwarded to its receivers inside
+                    // `handle_media`; nothing more to send for this datagram.
                     return;
                 }
                 Class::Unknown => Action::Drop(DropReason::Malformed),
@@ -458,7 +464,8 @@ impl Worker {
         }
     }
 
-    fn count(&self, t: &Tally) {
+    fn count(&mut self, t: &Tally) {
+        let forwarding = self.sessions.take_counts();
         let c = &self.setup.counters;
         let m = &self.setup.turn_metrics;
         let sfu = self.setup.media.metrics();
@@ -489,6 +496,8 @@ impl Worker {
             (&sfu.received_rtp_bytes, t.rtp.1),
             (&sfu.received_rtcp_packets, t.rtcp.0),
             (&sfu.received_rtcp_bytes, t.rtcp.1),
+            (&sfu.forwarded_rtp_packets, forwarding.forwarded),
+            (&sfu.keyframe_requests, forwarding.keyframe_requests),
         ] {
             if n > 0 {
                 counter.inc_by(n);

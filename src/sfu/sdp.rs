@@ -242,7 +242,7 @@ impl CodecName {
     }
 
     /// Payload types in server offers: the codec's and its RTX's.
-    fn offer_pts(self) -> (u8, Option<u8>) {
+    pub fn offer_pts(self) -> (u8, Option<u8>) {
         match self {
             CodecName::Opus => (pt::OPUS, None),
             CodecName::Vp8 => (pt::VP8, Some(pt::VP8_RTX)),

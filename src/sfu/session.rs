@@ -41,7 +41,28 @@
 //!   [`MediaSessions::consent_expired`] like one whose consent ran out, so the control
 //!   plane ends the participant.
 //!
-//! Lock order: registry, then a session; a worker never takes the registry while it
+//! - Receiving sessions: when a participant opens its event stream (and whenever the
+//!   room's published tracks change), [`MediaSessions::sync_room`] makes its receiving
+//!   session (our ICE credentials and a DTLS endpoint, passive role), adds or removes
+//!   one m-line per track of every *other* publisher (msid stream id = the publisher's
+//!   participant id) and returns the server offer to send on the event stream. The
+//!   publisher's [`PublishedMedia`] of that track gets a [`Downstream`]: the receiving
+//!   session and its [`Forwarder`]. The answer ([`MediaSessions::subscribe_answer`])
+//!   brings the client's ICE credentials and DTLS fingerprint; until it arrives the
+//!   client's DTLS records are dropped (it repeats them) and its consent does not run.
+//!   From then on its checks and DTLS take the same path as a publisher's.
+//! - Forwarding (first version): RTP unprotected from a publisher goes through its
+//!   track's [`Track::receive`] once; for each receiver with DTLS connected, a copy is
+//!   rewritten by its forwarder in the worker's preallocated buffer, SRTP-protected with
+//!   the receiver's outbound keys *under the receiver's session lock* (taken while the
+//!   publisher's is held: receiving sessions never forward, so the order is fixed) and
+//!   sent at once (`send`) to where the receiver's DTLS came from, through the same
+//!   listener index in this worker. Keyframe requests (forwarders waiting for a key
+//!   frame, throttled by the track) go back to the publisher as SRTCP PLIs.
+//!   Next: batch the sends (`sendmmsg` through the worker's batch), or hand packets to
+//!   the receiver's owner worker instead of taking its lock here.
+//!
+//! Lock order: registry, then a session (a publisher's, then a receiver's); a worker never takes the registry while it
 //! holds a session, and nothing takes the room API's lock while holding either.
 
 use std::collections::HashMap;
@@ -50,10 +71,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use super::codec::Codec;
 use super::dtls::{DTLS_MTU, DtlsIdentity, DtlsOutput, DtlsSession, SrtpCapacity, SrtpPair};
+use super::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use super::ice::{IceAgent, IceCredentials, IceVerdict, local_ufrag};
-use super::sdp::{LocalTransport, PublishOffer};
-use super::srtp::SrtpError;
+use super::rtcp;
+use super::sdp::{
+    CodecName, Fingerprint, LocalTransport, OutTrack, PublishOffer, PublishedTrack, SdpError,
+    SubscribeSession,
+};
+use super::srtp::{MAX_RTCP_OVERHEAD, MAX_RTP_OVERHEAD, SrtpError};
+use super::track::{Dropped, LayerConfig, Track, TrackConfig};
 use crate::metrics::{MediaDrop, SfuMetrics};
 use crate::stun::message::Message;
 
@@ -72,6 +100,19 @@ const PUBLISHER_SRTP: SrtpCapacity = SrtpCapacity {
 /// Client addresses a worker's address map holds before it is cleared and refilled by
 /// the next checks.
 const MAX_ADDRESSES: usize = 4 * MAX_SESSIONS;
+/// A receiving session sends one stream per forwarded track and its RTX, and hears the
+/// receiver's RTCP from a few SSRCs.
+const SUBSCRIBER_SRTP: SrtpCapacity = SrtpCapacity {
+    inbound: 16,
+    outbound: 256,
+};
+/// The SSRC our RTCP to publishers (keyframe requests) comes from.
+const RTCP_SENDER_SSRC: u32 = 0x636E_6F64;
+/// Packets cached per layer of a video track for answering NACKs.
+const VIDEO_CACHE_PACKETS: usize = 512;
+/// Where the SFU's forwarded packets are written and encrypted: a whole datagram
+/// and the SRTP tag.
+const FORWARD_BUFFER: usize = 2048;
 
 /// One peer connection of a participant, as the data plane sees it.
 pub struct Session {
@@ -100,7 +141,53 @@ pub struct SessionMedia {
     pub dtls_peer: Option<(SocketAddr, usize)>,
     /// The SRTP contexts, once DTLS has connected.
     pub srtp: Option<Box<SrtpPair>>,
-    // Next: the published tracks.
+    /// A publisher's tracks, each with the receivers it is forwarded to.
+    pub tracks: Vec<PublishedMedia>,
+    /// A receiving session's signalling state (`None` for a publisher).
+    pub subscribe: Option<Box<Subscription>>,
+}
+
+/// One track of a publisher as the data plane forwards it.
+pub struct PublishedMedia {
+    /// The publisher's mid of the track.
+    pub mid: String,
+    pub codec: CodecName,
+    pub track: Track,
+    /// Every receiver of the track: its session and its own stream of it.
+    pub outs: Vec<Downstream>,
+}
+
+impl std::fmt::Debug for PublishedMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishedMedia")
+            .field("mid", &self.mid)
+            .field("codec", &self.codec)
+            .field("receivers", &self.outs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One receiver's stream of a published track.
+pub struct Downstream {
+    pub subscriber: Arc<Session>,
+    /// The mid of the m-line the receiver gets it on.
+    pub mid: String,
+    pub forwarder: Forwarder,
+}
+
+/// A receiving session's m-lines and what feeds them.
+#[derive(Debug)]
+pub struct Subscription {
+    pub sdp: SubscribeSession,
+    /// The `o=` id, the same across renegotiations.
+    session_id: u64,
+    /// Sub mid → (publishing participant, its mid).
+    sources: Vec<(String, String, String)>,
+    /// The client's answer set the ICE credentials and DTLS fingerprint.
+    answered: bool,
+    /// The receiver's `max_height` preference, for the simulcast layer its forwarders
+    /// choose.
+    max_height: Option<u16>,
 }
 
 impl std::fmt::Debug for Session {
@@ -169,6 +256,8 @@ struct Registry {
     by_ufrag: HashMap<String, Arc<Session>>,
     /// (room, participant) → our ufrag of its publishing session.
     by_participant: HashMap<(String, String), String>,
+    /// (room, participant) → our ufrag of its receiving session.
+    subscribers: HashMap<(String, String), String>,
 }
 
 /// Every media session of the node, shared by the room API and the workers.
@@ -303,11 +392,301 @@ impl MediaSessions {
                 dtls,
                 dtls_peer: None,
                 srtp: None,
+                tracks: offer
+                    .tracks()
+                    .filter_map(|(mid, t)| published_media(mid, t))
+                    .collect(),
+                subscribe: None,
             }),
         });
         reg.by_ufrag.insert(ufrag.clone(), session);
         reg.by_participant.insert(key, ufrag);
         Ok(answer)
+    }
+
+    /// Brings the receiving sessions of `holders` (participants of `room` with an
+    /// open event stream) in line with the tracks the other participants of the room
+    /// publish: a receiving session is made for whoever has none, tracks are added and
+    /// removed, forwarders set up and taken down. Returns the offers to send, as
+    /// (participant, SDP).
+    pub fn sync_room(
+        &self,
+        room: &str,
+        holders: &[(String, Option<u16>)],
+    ) -> Vec<(String, String)> {
+        // Receiving sessions (made where missing) and the room's publishers.
+        let (subscribers, publishers) = {
+            let mut reg = self.write();
+            let mut subscribers = Vec::new();
+            for (p, max_height) in holders {
+                let key = (room.to_owned(), p.clone());
+                let existing = reg
+                    .subscribers
+                    .get(&key)
+                    .and_then(|u| reg.by_ufrag.get(u))
+                    .cloned();
+                let s = match existing {
+                    Some(s) => s,
+                    None if reg.by_ufrag.len() >= MAX_SESSIONS => continue,
+                    None => self.new_subscriber(&mut reg, key),
+                };
+                subscribers.push((s, *max_height));
+            }
+            let publishers: Vec<Arc<Session>> = reg
+                .by_participant
+                .iter()
+                .filter(|((r, _), _)| r == room)
+                .filter_map(|(_, u)| reg.by_ufrag.get(u).cloned())
+                .collect();
+            (subscribers, publishers)
+        };
+        // What each publisher offers: (participant, mid, codec).
+        let mut published: Vec<(String, String, CodecName)> = Vec::new();
+        for p in &publishers {
+            let mut media = p.media();
+            for t in &mut media.tracks {
+                t.outs.retain(|o| !o.subscriber.is_closed());
+                published.push((p.participant.clone(), t.mid.clone(), t.codec));
+            }
+        }
+        let mut offers = Vec::new();
+        // Forwarders to make.
+        let mut added: Vec<Added> = Vec::new();
+        // (subscriber, sub mid): forwarders to end.
+        let mut removed = Vec::new();
+        for (s, max_height) in &subscribers {
+            let mut media = s.media();
+            let SessionMedia {
+                agent, subscribe, ..
+            } = &mut *media;
+            let Some(sub) = subscribe.as_mut() else {
+                continue;
+            };
+            sub.max_height = *max_height;
+            // Gone: tracks no longer published, or now published by the subscriber.
+            let mut i = 0;
+            while i < sub.sources.len() {
+                let (mid, from, from_mid) = &sub.sources[i];
+                let live = from != &s.participant
+                    && published.iter().any(|(p, m, _)| p == from && m == from_mid);
+                if live {
+                    i += 1;
+                    continue;
+                }
+                sub.sdp.remove_track(mid);
+                removed.push((s.clone(), mid.clone()));
+                sub.sources.swap_remove(i);
+            }
+            for (from, from_mid, codec) in &published {
+                if from == &s.participant
+                    || sub
+                        .sources
+                        .iter()
+                        .any(|(_, p, m)| p == from && m == from_mid)
+                {
+                    continue;
+                }
+                let ssrc = random_ssrc();
+                let rtx_ssrc = (codec.kind() == super::sdp::MediaKind::Video).then(random_ssrc);
+                let track = OutTrack {
+                    codec: *codec,
+                    ssrc,
+                    rtx_ssrc,
+                    cname: "confnode".to_owned(),
+                    stream_id: from.clone(),
+                    track_id: format!("{from}-{from_mid}"),
+                };
+                let Ok(mid) = sub.sdp.add_track(track) else {
+                    continue;
+                };
+                sub.sources
+                    .push((mid.clone(), from.clone(), from_mid.clone()));
+                let (pt, rtx_pt) = codec.offer_pts();
+                added.push(Added {
+                    from: from.clone(),
+                    from_mid: from_mid.clone(),
+                    subscriber: s.clone(),
+                    mid,
+                    ssrc,
+                    rtx: rtx_ssrc.zip(rtx_pt),
+                    pt,
+                    max_height: *max_height,
+                });
+            }
+            let offer = sub.sdp.offer(&LocalTransport {
+                session_id: sub.session_id,
+                ice: agent.local(),
+                fingerprint: self.identity.fingerprint_hex(),
+                candidates: &self.candidates,
+            });
+            if let Some(offer) = offer {
+                offers.push((s.participant.clone(), offer));
+            }
+        }
+        for p in &publishers {
+            let mut media = p.media();
+            for t in &mut media.tracks {
+                t.outs.retain(|o| {
+                    !removed
+                        .iter()
+                        .any(|(s, mid)| Arc::ptr_eq(s, &o.subscriber) && *mid == o.mid)
+                });
+                for a in &added {
+                    if a.from != p.participant || a.from_mid != t.mid {
+                        continue;
+                    }
+                    let forwarder = Forwarder::new(
+                        &t.track,
+                        ForwarderConfig {
+                            ssrc: a.ssrc,
+                            payload_type: Some(a.pt),
+                            rtx: a
+                                .rtx
+                                .map(|(ssrc, payload_type)| RtxConfig { ssrc, payload_type }),
+                            // Only video has layers to choose from.
+                            max_height: a.max_height.filter(|_| t.codec != CodecName::Opus),
+                            initial_seq: random_ssrc() as u16,
+                            initial_timestamp: random_ssrc(),
+                            extensions: ExtensionMap::default(),
+                        },
+                    );
+                    t.outs.push(Downstream {
+                        subscriber: a.subscriber.clone(),
+                        mid: a.mid.clone(),
+                        forwarder,
+                    });
+                }
+            }
+        }
+        offers
+    }
+
+    /// The receiver `participant` of `room` wants video of at most `max_height` lines:
+    /// its forwarders switch layers at the next key frame.
+    pub fn set_max_height(&self, room: &str, participant: &str, max_height: Option<u16>) {
+        if let Some(s) = self.subscriber(room, participant)
+            && let Some(sub) = s.media().subscribe.as_mut()
+        {
+            sub.max_height = max_height;
+        }
+        let publishers: Vec<Arc<Session>> = {
+            let reg = self.read();
+            reg.by_participant
+                .iter()
+                .filter(|((r, _), _)| r == room)
+                .filter_map(|(_, u)| reg.by_ufrag.get(u).cloned())
+                .collect()
+        };
+        for p in publishers {
+            let mut media = p.media();
+            for t in media
+                .tracks
+                .iter_mut()
+                .filter(|t| t.codec != CodecName::Opus)
+            {
+                for o in &mut t.outs {
+                    if o.subscriber.participant == participant {
+                        o.forwarder.set_max_height(max_height);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A receiving session for `key`, registered (the registry is write-locked).
+    fn new_subscriber(&self, reg: &mut Registry, key: (String, String)) -> Arc<Session> {
+        let local = loop {
+            let c = IceCredentials::generate();
+            if !reg.by_ufrag.contains_key(&c.ufrag) {
+                break c;
+            }
+        };
+        let ufrag = local.ufrag.clone();
+        // The client's fingerprint comes with its answer; until then nothing it sends
+        // can complete a handshake.
+        let dtls = DtlsSession::new(
+            &self.identity,
+            Fingerprint([0; 32]),
+            SUBSCRIBER_SRTP,
+            self.epoch,
+            self.now_ms(),
+        );
+        let session = Arc::new(Session {
+            room: key.0.clone(),
+            participant: key.1.clone(),
+            closed: AtomicBool::new(false),
+            owner: AtomicUsize::new(NO_OWNER),
+            dtls_connected: AtomicBool::new(false),
+            dtls_ended: AtomicBool::new(false),
+            media: Mutex::new(SessionMedia {
+                agent: IceAgent::new(local, None, self.now_ms()),
+                dtls,
+                dtls_peer: None,
+                srtp: None,
+                tracks: Vec::new(),
+                subscribe: Some(Box::new(Subscription {
+                    sdp: SubscribeSession::new(),
+                    session_id: session_id(),
+                    sources: Vec::new(),
+                    answered: false,
+                    max_height: None,
+                })),
+            }),
+        });
+        reg.by_ufrag.insert(ufrag.clone(), session.clone());
+        reg.subscribers.insert(key, ufrag);
+        session
+    }
+
+    /// The longest answer the receiving session of `participant` accepts now.
+    pub fn max_answer_len(&self, room: &str, participant: &str) -> Option<usize> {
+        let s = self.subscriber(room, participant)?;
+        let media = s.media();
+        media.subscribe.as_ref().map(|sub| sub.sdp.max_answer_len())
+    }
+
+    fn subscriber(&self, room: &str, participant: &str) -> Option<Arc<Session>> {
+        let reg = self.read();
+        let ufrag = reg
+            .subscribers
+            .get(&(room.to_owned(), participant.to_owned()))?;
+        reg.by_ufrag.get(ufrag).cloned()
+    }
+
+    /// Applies the answer of `participant`'s receiving peer connection to our last
+    /// offer. The first answer sets the client's ICE credentials and the fingerprint
+    /// its DTLS certificate must have.
+    pub fn subscribe_answer(
+        &self,
+        room: &str,
+        participant: &str,
+        raw: &[u8],
+    ) -> Result<(), SdpError> {
+        let s = self
+            .subscriber(room, participant)
+            .ok_or(SdpError::NoPendingOffer)?;
+        let now = self.now_ms();
+        let mut media = s.media();
+        let media = &mut *media;
+        let sub = media.subscribe.as_mut().ok_or(SdpError::NoPendingOffer)?;
+        let answer = sub.sdp.apply_answer(raw)?;
+        if !sub.answered {
+            sub.answered = true;
+            // Consent counts from the answer: the client only starts its checks now.
+            let local = media.agent.local().clone();
+            media.agent = IceAgent::new(local, Some(answer.ice), now);
+            media.dtls = DtlsSession::new(
+                &self.identity,
+                answer.fingerprint,
+                SUBSCRIBER_SRTP,
+                self.epoch,
+                now,
+            );
+        } else if media.agent.remote() != Some(&answer.ice) {
+            // An ICE restart.
+            media.agent.set_remote(answer.ice);
+        }
+        Ok(())
     }
 
     /// The session our ufrag `ufrag` names (a worker's cache miss).
@@ -332,6 +711,11 @@ impl MediaSessions {
         {
             s.close(&self.metrics);
         }
+        if let Some(ufrag) = reg.subscribers.remove(&key)
+            && let Some(s) = reg.by_ufrag.remove(&ufrag)
+        {
+            s.close(&self.metrics);
+        }
     }
 
     /// Ends the sessions of every participant of `room` (deleted or expired).
@@ -345,13 +729,16 @@ impl MediaSessions {
         let Registry {
             by_ufrag,
             by_participant,
+            subscribers,
         } = &mut *reg;
         let metrics = &self.metrics;
         by_ufrag.retain(|_, s| {
             let kept = keep(&s.room, &s.participant);
             if !kept {
                 s.close(metrics);
-                by_participant.remove(&(s.room.clone(), s.participant.clone()));
+                let key = (s.room.clone(), s.participant.clone());
+                by_participant.remove(&key);
+                subscribers.remove(&key);
             }
             kept
         });
@@ -360,7 +747,15 @@ impl MediaSessions {
     /// Every (room, participant) with a session, for the control plane to compare with
     /// its rooms.
     pub fn participants(&self) -> Vec<(String, String)> {
-        self.read().by_participant.keys().cloned().collect()
+        let reg = self.read();
+        let mut all: Vec<(String, String)> = reg.by_participant.keys().cloned().collect();
+        all.extend(
+            reg.subscribers
+                .keys()
+                .filter(|k| !reg.by_participant.contains_key(*k))
+                .cloned(),
+        );
+        all
     }
 
     /// The (room, participant) of every session whose consent ran out by `now_ms`
@@ -371,10 +766,93 @@ impl MediaSessions {
         let reg = self.read();
         reg.by_ufrag
             .values()
-            .filter(|s| s.is_dtls_ended() || s.media().agent.consent_expired(now_ms))
+            .filter(|s| {
+                if s.is_dtls_ended() {
+                    return true;
+                }
+                let media = s.media();
+                // A receiving session's consent runs from its answer.
+                let waiting = media.subscribe.as_ref().is_some_and(|sub| !sub.answered);
+                !waiting && media.agent.consent_expired(now_ms)
+            })
             .map(|s| (s.room.clone(), s.participant.clone()))
             .collect()
     }
+}
+
+/// A forwarder [`MediaSessions::sync_room`] sets up.
+struct Added {
+    /// The publisher and its mid of the track.
+    from: String,
+    from_mid: String,
+    subscriber: Arc<Session>,
+    /// The receiver's mid, SSRC, RTX (SSRC, payload type) and payload type.
+    mid: String,
+    ssrc: u32,
+    rtx: Option<(u32, u8)>,
+    pt: u8,
+    max_height: Option<u16>,
+}
+
+/// A random SSRC (also a random start for sequence numbers and timestamps).
+fn random_ssrc() -> u32 {
+    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    OsRng.next_u32()
+}
+
+/// The data plane's view of a track the publisher's offer sends; `None` for one the
+/// SFU cannot forward.
+fn published_media(mid: &str, t: &PublishedTrack) -> Option<PublishedMedia> {
+    let codec = t.codecs.first()?;
+    let (track_codec, clock_rate) = match codec.name {
+        CodecName::Opus => (Codec::Audio, 48_000),
+        CodecName::Vp8 => (Codec::Vp8, 90_000),
+        CodecName::H264 => (Codec::H264, 90_000),
+    };
+    let video = codec.name.kind() == super::sdp::MediaKind::Video;
+    let layers = if t.rids.is_empty() {
+        let ssrc = t
+            .ssrcs
+            .iter()
+            .copied()
+            .find(|s| !t.rtx_ssrcs.iter().any(|&(_, rtx)| rtx == *s));
+        let rtx_ssrc = ssrc.and_then(|s| {
+            t.rtx_ssrcs
+                .iter()
+                .find(|&&(primary, _)| primary == s)
+                .map(|&(_, rtx)| rtx)
+        });
+        vec![LayerConfig {
+            rid: None,
+            ssrc,
+            rtx_ssrc,
+            height: 0,
+        }]
+    } else {
+        t.rids
+            .iter()
+            .map(|rid| LayerConfig {
+                rid: Some(rid.clone()),
+                ..LayerConfig::default()
+            })
+            .collect()
+    };
+    let track = Track::new(TrackConfig {
+        codec: track_codec,
+        clock_rate,
+        payload_type: codec.pt,
+        layers,
+        rid_extension: t.extension_id(super::sdp::Extension::Rid),
+        repaired_rid_extension: t.extension_id(super::sdp::Extension::RepairedRid),
+        cache_packets: if video { VIDEO_CACHE_PACKETS } else { 0 },
+        nack: false,
+    });
+    Some(PublishedMedia {
+        mid: mid.to_owned(),
+        codec: codec.name,
+        track,
+        outs: Vec::new(),
+    })
 }
 
 /// A random `o=` session id below 2^63 (JSEP §5.2.1).
@@ -424,6 +902,17 @@ pub struct SessionCache {
     next_timer: Option<u64>,
     /// Where DTLS records are written before they are sent.
     out: Box<[u8]>,
+    /// Where forwarded RTP and our RTCP are rewritten and encrypted before they are sent.
+    fwd: Box<[u8]>,
+    /// Packets forwarded and keyframe requests sent since [`SessionCache::take_counts`].
+    counts: ForwardCounts,
+}
+
+/// What forwarding did, for the worker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardCounts {
+    pub forwarded: u64,
+    pub keyframe_requests: u64,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -447,6 +936,8 @@ impl SessionCache {
             timers: Vec::new(),
             next_timer: None,
             out: vec![0u8; DTLS_MTU].into_boxed_slice(),
+            fwd: vec![0u8; FORWARD_BUFFER].into_boxed_slice(),
+            counts: ForwardCounts::default(),
         }
     }
 
@@ -559,6 +1050,12 @@ impl SessionCache {
         }
         match pkt.first() {
             Some(20..=63) => {
+                // A receiving peer connection may start DTLS before its answer (with
+                // the fingerprint its certificate must have) reached us: its records
+                // are dropped until then, and it repeats them.
+                if media.subscribe.as_ref().is_some_and(|sub| !sub.answered) {
+                    return MediaVerdict::Dropped(MediaDrop::Dtls);
+                }
                 media.dtls_peer = Some((src, listener));
                 let fed = media.dtls.handle_datagram(pkt, now_ms);
                 let wait = drain(
@@ -588,7 +1085,21 @@ impl SessionCache {
                     }
                 } else {
                     match srtp.inbound.unprotect_rtp(pkt) {
-                        Ok(n) => MediaVerdict::Rtp(n),
+                        Ok(n) => {
+                            if !media.tracks.is_empty() {
+                                forward_rtp(
+                                    &mut self.fwd,
+                                    &mut self.counts,
+                                    &mut media,
+                                    pkt,
+                                    n,
+                                    (src, listener),
+                                    now_ms.saturating_mul(1000),
+                                    send,
+                                );
+                            }
+                            MediaVerdict::Rtp(n)
+                        }
                         Err(e) => MediaVerdict::Dropped(srtp_drop(e)),
                     }
                 }
@@ -660,6 +1171,11 @@ impl SessionCache {
         self.next_timer = self.timers.iter().map(|&(_, t)| t).min();
     }
 
+    /// What forwarding did since the last call.
+    pub fn take_counts(&mut self) -> ForwardCounts {
+        std::mem::take(&mut self.counts)
+    }
+
     /// Forgets closed sessions (run now and then, off the per-packet path).
     pub fn sweep(&mut self) {
         self.cache.retain(|_, s| !s.is_closed());
@@ -669,6 +1185,114 @@ impl SessionCache {
         if self.timers.len() != before {
             self.next_timer = self.timers.iter().map(|&(_, t)| t).min();
         }
+    }
+}
+
+/// Forwards RTP just unprotected from a publisher, `pkt[..len]`, to every receiver of
+/// its track: the track reads it once, then each receiver's forwarder rewrites a copy in
+/// `out`, which is encrypted with the receiver's keys and sent where its DTLS came
+/// from. Keyframe requests that result go back to the publisher (`publisher`: its
+/// address and our listener) as SRTCP PLIs. `now` is in microseconds.
+///
+/// The receiver's session lock is taken under the publisher's: receiving sessions never
+/// forward, so they never take another session's lock while holding their own.
+#[allow(clippy::too_many_arguments)]
+fn forward_rtp(
+    out: &mut [u8],
+    counts: &mut ForwardCounts,
+    media: &mut SessionMedia,
+    pkt: &mut [u8],
+    len: usize,
+    publisher: (SocketAddr, usize),
+    now: u64,
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    let Some(ssrc) = pkt
+        .get(8..12)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    else {
+        return;
+    };
+    let SessionMedia { tracks, srtp, .. } = media;
+    // The track whose layer has the SSRC; else the first that takes the packet (a
+    // layer that learns its SSRC from the rid or from its first packet).
+    let known = tracks.iter().position(|t| t.track.layer_of(ssrc).is_some());
+    let (index, incoming) = match known {
+        Some(i) => match tracks[i].track.receive(pkt, len, now) {
+            Ok(incoming) => (i, incoming),
+            Err(_) => return,
+        },
+        None => {
+            let mut found = None;
+            for (i, t) in tracks.iter_mut().enumerate() {
+                match t.track.receive(pkt, len, now) {
+                    Ok(incoming) => {
+                        found = Some((i, incoming));
+                        break;
+                    }
+                    Err(Dropped::UnknownSsrc | Dropped::PayloadType) => {}
+                    Err(_) => return,
+                }
+            }
+            match found {
+                Some(f) => f,
+                None => return,
+            }
+        }
+    };
+    let t = &mut tracks[index];
+    let n = incoming.len;
+    if n + MAX_RTP_OVERHEAD > out.len() || n > pkt.len() {
+        return;
+    }
+    for o in &mut t.outs {
+        // Nothing is forwarded before the receiver can decrypt it, so that its stream
+        // starts at a keyframe it will see.
+        if o.subscriber.is_closed() || !o.subscriber.is_dtls_connected() {
+            continue;
+        }
+        out[..n].copy_from_slice(&pkt[..n]);
+        if let Some(m) = o.forwarder.forward(&mut out[..n], &incoming, now) {
+            let mut sub = o.subscriber.media();
+            let sub = &mut *sub;
+            if let (Some(keys), Some((to, via))) = (sub.srtp.as_mut(), sub.dtls_peer)
+                && let Ok(k) = keys.outbound.protect_rtp(out, m)
+            {
+                send(&out[..k], to, via);
+                counts.forwarded += 1;
+            }
+        }
+        while let Some(Action::NeedKeyframe { layer, .. }) = o.forwarder.poll_action(now) {
+            if let Some(req) = t.track.request_keyframe(layer, now) {
+                send_pli(out, srtp, req.ssrc, publisher, send);
+                counts.keyframe_requests += 1;
+            }
+        }
+    }
+    while let Some(req) = t.track.poll_keyframe(now) {
+        send_pli(out, srtp, req.ssrc, publisher, send);
+        counts.keyframe_requests += 1;
+    }
+}
+
+/// A PLI for the publisher's `ssrc`, encrypted with the publisher's keys.
+fn send_pli(
+    out: &mut [u8],
+    srtp: &mut Option<Box<SrtpPair>>,
+    ssrc: u32,
+    (to, via): (SocketAddr, usize),
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    let Some(keys) = srtp.as_mut() else {
+        return;
+    };
+    let Some(n) = rtcp::write_pli(out, RTCP_SENDER_SSRC, ssrc) else {
+        return;
+    };
+    if n + MAX_RTCP_OVERHEAD <= out.len()
+        && let Ok(k) = keys.outbound.protect_rtcp(out, n)
+    {
+        send(&out[..k], to, via);
     }
 }
 
@@ -1053,6 +1677,53 @@ a=rtpmap:111 opus/48000/2\r\n";
             s.consent_expired(s.now_ms()),
             vec![("r".to_owned(), "a".to_owned())]
         );
+    }
+
+    #[test]
+    fn receivers_get_an_offer_per_change_and_forwarders_follow() {
+        let s = sessions();
+        let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
+        let answer = s.publish("room", "a", &offer).unwrap();
+        let publisher = s.lookup(ice_line(&answer, "ice-ufrag").as_bytes()).unwrap();
+        // Only b has something to receive.
+        let offers = s.sync_room(
+            "room",
+            &[("a".to_owned(), None), ("b".to_owned(), Some(180))],
+        );
+        assert_eq!(offers.len(), 1);
+        let (who, sdp) = &offers[0];
+        assert_eq!(who, "b");
+        assert!(sdp.contains("m=audio"), "{sdp}");
+        assert!(sdp.contains("a=msid:a a-0"), "{sdp}");
+        assert!(sdp.contains("a=setup:passive") || sdp.contains("a=setup:actpass"));
+        assert_eq!(publisher.media().tracks.len(), 1);
+        assert_eq!(publisher.media().tracks[0].outs.len(), 1);
+        // Nothing changed, and an offer is out: nothing new.
+        assert!(
+            s.sync_room(
+                "room",
+                &[("a".to_owned(), None), ("b".to_owned(), Some(180))]
+            )
+            .is_empty()
+        );
+        assert_eq!(publisher.media().tracks[0].outs.len(), 1);
+        // A receiving session that was never answered does not lapse.
+        let late = s.now_ms() + 31_000;
+        assert_eq!(
+            s.consent_expired(late),
+            vec![("room".to_owned(), "a".to_owned())]
+        );
+        assert!(s.subscribe_answer("room", "b", b"v=0\r\n").is_err());
+        assert_eq!(
+            s.subscribe_answer("room", "nobody", b"v=0\r\n"),
+            Err(SdpError::NoPendingOffer)
+        );
+        assert!(s.max_answer_len("room", "b").unwrap() >= crate::sfu::sdp::MAX_SDP_LEN);
+        // The receiver leaves: its forwarder goes at the next sync.
+        s.remove_participant("room", "b");
+        assert!(s.sync_room("room", &[("a".to_owned(), None)]).is_empty());
+        assert!(publisher.media().tracks[0].outs.is_empty());
+        assert_eq!(s.participants(), vec![("room".to_owned(), "a".to_owned())]);
     }
 
     #[test]
