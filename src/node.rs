@@ -67,13 +67,13 @@ pub fn run(config: Config) -> Result<(), String> {
         .turn
         .listen
         .iter()
-        .map(|l| bind(l.0, "TCP", udp::bind_tcp_listener(l.0)))
+        .map(|l| bind(l.0, "TCP", tcp::bind_listener(l.0)))
         .collect::<Result<Vec<_>, _>>()?;
     let tls_listeners = config
         .turn
         .tls_listen
         .iter()
-        .map(|l| bind(l.0, "TLS", udp::bind_tcp_listener(l.0)))
+        .map(|l| bind(l.0, "TLS", tcp::bind_listener(l.0)))
         .collect::<Result<Vec<_>, _>>()?;
     let http_listener = std::net::TcpListener::bind(config.http.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l));

@@ -23,6 +23,23 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Binds a non-blocking TCP listener for STUN/TURN over TCP or TLS.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// A connection without an allocation that sends nothing for this long is closed. One
 /// that holds an allocation stays: the allocation's lifetime decides (RFC 8656 §3.1).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);

@@ -24,19 +24,6 @@ pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Binds a non-blocking TCP listener for STUN/TURN over TCP or TLS.
-pub fn bind_tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
 /// Binds a non-blocking relay socket for one TURN allocation: its own port, shared with
 /// nobody (no `SO_REUSEPORT`), so a taken port fails with `AddrInUse`.
 pub fn bind_relay(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {

@@ -52,35 +52,7 @@ impl Node {
     /// Starts the node on fresh loopback ports (IPv4 and ::1), with `extra` appended
     /// to the generated configuration (sections other than [turn] listen/[http] listen).
     pub fn start(extra: &str) -> Node {
-        let port = free_port();
-        let http_port = free_port();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = format!(
-            "[turn]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\n\
-             [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
-             [store]\npath = \"{store}\"\n{extra}",
-            store = dir.path().join("data").display()
-        );
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, config).expect("write config");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start confnode");
-        let node = Node {
-            child: Some(child),
-            stun: SocketAddr::from(([127, 0, 0, 1], port)),
-            stun6: format!("[::1]:{port}").parse().expect("addr"),
-            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
-            dir,
-        };
-        node.wait_ready();
-        node
+        Node::start_on(&["127.0.0.1", "[::1]"], "", extra)
     }
 
     fn wait_ready(&self) {
