@@ -12,7 +12,9 @@ command -v turnutils_stunclient >/dev/null || packages+=(coturn)
 command -v openssl >/dev/null || packages+=(openssl)
 # The reference page in headless Chromium: Debian's browser, driven from node by
 # playwright-core (never `npx playwright install`: it downloads a browser of its own).
-[ -x /usr/bin/chromium ] || packages+=(chromium)
+# fonts-liberation is only a recommendation of chromium, which the install below skips;
+# without any font the page would render no text in screenshots.
+[ -x /usr/bin/chromium ] || packages+=(chromium fonts-liberation)
 command -v node >/dev/null || packages+=(nodejs)
 command -v npm >/dev/null || packages+=(npm)
 if ((${#packages[@]})); then
