@@ -71,7 +71,16 @@ fn run(path: Option<PathBuf>) -> ExitCode {
 
 fn check_config(path: &Path) -> ExitCode {
     match Config::from_file(path) {
-        Ok(_) => {
+        Ok(config) => {
+            // The node reads the TLS files at start and refuses to start without them:
+            // the check says so now rather than at the next restart.
+            let t = &config.turn;
+            if !t.tls_listen.is_empty()
+                && let Err(e) = confnode::net::tls::TlsCerts::load(&t.tls_cert, &t.tls_key)
+            {
+                println!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }

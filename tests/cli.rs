@@ -133,3 +133,20 @@ fn runs_with_no_file_on_loopback_defaults() {
     assert!(answered, "no Binding answer on 127.0.0.1:3478");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn check_config_reads_the_tls_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_file(
+        dir.path(),
+        "tls.toml",
+        "[turn]\ntls_listen = [\"127.0.0.1:5349\"]\ntls_cert = \"/nonexistent/cert.pem\"\n\
+         tls_key = \"/nonexistent/key.pem\"\n",
+    );
+    let (status, out) = run_with_timeout(
+        Command::new(BIN).arg("check-config").arg(&path),
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("turn.tls_cert"), "{out}");
+}
