@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{KillOnDrop, Node, free_port, require_tool, run_with_timeout, udp_port_bound};
+use common::{Node, Peer, free_port, require_tool, run_with_timeout};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -75,39 +75,6 @@ fn start_node_with(cert: &Path, key: &Path, more: &str) -> (Node, SocketAddr) {
     (Node::start_with_turn(&turn, ""), tls)
 }
 
-/// `turnutils_peer` echoing on 127.0.0.1, killed when dropped.
-struct Peer {
-    port: u16,
-    _child: KillOnDrop,
-}
-
-impl Peer {
-    fn start() -> Peer {
-        require_tool("turnutils_peer", "coturn");
-        let port = free_port();
-        let child = Command::new("turnutils_peer")
-            .args(["-p", &port.to_string(), "-L", "127.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start turnutils_peer");
-        let peer = Peer {
-            port,
-            _child: KillOnDrop(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !udp_port_bound(port) {
-            assert!(
-                Instant::now() < deadline,
-                "turnutils_peer did not bind UDP port {port} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        peer
-    }
-}
-
 /// The number after `key` in `line`.
 fn number_after(line: &str, key: &str) -> Option<u64> {
     let rest = &line[line.find(key)? + key.len()..];
@@ -169,7 +136,7 @@ fn turnutils_uclient_over_tcp_relays_without_loss() {
     let certs = tempfile::tempdir().expect("temp dir");
     let (cert, key) = make_cert(certs.path(), "a");
     let (node, _) = start_node(&cert, &key);
-    let peer = Peer::start();
+    let peer = Peer::start(&["127.0.0.1"]);
     let port = node.stun.port();
     uclient(&node, &peer, port, "tcp", &["-l", "120"]);
     // An odd length makes every ChannelData to the client carry padding.
@@ -181,7 +148,7 @@ fn turnutils_uclient_over_tcp_with_send_and_data_indications_relays_without_loss
     let certs = tempfile::tempdir().expect("temp dir");
     let (cert, key) = make_cert(certs.path(), "a");
     let (node, _) = start_node(&cert, &key);
-    let peer = Peer::start();
+    let peer = Peer::start(&["127.0.0.1"]);
     let port = node.stun.port();
     uclient(&node, &peer, port, "tcp", &["-c", "-l", "120"]);
     uclient(&node, &peer, port, "tcp", &["-c", "-l", "123"]);
@@ -192,7 +159,7 @@ fn turnutils_uclient_over_tls_relays_without_loss() {
     let certs = tempfile::tempdir().expect("temp dir");
     let (cert, key) = make_cert(certs.path(), "a");
     let (node, tls) = start_node(&cert, &key);
-    let peer = Peer::start();
+    let peer = Peer::start(&["127.0.0.1"]);
     uclient(&node, &peer, tls.port(), "tls", &["-S", "-l", "120"]);
     uclient(&node, &peer, tls.port(), "tls", &["-S", "-c", "-l", "121"]);
 }

@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{KillOnDrop, Node, free_port, require_tool, run_with_timeout, udp_port_bound};
+use common::{Node, Peer, require_tool, run_with_timeout};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TURN_KEYS: &str = "users = { user = \"pass\" }\n\
                          auth_secret = \"s3cret\"\n\
@@ -25,39 +25,6 @@ const AUTH_FAILURES: &str = "confnode_turn_auth_failures_total";
 const CLIENTS: u32 = 5;
 /// Messages (`-n`) per client.
 const MESSAGES: u32 = 50;
-
-/// `turnutils_peer` echoing on 127.0.0.1 and ::1, killed when dropped.
-struct Peer {
-    port: u16,
-    _child: KillOnDrop,
-}
-
-impl Peer {
-    fn start() -> Peer {
-        require_tool("turnutils_peer", "coturn");
-        let port = free_port();
-        let child = Command::new("turnutils_peer")
-            .args(["-p", &port.to_string(), "-L", "127.0.0.1", "-L", "::1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start turnutils_peer");
-        let peer = Peer {
-            port,
-            _child: KillOnDrop(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !udp_port_bound(port) {
-            assert!(
-                Instant::now() < deadline,
-                "turnutils_peer did not bind UDP port {port} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        peer
-    }
-}
 
 /// What one uclient run reported.
 #[derive(Debug)]
@@ -159,7 +126,7 @@ fn node() -> Node {
 
 #[test]
 fn uclient_udp_to_peer() {
-    let peer = Peer::start();
+    let peer = Peer::start(&["127.0.0.1", "::1"]);
     let node = node();
     let port = peer.port.to_string();
     uclient(
@@ -177,7 +144,7 @@ fn uclient_client_to_client() {
 
 #[test]
 fn uclient_send_indications() {
-    let peer = Peer::start();
+    let peer = Peer::start(&["127.0.0.1", "::1"]);
     let node = node();
     let port = peer.port.to_string();
     uclient(
@@ -199,7 +166,7 @@ fn uclient_send_indications() {
 
 #[test]
 fn uclient_rest_api_secret() {
-    let peer = Peer::start();
+    let peer = Peer::start(&["127.0.0.1", "::1"]);
     let node = node();
     let port = peer.port.to_string();
     uclient(
@@ -220,7 +187,7 @@ fn uclient_rest_api_secret() {
 
 #[test]
 fn uclient_long_term_user_over_ipv6_relay() {
-    let peer = Peer::start();
+    let peer = Peer::start(&["127.0.0.1", "::1"]);
     let node = node();
     let port = peer.port.to_string();
     uclient(
@@ -232,7 +199,7 @@ fn uclient_long_term_user_over_ipv6_relay() {
 
 #[test]
 fn uclient_dual_allocation() {
-    let peer = Peer::start();
+    let peer = Peer::start(&["127.0.0.1", "::1"]);
     let node = node();
     let port = peer.port.to_string();
     uclient(

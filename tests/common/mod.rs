@@ -549,3 +549,40 @@ impl SseStream {
         }
     }
 }
+
+/// coturn's `turnutils_peer` echoing on `hosts` at a fresh port, killed when dropped.
+pub struct Peer {
+    pub port: u16,
+    _child: KillOnDrop,
+}
+
+impl Peer {
+    pub fn start(hosts: &[&str]) -> Peer {
+        require_tool("turnutils_peer", "coturn");
+        let port = free_port();
+        let mut cmd = Command::new("turnutils_peer");
+        cmd.args(["-p", &port.to_string()]);
+        for h in hosts {
+            cmd.args(["-L", h]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turnutils_peer");
+        let peer = Peer {
+            port,
+            _child: KillOnDrop(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !udp_port_bound(port) {
+            assert!(
+                Instant::now() < deadline,
+                "turnutils_peer did not bind UDP port {port} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peer
+    }
+}
