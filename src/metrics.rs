@@ -111,6 +111,14 @@ pub struct TurnMetrics {
     pub relayed_bytes_to_peer: Counter,
     pub relayed_packets_to_client: Counter,
     pub relayed_bytes_to_client: Counter,
+    /// Datagrams between a relay and the node's own media port handed over inside the
+    /// worker (no system call): a client's to the SFU (`to_peer`) and the SFU's to the
+    /// client (`to_client`). Also counted in `relayed_packets_*`.
+    pub internal_to_peer: Counter,
+    pub internal_to_client: Counter,
+    /// Datagrams from the node's own media port that reached a relay socket through
+    /// the kernel (the SFU answering a client whose allocation another worker holds).
+    pub hairpin: Counter,
 }
 
 /// What kind of media packet the SFU received.
@@ -360,6 +368,7 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
 fn register_turn(registry: &mut Registry) -> TurnMetrics {
     let packets = Family::<DirectionLabel, Counter>::default();
     let bytes = Family::<DirectionLabel, Counter>::default();
+    let internal = Family::<DirectionLabel, Counter>::default();
     let series = |f: &Family<DirectionLabel, Counter>, direction| {
         f.get_or_create(&DirectionLabel { direction }).clone()
     };
@@ -368,8 +377,20 @@ fn register_turn(registry: &mut Registry) -> TurnMetrics {
         relayed_bytes_to_peer: series(&bytes, Direction::ToPeer),
         relayed_packets_to_client: series(&packets, Direction::ToClient),
         relayed_bytes_to_client: series(&bytes, Direction::ToClient),
+        internal_to_peer: series(&internal, Direction::ToPeer),
+        internal_to_client: series(&internal, Direction::ToClient),
         ..TurnMetrics::default()
     };
+    registry.register(
+        "turn_relay_internal",
+        "Packets between a TURN relay and the node's own media port handed over in process",
+        internal,
+    );
+    registry.register(
+        "turn_relay_hairpin",
+        "Packets from the node's own media port that reached a TURN relay through the kernel",
+        t.hairpin.clone(),
+    );
     registry.register("turn_relayed_packets", "Packets relayed by TURN", packets);
     registry.register("turn_relayed_bytes", "Payload bytes relayed by TURN", bytes);
     registry.register(

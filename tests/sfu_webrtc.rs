@@ -587,3 +587,400 @@ fn rtp_from_a_webrtc_rs_publisher_reaches_a_webrtc_rs_subscriber_in_order() {
         }
     });
 }
+
+// ---- Forced relay: both peers reach the SFU through the node's own TURN ----
+
+const INTERNAL_TO_PEER: &str = "confnode_turn_relay_internal_total{direction=\"to_peer\"}";
+const INTERNAL_TO_CLIENT: &str = "confnode_turn_relay_internal_total{direction=\"to_client\"}";
+const HAIRPIN: &str = "confnode_turn_relay_hairpin_total";
+const RELAYED_TO_PEER: &str = "confnode_turn_relayed_packets_total{direction=\"to_peer\"}";
+const RELAYED_TO_CLIENT: &str = "confnode_turn_relayed_packets_total{direction=\"to_client\"}";
+
+/// A node like `node()` with `workers` data-plane workers.
+fn node_with_workers(workers: usize) -> Node {
+    let params = argon2::Params::new(8, 1, 1, None).expect("params");
+    let hash = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
+        .expect("hash")
+        .to_string();
+    let http = format!("[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{hash}\"\n");
+    Node::start_with_http("", &http, &format!("[node]\nworkers = {workers}\n")).0
+}
+
+/// Joins `room` as `name`: (participant, token, the `ice_servers` of the answer).
+fn join_with_ice_servers(
+    node: &Node,
+    room: &str,
+    name: &str,
+) -> (
+    String,
+    String,
+    Vec<webrtc::ice_transport::ice_server::RTCIceServer>,
+) {
+    let body = json!({ "display_name": name }).to_string();
+    let r = http(
+        node.http,
+        "POST",
+        &format!("/api/rooms/{room}/participants"),
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = r.json();
+    let servers = v["ice_servers"]
+        .as_array()
+        .expect("ice_servers")
+        .iter()
+        .map(|s| webrtc::ice_transport::ice_server::RTCIceServer {
+            urls: s["urls"]
+                .as_array()
+                .expect("urls")
+                .iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect(),
+            username: s["username"].as_str().unwrap_or_default().to_owned(),
+            credential: s["credential"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        servers
+            .iter()
+            .flat_map(|s| &s.urls)
+            .any(|u| u.starts_with("turn:") && u.ends_with("?transport=udp")),
+        "no TURN over UDP in {}",
+        r.body
+    );
+    (
+        v["participant"].as_str().expect("id").to_owned(),
+        v["token"].as_str().expect("token").to_owned(),
+        servers,
+    )
+}
+
+/// Forced relay (`iceTransportPolicy: "relay"`), as a browser with `relay=1` does.
+fn relay_only(
+    ice_servers: Vec<webrtc::ice_transport::ice_server::RTCIceServer>,
+) -> RTCConfiguration {
+    RTCConfiguration {
+        ice_servers,
+        ice_transport_policy:
+            webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy::Relay,
+        ..Default::default()
+    }
+}
+
+/// Asserts that the peer connection's selected candidate pair is relay on our side.
+async fn assert_relayed(pc: &webrtc::peer_connection::RTCPeerConnection, who: &str) {
+    let pair = pc
+        .dtls_transport()
+        .ice_transport()
+        .get_selected_candidate_pair()
+        .await
+        .unwrap_or_else(|| panic!("{who}: no selected candidate pair"));
+    assert_eq!(
+        pair.local.typ,
+        webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType::Relay,
+        "{who}: selected pair {pair}"
+    );
+}
+
+/// What `relayed_publisher_to_subscriber` saw: the RTP payloads the subscriber got, by
+/// kind, as (sequence number, payload); and the node's /metrics after both closed.
+struct RelayedRun {
+    video: Vec<(u16, Vec<u8>)>,
+    audio: Vec<(u16, Vec<u8>)>,
+    metrics: String,
+}
+
+/// The flow of `rtp_from_a_webrtc_rs_publisher_reaches_a_webrtc_rs_subscriber_in_order`
+/// with both peers forced through the node's TURN, on a node with `workers` workers.
+fn relayed_publisher_to_subscriber(workers: usize) -> RelayedRun {
+    use webrtc::rtp::header::Header;
+    use webrtc::rtp::packet::Packet;
+    use webrtc::track::track_local::TrackLocalWriter;
+    use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+    let node = node_with_workers(workers);
+    let (room, _, _) = join(&node);
+    let (publisher, pub_token, pub_ice) = join_with_ice_servers(&node, &room, "Publisher");
+    let (subscriber, sub_token, sub_ice) = join_with_ice_servers(&node, &room, "Subscriber");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let http_addr = node.http;
+        let api = webrtc_api();
+
+        let pc = Arc::new(
+            api.new_peer_connection(relay_only(pub_ice))
+                .await
+                .expect("peer connection"),
+        );
+        let mut tracks = Vec::new();
+        for (mime, id) in [(MIME_TYPE_VP8, "video"), (MIME_TYPE_OPUS, "audio")] {
+            let track = Arc::new(TrackLocalStaticRTP::new(
+                RTCRtpCodecCapability {
+                    mime_type: mime.to_owned(),
+                    ..Default::default()
+                },
+                id.to_owned(),
+                "stream".to_owned(),
+            ));
+            let sender = pc
+                .add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>)
+                .await
+                .expect("add track");
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1500];
+                while sender.read(&mut buf).await.is_ok() {}
+            });
+            tracks.push(track);
+        }
+        let mut pub_state = state_channel(&pc);
+        let offer = pc.create_offer(None).await.expect("offer");
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer).await.expect("local");
+        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+        let offer = pc.local_description().await.expect("offer sdp").sdp;
+        assert!(
+            offer.contains(" typ relay") && !offer.contains(" typ host"),
+            "relay candidates only: {offer}"
+        );
+        let r = post_sdp(
+            http_addr,
+            format!("/api/rooms/{room}/participants/{publisher}/publish"),
+            &pub_token,
+            offer,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        pc.set_remote_description(RTCSessionDescription::answer(r.body).expect("answer"))
+            .await
+            .expect("remote description");
+        wait_connected(&mut pub_state, "publisher").await;
+        assert_relayed(&pc, "publisher").await;
+
+        let events = format!("/api/rooms/{room}/participants/{subscriber}/events");
+        let bearer = format!("Bearer {sub_token}");
+        let (stream, offer) = tokio::task::spawn_blocking(move || {
+            let mut stream =
+                common::SseStream::open(http_addr, &events, &[("Authorization", &bearer)])
+                    .unwrap_or_else(|r| panic!("events: {} {}", r.status, r.body));
+            loop {
+                let (name, data) = stream.next_event().expect("event stream ended");
+                if name == "offer" {
+                    let v: serde_json::Value = serde_json::from_str(&data).expect("JSON");
+                    return (stream, v["sdp"].as_str().expect("sdp").to_owned());
+                }
+            }
+        })
+        .await
+        .expect("offer event");
+
+        let sub = Arc::new(
+            api.new_peer_connection(relay_only(sub_ice))
+                .await
+                .expect("peer connection"),
+        );
+        let (rtp_tx, mut rtp_rx) = mpsc::unbounded_channel::<(bool, u16, Vec<u8>)>();
+        sub.on_track(Box::new(move |track, _, _| {
+            let tx = rtp_tx.clone();
+            let video = track.kind() == webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Video;
+            tokio::spawn(async move {
+                while let Ok((pkt, _)) = track.read_rtp().await {
+                    if tx
+                        .send((video, pkt.header.sequence_number, pkt.payload.to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            Box::pin(async {})
+        }));
+        let mut sub_state = state_channel(&sub);
+        sub.set_remote_description(RTCSessionDescription::offer(offer.clone()).expect("offer"))
+            .await
+            .unwrap_or_else(|e| panic!("remote description: {e}\n{offer}"));
+        let answer = sub.create_answer(None).await.expect("answer");
+        let mut gathered = sub.gathering_complete_promise().await;
+        sub.set_local_description(answer).await.expect("local");
+        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+        let answer = sub.local_description().await.expect("answer sdp").sdp;
+        let r = post_sdp(
+            http_addr,
+            format!("/api/rooms/{room}/participants/{subscriber}/subscribe"),
+            &sub_token,
+            answer,
+        )
+        .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+        wait_connected(&mut sub_state, "subscriber").await;
+        assert_relayed(&sub, "subscriber").await;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (video, audio) = (tracks[0].clone(), tracks[1].clone());
+        let sending = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 500 {
+                    tick.tick().await;
+                    let header = |seq: u32, ts: u32| Header {
+                        version: 2,
+                        marker: true,
+                        sequence_number: (1000 + seq) as u16,
+                        timestamp: ts,
+                        ..Default::default()
+                    };
+                    let v = Packet {
+                        header: header(i, i * 1800),
+                        payload: vp8_payload(i).into(),
+                    };
+                    let _ = video.write_rtp(&v).await;
+                    let a = Packet {
+                        header: header(i, i * 960),
+                        payload: opus_payload(i).into(),
+                    };
+                    let _ = audio.write_rtp(&a).await;
+                    i += 1;
+                }
+            })
+        };
+        let mut run = RelayedRun {
+            video: Vec::new(),
+            audio: Vec::new(),
+            metrics: String::new(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some((is_video, seq, payload)) = rtp_rx.recv().await {
+                if is_video {
+                    run.video.push((seq, payload));
+                } else {
+                    run.audio.push((seq, payload));
+                }
+                if run.video.len() >= 100 && run.audio.len() >= 50 {
+                    return;
+                }
+            }
+        })
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = sending.await;
+        let _ = sub.close().await;
+        let _ = pc.close().await;
+        drop(stream);
+        // Nothing moves any more: the counters are read at rest.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run.metrics = tokio::task::spawn_blocking(move || {
+            let (status, body) = http_get(http_addr, "/metrics").expect("GET /metrics");
+            assert_eq!(status, 200);
+            body
+        })
+        .await
+        .expect("metrics");
+        run
+    })
+}
+
+/// The payloads arrived intact, in order, with continuous sequence numbers.
+fn assert_intact_in_order(run: &RelayedRun) {
+    for line in run
+        .metrics
+        .lines()
+        .filter(|l| l.starts_with("confnode_turn_relay") || l.starts_with("confnode_sfu_forwarded"))
+    {
+        eprintln!("{line}");
+    }
+    for (kind, got, min, expected) in [
+        ("video", &run.video, 100, vp8_payload as fn(u32) -> Vec<u8>),
+        ("audio", &run.audio, 50, opus_payload),
+    ] {
+        assert!(
+            got.len() >= min,
+            "{kind}: only {} RTP packets reached the subscriber",
+            got.len()
+        );
+        let mut last: Option<(u32, u16)> = None;
+        for (seq, payload) in got.iter() {
+            let i = index_of(payload, kind == "video").expect("an index");
+            assert_eq!(
+                payload,
+                &expected(i),
+                "{kind} packet {i} changed on the way"
+            );
+            if let Some((li, lseq)) = last {
+                assert!(i > li, "{kind}: packet {i} after {li}");
+                assert_eq!(
+                    seq.wrapping_sub(lseq),
+                    (i - li) as u16,
+                    "{kind}: sequence numbers not continuous"
+                );
+            }
+            last = Some((i, *seq));
+        }
+    }
+}
+
+#[test]
+fn relay_only_peers_reach_the_sfu_through_the_nodes_turn_in_process() {
+    // One worker holds both allocations and both sessions: every packet between the
+    // relays and the media port is handed over in the process.
+    let run = relayed_publisher_to_subscriber(1);
+    assert_intact_in_order(&run);
+    let m = |series| metric_value(&run.metrics, series);
+    let received = (run.video.len() + run.audio.len()) as f64;
+    let forwarded = m(FORWARDED);
+    assert!(
+        forwarded >= received,
+        "{forwarded} forwarded, {received} received"
+    );
+    // The publisher's RTP came in through its relay, the subscriber's copies went out
+    // through its relay: all of it handed over, none of it through the kernel.
+    assert!(
+        m(INTERNAL_TO_PEER) >= m(RTP_RECEIVED),
+        "{} handed to the SFU, {} RTP received",
+        m(INTERNAL_TO_PEER),
+        m(RTP_RECEIVED)
+    );
+    assert!(
+        m(INTERNAL_TO_CLIENT) >= forwarded,
+        "{} handed to TURN clients, {forwarded} forwarded",
+        m(INTERNAL_TO_CLIENT)
+    );
+    assert_eq!(m(RELAYED_TO_PEER), m(INTERNAL_TO_PEER), "{}", run.metrics);
+    assert_eq!(
+        m(RELAYED_TO_CLIENT),
+        m(INTERNAL_TO_CLIENT),
+        "{}",
+        run.metrics
+    );
+    assert_eq!(m(HAIRPIN), 0.0, "the kernel path was taken");
+}
+
+#[test]
+fn relay_only_peers_reach_the_sfu_through_the_nodes_turn_across_workers() {
+    // Four workers: the two allocations may sit on different workers, and then the RTP
+    // forwarded by the publisher's worker reaches the subscriber's relay through the
+    // kernel. Either way everything arrives, and every packet is accounted for.
+    let run = relayed_publisher_to_subscriber(4);
+    assert_intact_in_order(&run);
+    let m = |series| metric_value(&run.metrics, series);
+    let forwarded = m(FORWARDED);
+    assert!(m(INTERNAL_TO_PEER) >= m(RTP_RECEIVED), "{}", run.metrics);
+    assert_eq!(m(RELAYED_TO_PEER), m(INTERNAL_TO_PEER), "{}", run.metrics);
+    assert!(
+        m(INTERNAL_TO_CLIENT) + m(HAIRPIN) >= forwarded,
+        "{}",
+        run.metrics
+    );
+    assert_eq!(
+        m(RELAYED_TO_CLIENT),
+        m(INTERNAL_TO_CLIENT) + m(HAIRPIN),
+        "{}",
+        run.metrics
+    );
+}

@@ -10,6 +10,13 @@
 //! receiver's copy leaves at once through this worker's listener socket of the same
 //! index as the receiver's own (every worker's socket on that local address sends from
 //! it), see `sfu::session`.
+//!
+//! A TURN client that reaches the SFU through this node's own relay (a browser with
+//! `iceTransportPolicy: "relay"`) is served without the kernel: what its allocation
+//! relays to one of our own media addresses is handed to the SFU right here, as if it
+//! had arrived on that listener from the relayed address; what the SFU sends to a
+//! relayed address of this worker is handed to the TURN core as if it had arrived on
+//! that relay socket from our media address (see `Worker::hand_to_sfu` and `Deliver`).
 
 use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM};
@@ -19,8 +26,9 @@ use crate::stun;
 use crate::turn::server::{Action, ClientKey, Clock, DropReason, RelayId, RelayIo, TurnCore};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use rustc_hash::FxHashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +42,10 @@ const BATCHES_PER_TURN: usize = 64;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Socket buffers of relay sockets: one per allocation, so smaller than a listener's.
 const RELAY_BUFFER: usize = 256 << 10;
+/// Room for one datagram the SFU sends to a relayed address, with `HEADROOM` in front
+/// for the ChannelData header or Data indication the TURN core writes there. The SFU's
+/// buffers hold at most 2048 bytes.
+const HANDOVER_SLOT: usize = HEADROOM + 2048;
 
 /// A running worker: wake it to make it look at the shutdown flag.
 pub struct WorkerHandle {
@@ -64,10 +76,15 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
         sockets: Vec::new(),
         free: Vec::new(),
         listeners: sockets.len(),
+        local: Vec::new(),
+        relay_by_addr: FxHashMap::default(),
+        media_peer: Vec::new(),
+        own_media: Vec::new(),
     };
     for s in sockets {
         table.insert(UdpSocket::from_std(s))?;
     }
+    table.set_own_media(setup.turn.public_addresses());
     let id = setup.id;
     let thread = std::thread::Builder::new()
         .name(format!("confnode-worker-{id}"))
@@ -80,6 +97,7 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
                 batch: Batch::new(),
                 setup,
                 sessions,
+                scratch: vec![0u8; HANDOVER_SLOT].into_boxed_slice(),
             };
             if let Err(e) = worker.run() {
                 tracing::error!("data-plane worker {id} stopped: {e}");
@@ -95,6 +113,17 @@ struct SocketTable {
     sockets: Vec<Option<UdpSocket>>,
     free: Vec<usize>,
     listeners: usize,
+    /// Each socket's local address, by index.
+    local: Vec<Option<SocketAddr>>,
+    /// This worker's relay sockets by local address (the relayed transport address the
+    /// SFU sees as a client's source), for the hand-over of what the SFU sends there.
+    relay_by_addr: FxHashMap<SocketAddr, RelayId>,
+    /// By relay id: the listener and own media address its client last reached the
+    /// SFU at, which the SFU's answers then come from.
+    media_peer: Vec<Option<(usize, SocketAddr)>>,
+    /// The node's own media addresses on this worker's listeners, with the listener:
+    /// each listener's address, and `node.public_ip`/`public_ipv6` at its port.
+    own_media: Vec<(SocketAddr, usize)>,
 }
 
 impl SocketTable {
@@ -113,8 +142,86 @@ impl SocketTable {
             self.free.push(index);
             return Err(e);
         }
+        let local = socket.local_addr().ok();
+        if self.local.len() <= index {
+            self.local.resize(index + 1, None);
+        }
+        self.local[index] = local;
+        if index >= self.listeners
+            && let Some(addr) = local
+        {
+            self.relay_by_addr.insert(addr, index);
+        }
         self.sockets[index] = Some(socket);
         Ok(index)
+    }
+
+    /// Lists the own media addresses: every listener's address, then the public
+    /// addresses at the listeners' ports (a listener named first wins a shared port).
+    fn set_own_media(
+        &mut self,
+        (public_v4, public_v6): (std::net::Ipv4Addr, Option<std::net::Ipv6Addr>),
+    ) {
+        let listeners: Vec<(SocketAddr, usize)> = (0..self.listeners)
+            .filter_map(|i| Some((self.local.get(i).copied().flatten()?, i)))
+            .collect();
+        let mut own = listeners.clone();
+        for (addr, i) in listeners {
+            let public = match addr.ip() {
+                IpAddr::V4(_) => Some(IpAddr::V4(public_v4)),
+                IpAddr::V6(_) => public_v6.map(IpAddr::V6),
+            };
+            if let Some(ip) = public.filter(|ip| !ip.is_unspecified()) {
+                let a = SocketAddr::new(ip, addr.port());
+                if !own.iter().any(|&(o, _)| same_addr(o, a)) {
+                    own.push((a, i));
+                }
+            }
+        }
+        self.own_media = own;
+    }
+
+    /// The listener whose media address `peer` is (exactly: address and port).
+    fn own_listener(&self, peer: SocketAddr) -> Option<usize> {
+        self.own_media
+            .iter()
+            .find(|&&(a, _)| same_addr(a, peer))
+            .map(|&(_, i)| i)
+    }
+
+    /// The relay socket of this worker bound to `addr`, if any.
+    fn relay_at(&self, addr: SocketAddr) -> Option<RelayId> {
+        if self.relay_by_addr.is_empty() {
+            return None;
+        }
+        self.relay_by_addr.get(&addr).copied()
+    }
+
+    /// Notes that relay `relay`'s client reached the SFU at `peer` (on `listener`).
+    fn remember_media_peer(&mut self, relay: RelayId, listener: usize, peer: SocketAddr) {
+        if self.media_peer.len() <= relay {
+            self.media_peer.resize(relay + 1, None);
+        }
+        self.media_peer[relay] = Some((listener, peer));
+    }
+
+    /// The own media address the SFU's datagrams through listener `via` to relay
+    /// `relay` come from: the one its client sent to, else the listener's own address
+    /// (what the kernel would have shown).
+    fn media_peer(&self, relay: RelayId, via: usize) -> Option<SocketAddr> {
+        match self.media_peer.get(relay).copied().flatten() {
+            Some((listener, peer)) if listener == via => Some(peer),
+            _ => self.local.get(via).copied().flatten(),
+        }
+    }
+
+    /// Sends one datagram at once through any socket of the table (a listener or a
+    /// relay). Returns whether the kernel took it.
+    fn send_any(&self, data: &[u8], to: SocketAddr, via: usize) -> bool {
+        match self.sockets.get(via).and_then(Option::as_ref) {
+            Some(socket) => socket.send_to(data, to).is_ok(),
+            None => false,
+        }
     }
 
     fn fd(&self, index: usize) -> Option<RawFd> {
@@ -155,9 +262,20 @@ impl RelayIo for SocketTable {
         }
         if let Some(mut socket) = self.sockets.get_mut(id).and_then(Option::take) {
             let _ = self.registry.deregister(&mut socket);
+            if let Some(addr) = self.local.get_mut(id).and_then(Option::take) {
+                self.relay_by_addr.remove(&addr);
+            }
+            if let Some(peer) = self.media_peer.get_mut(id) {
+                *peer = None;
+            }
             self.free.push(id);
         }
     }
+}
+
+/// Address and port equal (flow info and scope id play no part).
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip() == b.ip()
 }
 
 struct Worker {
@@ -168,6 +286,8 @@ struct Worker {
     setup: WorkerSetup,
     /// This worker's cache of the SFU's sessions, by our ICE ufrag.
     sessions: SessionCache,
+    /// Where a datagram the SFU sends to a relayed address is framed for the client.
+    scratch: Box<[u8]>,
 }
 
 /// Sockets with datagrams (maybe) waiting, in the order they became ready; each
@@ -219,6 +339,11 @@ struct Tally {
     rtcp: (u64, u64),
     /// SFU media dropped, by `MediaDrop` (in `media_drop_index` order).
     media_dropped: [u64; 6],
+    /// Handed over in process: client to SFU, SFU to client.
+    internal_to_peer: u64,
+    internal_to_client: u64,
+    /// From our own media port to a relay socket through the kernel.
+    hairpin: u64,
 }
 
 fn media_drop_index(reason: MediaDrop) -> usize {
@@ -277,20 +402,21 @@ impl Worker {
 
     /// Retransmits the DTLS flights whose timers ran out.
     fn run_dtls_timers(&mut self) {
-        let now = self.clock().mono_ms;
-        if self.sessions.next_timer().is_none_or(|t| t > now) {
+        let clock = self.clock();
+        if self.sessions.next_timer().is_none_or(|t| t > clock.mono_ms) {
             return;
         }
-        let table = &self.table;
-        let mut failed = 0u64;
-        self.sessions.run_timers(now, &mut |data, to, via| {
-            if !table.send_now(data, to, via) {
-                failed += 1;
-            }
-        });
-        if failed > 0 {
-            self.setup.counters.send_failed.inc_by(failed);
-        }
+        let mut tally = Tally::default();
+        let mut out = Deliver {
+            table: &self.table,
+            turn: &mut self.setup.turn,
+            scratch: &mut self.scratch,
+            clock,
+            tally: &mut tally,
+        };
+        self.sessions
+            .run_timers(clock.mono_ms, &mut |data, to, via| out.send(data, to, via));
+        self.count(&tally);
     }
 
     fn clock(&self) -> Clock {
@@ -363,33 +489,23 @@ impl Worker {
         };
         let (src, len, origin) = (p.src, p.len, p.origin);
         let action = if origin >= listeners {
+            let mut peer = src;
+            if let Some(listener) = self.table.own_listener(src) {
+                // The SFU of another worker answering a client whose allocation is
+                // ours, through the kernel (see `Deliver::send`). It comes from the
+                // listener's own address: shown to the client as the media address
+                // it sent to, which under a 1:1 NAT is the public one.
+                tally.hairpin += 1;
+                peer = self.table.media_peer(origin, listener).unwrap_or(src);
+            }
             self.setup
                 .turn
-                .handle_peer(clock, origin, src, p.slot, HEADROOM, len)
+                .handle_peer(clock, origin, peer, p.slot, HEADROOM, len)
         } else {
             let data = &mut p.slot[HEADROOM..];
             match demux::classify(&data[..len]) {
                 Class::Stun if !TurnCore::is_turn_method(data) => {
-                    match stun::answer(data, len, src) {
-                        stun::Verdict::Reply(n) => {
-                            tally.answered += 1;
-                            Action::Reply(n)
-                        }
-                        stun::Verdict::Indication => Action::Drop(DropReason::Consumed),
-                        // An ICE check (a Binding request with MESSAGE-INTEGRITY)
-                        // for one of the SFU's sessions, or nothing we answer.
-                        stun::Verdict::Unhandled => {
-                            match self.sessions.answer_check(data, len, src, clock.mono_ms) {
-                                CheckVerdict::Reply(n) => {
-                                    tally.answered += 1;
-                                    Action::Reply(n)
-                                }
-                                CheckVerdict::NotOurs => Action::Drop(DropReason::Unhandled),
-                                CheckVerdict::Malformed => Action::Drop(DropReason::Malformed),
-                            }
-                        }
-                        stun::Verdict::Malformed => Action::Drop(DropReason::Malformed),
-                    }
+                    answer_stun(&mut self.sessions, data, len, src, clock, tally)
                 }
                 Class::Stun | Class::ChannelData => {
                     let client = ClientKey {
@@ -401,35 +517,17 @@ impl Worker {
                         .handle_client(clock, client, data, len, &mut self.table)
                 }
                 // The SFU's DTLS and SRTP, routed by the client's validated address.
+                // RTP from a publisher is forwarded to its receivers inside
+                // `handle_media`; nothing more to send for this datagram.
                 Class::Dtls | Class::Rtp => {
-                    let table = &self.table;
-                    let verdict = self.sessions.handle_media(
-                        &mut data[..len],
-                        src,
-                        origin,
-                        clock.mono_ms,
-                        &mut |record, to, via| {
-                            if !table.send_now(record, to, via) {
-                                tally.send_failed += 1;
-                            }
-                        },
-                    );
-                    match verdict {
-                        MediaVerdict::Dtls => {}
-                        MediaVerdict::Rtp(_) => {
-                            tally.rtp.0 += 1;
-                            tally.rtp.1 += len as u64;
-                        }
-                        MediaVerdict::Rtcp(_) => {
-                            tally.rtcp.0 += 1;
-                            tally.rtcp.1 += len as u64;
-                        }
-                        MediaVerdict::Dropped(reason) => {
-                            tally.media_dropped[media_drop_index(reason)] += 1;
-                        }
-                    }
-                    // RTP from a publisher was forwarded to its receivers inside
-                    // `handle_media`; nothing more to send for this datagram.
+                    let mut out = Deliver {
+                        table: &self.table,
+                        turn: &mut self.setup.turn,
+                        scratch: &mut self.scratch,
+                        clock,
+                        tally,
+                    };
+                    media(&mut self.sessions, &mut data[..len], src, origin, &mut out);
                     return;
                 }
                 Class::Unknown => Action::Drop(DropReason::Malformed),
@@ -445,7 +543,13 @@ impl Worker {
             } => {
                 tally.to_peer.0 += 1;
                 tally.to_peer.1 += len as u64;
-                self.batch.send_from(j, HEADROOM + start, len, peer, relay);
+                match self.table.own_listener(peer) {
+                    // To our own media port: no need for the kernel.
+                    Some(listener) => {
+                        self.hand_to_sfu(j, relay, peer, listener, start, len, clock, tally)
+                    }
+                    None => self.batch.send_from(j, HEADROOM + start, len, peer, relay),
+                }
             }
             Action::ToClient { client, start, len } => {
                 tally.to_client.0 += 1;
@@ -453,14 +557,93 @@ impl Worker {
                 self.batch
                     .send_from(j, start, len, client.addr, client.listener);
             }
-            Action::Drop(DropReason::Malformed) => tally.malformed += 1,
-            Action::Drop(
-                DropReason::Unhandled
-                | DropReason::NoRoute
-                | DropReason::RateLimited
-                | DropReason::Bandwidth,
-            ) => tally.unhandled += 1,
-            Action::Drop(DropReason::Consumed) => {}
+            Action::Drop(reason) => tally.drop(reason),
+        }
+    }
+
+    /// Datagram `j` is a TURN client's payload at `HEADROOM + start`, relayed by its
+    /// allocation's `relay` to `peer`, our own media address on `listener`: the SFU
+    /// sees it as received on that listener from the relayed transport address, and
+    /// what it answers goes back to the client through the TURN core, from `peer`.
+    ///
+    /// No loop is possible: only the SFU sees a handed-over datagram (never the TURN
+    /// core's client side, so TURN through our own relay is refused, as coturn refuses
+    /// relaying to its own addresses), and what the SFU answers leaves through the
+    /// kernel to the client once the TURN core framed it (`Deliver::send`).
+    #[allow(clippy::too_many_arguments)]
+    fn hand_to_sfu(
+        &mut self,
+        j: usize,
+        relay: RelayId,
+        peer: SocketAddr,
+        listener: usize,
+        start: usize,
+        len: usize,
+        clock: Clock,
+        tally: &mut Tally,
+    ) {
+        // The relayed transport address, as the kernel would have shown it.
+        let Some(src) = self.table.local.get(relay).copied().flatten() else {
+            tally.unhandled += 1;
+            return;
+        };
+        let Some(p) = self.batch.packet(j) else {
+            return;
+        };
+        tally.internal_to_peer += 1;
+        self.table.remember_media_peer(relay, listener, peer);
+        let at = HEADROOM + start;
+        let Some(data) = p.slot.get_mut(at..).filter(|d| d.len() >= len) else {
+            tally.malformed += 1;
+            return;
+        };
+        let reply = match demux::classify(&data[..len]) {
+            Class::Stun if !TurnCore::is_turn_method(data) => {
+                answer_stun(&mut self.sessions, data, len, src, clock, tally)
+            }
+            Class::Dtls | Class::Rtp => {
+                let mut out = Deliver {
+                    table: &self.table,
+                    turn: &mut self.setup.turn,
+                    scratch: &mut self.scratch,
+                    clock,
+                    tally,
+                };
+                media(
+                    &mut self.sessions,
+                    &mut data[..len],
+                    src,
+                    listener,
+                    &mut out,
+                );
+                return;
+            }
+            // TURN inside TURN through our own relay, ChannelData, garbage: dropped.
+            _ => Action::Drop(DropReason::Unhandled),
+        };
+        match reply {
+            Action::Reply(n) => {
+                // The answer is in place at `at`, with the rest of the slot's room in
+                // front of it for the TURN core's framing.
+                match self
+                    .setup
+                    .turn
+                    .handle_peer(clock, relay, peer, p.slot, at, n)
+                {
+                    Action::ToClient { client, start, len } => {
+                        tally.internal_to_client += 1;
+                        tally.to_client.0 += 1;
+                        tally.to_client.1 += len as u64;
+                        self.batch
+                            .send_from(j, start, len, client.addr, client.listener);
+                    }
+                    Action::Drop(reason) => tally.drop(reason),
+                    // `handle_peer` answers nothing else.
+                    _ => tally.unhandled += 1,
+                }
+            }
+            Action::Drop(reason) => tally.drop(reason),
+            _ => tally.unhandled += 1,
         }
     }
 
@@ -492,6 +675,9 @@ impl Worker {
             (&m.relayed_bytes_to_peer, t.to_peer.1),
             (&m.relayed_packets_to_client, t.to_client.0),
             (&m.relayed_bytes_to_client, t.to_client.1),
+            (&m.internal_to_peer, t.internal_to_peer),
+            (&m.internal_to_client, t.internal_to_client),
+            (&m.hairpin, t.hairpin),
             (&sfu.received_rtp_packets, t.rtp.0),
             (&sfu.received_rtp_bytes, t.rtp.1),
             (&sfu.received_rtcp_packets, t.rtcp.0),
@@ -503,5 +689,214 @@ impl Worker {
                 counter.inc_by(n);
             }
         }
+    }
+}
+
+impl Tally {
+    fn drop(&mut self, reason: DropReason) {
+        match reason {
+            DropReason::Malformed => self.malformed += 1,
+            DropReason::Unhandled
+            | DropReason::NoRoute
+            | DropReason::RateLimited
+            | DropReason::Bandwidth => self.unhandled += 1,
+            DropReason::Consumed => {}
+        }
+    }
+}
+
+/// A STUN message on the media port that is not for TURN: a plain Binding request, or
+/// an ICE check for one of the SFU's sessions. Answered in place.
+fn answer_stun(
+    sessions: &mut SessionCache,
+    data: &mut [u8],
+    len: usize,
+    src: SocketAddr,
+    clock: Clock,
+    tally: &mut Tally,
+) -> Action {
+    match stun::answer(data, len, src) {
+        stun::Verdict::Reply(n) => {
+            tally.answered += 1;
+            Action::Reply(n)
+        }
+        stun::Verdict::Indication => Action::Drop(DropReason::Consumed),
+        // An ICE check (a Binding request with MESSAGE-INTEGRITY) for one of the SFU's
+        // sessions, or nothing we answer.
+        stun::Verdict::Unhandled => match sessions.answer_check(data, len, src, clock.mono_ms) {
+            CheckVerdict::Reply(n) => {
+                tally.answered += 1;
+                Action::Reply(n)
+            }
+            CheckVerdict::NotOurs => Action::Drop(DropReason::Unhandled),
+            CheckVerdict::Malformed => Action::Drop(DropReason::Malformed),
+        },
+        stun::Verdict::Malformed => Action::Drop(DropReason::Malformed),
+    }
+}
+
+/// A DTLS or SRTP/SRTCP datagram `pkt` from `src` on `listener`, for the SFU; what it
+/// sends goes through `out`.
+fn media(
+    sessions: &mut SessionCache,
+    pkt: &mut [u8],
+    src: SocketAddr,
+    listener: usize,
+    out: &mut Deliver<'_>,
+) {
+    let len = pkt.len() as u64;
+    let now = out.clock.mono_ms;
+    let verdict = sessions.handle_media(pkt, src, listener, now, &mut |data, to, via| {
+        out.send(data, to, via)
+    });
+    let tally = &mut *out.tally;
+    match verdict {
+        MediaVerdict::Dtls => {}
+        MediaVerdict::Rtp(_) => {
+            tally.rtp.0 += 1;
+            tally.rtp.1 += len;
+        }
+        MediaVerdict::Rtcp(_) => {
+            tally.rtcp.0 += 1;
+            tally.rtcp.1 += len;
+        }
+        MediaVerdict::Dropped(reason) => {
+            tally.media_dropped[media_drop_index(reason)] += 1;
+        }
+    }
+}
+
+/// Where the SFU's datagrams go (`send(datagram, to, listener)` of `SessionCache`):
+/// through the kernel, or, to a relayed transport address of one of this worker's
+/// allocations, to the TURN core as a datagram from our media address arriving at
+/// that relay, and from there to the client. Allocates nothing.
+struct Deliver<'a> {
+    table: &'a SocketTable,
+    turn: &'a mut TurnCore,
+    scratch: &'a mut [u8],
+    clock: Clock,
+    tally: &'a mut Tally,
+}
+
+impl Deliver<'_> {
+    fn send(&mut self, data: &[u8], to: SocketAddr, via: usize) {
+        // A relayed address of an allocation that another worker holds (SO_REUSEPORT
+        // spread the clients over the workers) is not in this worker's table: such a
+        // datagram goes through the kernel from our listener to that relay socket,
+        // whose worker relays it to the client as from any peer (and counts it as
+        // `hairpin`); it is correct, only not free. The cheap cases stay in process:
+        // STUN answers, DTLS and RTCP go to the client whose datagram this worker just
+        // handled, which its allocation's worker handed over; only RTP forwarded from
+        // a publisher whose allocation is on another worker takes the kernel.
+        let Some(relay) = self.table.relay_at(to) else {
+            if !self.table.send_now(data, to, via) {
+                self.tally.send_failed += 1;
+            }
+            return;
+        };
+        let Some(peer) = self.table.media_peer(relay, via) else {
+            self.tally.unhandled += 1;
+            return;
+        };
+        let n = data.len();
+        let Some(room) = self.scratch.get_mut(HEADROOM..HEADROOM + n) else {
+            self.tally.malformed += 1;
+            return;
+        };
+        room.copy_from_slice(data);
+        match self
+            .turn
+            .handle_peer(self.clock, relay, peer, self.scratch, HEADROOM, n)
+        {
+            Action::ToClient { client, start, len } => {
+                let t = &mut *self.tally;
+                t.internal_to_client += 1;
+                t.to_client.0 += 1;
+                t.to_client.1 += len as u64;
+                let framed = &self.scratch[start..start + len];
+                if !self.table.send_any(framed, client.addr, client.listener) {
+                    t.send_failed += 1;
+                }
+            }
+            Action::Drop(reason) => self.tally.drop(reason),
+            // `handle_peer` answers nothing else.
+            _ => self.tally.unhandled += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(listeners: &[&str]) -> (Poll, SocketTable) {
+        let poll = Poll::new().expect("poll");
+        let mut table = SocketTable {
+            registry: poll.registry().try_clone().expect("registry"),
+            sockets: Vec::new(),
+            free: Vec::new(),
+            listeners: listeners.len(),
+            local: Vec::new(),
+            relay_by_addr: FxHashMap::default(),
+            media_peer: Vec::new(),
+            own_media: Vec::new(),
+        };
+        for l in listeners {
+            let s = std::net::UdpSocket::bind(l).expect("bind");
+            s.set_nonblocking(true).expect("nonblocking");
+            table.insert(UdpSocket::from_std(s)).expect("insert");
+        }
+        (poll, table)
+    }
+
+    #[test]
+    fn own_media_addresses_are_the_listeners_and_the_public_ip_at_their_ports() {
+        let public = std::net::Ipv4Addr::new(203, 0, 113, 5);
+        let (_poll, mut t) = table(&["127.0.0.1:0", "[::1]:0"]);
+        t.set_own_media((public, None));
+        let v4 = t.local[0].expect("v4 listener");
+        let v6 = t.local[1].expect("v6 listener");
+        assert_eq!(t.own_listener(v4), Some(0));
+        assert_eq!(t.own_listener(v6), Some(1));
+        assert_eq!(
+            t.own_listener(SocketAddr::new(public.into(), v4.port())),
+            Some(0)
+        );
+        // Another port of an own address, or another loopback address, is no media
+        // address: the TURN policy judges it like any peer, and the kernel carries it.
+        assert_eq!(
+            t.own_listener(SocketAddr::new(v4.ip(), v4.port() + 1)),
+            None
+        );
+        assert_eq!(
+            t.own_listener(SocketAddr::new([127, 0, 0, 2].into(), v4.port())),
+            None
+        );
+        assert_eq!(
+            t.own_listener(SocketAddr::new(public.into(), v6.port() + 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn relays_are_found_by_address_until_closed() {
+        let (_poll, mut t) = table(&["127.0.0.1:0"]);
+        t.set_own_media((std::net::Ipv4Addr::LOCALHOST, None));
+        let listener = t.local[0].expect("listener");
+        assert_eq!(t.relay_at(listener), None, "a listener is no relay");
+        let id = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
+        let relayed = t.local[id].expect("relay address");
+        assert_eq!(t.relay_at(relayed), Some(id));
+        // Before its client reached the SFU, answers come from the listener's address.
+        assert_eq!(t.media_peer(id, 0), Some(listener));
+        let public: SocketAddr = SocketAddr::new([203, 0, 113, 5].into(), listener.port());
+        t.remember_media_peer(id, 0, public);
+        assert_eq!(t.media_peer(id, 0), Some(public));
+        t.close(id);
+        assert_eq!(t.relay_at(relayed), None);
+        // The id is reused by the next relay, which remembers nothing of the last.
+        let again = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
+        assert_eq!(again, id);
+        assert_eq!(t.media_peer(again, 0), Some(listener));
     }
 }

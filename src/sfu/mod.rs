@@ -12,9 +12,14 @@
 //!   in place; `track` (a published track: layers, cache, NACKs, keyframe throttle),
 //!   `forward` (one receiver's continuous stream of it), `simulcast` (layer choice),
 //!   `nack` and `report`: the forwarding path, allocation-free per packet.
+//! - `twcc`: transport-wide congestion control feedback (arrival times of a publisher's
+//!   packets, reported so its bandwidth estimator ramps up).
+//! - `feedback`: the RTCP around it: receivers' keyframe requests and NACKs answered,
+//!   reports both ways, transport-cc feedback to publishers.
 
 pub mod codec;
 pub mod dtls;
+pub mod feedback;
 pub mod forward;
 pub mod ice;
 pub mod nack;
@@ -26,3 +31,4 @@ pub mod session;
 pub mod simulcast;
 pub mod srtp;
 pub mod track;
+pub mod twcc;

@@ -73,14 +73,15 @@ use std::time::Instant;
 
 use super::codec::Codec;
 use super::dtls::{DTLS_MTU, DtlsIdentity, DtlsOutput, DtlsSession, SrtpCapacity, SrtpPair};
+use super::feedback::{self, Feed, TransportFeedback};
 use super::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use super::ice::{IceAgent, IceCredentials, IceVerdict, local_ufrag};
-use super::rtcp;
 use super::sdp::{
     CodecName, Fingerprint, LocalTransport, OutTrack, PublishOffer, PublishedTrack, SdpError,
     SubscribeSession,
 };
-use super::srtp::{MAX_RTCP_OVERHEAD, MAX_RTP_OVERHEAD, SrtpError};
+use super::sdp::{Extension, Feedback, SUBSCRIBE_EXTENSIONS};
+use super::srtp::{MAX_RTP_OVERHEAD, SrtpError};
 use super::track::{Dropped, LayerConfig, Track, TrackConfig};
 use crate::metrics::{MediaDrop, SfuMetrics};
 use crate::stun::message::Message;
@@ -106,8 +107,8 @@ const SUBSCRIBER_SRTP: SrtpCapacity = SrtpCapacity {
     inbound: 16,
     outbound: 256,
 };
-/// The SSRC our RTCP to publishers (keyframe requests) comes from.
-const RTCP_SENDER_SSRC: u32 = 0x636E_6F64;
+/// The SSRC our RTCP to publishers (keyframe requests, reports, feedback) comes from.
+pub const RTCP_SENDER_SSRC: u32 = 0x636E_6F64;
 /// Packets cached per layer of a video track for answering NACKs.
 const VIDEO_CACHE_PACKETS: usize = 512;
 /// Where the SFU's forwarded packets are written and encrypted: a whole datagram
@@ -145,6 +146,8 @@ pub struct SessionMedia {
     pub tracks: Vec<PublishedMedia>,
     /// A receiving session's signalling state (`None` for a publisher).
     pub subscribe: Option<Box<Subscription>>,
+    /// A publisher's transport-cc feedback, where its offer negotiated it.
+    pub twcc: Option<Box<TransportFeedback>>,
 }
 
 /// One track of a publisher as the data plane forwards it.
@@ -153,8 +156,13 @@ pub struct PublishedMedia {
     pub mid: String,
     pub codec: CodecName,
     pub track: Track,
+    /// The header extensions of the publisher's offer, with its ids.
+    pub extensions: Vec<(Extension, u8)>,
     /// Every receiver of the track: its session and its own stream of it.
     pub outs: Vec<Downstream>,
+    /// When reports (µs on the shared clock) and NACKs are next due.
+    pub next_report: u64,
+    pub next_nack: u64,
 }
 
 impl std::fmt::Debug for PublishedMedia {
@@ -183,6 +191,8 @@ pub struct Subscription {
     session_id: u64,
     /// Sub mid → (publishing participant, its mid).
     sources: Vec<(String, String, String)>,
+    /// Where each forwarded stream comes from, for the receiver's feedback.
+    pub feeds: Vec<Feed>,
     /// The client's answer set the ICE credentials and DTLS fingerprint.
     answered: bool,
     /// The receiver's `max_height` preference, for the simulcast layer its forwarders
@@ -329,6 +339,12 @@ impl MediaSessions {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Microseconds since the shared epoch: the media path's clock (transport-cc
+    /// reports arrival times in quarter milliseconds).
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
     pub fn candidates(&self) -> &[SocketAddr] {
         &self.candidates
     }
@@ -397,6 +413,7 @@ impl MediaSessions {
                     .filter_map(|(mid, t)| published_media(mid, t))
                     .collect(),
                 subscribe: None,
+                twcc: twcc_extension(offer).map(|ext| Box::new(TransportFeedback::new(ext))),
             }),
         });
         reg.by_ufrag.insert(ufrag.clone(), session);
@@ -474,6 +491,7 @@ impl MediaSessions {
                     continue;
                 }
                 sub.sdp.remove_track(mid);
+                sub.feeds.retain(|f| f.mid != *mid);
                 removed.push((s.clone(), mid.clone()));
                 sub.sources.swap_remove(i);
             }
@@ -525,7 +543,7 @@ impl MediaSessions {
         }
         for p in &publishers {
             let mut media = p.media();
-            for t in &mut media.tracks {
+            for (index, t) in media.tracks.iter_mut().enumerate() {
                 t.outs.retain(|o| {
                     !removed
                         .iter()
@@ -547,9 +565,18 @@ impl MediaSessions {
                             max_height: a.max_height.filter(|_| t.codec != CodecName::Opus),
                             initial_seq: random_ssrc() as u16,
                             initial_timestamp: random_ssrc(),
-                            extensions: ExtensionMap::default(),
+                            extensions: receiver_extensions(&t.extensions, &a.mid),
                         },
                     );
+                    // The receiver's lock under the publisher's, as forwarding takes them.
+                    if let Some(sub) = a.subscriber.media().subscribe.as_mut() {
+                        sub.feeds.push(Feed {
+                            mid: a.mid.clone(),
+                            ssrc: a.ssrc,
+                            publisher: Arc::downgrade(p),
+                            track: index,
+                        });
+                    }
                     t.outs.push(Downstream {
                         subscriber: a.subscriber.clone(),
                         mid: a.mid.clone(),
@@ -624,10 +651,12 @@ impl MediaSessions {
                 dtls_peer: None,
                 srtp: None,
                 tracks: Vec::new(),
+                twcc: None,
                 subscribe: Some(Box::new(Subscription {
                     sdp: SubscribeSession::new(),
                     session_id: session_id(),
                     sources: Vec::new(),
+                    feeds: Vec::new(),
                     answered: false,
                     max_height: None,
                 })),
@@ -845,13 +874,51 @@ fn published_media(mid: &str, t: &PublishedTrack) -> Option<PublishedMedia> {
         rid_extension: t.extension_id(super::sdp::Extension::Rid),
         repaired_rid_extension: t.extension_id(super::sdp::Extension::RepairedRid),
         cache_packets: if video { VIDEO_CACHE_PACKETS } else { 0 },
-        nack: false,
+        // Losses on the way from the publisher are asked for again where it takes NACKs.
+        nack: video && codec.feedback.contains(&Feedback::Nack),
     });
     Some(PublishedMedia {
         mid: mid.to_owned(),
         codec: codec.name,
         track,
+        extensions: t.extensions.clone(),
         outs: Vec::new(),
+        next_report: 0,
+        next_nack: 0,
+    })
+}
+
+/// How a receiver gets the header extensions of a publisher's packets: audio level and
+/// abs-send-time under the ids of our offers, the mid with the receiver's value. The
+/// transport-wide sequence number is blanked: its numbers belong to the publisher's
+/// transport, not the receiver's.
+fn receiver_extensions(publisher: &[(Extension, u8)], mid: &str) -> ExtensionMap {
+    let mut map = ExtensionMap::default();
+    let ours = |ext: Extension| {
+        SUBSCRIBE_EXTENSIONS
+            .iter()
+            .find(|(e, _)| *e == ext)
+            .map(|&(_, id)| id)
+    };
+    for &(ext, from) in publisher {
+        match (ext, ours(ext)) {
+            (Extension::Mid, Some(to)) => {
+                map.set_mid(from, to, mid.as_bytes());
+            }
+            (Extension::AudioLevel | Extension::AbsSendTime, Some(to)) => map.map(from, to),
+            _ => {}
+        }
+    }
+    map
+}
+
+/// The publisher's id of the transport-wide sequence number extension, where it offered
+/// transport-cc feedback (one id for the whole BUNDLE).
+fn twcc_extension(offer: &PublishOffer) -> Option<u8> {
+    offer.tracks().find_map(|(_, t)| {
+        let fb = t.codecs.first()?.feedback.contains(&Feedback::TransportCc);
+        fb.then(|| t.extension_id(super::sdp::Extension::TransportCc))
+            .flatten()
     })
 }
 
@@ -913,6 +980,8 @@ pub struct SessionCache {
 pub struct ForwardCounts {
     pub forwarded: u64,
     pub keyframe_requests: u64,
+    /// Packets sent again to receivers that NACKed them.
+    pub retransmitted: u64,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -1074,35 +1143,60 @@ impl SessionCache {
                 }
             }
             Some(128..=191) => {
-                let Some(srtp) = media.srtp.as_mut() else {
+                let now = self.sessions.now_us();
+                let m = &mut *media;
+                let Some(srtp) = m.srtp.as_mut() else {
                     return MediaVerdict::Dropped(MediaDrop::NoKeys);
                 };
                 // RFC 5761 §4: RTCP packet types 192..=223 sit where RTP has M and PT.
                 if pkt.get(1).is_some_and(|b| (192..=223).contains(b)) {
-                    match srtp.inbound.unprotect_rtcp(pkt) {
-                        Ok(n) => MediaVerdict::Rtcp(n),
-                        Err(e) => MediaVerdict::Dropped(srtp_drop(e)),
-                    }
-                } else {
-                    match srtp.inbound.unprotect_rtp(pkt) {
-                        Ok(n) => {
-                            if !media.tracks.is_empty() {
-                                forward_rtp(
+                    let n = match srtp.inbound.unprotect_rtcp(pkt) {
+                        Ok(n) => n,
+                        Err(e) => return MediaVerdict::Dropped(srtp_drop(e)),
+                    };
+                    match m.subscribe.as_deref() {
+                        Some(sub) => {
+                            let requests = feedback::receiver_requests(sub, &pkt[..n]);
+                            drop(media);
+                            if !requests.is_empty() {
+                                feedback::answer_receiver(
+                                    &requests,
+                                    &session,
                                     &mut self.fwd,
                                     &mut self.counts,
-                                    &mut media,
-                                    pkt,
-                                    n,
-                                    (src, listener),
-                                    now_ms.saturating_mul(1000),
+                                    now,
                                     send,
                                 );
                             }
-                            MediaVerdict::Rtp(n)
                         }
-                        Err(e) => MediaVerdict::Dropped(srtp_drop(e)),
+                        None => feedback::on_publisher_rtcp(&mut m.tracks, &pkt[..n], now),
                     }
+                    return MediaVerdict::Rtcp(n);
                 }
+                let n = match srtp.inbound.unprotect_rtp(pkt) {
+                    Ok(n) => n,
+                    Err(e) => return MediaVerdict::Dropped(srtp_drop(e)),
+                };
+                let publisher = (src, listener);
+                if let Some(twcc) = m.twcc.as_mut() {
+                    twcc.on_rtp(&pkt[..n], now);
+                }
+                if !m.tracks.is_empty() {
+                    forward_rtp(
+                        &mut self.fwd,
+                        &mut self.counts,
+                        m,
+                        pkt,
+                        n,
+                        publisher,
+                        now,
+                        send,
+                    );
+                }
+                if let Some(twcc) = m.twcc.as_mut() {
+                    twcc.send_due(&mut self.fwd, &mut m.srtp, publisher, now, send);
+                }
+                MediaVerdict::Rtp(n)
             }
             _ => MediaVerdict::Dropped(MediaDrop::Malformed),
         }
@@ -1264,36 +1358,16 @@ fn forward_rtp(
         }
         while let Some(Action::NeedKeyframe { layer, .. }) = o.forwarder.poll_action(now) {
             if let Some(req) = t.track.request_keyframe(layer, now) {
-                send_pli(out, srtp, req.ssrc, publisher, send);
+                feedback::send_pli(out, srtp, req.ssrc, publisher, send);
                 counts.keyframe_requests += 1;
             }
         }
     }
     while let Some(req) = t.track.poll_keyframe(now) {
-        send_pli(out, srtp, req.ssrc, publisher, send);
+        feedback::send_pli(out, srtp, req.ssrc, publisher, send);
         counts.keyframe_requests += 1;
     }
-}
-
-/// A PLI for the publisher's `ssrc`, encrypted with the publisher's keys.
-fn send_pli(
-    out: &mut [u8],
-    srtp: &mut Option<Box<SrtpPair>>,
-    ssrc: u32,
-    (to, via): (SocketAddr, usize),
-    send: &mut impl FnMut(&[u8], SocketAddr, usize),
-) {
-    let Some(keys) = srtp.as_mut() else {
-        return;
-    };
-    let Some(n) = rtcp::write_pli(out, RTCP_SENDER_SSRC, ssrc) else {
-        return;
-    };
-    if n + MAX_RTCP_OVERHEAD <= out.len()
-        && let Ok(k) = keys.outbound.protect_rtcp(out, n)
-    {
-        send(&out[..k], to, via);
-    }
+    feedback::after_forward(out, t, srtp, publisher, now, send);
 }
 
 fn is_handshaking(media: &SessionMedia) -> bool {
@@ -1603,6 +1677,14 @@ a=rtpmap:111 opus/48000/2\r\n";
             MediaVerdict::Rtp(20)
         );
         assert_eq!(slot[..20], rtp);
+        // The track's first packet brings our first receiver report to the publisher.
+        let reports: Vec<_> = sent.borrow_mut().drain(..).collect();
+        assert_eq!(reports.len(), 1);
+        assert!(
+            reports
+                .iter()
+                .all(|(p, to, via)| (*to, *via) == (src, 1) && p[1] == crate::sfu::rtcp::RR)
+        );
         let mut again = protected.clone();
         assert_eq!(
             cache.handle_media(&mut again, src, 1, s.now_ms(), &mut send),

@@ -388,6 +388,12 @@ impl TurnCore {
         self.by_client.is_empty()
     }
 
+    /// The node's public addresses (`node.public_ip`, `node.public_ipv6`): with a
+    /// listener's port, the media address the SFU's candidates name.
+    pub fn public_addresses(&self) -> (Ipv4Addr, Option<Ipv6Addr>) {
+        (self.shared.public_v4, self.shared.public_v6)
+    }
+
     fn random(&mut self) -> u64 {
         // xorshift64*: tokens and transaction ids need to be unpredictable enough to
         // not collide, not to be secret (they travel in clear).

@@ -95,7 +95,9 @@ async function round(relay) {
       const energy = sum(after, "audio", "totalAudioEnergy");
       if (frames < 10) throw new Error(`${p.label}: only ${frames} frames from ${q.label} decoded in 2 s`);
       if (samples <= 0) throw new Error(`${p.label}: no audio samples from ${q.label} in 2 s`);
-      if (!(energy > 0)) throw new Error(`${p.label}: ${q.label}'s audio is silent`);
+      if (!(energy > 0)) {
+        throw new Error(`${p.label}: ${q.label}'s audio is silent: ${JSON.stringify(inbound(after, q.id, "audio"))}`);
+      }
     }
     if (relay) {
       const s = await stats(p);

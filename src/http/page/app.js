@@ -866,6 +866,9 @@
             frameHeight: s.frameHeight,
             totalSamplesReceived: s.totalSamplesReceived,
             totalAudioEnergy: s.totalAudioEnergy,
+            concealedSamples: s.concealedSamples,
+            packetsLost: s.packetsLost,
+            packetsDiscarded: s.packetsDiscarded,
           });
         });
       }

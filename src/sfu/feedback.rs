@@ -1,0 +1,408 @@
+//! The RTCP the data plane exchanges with participants around the media it forwards.
+//!
+//! - From receivers: a PLI or FIR becomes a keyframe request to the publisher, through
+//!   the track's throttle (many receivers, one request per interval); a generic NACK
+//!   is answered from the track's packet cache, in RTX form where negotiated, so the
+//!   publisher is not bothered and the repair is one hop short.
+//! - From publishers: sender reports, which the track keeps for our receiver reports
+//!   (LSR/DLSR, the publisher's round-trip time) and for the sender reports receivers
+//!   get (lip sync).
+//! - To publishers: transport-cc feedback on every packet's arrival, which Chrome's
+//!   bandwidth estimator needs before its encoder ramps up and sends every simulcast
+//!   layer; a receiver report per track each second; NACKs for lost packets.
+//! - To receivers: a sender report per stream each second.
+//!
+//! Locks: forwarding holds the publisher's session lock and takes a receiver's inside
+//! it. A receiver's RTCP is read under the receiver's lock into [`Requests`], which is
+//! let go before the publisher's lock is taken, so that order always holds. Nothing here
+//! allocates.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+
+use super::dtls::SrtpPair;
+use super::forward::Forwarder;
+use super::rtcp::{self, Rtcp, RtcpIter};
+use super::rtp::{self, RtpHeader};
+use super::session::{
+    ForwardCounts, PublishedMedia, RTCP_SENDER_SSRC, Session, SessionMedia, Subscription,
+};
+use super::srtp::{MAX_RTCP_OVERHEAD, MAX_RTP_OVERHEAD};
+use super::track::Track;
+use super::twcc::TwccRecorder;
+
+/// How often each stream gets a report (RFC 3550 allows more often at these rates;
+/// once a second is what browsers do).
+pub const REPORT_INTERVAL_US: u64 = 1_000_000;
+/// How often the publisher's losses are looked at for NACKs.
+pub const NACK_INTERVAL_US: u64 = 20_000;
+/// The round-trip time assumed for spacing repeated NACKs.
+const NACK_RTT_US: u64 = 50_000;
+/// Requests read from one datagram of a receiver's RTCP; more are dropped (a real
+/// client sends a few).
+const MAX_REQUESTS: usize = 32;
+
+/// Where one of a receiver's streams comes from, for routing its feedback back.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    /// The receiver's mid of the stream.
+    pub mid: String,
+    /// Our SSRC of the stream (what the receiver's PLI and NACK name).
+    pub ssrc: u32,
+    pub publisher: Weak<Session>,
+    /// The track's index in the publisher's tracks (fixed for the session's life).
+    pub track: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    Keyframe,
+    /// One FCI entry of a generic NACK: a packet id and the bitmask of 16 after it.
+    Nack {
+        pid: u16,
+        blp: u16,
+    },
+}
+
+#[derive(Debug)]
+struct Request {
+    publisher: Weak<Session>,
+    track: usize,
+    ssrc: u32,
+    ask: Ask,
+}
+
+/// What one datagram of a receiver's RTCP asks of publishers.
+#[derive(Debug)]
+pub struct Requests {
+    items: [Option<Request>; MAX_REQUESTS],
+    len: usize,
+}
+
+impl Requests {
+    fn push(&mut self, feeds: &[Feed], ssrc: u32, ask: Ask) {
+        let Some(feed) = feeds.iter().find(|f| f.ssrc == ssrc) else {
+            return;
+        };
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = Some(Request {
+                publisher: feed.publisher.clone(),
+                track: feed.track,
+                ssrc,
+                ask,
+            });
+            self.len += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Reads a receiver's (decrypted, compound) RTCP: keyframe requests and NACKs for the
+/// streams `sub` receives. Reports and anything else are left alone.
+pub fn receiver_requests(sub: &Subscription, rtcp: &[u8]) -> Requests {
+    let mut requests = Requests {
+        items: [const { None }; MAX_REQUESTS],
+        len: 0,
+    };
+    let feeds = sub.feeds.as_slice();
+    for packet in RtcpIter::new(rtcp) {
+        match packet {
+            Rtcp::Pli { media, .. } => requests.push(feeds, media, Ask::Keyframe),
+            Rtcp::Fir(fb) => {
+                for (ssrc, _) in fb.fir_entries() {
+                    requests.push(feeds, ssrc, Ask::Keyframe);
+                }
+            }
+            Rtcp::Nack(fb) => {
+                for entry in fb.fci.chunks_exact(4) {
+                    let pid = u16::from_be_bytes([entry[0], entry[1]]);
+                    let blp = u16::from_be_bytes([entry[2], entry[3]]);
+                    requests.push(feeds, fb.media, Ask::Nack { pid, blp });
+                }
+            }
+            _ => {}
+        }
+    }
+    requests
+}
+
+/// Carries out what a receiver asked for (its lock is not held): keyframe requests go
+/// to the publisher as PLIs, NACKed packets go back to the receiver from the cache.
+/// `now` in microseconds.
+pub fn answer_receiver(
+    requests: &Requests,
+    receiver: &Arc<Session>,
+    out: &mut [u8],
+    counts: &mut ForwardCounts,
+    now: u64,
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    for r in requests.items.iter().take(requests.len).flatten() {
+        let Some(publisher) = r.publisher.upgrade() else {
+            continue;
+        };
+        if publisher.is_closed() {
+            continue;
+        }
+        let mut media = publisher.media();
+        let SessionMedia {
+            tracks,
+            srtp,
+            dtls_peer,
+            ..
+        } = &mut *media;
+        let Some(PublishedMedia { track, outs, .. }) = tracks.get_mut(r.track) else {
+            continue;
+        };
+        let Some(o) = outs
+            .iter_mut()
+            .find(|o| Arc::ptr_eq(&o.subscriber, receiver) && o.forwarder.ssrc() == r.ssrc)
+        else {
+            continue;
+        };
+        match r.ask {
+            Ask::Keyframe => {
+                if let Some(layer) = o.forwarder.keyframe_layer()
+                    && let Some(req) = track.request_keyframe(layer, now)
+                    && let Some(peer) = *dtls_peer
+                {
+                    send_pli(out, srtp, req.ssrc, peer, send);
+                    counts.keyframe_requests += 1;
+                }
+            }
+            Ask::Nack { pid, blp } => {
+                for seq in nacked(pid, blp) {
+                    resend(
+                        track,
+                        &mut o.forwarder,
+                        receiver,
+                        seq,
+                        out,
+                        now,
+                        counts,
+                        send,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The sequence numbers of one NACK FCI entry.
+fn nacked(pid: u16, blp: u16) -> impl Iterator<Item = u16> {
+    std::iter::once(pid).chain(
+        (0..16u16)
+            .filter(move |bit| blp & (1 << bit) != 0)
+            .map(move |bit| pid.wrapping_add(bit + 1)),
+    )
+}
+
+/// Sends the receiver the packet it lost, `out_seq` of its stream, again.
+#[allow(clippy::too_many_arguments)]
+fn resend(
+    track: &Track,
+    forwarder: &mut Forwarder,
+    receiver: &Session,
+    out_seq: u16,
+    out: &mut [u8],
+    now: u64,
+    counts: &mut ForwardCounts,
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    let Some(n) = track.retransmit(forwarder, out_seq, out, now) else {
+        return;
+    };
+    if n + MAX_RTP_OVERHEAD > out.len() {
+        return;
+    }
+    let mut guard = receiver.media();
+    let media = &mut *guard;
+    if let (Some(keys), Some((to, via))) = (media.srtp.as_mut(), media.dtls_peer)
+        && let Ok(k) = keys.outbound.protect_rtp(out, n)
+    {
+        send(&out[..k], to, via);
+        counts.retransmitted += 1;
+    }
+}
+
+/// Takes in a publisher's (decrypted, compound) RTCP: its sender reports.
+pub fn on_publisher_rtcp(tracks: &mut [PublishedMedia], rtcp: &[u8], now: u64) {
+    for packet in RtcpIter::new(rtcp) {
+        if let Rtcp::SenderReport(sr) = packet {
+            for t in tracks.iter_mut() {
+                if t.track.on_sender_report(&sr, now) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// After a packet of `t` was forwarded: NACKs for the publisher's losses, and each
+/// second a receiver report to the publisher and a sender report to each receiver.
+pub fn after_forward(
+    out: &mut [u8],
+    t: &mut PublishedMedia,
+    srtp: &mut Option<Box<SrtpPair>>,
+    publisher: (SocketAddr, usize),
+    now: u64,
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    if now >= t.next_nack {
+        t.next_nack = now + NACK_INTERVAL_US;
+        if let Some(n) = t.track.write_nacks(out, RTCP_SENDER_SSRC, now, NACK_RTT_US) {
+            send_rtcp(out, n, srtp, publisher, send);
+        }
+    }
+    if now < t.next_report {
+        return;
+    }
+    t.next_report = now + REPORT_INTERVAL_US;
+    if let Some(n) = t.track.write_receiver_report(out, RTCP_SENDER_SSRC, now) {
+        send_rtcp(out, n, srtp, publisher, send);
+    }
+    let ntp_now = rtcp::ntp_from_unix_micros(unix_micros());
+    for o in &mut t.outs {
+        if o.subscriber.is_closed() || !o.subscriber.is_dtls_connected() {
+            continue;
+        }
+        if let Some(n) = o.forwarder.write_sender_report(out, &t.track, now, ntp_now) {
+            let mut sub = o.subscriber.media();
+            let peer = sub.dtls_peer;
+            if let Some(peer) = peer {
+                send_rtcp(out, n, &mut sub.srtp, peer, send);
+            }
+        }
+    }
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A PLI for the publisher's `ssrc`, encrypted with the publisher's keys.
+pub fn send_pli(
+    out: &mut [u8],
+    srtp: &mut Option<Box<SrtpPair>>,
+    ssrc: u32,
+    to: (SocketAddr, usize),
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    if let Some(n) = rtcp::write_pli(out, RTCP_SENDER_SSRC, ssrc) {
+        send_rtcp(out, n, srtp, to, send);
+    }
+}
+
+/// Encrypts the RTCP in `out[..n]` with `srtp`'s outbound keys and sends it.
+fn send_rtcp(
+    out: &mut [u8],
+    n: usize,
+    srtp: &mut Option<Box<SrtpPair>>,
+    (to, via): (SocketAddr, usize),
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    let Some(keys) = srtp.as_mut() else {
+        return;
+    };
+    if n + MAX_RTCP_OVERHEAD <= out.len()
+        && let Ok(k) = keys.outbound.protect_rtcp(out, n)
+    {
+        send(&out[..k], to, via);
+    }
+}
+
+/// Transport-cc feedback to one publisher: the arrival time of every packet by its
+/// transport-wide sequence number, reported every few tens of milliseconds.
+pub struct TransportFeedback {
+    /// The publisher's id of the transport-wide sequence number extension.
+    ext: u8,
+    recorder: TwccRecorder,
+    /// An SSRC of the publisher, for the feedback's media SSRC field.
+    media_ssrc: Option<u32>,
+}
+
+impl std::fmt::Debug for TransportFeedback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportFeedback")
+            .field("ext", &self.ext)
+            .field("media_ssrc", &self.media_ssrc)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransportFeedback {
+    pub fn new(ext: u8) -> TransportFeedback {
+        TransportFeedback {
+            ext,
+            recorder: TwccRecorder::new(),
+            media_ssrc: None,
+        }
+    }
+
+    /// Notes the arrival (`now`, µs) of the decrypted RTP packet `pkt`.
+    pub fn on_rtp(&mut self, pkt: &[u8], now: u64) {
+        let Some(header) = RtpHeader::parse(pkt) else {
+            return;
+        };
+        let Some(seq) = header
+            .extension_value(pkt, self.ext)
+            .and_then(rtp::read_transport_seq)
+        else {
+            return;
+        };
+        self.media_ssrc.get_or_insert(header.ssrc);
+        self.recorder.on_packet(seq, now);
+    }
+
+    /// Sends the feedback that is due by `now` to the publisher.
+    pub fn send_due(
+        &mut self,
+        out: &mut [u8],
+        srtp: &mut Option<Box<SrtpPair>>,
+        publisher: (SocketAddr, usize),
+        now: u64,
+        send: &mut impl FnMut(&[u8], SocketAddr, usize),
+    ) {
+        let Some(media_ssrc) = self.media_ssrc else {
+            return;
+        };
+        if !self.recorder.due(now) {
+            return;
+        }
+        // A long gap can take more than one packet; each call reports what fits.
+        for _ in 0..4 {
+            let room = out.len().saturating_sub(MAX_RTCP_OVERHEAD);
+            let Some(n) =
+                self.recorder
+                    .write_feedback(&mut out[..room], RTCP_SENDER_SSRC, media_ssrc, now)
+            else {
+                return;
+            };
+            send_rtcp(out, n, srtp, publisher, send);
+            if !self.recorder.due(now) {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nack_entries_expand_to_their_sequence_numbers() {
+        assert_eq!(nacked(10, 0).collect::<Vec<_>>(), [10]);
+        assert_eq!(nacked(10, 0b101).collect::<Vec<_>>(), [10, 11, 13]);
+        assert_eq!(
+            nacked(65_535, 0x8000).collect::<Vec<_>>(),
+            [65_535, 15],
+            "wraps"
+        );
+    }
+}
