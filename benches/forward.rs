@@ -9,13 +9,28 @@
 //!   (SSRC, sequence number, timestamp, payload type, VP8 picture id and TL0PICIDX,
 //!   header extensions remapped and the mid rewritten) and its transport-wide sequence
 //!   number written. Throughput is in receivers, so criterion's elements/s is
-//!   receivers served per second and time / N is the cost per receiver.
+//!   receivers served per second and time / N is the cost per receiver. No SRTP.
+//! - `forward_to_n_srtp/{1,10,50}`: the whole per-packet path of the data plane
+//!   (`session::forward_rtp` and its caller) with SRTP_AEAD_AES_256_GCM, the profile
+//!   Chrome gets from our DTLS: the publisher's SRTP packet unprotected once in place
+//!   with the inbound context, `Track::receive` once, then per receiver the copy,
+//!   `Forwarder::forward`, the transport-wide sequence number and `protect_rtp` with
+//!   that receiver's own outbound context (each receiver its own key). Throughput in
+//!   receivers, as above. `forward_to_n_srtp/aes128_gcm/10` and
+//!   `forward_to_n_srtp/aes128_cm_sha1_80/10` are the same for 10 receivers with the
+//!   other two profiles (publisher and receivers alike).
+//!
+//!   Every iteration unprotects a packet it has not seen before, as the replay window
+//!   demands: the publisher's context protects the packets (increasing sequence
+//!   numbers) in the setup of `iter_batched_ref`, 64 at a time, and criterion times
+//!   only the routine, so the publisher's encryption is not in the figure. The
+//!   receiving side's counters are checked after each benchmark: every packet was
+//!   unprotected and went to all N receivers.
+//! - `forward_to_n_srtp/unprotect_only` and `forward_to_n_srtp/protect_only`: one
+//!   1200-byte packet decrypted (fresh, as above) or encrypted with
+//!   SRTP_AEAD_AES_256_GCM, the per-packet and the per-receiver crypto alone.
 //! - `receive_only`: the per-packet part alone, for telling it from the per-receiver one.
 //! - `nack_answer_rtx`: one receiver NACK answered from the cache in RTX form.
-//!
-//! SRTP decryption (once per packet) and encryption (once per receiver) happen around
-//! this in the data plane and are not measured here: with AES-GCM they cost about as
-//! much per packet as everything below, so compare like with like.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -23,8 +38,9 @@ use std::time::Duration;
 use confnode::sfu::codec::Codec;
 use confnode::sfu::forward::{ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use confnode::sfu::rtp::{self, RtpHeader};
-use confnode::sfu::track::{LayerConfig, Track, TrackConfig};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use confnode::sfu::srtp::{MasterKey, SrtpContext, SrtpProfile};
+use confnode::sfu::track::{Incoming, LayerConfig, Track, TrackConfig};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const PT: u8 = 96;
 const SSRC: u32 = 0x1234;
@@ -119,12 +135,51 @@ fn receiver(track: &Track, i: usize) -> Forwarder {
     )
 }
 
+/// The receivers of a stream: a forwarder, an output slot and a transport-wide
+/// sequence number each.
+struct Fanout {
+    forwarders: Vec<Forwarder>,
+    outs: Vec<[u8; SLOT]>,
+    twcc: Vec<u16>,
+}
+
+impl Fanout {
+    /// The received `packet` (`info` from `Track::receive`) to every receiver: the copy
+    /// into its slot, `Forwarder::forward`, its transport-wide sequence number, then
+    /// `seal(receiver, slot, len)` for the length that leaves (SRTP, or nothing).
+    /// Returns how many were sent.
+    fn send(
+        &mut self,
+        packet: &[u8],
+        info: &Incoming,
+        now: u64,
+        mut seal: impl FnMut(usize, &mut [u8], usize) -> usize,
+    ) -> usize {
+        let mut sent = 0;
+        for (r, ((f, out), twcc)) in self
+            .forwarders
+            .iter_mut()
+            .zip(&mut self.outs)
+            .zip(&mut self.twcc)
+            .enumerate()
+        {
+            out[..info.len].copy_from_slice(&packet[..info.len]);
+            if let Some(n) = f.forward(out, info, now) {
+                *twcc = twcc.wrapping_add(1);
+                rtp::set_extension_u16(out, &info.header, 3, *twcc);
+                let n = seal(r, out, n);
+                black_box(&out[..n]);
+                sent += 1;
+            }
+        }
+        sent
+    }
+}
+
 /// A publisher's stream, started with a keyframe that every receiver took.
 struct Stream {
     track: Track,
-    receivers: Vec<Forwarder>,
-    outs: Vec<[u8; SLOT]>,
-    twcc: Vec<u16>,
+    rx: Fanout,
     packet: [u8; SLOT],
     i: u32,
     now: u64,
@@ -133,20 +188,22 @@ struct Stream {
 impl Stream {
     fn new(n: usize) -> Stream {
         let mut track = track();
-        let mut receivers: Vec<_> = (0..n).map(|i| receiver(&track, i)).collect();
+        let mut forwarders: Vec<_> = (0..n).map(|i| receiver(&track, i)).collect();
         let mut outs = vec![[0u8; SLOT]; n];
         let mut key = template(true);
         set_packet(&mut key, 0);
         let info = track.receive(&mut key, PACKET_LEN, 0).expect("keyframe");
-        for (f, out) in receivers.iter_mut().zip(&mut outs) {
+        for (f, out) in forwarders.iter_mut().zip(&mut outs) {
             out[..PACKET_LEN].copy_from_slice(&key[..PACKET_LEN]);
             assert_eq!(f.forward(out, &info, 0), Some(PACKET_LEN));
         }
         Stream {
             track,
-            receivers,
-            outs,
-            twcc: vec![0; n],
+            rx: Fanout {
+                forwarders,
+                outs,
+                twcc: vec![0; n],
+            },
             packet: template(false),
             i: 1,
             now: 0,
@@ -161,21 +218,101 @@ impl Stream {
         let Ok(info) = self.track.receive(&mut self.packet, PACKET_LEN, self.now) else {
             return 0;
         };
-        let mut sent = 0;
-        for ((f, out), twcc) in self
-            .receivers
-            .iter_mut()
-            .zip(&mut self.outs)
-            .zip(&mut self.twcc)
-        {
-            out[..info.len].copy_from_slice(&self.packet[..info.len]);
-            if let Some(n) = f.forward(out, &info, self.now) {
-                *twcc = twcc.wrapping_add(1);
-                rtp::set_extension_u16(out, &info.header, 3, *twcc);
-                black_box(&out[..n]);
-                sent += 1;
-            }
+        self.rx.send(&self.packet, &info, self.now, |_, _, n| n)
+    }
+}
+
+/// Chrome's profile with our DTLS (see `sfu::srtp`).
+const PROFILE: SrtpProfile = SrtpProfile::AeadAes256Gcm;
+/// How many packets `iter_batched_ref` has the publisher protect ahead of the routine.
+const BATCH: u64 = 64;
+
+/// A master key of `profile` of its own for every `seed`.
+fn master(profile: SrtpProfile, seed: u8) -> MasterKey {
+    let key: [u8; 32] = std::array::from_fn(|k| seed.wrapping_mul(41).wrapping_add(k as u8));
+    let salt: [u8; 14] = std::array::from_fn(|k| seed ^ (k as u8).wrapping_mul(7));
+    MasterKey::new(
+        profile,
+        &key[..profile.master_key_len()],
+        &salt[..profile.master_salt_len()],
+    )
+    .expect("key and salt lengths")
+}
+
+const PUBLISHER_SEED: u8 = 0xA5;
+
+/// The publisher's end: the packets of its stream as they come off the network,
+/// protected with its own (outbound) context.
+struct Publisher {
+    packet: [u8; SLOT],
+    i: u32,
+    srtp: SrtpContext,
+}
+
+impl Publisher {
+    /// Continues a `Stream::new` stream, whose keyframe was packet 0 and which expects 2.
+    fn new(profile: SrtpProfile) -> Publisher {
+        Publisher {
+            packet: template(false),
+            i: 1,
+            srtp: SrtpContext::new(&master(profile, PUBLISHER_SEED), 4).expect("context"),
         }
+    }
+
+    /// The next SRTP packet and its length.
+    fn next(&mut self) -> ([u8; SLOT], usize) {
+        self.i += 1;
+        set_packet(&mut self.packet, self.i);
+        let mut wire = self.packet;
+        let len = self
+            .srtp
+            .protect_rtp(&mut wire, PACKET_LEN)
+            .expect("protect");
+        (wire, len)
+    }
+}
+
+/// A stream as the data plane forwards it: decrypted once with the publisher's keys,
+/// encrypted for every receiver with that receiver's.
+struct SrtpStream {
+    stream: Stream,
+    inbound: SrtpContext,
+    outbound: Vec<SrtpContext>,
+    packets: u64,
+    sent: u64,
+}
+
+impl SrtpStream {
+    fn new(n: usize, profile: SrtpProfile) -> SrtpStream {
+        SrtpStream {
+            stream: Stream::new(n),
+            inbound: SrtpContext::new(&master(profile, PUBLISHER_SEED), 4).expect("context"),
+            outbound: (0..n)
+                .map(|r| SrtpContext::new(&master(profile, r as u8), 4).expect("context"))
+                .collect(),
+            packets: 0,
+            sent: 0,
+        }
+    }
+
+    /// The SRTP packet `wire[..len]` unprotected in place, received, and forwarded and
+    /// protected per receiver; returns how many were sent.
+    fn step(&mut self, wire: &mut [u8], len: usize) -> usize {
+        let s = &mut self.stream;
+        s.now += 4_000;
+        let n = self
+            .inbound
+            .unprotect_rtp(&mut wire[..len])
+            .expect("unprotect");
+        self.packets += 1;
+        let Ok(info) = s.track.receive(wire, n, s.now) else {
+            return 0;
+        };
+        let outbound = &mut self.outbound;
+        let sent = s.rx.send(wire, &info, s.now, |r, out, n| {
+            outbound[r].protect_rtp(out, n).expect("protect")
+        });
+        self.sent += sent as u64;
         sent
     }
 }
@@ -186,13 +323,82 @@ fn forward_to_n(c: &mut Criterion) {
         let mut s = Stream::new(n);
         assert_eq!(s.step(), n);
         // What a receiver gets is well-formed and continues its stream.
-        let h = RtpHeader::parse(&s.outs[0][..PACKET_LEN]).expect("RTP");
+        let h = RtpHeader::parse(&s.rx.outs[0][..PACKET_LEN]).expect("RTP");
         assert_eq!((h.ssrc, h.payload_type), (0xA000, 100));
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| black_box(s.step()))
         });
     }
+    group.finish();
+}
+
+fn forward_to_n_srtp(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forward_to_n_srtp");
+    let runs = [
+        (PROFILE, 1usize, None),
+        (PROFILE, 10, None),
+        (PROFILE, 50, None),
+        (SrtpProfile::AeadAes128Gcm, 10, Some("aes128_gcm")),
+        (
+            SrtpProfile::Aes128CmHmacSha1_80,
+            10,
+            Some("aes128_cm_sha1_80"),
+        ),
+    ];
+    for (profile, n, name) in runs {
+        let mut publisher = Publisher::new(profile);
+        let mut s = SrtpStream::new(n, profile);
+        let (mut wire, len) = publisher.next();
+        assert_eq!(s.step(&mut wire, len), n);
+        // What a receiver gets is its stream under its own keys, and nobody else's.
+        let mut first = s.stream.rx.outs[0];
+        let m = PACKET_LEN + profile.rtp_overhead();
+        let mut check = SrtpContext::new(&master(profile, 0), 4).expect("context");
+        assert_eq!(check.unprotect_rtp(&mut first[..m]), Ok(PACKET_LEN));
+        let h = RtpHeader::parse(&first[..PACKET_LEN]).expect("RTP");
+        assert_eq!((h.ssrc, h.payload_type), (0xA000, 100));
+        let mut other = SrtpContext::new(&master(profile, 1), 4).expect("context");
+        assert!(other.unprotect_rtp(&mut s.stream.rx.outs[0][..m]).is_err());
+
+        let id = match name {
+            Some(name) => BenchmarkId::new(name, n),
+            None => BenchmarkId::from_parameter(n),
+        };
+        let (packets, sent) = (s.packets, s.sent);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(id, |b| {
+            b.iter_batched_ref(
+                || publisher.next(),
+                |(wire, len)| s.step(wire, *len),
+                BatchSize::NumIterations(BATCH),
+            )
+        });
+        // Every packet the routine was given was fresh and reached every receiver (no
+        // packets when a filter skipped the benchmark).
+        assert_eq!(s.sent - sent, (s.packets - packets) * n as u64);
+    }
+
+    group.throughput(Throughput::Elements(1));
+    let mut publisher = Publisher::new(PROFILE);
+    let mut inbound = SrtpContext::new(&master(PROFILE, PUBLISHER_SEED), 4).expect("context");
+    group.bench_function("unprotect_only", |b| {
+        b.iter_batched_ref(
+            || publisher.next(),
+            |(wire, len)| inbound.unprotect_rtp(&mut wire[..*len]).expect("unprotect"),
+            BatchSize::NumIterations(BATCH),
+        )
+    });
+    let mut out = template(false);
+    let mut seq = 0u16;
+    let mut outbound = SrtpContext::new(&master(PROFILE, 0), 4).expect("context");
+    group.bench_function("protect_only", |b| {
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            rtp::set_seq(&mut out, seq);
+            black_box(outbound.protect_rtp(&mut out, PACKET_LEN).expect("protect"))
+        })
+    });
     group.finish();
 }
 
@@ -213,13 +419,16 @@ fn nack_answer(c: &mut Criterion) {
     for _ in 0..300 {
         s.step();
     }
-    let last = RtpHeader::parse(&s.outs[0][..PACKET_LEN]).expect("RTP").seq;
+    let last = RtpHeader::parse(&s.rx.outs[0][..PACKET_LEN])
+        .expect("RTP")
+        .seq;
     let mut out = [0u8; SLOT];
     let mut k = 0u16;
     let mut now = s.now;
     // RTX form: two bytes (the OSN) longer than the packet.
     assert_eq!(
-        s.track.retransmit(&mut s.receivers[0], last, &mut out, now),
+        s.track
+            .retransmit(&mut s.rx.forwarders[0], last, &mut out, now),
         Some(PACKET_LEN + 2)
     );
     c.bench_function("nack_answer_rtx", |b| {
@@ -228,7 +437,10 @@ fn nack_answer(c: &mut Criterion) {
             k = (k + 1) % 256;
             now += 100_000;
             let seq = last.wrapping_sub(k);
-            black_box(s.track.retransmit(&mut s.receivers[0], seq, &mut out, now))
+            black_box(
+                s.track
+                    .retransmit(&mut s.rx.forwarders[0], seq, &mut out, now),
+            )
         })
     });
 }
@@ -238,6 +450,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = forward_to_n, receive_only, nack_answer
+    targets = forward_to_n, forward_to_n_srtp, receive_only, nack_answer
 }
 criterion_main!(benches);

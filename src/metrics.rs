@@ -200,6 +200,10 @@ pub struct SfuMetrics {
     pub forwarded_rtp_packets: Counter,
     /// Keyframe requests (PLI) sent to publishers.
     pub keyframe_requests: Counter,
+    /// Packets sent again to receivers that asked for them with a NACK.
+    pub retransmitted_packets: Counter,
+    /// RTCP the SFU sent besides keyframe requests: reports, NACKs, transport-cc.
+    pub rtcp_sent: Counter,
 }
 
 /// All of the node's metrics and the registry that encodes them.
@@ -361,6 +365,16 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
         "sfu_keyframe_requests",
         "Keyframe requests (PLI) the SFU sent to publishers",
         m.keyframe_requests.clone(),
+    );
+    registry.register(
+        "sfu_retransmitted_packets",
+        "RTP packets the SFU sent again to receivers that NACKed them",
+        m.retransmitted_packets.clone(),
+    );
+    registry.register(
+        "sfu_rtcp_sent",
+        "RTCP the SFU sent: receiver and sender reports, NACKs, transport-cc feedback",
+        m.rtcp_sent.clone(),
     );
     m
 }

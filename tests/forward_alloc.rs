@@ -7,6 +7,13 @@
 //! keyframe requests through the throttle, losses towards the publisher answered by
 //! NACKs and RTX retransmissions, receivers' NACKs answered from the cache (plain and
 //! RTX), receiver and sender reports, and the RTCP from receivers walked and read.
+//!
+//! The same run again with SRTP around it, as the data plane has it: every publisher
+//! packet (RTX too) protected by the publisher and unprotected in place with our inbound
+//! context, every packet to a receiver (forwarded, or resent for its NACK) protected
+//! with that receiver's own outbound context (own key; the three profiles among the
+//! receivers), and the RTCP we send (PLI, NACK, RR to the publisher, SR to receivers)
+//! protected as SRTCP. The RTCP from receivers is read in the clear.
 
 use std::hint::black_box;
 
@@ -14,6 +21,7 @@ use confnode::sfu::codec::Codec;
 use confnode::sfu::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use confnode::sfu::rtcp::{self, Rtcp, RtcpIter};
 use confnode::sfu::rtp::{self, RtpHeader};
+use confnode::sfu::srtp::{MasterKey, SrtpContext, SrtpProfile};
 use confnode::sfu::track::{LayerConfig, Track, TrackConfig};
 
 mod alloc_counter;
@@ -136,6 +144,108 @@ fn receiver(track: &Track, i: usize) -> Forwarder {
     )
 }
 
+/// A master key of `profile` of its own for every `seed`.
+fn master(profile: SrtpProfile, seed: u8) -> MasterKey {
+    let key: [u8; 32] = std::array::from_fn(|k| seed.wrapping_mul(41).wrapping_add(k as u8));
+    let salt: [u8; 14] = std::array::from_fn(|k| seed ^ (k as u8).wrapping_mul(7));
+    MasterKey::new(
+        profile,
+        &key[..profile.master_key_len()],
+        &salt[..profile.master_salt_len()],
+    )
+    .expect("key and salt lengths")
+}
+
+/// The publisher's profile: what Chrome gets from our DTLS.
+const PUBLISHER_PROFILE: SrtpProfile = SrtpProfile::AeadAes256Gcm;
+const PUBLISHER_SEED: u8 = 0xA5;
+/// Receiver `i` gets `RECEIVER_PROFILES[(i / 3) % 3]`.
+const RECEIVER_PROFILES: [SrtpProfile; 3] = [
+    SrtpProfile::AeadAes256Gcm,
+    SrtpProfile::AeadAes128Gcm,
+    SrtpProfile::Aes128CmHmacSha1_80,
+];
+/// SSRCs a context tracks: a publisher's three layers and their RTX, or a receiver's
+/// stream and its RTX.
+const CONTEXT_SSRCS: usize = 8;
+
+/// The SRTP contexts around the SFU core, all made before the run.
+struct Srtp {
+    /// The publisher's own, which protects what it sends.
+    publisher: SrtpContext,
+    /// Ours with the publisher: its packets in, our RTCP out.
+    inbound: SrtpContext,
+    to_publisher: SrtpContext,
+    /// Ours with each receiver, each its own key.
+    outbound: Vec<SrtpContext>,
+    /// Packets protected or unprotected.
+    operations: u64,
+}
+
+/// SRTP around the forwarding, or nothing (`Crypto(None)`).
+struct Crypto(Option<Srtp>);
+
+impl Crypto {
+    fn new(srtp: bool) -> Crypto {
+        let context = |profile, seed| {
+            SrtpContext::new(&master(profile, seed), CONTEXT_SSRCS).expect("SRTP context")
+        };
+        Crypto(srtp.then(|| {
+            Srtp {
+                publisher: context(PUBLISHER_PROFILE, PUBLISHER_SEED),
+                inbound: context(PUBLISHER_PROFILE, PUBLISHER_SEED),
+                to_publisher: context(PUBLISHER_PROFILE, PUBLISHER_SEED.wrapping_add(1)),
+                outbound: (0..RECEIVERS)
+                    .map(|i| context(RECEIVER_PROFILES[(i / 3) % 3], i as u8))
+                    .collect(),
+                operations: 0,
+            }
+        }))
+    }
+
+    fn operations(&self) -> u64 {
+        self.0.as_ref().map_or(0, |s| s.operations)
+    }
+
+    /// The publisher's RTP packet `buf[..len]` as it goes on the wire; returns its length.
+    fn publisher_sends(&mut self, buf: &mut [u8], len: usize) -> usize {
+        let Some(s) = &mut self.0 else { return len };
+        s.operations += 1;
+        s.publisher
+            .protect_rtp(buf, len)
+            .expect("publisher protects")
+    }
+
+    /// The publisher's packet `pkt` as we receive it, unprotected in place; returns the
+    /// RTP length.
+    fn publisher_arrives(&mut self, pkt: &mut [u8]) -> usize {
+        let Some(s) = &mut self.0 else {
+            return pkt.len();
+        };
+        s.operations += 1;
+        s.inbound.unprotect_rtp(pkt).expect("unprotect")
+    }
+
+    /// The RTP packet `buf[..len]` for receiver `r`, protected; returns its length.
+    fn rtp_to(&mut self, r: usize, buf: &mut [u8], len: usize) -> usize {
+        let Some(s) = &mut self.0 else { return len };
+        s.operations += 1;
+        s.outbound[r].protect_rtp(buf, len).expect("protect")
+    }
+
+    /// Our RTCP packet `buf[..len]` for receiver `to`, or for the publisher (`None`),
+    /// protected; returns its length.
+    fn rtcp_to(&mut self, to: Option<usize>, buf: &mut [u8], len: usize) -> usize {
+        let Some(s) = &mut self.0 else { return len };
+        s.operations += 1;
+        let ctx = match to {
+            Some(r) => &mut s.outbound[r],
+            None => &mut s.to_publisher,
+        };
+        ctx.protect_rtcp(buf, len).expect("protect RTCP")
+    }
+}
+
 /// Everything between the network and the SFU core, preallocated.
 struct Node {
     track: Track,
@@ -147,6 +257,7 @@ struct Node {
     last_sent: Vec<Option<u16>>,
     inbuf: [u8; SLOT],
     rtcp: [u8; 512],
+    srtp: Crypto,
     seq: [u16; 3],
     frame: [u32; 3],
     /// Layers whose keyframe was asked for: the publisher sends one next.
@@ -162,7 +273,7 @@ struct Node {
 }
 
 impl Node {
-    fn new() -> Node {
+    fn new(srtp: bool) -> Node {
         let track = track();
         let receivers = (0..RECEIVERS).map(|i| receiver(&track, i)).collect();
         Node {
@@ -173,6 +284,7 @@ impl Node {
             last_sent: vec![None; RECEIVERS],
             inbuf: [0; SLOT],
             rtcp: [0; 512],
+            srtp: Crypto::new(srtp),
             seq: [100, 20_000, 65_000],
             frame: [0; 3],
             want_key: [false; 3],
@@ -194,13 +306,16 @@ impl Node {
         let frame = self.frame[layer];
         self.frame[layer] += 1;
         let len = write_packet(&mut self.inbuf, layer, seq, frame, key);
+        let len = self.srtp.publisher_sends(&mut self.inbuf, len);
         if lose {
             return;
         }
         self.deliver(len);
     }
 
+    /// The publisher's packet `inbuf[..len]` as it arrives, to every receiver.
     fn deliver(&mut self, len: usize) {
+        let len = self.srtp.publisher_arrives(&mut self.inbuf[..len]);
         let Ok(info) = self.track.receive(&mut self.inbuf, len, self.now) else {
             return;
         };
@@ -214,6 +329,7 @@ impl Node {
                 rtp::set_extension_u16(out, &h, 3, self.twcc[i]);
                 self.last_sent[i] = Some(h.seq);
                 self.sent += 1;
+                let n = self.srtp.rtp_to(i, out, n);
                 black_box(&out[..n]);
             }
             if fwd.current_layer() != before {
@@ -223,7 +339,8 @@ impl Node {
                 if let Some(req) = self.track.request_keyframe(layer, self.now) {
                     self.keyframe_requests += 1;
                     self.want_key[usize::from(req.layer)] = true;
-                    black_box(rtcp::write_pli(&mut self.rtcp, 1, req.ssrc));
+                    let n = rtcp::write_pli(&mut self.rtcp, 1, req.ssrc).expect("fits");
+                    black_box(self.srtp.rtcp_to(None, &mut self.rtcp, n));
                 }
             }
         }
@@ -236,6 +353,7 @@ impl Node {
         let Some(n) = rtp::wrap_rtx(&mut self.inbuf, &h, RTX_SSRCS[layer], RTX_PT, rtx_seq) else {
             return;
         };
+        let n = self.srtp.publisher_sends(&mut self.inbuf, n);
         self.deliver(n);
     }
 
@@ -255,6 +373,7 @@ impl Node {
                             let out = &mut self.out[r];
                             if let Some(len) = self.track.retransmit(fwd, seq, out, self.now) {
                                 self.nacks_answered += 1;
+                                let len = self.srtp.rtp_to(r, out, len);
                                 black_box(&out[..len]);
                             }
                         }
@@ -269,19 +388,24 @@ impl Node {
                     _ => {}
                 }
             }
-            black_box(fwd.write_sender_report(&mut self.rtcp, &self.track, self.now, 42));
+            if let Some(n) = fwd.write_sender_report(&mut self.rtcp, &self.track, self.now, 42) {
+                black_box(self.srtp.rtcp_to(Some(r), &mut self.rtcp, n));
+            }
         }
         if let Some(n) = self.track.write_nacks(&mut self.rtcp, 1, self.now, 30_000) {
             self.nacks_to_publisher += 1;
+            let n = self.srtp.rtcp_to(None, &mut self.rtcp, n);
             black_box(&self.rtcp[..n]);
             if let Some((layer, seq, frame)) = self.lost.take() {
                 self.retransmission(layer, seq, frame, seq);
             }
         }
-        black_box(
-            self.track
-                .write_receiver_report(&mut self.rtcp, 1, self.now),
-        );
+        if let Some(n) = self
+            .track
+            .write_receiver_report(&mut self.rtcp, 1, self.now)
+        {
+            black_box(self.srtp.rtcp_to(None, &mut self.rtcp, n));
+        }
         while let Some(req) = self.track.poll_keyframe(self.now) {
             self.keyframe_requests += 1;
             self.want_key[usize::from(req.layer)] = true;
@@ -320,9 +444,9 @@ impl Node {
     }
 }
 
-#[test]
-fn steady_state_forwarding_does_not_allocate() {
-    let mut node = Node::new();
+/// Warms `srtp` or plain forwarding up, then counts the allocations of 10,000 frames.
+fn steady_state(srtp: bool) {
+    let mut node = Node::new(srtp);
     node.run(2_000, 0);
     let warm = (
         node.sent,
@@ -330,6 +454,7 @@ fn steady_state_forwarding_does_not_allocate() {
         node.nacks_answered,
         node.nacks_to_publisher,
     );
+    let operations = node.srtp.operations();
     assert!(
         warm.0 > 0 && warm.1 > 0 && warm.2 > 0 && warm.3 > 0,
         "{warm:?}"
@@ -359,5 +484,21 @@ fn steady_state_forwarding_does_not_allocate() {
     assert!(node.nacks_answered - warm.2 > 1_000);
     assert!(node.nacks_to_publisher - warm.3 > 50);
     assert!(node.keyframe_requests > 0);
+    if srtp {
+        // Every packet in and every packet out went through SRTP.
+        let operations = node.srtp.operations() - operations;
+        println!("SRTP operations {operations}");
+        assert!(operations > node.sent - warm.0, "{operations}");
+    }
     assert_eq!(allocated, 0, "allocations while forwarding");
+}
+
+#[test]
+fn steady_state_forwarding_does_not_allocate() {
+    steady_state(false);
+}
+
+#[test]
+fn steady_state_forwarding_with_srtp_does_not_allocate() {
+    steady_state(true);
 }

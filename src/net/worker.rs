@@ -684,6 +684,8 @@ impl Worker {
             (&sfu.received_rtcp_bytes, t.rtcp.1),
             (&sfu.forwarded_rtp_packets, forwarding.forwarded),
             (&sfu.keyframe_requests, forwarding.keyframe_requests),
+            (&sfu.retransmitted_packets, forwarding.retransmitted),
+            (&sfu.rtcp_sent, forwarding.rtcp_sent),
         ] {
             if n > 0 {
                 counter.inc_by(n);

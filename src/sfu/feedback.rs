@@ -245,6 +245,7 @@ pub fn on_publisher_rtcp(tracks: &mut [PublishedMedia], rtcp: &[u8], now: u64) {
 /// second a receiver report to the publisher and a sender report to each receiver.
 pub fn after_forward(
     out: &mut [u8],
+    counts: &mut ForwardCounts,
     t: &mut PublishedMedia,
     srtp: &mut Option<Box<SrtpPair>>,
     publisher: (SocketAddr, usize),
@@ -254,7 +255,7 @@ pub fn after_forward(
     if now >= t.next_nack {
         t.next_nack = now + NACK_INTERVAL_US;
         if let Some(n) = t.track.write_nacks(out, RTCP_SENDER_SSRC, now, NACK_RTT_US) {
-            send_rtcp(out, n, srtp, publisher, send);
+            counts.rtcp_sent += u64::from(send_rtcp(out, n, srtp, publisher, send));
         }
     }
     if now < t.next_report {
@@ -262,7 +263,7 @@ pub fn after_forward(
     }
     t.next_report = now + REPORT_INTERVAL_US;
     if let Some(n) = t.track.write_receiver_report(out, RTCP_SENDER_SSRC, now) {
-        send_rtcp(out, n, srtp, publisher, send);
+        counts.rtcp_sent += u64::from(send_rtcp(out, n, srtp, publisher, send));
     }
     let ntp_now = rtcp::ntp_from_unix_micros(unix_micros());
     for o in &mut t.outs {
@@ -273,7 +274,7 @@ pub fn after_forward(
             let mut sub = o.subscriber.media();
             let peer = sub.dtls_peer;
             if let Some(peer) = peer {
-                send_rtcp(out, n, &mut sub.srtp, peer, send);
+                counts.rtcp_sent += u64::from(send_rtcp(out, n, &mut sub.srtp, peer, send));
             }
         }
     }
@@ -298,22 +299,25 @@ pub fn send_pli(
     }
 }
 
-/// Encrypts the RTCP in `out[..n]` with `srtp`'s outbound keys and sends it.
+/// Encrypts the RTCP in `out[..n]` with `srtp`'s outbound keys and sends it; false
+/// when there are no keys or no room.
 fn send_rtcp(
     out: &mut [u8],
     n: usize,
     srtp: &mut Option<Box<SrtpPair>>,
     (to, via): (SocketAddr, usize),
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
-) {
+) -> bool {
     let Some(keys) = srtp.as_mut() else {
-        return;
+        return false;
     };
     if n + MAX_RTCP_OVERHEAD <= out.len()
         && let Ok(k) = keys.outbound.protect_rtcp(out, n)
     {
         send(&out[..k], to, via);
+        return true;
     }
+    false
 }
 
 /// Transport-cc feedback to one publisher: the arrival time of every packet by its
@@ -363,6 +367,7 @@ impl TransportFeedback {
     pub fn send_due(
         &mut self,
         out: &mut [u8],
+        counts: &mut ForwardCounts,
         srtp: &mut Option<Box<SrtpPair>>,
         publisher: (SocketAddr, usize),
         now: u64,
@@ -383,7 +388,7 @@ impl TransportFeedback {
             else {
                 return;
             };
-            send_rtcp(out, n, srtp, publisher, send);
+            counts.rtcp_sent += u64::from(send_rtcp(out, n, srtp, publisher, send));
             if !self.recorder.due(now) {
                 return;
             }

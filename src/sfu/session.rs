@@ -982,6 +982,8 @@ pub struct ForwardCounts {
     pub keyframe_requests: u64,
     /// Packets sent again to receivers that NACKed them.
     pub retransmitted: u64,
+    /// Reports, NACKs and transport-cc feedback sent.
+    pub rtcp_sent: u64,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -1194,7 +1196,14 @@ impl SessionCache {
                     );
                 }
                 if let Some(twcc) = m.twcc.as_mut() {
-                    twcc.send_due(&mut self.fwd, &mut m.srtp, publisher, now, send);
+                    twcc.send_due(
+                        &mut self.fwd,
+                        &mut self.counts,
+                        &mut m.srtp,
+                        publisher,
+                        now,
+                        send,
+                    );
                 }
                 MediaVerdict::Rtp(n)
             }
@@ -1367,7 +1376,7 @@ fn forward_rtp(
         feedback::send_pli(out, srtp, req.ssrc, publisher, send);
         counts.keyframe_requests += 1;
     }
-    feedback::after_forward(out, t, srtp, publisher, now, send);
+    feedback::after_forward(out, counts, t, srtp, publisher, now, send);
 }
 
 fn is_handshaking(media: &SessionMedia) -> bool {

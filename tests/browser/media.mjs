@@ -34,6 +34,18 @@ function inbound(s, from, kind) {
   return s.inbound.filter((i) => i.participant === from && i.kind === kind);
 }
 
+/**
+ * A page opened with autojoin=1 had no click: where the browser refused to play sound
+ * without one, the page offers a "Turn on sound" button, and a user clicks it.
+ */
+async function enableSoundIfAsked(p, mode) {
+  const button = p.page.locator("#enable-sound");
+  if (await button.isVisible()) {
+    step(`${mode}: ${p.label} clicks "Turn on sound"`);
+    await button.click();
+  }
+}
+
 async function waitFor(what, limitMs, check) {
   const deadline = Date.now() + limitMs;
   let last;
@@ -77,6 +89,7 @@ async function round(relay) {
       return others.every((q) => ids.includes(q.id)) && ids.length === 2 ? true : ids;
     });
     await waitFor(`${p.label}: frames and audio from both`, 20_000, async () => {
+      await enableSoundIfAsked(p, mode);
       const s = await stats(p);
       const ok = others.every(
         (q) =>
@@ -85,6 +98,7 @@ async function round(relay) {
       );
       return ok ? true : s.inbound;
     });
+    await enableSoundIfAsked(p, mode);
     const before = await stats(p);
     await sleep(2_000);
     const after = await stats(p);

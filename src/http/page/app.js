@@ -764,7 +764,10 @@
   let soundBlocked = false;
 
   function play(video) {
-    video.play().catch(() => {
+    video.play().catch((e) => {
+      // Interrupted (a new source, the element moved): it plays again with its next
+      // start. Only a refusal means the browser wants a click before sound.
+      if (!e || e.name !== "NotAllowedError") return;
       // Autoplay with sound refused: play muted, offer a button to turn sound on.
       soundBlocked = true;
       video.muted = true;
