@@ -128,7 +128,6 @@ fn roster_in_chromium() {
 /// other's video and hear each other, directly and with relay=1; upper simulcast
 /// layers reach a receiver without maxHeight; leaving shows within 5 s.
 #[test]
-#[ignore = "the decode checks pass; the upper-layer check needs bandwidth feedback (TWCC/REMB) to publishers: switch on by removing this line"]
 fn media_in_chromium() {
     let (node, log) = node();
     run_script("media.mjs", &node, &log);

@@ -1,7 +1,5 @@
-// MEDIA CHECKS — left out of the test run until the SFU media plane works end to end
-// (publish answered, server offers on the event stream, media forwarded). Switch on by
-// removing the #[ignore] of `media_in_chromium` in tests/browser.rs
-// (`cargo test --test browser -- --ignored` runs it now); run by hand against a node with
+// Run by tests/browser.rs (`cargo test --test browser media_in_chromium`), or by hand
+// against a running node with
 //   CONFNODE_URL=… CONFNODE_HOST=… CONFNODE_PASSWORD=… node tests/browser/media.mjs
 //
 // Issue 4's Chromium checks, in two rounds: directly over UDP, then with relay=1 on
