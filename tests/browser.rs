@@ -131,4 +131,16 @@ fn roster_in_chromium() {
 fn media_in_chromium() {
     let (node, log) = node();
     run_script("media.mjs", &node, &log);
+    // The node forwarded media and asked for keyframes, and in the relay=1 round the
+    // packets between its relays and its own media port stayed inside the process.
+    let metrics = node.metrics();
+    let value = |series: &str| common::metric_value(&metrics, series);
+    assert!(
+        value("confnode_sfu_forwarded_packets_total") > 1000.0,
+        "{metrics}"
+    );
+    assert!(value("confnode_sfu_rtcp_sent_total") > 0.0, "{metrics}");
+    let to_sfu = value("confnode_turn_relay_internal_total{direction=\"to_peer\"}");
+    let to_client = value("confnode_turn_relay_internal_total{direction=\"to_client\"}");
+    assert!(to_sfu > 1000.0 && to_client > 1000.0, "{metrics}");
 }
