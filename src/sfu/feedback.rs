@@ -52,6 +52,8 @@ pub struct Feed {
     pub publisher: Weak<Session>,
     /// The track's index in the publisher's tracks (fixed for the session's life).
     pub track: usize,
+    /// Whether the receiver's answer kept RTX (until it answers: as offered).
+    pub rtx: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +71,7 @@ struct Request {
     publisher: Weak<Session>,
     track: usize,
     ssrc: u32,
+    rtx: bool,
     ask: Ask,
 }
 
@@ -89,6 +92,7 @@ impl Requests {
                 publisher: feed.publisher.clone(),
                 track: feed.track,
                 ssrc,
+                rtx: feed.rtx,
                 ask,
             });
             self.len += 1;
@@ -174,6 +178,9 @@ pub fn answer_receiver(
                 }
             }
             Ask::Nack { pid, blp } => {
+                if !r.rtx && o.forwarder.rtx().is_some() {
+                    o.forwarder.disable_rtx();
+                }
                 for seq in nacked(pid, blp) {
                     resend(
                         track,

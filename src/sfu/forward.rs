@@ -268,6 +268,11 @@ impl Forwarder {
         self.selector.target()
     }
 
+    /// Sends retransmissions as they were first sent: the receiver's answer left RTX out.
+    pub fn disable_rtx(&mut self) {
+        self.rtx = None;
+    }
+
     /// The layer a receiver's PLI/FIR on this stream is about: the one it decodes, or the
     /// one it waits for.
     pub fn keyframe_layer(&self) -> Option<u8> {

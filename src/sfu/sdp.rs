@@ -1314,6 +1314,7 @@ struct Offered {
     /// Sendonly with a track (else inactive).
     sending: bool,
     codec_pt: u8,
+    rtx_pt: Option<u8>,
 }
 
 /// What a subscriber's answer settled.
@@ -1325,6 +1326,8 @@ pub struct SubscribeAnswer {
     pub rejected: Vec<String>,
     /// Tracks the browser accepted but does not want now (`a=inactive`).
     pub inactive: Vec<String>,
+    /// Tracks whose RTX the browser left out: NACKs are answered without it.
+    pub without_rtx: Vec<String>,
 }
 
 /// The m-lines of a subscriber's receiving peer connection across renegotiations.
@@ -1485,6 +1488,7 @@ impl SubscribeSession {
                 live,
                 sending,
                 codec_pt,
+                rtx_pt,
             });
             slot.fresh = false;
         }
@@ -1519,6 +1523,7 @@ impl SubscribeSession {
         let bundle = bundle_group(&sd);
         let mut rejected = Vec::new();
         let mut inactive = Vec::new();
+        let mut without_rtx = Vec::new();
         let mut first_live = None;
         for (i, (m, o)) in media.iter().zip(offered).enumerate() {
             if m.media_name.media != o.kind.as_str() {
@@ -1565,6 +1570,11 @@ impl SubscribeSession {
                     o.mid, o.codec_pt
                 )));
             }
+            if let Some(rtx) = o.rtx_pt
+                && !m.media_name.formats.iter().any(|f| f.parse() == Ok(rtx))
+            {
+                without_rtx.push(o.mid.clone());
+            }
             match Direction::of(m, &sd) {
                 // RFC 3264 §6.1: a sendonly stream is answered recvonly or inactive.
                 Direction::RecvOnly if o.sending => {}
@@ -1608,6 +1618,7 @@ impl SubscribeSession {
             fingerprint,
             rejected: refused,
             inactive,
+            without_rtx,
         })
     }
 }
@@ -2729,6 +2740,22 @@ a=max-message-size:1073741823
     }
 
     #[test]
+    fn an_answer_without_rtx_is_noted_per_track() {
+        let mut s = SubscribeSession::new();
+        s.add_track(track(CodecName::Vp8, 2000, "alice")).unwrap();
+        s.add_track(track(CodecName::H264, 3000, "bob")).unwrap();
+        let sdp = offer(&mut s);
+        let (vp8, vp8_rtx) = CodecName::Vp8.offer_pts();
+        let answer = browser_answer(&sdp, &[]).replacen(
+            &format!("SAVPF {vp8} {}", vp8_rtx.unwrap()),
+            &format!("SAVPF {vp8}"),
+            1,
+        );
+        let settled = s.apply_answer(answer.as_bytes()).unwrap();
+        assert_eq!(settled.without_rtx, ["0"]);
+    }
+
+    #[test]
     fn server_offer_lines() {
         let mut s = SubscribeSession::new();
         assert!(!s.needs_offer());
@@ -2810,6 +2837,7 @@ a=max-message-size:1073741823
         assert_eq!(answer.ice.ufrag, "Brws");
         assert_eq!(answer.fingerprint.to_string(), OUR_FP);
         assert!(answer.rejected.is_empty() && answer.inactive.is_empty());
+        assert!(answer.without_rtx.is_empty());
         assert!(!s.is_pending() && !s.needs_offer());
         assert_eq!(
             s.tracks().map(|(m, _)| m).collect::<Vec<_>>(),

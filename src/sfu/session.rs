@@ -575,6 +575,7 @@ impl MediaSessions {
                             ssrc: a.ssrc,
                             publisher: Arc::downgrade(p),
                             track: index,
+                            rtx: true,
                         });
                     }
                     t.outs.push(Downstream {
@@ -699,6 +700,11 @@ impl MediaSessions {
         let media = &mut *media;
         let sub = media.subscribe.as_mut().ok_or(SdpError::NoPendingOffer)?;
         let answer = sub.sdp.apply_answer(raw)?;
+        for feed in &mut sub.feeds {
+            if answer.without_rtx.contains(&feed.mid) {
+                feed.rtx = false;
+            }
+        }
         if !sub.answered {
             sub.answered = true;
             // Consent counts from the answer: the client only starts its checks now.
