@@ -119,6 +119,12 @@ pub struct TurnMetrics {
     /// Datagrams from the node's own media port that reached a relay socket through
     /// the kernel (the SFU answering a client whose allocation another worker holds).
     pub hairpin: Counter,
+    /// Of `internal_to_client`: the SFU's datagrams handed from the worker that sent them
+    /// to the worker holding the relay (`net::handoff`).
+    pub cross_worker: Counter,
+    /// The SFU's datagrams for another worker's relay that went through the kernel
+    /// because that worker's hand-over queue was full (then also counted as `hairpin`).
+    pub cross_worker_queue_full: Counter,
 }
 
 /// What kind of media packet the SFU received.
@@ -404,6 +410,16 @@ fn register_turn(registry: &mut Registry) -> TurnMetrics {
         "turn_relay_hairpin",
         "Packets from the node's own media port that reached a TURN relay through the kernel",
         t.hairpin.clone(),
+    );
+    registry.register(
+        "turn_relay_cross_worker",
+        "Packets from the node's own media port handed in process to the worker holding the TURN relay (also counted in turn_relay_internal)",
+        t.cross_worker.clone(),
+    );
+    registry.register(
+        "turn_relay_cross_worker_queue_full",
+        "Packets from the node's own media port for another worker's TURN relay sent through the kernel because its hand-over queue was full",
+        t.cross_worker_queue_full.clone(),
     );
     registry.register("turn_relayed_packets", "Packets relayed by TURN", packets);
     registry.register("turn_relayed_bytes", "Payload bytes relayed by TURN", bytes);

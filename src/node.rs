@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::metrics::{Metrics, Transport};
+use crate::net::handoff::Handoff;
 use crate::net::tcp::StreamContext;
 use crate::net::tls::TlsCerts;
 use crate::net::{tcp, tls, udp, worker};
@@ -129,6 +130,13 @@ fn start_workers(
     media: &Arc<MediaSessions>,
 ) -> Result<Vec<worker::WorkerHandle>, String> {
     let count = config.node.worker_count();
+    // Relay sockets bind where the TURN cores' `Shared` says (`turn_shared`).
+    let handoff = Arc::new(Handoff::new(
+        count,
+        turn.ports,
+        turn.relay_v4,
+        turn.relay_v6,
+    ));
     let mut handles = Vec::with_capacity(count);
     for id in 0..count {
         let sockets = udp_listen
@@ -144,6 +152,7 @@ fn start_workers(
             shutdown: shutdown.clone(),
             epoch: media.epoch(),
             media: media.clone(),
+            handoff: handoff.clone(),
         };
         let handle = worker::spawn(sockets, setup)
             .map_err(|e| format!("cannot start data-plane worker {id}: {e}"))?;

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod demux;
+pub mod handoff;
 pub mod tcp;
 pub mod tls;
 pub mod udp;

@@ -17,10 +17,13 @@
 //! had arrived on that listener from the relayed address; what the SFU sends to a
 //! relayed address of this worker is handed to the TURN core as if it had arrived on
 //! that relay socket from our media address (see `Worker::hand_to_sfu` and `Deliver`).
+//! What the SFU sends to a relayed address of another worker's allocation is queued
+//! for that worker, which does the same with it (see `net::handoff`).
 
 use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM};
 use crate::net::demux::{self, Class};
+use crate::net::handoff::{Handoff, Ring, SLOT};
 use crate::sfu::session::{CheckVerdict, MediaSessions, MediaVerdict, SessionCache};
 use crate::stun;
 use crate::turn::server::{Action, ClientKey, Clock, DropReason, RelayId, RelayIo, TurnCore};
@@ -42,10 +45,6 @@ const BATCHES_PER_TURN: usize = 64;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Socket buffers of relay sockets: one per allocation, so smaller than a listener's.
 const RELAY_BUFFER: usize = 256 << 10;
-/// Room for one datagram the SFU sends to a relayed address, with `HEADROOM` in front
-/// for the ChannelData header or Data indication the TURN core writes there. The SFU's
-/// buffers hold at most 2048 bytes.
-const HANDOVER_SLOT: usize = HEADROOM + 2048;
 
 /// A running worker: wake it to make it look at the shutdown flag.
 pub struct WorkerHandle {
@@ -64,6 +63,9 @@ pub struct WorkerSetup {
     pub epoch: Instant,
     /// The SFU's media sessions, which ICE checks on the media port are routed to.
     pub media: Arc<MediaSessions>,
+    /// Who holds which relay, and every worker's queue of the SFU's datagrams for its
+    /// relays (`id` is this worker's index in it).
+    pub handoff: Arc<Handoff>,
 }
 
 /// Starts a worker thread serving the listener `sockets`. It runs until `shutdown` is
@@ -80,7 +82,10 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
         relay_by_addr: FxHashMap::default(),
         media_peer: Vec::new(),
         own_media: Vec::new(),
+        handoff: setup.handoff.clone(),
+        worker: setup.id,
     };
+    setup.handoff.set_waker(setup.id, waker.clone());
     for s in sockets {
         table.insert(UdpSocket::from_std(s))?;
     }
@@ -97,7 +102,8 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
                 batch: Batch::new(),
                 setup,
                 sessions,
-                scratch: vec![0u8; HANDOVER_SLOT].into_boxed_slice(),
+                scratch: vec![0u8; SLOT].into_boxed_slice(),
+                inbox: Ring::default(),
             };
             if let Err(e) = worker.run() {
                 tracing::error!("data-plane worker {id} stopped: {e}");
@@ -124,6 +130,10 @@ struct SocketTable {
     /// The node's own media addresses on this worker's listeners, with the listener:
     /// each listener's address, and `node.public_ip`/`public_ipv6` at its port.
     own_media: Vec<(SocketAddr, usize)>,
+    /// Where this worker's relays are registered (as worker `worker`) for the other
+    /// workers' SFU, and their queues.
+    handoff: Arc<Handoff>,
+    worker: usize,
 }
 
 impl SocketTable {
@@ -151,6 +161,7 @@ impl SocketTable {
             && let Some(addr) = local
         {
             self.relay_by_addr.insert(addr, index);
+            self.handoff.register(addr, self.worker);
         }
         self.sockets[index] = Some(socket);
         Ok(index)
@@ -195,6 +206,11 @@ impl SocketTable {
             return None;
         }
         self.relay_by_addr.get(&addr).copied()
+    }
+
+    /// The other worker holding the relay socket bound to `addr`, if any.
+    fn other_worker_relay(&self, addr: SocketAddr) -> Option<usize> {
+        self.handoff.owner(addr).filter(|&w| w != self.worker)
     }
 
     /// Notes that relay `relay`'s client reached the SFU at `peer` (on `listener`).
@@ -264,6 +280,8 @@ impl RelayIo for SocketTable {
             let _ = self.registry.deregister(&mut socket);
             if let Some(addr) = self.local.get_mut(id).and_then(Option::take) {
                 self.relay_by_addr.remove(&addr);
+                // Before the socket closes (its port is free to bind after that).
+                self.handoff.unregister(addr, self.worker);
             }
             if let Some(peer) = self.media_peer.get_mut(id) {
                 *peer = None;
@@ -288,6 +306,9 @@ struct Worker {
     sessions: SessionCache,
     /// Where a datagram the SFU sends to a relayed address is framed for the client.
     scratch: Box<[u8]>,
+    /// What the other workers' SFU queued for this worker's relays, taken from the
+    /// inbox in one swap (an empty ring goes back in its place).
+    inbox: Ring,
 }
 
 /// Sockets with datagrams (maybe) waiting, in the order they became ready; each
@@ -344,6 +365,10 @@ struct Tally {
     internal_to_client: u64,
     /// From our own media port to a relay socket through the kernel.
     hairpin: u64,
+    /// Of `internal_to_client`: handed over by the SFU of another worker.
+    cross_worker: u64,
+    /// For another worker's relay, through the kernel: its queue was full.
+    queue_full: u64,
 }
 
 fn media_drop_index(reason: MediaDrop) -> usize {
@@ -389,6 +414,7 @@ impl Worker {
                 self.setup.turn.close_all(&mut self.table);
                 return Ok(());
             }
+            self.drain_inbox();
             self.serve();
             self.run_dtls_timers();
             if Instant::now() >= next_sweep {
@@ -416,6 +442,44 @@ impl Worker {
         };
         self.sessions
             .run_timers(clock.mono_ms, &mut |data, to, via| out.send(data, to, via));
+        self.count(&tally);
+    }
+
+    /// Relays to their clients what the SFU of other workers sent to this worker's
+    /// relayed addresses, as `Deliver::send` does with this worker's own SFU's.
+    fn drain_inbox(&mut self) {
+        if !self.table.handoff.take(self.setup.id, &mut self.inbox) {
+            return;
+        }
+        let clock = self.clock();
+        let mut tally = Tally::default();
+        for slot in self.inbox.slots_mut() {
+            match self.table.relay_at(slot.to) {
+                Some(relay) => {
+                    if relay_to_client(
+                        &self.table,
+                        &mut self.setup.turn,
+                        clock,
+                        &mut tally,
+                        relay,
+                        slot.via,
+                        &mut slot.buf,
+                        slot.len,
+                    ) {
+                        tally.cross_worker += 1;
+                    }
+                }
+                // Closed since it was queued (its port may be another worker's by
+                // now): the kernel path, which reaches whoever holds it.
+                None => {
+                    let data = slot.buf.get(HEADROOM..HEADROOM + slot.len).unwrap_or(&[]);
+                    if !self.table.send_now(data, slot.to, slot.via) {
+                        tally.send_failed += 1;
+                    }
+                }
+            }
+        }
+        self.inbox.clear();
         self.count(&tally);
     }
 
@@ -492,9 +556,10 @@ impl Worker {
             let mut peer = src;
             if let Some(listener) = self.table.own_listener(src) {
                 // The SFU of another worker answering a client whose allocation is
-                // ours, through the kernel (see `Deliver::send`). It comes from the
-                // listener's own address: shown to the client as the media address
-                // it sent to, which under a 1:1 NAT is the public one.
+                // ours, through the kernel (our hand-over queue was full: see
+                // `Deliver::send`). It comes from the listener's own address: shown to
+                // the client as the media address it sent to, which under a 1:1 NAT
+                // is the public one.
                 tally.hairpin += 1;
                 peer = self.table.media_peer(origin, listener).unwrap_or(src);
             }
@@ -678,6 +743,8 @@ impl Worker {
             (&m.internal_to_peer, t.internal_to_peer),
             (&m.internal_to_client, t.internal_to_client),
             (&m.hairpin, t.hairpin),
+            (&m.cross_worker, t.cross_worker),
+            (&m.cross_worker_queue_full, t.queue_full),
             (&sfu.received_rtp_packets, t.rtp.0),
             (&sfu.received_rtp_bytes, t.rtp.1),
             (&sfu.received_rtcp_packets, t.rtcp.0),
@@ -771,7 +838,8 @@ fn media(
 /// Where the SFU's datagrams go (`send(datagram, to, listener)` of `SessionCache`):
 /// through the kernel, or, to a relayed transport address of one of this worker's
 /// allocations, to the TURN core as a datagram from our media address arriving at
-/// that relay, and from there to the client. Allocates nothing.
+/// that relay, and from there to the client; to one of another worker's allocations,
+/// into that worker's queue (`net::handoff`). Allocates nothing.
 struct Deliver<'a> {
     table: &'a SocketTable,
     turn: &'a mut TurnCore,
@@ -782,22 +850,22 @@ struct Deliver<'a> {
 
 impl Deliver<'_> {
     fn send(&mut self, data: &[u8], to: SocketAddr, via: usize) {
-        // A relayed address of an allocation that another worker holds (SO_REUSEPORT
-        // spread the clients over the workers) is not in this worker's table: such a
-        // datagram goes through the kernel from our listener to that relay socket,
-        // whose worker relays it to the client as from any peer (and counts it as
-        // `hairpin`); it is correct, only not free. The cheap cases stay in process:
-        // STUN answers, DTLS and RTCP go to the client whose datagram this worker just
-        // handled, which its allocation's worker handed over; only RTP forwarded from
-        // a publisher whose allocation is on another worker takes the kernel.
         let Some(relay) = self.table.relay_at(to) else {
+            // A relayed address of an allocation that another worker holds (SO_REUSEPORT
+            // spread the clients over the workers): queued for that worker, which
+            // relays it to the client (`Worker::drain_inbox`). Its queue full, it goes
+            // through the kernel from our listener to that relay socket, whose worker
+            // relays it as from any peer (and counts it as `hairpin`): correct, only not
+            // free, and the sender never waits.
+            if let Some(owner) = self.table.other_worker_relay(to) {
+                if self.table.handoff.push(owner, data, to, via) {
+                    return;
+                }
+                self.tally.queue_full += 1;
+            }
             if !self.table.send_now(data, to, via) {
                 self.tally.send_failed += 1;
             }
-            return;
-        };
-        let Some(peer) = self.table.media_peer(relay, via) else {
-            self.tally.unhandled += 1;
             return;
         };
         let n = data.len();
@@ -806,23 +874,57 @@ impl Deliver<'_> {
             return;
         };
         room.copy_from_slice(data);
-        match self
-            .turn
-            .handle_peer(self.clock, relay, peer, self.scratch, HEADROOM, n)
-        {
-            Action::ToClient { client, start, len } => {
-                let t = &mut *self.tally;
-                t.internal_to_client += 1;
-                t.to_client.0 += 1;
-                t.to_client.1 += len as u64;
-                let framed = &self.scratch[start..start + len];
-                if !self.table.send_any(framed, client.addr, client.listener) {
-                    t.send_failed += 1;
-                }
+        relay_to_client(
+            self.table,
+            self.turn,
+            self.clock,
+            self.tally,
+            relay,
+            via,
+            self.scratch,
+            n,
+        );
+    }
+}
+
+/// Gives the TURN core the datagram at `HEADROOM` in `buf` (`n` bytes) that the SFU
+/// sent through listener `via` to the relayed address of this worker's `relay`, as
+/// arriving at that relay from our media address, and sends what it frames (in place)
+/// to the client. Returns whether it went to the client.
+#[allow(clippy::too_many_arguments)]
+fn relay_to_client(
+    table: &SocketTable,
+    turn: &mut TurnCore,
+    clock: Clock,
+    tally: &mut Tally,
+    relay: RelayId,
+    via: usize,
+    buf: &mut [u8],
+    n: usize,
+) -> bool {
+    let Some(peer) = table.media_peer(relay, via) else {
+        tally.unhandled += 1;
+        return false;
+    };
+    match turn.handle_peer(clock, relay, peer, buf, HEADROOM, n) {
+        Action::ToClient { client, start, len } => {
+            tally.internal_to_client += 1;
+            tally.to_client.0 += 1;
+            tally.to_client.1 += len as u64;
+            let framed = buf.get(start..start + len).unwrap_or(&[]);
+            if !table.send_any(framed, client.addr, client.listener) {
+                tally.send_failed += 1;
             }
-            Action::Drop(reason) => self.tally.drop(reason),
-            // `handle_peer` answers nothing else.
-            _ => self.tally.unhandled += 1,
+            true
+        }
+        Action::Drop(reason) => {
+            tally.drop(reason);
+            false
+        }
+        // `handle_peer` answers nothing else.
+        _ => {
+            tally.unhandled += 1;
+            false
         }
     }
 }
@@ -842,6 +944,16 @@ mod tests {
             relay_by_addr: FxHashMap::default(),
             media_peer: Vec::new(),
             own_media: Vec::new(),
+            handoff: Arc::new(Handoff::new(
+                1,
+                crate::config::PortRange {
+                    first: 1,
+                    last: 65535,
+                },
+                Some([127, 0, 0, 1].into()),
+                None,
+            )),
+            worker: 0,
         };
         for l in listeners {
             let s = std::net::UdpSocket::bind(l).expect("bind");
@@ -900,5 +1012,19 @@ mod tests {
         let again = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
         assert_eq!(again, id);
         assert_eq!(t.media_peer(again, 0), Some(listener));
+    }
+
+    #[test]
+    fn relays_are_registered_for_the_other_workers_until_closed() {
+        let (_poll, mut t) = table(&["127.0.0.1:0"]);
+        let listener = t.local[0].expect("listener");
+        assert_eq!(t.handoff.owner(listener), None, "a listener is no relay");
+        let id = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
+        let relayed = t.local[id].expect("relay address");
+        assert_eq!(t.handoff.owner(relayed), Some(0));
+        // Our own relay is no other worker's.
+        assert_eq!(t.other_worker_relay(relayed), None);
+        t.close(id);
+        assert_eq!(t.handoff.owner(relayed), None);
     }
 }
