@@ -658,7 +658,13 @@ fn srtp_through_the_session_cache_allocates_nothing() {
 
     let audio = rtp(0, 0x1111, &[0x55; 160]);
     let report = rtcp_rr(0x2222);
-    let mut send = |_: &[u8], _: SocketAddr, _: usize| panic!("nothing to send");
+    // Only our RTCP to the publisher goes out (its receiver reports), to the publisher.
+    let mut reports = 0u32;
+    let mut send = |d: &[u8], to: SocketAddr, _: usize| {
+        assert_eq!(to, src);
+        assert_eq!(d.get(1), Some(&201), "only receiver reports go back");
+        reports += 1;
+    };
     let mut round = |seq: u16, slot: &mut [u8]| {
         slot[..audio.len()].copy_from_slice(&audio);
         slot[2..4].copy_from_slice(&seq.to_be_bytes());
@@ -680,4 +686,6 @@ fn srtp_through_the_session_cache_allocates_nothing() {
         0,
         "allocations while routing and unprotecting 20,000 packets"
     );
+    drop(round);
+    assert!(reports >= 1, "no receiver report to the publisher");
 }
