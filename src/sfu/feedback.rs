@@ -274,7 +274,7 @@ pub fn after_forward(
     }
     let ntp_now = rtcp::ntp_from_unix_micros(unix_micros());
     for o in &mut t.outs {
-        if o.subscriber.is_closed() || !o.subscriber.is_dtls_connected() {
+        if o.paused || o.subscriber.is_closed() || !o.subscriber.is_dtls_connected() {
             continue;
         }
         if let Some(n) = o.forwarder.write_sender_report(out, &t.track, now, ntp_now) {

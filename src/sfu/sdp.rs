@@ -1674,7 +1674,7 @@ fn offer_section(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     // Chrome 120+ (unified plan) publishing camera and microphone with
@@ -2690,7 +2690,7 @@ a=max-message-size:1073741823
 
     /// What a browser answers to our offer: each m-line echoed, port 9 unless offered
     /// closed or listed in `refuse`, recvonly for sendonly, setup active.
-    fn browser_answer(offer: &str, refuse: &[&str]) -> String {
+    pub(crate) fn browser_answer(offer: &str, refuse: &[&str]) -> String {
         let sd = SessionDescription::unmarshal(&mut Cursor::new(offer.as_bytes())).unwrap();
         let mut out = String::from("v=0\r\no=- 77 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
         let mut bundle = Vec::new();

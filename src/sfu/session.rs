@@ -181,6 +181,8 @@ pub struct Downstream {
     /// The mid of the m-line the receiver gets it on.
     pub mid: String,
     pub forwarder: Forwarder,
+    /// The receiver's answer refused the m-line or made it inactive: nothing is sent.
+    pub paused: bool,
 }
 
 /// A receiving session's m-lines and what feeds them.
@@ -582,6 +584,7 @@ impl MediaSessions {
                         subscriber: a.subscriber.clone(),
                         mid: a.mid.clone(),
                         forwarder,
+                        paused: false,
                     });
                 }
             }
@@ -696,14 +699,19 @@ impl MediaSessions {
             .subscriber(room, participant)
             .ok_or(SdpError::NoPendingOffer)?;
         let now = self.now_ms();
-        let mut media = s.media();
-        let media = &mut *media;
+        let mut guard = s.media();
+        let media = &mut *guard;
         let sub = media.subscribe.as_mut().ok_or(SdpError::NoPendingOffer)?;
         let answer = sub.sdp.apply_answer(raw)?;
+        // Which streams the receiver takes now, set on the publishers' side below.
+        let mut wanted = Vec::with_capacity(sub.feeds.len());
         for feed in &mut sub.feeds {
             if answer.without_rtx.contains(&feed.mid) {
                 feed.rtx = false;
             }
+            let refused =
+                answer.rejected.contains(&feed.mid) || answer.inactive.contains(&feed.mid);
+            wanted.push((feed.publisher.clone(), feed.track, feed.ssrc, !refused));
         }
         if !sub.answered {
             sub.answered = true;
@@ -720,6 +728,23 @@ impl MediaSessions {
         } else if media.agent.remote() != Some(&answer.ice) {
             // An ICE restart.
             media.agent.set_remote(answer.ice);
+        }
+        // The publishers' locks are taken with the receiver's let go (forwarding takes
+        // them the other way round).
+        drop(guard);
+        for (publisher, track, ssrc, wanted) in wanted {
+            let Some(p) = publisher.upgrade() else {
+                continue;
+            };
+            let mut pm = p.media();
+            let Some(t) = pm.tracks.get_mut(track) else {
+                continue;
+            };
+            for o in &mut t.outs {
+                if Arc::ptr_eq(&o.subscriber, &s) && o.forwarder.ssrc() == ssrc {
+                    o.paused = !wanted;
+                }
+            }
         }
         Ok(())
     }
@@ -1357,7 +1382,7 @@ fn forward_rtp(
     for o in &mut t.outs {
         // Nothing is forwarded before the receiver can decrypt it, so that its stream
         // starts at a keyframe it will see.
-        if o.subscriber.is_closed() || !o.subscriber.is_dtls_connected() {
+        if o.paused || o.subscriber.is_closed() || !o.subscriber.is_dtls_connected() {
             continue;
         }
         out[..n].copy_from_slice(&pkt[..n]);
@@ -1816,6 +1841,12 @@ a=rtpmap:111 opus/48000/2\r\n";
             Err(SdpError::NoPendingOffer)
         );
         assert!(s.max_answer_len("room", "b").unwrap() >= crate::sfu::sdp::MAX_SDP_LEN);
+        // An answer that makes the m-line inactive pauses its stream.
+        let answer = crate::sfu::sdp::tests::browser_answer(sdp, &[]);
+        let inactive = answer.replace("a=recvonly", "a=inactive");
+        s.subscribe_answer("room", "b", inactive.as_bytes())
+            .unwrap();
+        assert!(publisher.media().tracks[0].outs[0].paused);
         // The receiver leaves: its forwarder goes at the next sync.
         s.remove_participant("room", "b");
         assert!(s.sync_room("room", &[("a".to_owned(), None)]).is_empty());
