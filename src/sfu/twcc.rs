@@ -16,6 +16,8 @@
 //! clock going backwards never panic and never make us report thousands of phantom
 //! losses.
 
+use super::rtcp::{FMT_TWCC, RTPFB};
+
 /// How long unreported packets may wait for their feedback. libwebrtc sends every 50 to
 /// 250 ms depending on the bitrate; the short end keeps GoogCC's estimate fresh, and a
 /// feedback packet costs a few dozen bytes.
@@ -45,8 +47,6 @@ const REFERENCE_MASK: u64 = (1 << 24) - 1;
 /// RTCP header (4) + sender and media SSRC (8) + base, count, reference time and
 /// feedback count (8).
 const HEADER_LEN: usize = 20;
-const PT_RTPFB: u8 = 205;
-const FMT_TRANSPORT_CC: u8 = 15;
 /// The longest run a run-length chunk holds (13 bits).
 const MAX_RUN: usize = (1 << 13) - 1;
 
@@ -290,7 +290,7 @@ impl TwccRecorder {
             at: 0,
         };
         let p_bit = if padding > 0 { 0x20 } else { 0 };
-        w.put(&[0x80 | p_bit | FMT_TRANSPORT_CC, PT_RTPFB])?;
+        w.put(&[0x80 | p_bit | FMT_TWCC, RTPFB])?;
         w.put(&u16::try_from(len / 4 - 1).ok()?.to_be_bytes())?;
         w.put(&sender.to_be_bytes())?;
         w.put(&media.to_be_bytes())?;
