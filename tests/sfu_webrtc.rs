@@ -194,12 +194,7 @@ fn a_webrtc_rs_publisher_connects_and_its_srtp_is_received() {
             Box::pin(async {})
         }));
         let offer = pc.create_offer(None).await.expect("offer");
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(offer)
-            .await
-            .expect("local description");
-        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-        let offer = pc.local_description().await.expect("offer sdp").sdp;
+        let offer = set_local_gathered(&pc, offer).await;
 
         let http_addr = node.http;
         let path = format!("/api/rooms/{room}/participants/{participant}/publish");
@@ -332,6 +327,18 @@ async fn wait_connected(rx: &mut mpsc::UnboundedReceiver<RTCPeerConnectionState>
     }
 }
 
+/// Sets `desc` as the local description, waits (up to 5 s) for ICE gathering to
+/// complete, and returns the SDP with its candidates (no trickle: the room API takes
+/// whole SDPs).
+async fn set_local_gathered(pc: &RTCPeerConnection, desc: RTCSessionDescription) -> String {
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(desc)
+        .await
+        .expect("local description");
+    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+    pc.local_description().await.expect("local sdp").sdp
+}
+
 fn state_channel(
     pc: &webrtc::peer_connection::RTCPeerConnection,
 ) -> mpsc::UnboundedReceiver<RTCPeerConnectionState> {
@@ -441,10 +448,7 @@ async fn publish(
     }
     let mut state = state_channel(&pc);
     let offer = pc.create_offer(None).await.expect("offer");
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(offer).await.expect("local");
-    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-    let offer = pc.local_description().await.expect("offer sdp").sdp;
+    let offer = set_local_gathered(&pc, offer).await;
     let r = post_sdp(
         http_addr,
         format!("/api/rooms/{room}/participants/{participant}/publish"),
@@ -577,10 +581,7 @@ async fn subscribe(
         .await
         .unwrap_or_else(|e| panic!("remote description: {e}\n{offer}"));
     let answer = pc.create_answer(None).await.expect("answer");
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(answer).await.expect("local");
-    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-    let answer = pc.local_description().await.expect("answer sdp").sdp;
+    let answer = set_local_gathered(&pc, answer).await;
     let r = post_sdp(
         http_addr,
         format!("/api/rooms/{room}/participants/{participant}/subscribe"),
