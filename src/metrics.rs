@@ -210,6 +210,10 @@ pub struct SfuMetrics {
     pub retransmitted_packets: Counter,
     /// RTCP the SFU sent besides keyframe requests: reports, NACKs, transport-cc.
     pub rtcp_sent: Counter,
+    /// `sendmmsg` system calls that sent the SFU's datagrams (the workers' outboxes),
+    /// and the datagrams they sent: their ratio is packets per system call.
+    pub send_batches: Counter,
+    pub sent_datagrams: Counter,
 }
 
 /// All of the node's metrics and the registry that encodes them.
@@ -381,6 +385,16 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
         "sfu_rtcp_sent",
         "RTCP the SFU sent: receiver and sender reports, NACKs, transport-cc feedback",
         m.rtcp_sent.clone(),
+    );
+    registry.register(
+        "sfu_send_batches",
+        "sendmmsg system calls that sent the SFU's datagrams (with sfu_sent_datagrams: packets per call)",
+        m.send_batches.clone(),
+    );
+    registry.register(
+        "sfu_sent_datagrams",
+        "Datagrams of the SFU (media, RTCP, DTLS, and their TURN framing for clients on the node's relays) sent through the kernel in sendmmsg batches",
+        m.sent_datagrams.clone(),
     );
     m
 }

@@ -44,6 +44,16 @@ pub struct Packet<'a> {
 pub struct Sent {
     pub sent: usize,
     pub failed: usize,
+    /// `sendmmsg` system calls made.
+    pub calls: usize,
+}
+
+impl Sent {
+    pub fn add(&mut self, other: Sent) {
+        self.sent += other.sent;
+        self.failed += other.failed;
+        self.calls += other.calls;
+    }
 }
 
 /// Preallocated buffers and system-call descriptors for `BATCH` datagrams.
@@ -57,6 +67,7 @@ pub struct Batch {
     names: Box<[libc::sockaddr_storage]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    tx: SendMmsg,
 }
 
 impl Default for Batch {
@@ -82,6 +93,7 @@ impl Batch {
             names: (0..BATCH).map(|_| zeroed()).collect(),
             iovs: (0..BATCH).map(|_| iov()).collect(),
             hdrs: (0..BATCH).map(|_| hdr()).collect(),
+            tx: SendMmsg::new(BATCH),
         }
     }
 
@@ -209,7 +221,7 @@ impl Batch {
             }
         }
         // Group by socket, keeping each socket's datagrams in arrival order.
-        order[..n].sort_by_key(|&i| self.outs[i].map(|o| o.via));
+        order[..n].sort_unstable_by_key(|&i| (self.outs[i].map(|o| o.via), i));
         let mut total = Sent::default();
         let mut begin = 0;
         while begin < n {
@@ -221,12 +233,11 @@ impl Batch {
             let sent = match fd_of(via) {
                 Some(fd) => self.send_group(fd, &order[begin..end]),
                 None => Sent {
-                    sent: 0,
                     failed: end - begin,
+                    ..Sent::default()
                 },
             };
-            total.sent += sent.sent;
-            total.failed += sent.failed;
+            total.add(sent);
             begin = end;
         }
         self.outs = [None; BATCH];
@@ -235,49 +246,128 @@ impl Batch {
 
     /// Sends the marked datagrams of the slots in `slots` through `fd`.
     fn send_group(&mut self, fd: RawFd, slots: &[usize]) -> Sent {
-        let mut count = 0;
-        for &i in slots {
-            let Some(out) = self.outs[i] else { continue };
-            let slot = &mut self.bufs[i * SLOT..(i + 1) * SLOT];
-            self.iovs[count] = libc::iovec {
-                iov_base: slot[out.start..].as_mut_ptr().cast(),
-                iov_len: out.len,
-            };
-            let namelen = to_sockaddr(out.dst, &mut self.names[count]);
-            let h = &mut self.hdrs[count].msg_hdr;
-            h.msg_name = (&mut self.names[count] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = namelen;
-            h.msg_iov = &mut self.iovs[count];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            count += 1;
+        let (bufs, outs) = (&self.bufs, &self.outs);
+        let datagrams = slots.iter().filter_map(|&i| {
+            let out = outs.get(i).copied().flatten()?;
+            let at = i * SLOT + out.start;
+            Some((bufs.get(at..at + out.len)?, out.dst))
+        });
+        self.tx.send(fd, datagrams)
+    }
+}
+
+/// The descriptors of one `sendmmsg` of up to a fixed number of datagrams, allocated
+/// once: the one place this crate sends datagrams in batches (`Batch::flush`, and the
+/// SFU's `net::outbox::Outbox`).
+pub struct SendMmsg {
+    names: Box<[libc::sockaddr_storage]>,
+    iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+}
+
+impl SendMmsg {
+    /// Room for `capacity` datagrams per system call (at least one).
+    pub fn new(capacity: usize) -> SendMmsg {
+        let capacity = capacity.clamp(1, 1024);
+        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all
+        // zero bytes is a valid (empty) value.
+        let name = || unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
+        let iov = || unsafe { MaybeUninit::<libc::iovec>::zeroed().assume_init() };
+        let hdr = || unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        SendMmsg {
+            names: (0..capacity).map(|_| name()).collect(),
+            iovs: (0..capacity).map(|_| iov()).collect(),
+            hdrs: (0..capacity).map(|_| hdr()).collect(),
         }
-        let mut result = Sent::default();
-        let mut next = 0;
-        while next < count {
-            // SAFETY: headers next..count point at live iovecs, names and slots of this
-            // struct, filled above; the kernel only reads them.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs[next..].as_mut_ptr(),
-                    (count - next) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                // The datagram at `next` failed (ICMP-reported unreachable, full buffer,
-                // refused address): skip it and go on with the rest.
-                result.failed += 1;
-                next += 1;
-            } else {
-                result.sent += n as usize;
-                next += n as usize;
+    }
+
+    /// Datagrams per system call.
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Sends every datagram `datagrams` yields (bytes, destination) through the
+    /// non-blocking socket `fd`, in order, `capacity` per `sendmmsg`. Never blocks:
+    /// - a partial send (the kernel took fewer than asked) goes on from the first
+    ///   datagram not taken;
+    /// - a datagram the kernel refuses (unreachable or invalid destination) is counted
+    ///   as failed and skipped, as a relay must not stall on one bad destination;
+    /// - a full socket buffer (`EAGAIN`, `ENOBUFS`) drops the rest of that call's
+    ///   datagrams as failed rather than retrying them.
+    ///
+    /// Each system call takes at least one datagram off, so it ends.
+    pub fn send<'a>(
+        &mut self,
+        fd: RawFd,
+        mut datagrams: impl Iterator<Item = (&'a [u8], SocketAddr)>,
+    ) -> Sent {
+        let mut total = Sent::default();
+        let cap = self.capacity();
+        loop {
+            let mut count = 0;
+            while count < cap {
+                let Some((data, dst)) = datagrams.next() else {
+                    break;
+                };
+                self.iovs[count] = libc::iovec {
+                    // The kernel only reads through it (sendmmsg).
+                    iov_base: data.as_ptr().cast_mut().cast(),
+                    iov_len: data.len(),
+                };
+                let namelen = to_sockaddr(dst, &mut self.names[count]);
+                let h = &mut self.hdrs[count].msg_hdr;
+                h.msg_name = (&mut self.names[count] as *mut libc::sockaddr_storage).cast();
+                h.msg_namelen = namelen;
+                h.msg_iov = &mut self.iovs[count];
+                h.msg_iovlen = 1;
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+                h.msg_flags = 0;
+                self.hdrs[count].msg_len = 0;
+                count += 1;
+            }
+            if count == 0 {
+                break;
+            }
+            let mut next = 0;
+            while next < count {
+                // SAFETY: headers next..count were filled above and point at live
+                // iovecs and names of this struct (boxed: they do not move) and at the
+                // datagrams borrowed for 'a, which outlive this call; the kernel only
+                // reads them, and writes nothing but each header's `msg_len`.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.hdrs[next..count].as_mut_ptr(),
+                        (count - next) as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                total.calls += 1;
+                if n > 0 {
+                    let n = (n as usize).min(count - next);
+                    total.sent += n;
+                    next += n;
+                    continue;
+                }
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN | libc::ENOBUFS) => {
+                        total.failed += count - next;
+                        next = count;
+                    }
+                    // Refused (ICMP-reported unreachable, bad address, permission):
+                    // that datagram only; the rest may go.
+                    _ => {
+                        total.failed += 1;
+                        next += 1;
+                    }
+                }
+            }
+            if count < cap {
+                break;
             }
         }
-        result
+        total
     }
 }
 
@@ -373,10 +463,8 @@ mod tests {
                 batch.reply(i, len, src);
             }
             let fd = server.as_raw_fd();
-            assert_eq!(
-                batch.flush(|via| (via == 7).then_some(fd)),
-                Sent { sent: n, failed: 0 }
-            );
+            let sent = batch.flush(|via| (via == 7).then_some(fd));
+            assert_eq!((sent.sent, sent.failed, sent.calls), (n, 0, 1));
             got += n;
         }
         assert_eq!(got, 40);

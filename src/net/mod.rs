@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod demux;
 pub mod handoff;
+pub mod outbox;
 pub mod tcp;
 pub mod tls;
 pub mod udp;

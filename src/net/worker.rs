@@ -7,9 +7,12 @@
 //! of a client reaches the worker that holds its allocation.
 //!
 //! SFU media is forwarded by the worker that receives it from the publisher: each
-//! receiver's copy leaves at once through this worker's listener socket of the same
-//! index as the receiver's own (every worker's socket on that local address sends from
-//! it), see `sfu::session`.
+//! receiver's copy leaves through this worker's listener socket of the same index as
+//! the receiver's own (every worker's socket on that local address sends from it), see
+//! `sfu::session`. What the SFU sends through the kernel is copied into the worker's
+//! outbox and leaves in `sendmmsg` batches (`net::outbox`): when the outbox is full,
+//! after each receive batch, after the SFU's timers and after the cross-worker inbox,
+//! so never later than before the worker waits again.
 //!
 //! A TURN client that reaches the SFU through this node's own relay (a browser with
 //! `iceTransportPolicy: "relay"`) is served without the kernel: what its allocation
@@ -24,6 +27,7 @@ use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM};
 use crate::net::demux::{self, Class};
 use crate::net::handoff::{Handoff, Ring, SLOT};
+use crate::net::outbox::Outbox;
 use crate::sfu::session::{CheckVerdict, MediaSessions, MediaVerdict, SessionCache};
 use crate::stun;
 use crate::turn::server::{Action, ClientKey, Clock, DropReason, RelayId, RelayIo, TurnCore};
@@ -104,6 +108,7 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
                 sessions,
                 scratch: vec![0u8; SLOT].into_boxed_slice(),
                 inbox: Ring::default(),
+                outbox: Outbox::new(),
             };
             if let Err(e) = worker.run() {
                 tracing::error!("data-plane worker {id} stopped: {e}");
@@ -232,7 +237,8 @@ impl SocketTable {
     }
 
     /// Sends one datagram at once through any socket of the table (a listener or a
-    /// relay). Returns whether the kernel took it.
+    /// relay), for the rare one too long for the outbox. Returns whether the kernel
+    /// took it.
     fn send_any(&self, data: &[u8], to: SocketAddr, via: usize) -> bool {
         match self.sockets.get(via).and_then(Option::as_ref) {
             Some(socket) => socket.send_to(data, to).is_ok(),
@@ -242,19 +248,6 @@ impl SocketTable {
 
     fn fd(&self, index: usize) -> Option<RawFd> {
         self.sockets.get(index)?.as_ref().map(|s| s.as_raw_fd())
-    }
-
-    /// Sends one datagram at once through listener `via` (the SFU's DTLS records: rare,
-    /// and several per flight, so not through the batch's one reply slot). Returns
-    /// whether the kernel took it; a lost record is retransmitted by DTLS.
-    fn send_now(&self, data: &[u8], to: SocketAddr, via: usize) -> bool {
-        if via >= self.listeners {
-            return false;
-        }
-        match self.sockets.get(via).and_then(Option::as_ref) {
-            Some(socket) => socket.send_to(data, to).is_ok(),
-            None => false,
-        }
     }
 }
 
@@ -309,6 +302,9 @@ struct Worker {
     /// What the other workers' SFU queued for this worker's relays, taken from the
     /// inbox in one swap (an empty ring goes back in its place).
     inbox: Ring,
+    /// What the SFU sends through the kernel, sent in `sendmmsg` batches
+    /// (`Worker::flush_outbox`, or `Deliver` when it is full).
+    outbox: Outbox,
 }
 
 /// Sockets with datagrams (maybe) waiting, in the order they became ready; each
@@ -369,6 +365,8 @@ struct Tally {
     cross_worker: u64,
     /// For another worker's relay, through the kernel: its queue was full.
     queue_full: u64,
+    /// The SFU's outbox flushed: (`sendmmsg` calls, datagrams the kernel took).
+    sfu_send: (u64, u64),
 }
 
 fn media_drop_index(reason: MediaDrop) -> usize {
@@ -437,12 +435,14 @@ impl Worker {
             table: &self.table,
             turn: &mut self.setup.turn,
             scratch: &mut self.scratch,
+            outbox: &mut self.outbox,
             clock,
             tally: &mut tally,
         };
         self.sessions
             .run_timers(clock.mono_ms, &mut |data, to, via| out.send(data, to, via));
         self.count(&tally);
+        self.flush_outbox();
     }
 
     /// Relays to their clients what the SFU of other workers sent to this worker's
@@ -459,6 +459,7 @@ impl Worker {
                     if relay_to_client(
                         &self.table,
                         &mut self.setup.turn,
+                        &mut self.outbox,
                         clock,
                         &mut tally,
                         relay,
@@ -473,13 +474,33 @@ impl Worker {
                 // now): the kernel path, which reaches whoever holds it.
                 None => {
                     let data = slot.buf.get(HEADROOM..HEADROOM + slot.len).unwrap_or(&[]);
-                    if !self.table.send_now(data, slot.to, slot.via) {
+                    if slot.via < self.table.listeners {
+                        to_kernel(
+                            &self.table,
+                            &mut self.outbox,
+                            &mut tally,
+                            data,
+                            slot.to,
+                            slot.via,
+                        );
+                    } else {
                         tally.send_failed += 1;
                     }
                 }
             }
         }
         self.inbox.clear();
+        self.count(&tally);
+        self.flush_outbox();
+    }
+
+    /// Sends what the SFU queued in the outbox, and counts it.
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut tally = Tally::default();
+        flush(&self.table, &mut self.outbox, &mut tally);
         self.count(&tally);
     }
 
@@ -541,6 +562,9 @@ impl Worker {
             if sent.failed > 0 {
                 self.setup.counters.send_failed.inc_by(sent.failed as u64);
             }
+            // What the SFU sent while handling the batch, before the next one (or the
+            // wait for one).
+            self.flush_outbox();
         }
     }
 
@@ -589,6 +613,7 @@ impl Worker {
                         table: &self.table,
                         turn: &mut self.setup.turn,
                         scratch: &mut self.scratch,
+                        outbox: &mut self.outbox,
                         clock,
                         tally,
                     };
@@ -671,6 +696,7 @@ impl Worker {
                     table: &self.table,
                     turn: &mut self.setup.turn,
                     scratch: &mut self.scratch,
+                    outbox: &mut self.outbox,
                     clock,
                     tally,
                 };
@@ -753,6 +779,8 @@ impl Worker {
             (&sfu.keyframe_requests, forwarding.keyframe_requests),
             (&sfu.retransmitted_packets, forwarding.retransmitted),
             (&sfu.rtcp_sent, forwarding.rtcp_sent),
+            (&sfu.send_batches, t.sfu_send.0),
+            (&sfu.sent_datagrams, t.sfu_send.1),
         ] {
             if n > 0 {
                 counter.inc_by(n);
@@ -839,11 +867,13 @@ fn media(
 /// through the kernel, or, to a relayed transport address of one of this worker's
 /// allocations, to the TURN core as a datagram from our media address arriving at
 /// that relay, and from there to the client; to one of another worker's allocations,
-/// into that worker's queue (`net::handoff`). Allocates nothing.
+/// into that worker's queue (`net::handoff`). What goes through the kernel is queued in
+/// the worker's outbox, sent in `sendmmsg` batches. Allocates nothing.
 struct Deliver<'a> {
     table: &'a SocketTable,
     turn: &'a mut TurnCore,
     scratch: &'a mut [u8],
+    outbox: &'a mut Outbox,
     clock: Clock,
     tally: &'a mut Tally,
 }
@@ -863,7 +893,9 @@ impl Deliver<'_> {
                 }
                 self.tally.queue_full += 1;
             }
-            if !self.table.send_now(data, to, via) {
+            if via < self.table.listeners {
+                to_kernel(self.table, self.outbox, self.tally, data, to, via);
+            } else {
                 self.tally.send_failed += 1;
             }
             return;
@@ -877,6 +909,7 @@ impl Deliver<'_> {
         relay_to_client(
             self.table,
             self.turn,
+            self.outbox,
             self.clock,
             self.tally,
             relay,
@@ -890,11 +923,12 @@ impl Deliver<'_> {
 /// Gives the TURN core the datagram at `HEADROOM` in `buf` (`n` bytes) that the SFU
 /// sent through listener `via` to the relayed address of this worker's `relay`, as
 /// arriving at that relay from our media address, and sends what it frames (in place)
-/// to the client. Returns whether it went to the client.
+/// to the client (through the outbox). Returns whether it went to the client.
 #[allow(clippy::too_many_arguments)]
 fn relay_to_client(
     table: &SocketTable,
     turn: &mut TurnCore,
+    outbox: &mut Outbox,
     clock: Clock,
     tally: &mut Tally,
     relay: RelayId,
@@ -912,9 +946,7 @@ fn relay_to_client(
             tally.to_client.0 += 1;
             tally.to_client.1 += len as u64;
             let framed = buf.get(start..start + len).unwrap_or(&[]);
-            if !table.send_any(framed, client.addr, client.listener) {
-                tally.send_failed += 1;
-            }
+            to_kernel(table, outbox, tally, framed, client.addr, client.listener);
             true
         }
         Action::Drop(reason) => {
@@ -927,6 +959,36 @@ fn relay_to_client(
             false
         }
     }
+}
+
+/// Queues a datagram for the kernel in `outbox`, flushing it first when full. One too
+/// long for an outbox slot goes at once, after what is queued (so nothing to the same
+/// destination overtakes it).
+fn to_kernel(
+    table: &SocketTable,
+    outbox: &mut Outbox,
+    tally: &mut Tally,
+    data: &[u8],
+    to: SocketAddr,
+    via: usize,
+) {
+    if outbox.is_full() {
+        flush(table, outbox, tally);
+    }
+    if !outbox.push(data, to, via) {
+        flush(table, outbox, tally);
+        if !table.send_any(data, to, via) {
+            tally.send_failed += 1;
+        }
+    }
+}
+
+/// Sends what `outbox` holds, one `sendmmsg` per socket, counting into `tally`.
+fn flush(table: &SocketTable, outbox: &mut Outbox, tally: &mut Tally) {
+    let sent = outbox.flush(|via| table.fd(via));
+    tally.send_failed += sent.failed as u64;
+    tally.sfu_send.0 += sent.calls as u64;
+    tally.sfu_send.1 += sent.sent as u64;
 }
 
 #[cfg(test)]

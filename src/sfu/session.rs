@@ -56,14 +56,15 @@
 //!   rewritten by its forwarder in the worker's preallocated buffer, SRTP-protected with
 //!   the receiver's outbound keys *under the receiver's session lock* (taken while the
 //!   publisher's is held: receiving sessions never forward, so the order is fixed) and
-//!   sent at once (`send`) to where the receiver's DTLS came from, through the same
-//!   listener index in this worker. Keyframe requests (forwarders waiting for a key
-//!   frame, throttled by the track) go back to the publisher as SRTCP PLIs.
-//!   Next: batch the sends (`sendmmsg` through the worker's batch), or hand packets to
-//!   the receiver's owner worker instead of taking its lock here.
+//!   handed to `send` (the worker queues it in its outbox, flushed with `sendmmsg`) for
+//!   where the receiver's DTLS came from, through the same listener index in this
+//!   worker. Keyframe requests (forwarders waiting for a key frame, throttled by the
+//!   track) go back to the publisher as SRTCP PLIs; the rest of the RTCP is in
+//!   `sfu::feedback`.
 //!
-//! Lock order: registry, then a session (a publisher's, then a receiver's); a worker never takes the registry while it
-//! holds a session, and nothing takes the room API's lock while holding either.
+//! Lock order: registry, then a session (a publisher's, then a receiver's); a worker
+//! never takes the registry while it holds a session, and nothing takes the room API's
+//! lock while holding either.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
