@@ -220,39 +220,49 @@ impl Batch {
                 n += 1;
             }
         }
-        // Group by socket, keeping each socket's datagrams in arrival order.
-        order[..n].sort_unstable_by_key(|&i| (self.outs[i].map(|o| o.via), i));
+        let Batch { bufs, outs, tx, .. } = self;
+        let (bufs, outs) = (&*bufs, &*outs);
+        let via_of = |i: usize| outs[i].map_or(usize::MAX, |o| o.via);
         let mut total = Sent::default();
-        let mut begin = 0;
-        while begin < n {
-            let via = self.outs[order[begin]].map(|o| o.via).unwrap_or(usize::MAX);
-            let mut end = begin + 1;
-            while end < n && self.outs[order[end]].map(|o| o.via) == Some(via) {
-                end += 1;
-            }
-            let sent = match fd_of(via) {
-                Some(fd) => self.send_group(fd, &order[begin..end]),
+        by_socket(&mut order[..n], via_of, |via, group| {
+            total.add(match fd_of(via) {
+                Some(fd) => {
+                    let datagrams = group.iter().filter_map(|&i| {
+                        let out = outs.get(i).copied().flatten()?;
+                        let at = i * SLOT + out.start;
+                        Some((bufs.get(at..at + out.len)?, out.dst))
+                    });
+                    tx.send(fd, datagrams)
+                }
                 None => Sent {
-                    failed: end - begin,
+                    failed: group.len(),
                     ..Sent::default()
                 },
-            };
-            total.add(sent);
-            begin = end;
-        }
+            });
+        });
         self.outs = [None; BATCH];
         total
     }
+}
 
-    /// Sends the marked datagrams of the slots in `slots` through `fd`.
-    fn send_group(&mut self, fd: RawFd, slots: &[usize]) -> Sent {
-        let (bufs, outs) = (&self.bufs, &self.outs);
-        let datagrams = slots.iter().filter_map(|&i| {
-            let out = outs.get(i).copied().flatten()?;
-            let at = i * SLOT + out.start;
-            Some((bufs.get(at..at + out.len)?, out.dst))
-        });
-        self.tx.send(fd, datagrams)
+/// Puts the slot indices `order` in socket order (`via_of` names each one's socket),
+/// each socket's slots in the order they had, and calls `each(via, group)` once per
+/// socket: one `sendmmsg` per socket, and no stream reordered.
+pub fn by_socket(
+    order: &mut [usize],
+    via_of: impl Fn(usize) -> usize,
+    mut each: impl FnMut(usize, &[usize]),
+) {
+    order.sort_unstable_by_key(|&i| (via_of(i), i));
+    let mut begin = 0;
+    while let Some(&first) = order.get(begin) {
+        let via = via_of(first);
+        let end = order[begin..]
+            .iter()
+            .position(|&i| via_of(i) != via)
+            .map_or(order.len(), |p| begin + p);
+        each(via, &order[begin..end]);
+        begin = end;
     }
 }
 

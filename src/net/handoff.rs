@@ -93,6 +93,12 @@ impl Handoff {
         self.directory.owner(addr)
     }
 
+    /// Whether `addr` is in the table's space (the relay address and port range), so
+    /// that [`Handoff::owner`] answers for it with authority.
+    pub fn covers(&self, addr: SocketAddr) -> bool {
+        self.directory.entry(addr).is_some()
+    }
+
     /// Queues `data`, which the SFU sends to `to` through listener `via`, for worker
     /// `worker`, and wakes it if its inbox was empty. Returns false, queuing nothing,
     /// when the inbox is full, the datagram too long, or there is no such worker.

@@ -10,7 +10,7 @@
 //! again. Each socket's datagrams leave in the order they were queued, so no stream is
 //! reordered.
 
-use crate::net::batch::{SendMmsg, Sent};
+use crate::net::batch::{SendMmsg, Sent, by_socket};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
 
@@ -108,19 +108,12 @@ impl Outbox {
         for (i, o) in order[..n].iter_mut().enumerate() {
             *o = i;
         }
-        // Group by socket; within a socket, the order queued.
-        order[..n].sort_unstable_by_key(|&i| (vias[i], i));
-        let mut begin = 0;
-        while begin < n {
-            let via = vias[order[begin]];
-            let mut end = begin + 1;
-            while end < n && vias[order[end]] == via {
-                end += 1;
-            }
-            let group = &order[begin..end];
-            match fd_of(via) {
+        let (bufs, lens, dsts) = (&*bufs, &*lens, &*dsts);
+        by_socket(
+            &mut order[..n],
+            |i| vias[i],
+            |via, group| match fd_of(via) {
                 Some(fd) => {
-                    let (bufs, lens, dsts) = (&*bufs, &*lens, &*dsts);
                     let datagrams = group.iter().filter_map(|&i| {
                         let at = i * OUTBOX_SLOT;
                         Some((bufs.get(at..at + lens[i])?, dsts[i]))
@@ -128,9 +121,8 @@ impl Outbox {
                     total.add(tx.send(fd, datagrams));
                 }
                 None => total.failed += group.len(),
-            }
-            begin = end;
-        }
+            },
+        );
         total
     }
 }

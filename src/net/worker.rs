@@ -213,11 +213,6 @@ impl SocketTable {
         self.relay_by_addr.get(&addr).copied()
     }
 
-    /// The other worker holding the relay socket bound to `addr`, if any.
-    fn other_worker_relay(&self, addr: SocketAddr) -> Option<usize> {
-        self.handoff.owner(addr).filter(|&w| w != self.worker)
-    }
-
     /// Notes that relay `relay`'s client reached the SFU at `peer` (on `listener`).
     fn remember_media_peer(&mut self, relay: RelayId, listener: usize, peer: SocketAddr) {
         if self.media_peer.len() <= relay {
@@ -751,12 +746,8 @@ impl Worker {
             &sfu.dropped_malformed,
             &sfu.dropped_dtls,
         ];
-        for (counter, &n) in media_drops.into_iter().zip(&t.media_dropped) {
-            if n > 0 {
-                counter.inc_by(n);
-            }
-        }
-        for (counter, n) in [
+        let media_drops = media_drops.into_iter().zip(t.media_dropped);
+        for (counter, n) in media_drops.chain([
             (&c.received, t.received),
             (&c.stun_answered, t.answered),
             (&c.malformed, t.malformed),
@@ -781,7 +772,7 @@ impl Worker {
             (&sfu.rtcp_sent, forwarding.rtcp_sent),
             (&sfu.send_batches, t.sfu_send.0),
             (&sfu.sent_datagrams, t.sfu_send.1),
-        ] {
+        ]) {
             if n > 0 {
                 counter.inc_by(n);
             }
@@ -880,19 +871,28 @@ struct Deliver<'a> {
 
 impl Deliver<'_> {
     fn send(&mut self, data: &[u8], to: SocketAddr, via: usize) {
-        let Some(relay) = self.table.relay_at(to) else {
+        // The relay-port table answers for every destination in its range with one
+        // atomic load; the worker's own map is read only for its own relays (and for
+        // an address outside the table's range, which the table cannot vouch for).
+        let relay = match self.table.handoff.owner(to) {
+            Some(w) if w == self.table.worker => self.table.relay_at(to),
             // A relayed address of an allocation that another worker holds (SO_REUSEPORT
             // spread the clients over the workers): queued for that worker, which
             // relays it to the client (`Worker::drain_inbox`). Its queue full, it goes
             // through the kernel from our listener to that relay socket, whose worker
             // relays it as from any peer (and counts it as `hairpin`): correct, only not
             // free, and the sender never waits.
-            if let Some(owner) = self.table.other_worker_relay(to) {
+            Some(owner) => {
                 if self.table.handoff.push(owner, data, to, via) {
                     return;
                 }
                 self.tally.queue_full += 1;
+                None
             }
+            None if self.table.handoff.covers(to) => None,
+            None => self.table.relay_at(to),
+        };
+        let Some(relay) = relay else {
             if via < self.table.listeners {
                 to_kernel(self.table, self.outbox, self.tally, data, to, via);
             } else {
@@ -1084,8 +1084,7 @@ mod tests {
         let id = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
         let relayed = t.local[id].expect("relay address");
         assert_eq!(t.handoff.owner(relayed), Some(0));
-        // Our own relay is no other worker's.
-        assert_eq!(t.other_worker_relay(relayed), None);
+        assert!(t.handoff.covers(relayed));
         t.close(id);
         assert_eq!(t.handoff.owner(relayed), None);
     }

@@ -355,11 +355,9 @@ impl TransportFeedback {
         }
     }
 
-    /// Notes the arrival (`now`, µs) of the decrypted RTP packet `pkt`.
-    pub fn on_rtp(&mut self, pkt: &[u8], now: u64) {
-        let Some(header) = RtpHeader::parse(pkt) else {
-            return;
-        };
+    /// Notes the arrival (`now`, µs) of the decrypted RTP packet `pkt` (its header read
+    /// into `header`).
+    pub fn on_rtp(&mut self, pkt: &[u8], header: &RtpHeader, now: u64) {
         let Some(seq) = header
             .extension_value(pkt, self.ext)
             .and_then(rtp::read_transport_seq)

@@ -77,6 +77,7 @@ use super::dtls::{DTLS_MTU, DtlsIdentity, DtlsOutput, DtlsSession, SrtpCapacity,
 use super::feedback::{self, Feed, TransportFeedback};
 use super::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use super::ice::{IceAgent, IceCredentials, IceVerdict, local_ufrag};
+use super::rtp::RtpHeader;
 use super::sdp::{
     CodecName, Fingerprint, LocalTransport, OutTrack, PublishOffer, PublishedTrack, SdpError,
     SubscribeSession,
@@ -1211,23 +1212,25 @@ impl SessionCache {
                     Ok(n) => n,
                     Err(e) => return MediaVerdict::Dropped(srtp_drop(e)),
                 };
+                // Read once here for the transport-wide sequence number and the track.
+                let Some(header) = pkt.get(..n).and_then(RtpHeader::parse) else {
+                    return MediaVerdict::Rtp(n);
+                };
                 let publisher = (src, listener);
-                if let Some(twcc) = m.twcc.as_mut() {
-                    twcc.on_rtp(&pkt[..n], now);
-                }
                 if !m.tracks.is_empty() {
                     forward_rtp(
                         &mut self.fwd,
                         &mut self.counts,
                         m,
                         pkt,
-                        n,
+                        (n, header),
                         publisher,
                         now,
                         send,
                     );
                 }
                 if let Some(twcc) = m.twcc.as_mut() {
+                    twcc.on_rtp(&pkt[..n], &header, now);
                     twcc.send_due(
                         &mut self.fwd,
                         &mut self.counts,
@@ -1323,8 +1326,8 @@ impl SessionCache {
     }
 }
 
-/// Forwards RTP just unprotected from a publisher, `pkt[..len]`, to every receiver of
-/// its track: the track reads it once, then each receiver's forwarder rewrites a copy in
+/// Forwards RTP just unprotected from a publisher, `pkt[..len]` with its `header`
+/// already read, to every receiver of its track: the track reads it once, then each receiver's forwarder rewrites a copy in
 /// `out`, which is encrypted with the receiver's keys and sent where its DTLS came
 /// from. Keyframe requests that result go back to the publisher (`publisher`: its
 /// address and our listener) as SRTCP PLIs. `now` is in microseconds.
@@ -1337,30 +1340,25 @@ fn forward_rtp(
     counts: &mut ForwardCounts,
     media: &mut SessionMedia,
     pkt: &mut [u8],
-    len: usize,
+    (len, header): (usize, RtpHeader),
     publisher: (SocketAddr, usize),
     now: u64,
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
-    let Some(ssrc) = pkt
-        .get(8..12)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    else {
-        return;
-    };
+    let ssrc = header.ssrc;
     let SessionMedia { tracks, srtp, .. } = media;
     // The track whose layer has the SSRC; else the first that takes the packet (a
     // layer that learns its SSRC from the rid or from its first packet).
     let known = tracks.iter().position(|t| t.track.layer_of(ssrc).is_some());
     let (index, incoming) = match known {
-        Some(i) => match tracks[i].track.receive(pkt, len, now) {
+        Some(i) => match tracks[i].track.receive_parsed(pkt, len, header, now) {
             Ok(incoming) => (i, incoming),
             Err(_) => return,
         },
         None => {
             let mut found = None;
             for (i, t) in tracks.iter_mut().enumerate() {
-                match t.track.receive(pkt, len, now) {
+                match t.track.receive_parsed(pkt, len, header, now) {
                     Ok(incoming) => {
                         found = Some((i, incoming));
                         break;

@@ -188,8 +188,23 @@ impl Track {
     /// `now` (monotonic microseconds). An RTX packet is turned back into the packet it
     /// repairs, in place.
     pub fn receive(&mut self, buf: &mut [u8], len: usize, now: u64) -> Result<Incoming, Dropped> {
+        let header = buf
+            .get(..len)
+            .and_then(RtpHeader::parse)
+            .ok_or(Dropped::Malformed)?;
+        self.receive_parsed(buf, len, header, now)
+    }
+
+    /// [`Track::receive`] of a packet whose header the caller has read already:
+    /// `header` is `RtpHeader::parse(&buf[..len])`.
+    pub fn receive_parsed(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        mut header: RtpHeader,
+        now: u64,
+    ) -> Result<Incoming, Dropped> {
         let pkt = buf.get_mut(..len).ok_or(Dropped::Malformed)?;
-        let mut header = RtpHeader::parse(pkt).ok_or(Dropped::Malformed)?;
         let (layer, rtx) = self.route(pkt, &header)?;
         let mut len = len;
         if rtx {
