@@ -636,7 +636,7 @@ fn srtp_through_the_session_cache_allocates_nothing() {
             to_client.push(d.to_vec());
         };
         for mut r in records {
-            let v = cache.handle_media(&mut r, src, 0, sessions.now_ms(), &mut send);
+            let v = cache.handle_media(&mut r, src, 0, sessions.now_us(), &mut send);
             assert_eq!(v, MediaVerdict::Dtls);
         }
         for r in to_client.drain(..) {
@@ -669,11 +669,11 @@ fn srtp_through_the_session_cache_allocates_nothing() {
         slot[..audio.len()].copy_from_slice(&audio);
         slot[2..4].copy_from_slice(&seq.to_be_bytes());
         let n = tx.protect_rtp(slot, audio.len()).unwrap();
-        let v = cache.handle_media(&mut slot[..n], src, 0, 1, &mut send);
+        let v = cache.handle_media(&mut slot[..n], src, 0, 1000, &mut send);
         assert_eq!(v, MediaVerdict::Rtp(audio.len()));
         slot[..report.len()].copy_from_slice(&report);
         let n = tx.protect_rtcp(slot, report.len()).unwrap();
-        let v = cache.handle_media(&mut slot[..n], src, 0, 1, &mut send);
+        let v = cache.handle_media(&mut slot[..n], src, 0, 1000, &mut send);
         assert_eq!(v, MediaVerdict::Rtcp(report.len()));
     };
     round(0, &mut slot);

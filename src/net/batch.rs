@@ -18,6 +18,10 @@ pub const HEADROOM: usize = 64;
 /// dropped. Media and TURN traffic stays well under a 1500-byte MTU.
 pub const MAX_DATAGRAM: usize = 2048 - HEADROOM;
 const SLOT: usize = HEADROOM + MAX_DATAGRAM;
+/// Control-message room per slot, in u64 words (cmsghdr alignment): one
+/// `SCM_TIMESTAMPNS` takes 32 bytes, and the kernel truncates (`MSG_CTRUNC`) rather than
+/// overflow if a socket ever carried more.
+const CONTROL_WORDS: usize = 8;
 
 /// A datagram to send from a slot: `len` bytes starting at `start` within the slot,
 /// through the socket the caller knows as `via`.
@@ -37,6 +41,9 @@ pub struct Packet<'a> {
     pub src: SocketAddr,
     /// The `origin` given to `recv`: which socket it came from.
     pub origin: usize,
+    /// When the kernel received it (µs of `CLOCK_REALTIME` since the Unix epoch), for
+    /// sockets with `SO_TIMESTAMPNS` on (`net::udp`); see [`RxClock`].
+    pub stamp_us: Option<u64>,
 }
 
 /// What one `send` call did.
@@ -62,9 +69,11 @@ pub struct Batch {
     lens: [usize; BATCH],
     srcs: [Option<SocketAddr>; BATCH],
     origins: [usize; BATCH],
+    stamps: [Option<u64>; BATCH],
     outs: [Option<Out>; BATCH],
     received: usize,
     names: Box<[libc::sockaddr_storage]>,
+    controls: Box<[[u64; CONTROL_WORDS]]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     tx: SendMmsg,
@@ -88,9 +97,11 @@ impl Batch {
             lens: [0; BATCH],
             srcs: [None; BATCH],
             origins: [0; BATCH],
+            stamps: [None; BATCH],
             outs: [None; BATCH],
             received: 0,
             names: (0..BATCH).map(|_| zeroed()).collect(),
+            controls: vec![[0; CONTROL_WORDS]; BATCH].into_boxed_slice(),
             iovs: (0..BATCH).map(|_| iov()).collect(),
             hdrs: (0..BATCH).map(|_| hdr()).collect(),
             tx: SendMmsg::new(BATCH),
@@ -128,13 +139,13 @@ impl Batch {
             h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = self.controls[i].as_mut_ptr().cast();
+            h.msg_controllen = mem::size_of::<[u64; CONTROL_WORDS]>() as _;
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
-        // SAFETY: every header points at a live iovec, name buffer and slot of this
-        // struct, sized as declared; the kernel writes only within them.
+        // SAFETY: every header points at a live iovec, name buffer, control buffer and
+        // slot of this struct, sized as declared; the kernel writes only within them.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -153,6 +164,7 @@ impl Batch {
             let h = &self.hdrs[i];
             let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.lens[i] = h.msg_len as usize;
+            self.stamps[i] = receive_stamp(&h.msg_hdr);
             self.srcs[i] = if truncated {
                 None
             } else {
@@ -184,6 +196,7 @@ impl Batch {
             len: self.lens[i],
             src,
             origin: self.origins[i],
+            stamp_us: self.stamps[i],
         })
     }
 
@@ -381,6 +394,83 @@ impl SendMmsg {
     }
 }
 
+/// The kernel's receive time of a datagram (`SCM_TIMESTAMPNS`, µs of `CLOCK_REALTIME`)
+/// among the control messages `recvmmsg` wrote into `h`.
+fn receive_stamp(h: &libc::msghdr) -> Option<u64> {
+    // SAFETY: `h` is a header the kernel just filled: msg_control points at this
+    // batch's control buffer and msg_controllen says how much of it holds control
+    // messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay within that length.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(h) };
+    while !cmsg.is_null() {
+        // SAFETY: a non-null cmsg from CMSG_FIRSTHDR/NXTHDR lies within the buffer.
+        let c = unsafe { &*cmsg };
+        let len = c.cmsg_len as usize;
+        // SAFETY: CMSG_LEN is arithmetic only.
+        let want = unsafe { libc::CMSG_LEN(mem::size_of::<libc::timespec>() as u32) } as usize;
+        if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_TIMESTAMPNS && len >= want {
+            // SAFETY: the message is as long as a timespec after its header (checked),
+            // and the data may be unaligned for timespec, so it is read unaligned.
+            let ts =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>()) };
+            let secs = u64::try_from(ts.tv_sec).ok()?;
+            let nanos = u64::try_from(ts.tv_nsec).ok()?;
+            return Some(secs.saturating_mul(1_000_000).saturating_add(nanos / 1000));
+        }
+        // SAFETY: as above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(h, cmsg) };
+    }
+    None
+}
+
+/// Puts the kernel's receive times of datagrams (`CLOCK_REALTIME`, which is what
+/// `SO_TIMESTAMPNS` gives) on the node's monotonic clock (µs since its epoch), with
+/// both clocks read together once: `arrival = stamp + (mono - real)`. The result is
+/// kept within [`RxClock::MAX_SKEW_US`] of the reading, so a step of the wall clock
+/// (NTP, an operator) cannot throw an arrival time far off.
+#[derive(Debug, Clone, Copy)]
+pub struct RxClock {
+    /// The monotonic clock at the reading (µs since the node's epoch).
+    pub now_us: u64,
+    /// `now_us` minus the wall clock at the reading (µs since the Unix epoch).
+    offset_us: i128,
+}
+
+impl RxClock {
+    /// How far from the reading an arrival time may lie.
+    pub const MAX_SKEW_US: u64 = 1_000_000;
+
+    /// Reads both clocks; `epoch` is where the node's monotonic clock counts from.
+    pub fn read(epoch: std::time::Instant) -> RxClock {
+        let now_us = epoch.elapsed().as_micros() as u64;
+        let real_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i128)
+            .unwrap_or(0);
+        RxClock::from_readings(now_us, real_us)
+    }
+
+    fn from_readings(now_us: u64, real_us: i128) -> RxClock {
+        RxClock {
+            now_us,
+            offset_us: i128::from(now_us) - real_us,
+        }
+    }
+
+    /// When a datagram with kernel stamp `stamp_us` arrived, on the monotonic clock;
+    /// the reading itself for one without a stamp.
+    pub fn arrival_us(&self, stamp_us: Option<u64>) -> u64 {
+        let Some(stamp) = stamp_us else {
+            return self.now_us;
+        };
+        let arrival = i128::from(stamp) + self.offset_us;
+        let low = self.now_us.saturating_sub(Self::MAX_SKEW_US);
+        let high = self.now_us.saturating_add(Self::MAX_SKEW_US);
+        u64::try_from(arrival.max(0))
+            .unwrap_or(u64::MAX)
+            .clamp(low, high)
+    }
+}
+
 /// Reads an IPv4 or IPv6 socket address the kernel wrote.
 fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as libc::c_int {
@@ -497,6 +587,70 @@ mod tests {
     #[test]
     fn receives_and_replies_in_place_ipv6() {
         echo_roundtrip("[::1]:0");
+    }
+
+    /// Datagrams that wait in the socket and are read in one batch keep the times the
+    /// kernel received them: two sent 30 ms apart are 30 ms apart on the media clock,
+    /// however late the batch is read.
+    #[test]
+    fn a_batch_keeps_each_datagrams_kernel_arrival_time() {
+        let epoch = std::time::Instant::now();
+        let server =
+            crate::net::udp::bind_shared("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = server.local_addr().expect("addr");
+        let mut batch = Batch::new();
+        // The kernel turns stamping on a little after the first socket asks for it
+        // (until then a datagram is stamped when it is read): wait for that.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            client.send_to(&[0; 40], to).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            batch.clear();
+            assert_eq!(batch.recv(server.as_raw_fd(), 0).expect("recv"), 1);
+            let rx = RxClock::read(epoch);
+            if rx.arrival_us(batch.packet(0).expect("packet").stamp_us) + 19_000 <= rx.now_us {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "datagrams never stamped"
+            );
+        }
+        batch.clear();
+        client.send_to(&[1; 40], to).expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        client.send_to(&[2; 40], to).expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(batch.recv(server.as_raw_fd(), 0).expect("recv"), 2);
+        let rx = RxClock::read(epoch);
+        let first = batch.packet(0).expect("packet").stamp_us;
+        let second = batch.packet(1).expect("packet").stamp_us;
+        let (a, b) = (rx.arrival_us(first), rx.arrival_us(second));
+        assert!(
+            first.is_some() && second.is_some(),
+            "no SO_TIMESTAMPNS stamps"
+        );
+        assert!(b >= a + 29_000, "{a} then {b}: not 30 ms apart");
+        // Both arrived at least 50 ms before the batch was read.
+        assert!(b + 49_000 <= rx.now_us, "{b} vs the reading {}", rx.now_us);
+    }
+
+    #[test]
+    fn arrival_times_stay_near_the_reading() {
+        let rx = RxClock::from_readings(5_000_000, 1_700_000_000_000_000);
+        // 2 ms before the reading on the wall clock is 2 ms before it on the media clock.
+        assert_eq!(rx.arrival_us(Some(1_699_999_999_998_000)), 4_998_000);
+        assert_eq!(rx.arrival_us(Some(1_700_000_000_000_500)), 5_000_500);
+        assert_eq!(rx.arrival_us(None), 5_000_000);
+        // A wall clock that stepped an hour either way is held to a second.
+        assert_eq!(rx.arrival_us(Some(1_699_996_400_000_000)), 4_000_000);
+        assert_eq!(rx.arrival_us(Some(1_700_003_600_000_000)), 6_000_000);
+        assert_eq!(rx.arrival_us(Some(0)), 4_000_000);
+        assert_eq!(rx.arrival_us(Some(u64::MAX)), 6_000_000);
+        // Early in the node's life the lower bound is its epoch.
+        let young = RxClock::from_readings(300, 1_700_000_000_000_000);
+        assert_eq!(young.arrival_us(Some(1_699_000_000_000_000)), 0);
     }
 
     #[test]

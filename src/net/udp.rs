@@ -19,6 +19,7 @@ pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    stamp_arrivals(&socket);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
@@ -33,9 +34,37 @@ pub fn bind_relay(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSo
     }
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);
+    stamp_arrivals(&socket);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Asks the kernel to stamp every datagram with the time it arrived (`SO_TIMESTAMPNS`,
+/// read by `net::batch` from `recvmmsg`'s control messages). Transport-cc feedback
+/// reports these times: a worker that reaches a packet late (a busy machine, a batch of
+/// 32) would otherwise report a probe cluster sent over 10 ms as arriving within one
+/// 250 µs tick, and the sender's estimator throws such probes away. Best effort: without
+/// stamps the worker's own clock stands in.
+fn stamp_arrivals(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(
+            "no kernel receive timestamps: {}",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 /// The addresses a wildcard UDP listen address stands for: every address of that

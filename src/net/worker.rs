@@ -24,7 +24,7 @@
 //! for that worker, which does the same with it (see `net::handoff`).
 
 use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
-use crate::net::batch::{Batch, HEADROOM};
+use crate::net::batch::{Batch, HEADROOM, RxClock};
 use crate::net::demux::{self, Class};
 use crate::net::handoff::{Handoff, Ring, SLOT};
 use crate::net::outbox::Outbox;
@@ -546,8 +546,10 @@ impl Worker {
                 break;
             }
             tally.received += self.batch.len() as u64;
+            // One reading per batch puts the kernel's receive stamps on the media clock.
+            let rx = RxClock::read(self.setup.epoch);
             for j in 0..self.batch.len() {
-                self.handle(j, clock, &mut tally);
+                self.handle(j, clock, rx, &mut tally);
             }
             // Counted before the answers leave, so a client that got its answer finds
             // it counted on /metrics.
@@ -564,13 +566,14 @@ impl Worker {
     }
 
     /// Lets the right core see datagram `j` of the batch and marks what it answers.
-    fn handle(&mut self, j: usize, clock: Clock, tally: &mut Tally) {
+    fn handle(&mut self, j: usize, clock: Clock, rx: RxClock, tally: &mut Tally) {
         let listeners = self.table.listeners;
         let Some(p) = self.batch.packet(j) else {
             tally.malformed += 1;
             return;
         };
         let (src, len, origin) = (p.src, p.len, p.origin);
+        let arrival_us = rx.arrival_us(p.stamp_us);
         let action = if origin >= listeners {
             let mut peer = src;
             if let Some(listener) = self.table.own_listener(src) {
@@ -612,7 +615,8 @@ impl Worker {
                         clock,
                         tally,
                     };
-                    media(&mut self.sessions, &mut data[..len], src, origin, &mut out);
+                    let pkt = &mut data[..len];
+                    media(&mut self.sessions, pkt, src, origin, arrival_us, &mut out);
                     return;
                 }
                 Class::Unknown => Action::Drop(DropReason::Malformed),
@@ -631,7 +635,8 @@ impl Worker {
                 match self.table.own_listener(peer) {
                     // To our own media port: no need for the kernel.
                     Some(listener) => {
-                        self.hand_to_sfu(j, relay, peer, listener, start, len, clock, tally)
+                        let to = (peer, listener);
+                        self.hand_to_sfu(j, relay, to, start, len, (clock, arrival_us), tally)
                     }
                     None => self.batch.send_from(j, HEADROOM + start, len, peer, relay),
                 }
@@ -648,8 +653,9 @@ impl Worker {
 
     /// Datagram `j` is a TURN client's payload at `HEADROOM + start`, relayed by its
     /// allocation's `relay` to `peer`, our own media address on `listener`: the SFU
-    /// sees it as received on that listener from the relayed transport address, and
-    /// what it answers goes back to the client through the TURN core, from `peer`.
+    /// sees it as received on that listener from the relayed transport address (at
+    /// `arrival_us`, when the kernel received it from the client), and what it answers
+    /// goes back to the client through the TURN core, from `peer`.
     ///
     /// No loop is possible: only the SFU sees a handed-over datagram (never the TURN
     /// core's client side, so TURN through our own relay is refused, as coturn refuses
@@ -660,11 +666,10 @@ impl Worker {
         &mut self,
         j: usize,
         relay: RelayId,
-        peer: SocketAddr,
-        listener: usize,
+        (peer, listener): (SocketAddr, usize),
         start: usize,
         len: usize,
-        clock: Clock,
+        (clock, arrival_us): (Clock, u64),
         tally: &mut Tally,
     ) {
         // The relayed transport address, as the kernel would have shown it.
@@ -695,13 +700,8 @@ impl Worker {
                     clock,
                     tally,
                 };
-                media(
-                    &mut self.sessions,
-                    &mut data[..len],
-                    src,
-                    listener,
-                    &mut out,
-                );
+                let pkt = &mut data[..len];
+                media(&mut self.sessions, pkt, src, listener, arrival_us, &mut out);
                 return;
             }
             // TURN inside TURN through our own relay, ChannelData, garbage: dropped.
@@ -823,18 +823,18 @@ fn answer_stun(
     }
 }
 
-/// A DTLS or SRTP/SRTCP datagram `pkt` from `src` on `listener`, for the SFU; what it
-/// sends goes through `out`.
+/// A DTLS or SRTP/SRTCP datagram `pkt` from `src` on `listener` that the kernel received
+/// at `arrival_us` (media clock), for the SFU; what it sends goes through `out`.
 fn media(
     sessions: &mut SessionCache,
     pkt: &mut [u8],
     src: SocketAddr,
     listener: usize,
+    arrival_us: u64,
     out: &mut Deliver<'_>,
 ) {
     let len = pkt.len() as u64;
-    let now = out.clock.mono_ms;
-    let verdict = sessions.handle_media(pkt, src, listener, now, &mut |data, to, via| {
+    let verdict = sessions.handle_media(pkt, src, listener, arrival_us, &mut |data, to, via| {
         out.send(data, to, via)
     });
     let tally = &mut *out.tally;

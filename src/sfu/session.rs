@@ -1129,14 +1129,18 @@ impl SessionCache {
     /// sessions validated, a DTLS record goes to its DTLS endpoint (whose answers go out
     /// through `send(datagram, to, listener)`, one call per record), and SRTP or SRTCP
     /// is unprotected in place with its keys. Anything else is dropped.
+    ///
+    /// `now_us` is when the datagram arrived (µs on the shared clock): the kernel's
+    /// receive time where the data plane has it, which transport-cc feedback reports.
     pub fn handle_media(
         &mut self,
         pkt: &mut [u8],
         src: SocketAddr,
         listener: usize,
-        now_ms: u64,
+        now_us: u64,
         send: &mut impl FnMut(&[u8], SocketAddr, usize),
     ) -> MediaVerdict {
+        let now_ms = now_us / 1000;
         let session = match self.by_addr.get(&src) {
             Some(s) if !s.is_closed() => s.clone(),
             Some(_) => {
@@ -1178,7 +1182,7 @@ impl SessionCache {
                 }
             }
             Some(128..=191) => {
-                let now = self.sessions.now_us();
+                let now = now_us;
                 let m = &mut *media;
                 let Some(srtp) = m.srtp.as_mut() else {
                     return MediaVerdict::Dropped(MediaDrop::NoKeys);
@@ -1649,7 +1653,7 @@ a=rtpmap:111 opus/48000/2\r\n";
             0x80u8, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 1, 2, 3, 4, 0, 0, 0, 0,
         ];
         assert_eq!(
-            cache.handle_media(&mut rtp, src, 0, now, &mut send),
+            cache.handle_media(&mut rtp, src, 0, now * 1000, &mut send),
             MediaVerdict::Dropped(MediaDrop::Unvalidated)
         );
         let mut buf = [0u8; 1500];
@@ -1660,12 +1664,12 @@ a=rtpmap:111 opus/48000/2\r\n";
         ));
         // Validated now, but no keys yet; another address still refused.
         assert_eq!(
-            cache.handle_media(&mut rtp, src, 0, now, &mut send),
+            cache.handle_media(&mut rtp, src, 0, now * 1000, &mut send),
             MediaVerdict::Dropped(MediaDrop::NoKeys)
         );
         let mut hello = [22u8, 0xFE, 0xFD, 0, 0];
         assert_eq!(
-            cache.handle_media(&mut hello, stranger, 0, now, &mut send),
+            cache.handle_media(&mut hello, stranger, 0, now * 1000, &mut send),
             MediaVerdict::Dropped(MediaDrop::Unvalidated)
         );
         assert!(sent.borrow().is_empty());
@@ -1677,7 +1681,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         for _ in 0..20 {
             for mut record in poll_client(&mut client, &mut keys) {
                 assert_eq!(
-                    cache.handle_media(&mut record, src, 1, s.now_ms(), &mut send),
+                    cache.handle_media(&mut record, src, 1, s.now_us(), &mut send),
                     MediaVerdict::Dtls
                 );
             }
@@ -1712,7 +1716,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let n = out.protect_rtp(&mut slot, 20).unwrap();
         let protected = slot[..n].to_vec();
         assert_eq!(
-            cache.handle_media(&mut slot[..n], src, 1, s.now_ms(), &mut send),
+            cache.handle_media(&mut slot[..n], src, 1, s.now_us(), &mut send),
             MediaVerdict::Rtp(20)
         );
         assert_eq!(slot[..20], rtp);
@@ -1726,13 +1730,13 @@ a=rtpmap:111 opus/48000/2\r\n";
         );
         let mut again = protected.clone();
         assert_eq!(
-            cache.handle_media(&mut again, src, 1, s.now_ms(), &mut send),
+            cache.handle_media(&mut again, src, 1, s.now_us(), &mut send),
             MediaVerdict::Dropped(MediaDrop::Replayed)
         );
         let mut forged = protected;
         forged[3] = 2;
         assert_eq!(
-            cache.handle_media(&mut forged, src, 1, s.now_ms(), &mut send),
+            cache.handle_media(&mut forged, src, 1, s.now_us(), &mut send),
             MediaVerdict::Dropped(MediaDrop::AuthFailed)
         );
         // An empty receiver report.
@@ -1740,7 +1744,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         slot[..8].copy_from_slice(&rr);
         let n = out.protect_rtcp(&mut slot, 8).unwrap();
         assert_eq!(
-            cache.handle_media(&mut slot[..n], src, 1, s.now_ms(), &mut send),
+            cache.handle_media(&mut slot[..n], src, 1, s.now_us(), &mut send),
             MediaVerdict::Rtcp(8)
         );
         assert_eq!(slot[..8], rr);
@@ -1753,7 +1757,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         slot[3] = 7;
         let n = out.protect_rtp(&mut slot, 20).unwrap();
         assert_eq!(
-            cache.handle_media(&mut slot[..n], src, 1, s.now_ms(), &mut send),
+            cache.handle_media(&mut slot[..n], src, 1, s.now_us(), &mut send),
             MediaVerdict::Dropped(MediaDrop::Unvalidated)
         );
         cache.sweep();
@@ -1778,7 +1782,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let mut send = |d: &[u8], _: SocketAddr, _: usize| sent.borrow_mut().push(d.to_vec());
         for _ in 0..20 {
             for mut record in poll_client(&mut client, &mut keys) {
-                cache.handle_media(&mut record, src, 0, s.now_ms(), &mut send);
+                cache.handle_media(&mut record, src, 0, s.now_us(), &mut send);
             }
             let records: Vec<_> = sent.borrow_mut().drain(..).collect();
             for record in records {
