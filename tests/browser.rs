@@ -53,13 +53,13 @@ fn require_browser_tools() {
     );
 }
 
-/// A node with one host account.
+/// A node with one host account: the release build, as users run it.
 fn node() -> (Node, NodeOutput) {
     let http = format!(
         "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
         hash(PASSWORD)
     );
-    Node::start_with_http("", &http, "")
+    Node::start_binary_with_http(&common::release_binary(), "", &http, "")
 }
 
 /// Runs `node tests/browser/{script}` against `node`; panics with its output unless it

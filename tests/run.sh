@@ -31,6 +31,9 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The browser tests run the node as users run it, the release build (they build it
+# themselves if it is missing or stale; building it here keeps that out of their time).
+cargo build --release --locked --bin confnode
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
 else

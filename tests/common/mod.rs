@@ -27,6 +27,34 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port found");
 }
 
+/// The node as users run it: `cargo build --release` (a no-op when it is up to date;
+/// `tests/run.sh` builds it before the tests), and the path of that binary. The
+/// browser tests run it, not the debug build: with three Chromiums on a 2-core machine,
+/// a debug node's unoptimized crypto took eight to twelve times the CPU of a release
+/// build and starved the browsers' encoders.
+pub fn release_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--locked", "--bin", "confnode"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build --release");
+            assert!(status.success(), "cargo build --release failed: {status}");
+            // Next to the debug binary cargo built for this test: the same target dir.
+            let debug = Path::new(BIN);
+            let target = debug
+                .parent()
+                .and_then(Path::parent)
+                .expect("target dir of the test binary");
+            let release = target.join("release").join("confnode");
+            assert!(release.is_file(), "{} was not built", release.display());
+            release
+        })
+        .clone()
+}
+
 /// Fails the test, saying what to install, when a tool the test drives is missing.
 pub fn require_tool(tool: &str, package: &str) {
     let found = std::env::var_os("PATH")
@@ -55,15 +83,39 @@ impl Node {
         Node::start_on(&["127.0.0.1", "[::1]"], "", extra)
     }
 
-    fn wait_ready(&self) {
+    /// Waits until the node answers /api/health; Err with its exit status if it
+    /// exited first (e.g. a port that [`free_port`] found free was taken by another
+    /// process before the node bound it).
+    fn wait_ready(&mut self) -> Result<(), ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some((200, _)) = http_get(self.http, "/api/health") {
-                return;
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("confnode did not answer /api/health within 30 s");
+    }
+
+    /// Starts a node with `start(turn port, http port)` on fresh ports until one comes
+    /// up: a port found free can be taken by another process (a browser's connection,
+    /// another test's relay) before the node binds it, and the node then exits.
+    fn start_retrying(mut start: impl FnMut(u16, u16) -> Node) -> Node {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut node = start(free_port(), free_port());
+            match node.wait_ready() {
+                Ok(()) => return node,
+                Err(status) => last = Some(status),
+            }
+        }
+        panic!("confnode exited before it was ready, five times (last: {last:?})");
     }
 
     pub fn pid(&self) -> u32 {
@@ -186,8 +238,10 @@ impl Node {
     /// `[::1]`) at one fresh port. `stun` is the first host at that port, `stun6` is
     /// `[::1]` at that port whether or not it is listened on.
     pub fn start_on(hosts: &[&str], turn: &str, extra: &str) -> Node {
-        let port = free_port();
-        let http_port = free_port();
+        Node::start_retrying(|port, http_port| Node::spawn_on(hosts, turn, extra, port, http_port))
+    }
+
+    fn spawn_on(hosts: &[&str], turn: &str, extra: &str, port: u16, http_port: u16) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen: Vec<String> = hosts.iter().map(|h| format!("\"{h}:{port}\"")).collect();
         let config = format!(
@@ -209,15 +263,13 @@ impl Node {
             .spawn()
             .expect("start confnode");
         let first = format!("{}:{port}", hosts.first().expect("a TURN listen host"));
-        let node = Node {
+        Node {
             child: Some(child),
             stun: first.parse().expect("listen address"),
             stun6: format!("[::1]:{port}").parse().expect("addr"),
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
             dir,
-        };
-        node.wait_ready();
-        node
+        }
     }
 
     /// Resident memory of the node process in kB (VmRSS of /proc/<pid>/status).
@@ -303,8 +355,35 @@ impl Node {
     /// Like [`Node::start_with_turn`], with `http` (keys of `[http]`, one per line) written
     /// into the generated `[http]` table; the node's output is collected (and echoed).
     pub fn start_with_http(turn: &str, http: &str, extra: &str) -> (Node, NodeOutput) {
-        let port = free_port();
-        let http_port = free_port();
+        Node::start_binary_with_http(Path::new(BIN), turn, http, extra)
+    }
+
+    /// Like [`Node::start_with_http`], running the binary `bin` (e.g.
+    /// [`release_binary`]).
+    pub fn start_binary_with_http(
+        bin: &Path,
+        turn: &str,
+        http: &str,
+        extra: &str,
+    ) -> (Node, NodeOutput) {
+        let log = NodeOutput::default();
+        let node = Node::start_retrying(|port, http_port| {
+            // Each attempt's output on its own: a failed start's lines are not the node's.
+            if let Ok(mut t) = log.0.lock() {
+                t.clear();
+            }
+            Node::spawn_with_http(bin, (turn, http, extra), port, http_port, &log)
+        });
+        (node, log)
+    }
+
+    fn spawn_with_http(
+        bin: &Path,
+        (turn, http, extra): (&str, &str, &str),
+        port: u16,
+        http_port: u16,
+        log: &NodeOutput,
+    ) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = format!(
             "[turn]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\n{turn}\n\
@@ -314,7 +393,7 @@ impl Node {
         );
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(&path)
             .current_dir(dir.path())
@@ -323,7 +402,6 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start confnode");
-        let log = NodeOutput::default();
         let stdout = child
             .stdout
             .take()
@@ -346,15 +424,13 @@ impl Node {
                 }
             });
         }
-        let node = Node {
+        Node {
             child: Some(child),
             stun: SocketAddr::from(([127, 0, 0, 1], port)),
             stun6: format!("[::1]:{port}").parse().expect("addr"),
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
             dir,
-        };
-        node.wait_ready();
-        (node, log)
+        }
     }
 }
 
