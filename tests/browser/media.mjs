@@ -126,7 +126,9 @@ async function round(relay) {
       await waitFor(`${p.label}: remote videos of at least 540 lines`, 30_000, async () => {
         const heights = await p.page.$$eval("video[data-participant]", (vs) => vs.map((v) => v.videoHeight));
         if (heights.length === 2 && heights.every((h) => h >= 540)) return true;
-        const senders = await Promise.all(people.map((q) => stats(q).then((s) => s.outbound)));
+        const senders = await Promise.all(
+          people.map((q) => stats(q).then((s) => ({ estimate: s.sendEstimate, outbound: s.outbound })))
+        );
         return { heights, senders };
       });
     }
@@ -136,6 +138,8 @@ async function round(relay) {
       throw new Error(`Carol (maxHeight=180) receives heights ${carolHeights}`);
     }
     step(`${mode}: ≥ 540 lines without maxHeight, ≤ 180 with maxHeight=180`);
+    const estimates = await Promise.all(people.map((q) => stats(q).then((s) => s.sendEstimate)));
+    step(`${mode}: the publishers' uplink estimates, kbit/s: ${estimates.map((e) => Math.round(e / 1000)).join(", ")}`);
   }
 
   await people[0].page.screenshot({ path: join(cfg.shots, `media-${relay ? "relay" : "direct"}-laptop.png`) });

@@ -823,16 +823,20 @@
 
   // ---- for automated browsers (tests read these; nothing here changes state) ----
 
+  /** The selected ICE candidate pair in a stats report, or null. */
+  function selectedPair(report) {
+    let pair = null;
+    report.forEach((t) => {
+      if (t.type === "transport" && t.selectedCandidatePairId) pair = report.get(t.selectedCandidatePairId) || null;
+    });
+    return pair;
+  }
+
   /** The local candidate type of the selected ICE pair in a stats report, or null. */
   function candidateType(report) {
-    let type = null;
-    report.forEach((t) => {
-      if (t.type !== "transport" || !t.selectedCandidatePairId) return;
-      const pair = report.get(t.selectedCandidatePairId);
-      const local = pair && report.get(pair.localCandidateId);
-      if (local) type = local.candidateType;
-    });
-    return type;
+    const pair = selectedPair(report);
+    const local = pair && report.get(pair.localCandidateId);
+    return local ? local.candidateType : null;
   }
 
   window.confnode = Object.freeze({
@@ -848,10 +852,11 @@
         receiving: call.recvPc ? call.recvPc.connectionState : null,
       };
     },
-    /** getStats() of both peer connections, reduced to plain numbers per stream, and
-     * the type of the local ICE candidate each one uses (host, srflx, prflx, relay). */
+    /** getStats() of both peer connections, reduced to plain numbers per stream, the
+     * type of the local ICE candidate each one uses (host, srflx, prflx, relay), and
+     * the browser's estimate of its uplink to the node (bit/s, or null). */
     async stats() {
-      const out = { inbound: [], outbound: [], sendingVia: null, receivingVia: null };
+      const out = { inbound: [], outbound: [], sendingVia: null, receivingVia: null, sendEstimate: null };
       if (!call) return out;
       if (call.recvPc) {
         const report = await call.recvPc.getStats();
@@ -878,6 +883,8 @@
       if (call.sendPc) {
         const report = await call.sendPc.getStats();
         out.sendingVia = candidateType(report);
+        const pair = selectedPair(report);
+        if (pair && pair.availableOutgoingBitrate !== undefined) out.sendEstimate = pair.availableOutgoingBitrate;
         report.forEach((s) => {
           if (s.type !== "outbound-rtp") return;
           out.outbound.push({
