@@ -191,6 +191,9 @@ pub struct SfuMetrics {
     pub dtls_connected: Gauge,
     /// DTLS handshakes that failed (bad fingerprint, protocol error, timeout).
     pub dtls_failures: Counter,
+    /// Of those, sessions ended because the DTLS library panicked on their records
+    /// (caught per session: the worker goes on).
+    pub dtls_panics: Counter,
     /// Media datagrams unprotected, and their bytes on the wire, by kind.
     pub received_rtp_packets: Counter,
     pub received_rtp_bytes: Counter,
@@ -365,6 +368,11 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
         "sfu_dtls_failures",
         "DTLS handshakes of media sessions that failed",
         m.dtls_failures.clone(),
+    );
+    registry.register(
+        "sfu_dtls_panics",
+        "Media sessions ended because the DTLS library panicked on their records",
+        m.dtls_panics.clone(),
     );
     registry.register(
         "sfu_forwarded_packets",

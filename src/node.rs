@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::metrics::{Metrics, Transport};
 use crate::net::handoff::Handoff;
+use crate::net::liveness::Liveness;
 use crate::net::tcp::StreamContext;
 use crate::net::tls::TlsCerts;
 use crate::net::{tcp, tls, udp, worker};
@@ -25,6 +26,7 @@ pub fn run(config: Config) -> Result<(), String> {
     config.turn.auth_secret = effective_turn_secrets(&config.turn.auth_secret);
     let metrics = Arc::new(Metrics::new());
     let shutdown = Arc::new(AtomicBool::new(false));
+    let liveness = Arc::new(Liveness::default());
     let udp_listen = udp_listen_addresses(&config)?;
     let turn = Arc::new(turn_shared(&config, &udp_listen, &metrics));
     let auth = Auth::new(
@@ -60,7 +62,7 @@ pub fn run(config: Config) -> Result<(), String> {
         &metrics,
         &turn,
         &auth,
-        &shutdown,
+        (&shutdown, &liveness),
         &media,
     )?;
 
@@ -100,6 +102,7 @@ pub fn run(config: Config) -> Result<(), String> {
         streams,
         http_listener,
         media,
+        liveness,
     ));
 
     shutdown.store(true, Ordering::Relaxed);
@@ -126,7 +129,7 @@ fn start_workers(
     metrics: &Arc<Metrics>,
     turn: &Arc<Shared>,
     auth: &Auth,
-    shutdown: &Arc<AtomicBool>,
+    (shutdown, liveness): (&Arc<AtomicBool>, &Arc<Liveness>),
     media: &Arc<MediaSessions>,
 ) -> Result<Vec<worker::WorkerHandle>, String> {
     let count = config.node.worker_count();
@@ -153,6 +156,7 @@ fn start_workers(
             epoch: media.epoch(),
             media: media.clone(),
             handoff: handoff.clone(),
+            liveness: liveness.clone(),
         };
         let handle = worker::spawn(sockets, setup)
             .map_err(|e| format!("cannot start data-plane worker {id}: {e}"))?;
@@ -179,6 +183,7 @@ async fn control_plane(
     streams: Streams,
     http_listener: std::net::TcpListener,
     media: Arc<MediaSessions>,
+    liveness: Arc<Liveness>,
 ) -> Result<(), String> {
     // TCP and TLS connections together are held to `max_tcp_connections`.
     let limit = Arc::new(Semaphore::new(config.turn.max_tcp_connections));
@@ -207,7 +212,8 @@ async fn control_plane(
         }
     }
     let http = tokio::net::TcpListener::from_std(http_listener).map_err(|e| e.to_string())?;
-    let app = crate::http::router(crate::http::AppState::new(config, metrics.clone(), media)?);
+    let state = crate::http::AppState::new(config, metrics.clone(), media, liveness.clone())?;
+    let app = crate::http::router(state);
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
             tracing::error!("HTTP server stopped: {e}");
@@ -227,10 +233,14 @@ async fn control_plane(
         "confnode {} ready",
         env!("CARGO_PKG_VERSION")
     );
-    wait_for_signal(streams.certs.as_ref()).await?;
+    let result = tokio::select! {
+        r = wait_for_signal(streams.certs.as_ref()) => r,
+        () = liveness.wait_gone() => Err("a data-plane worker ended: stopping with a failure \
+            status so that the service manager restarts the node".to_owned()),
+    };
     tracing::info!("shutting down");
     tasks.shutdown().await;
-    Ok(())
+    result
 }
 
 /// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate and key (open

@@ -345,3 +345,65 @@ fn a_publisher_whose_checks_stop_leaves_after_30_s() {
     );
     assert!(exchange(&client, node.stun, &req, Duration::from_millis(500)).is_none());
 }
+
+/// The security review's critical finding: a participant who passed one ICE check sends
+/// the same early epoch-1 DTLS record twice. The DTLS library asserts on it; before,
+/// the panic ended the worker thread (its TURN allocations and media sessions went
+/// silent, STUN to it unanswered, health still "ok"). Now only that session ends: it is
+/// counted, the participant leaves the room, and both workers answer STUN from any port.
+#[test]
+fn a_duplicated_dtls_record_ends_one_session_not_the_worker() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let answer = publish(&node, &room, &a);
+    let r = http(node.http, "GET", &format!("/api/rooms/{room}"), &[], b"");
+    assert_eq!(r.json()["participants"].as_array().map(Vec::len), Some(1));
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let username = format!("{}:{CLIENT_UFRAG}", answer.ufrag);
+    let (req, _) = check(&username, answer.pwd.as_bytes(), true);
+    exchange(&attacker, node.stun, &req, Duration::from_secs(3)).expect("check answered");
+    let mut record = vec![0x17, 0xfe, 0xfd, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x00, 0x20];
+    record.extend_from_slice(&[0xab; 32]);
+    for _ in 0..2 {
+        attacker.send_to(&record, node.stun).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let panics = node.wait_metric(
+        "confnode_sfu_dtls_panics_total",
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
+    assert_eq!(panics, 1.0, "the session's DTLS did not end on the records");
+
+    // Every worker still answers: 40 fresh source ports spread over both of them.
+    let (status, body) = common::http_get(node.http, "/api/health").expect("health");
+    assert_eq!(status, 200, "{body}");
+    for i in 0..40 {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut tid = [0u8; 12];
+        OsRng.fill_bytes(&mut tid);
+        let mut buf = [0u8; 64];
+        let w = Writer::new(&mut buf, method::BINDING, Class::Request, &tid).expect("writer");
+        let n = w.finish();
+        assert!(
+            exchange(&s, node.stun, &buf[..n], Duration::from_secs(3)).is_some(),
+            "Binding request {i} from a fresh port went unanswered"
+        );
+    }
+    // The participant whose session ended is told it left, like one whose consent ran out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http(node.http, "GET", &format!("/api/rooms/{room}"), &[], b"");
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.json()["participants"] == json!([]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ann is still in the room: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

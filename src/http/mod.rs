@@ -7,6 +7,7 @@ pub mod rooms;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::net::liveness::Liveness;
 use crate::sfu::session::MediaSessions;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub rooms: Arc<rooms::RoomsApi>,
+    /// Whether every data-plane worker runs (`/api/health`).
+    pub liveness: Arc<Liveness>,
 }
 
 impl AppState {
@@ -32,11 +35,13 @@ impl AppState {
         config: &Config,
         metrics: Arc<Metrics>,
         media: Arc<MediaSessions>,
+        liveness: Arc<Liveness>,
     ) -> Result<AppState, String> {
         let rooms = rooms::RoomsApi::new(config, &config.turn.auth_secret, media)?;
         Ok(AppState {
             metrics,
             rooms: Arc::new(rooms),
+            liveness,
         })
     }
 }
@@ -77,8 +82,19 @@ pub fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// 200 while every data-plane worker runs; 503 once one has ended (the node is about
+/// to stop so that it is restarted: `net::liveness`).
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let version = env!("CARGO_PKG_VERSION");
+    if state.liveness.all_alive() {
+        return Json(json!({ "status": "ok", "version": version })).into_response();
+    }
+    let body = json!({
+        "status": "failing",
+        "version": version,
+        "error": "a data-plane worker has ended",
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
@@ -98,4 +114,39 @@ async fn not_found() -> Response {
 
 async fn method_not_allowed() -> Response {
     error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::liveness::WorkerGuard;
+    use crate::sfu::dtls::DtlsIdentity;
+    use std::sync::atomic::AtomicBool;
+
+    #[tokio::test]
+    async fn health_is_503_once_a_worker_has_ended() {
+        let mut config = Config::default();
+        config.turn.auth_secret = vec!["a TURN REST secret for the test".to_owned()];
+        let media = Arc::new(MediaSessions::new(
+            std::time::Instant::now(),
+            vec!["127.0.0.1:3478".parse().expect("addr")],
+            Arc::new(DtlsIdentity::generate().expect("identity")),
+            Default::default(),
+        ));
+        let liveness = Arc::new(Liveness::default());
+        let metrics = Arc::new(Metrics::new());
+        let state = AppState::new(&config, metrics, media, liveness.clone()).expect("state");
+        let status = |r: Response| r.status();
+        let ok = health(axum::extract::State(state.clone())).await;
+        assert_eq!(status(ok), StatusCode::OK);
+        // A worker's thread ends while the node is not shutting down.
+        let guard = WorkerGuard {
+            id: 1,
+            liveness,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        };
+        drop(guard);
+        let failing = health(axum::extract::State(state)).await;
+        assert_eq!(status(failing), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

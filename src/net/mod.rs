@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod demux;
 pub mod handoff;
+pub mod liveness;
 pub mod outbox;
 pub mod tcp;
 pub mod tls;

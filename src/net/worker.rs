@@ -27,6 +27,7 @@ use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM, RxClock};
 use crate::net::demux::{self, Class};
 use crate::net::handoff::{Handoff, Ring, SLOT};
+use crate::net::liveness::{Liveness, WorkerGuard};
 use crate::net::outbox::Outbox;
 use crate::sfu::session::{CheckVerdict, MediaSessions, MediaVerdict, SessionCache};
 use crate::stun;
@@ -70,6 +71,8 @@ pub struct WorkerSetup {
     /// Who holds which relay, and every worker's queue of the SFU's datagrams for its
     /// relays (`id` is this worker's index in it).
     pub handoff: Arc<Handoff>,
+    /// Told if this worker ends before `shutdown` is set.
+    pub liveness: Arc<Liveness>,
 }
 
 /// Starts a worker thread serving the listener `sockets`. It runs until `shutdown` is
@@ -98,6 +101,12 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
     let thread = std::thread::Builder::new()
         .name(format!("confnode-worker-{id}"))
         .spawn(move || {
+            // Marks the worker gone however its thread ends, a panic included.
+            let _guard = WorkerGuard {
+                id,
+                liveness: setup.liveness.clone(),
+                shutdown: setup.shutdown.clone(),
+            };
             let sessions = SessionCache::new(id, setup.media.clone());
             let mut worker = Worker {
                 poll,

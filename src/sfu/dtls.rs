@@ -74,6 +74,9 @@ pub enum DtlsError {
     Protocol(String),
     /// Making our certificate failed.
     Certificate(String),
+    /// dimpl panicked on what the peer sent (it asserts on some record sequences): the
+    /// session is over, the worker that ran it is not.
+    Panicked,
 }
 
 impl DtlsError {
@@ -95,6 +98,7 @@ impl fmt::Display for DtlsError {
             DtlsError::Srtp(e) => write!(f, "SRTP keys: {e}"),
             DtlsError::Protocol(e) => write!(f, "DTLS: {e}"),
             DtlsError::Certificate(e) => write!(f, "DTLS certificate: {e}"),
+            DtlsError::Panicked => f.write_str("the DTLS library panicked on the peer's records"),
         }
     }
 }
@@ -317,6 +321,22 @@ impl DtlsSession {
         u64::try_from(ms).unwrap_or(u64::MAX)
     }
 
+    /// Runs `f` on dimpl, which is fed the peer's bytes and asserts on some of them
+    /// (a duplicated early epoch-1 record, in 0.8): a panic fails this session
+    /// ([`DtlsError::Panicked`]) instead of unwinding through the data-plane worker, and
+    /// the half-updated dimpl state is never used again (every entry checks
+    /// [`Self::is_over`] first).
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Dtls) -> T) -> Result<T, DtlsError> {
+        let dtls = &mut self.dtls;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(dtls))) {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                self.state = DtlsState::Failed(DtlsError::Panicked);
+                Err(DtlsError::Panicked)
+            }
+        }
+    }
+
     fn fail(&mut self, e: DtlsError) -> DtlsError {
         if !self.is_over() {
             self.state = DtlsState::Failed(e.clone());
@@ -335,10 +355,10 @@ impl DtlsSession {
         }
         let now = self.instant(now_ms);
         // dimpl wants its clock moved before input at a new instant.
-        let result = self
-            .dtls
-            .handle_timeout(now)
-            .and_then(|()| self.dtls.handle_packet(datagram));
+        let result = self.guarded(|d| {
+            d.handle_timeout(now)
+                .and_then(|()| d.handle_packet(datagram))
+        })?;
         result.map_err(|e| self.fail(DtlsError::Protocol(e.to_string())))
     }
 
@@ -349,8 +369,7 @@ impl DtlsSession {
             return Ok(());
         }
         let now = self.instant(now_ms);
-        self.dtls
-            .handle_timeout(now)
+        self.guarded(|d| d.handle_timeout(now))?
             .map_err(|e| self.fail(DtlsError::Protocol(e.to_string())))
     }
 
@@ -359,7 +378,7 @@ impl DtlsSession {
         if self.is_over() {
             return;
         }
-        let _ = self.dtls.close();
+        let _ = self.guarded(|d| d.close());
         self.state = DtlsState::Closed;
         // Our own close is not news to the caller.
         self.end_reported = true;
@@ -375,7 +394,12 @@ impl DtlsSession {
             if self.is_over() && !matches!(self.state, DtlsState::Closed) {
                 return DtlsOutput::Wait(None);
             }
-            let step = match self.dtls.poll_output(buf) {
+            let out = &mut *buf;
+            let Ok(output) = self.guarded(move |d| d.poll_output(out)) else {
+                // Failed: reported at the top of the loop.
+                continue;
+            };
+            let step = match output {
                 Output::Packet(p) => return DtlsOutput::Transmit(p.len()),
                 Output::BufferTooSmall { needed } => return DtlsOutput::BufferTooSmall(needed),
                 Output::Timeout(at) => {
@@ -547,6 +571,37 @@ mod tests {
             }
         }
         assert!(!s.is_connected());
+    }
+
+    /// The record of the security review: an epoch-1 record (`17 fefd 0001 …`, 45
+    /// bytes) twice before the handshake completed hits an assertion inside dimpl. The
+    /// session fails; the caller (a data-plane worker) carries on.
+    #[test]
+    fn a_duplicated_early_epoch_1_record_fails_the_session_without_a_panic() {
+        let id = DtlsIdentity::generate().unwrap();
+        let mut s = DtlsSession::new(&id, Fingerprint([7; 32]), CAP, Instant::now(), 0);
+        let mut record = vec![0x17, 0xfe, 0xfd, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x00, 0x20];
+        record.extend_from_slice(&[0xab; 32]);
+        assert_eq!(record.len(), 45);
+        let mut buf = [0u8; DTLS_MTU];
+        let mut failed = None;
+        for at in [1, 2] {
+            let _ = s.handle_datagram(&record, at);
+            for _ in 0..16 {
+                match s.poll_output(&mut buf) {
+                    DtlsOutput::Failed(e) => failed = Some(e),
+                    DtlsOutput::Wait(_) => break,
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(failed, Some(DtlsError::Panicked));
+        assert_eq!(s.state(), &DtlsState::Failed(DtlsError::Panicked));
+        // Nothing reaches dimpl any more.
+        assert_eq!(s.handle_datagram(&record, 3), Ok(()));
+        assert_eq!(s.handle_timeout(4), Ok(()));
+        s.close();
+        assert!(matches!(s.poll_output(&mut buf), DtlsOutput::Wait(None)));
     }
 
     #[test]

@@ -73,7 +73,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::Instant;
 
 use super::codec::Codec;
-use super::dtls::{DTLS_MTU, DtlsIdentity, DtlsOutput, DtlsSession, SrtpCapacity, SrtpPair};
+use super::dtls::{
+    DTLS_MTU, DtlsError, DtlsIdentity, DtlsOutput, DtlsSession, SrtpCapacity, SrtpPair,
+};
 use super::feedback::{self, Feed, TransportFeedback};
 use super::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use super::ice::{IceAgent, IceCredentials, IceVerdict, local_ufrag};
@@ -1451,6 +1453,9 @@ fn drain(
             DtlsOutput::Failed(e) => {
                 tracing::info!(room = %session.room, "media session: DTLS failed: {e}");
                 metrics.dtls_failures.inc();
+                if e == DtlsError::Panicked {
+                    metrics.dtls_panics.inc();
+                }
                 end_dtls(metrics, session, media);
             }
             DtlsOutput::Closed => {
