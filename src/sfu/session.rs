@@ -204,6 +204,24 @@ pub struct Subscription {
     /// The receiver's `max_height` preference, for the simulcast layer its forwarders
     /// choose.
     max_height: Option<u16>,
+    /// The next SSRC for a stream to this receiver (see [`Subscription::fresh_ssrc`]).
+    next_ssrc: u32,
+}
+
+impl Subscription {
+    /// An SSRC this receiver has never been sent under its SRTP keys. The SSRCs of
+    /// departed streams are forgotten by the SRTP context, and one coming back would
+    /// repeat its packet indices (and AES-GCM nonces) under the same key: a Weyl
+    /// sequence from a random start with an odd step repeats only after 2^32 streams.
+    fn fresh_ssrc(&mut self) -> u32 {
+        loop {
+            let ssrc = self.next_ssrc;
+            self.next_ssrc = ssrc.wrapping_add(0x9E37_79B9);
+            if ssrc != 0 && ssrc != RTCP_SENDER_SSRC {
+                return ssrc;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -480,7 +498,10 @@ impl MediaSessions {
         for (s, max_height) in &subscribers {
             let mut media = s.media();
             let SessionMedia {
-                agent, subscribe, ..
+                agent,
+                subscribe,
+                srtp,
+                ..
             } = &mut *media;
             let Some(sub) = subscribe.as_mut() else {
                 continue;
@@ -496,6 +517,18 @@ impl MediaSessions {
                     i += 1;
                     continue;
                 }
+                // Its SSRCs leave the SRTP context with it: the context tracks a fixed
+                // number, and a receiver who stays while many come and go must still
+                // get the newcomers. (Its publisher no longer forwards it: it left, or
+                // the track did.)
+                if let (Some(keys), Some((_, t))) =
+                    (srtp.as_mut(), sub.sdp.tracks().find(|(m, _)| m == mid))
+                {
+                    keys.outbound.forget_ssrc(t.ssrc);
+                    if let Some(rtx) = t.rtx_ssrc {
+                        keys.outbound.forget_ssrc(rtx);
+                    }
+                }
                 sub.sdp.remove_track(mid);
                 sub.feeds.retain(|f| f.mid != *mid);
                 removed.push((s.clone(), mid.clone()));
@@ -510,8 +543,9 @@ impl MediaSessions {
                 {
                     continue;
                 }
-                let ssrc = random_ssrc();
-                let rtx_ssrc = (codec.kind() == super::sdp::MediaKind::Video).then(random_ssrc);
+                let ssrc = sub.fresh_ssrc();
+                let rtx_ssrc =
+                    (codec.kind() == super::sdp::MediaKind::Video).then(|| sub.fresh_ssrc());
                 let track = OutTrack {
                     codec: *codec,
                     ssrc,
@@ -666,6 +700,7 @@ impl MediaSessions {
                     sources: Vec::new(),
                     feeds: Vec::new(),
                     answered: false,
+                    next_ssrc: random_ssrc(),
                     max_height: None,
                 })),
             }),
@@ -1860,6 +1895,65 @@ a=rtpmap:111 opus/48000/2\r\n";
         assert!(s.sync_room("room", &[("a".to_owned(), None)]).is_empty());
         assert!(publisher.media().tracks[0].outs.is_empty());
         assert_eq!(s.participants(), vec![("room".to_owned(), "a".to_owned())]);
+    }
+
+    /// Review finding: a receiver's SRTP context tracks a fixed number of SSRCs and never
+    /// forgot those of publishers who left, so after about a hundred came and went the
+    /// receiver silently got nothing from newcomers. 300 arrivals and departures past
+    /// one receiver: the newest publisher's packets are still protected for it.
+    #[test]
+    fn a_receiver_gets_newcomers_after_300_arrivals_and_departures() {
+        let s = sessions();
+        let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
+        s.sync_room("room", &[("r".to_owned(), None)]);
+        let receiver = s.subscriber("room", "r").expect("a receiving session");
+        let master = crate::sfu::srtp::MasterKey::new(
+            crate::sfu::srtp::SrtpProfile::AeadAes128Gcm,
+            &[7; 16],
+            &[9; 12],
+        )
+        .unwrap();
+        receiver.media().srtp = Some(Box::new(SrtpPair {
+            profile: crate::sfu::srtp::SrtpProfile::AeadAes128Gcm,
+            inbound: crate::sfu::srtp::SrtpContext::new(&master, SUBSCRIBER_SRTP.inbound).unwrap(),
+            outbound: crate::sfu::srtp::SrtpContext::new(&master, SUBSCRIBER_SRTP.outbound)
+                .unwrap(),
+        }));
+        let mut buf = [0u8; 200];
+        for i in 0..300 {
+            let p = format!("p{i}");
+            s.publish("room", &p, &offer).unwrap();
+            let holders = [("r".to_owned(), None), (p.clone(), None)];
+            s.sync_room("room", &holders);
+            // What the forwarder of the new track sends the receiver.
+            let ssrc = {
+                let media = receiver.media();
+                let sub = media.subscribe.as_ref().unwrap();
+                assert_eq!(sub.feeds.len(), 1, "one track at a time");
+                sub.feeds[0].ssrc
+            };
+            let mut rtp = [0x80u8, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4];
+            rtp[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            buf[..rtp.len()].copy_from_slice(&rtp);
+            let protected = {
+                let mut media = receiver.media();
+                let keys = media.srtp.as_mut().unwrap();
+                keys.outbound.protect_rtp(&mut buf, rtp.len())
+            };
+            assert!(protected.is_ok(), "publisher {i}: {protected:?}");
+            s.remove_participant("room", &p);
+            s.sync_room("room", &[("r".to_owned(), None)]);
+        }
+        assert!(
+            receiver
+                .media()
+                .srtp
+                .as_ref()
+                .unwrap()
+                .outbound
+                .ssrc_count()
+                <= 2
+        );
     }
 
     #[test]
