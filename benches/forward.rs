@@ -32,6 +32,7 @@
 //! - `receive_only`: the per-packet part alone, for telling it from the per-receiver one.
 //! - `nack_answer_rtx`: one receiver NACK answered from the cache in RTX form.
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -415,33 +416,46 @@ fn receive_only(c: &mut Criterion) {
 }
 
 fn nack_answer(c: &mut Criterion) {
-    let mut s = Stream::new(1);
+    let s = RefCell::new(Stream::new(1));
     for _ in 0..300 {
-        s.step();
+        s.borrow_mut().step();
     }
-    let last = RtpHeader::parse(&s.rx.outs[0][..PACKET_LEN])
-        .expect("RTP")
-        .seq;
+    let newest = |s: &Stream| {
+        RtpHeader::parse(&s.rx.outs[0][..PACKET_LEN])
+            .expect("RTP")
+            .seq
+    };
     let mut out = [0u8; SLOT];
-    let mut k = 0u16;
-    let mut now = s.now;
-    // RTX form: two bytes (the OSN) longer than the packet.
-    assert_eq!(
-        s.track
-            .retransmit(&mut s.rx.forwarders[0], last, &mut out, now),
-        Some(PACKET_LEN + 2)
-    );
+    {
+        let s = &mut *s.borrow_mut();
+        let (last, now) = (newest(s), s.now);
+        // RTX form: two bytes (the OSN) longer than the packet.
+        assert_eq!(
+            s.track
+                .retransmit(&mut s.rx.forwarders[0], last, &mut out, now),
+            Ok(PACKET_LEN + 2)
+        );
+    }
     c.bench_function("nack_answer_rtx", |b| {
-        b.iter(|| {
-            // A different packet each time, and time moving on past the resend limit.
-            k = (k + 1) % 256;
-            now += 100_000;
-            let seq = last.wrapping_sub(k);
-            black_box(
-                s.track
-                    .retransmit(&mut s.rx.forwarders[0], seq, &mut out, now),
-            )
-        })
+        b.iter_batched_ref(
+            || {
+                // Untimed: three packets forwarded, which earn the retransmission
+                // budget (half their bytes) of the one asked for, 100 packets back.
+                let s = &mut *s.borrow_mut();
+                for _ in 0..3 {
+                    s.step();
+                }
+                newest(s).wrapping_sub(100)
+            },
+            |seq| {
+                let s = &mut *s.borrow_mut();
+                black_box(
+                    s.track
+                        .retransmit(&mut s.rx.forwarders[0], *seq, &mut out, s.now),
+                )
+            },
+            BatchSize::NumIterations(BATCH),
+        )
     });
 }
 

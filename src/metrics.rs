@@ -183,6 +183,32 @@ struct MediaDropLabel {
     reason: MediaDrop,
 }
 
+/// Why the SFU did not answer a receiver's NACK of a packet.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum NackRefusal {
+    /// No longer in the cache, or never sent to that receiver.
+    NotHeld,
+    /// Sent again less than a round trip ago.
+    TooSoon,
+    /// The receiver's retransmissions spent their share of the stream.
+    Budget,
+}
+
+impl EncodeLabelValue for NackRefusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            NackRefusal::NotHeld => "not_held",
+            NackRefusal::TooSoon => "too_soon",
+            NackRefusal::Budget => "budget",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NackRefusalLabel {
+    reason: NackRefusal,
+}
+
 /// The SFU's metrics: handles cloned into the session registry and every worker.
 #[derive(Clone, Debug, Default)]
 pub struct SfuMetrics {
@@ -211,6 +237,10 @@ pub struct SfuMetrics {
     pub keyframe_requests: Counter,
     /// Packets sent again to receivers that asked for them with a NACK.
     pub retransmitted_packets: Counter,
+    /// NACKed packets not sent again, by reason.
+    pub nack_refused_not_held: Counter,
+    pub nack_refused_too_soon: Counter,
+    pub nack_refused_budget: Counter,
     /// RTCP the SFU sent besides keyframe requests: reports, NACKs, transport-cc.
     pub rtcp_sent: Counter,
     /// `sendmmsg` system calls that sent the SFU's datagrams (the workers' outboxes),
@@ -331,6 +361,8 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
     let dropped = Family::<MediaDropLabel, Counter>::default();
     let kind = |f: &Family<KindLabel, Counter>, kind| f.get_or_create(&KindLabel { kind }).clone();
     let drop = |reason| dropped.get_or_create(&MediaDropLabel { reason }).clone();
+    let refused = Family::<NackRefusalLabel, Counter>::default();
+    let refusal = |reason| refused.get_or_create(&NackRefusalLabel { reason }).clone();
     let m = SfuMetrics {
         received_rtp_packets: kind(&packets, MediaKind::Rtp),
         received_rtp_bytes: kind(&bytes, MediaKind::Rtp),
@@ -342,6 +374,9 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
         dropped_replayed: drop(MediaDrop::Replayed),
         dropped_malformed: drop(MediaDrop::Malformed),
         dropped_dtls: drop(MediaDrop::Dtls),
+        nack_refused_not_held: refusal(NackRefusal::NotHeld),
+        nack_refused_too_soon: refusal(NackRefusal::TooSoon),
+        nack_refused_budget: refusal(NackRefusal::Budget),
         ..SfuMetrics::default()
     };
     registry.register(
@@ -388,6 +423,11 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
         "sfu_retransmitted_packets",
         "RTP packets the SFU sent again to receivers that NACKed them",
         m.retransmitted_packets.clone(),
+    );
+    registry.register(
+        "sfu_nack_refused",
+        "NACKed packets the SFU did not send again, by reason: not_held (gone from the cache), too_soon (sent again less than a round trip ago), budget (the receiver's retransmissions reached half of its stream's bytes)",
+        refused,
     );
     registry.register(
         "sfu_rtcp_sent",

@@ -621,7 +621,7 @@ fn srtp_through_the_session_cache_allocates_nothing() {
     };
     let now = sessions.now_ms();
     assert!(matches!(
-        cache.answer_check(&mut slot, n, src, now),
+        cache.answer_check(&mut slot, n, src, 0, now),
         CheckVerdict::Reply(_)
     ));
 

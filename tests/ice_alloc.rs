@@ -142,7 +142,7 @@ fn routing_checks_through_the_session_cache_does_not_allocate() {
     let mut slot = [0u8; 1500];
     let mut run = |now: u64| {
         slot[..request.len()].copy_from_slice(&request);
-        let v = cache.answer_check(black_box(&mut slot), request.len(), src, now);
+        let v = cache.answer_check(black_box(&mut slot), request.len(), src, 0, now);
         assert!(matches!(v, CheckVerdict::Reply(_)), "{v:?}");
     };
     for now in 0..10 {

@@ -601,7 +601,7 @@ impl Worker {
             let data = &mut p.slot[HEADROOM..];
             match demux::classify(&data[..len]) {
                 Class::Stun if !TurnCore::is_turn_method(data) => {
-                    answer_stun(&mut self.sessions, data, len, src, clock, tally)
+                    answer_stun(&mut self.sessions, data, len, (src, origin), clock, tally)
                 }
                 Class::Stun | Class::ChannelData => {
                     let client = ClientKey {
@@ -698,7 +698,7 @@ impl Worker {
         };
         let reply = match demux::classify(&data[..len]) {
             Class::Stun if !TurnCore::is_turn_method(data) => {
-                answer_stun(&mut self.sessions, data, len, src, clock, tally)
+                answer_stun(&mut self.sessions, data, len, (src, listener), clock, tally)
             }
             Class::Dtls | Class::Rtp => {
                 let mut out = Deliver {
@@ -778,6 +778,9 @@ impl Worker {
             (&sfu.forwarded_rtp_packets, forwarding.forwarded),
             (&sfu.keyframe_requests, forwarding.keyframe_requests),
             (&sfu.retransmitted_packets, forwarding.retransmitted),
+            (&sfu.nack_refused_not_held, forwarding.resend_not_held),
+            (&sfu.nack_refused_too_soon, forwarding.resend_too_soon),
+            (&sfu.nack_refused_budget, forwarding.resend_over_budget),
             (&sfu.rtcp_sent, forwarding.rtcp_sent),
             (&sfu.send_batches, t.sfu_send.0),
             (&sfu.sent_datagrams, t.sfu_send.1),
@@ -808,7 +811,7 @@ fn answer_stun(
     sessions: &mut SessionCache,
     data: &mut [u8],
     len: usize,
-    src: SocketAddr,
+    (src, listener): (SocketAddr, usize),
     clock: Clock,
     tally: &mut Tally,
 ) -> Action {
@@ -820,14 +823,16 @@ fn answer_stun(
         stun::Verdict::Indication => Action::Drop(DropReason::Consumed),
         // An ICE check (a Binding request with MESSAGE-INTEGRITY) for one of the SFU's
         // sessions, or nothing we answer.
-        stun::Verdict::Unhandled => match sessions.answer_check(data, len, src, clock.mono_ms) {
-            CheckVerdict::Reply(n) => {
-                tally.answered += 1;
-                Action::Reply(n)
+        stun::Verdict::Unhandled => {
+            match sessions.answer_check(data, len, src, listener, clock.mono_ms) {
+                CheckVerdict::Reply(n) => {
+                    tally.answered += 1;
+                    Action::Reply(n)
+                }
+                CheckVerdict::NotOurs => Action::Drop(DropReason::Unhandled),
+                CheckVerdict::Malformed => Action::Drop(DropReason::Malformed),
             }
-            CheckVerdict::NotOurs => Action::Drop(DropReason::Unhandled),
-            CheckVerdict::Malformed => Action::Drop(DropReason::Malformed),
-        },
+        }
         stun::Verdict::Malformed => Action::Drop(DropReason::Malformed),
     }
 }

@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
 use super::dtls::SrtpPair;
-use super::forward::Forwarder;
-use super::rtcp::{self, Rtcp, RtcpIter};
+use super::forward::{Forwarder, ResendRefusal};
+use super::rtcp::{self, ReportBlock, Rtcp, RtcpIter};
 use super::rtp::{self, RtpHeader};
 use super::session::{
     ForwardCounts, PublishedMedia, RTCP_SENDER_SSRC, Session, SessionMedia, Subscription,
@@ -64,6 +64,8 @@ enum Ask {
         pid: u16,
         blp: u16,
     },
+    /// A reception report on the stream: its round trip spaces retransmissions.
+    Report(ReportBlock),
 }
 
 #[derive(Debug)]
@@ -114,6 +116,11 @@ pub fn receiver_requests(sub: &Subscription, rtcp: &[u8]) -> Requests {
     let feeds = sub.feeds.as_slice();
     for packet in RtcpIter::new(rtcp) {
         match packet {
+            Rtcp::ReceiverReport(rr) => {
+                for block in rr.blocks {
+                    requests.push(feeds, block.ssrc, Ask::Report(block));
+                }
+            }
             Rtcp::Pli { media, .. } => requests.push(feeds, media, Ask::Keyframe),
             Rtcp::Fir(fb) => {
                 for (ssrc, _) in fb.fir_entries() {
@@ -155,7 +162,7 @@ pub fn answer_receiver(
         let SessionMedia {
             tracks,
             srtp,
-            dtls_peer,
+            media_peer,
             ..
         } = &mut *media;
         let Some(PublishedMedia { track, outs, .. }) = tracks.get_mut(r.track) else {
@@ -171,10 +178,15 @@ pub fn answer_receiver(
             Ask::Keyframe => {
                 if let Some(layer) = o.forwarder.keyframe_layer()
                     && let Some(req) = track.request_keyframe(layer, now)
-                    && let Some(peer) = *dtls_peer
+                    && let Some(peer) = *media_peer
                 {
                     send_pli(out, srtp, req.ssrc, peer, send);
                     counts.keyframe_requests += 1;
+                }
+            }
+            Ask::Report(block) => {
+                if let Some(rtt) = o.forwarder.round_trip(&block, now) {
+                    o.forwarder.set_round_trip(rtt);
                 }
             }
             Ask::Nack { pid, blp } => {
@@ -219,15 +231,23 @@ fn resend(
     counts: &mut ForwardCounts,
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
-    let Some(n) = track.retransmit(forwarder, out_seq, out, now) else {
-        return;
+    let n = match track.retransmit(forwarder, out_seq, out, now) {
+        Ok(n) => n,
+        Err(refusal) => {
+            match refusal {
+                ResendRefusal::NotHeld => counts.resend_not_held += 1,
+                ResendRefusal::TooSoon => counts.resend_too_soon += 1,
+                ResendRefusal::OverBudget => counts.resend_over_budget += 1,
+            }
+            return;
+        }
     };
     if n + MAX_RTP_OVERHEAD > out.len() {
         return;
     }
     let mut guard = receiver.media();
     let media = &mut *guard;
-    if let (Some(keys), Some((to, via))) = (media.srtp.as_mut(), media.dtls_peer)
+    if let (Some(keys), Some((to, via))) = (media.srtp.as_mut(), media.media_peer)
         && let Ok(k) = keys.outbound.protect_rtp(out, n)
     {
         send(&out[..k], to, via);
@@ -279,7 +299,7 @@ pub fn after_forward(
         }
         if let Some(n) = o.forwarder.write_sender_report(out, &t.track, now, ntp_now) {
             let mut sub = o.subscriber.media();
-            let peer = sub.dtls_peer;
+            let peer = sub.media_peer;
             if let Some(peer) = peer {
                 counts.rtcp_sent += u64::from(send_rtcp(out, n, &mut sub.srtp, peer, send));
             }

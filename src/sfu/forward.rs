@@ -23,9 +23,36 @@ use super::track::{Incoming, Track};
 
 /// Outgoing packets remembered for answering NACKs: matches the track's cache.
 pub const HISTORY: usize = 512;
-/// A packet is not sent again sooner than this after its last retransmission: a
-/// receiver repeating its NACK before the first answer could arrive gets nothing new.
+/// A packet is not sent again sooner than one round trip to its receiver after its
+/// last retransmission (a NACK repeated before the first answer could arrive gets
+/// nothing new), and never sooner than this.
 pub const MIN_RESEND_INTERVAL_US: u64 = 20_000;
+/// The round trip assumed until the receiver's reports tell it.
+pub const DEFAULT_ROUND_TRIP_US: u64 = 50_000;
+/// A round trip longer than this is taken as this: past it, repairs are too late for
+/// any jitter buffer, and one bogus report must not stop retransmissions for long.
+const MAX_ROUND_TRIP_US: u64 = 1_000_000;
+/// Retransmissions may spend this fraction (1/n) of the bytes forwarded: one SRTCP
+/// packet can NACK hundreds of packets, and a receiver that asks for everything again
+/// must not make the node send much more than the stream itself.
+const RESEND_SHARE: u32 = 2;
+/// Unspent retransmission budget kept at most: enough to repair a lost keyframe at
+/// once, little next to what a receiver asking for everything could pull.
+pub const RESEND_BURST_BYTES: u32 = 128 * 1024;
+/// The budget a new forwarder starts with, so the first packets (a keyframe) can be
+/// repaired before the stream earned any.
+const RESEND_INITIAL_BYTES: u32 = 16 * 1024;
+
+/// Why a NACKed packet was not sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResendRefusal {
+    /// The packet is no longer held (or never was sent to this receiver).
+    NotHeld,
+    /// It was sent again less than a round trip ago.
+    TooSoon,
+    /// The receiver's retransmissions used up their share of the stream's bytes.
+    OverBudget,
+}
 /// How far behind the newest packet of an epoch the floor for late packets trails:
 /// enough for any reordering, far from the 32768 where serial arithmetic turns.
 const FLOOR_LAG: u16 = 0x4000;
@@ -212,6 +239,10 @@ pub struct Forwarder {
     history: Box<[Sent]>,
     /// LSR value and time of the last sender report sent, for the round trip.
     last_sr: Option<(u32, u64)>,
+    /// The receiver's round trip (from its reports), which spaces retransmissions.
+    round_trip_us: u64,
+    /// Bytes retransmissions may still spend (see [`RESEND_SHARE`]).
+    resend_budget: u32,
 }
 
 impl Forwarder {
@@ -243,6 +274,8 @@ impl Forwarder {
             octets: 0,
             history: vec![Sent::default(); HISTORY].into_boxed_slice(),
             last_sr: None,
+            round_trip_us: DEFAULT_ROUND_TRIP_US,
+            resend_budget: RESEND_INITIAL_BYTES,
         }
     }
 
@@ -358,6 +391,10 @@ impl Forwarder {
         self.packets = self.packets.wrapping_add(1);
         let payload = info.header.payload_end - info.header.payload_offset;
         self.octets = self.octets.wrapping_add(payload as u32);
+        self.resend_budget = self
+            .resend_budget
+            .saturating_add(info.len as u32 / RESEND_SHARE)
+            .min(RESEND_BURST_BYTES);
         Some(info.len)
     }
 
@@ -443,32 +480,50 @@ impl Forwarder {
         (s.valid && s.out_seq == out_seq).then_some((s.layer, s.src_seq))
     }
 
+    /// The interval before a packet is sent again: the receiver's round trip.
+    pub fn resend_interval(&self) -> u64 {
+        self.round_trip_us.max(MIN_RESEND_INTERVAL_US)
+    }
+
+    /// Takes the round trip a receiver report told (see [`Forwarder::round_trip`]).
+    pub fn set_round_trip(&mut self, round_trip_us: u64) {
+        self.round_trip_us = round_trip_us.min(MAX_ROUND_TRIP_US);
+    }
+
     /// Writes `cached` (the source packet of `out_seq`, from the track's cache) into
     /// `out` rewritten exactly as it was first sent, then in RTX form when negotiated
-    /// (`out` needs two bytes more then). Returns the length to send; `None` when the
-    /// history no longer knows `out_seq`, `cached` is not its source, or it was resent
-    /// less than [`MIN_RESEND_INTERVAL_US`] ago.
+    /// (`out` needs two bytes more then). Returns the length to send. Refused when the
+    /// history no longer knows `out_seq` or `cached` is not its source, when it was
+    /// sent again less than a round trip ago, or when the receiver's retransmissions
+    /// spent their share of the stream.
     pub fn retransmit(
         &mut self,
         out_seq: u16,
         cached: &[u8],
         out: &mut [u8],
         now: u64,
-    ) -> Option<usize> {
+    ) -> Result<usize, ResendRefusal> {
         let slot = usize::from(out_seq) % HISTORY;
         let sent = self.history[slot];
         if !sent.valid || sent.out_seq != out_seq {
-            return None;
+            return Err(ResendRefusal::NotHeld);
         }
-        if sent.resent_at != 0 && now.saturating_sub(sent.resent_at) < MIN_RESEND_INTERVAL_US {
-            return None;
+        if sent.resent_at != 0 && now.saturating_sub(sent.resent_at) < self.resend_interval() {
+            return Err(ResendRefusal::TooSoon);
         }
-        let header = RtpHeader::parse(cached)?;
+        let header = RtpHeader::parse(cached).ok_or(ResendRefusal::NotHeld)?;
         if header.seq != sent.src_seq {
-            return None;
+            return Err(ResendRefusal::NotHeld);
         }
         let len = cached.len();
-        out.get_mut(..len)?.copy_from_slice(cached);
+        // RTX adds the original sequence number.
+        let cost = len as u32 + if self.rtx.is_some() { 2 } else { 0 };
+        if cost > self.resend_budget {
+            return Err(ResendRefusal::OverBudget);
+        }
+        out.get_mut(..len)
+            .ok_or(ResendRefusal::NotHeld)?
+            .copy_from_slice(cached);
         let vp8 = match self.codec {
             Codec::Vp8 => cached.get(header.payload()).and_then(parse_vp8),
             _ => None,
@@ -482,14 +537,16 @@ impl Forwarder {
         self.rewrite(out, &header, vp8.as_ref(), out_seq, o);
         let len = match self.rtx {
             Some(rtx) => {
-                let n = rtp::wrap_rtx(out, &header, rtx.ssrc, rtx.payload_type, self.rtx_seq)?;
+                let n = rtp::wrap_rtx(out, &header, rtx.ssrc, rtx.payload_type, self.rtx_seq)
+                    .ok_or(ResendRefusal::NotHeld)?;
                 self.rtx_seq = self.rtx_seq.wrapping_add(1);
                 n
             }
             None => len,
         };
         self.history[slot].resent_at = now.max(1);
-        Some(len)
+        self.resend_budget -= cost;
+        Ok(len)
     }
 
     /// A sender report for this stream. The RTP time is mapped through the current
@@ -863,26 +920,100 @@ mod tests {
                     assert_eq!(&out[..back], &frame_bytes[5][..]);
                 }
             }
-            // Not again straight away; again after the interval; unknown numbers not.
+            // Not again within a round trip; again after it; unknown numbers not.
             assert_eq!(
                 s.track.retransmit(&mut s.fwd, sent[5], &mut out, now + 1),
-                None
+                Err(ResendRefusal::TooSoon)
             );
             assert!(
                 s.track
-                    .retransmit(&mut s.fwd, sent[5], &mut out, now + MIN_RESEND_INTERVAL_US)
-                    .is_some()
+                    .retransmit(&mut s.fwd, sent[5], &mut out, now + DEFAULT_ROUND_TRIP_US)
+                    .is_ok()
             );
             assert_eq!(
                 s.track
                     .retransmit(&mut s.fwd, sent[19].wrapping_add(1), &mut out, now),
-                None
+                Err(ResendRefusal::NotHeld)
             );
             assert_eq!(
                 s.track.retransmit(&mut s.fwd, sent[3], &mut out[..10], now),
-                None
+                Err(ResendRefusal::NotHeld)
             );
         }
+    }
+
+    /// Review finding: one SRTCP packet could NACK hundreds of packets, each answered
+    /// again every 20 ms. A receiver asking for every packet, over and over, gets each
+    /// at most once per round trip and no more than half the stream's bytes again.
+    #[test]
+    fn nacks_for_everything_get_half_the_stream_once_per_round_trip() {
+        let mut s = Sim::new(None);
+        let mut sent = Vec::new();
+        let mut forwarded_bytes = 0;
+        for i in 0..300 {
+            let key = if i == 0 { Some(2) } else { None };
+            let f = s.frame[2];
+            s.now += 33_333;
+            let mut p = vp8_packet(333, b"f", 500 + f as u16, 90 * f, key.is_some());
+            p.resize(1000, 0);
+            s.frame[2] += 1;
+            let len = p.len();
+            let info = s.track.receive(&mut p, len, s.now).unwrap();
+            let n = s.fwd.forward(&mut p, &info, s.now).unwrap();
+            forwarded_bytes += n;
+            sent.push(RtpHeader::parse(&p[..n]).unwrap().seq);
+        }
+        s.fwd.set_round_trip(200_000);
+        let mut out = [0u8; 1600];
+        let mut resent_bytes = 0;
+        let mut refusals = (0, 0);
+        // Every packet asked for ten times over 100 ms (less than the round trip).
+        for k in 0..10 {
+            for &seq in &sent {
+                match s
+                    .track
+                    .retransmit(&mut s.fwd, seq, &mut out, s.now + k * 10_000)
+                {
+                    Ok(n) => resent_bytes += n,
+                    Err(ResendRefusal::TooSoon) => refusals.0 += 1,
+                    Err(ResendRefusal::OverBudget) => refusals.1 += 1,
+                    Err(ResendRefusal::NotHeld) => panic!("{seq} is held"),
+                }
+            }
+        }
+        assert!(resent_bytes > 0);
+        assert!(
+            resent_bytes <= RESEND_BURST_BYTES as usize && resent_bytes <= forwarded_bytes / 2,
+            "{resent_bytes} of {forwarded_bytes} bytes sent again"
+        );
+        assert!(refusals.0 > 0 && refusals.1 > 0, "{refusals:?}");
+        // The first packet sent again waits for the round trip, then for the budget
+        // that new forwarding earns.
+        let first = sent[0];
+        assert_eq!(
+            s.track
+                .retransmit(&mut s.fwd, first, &mut out, s.now + 150_000),
+            Err(ResendRefusal::TooSoon)
+        );
+        assert_eq!(
+            s.track
+                .retransmit(&mut s.fwd, first, &mut out, s.now + 200_000),
+            Err(ResendRefusal::OverBudget)
+        );
+        for _ in 0..3 {
+            let f = s.frame[2];
+            s.frame[2] += 1;
+            let mut p = vp8_packet(333, b"f", 500 + f as u16, 90 * f, false);
+            p.resize(1000, 0);
+            let len = p.len();
+            let info = s.track.receive(&mut p, len, s.now).unwrap();
+            s.fwd.forward(&mut p, &info, s.now).unwrap();
+        }
+        assert!(
+            s.track
+                .retransmit(&mut s.fwd, first, &mut out, s.now + 200_000)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -904,7 +1035,7 @@ mod tests {
         s.tick(&[2, 0, 1], Some(2));
         assert_eq!(s.fwd.current_layer(), Some(2));
         let mut out = [0u8; 1600];
-        let now = s.now + MIN_RESEND_INTERVAL_US;
+        let now = s.now + DEFAULT_ROUND_TRIP_US;
         let n = s
             .track
             .retransmit(&mut s.fwd, h0.seq, &mut out, now)

@@ -141,9 +141,15 @@ pub struct SessionMedia {
     pub agent: IceAgent,
     /// The DTLS endpoint (passive role), pinned to the fingerprint of the client's SDP.
     pub dtls: DtlsSession,
-    /// Where the client's last DTLS record came from, and the listener it came through
-    /// (listener indices are the same in every worker): where retransmissions go.
-    pub dtls_peer: Option<(SocketAddr, usize)>,
+    /// Where media and RTCP go, and the listener they leave through (listener indices
+    /// are the same in every worker): the address the client's ICE nominated, or,
+    /// without a nomination, where its completed DTLS handshake came from. A datagram
+    /// that merely looks like DTLS never moves it: media would follow anyone able to
+    /// send from a validated address.
+    pub media_peer: Option<(SocketAddr, usize)>,
+    /// Where the client's last DTLS record came from: where DTLS answers and
+    /// retransmitted flights go.
+    pub dtls_from: Option<(SocketAddr, usize)>,
     /// The SRTP contexts, once DTLS has connected.
     pub srtp: Option<Box<SrtpPair>>,
     /// A publisher's tracks, each with the receivers it is forwarded to.
@@ -430,7 +436,8 @@ impl MediaSessions {
             media: Mutex::new(SessionMedia {
                 agent,
                 dtls,
-                dtls_peer: None,
+                media_peer: None,
+                dtls_from: None,
                 srtp: None,
                 tracks: offer
                     .tracks()
@@ -690,7 +697,8 @@ impl MediaSessions {
             media: Mutex::new(SessionMedia {
                 agent: IceAgent::new(local, None, self.now_ms()),
                 dtls,
-                dtls_peer: None,
+                media_peer: None,
+                dtls_from: None,
                 srtp: None,
                 tracks: Vec::new(),
                 twcc: None,
@@ -1052,6 +1060,11 @@ pub struct ForwardCounts {
     pub keyframe_requests: u64,
     /// Packets sent again to receivers that NACKed them.
     pub retransmitted: u64,
+    /// NACKed packets not sent again: no longer held, asked for again within a round
+    /// trip, or beyond the receiver's retransmission budget.
+    pub resend_not_held: u64,
+    pub resend_too_soon: u64,
+    pub resend_over_budget: u64,
     /// Reports, NACKs and transport-cc feedback sent.
     pub rtcp_sent: u64,
 }
@@ -1106,11 +1119,14 @@ impl SessionCache {
     /// `buf[..len]` is a STUN message from `src` that the plain Binding core left
     /// unanswered; when its USERNAME names one of our sessions, that session's ICE agent
     /// answers it in place.
+    /// A check that nominates `src` (USE-CANDIDATE) makes it where the session's media
+    /// goes, through `listener`.
     pub fn answer_check(
         &mut self,
         buf: &mut [u8],
         len: usize,
         src: SocketAddr,
+        listener: usize,
         now_ms: u64,
     ) -> CheckVerdict {
         let session = {
@@ -1128,7 +1144,18 @@ impl SessionCache {
                 None => return CheckVerdict::NotOurs,
             }
         };
-        let verdict = session.media().agent.handle_binding(buf, len, src, now_ms);
+        let verdict = {
+            let mut media = session.media();
+            let verdict = media.agent.handle_binding(buf, len, src, now_ms);
+            if let IceVerdict::Success {
+                newly_selected: true,
+                ..
+            } = verdict
+            {
+                media.media_peer = Some((src, listener));
+            }
+            verdict
+        };
         match verdict {
             IceVerdict::Success {
                 len,
@@ -1201,7 +1228,7 @@ impl SessionCache {
                 if media.subscribe.as_ref().is_some_and(|sub| !sub.answered) {
                     return MediaVerdict::Dropped(MediaDrop::Dtls);
                 }
-                media.dtls_peer = Some((src, listener));
+                media.dtls_from = Some((src, listener));
                 let fed = media.dtls.handle_datagram(pkt, now_ms);
                 let wait = drain(
                     &mut self.out,
@@ -1429,7 +1456,7 @@ fn forward_rtp(
         if let Some(m) = o.forwarder.forward(&mut out[..n], &incoming, now) {
             let mut sub = o.subscriber.media();
             let sub = &mut *sub;
-            if let (Some(keys), Some((to, via))) = (sub.srtp.as_mut(), sub.dtls_peer)
+            if let (Some(keys), Some((to, via))) = (sub.srtp.as_mut(), sub.media_peer)
                 && let Ok(k) = keys.outbound.protect_rtp(out, m)
             {
                 send(&out[..k], to, via);
@@ -1466,7 +1493,7 @@ fn drain(
     loop {
         match media.dtls.poll_output(out) {
             DtlsOutput::Transmit(n) => {
-                if let (Some((to, via)), Some(record)) = (media.dtls_peer, out.get(..n)) {
+                if let (Some((to, via)), Some(record)) = (media.dtls_from, out.get(..n)) {
                     send(record, to, via);
                 }
             }
@@ -1477,6 +1504,9 @@ fn drain(
                     "media session: DTLS connected"
                 );
                 media.srtp = Some(pair);
+                if media.media_peer.is_none() {
+                    media.media_peer = media.dtls_from;
+                }
                 if !session.dtls_connected.swap(true, Ordering::SeqCst) {
                     metrics.dtls_connected.inc();
                 }
@@ -1556,11 +1586,17 @@ a=rtpmap:111 opus/48000/2\r\n";
     }
 
     fn check(buf: &mut [u8], ufrag: &str, pwd: &str) -> usize {
+        check_nominating(buf, ufrag, pwd, true)
+    }
+
+    fn check_nominating(buf: &mut [u8], ufrag: &str, pwd: &str, nominate: bool) -> usize {
         let mut w = Writer::new(buf, method::BINDING, Class::Request, &[9; 12]).unwrap();
         w.add(attr::USERNAME, format!("{ufrag}:Clnt").as_bytes())
             .unwrap();
         w.add(attr::ICE_CONTROLLING, &[1; 8]).unwrap();
-        w.add(attr::USE_CANDIDATE, &[]).unwrap();
+        if nominate {
+            w.add(attr::USE_CANDIDATE, &[]).unwrap();
+        }
         w.add_integrity(pwd.as_bytes()).unwrap();
         w.add_fingerprint().unwrap();
         w.finish()
@@ -1587,7 +1623,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let src: SocketAddr = "198.51.100.2:5000".parse().unwrap();
         let mut buf = [0u8; 1500];
         let n = check(&mut buf, &ufrag, &pwd);
-        let CheckVerdict::Reply(len) = cache.answer_check(&mut buf, n, src, s.now_ms()) else {
+        let CheckVerdict::Reply(len) = cache.answer_check(&mut buf, n, src, 0, s.now_ms()) else {
             panic!("no answer");
         };
         let msg = Message::parse(&buf[..len]).unwrap();
@@ -1600,7 +1636,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         // Unknown ufrag: not ours, buffer untouched.
         let n = check(&mut buf, "Nope", &pwd);
         assert_eq!(
-            cache.answer_check(&mut buf, n, src, 0),
+            cache.answer_check(&mut buf, n, src, 0, 0),
             CheckVerdict::NotOurs
         );
 
@@ -1610,7 +1646,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         assert!(s.is_empty());
         let n = check(&mut buf, &ufrag, &pwd);
         assert_eq!(
-            cache.answer_check(&mut buf, n, src, 0),
+            cache.answer_check(&mut buf, n, src, 0, 0),
             CheckVerdict::NotOurs
         );
         assert!(s.publish("room", "p1", &offer).is_ok());
@@ -1699,7 +1735,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let mut buf = [0u8; 1500];
         let n = check(&mut buf, ufrag, pwd);
         assert!(matches!(
-            cache.answer_check(&mut buf, n, src, now),
+            cache.answer_check(&mut buf, n, src, 0, now),
             CheckVerdict::Reply(_)
         ));
         // Validated now, but no keys yet; another address still refused.
@@ -1746,6 +1782,27 @@ a=rtpmap:111 opus/48000/2\r\n";
         assert!(session.is_dtls_connected(), "{:?}", session.media().dtls);
         assert_eq!(s.metrics().dtls_connected.get(), 1);
         assert_eq!(cache.next_timer(), None, "no timer once connected");
+
+        // Review finding: media went wherever the last DTLS-looking datagram from any
+        // validated address came from. It goes where ICE nominated, and moves only
+        // with a later nomination.
+        assert_eq!(session.media().media_peer, Some((src, 0)));
+        let other: SocketAddr = "198.51.100.2:6000".parse().unwrap();
+        let n = check_nominating(&mut buf, ufrag, pwd, false);
+        assert!(matches!(
+            cache.answer_check(&mut buf, n, other, 2, now),
+            CheckVerdict::Reply(_)
+        ));
+        let mut record = [23u8, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 7, 0, 32];
+        let _ = cache.handle_media(&mut record, other, 2, s.now_us(), &mut send);
+        assert_eq!(session.media().media_peer, Some((src, 0)));
+        let n = check(&mut buf, ufrag, pwd);
+        assert!(matches!(
+            cache.answer_check(&mut buf, n, other, 2, now),
+            CheckVerdict::Reply(_)
+        ));
+        assert_eq!(session.media().media_peer, Some((other, 2)));
+        sent.borrow_mut().clear();
 
         // SRTP and SRTCP from the client are unprotected in place.
         let (profile, material) = keys.unwrap();
@@ -1814,7 +1871,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let src: SocketAddr = "198.51.100.2:5000".parse().unwrap();
         let mut buf = [0u8; 1500];
         let n = check(&mut buf, ufrag, pwd);
-        cache.answer_check(&mut buf, n, src, s.now_ms());
+        cache.answer_check(&mut buf, n, src, 0, s.now_ms());
         // A client whose certificate is not the one its offer names.
         let (mut client, _) = dtls_client(s.epoch());
         let mut keys = None;

@@ -8,7 +8,7 @@
 //! their SSRC from the packets (simulcast by rid, RFC 8852) are bound here on first sight.
 
 use super::codec::{Codec, Vp8Descriptor, parse_vp8};
-use super::forward::Forwarder;
+use super::forward::{Forwarder, ResendRefusal};
 use super::nack::{Arrival, NackGenerator, PacketCache};
 use super::report::{ReceiveStats, SrInfo};
 use super::rtcp::{self, MAX_REPORT_BLOCKS, ReportBlock, SenderReport};
@@ -489,9 +489,11 @@ impl Track {
         out_seq: u16,
         out: &mut [u8],
         now: u64,
-    ) -> Option<usize> {
-        let (layer, src_seq) = forwarder.nack_source(out_seq)?;
-        let cached = self.cached(layer, src_seq)?;
+    ) -> Result<usize, ResendRefusal> {
+        let (layer, src_seq) = forwarder
+            .nack_source(out_seq)
+            .ok_or(ResendRefusal::NotHeld)?;
+        let cached = self.cached(layer, src_seq).ok_or(ResendRefusal::NotHeld)?;
         forwarder.retransmit(out_seq, cached, out, now)
     }
 }
