@@ -349,10 +349,12 @@ fn a_publisher_whose_checks_stop_leaves_after_30_s() {
 /// The security review's critical finding: a participant who passed one ICE check sends
 /// the same early epoch-1 DTLS record twice. The DTLS library asserts on it; before,
 /// the panic ended the worker thread (its TURN allocations and media sessions went
-/// silent, STUN to it unanswered, health still "ok"). Now only that session ends: it is
-/// counted, the participant leaves the room, and both workers answer STUN from any port.
+/// silent, STUN to it unanswered, health still "ok"). Now the repeat never reaches the
+/// library: it is dropped and counted, the session goes on, and both workers answer
+/// STUN from any port. (A panic the library might still reach ends only its session:
+/// `sfu::session` tests that with a panic made on purpose.)
 #[test]
-fn a_duplicated_dtls_record_ends_one_session_not_the_worker() {
+fn a_duplicated_dtls_record_is_dropped_and_every_worker_goes_on() {
     let node = node();
     let room = create_room(&node);
     let a = join(&node, &room, "Ann");
@@ -369,12 +371,13 @@ fn a_duplicated_dtls_record_ends_one_session_not_the_worker() {
         attacker.send_to(&record, node.stun).expect("send");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let panics = node.wait_metric(
-        "confnode_sfu_dtls_panics_total",
+    let dropped = node.wait_metric(
+        "confnode_sfu_dropped_total{reason=\"dtls\"}",
         Duration::from_secs(5),
         |v| v >= 1.0,
     );
-    assert_eq!(panics, 1.0, "the session's DTLS did not end on the records");
+    assert_eq!(dropped, 1.0, "the repeated record was not dropped");
+    assert_eq!(node.metric("confnode_sfu_dtls_panics_total"), 0.0);
 
     // Every worker still answers: 40 fresh source ports spread over both of them.
     let (status, body) = common::http_get(node.http, "/api/health").expect("health");
@@ -391,19 +394,7 @@ fn a_duplicated_dtls_record_ends_one_session_not_the_worker() {
             "Binding request {i} from a fresh port went unanswered"
         );
     }
-    // The participant whose session ended is told it left, like one whose consent ran out.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = http(node.http, "GET", &format!("/api/rooms/{room}"), &[], b"");
-        assert_eq!(r.status, 200, "{}", r.body);
-        if r.json()["participants"] == json!([]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Ann is still in the room: {}",
-            r.body
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The participant is still in the room.
+    let r = http(node.http, "GET", &format!("/api/rooms/{room}"), &[], b"");
+    assert_eq!(r.json()["participants"].as_array().map(Vec::len), Some(1));
 }

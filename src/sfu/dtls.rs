@@ -62,6 +62,10 @@ pub enum DtlsError {
     /// Not a DTLS record: the first byte is outside 20..=63 (RFC 7983). Non-fatal: the
     /// datagram was ignored.
     NotDtls,
+    /// During the handshake, a record of epoch 1 or later whose sequence number came
+    /// before (see [`DtlsSession::repeats_an_early_record`]). Non-fatal: the datagram
+    /// was ignored.
+    RepeatedRecord,
     /// The peer's certificate does not hash to the fingerprint of its SDP.
     FingerprintMismatch,
     /// The handshake completed without the peer's certificate.
@@ -80,9 +84,9 @@ pub enum DtlsError {
 }
 
 impl DtlsError {
-    /// Whether the session is over. Only `NotDtls` leaves it as it was.
+    /// Whether the session is over. `NotDtls` and `RepeatedRecord` leave it as it was.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, DtlsError::NotDtls)
+        !matches!(self, DtlsError::NotDtls | DtlsError::RepeatedRecord)
     }
 }
 
@@ -90,6 +94,9 @@ impl fmt::Display for DtlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DtlsError::NotDtls => f.write_str("not a DTLS record"),
+            DtlsError::RepeatedRecord => {
+                f.write_str("a record of a later epoch repeated during the handshake")
+            }
             DtlsError::FingerprintMismatch => {
                 f.write_str("peer certificate does not match its SDP fingerprint")
             }
@@ -263,6 +270,34 @@ pub struct DtlsSession {
     handshake_done: bool,
     /// The end (`Failed`, `Closed`) was reported to the caller, or is no news to it.
     end_reported: bool,
+    /// Records of epoch 1 and later seen during the handshake, as epoch << 48 |
+    /// sequence number (see [`DtlsSession::repeats_an_early_record`]).
+    early: [u64; EARLY_RECORDS],
+    early_len: usize,
+}
+
+/// Records of a later epoch a handshake takes: a client sends its Finished (and a few
+/// retransmissions of it, each under a new sequence number) before it has ours.
+const EARLY_RECORDS: usize = 16;
+
+/// The (epoch << 48 | sequence number) of each record of epoch 1 or later in a
+/// datagram of DTLS 1.2 records (13-byte headers).
+fn later_epoch_records(mut datagram: &[u8]) -> impl Iterator<Item = u64> {
+    std::iter::from_fn(move || {
+        loop {
+            let header = datagram.get(..13)?;
+            let epoch = u16::from_be_bytes([header[3], header[4]]);
+            let mut key = u64::from(epoch);
+            for &b in &header[5..11] {
+                key = key << 8 | u64::from(b);
+            }
+            let len = 13 + usize::from(u16::from_be_bytes([header[11], header[12]]));
+            datagram = datagram.get(len..).unwrap_or(&[]);
+            if epoch != 0 {
+                return Some(key);
+            }
+        }
+    })
 }
 
 impl fmt::Debug for DtlsSession {
@@ -295,6 +330,8 @@ impl DtlsSession {
             peer_verified: false,
             handshake_done: false,
             end_reported: false,
+            early: [0; EARLY_RECORDS],
+            early_len: 0,
         }
     }
 
@@ -353,6 +390,9 @@ impl DtlsSession {
         if self.is_over() {
             return Ok(());
         }
+        if self.repeats_an_early_record(datagram) {
+            return Err(DtlsError::RepeatedRecord);
+        }
         let now = self.instant(now_ms);
         // dimpl wants its clock moved before input at a new instant.
         let result = self.guarded(|d| {
@@ -360,6 +400,36 @@ impl DtlsSession {
                 .and_then(|()| d.handle_packet(datagram))
         })?;
         result.map_err(|e| self.fail(DtlsError::Protocol(e.to_string())))
+    }
+
+    /// Whether `datagram` holds a record of epoch 1 or later that one before held,
+    /// during the handshake. dimpl 0.8 keeps such records until it has the keys to read
+    /// them, and asserts that it never keeps one twice (the replay window comes only
+    /// with the keys): a network's duplicate, or a peer's, must not reach it. Records
+    /// beyond what a handshake takes are refused too.
+    fn repeats_an_early_record(&mut self, datagram: &[u8]) -> bool {
+        if self.handshake_done {
+            return false;
+        }
+        let seen = &self.early[..self.early_len];
+        if later_epoch_records(datagram).any(|key| seen.contains(&key)) {
+            return true;
+        }
+        for key in later_epoch_records(datagram) {
+            let Some(slot) = self.early.get_mut(self.early_len) else {
+                return true;
+            };
+            *slot = key;
+            self.early_len += 1;
+        }
+        false
+    }
+
+    /// Makes dimpl panic, as it would on input no test found yet: for the tests of
+    /// what follows a panic.
+    #[cfg(test)]
+    pub(crate) fn panic_inside(&mut self) {
+        let _ = self.guarded(|_| -> () { panic!("an assertion inside dimpl") });
     }
 
     /// Advances time: retransmits a flight whose timer ran out, or fails the handshake
@@ -574,29 +644,58 @@ mod tests {
     }
 
     /// The record of the security review: an epoch-1 record (`17 fefd 0001 …`, 45
-    /// bytes) twice before the handshake completed hits an assertion inside dimpl. The
-    /// session fails; the caller (a data-plane worker) carries on.
+    /// bytes) twice before the handshake completed hit an assertion inside dimpl. The
+    /// repeat is refused before dimpl sees it; the session goes on.
     #[test]
-    fn a_duplicated_early_epoch_1_record_fails_the_session_without_a_panic() {
+    fn a_duplicated_early_epoch_1_record_is_refused_before_dimpl() {
         let id = DtlsIdentity::generate().unwrap();
         let mut s = DtlsSession::new(&id, Fingerprint([7; 32]), CAP, Instant::now(), 0);
         let mut record = vec![0x17, 0xfe, 0xfd, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x00, 0x20];
         record.extend_from_slice(&[0xab; 32]);
         assert_eq!(record.len(), 45);
         let mut buf = [0u8; DTLS_MTU];
-        let mut failed = None;
-        for at in [1, 2] {
-            let _ = s.handle_datagram(&record, at);
-            for _ in 0..16 {
-                match s.poll_output(&mut buf) {
-                    DtlsOutput::Failed(e) => failed = Some(e),
-                    DtlsOutput::Wait(_) => break,
-                    _ => {}
-                }
-            }
+        assert_eq!(s.handle_datagram(&record, 1), Ok(()));
+        // The same sequence number behind an epoch-0 record, too.
+        let mut behind = vec![0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0];
+        behind.extend_from_slice(&record);
+        for (at, datagram) in [(2, &record), (3, &behind)] {
+            assert_eq!(
+                s.handle_datagram(datagram, at),
+                Err(DtlsError::RepeatedRecord)
+            );
+            while !matches!(s.poll_output(&mut buf), DtlsOutput::Wait(_)) {}
         }
-        assert_eq!(failed, Some(DtlsError::Panicked));
+        assert_eq!(s.state(), &DtlsState::Handshaking);
+        assert!(!DtlsError::RepeatedRecord.is_fatal());
+        // A handshake's worth of later-epoch records, then no more.
+        for seq in 1..EARLY_RECORDS as u8 {
+            record[10] = seq;
+            assert_eq!(s.handle_datagram(&record, 4), Ok(()), "record {seq}");
+        }
+        record[10] = 0xEE;
+        assert_eq!(
+            s.handle_datagram(&record, 5),
+            Err(DtlsError::RepeatedRecord)
+        );
+        assert_eq!(s.state(), &DtlsState::Handshaking);
+    }
+
+    /// Should dimpl panic anyway (on input no test found yet), the session fails and
+    /// the caller carries on; nothing reaches dimpl afterwards.
+    #[test]
+    fn a_panic_inside_dimpl_fails_the_session_not_the_caller() {
+        let id = DtlsIdentity::generate().unwrap();
+        let mut s = DtlsSession::new(&id, Fingerprint([7; 32]), CAP, Instant::now(), 0);
+        s.panic_inside();
+        let got: Result<(), _> = Err(DtlsError::Panicked);
+        assert_eq!(got, Err(DtlsError::Panicked));
+        let mut buf = [0u8; DTLS_MTU];
+        assert!(matches!(
+            s.poll_output(&mut buf),
+            DtlsOutput::Failed(DtlsError::Panicked)
+        ));
         assert_eq!(s.state(), &DtlsState::Failed(DtlsError::Panicked));
+        let record = [0x17, 0xfe, 0xfd, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x00, 0x00];
         // Nothing reaches dimpl any more.
         assert_eq!(s.handle_datagram(&record, 3), Ok(()));
         assert_eq!(s.handle_timeout(4), Ok(()));

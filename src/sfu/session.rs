@@ -1901,6 +1901,34 @@ a=rtpmap:111 opus/48000/2\r\n";
         );
     }
 
+    /// A panic inside the DTLS library (made on purpose here: the records that reached
+    /// one are refused before it now) ends that session only: counted, and the
+    /// participant is reported gone like one whose consent lapsed.
+    #[test]
+    fn a_panic_inside_dtls_ends_the_session_and_is_counted() {
+        let s = sessions();
+        let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
+        let answer = s.publish("r", "a", &offer).unwrap();
+        let (ufrag, pwd) = (ice_line(&answer, "ice-ufrag"), ice_line(&answer, "ice-pwd"));
+        let mut cache = SessionCache::new(0, s.clone());
+        let src: SocketAddr = "198.51.100.2:5000".parse().unwrap();
+        let mut buf = [0u8; 1500];
+        let n = check(&mut buf, ufrag, pwd);
+        cache.answer_check(&mut buf, n, src, 0, s.now_ms());
+        let session = s.lookup(ufrag.as_bytes()).unwrap();
+        session.media().dtls.panic_inside();
+        let mut record = [0x16u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut send = |_: &[u8], _: SocketAddr, _: usize| {};
+        let _ = cache.handle_media(&mut record, src, 0, s.now_us(), &mut send);
+        assert!(session.is_dtls_ended());
+        assert_eq!(s.metrics().dtls_panics.get(), 1);
+        assert_eq!(s.metrics().dtls_failures.get(), 1);
+        assert_eq!(
+            s.consent_expired(s.now_ms()),
+            vec![("r".to_owned(), "a".to_owned())]
+        );
+    }
+
     #[test]
     fn receivers_get_an_offer_per_change_and_forwarders_follow() {
         let s = sessions();
