@@ -221,6 +221,15 @@ impl IceAgent {
         self.remote = Some(remote);
     }
 
+    /// Starts the consent clock again, for every address: the client's answer came,
+    /// and what it checked before keeps counting from now.
+    pub fn restart_consent(&mut self, now_ms: u64) {
+        self.last_any_ms = now_ms;
+        for path in self.paths.iter_mut().flatten() {
+            path.last_check_ms = path.last_check_ms.max(now_ms);
+        }
+    }
+
     /// The address the client nominated, where media goes.
     pub fn selected(&self) -> Option<SocketAddr> {
         self.selected

@@ -762,9 +762,11 @@ impl MediaSessions {
         }
         if !sub.answered {
             sub.answered = true;
-            // Consent counts from the answer: the client only starts its checks now.
-            let local = media.agent.local().clone();
-            media.agent = IceAgent::new(local, Some(answer.ice), now);
+            // The client may have checked before its answer reached us (Firefox does):
+            // the addresses it validated stay, so its DTLS from them is taken at once,
+            // and consent counts from the answer.
+            media.agent.set_remote(answer.ice);
+            media.agent.restart_consent(now);
             media.dtls = DtlsSession::new(
                 &self.identity,
                 answer.fingerprint,
@@ -1980,6 +1982,39 @@ a=rtpmap:111 opus/48000/2\r\n";
         assert!(s.sync_room("room", &[("a".to_owned(), None)]).is_empty());
         assert!(publisher.media().tracks[0].outs.is_empty());
         assert_eq!(s.participants(), vec![("room".to_owned(), "a".to_owned())]);
+    }
+
+    /// Firefox checks its receiving connection before it posts its answer. The address
+    /// it validated then stays validated through the answer: its DTLS is handled at
+    /// once, not dropped until its next consent check seconds later.
+    #[test]
+    fn an_address_checked_before_the_answer_stays_validated() {
+        let s = sessions();
+        let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
+        s.publish("room", "a", &offer).unwrap();
+        let offers = s.sync_room("room", &[("a".to_owned(), None), ("b".to_owned(), None)]);
+        let (_, sdp) = &offers[0];
+        let receiver = s.subscriber("room", "b").unwrap();
+        let local = receiver.media().agent.local().clone();
+        let mut cache = SessionCache::new(0, s.clone());
+        let src: SocketAddr = "198.51.100.9:5000".parse().unwrap();
+        let mut buf = [0u8; 1500];
+        let n = check(&mut buf, &local.ufrag, &local.pwd);
+        assert!(matches!(
+            cache.answer_check(&mut buf, n, src, 0, s.now_ms()),
+            CheckVerdict::Reply(_)
+        ));
+        let answer = crate::sfu::sdp::tests::browser_answer(sdp, &[]);
+        s.subscribe_answer("room", "b", answer.as_bytes()).unwrap();
+        assert!(receiver.media().agent.is_validated(src));
+        let (mut client, _) = dtls_client(s.epoch());
+        let mut keys = None;
+        let mut hello = poll_client(&mut client, &mut keys).remove(0);
+        let mut send = |_: &[u8], _: SocketAddr, _: usize| {};
+        assert_eq!(
+            cache.handle_media(&mut hello, src, 0, s.now_us(), &mut send),
+            MediaVerdict::Dtls
+        );
     }
 
     /// Review finding: a receiver's SRTP context tracks a fixed number of SSRCs and never

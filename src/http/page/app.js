@@ -717,7 +717,8 @@
     const pc = c.recvPc;
     await pc.setRemoteDescription({ type: "offer", sdp });
     await pc.setLocalDescription(await pc.createAnswer());
-    await iceGathered(pc, GATHER_WAIT_MS);
+    // No waiting for candidates: the node is ICE-lite and learns the client's
+    // addresses from its checks, which may already be under way (Firefox's are).
     if (!c.active) return;
     const res = await api("POST", c.base + "/subscribe", { auth: auth(c), sdp: pc.localDescription.sdp });
     if (!res.ok) throw new Error(await errorOf(res));
