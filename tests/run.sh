@@ -15,6 +15,8 @@ command -v openssl >/dev/null || packages+=(openssl)
 # fonts-liberation is only a recommendation of chromium, which the install below skips;
 # without any font the page would render no text in screenshots.
 [ -x /usr/bin/chromium ] || packages+=(chromium fonts-liberation)
+# Firefox ESR, driven by puppeteer-core over WebDriver BiDi (no browser download).
+[ -x /usr/bin/firefox-esr ] || packages+=(firefox-esr)
 command -v node >/dev/null || packages+=(nodejs)
 command -v npm >/dev/null || packages+=(npm)
 if ((${#packages[@]})); then
@@ -24,8 +26,9 @@ if ((${#packages[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
 fi
 
-# playwright-core at the version of tests/browser/package-lock.json.
-if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
+# playwright-core and puppeteer-core at the versions of tests/browser/package-lock.json.
+if [ ! -f tests/browser/node_modules/playwright-core/package.json ] ||
+  [ ! -f tests/browser/node_modules/puppeteer-core/package.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 

@@ -249,9 +249,14 @@ impl RoomsApi {
     }
 }
 
-/// The `ice_servers` handed to participants: this node's STUN and TURN addresses, and
-/// TURN REST credentials (`<expiry>:<participant>`, base64(HMAC-SHA1(secret, username)))
-/// that the node's own TURN accepts.
+/// The `ice_servers` handed to participants: this node's TURN addresses, and TURN REST
+/// credentials (`<expiry>:<participant>`, base64(HMAC-SHA1(secret, username))) that the
+/// node's own TURN accepts.
+///
+/// Browsers slow their discovery down (and Firefox warns) from five URLs on, so the list
+/// stays short: no `stun:` URLs (both browsers also use a TURN server over UDP as a
+/// STUN server), TURN over UDP on every address, TURN over TCP on one (the first IPv4
+/// one: clients whose UDP is blocked), TURN over TLS on each TLS port.
 #[derive(Clone)]
 pub struct IceServers {
     urls: Vec<String>,
@@ -260,8 +265,7 @@ pub struct IceServers {
 
 impl IceServers {
     pub fn from_config(config: &Config, secret: String) -> IceServers {
-        let mut urls = Vec::new();
-        let mut seen = Vec::new();
+        let mut hostports: Vec<(String, bool)> = Vec::new();
         for l in &config.turn.listen {
             let host = match l.0.ip() {
                 IpAddr::V4(_) => config.node.public_ip.to_string(),
@@ -272,20 +276,24 @@ impl IceServers {
                 },
             };
             let hostport = format!("{host}:{}", l.0.port());
-            if seen.contains(&hostport) {
-                continue;
+            if !hostports.iter().any(|(h, _)| *h == hostport) {
+                hostports.push((hostport, l.0.is_ipv4()));
             }
-            urls.push(format!("stun:{hostport}"));
-            urls.push(format!("turn:{hostport}?transport=udp"));
-            urls.push(format!("turn:{hostport}?transport=tcp"));
-            seen.push(hostport);
         }
         // Only IPv6 wildcards without node.public_ipv6: the IPv4 public address.
-        if let (true, Some(first)) = (urls.is_empty(), config.turn.listen.first()) {
-            let hostport = format!("{}:{}", config.node.public_ip, first.0.port());
-            urls.push(format!("stun:{hostport}"));
-            urls.push(format!("turn:{hostport}?transport=udp"));
-            urls.push(format!("turn:{hostport}?transport=tcp"));
+        if let (true, Some(first)) = (hostports.is_empty(), config.turn.listen.first()) {
+            hostports.push((
+                format!("{}:{}", config.node.public_ip, first.0.port()),
+                true,
+            ));
+        }
+        let mut urls: Vec<String> = hostports
+            .iter()
+            .map(|(h, _)| format!("turn:{h}?transport=udp"))
+            .collect();
+        let tcp = hostports.iter().find(|(_, v4)| *v4).or(hostports.first());
+        if let Some((h, _)) = tcp {
+            urls.push(format!("turn:{h}?transport=tcp"));
         }
         // TURN over TLS needs a name the certificate is for: the public URL's host.
         if let Some(host) = url_host(&config.http.public_url.0) {
@@ -872,12 +880,9 @@ mod tests {
         assert_eq!(
             ice.urls,
             vec![
-                "stun:203.0.113.7:3478",
                 "turn:203.0.113.7:3478?transport=udp",
-                "turn:203.0.113.7:3478?transport=tcp",
-                "stun:[::1]:3479",
                 "turn:[::1]:3479?transport=udp",
-                "turn:[::1]:3479?transport=tcp",
+                "turn:203.0.113.7:3478?transport=tcp",
                 "turns:meet.example.org:5349?transport=tcp",
             ]
         );

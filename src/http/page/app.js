@@ -830,6 +830,10 @@
     report.forEach((t) => {
       if (t.type === "transport" && t.selectedCandidatePairId) pair = report.get(t.selectedCandidatePairId) || null;
     });
+    // Firefox has no transport stats; it marks the pair itself.
+    report.forEach((t) => {
+      if (!pair && t.type === "candidate-pair" && t.selected) pair = t;
+    });
     return pair;
   }
 
