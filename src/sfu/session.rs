@@ -111,6 +111,10 @@ const SUBSCRIBER_SRTP: SrtpCapacity = SrtpCapacity {
     inbound: 16,
     outbound: 256,
 };
+/// A receiving session whose participant has not answered our first offer within this
+/// ends like one whose consent ran out, and the participant leaves the room: a page
+/// answers at once, and a client that never does would hold its place in a full room.
+pub const ANSWER_DEADLINE_MS: u64 = 30_000;
 /// The SSRC our RTCP to publishers (keyframe requests, reports, feedback) comes from.
 pub const RTCP_SENDER_SSRC: u32 = 0x636E_6F64;
 /// Packets cached per layer of a video track for answering NACKs.
@@ -207,6 +211,9 @@ pub struct Subscription {
     pub feeds: Vec<Feed>,
     /// The client's answer set the ICE credentials and DTLS fingerprint.
     answered: bool,
+    /// When the first offer went out (see [`ANSWER_DEADLINE_MS`]); none while there is
+    /// nothing to receive.
+    offered_ms: Option<u64>,
     /// The receiver's `max_height` preference, for the simulcast layer its forwarders
     /// choose.
     max_height: Option<u16>,
@@ -585,6 +592,9 @@ impl MediaSessions {
                 candidates: &self.candidates,
             });
             if let Some(offer) = offer {
+                if !sub.answered && sub.offered_ms.is_none() {
+                    sub.offered_ms = Some(self.now_ms());
+                }
                 offers.push((s.participant.clone(), offer));
             }
         }
@@ -708,6 +718,7 @@ impl MediaSessions {
                     sources: Vec::new(),
                     feeds: Vec::new(),
                     answered: false,
+                    offered_ms: None,
                     next_ssrc: random_ssrc(),
                     max_height: None,
                 })),
@@ -868,8 +879,9 @@ impl MediaSessions {
     }
 
     /// The (room, participant) of every session whose consent ran out by `now_ms`
-    /// (RFC 7675: no valid check for 30 s), or whose DTLS failed or was closed by the
-    /// peer (no media can flow any more). They stay registered; the caller makes the
+    /// (RFC 7675: no valid check for 30 s), whose first offer went unanswered for
+    /// [`ANSWER_DEADLINE_MS`], or whose DTLS failed or was closed by the peer (no media
+    /// can flow any more). They stay registered; the caller makes the
     /// participant leave and then removes them.
     pub fn consent_expired(&self, now_ms: u64) -> Vec<(String, String)> {
         let reg = self.read();
@@ -880,9 +892,14 @@ impl MediaSessions {
                     return true;
                 }
                 let media = s.media();
-                // A receiving session's consent runs from its answer.
-                let waiting = media.subscribe.as_ref().is_some_and(|sub| !sub.answered);
-                !waiting && media.agent.consent_expired(now_ms)
+                // A receiving session's consent runs from its answer; before that, the
+                // answer's deadline from the offer.
+                match media.subscribe.as_ref() {
+                    Some(sub) if !sub.answered => sub
+                        .offered_ms
+                        .is_some_and(|t| now_ms >= t.saturating_add(ANSWER_DEADLINE_MS)),
+                    _ => media.agent.consent_expired(now_ms),
+                }
             })
             .map(|s| (s.room.clone(), s.participant.clone()))
             .collect()
@@ -1959,11 +1976,16 @@ a=rtpmap:111 opus/48000/2\r\n";
             .is_empty()
         );
         assert_eq!(publisher.media().tracks[0].outs.len(), 1);
-        // A receiving session that was never answered does not lapse.
-        let late = s.now_ms() + 31_000;
+        // A receiving session that was never answered lapses at its deadline.
+        let late = s.now_ms() + ANSWER_DEADLINE_MS + 1_000;
+        let mut expired = s.consent_expired(late);
+        expired.sort();
         assert_eq!(
-            s.consent_expired(late),
-            vec![("room".to_owned(), "a".to_owned())]
+            expired,
+            vec![
+                ("room".to_owned(), "a".to_owned()),
+                ("room".to_owned(), "b".to_owned())
+            ]
         );
         assert!(s.subscribe_answer("room", "b", b"v=0\r\n").is_err());
         assert_eq!(
@@ -2073,6 +2095,47 @@ a=rtpmap:111 opus/48000/2\r\n";
                 .outbound
                 .ssrc_count()
                 <= 2
+        );
+    }
+
+    /// A participant that holds its event stream but never answers the server's offer
+    /// would keep its place in a full room for ever: it leaves at the deadline, while
+    /// one that answered is judged by its consent.
+    #[test]
+    fn an_offer_unanswered_past_its_deadline_ends_the_participant() {
+        let s = sessions();
+        let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
+        s.publish("room", "a", &offer).unwrap();
+        let everyone = [
+            ("a".to_owned(), None),
+            ("b".to_owned(), None),
+            ("c".to_owned(), None),
+        ];
+        let offers = s.sync_room("room", &everyone);
+        assert_eq!(offers.len(), 2);
+        let (_, to_c) = offers.iter().find(|(p, _)| p == "c").unwrap();
+        let answer = crate::sfu::sdp::tests::browser_answer(to_c, &[]);
+        s.subscribe_answer("room", "c", answer.as_bytes()).unwrap();
+        let start = s.now_ms();
+        let receivers_gone = |now_ms| -> Vec<String> {
+            let mut gone: Vec<String> = s
+                .consent_expired(now_ms)
+                .into_iter()
+                .map(|(_, p)| p)
+                .filter(|p| p != "a")
+                .collect();
+            gone.sort();
+            gone
+        };
+        assert!(receivers_gone(start + ANSWER_DEADLINE_MS - 1_000).is_empty());
+        assert!(receivers_gone(start + ANSWER_DEADLINE_MS + 500).contains(&"b".to_owned()));
+        // One that answered is judged by its consent (30 s from its answer, no checks
+        // here); one never offered anything (the publisher's own) is not in question.
+        let expired = s.consent_expired(start + 10 * ANSWER_DEADLINE_MS);
+        assert_eq!(
+            expired.iter().filter(|(_, p)| p == "a").count(),
+            1,
+            "{expired:?}"
         );
     }
 
