@@ -215,7 +215,12 @@ async fn control_plane(
     let state = crate::http::AppState::new(config, metrics.clone(), media, liveness.clone())?;
     let app = crate::http::router(state);
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(http, app).await {
+        if let Err(e) = axum::serve(
+            http,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        {
             tracing::error!("HTTP server stopped: {e}");
         }
     });

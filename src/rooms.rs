@@ -73,6 +73,10 @@ pub enum RoomError {
     Full,
     /// The host holds `max_rooms_per_host` rooms, or the node `max_rooms` (429).
     TooManyRooms,
+    /// The room's host locked it: nobody new joins (403).
+    Locked,
+    /// The room belongs to another host (403).
+    NotYourRoom,
 }
 
 impl RoomError {
@@ -83,6 +87,8 @@ impl RoomError {
             RoomError::BadToken => "missing or wrong participant token",
             RoomError::Full => "the room is full",
             RoomError::TooManyRooms => "too many open rooms; delete one first",
+            RoomError::Locked => "the room is locked: its host lets nobody new in",
+            RoomError::NotYourRoom => "this room belongs to another host",
         }
     }
 }
@@ -169,6 +175,8 @@ pub struct RoomView {
     /// Unix seconds. While people are in the room it cannot expire: then this is the
     /// earliest it could (`now + ttl`).
     pub expires_at: u64,
+    /// Its host locked it (see [`Rooms::set_locked`]).
+    pub locked: bool,
 }
 
 /// A participant just admitted.
@@ -211,6 +219,8 @@ struct Participant {
 
 struct Room {
     host: Box<str>,
+    /// Nobody new joins while set.
+    locked: bool,
     participants: Vec<Participant>,
     /// Creation, or when the last participant left; meaningful while empty.
     idle_since: u64,
@@ -362,6 +372,7 @@ impl Rooms {
             id.clone(),
             Room {
                 host: host.into(),
+                locked: false,
                 participants: Vec::new(),
                 idle_since: now,
             },
@@ -370,6 +381,7 @@ impl Rooms {
             room: id,
             participants: Vec::new(),
             expires_at: now.saturating_add(ttl),
+            locked: false,
         })
     }
 
@@ -379,7 +391,47 @@ impl Rooms {
             room: room.to_owned(),
             participants: r.roster().to_vec(),
             expires_at: r.expires_at(self.limits.ttl_secs, now),
+            locked: r.locked,
         })
+    }
+
+    /// The live room `room` if `host` made it.
+    fn owned_mut(&mut self, room: &str, host: &str, now: u64) -> Result<&mut Room, RoomError> {
+        let r = self.live_mut(room, now)?;
+        if &*r.host != host {
+            return Err(RoomError::NotYourRoom);
+        }
+        Ok(r)
+    }
+
+    /// The room's host locks it (nobody new joins; who is in stays) or opens it again.
+    pub fn set_locked(
+        &mut self,
+        room: &str,
+        host: &str,
+        locked: bool,
+        now: u64,
+    ) -> Result<(), RoomError> {
+        self.owned_mut(room, host, now)?.locked = locked;
+        Ok(())
+    }
+
+    /// The room's host removes a participant: like leaving, the others hear `left`, and
+    /// so does the participant's own stream before it ends; its token stops working.
+    pub fn remove_participant(
+        &mut self,
+        room: &str,
+        host: &str,
+        participant: &str,
+        now: u64,
+    ) -> Result<Effects, RoomError> {
+        let r = self.owned_mut(room, host, now)?;
+        let index = r
+            .participants
+            .iter()
+            .position(|p| p.id == participant)
+            .ok_or(RoomError::NoParticipant)?;
+        Ok(r.remove(index, now))
     }
 
     /// Deletes a room: every stream in it hears `room_closed` and ends; every token of
@@ -401,6 +453,9 @@ impl Rooms {
     ) -> Result<Joined, RoomError> {
         let max = self.limits.max_participants;
         let r = self.live_mut(room, now)?;
+        if r.locked {
+            return Err(RoomError::Locked);
+        }
         if r.participants.len() >= max {
             return Err(RoomError::Full);
         }
@@ -934,6 +989,48 @@ mod tests {
             .expect("a");
         r.sweep(T0 + 400);
         assert_eq!(r.view(&room, T0 + 400).expect("room").participants.len(), 1);
+    }
+
+    #[test]
+    fn a_host_locks_its_room_and_removes_participants() {
+        let (mut rooms, mut rng) = rooms();
+        let room = rooms.create("dana", &mut rng, 0).unwrap().room;
+        let ann = rooms.join(&room, name("Ann"), &mut rng, 1).unwrap();
+        let bo = rooms.join(&room, name("Bo"), &mut rng, 1).unwrap();
+        let ann_stream = rooms.attach_stream(&room, &ann.participant, 7, 1).unwrap();
+        drop(ann_stream);
+        // Another host may do neither.
+        assert_eq!(
+            rooms.set_locked(&room, "eve", true, 2),
+            Err(RoomError::NotYourRoom)
+        );
+        assert_eq!(
+            rooms
+                .remove_participant(&room, "eve", &bo.participant, 2)
+                .unwrap_err(),
+            RoomError::NotYourRoom
+        );
+        rooms.set_locked(&room, "dana", true, 2).unwrap();
+        assert!(rooms.view(&room, 2).unwrap().locked);
+        assert_eq!(
+            rooms.join(&room, name("Cy"), &mut rng, 3).unwrap_err(),
+            RoomError::Locked
+        );
+        // Removed: the others hear it, the token is void.
+        let effects = rooms
+            .remove_participant(&room, "dana", &bo.participant, 4)
+            .unwrap();
+        assert!(
+            effects
+                .notices
+                .contains(&(7, Event::Left(bo.participant.clone())))
+        );
+        assert_eq!(
+            rooms.authenticate(&room, &bo.participant, Some(&bo.token), 4),
+            Err(RoomError::NoParticipant)
+        );
+        rooms.set_locked(&room, "dana", false, 5).unwrap();
+        assert!(rooms.join(&room, name("Cy"), &mut rng, 5).is_ok());
     }
 
     #[test]

@@ -348,7 +348,7 @@ fn get_room_lists_participants_and_404s_unknown_rooms() {
     // Unknown paths and methods answer JSON errors too.
     assert_error(&http(node.http, "GET", "/api/nothing", &[], b""), 404);
     assert_error(
-        &http(node.http, "PATCH", &format!("/api/rooms/{room}"), &[], b""),
+        &http(node.http, "PUT", &format!("/api/rooms/{room}"), &[], b""),
         405,
     );
 }
@@ -532,6 +532,104 @@ fn a_full_room_answers_409() {
     join(&node, &room, "Cy");
 }
 
+fn patch_room(node: &Node, room: &str, authorization: &str, body: &str) -> HttpResponse {
+    http(
+        node.http,
+        "PATCH",
+        &format!("/api/rooms/{room}"),
+        &[
+            ("Authorization", authorization),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// Squatting: the room's host locks it (nobody new joins, who is in stays), another
+/// host may not; the host removes a participant, who hears `left` and whose token no
+/// longer works.
+#[test]
+fn a_host_locks_its_room_and_removes_a_participant() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let mut ea = events(&node, &room, &a);
+    ea.expect("roster");
+    let mut eb = events(&node, &room, &b);
+    eb.expect("roster");
+
+    let other_host = bearer(&jwt(json!({ "sub": "eve", "exp": unix_now() + 600 })));
+    assert_error(
+        &patch_room(&node, &room, &other_host, r#"{"locked":true}"#),
+        403,
+    );
+    assert_error(&patch_room(&node, &room, "", r#"{"locked":true}"#), 401);
+    assert_error(
+        &patch_room(&node, &room, &host_auth(), r#"{"locked":"yes"}"#),
+        400,
+    );
+    let r = patch_room(&node, &room, &host_auth(), r#"{"locked":true}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(get_room(&node, &room).json()["locked"], json!(true));
+    let refused = join_raw(&node, &room, br#"{"display_name":"Mallory"}"#);
+    assert_error(&refused, 403);
+
+    // Another host may not remove anyone; the room's host may.
+    let path = format!("/api/rooms/{room}/participants/{}", b.id);
+    let r = http(
+        node.http,
+        "DELETE",
+        &path,
+        &[("Authorization", &other_host)],
+        b"",
+    );
+    assert_error(&r, 403);
+    let r = http(
+        node.http,
+        "DELETE",
+        &path,
+        &[("Authorization", &host_auth())],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(ea.expect("left"), json!({ "participant": b.id }));
+    assert_eq!(eb.expect("left"), json!({ "participant": b.id }));
+    let r = http(
+        node.http,
+        "DELETE",
+        &path,
+        &[("Authorization", &bearer(&b.token))],
+        b"",
+    );
+    assert_error(&r, 404);
+
+    let r = patch_room(&node, &room, &host_auth(), r#"{"locked":false}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(get_room(&node, &room).json()["locked"], json!(false));
+    join(&node, &room, "Bob again");
+}
+
+/// One address cannot fill rooms: its 31st join within a minute is refused with 429
+/// and `Retry-After`, in any room.
+#[test]
+fn joins_per_source_address_are_limited() {
+    let node = node();
+    let rooms = [create_room(&node), create_room(&node)];
+    for i in 0..30 {
+        join(&node, &rooms[i % 2], &format!("P{i}"));
+    }
+    for room in &rooms {
+        let r = join_raw(&node, room, br#"{"display_name":"One more"}"#);
+        assert_error(&r, 429);
+        let wait: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After");
+        assert!((1..=60).contains(&wait), "{wait}");
+    }
+}
+
 #[test]
 fn events_stream_roster_joined_and_left() {
     let node = node();
@@ -648,7 +746,9 @@ fn leave_needs_the_participants_own_token() {
         None,
         Some(bearer(&b.token)),
         Some(bearer("")),
-        Some(host_auth()),
+        // The room's host may remove (a_host_locks_its_room_and_removes_a_participant),
+        // with its own login only.
+        Some(basic(HOST, "not the password")),
     ] {
         let headers: Vec<(&str, &str)> = auth
             .as_deref()

@@ -2,6 +2,7 @@
 //! page.
 
 pub mod auth;
+pub mod limit;
 pub mod page;
 pub mod rooms;
 
@@ -59,7 +60,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", post(rooms::create_room))
         .route(
             "/api/rooms/{room}",
-            get(rooms::get_room).delete(rooms::delete_room),
+            get(rooms::get_room)
+                .delete(rooms::delete_room)
+                .patch(rooms::patch_room),
         )
         .route("/api/rooms/{room}/participants", post(rooms::join))
         .route(participant, axum::routing::delete(rooms::leave))

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -19,9 +19,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::OsRng;
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
@@ -33,6 +34,7 @@ use sha1::Sha1;
 use tokio::sync::mpsc;
 
 use super::auth::{HostAuth, ONE_TIME_ACCOUNT, Refusal};
+use super::limit::PerSource;
 use super::{AppState, error};
 use crate::config::Config;
 use crate::rooms::{Effects, Event, Limits, RoomError, Rooms, StreamId, validate_display_name};
@@ -46,6 +48,9 @@ pub const TURN_CREDENTIAL_SECS: u64 = 12 * 3600;
 /// Events waiting on one stream; a client that falls this far behind loses the stream
 /// (it reconnects and starts again from a fresh roster).
 const STREAM_QUEUE: usize = 64;
+/// Joins one source address (an IPv6 /64) may make per minute: plenty for the people
+/// behind one address, too few to fill rooms with participants nobody sees.
+pub const JOINS_PER_MINUTE: u32 = 30;
 /// SSE comment lines keep idle connections (and proxies) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often media sessions are swept for lost consent (and sessions without a
@@ -63,6 +68,8 @@ pub struct RoomsApi {
     next_stream: AtomicU64,
     /// The SFU's media sessions (shared with the data-plane workers).
     media: Arc<MediaSessions>,
+    /// [`JOINS_PER_MINUTE`] per source.
+    joins: PerSource,
 }
 
 impl std::fmt::Debug for RoomsApi {
@@ -139,6 +146,7 @@ impl RoomsApi {
             public_url: http.public_url.0.clone(),
             next_stream: AtomicU64::new(1),
             media,
+            joins: PerSource::new(JOINS_PER_MINUTE, 60),
         })
     }
 
@@ -376,6 +384,7 @@ fn room_error(e: RoomError) -> Response {
         RoomError::BadToken => StatusCode::UNAUTHORIZED,
         RoomError::Full => StatusCode::CONFLICT,
         RoomError::TooManyRooms => StatusCode::TOO_MANY_REQUESTS,
+        RoomError::Locked | RoomError::NotYourRoom => StatusCode::FORBIDDEN,
     };
     let mut response = error(status, e.message());
     if e == RoomError::BadToken {
@@ -473,6 +482,7 @@ pub async fn get_room(State(state): State<AppState>, Path(room): Path<String>) -
             "room": v.room,
             "participants": v.participants,
             "expires_at": rfc3339(v.expires_at),
+            "locked": v.locked,
         }))
         .into_response(),
         Err(e) => room_error(e),
@@ -506,14 +516,20 @@ pub async fn delete_room(
 pub async fn join(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    source: Option<Extension<ConnectInfo<SocketAddr>>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let api = &state.rooms;
+    let now = unix_now();
+    if let Some(Extension(ConnectInfo(from))) = source
+        && let Err(wait) = api.joins.check(from.ip(), now)
+    {
+        return too_many(wait, "too many joins from this address; retry later");
+    }
     let raw = match body(raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let api = &state.rooms;
-    let now = unix_now();
     if let Err(e) = api.hub().rooms.view(&room, now) {
         return room_error(e);
     }
@@ -549,6 +565,71 @@ pub async fn join(
         })),
     )
         .into_response()
+}
+
+/// 429 with `Retry-After`.
+fn too_many(retry_after_secs: u64, message: &str) -> Response {
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// Whether the body is declared JSON (`application/json`, any parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `PATCH /api/rooms/{room}` `{"locked": bool}` (the room's host): a locked room
+/// refuses new participants; who is in stays.
+pub async fn patch_room(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let api = &state.rooms;
+    let host = match api.hosts.authenticate(&headers).await {
+        Ok(h) => h,
+        Err(r) => return refused(r),
+    };
+    let raw = match body(raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if !is_json(&headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json",
+        );
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PatchBody {
+        locked: bool,
+    }
+    let Ok(patch) = serde_json::from_slice::<PatchBody>(&raw) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON: {\"locked\": true or false}",
+        );
+    };
+    let result = api
+        .hub()
+        .rooms
+        .set_locked(&room, &host, patch.locked, unix_now());
+    match result {
+        Ok(()) => {
+            tracing::info!(room = %room, locked = patch.locked, "room lock set");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => room_error(e),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -655,18 +736,29 @@ fn authenticate(
         .map_err(|e| Box::new(room_error(e)))
 }
 
-/// `DELETE /api/rooms/{room}/participants/{p}` (token): the others hear `left`.
+/// `DELETE /api/rooms/{room}/participants/{p}`, with the participant's token (it
+/// leaves) or the room host's login (it is removed): the others hear `left`.
 pub async fn leave(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
     let api = &state.rooms;
-    if let Err(r) = authenticate(api, &room, &participant, &headers) {
-        return *r;
-    }
+    let by_host = match authenticate(api, &room, &participant, &headers) {
+        Ok(()) => None,
+        // Not the participant's token: a host's login (Basic, or a Bearer JWT)?
+        Err(refusal) => match api.hosts.authenticate(&headers).await {
+            Ok(host) => Some(host),
+            Err(_) => return *refusal,
+        },
+    };
+    let now = unix_now();
     let mut hub = api.hub();
-    match hub.rooms.leave(&room, &participant, unix_now()) {
+    let result = match &by_host {
+        None => hub.rooms.leave(&room, &participant, now),
+        Some(host) => hub.rooms.remove_participant(&room, host, &participant, now),
+    };
+    match result {
         Ok(effects) => {
             hub.apply(effects);
             drop(hub);

@@ -96,6 +96,13 @@ export function assertNoProblems(...contexts) {
 
 /** Logs in on "/" as the host and creates a room; returns its id. */
 export async function createRoom(browser, cfg, screenshot) {
+  const { room, ctx } = await hostRoom(browser, cfg, screenshot);
+  await ctx.close();
+  return room;
+}
+
+/** Like createRoom, but the host's page stays open: `{ room, ctx, page, label }`. */
+export async function hostRoom(browser, cfg, screenshot) {
   const ctx = await context(browser, cfg, "host");
   await ctx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: cfg.origin });
   const page = await ctx.newPage();
@@ -114,8 +121,7 @@ export async function createRoom(browser, cfg, screenshot) {
   if (copied !== link) throw new Error(`copied ${JSON.stringify(copied)}, not the link ${link}`);
   if (screenshot) await page.screenshot({ path: join(cfg.shots, screenshot), fullPage: true });
   assertNoProblems(ctx);
-  await ctx.close();
-  return room;
+  return { room, ctx, page, label: "host" };
 }
 
 /** Opens the room view with `query` (e.g. "name=Alice&autojoin=1") in a fresh context. */

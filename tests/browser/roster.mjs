@@ -10,12 +10,13 @@
 // (frames decoded, simulcast layers) are in media.mjs.
 
 import { join } from "node:path";
-import { LAPTOP, PHONE, assertNoProblems, config, createRoom, joined, launch, openRoom, step, waitRoster } from "./lib.mjs";
+import { LAPTOP, PHONE, assertNoProblems, config, hostRoom, joined, launch, openRoom, step, waitRoster } from "./lib.mjs";
 
 const cfg = config();
 const browser = await launch();
 try {
-  const room = await createRoom(browser, cfg, "host-laptop.png");
+  const host = await hostRoom(browser, cfg, "host-laptop.png");
+  const room = host.room;
   step(`host logged in on / and created room ${room}; link copied`);
 
   const alice = await openRoom(browser, cfg, room, "Alice", "name=Alice&autojoin=1", { viewport: LAPTOP });
@@ -122,7 +123,27 @@ try {
   step(`Bob left; gone from Alice's roster and stage after ${Date.now() - left} ms`);
   await bob.page.screenshot({ path: join(cfg.shots, "left-phone.png") });
 
-  assertNoProblems(alice.ctx, bob.ctx, carol.ctx);
+  // The host's page lists who is in the room; it removes Carol, and locks the room.
+  const manage = host.page.locator("#manage-people");
+  await manage.getByText("Carol", { exact: true }).waitFor({ timeout: 10_000 });
+  await manage.getByText("Bob", { exact: true }).waitFor({ state: "detached", timeout: 10_000 });
+  await host.page.getByRole("button", { name: "Remove Carol" }).click();
+  await carol.page.getByText("You are no longer in this room.").waitFor({ timeout: 5_000 });
+  await waitRoster(alice, "Carol", false, 5_000);
+  await manage.getByText("Carol", { exact: true }).waitFor({ state: "detached", timeout: 5_000 });
+  step("the host removed Carol from its page; she and Alice see it");
+  await host.page.getByRole("button", { name: "Lock the room" }).click();
+  await host.page.getByRole("button", { name: "Unlock the room" }).waitFor({ timeout: 5_000 });
+  const dave = await openRoom(browser, cfg, room, "Dave", "name=Dave&autojoin=1", { viewport: LAPTOP });
+  await dave.page.locator("#join-error").getByText(/locked/).waitFor({ timeout: 10_000 });
+  await host.page.getByRole("button", { name: "Unlock the room" }).click();
+  await host.page.getByRole("button", { name: "Lock the room" }).waitFor({ timeout: 5_000 });
+  await dave.page.getByRole("button", { name: "Join", exact: true }).click();
+  await joined(dave);
+  await waitRoster(alice, "Dave", true);
+  step("locked, the room refused Dave; unlocked, he joined");
+
+  assertNoProblems(alice.ctx, bob.ctx, carol.ctx, host.ctx);
   step("no page errors, no CSP violations, no request to another host");
   console.log("roster: all checks passed");
 } finally {

@@ -171,7 +171,91 @@
       }
     }
 
+    // The room just made: who is in it (to remove someone) and its lock, refreshed
+    // while this view shows it.
+    let managed = null;
+    let refresh = null;
+
+    async function loadRoom() {
+      if (!managed) return;
+      const room = managed;
+      try {
+        const res = await api("GET", "/api/rooms/" + encodeURIComponent(room));
+        if (room !== managed) return;
+        if (!res.ok) {
+          setText($("manage-state"), "Could not look up the room: " + (await errorOf(res)) + ".");
+          return;
+        }
+        showRoom(await res.json());
+      } catch (e) {
+        setText($("manage-state"), "Could not reach the node: " + e.message);
+      }
+    }
+
+    function showRoom(info) {
+      const people = Array.isArray(info.participants) ? info.participants : [];
+      setText($("manage-state"), people.length === 0 ? "Nobody is here yet." : "");
+      const items = people.map((m) => {
+        const li = document.createElement("li");
+        li.dataset.member = m.participant;
+        const label = document.createElement("span");
+        label.className = "member-name";
+        setText(label, m.display_name || "");
+        const remove = document.createElement("button");
+        remove.type = "button";
+        setText(remove, "Remove");
+        remove.setAttribute("aria-label", "Remove " + (m.display_name || "this person"));
+        remove.addEventListener("click", () => removePerson(m.participant, remove));
+        li.append(label, " ", remove);
+        return li;
+      });
+      $("manage-people").replaceChildren(...items);
+      const lock = $("lock-room");
+      lock.setAttribute("aria-pressed", info.locked ? "true" : "false");
+      setText(lock, info.locked ? "Unlock the room" : "Lock the room");
+    }
+
+    async function removePerson(participant, button) {
+      button.disabled = true;
+      const path =
+        "/api/rooms/" + encodeURIComponent(managed) + "/participants/" + encodeURIComponent(participant);
+      try {
+        const res = await api("DELETE", path, { auth });
+        if (!res.ok && res.status !== 404) {
+          setText($("manage-state"), "Could not remove them: " + (await errorOf(res)) + ".");
+        }
+      } catch (e) {
+        setText($("manage-state"), "Could not reach the node: " + e.message);
+      }
+      await loadRoom();
+    }
+
+    $("lock-room").addEventListener("click", async () => {
+      const lock = $("lock-room");
+      const locked = lock.getAttribute("aria-pressed") !== "true";
+      lock.disabled = true;
+      try {
+        const res = await api("PATCH", "/api/rooms/" + encodeURIComponent(managed), { auth, json: { locked } });
+        if (!res.ok) setText($("manage-state"), "Could not change the lock: " + (await errorOf(res)) + ".");
+      } catch (e) {
+        setText($("manage-state"), "Could not reach the node: " + e.message);
+      } finally {
+        lock.disabled = false;
+      }
+      await loadRoom();
+    });
+
+    function manage(room) {
+      managed = room;
+      $("manage-people").replaceChildren();
+      setText($("manage-state"), "");
+      if (refresh) clearInterval(refresh);
+      refresh = setInterval(loadRoom, 3000);
+      loadRoom();
+    }
+
     function created(room) {
+      manage(room.room);
       const link = $("room-link");
       link.value = room.url;
       $("created").dataset.room = room.room;
