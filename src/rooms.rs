@@ -123,6 +123,8 @@ pub enum Event {
     RoomClosed,
     /// An SDP offer from the server for the participant's receiving peer connection.
     Offer(String),
+    /// The room's active speaker changed; their id.
+    Speaker(String),
 }
 
 impl Event {
@@ -134,6 +136,7 @@ impl Event {
             Event::Left(_) => "left",
             Event::RoomClosed => "room_closed",
             Event::Offer(_) => "offer",
+            Event::Speaker(_) => "speaker",
         }
     }
 
@@ -145,6 +148,7 @@ impl Event {
             Event::Left(id) => serde_json::json!({ "participant": id }),
             Event::RoomClosed => serde_json::json!({}),
             Event::Offer(sdp) => serde_json::json!({ "type": "offer", "sdp": sdp }),
+            Event::Speaker(id) => serde_json::json!({ "participant": id }),
         };
         value.to_string()
     }
@@ -521,6 +525,13 @@ impl Rooms {
             .position(|p| p.id == participant)
             .ok_or(RoomError::NoParticipant)?;
         Ok(r.remove(index, now))
+    }
+
+    /// Every open event stream of the live room `room`.
+    pub fn streams_of(&self, room: &str, now: u64) -> Vec<StreamId> {
+        self.live(room, now)
+            .map(|r| r.all_streams().collect())
+            .unwrap_or_default()
     }
 
     /// Whether `participant` is in the live room `room`.

@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::rooms::{Effects, Event, Limits, RoomError, Rooms, StreamId, validate_display_name};
 use crate::sfu::sdp::PublishOffer;
 use crate::sfu::session::{MediaSessions, PublishRefusal};
+use crate::sfu::speaker::{Loudness, Speakers};
 
 /// Largest request body (JSON or SDP), as the issue's bound for SDP.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -83,6 +84,8 @@ impl std::fmt::Debug for RoomsApi {
 struct Hub {
     rooms: Rooms,
     streams: HashMap<StreamId, mpsc::Sender<Event>>,
+    /// Each room's active speaker (rooms where someone publishes audio).
+    speakers: HashMap<String, Speakers>,
 }
 
 impl Hub {
@@ -140,6 +143,7 @@ impl RoomsApi {
                     config.rooms.max_participants,
                 )),
                 streams: HashMap::new(),
+                speakers: HashMap::new(),
             }),
             hosts: Arc::new(hosts),
             ice: IceServers::from_config(config, secret),
@@ -165,6 +169,7 @@ impl RoomsApi {
             tick.tick().await;
             let Some(api) = api.upgrade() else { return };
             api.sweep_media();
+            api.find_speakers();
             ticks += 1;
             if ticks % ROOM_SWEEP_TICKS == 0 {
                 let mut hub = api.hub();
@@ -174,6 +179,36 @@ impl RoomsApi {
                 api.drop_orphan_sessions();
             }
         }
+    }
+
+    /// One window of the active-speaker detection (every [`MEDIA_SWEEP_EVERY`]): the
+    /// speech each publisher sent goes to its room's [`Speakers`], and a new speaker
+    /// is told to everyone in the room (`speaker`).
+    fn find_speakers(&self) {
+        let heard = self.media.take_loudness();
+        let mut by_room: HashMap<String, Vec<(String, Loudness)>> = HashMap::new();
+        for (room, participant, loudness) in heard {
+            by_room
+                .entry(room)
+                .or_default()
+                .push((participant, loudness));
+        }
+        let now = unix_now();
+        let mut hub = self.hub();
+        hub.speakers.retain(|room, _| by_room.contains_key(room));
+        let mut effects = Effects::default();
+        for (room, heard) in by_room {
+            let speakers = hub.speakers.entry(room.clone()).or_default();
+            let Some(speaker) = speakers.window(&heard).map(str::to_owned) else {
+                continue;
+            };
+            for stream in hub.rooms.streams_of(&room, now) {
+                effects
+                    .notices
+                    .push((stream, Event::Speaker(speaker.clone())));
+            }
+        }
+        hub.apply(effects);
     }
 
     /// Consent freshness (RFC 7675): a participant whose media session heard no valid
@@ -661,8 +696,11 @@ pub async fn events(
     if let Some(old) = attached.replaced {
         hub.streams.remove(&old);
     }
-    // A fresh queue has room for the first event.
+    // A fresh queue has room for the first events.
     let _ = tx.try_send(attached.roster);
+    if let Some(speaker) = hub.speakers.get(&room).and_then(Speakers::current) {
+        let _ = tx.try_send(Event::Speaker(speaker.to_owned()));
+    }
     hub.streams.insert(stream, tx);
     drop(hub);
     // Its receiving session, and an offer when others publish.
@@ -939,6 +977,73 @@ pub async fn preferences(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two seconds of speech from one publisher: the others' event streams hear
+    /// `speaker`, once.
+    #[tokio::test]
+    async fn the_active_speaker_is_told_to_the_room() {
+        use crate::sfu::dtls::DtlsIdentity;
+        let mut config = Config::default();
+        config.turn.auth_secret = vec!["a TURN REST secret for the test".to_owned()];
+        let media = Arc::new(MediaSessions::new(
+            std::time::Instant::now(),
+            vec!["127.0.0.1:3478".parse().expect("addr")],
+            Arc::new(DtlsIdentity::generate().expect("identity")),
+            Default::default(),
+        ));
+        let api = RoomsApi::new(&config, &["s".to_owned()], media.clone()).expect("api");
+        let now = unix_now();
+        let (room, a, mut rx) = {
+            let mut hub = api.hub();
+            let room = hub.rooms.create("h", &mut OsRng, now).expect("room").room;
+            let a = hub
+                .rooms
+                .join(&room, "A".into(), &mut OsRng, now)
+                .expect("a");
+            let b = hub
+                .rooms
+                .join(&room, "B".into(), &mut OsRng, now)
+                .expect("b");
+            hub.rooms
+                .attach_stream(&room, &b.participant, 1, now)
+                .expect("stream");
+            let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+            hub.streams.insert(1, tx);
+            (room, a.participant, rx)
+        };
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            a=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
+            a=ice-ufrag:Clnt\r\na=ice-pwd:clientpassword0123456789\r\n\
+            a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC\r\n\
+            a=setup:actpass\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n\
+            a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+            a=rtpmap:111 opus/48000/2\r\n";
+        let offer = PublishOffer::parse(offer.as_bytes()).expect("offer");
+        let answer = media.publish(&room, &a, &offer).expect("publish");
+        let ufrag = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .expect("ufrag");
+        let session = media.lookup(ufrag.as_bytes()).expect("session");
+        let mut speakers = Vec::new();
+        for _ in 0..3 {
+            session.media().tracks[0].loudness = Loudness {
+                packets: 50,
+                speech: 45,
+            };
+            api.find_speakers();
+            while let Ok(e) = rx.try_recv() {
+                if let Event::Speaker(id) = e {
+                    speakers.push(id);
+                }
+            }
+        }
+        assert_eq!(speakers, vec![a.clone()]);
+        assert_eq!(
+            api.hub().speakers.get(&room).and_then(Speakers::current),
+            Some(a.as_str())
+        );
+    }
 
     #[test]
     fn rfc3339_dates() {

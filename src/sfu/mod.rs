@@ -29,6 +29,7 @@ pub mod rtp;
 pub mod sdp;
 pub mod session;
 pub mod simulcast;
+pub mod speaker;
 pub mod srtp;
 pub mod track;
 pub mod twcc;

@@ -85,6 +85,7 @@ use super::sdp::{
     SubscribeSession,
 };
 use super::sdp::{Extension, Feedback, SUBSCRIBE_EXTENSIONS};
+use super::speaker::Loudness;
 use super::srtp::{MAX_RTP_OVERHEAD, SrtpError};
 use super::track::{Dropped, LayerConfig, Track, TrackConfig};
 use crate::metrics::{MediaDrop, SfuMetrics};
@@ -174,6 +175,10 @@ pub struct PublishedMedia {
     pub extensions: Vec<(Extension, u8)>,
     /// Every receiver of the track: its session and its own stream of it.
     pub outs: Vec<Downstream>,
+    /// The id of the audio-level extension, on an audio track that has one.
+    pub audio_level: Option<u8>,
+    /// Speech heard since the control plane last asked ([`MediaSessions::take_loudness`]).
+    pub loudness: Loudness,
     /// When reports (µs on the shared clock) and NACKs are next due.
     pub next_report: u64,
     pub next_nack: u64,
@@ -878,6 +883,34 @@ impl MediaSessions {
         all
     }
 
+    /// The speech each publisher's audio carried since the last call, by room:
+    /// (room, participant, loudness) for every publisher with an audio level to read.
+    pub fn take_loudness(&self) -> Vec<(String, String, Loudness)> {
+        let publishers: Vec<Arc<Session>> = {
+            let reg = self.read();
+            reg.by_participant
+                .values()
+                .filter_map(|u| reg.by_ufrag.get(u).cloned())
+                .collect()
+        };
+        let mut heard = Vec::new();
+        for p in publishers {
+            let mut media = p.media();
+            let mut sum = Loudness::default();
+            let mut any = false;
+            for t in media.tracks.iter_mut().filter(|t| t.audio_level.is_some()) {
+                let l = t.loudness.take();
+                sum.packets = sum.packets.saturating_add(l.packets);
+                sum.speech = sum.speech.saturating_add(l.speech);
+                any = true;
+            }
+            if any {
+                heard.push((p.room.clone(), p.participant.clone(), sum));
+            }
+        }
+        heard
+    }
+
     /// The (room, participant) of every session whose consent ran out by `now_ms`
     /// (RFC 7675: no valid check for 30 s), whose first offer went unanswered for
     /// [`ANSWER_DEADLINE_MS`], or whose DTLS failed or was closed by the peer (no media
@@ -980,6 +1013,10 @@ fn published_media(mid: &str, t: &PublishedTrack) -> Option<PublishedMedia> {
         track,
         extensions: t.extensions.clone(),
         outs: Vec::new(),
+        audio_level: (!video)
+            .then(|| t.extension_id(super::sdp::Extension::AudioLevel))
+            .flatten(),
+        loudness: Loudness::default(),
         next_report: 0,
         next_nack: 0,
     })
@@ -1461,6 +1498,13 @@ fn forward_rtp(
         }
     };
     let t = &mut tracks[index];
+    if let Some(id) = t.audio_level
+        && let Some((voice, level)) = header
+            .extension_value(pkt, id)
+            .and_then(super::rtp::read_audio_level)
+    {
+        t.loudness.add(voice, level);
+    }
     let n = incoming.len;
     if n + MAX_RTP_OVERHEAD > out.len() || n > pkt.len() {
         return;
@@ -2137,6 +2181,56 @@ a=rtpmap:111 opus/48000/2\r\n";
             1,
             "{expired:?}"
         );
+    }
+
+    /// The audio level each publisher's packets carry is counted on the way through,
+    /// for the room's active speaker, and the count starts again once taken.
+    #[test]
+    fn speech_in_a_publishers_audio_is_counted_for_the_speaker() {
+        let s = sessions();
+        let with_level = OFFER.replace(
+            "a=rtpmap:111",
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=rtpmap:111",
+        );
+        let offer = PublishOffer::parse(with_level.as_bytes()).unwrap();
+        let answer = s.publish("room", "a", &offer).unwrap();
+        let publisher = s.lookup(ice_line(&answer, "ice-ufrag").as_bytes()).unwrap();
+        assert_eq!(publisher.media().tracks[0].audio_level, Some(1));
+        let mut out = vec![0u8; 2048];
+        let mut counts = ForwardCounts::default();
+        for (i, level) in [30u8, 30, 30, 110].into_iter().enumerate() {
+            // RTP, one-byte extension block (0xBEDE) with id 1 = audio level.
+            let mut pkt = vec![0x90, 111];
+            pkt.extend_from_slice(&(i as u16).to_be_bytes());
+            pkt.extend_from_slice(&(960 * i as u32).to_be_bytes());
+            pkt.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            pkt.extend_from_slice(&[0xBE, 0xDE, 0, 1, 0x10, 0x80 | level, 0, 0]);
+            pkt.extend_from_slice(&[0xAB; 40]);
+            let len = pkt.len();
+            let header = RtpHeader::parse(&pkt).unwrap();
+            let mut media = publisher.media();
+            forward_rtp(
+                &mut out,
+                &mut counts,
+                &mut media,
+                &mut pkt,
+                (len, header),
+                ("192.0.2.9:5000".parse().unwrap(), 0),
+                i as u64 * 20_000,
+                &mut |_, _, _| {},
+            );
+        }
+        let heard = s.take_loudness();
+        assert_eq!(heard.len(), 1);
+        assert_eq!((heard[0].0.as_str(), heard[0].1.as_str()), ("room", "a"));
+        assert_eq!(
+            heard[0].2,
+            Loudness {
+                packets: 4,
+                speech: 3
+            }
+        );
+        assert_eq!(s.take_loudness()[0].2, Loudness::default());
     }
 
     #[test]

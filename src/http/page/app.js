@@ -427,6 +427,7 @@
       trackOwner: new Map(),
       local: null,
       sendPc: null,
+      speaker: null,
       recvPc: null,
       recvQueue: Promise.resolve(),
       publishing: "starting",
@@ -512,6 +513,13 @@
       c.members.delete(d.participant);
       renderRoster(c);
     });
+    es.addEventListener("speaker", (ev) => {
+      const d = data(ev);
+      if (d && typeof d.participant === "string") {
+        c.speaker = d.participant;
+        markSpeaker(c);
+      }
+    });
     es.addEventListener("room_closed", () => leave("The room was closed.", true));
     es.addEventListener("offer", (ev) => {
       const d = data(ev);
@@ -571,6 +579,13 @@
       if (id !== c.participant && !c.members.has(id)) removeTile(c, id);
     }
     layout(c);
+    markSpeaker(c);
+  }
+
+  /** Highlights the active speaker's tile and roster entry. */
+  function markSpeaker(c) {
+    for (const [id, tile] of c.tiles) tile.figure.classList.toggle("speaking", id === c.speaker);
+    for (const li of $("roster").children) li.classList.toggle("speaking", li.dataset.member === c.speaker);
   }
 
   // ---- tiles ----
@@ -937,6 +952,7 @@
         participant: call.participant,
         publishing: call.publishing,
         members: call.members.size,
+        speaker: call.speaker || null,
         sending: call.sendPc ? call.sendPc.connectionState : null,
         receiving: call.recvPc ? call.recvPc.connectionState : null,
       };
