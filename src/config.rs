@@ -177,7 +177,11 @@ impl Default for StoreConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub level: LogLevel,
+    /// Log files are deleted once dated more than this many days ago.
     pub retention_days: u32,
+    /// With a directory, logs go to one file per UTC day there
+    /// (`confnode-YYYY-MM-DD.log`); empty, to stderr (journald under systemd).
+    pub dir: PathBuf,
 }
 
 impl Default for LogConfig {
@@ -185,6 +189,7 @@ impl Default for LogConfig {
         LogConfig {
             level: LogLevel::Info,
             retention_days: 60,
+            dir: PathBuf::new(),
         }
     }
 }

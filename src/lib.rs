@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod http;
+pub mod logfiles;
 pub mod metrics;
 pub mod net;
 pub mod node;

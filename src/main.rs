@@ -52,10 +52,20 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         },
         None => Config::default(),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_max_level(config.log.level.as_tracing())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    let dir = &config.log.dir;
+    match (!dir.as_os_str().is_empty()).then_some(dir) {
+        Some(dir) => match confnode::logfiles::DailyFiles::open(dir, config.log.retention_days) {
+            Ok(files) => logs.with_ansi(false).with_writer(files).init(),
+            Err(e) => {
+                eprintln!("log.dir: cannot write logs in {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => logs.init(),
+    }
     match &path {
         Some(p) => tracing::info!("configuration from {}", p.display()),
         None => tracing::info!("no configuration file: built-in loopback defaults"),

@@ -1158,6 +1158,67 @@ fn display_names_never_reach_logs_or_disk() {
     }
 }
 
+/// The privacy terms' logs: with `log.dir`, the day's file holds each request's client
+/// IP address and room, never a display name or a token; files dated past
+/// `log.retention_days` are gone after start, younger ones and other files stay.
+#[test]
+fn log_files_hold_ip_and_room_and_are_deleted_after_retention() {
+    use confnode::http::rooms::rfc3339;
+    let logs = tempfile::tempdir().expect("temp dir");
+    let day = |days_ago: u64| {
+        let date = rfc3339(unix_now() - days_ago * 86_400);
+        format!("confnode-{}.log", &date[..10])
+    };
+    for name in [day(61), day(3650), day(60), day(1), "notes.txt".to_owned()] {
+        std::fs::write(logs.path().join(name), "old\n").expect("write");
+    }
+    let extra = format!(
+        "[log]\ndir = \"{}\"\nretention_days = 60\n",
+        logs.path().display()
+    );
+    let (node, log) = node_with("", &extra);
+    for gone in [day(61), day(3650)] {
+        assert!(!logs.path().join(&gone).exists(), "{gone} is still there");
+    }
+    for kept in [day(60), day(1), "notes.txt".to_owned()] {
+        assert!(logs.path().join(&kept).exists(), "{kept} was deleted");
+    }
+    let room = create_room(&node);
+    let name = "jane.doe@example.org";
+    let a = join(&node, &room, name);
+    let mut ea = SseStream::open(
+        node.http,
+        &format!(
+            "/api/rooms/{room}/participants/{}/events?token={}",
+            a.id, a.token
+        ),
+        &[],
+    )
+    .unwrap_or_else(|r| panic!("{} {}", r.status, r.body));
+    ea.expect("roster");
+    let today = logs.path().join(day(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&today).unwrap_or_default();
+        if text.contains("/events") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let join_line = text
+        .lines()
+        .find(|l| l.contains("POST /api/rooms/{room}/participants 201"))
+        .unwrap_or_else(|| panic!("no join in the log:\n{text}"));
+    assert!(join_line.contains("127.0.0.1"), "{join_line}");
+    assert!(join_line.contains(&room), "{join_line}");
+    assert!(text.contains("/events"), "{text}");
+    for secret in [name, "jane.doe", &a.token, PASSWORD] {
+        assert!(!text.contains(secret), "{secret} in the log file:\n{text}");
+    }
+    // Nothing goes to stderr but what precedes the logger.
+    assert!(!log.text().contains(&room), "{}", log.text());
+}
+
 #[test]
 fn one_time_host_password_on_loopback_without_hosts() {
     // No [[http.hosts]], no jwt_secret, loopback: a password is printed once.

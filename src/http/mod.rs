@@ -11,11 +11,13 @@ use crate::metrics::Metrics;
 use crate::net::liveness::Liveness;
 use crate::sfu::session::MediaSessions;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// What the HTTP handlers share.
@@ -75,9 +77,50 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(page::routes())
         .layer(DefaultBodyLimit::max(rooms::MAX_BODY))
+        .layer(middleware::from_fn(access_log))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// One access-log line per request, as the privacy terms describe them: date and time
+/// (the logger's), the client's IP address and the room the request is about; besides
+/// only the method, the route's template (never the path itself, whose query may carry
+/// a token) and the status. No display names, tokens, claims or user agents.
+async fn access_log(request: Request, next: Next) -> Response {
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no route)", |m| m.as_str())
+        .to_owned();
+    let room = room_of(request.uri().path()).unwrap_or("-").to_owned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    tracing::info!(
+        ip = ip.as_deref().unwrap_or("-"),
+        room = %room,
+        "{method} {route} {}",
+        response.status().as_u16()
+    );
+    response
+}
+
+/// The room id in `/api/rooms/{room}…` or `/r/{room}`, if it has the shape of one (so
+/// that whatever else a client puts there never reaches a log).
+fn room_of(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("/api/rooms/")
+        .or_else(|| path.strip_prefix("/r/"))?;
+    let id = rest.split('/').next()?;
+    let shaped = id.len() == 22
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    shaped.then_some(id)
 }
 
 /// An error answer: `{"error": "..."}` with a fitting status.
@@ -125,6 +168,20 @@ mod tests {
     use crate::net::liveness::WorkerGuard;
     use crate::sfu::dtls::DtlsIdentity;
     use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn only_room_shaped_ids_are_logged() {
+        let id = "1zVUKYleYqXCkmwTbDf5Bg";
+        assert_eq!(room_of(&format!("/api/rooms/{id}")), Some(id));
+        assert_eq!(
+            room_of(&format!("/api/rooms/{id}/participants/x/events")),
+            Some(id)
+        );
+        assert_eq!(room_of(&format!("/r/{id}")), Some(id));
+        assert_eq!(room_of("/api/rooms"), None);
+        assert_eq!(room_of("/r/alice@example.org-is-here"), None);
+        assert_eq!(room_of("/api/rooms/%0Afake%20line%20here%20xx"), None);
+    }
 
     #[tokio::test]
     async fn health_is_503_once_a_worker_has_ended() {
