@@ -11,5 +11,6 @@ pub mod net;
 pub mod node;
 pub mod rooms;
 pub mod sfu;
+pub mod store;
 pub mod stun;
 pub mod turn;

@@ -18,6 +18,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
+use crate::store::StoredRoom;
+
 /// Live rooms one host may hold at once.
 pub const MAX_ROOMS_PER_HOST: usize = 100;
 /// Live rooms on the node at once, all hosts together.
@@ -339,6 +341,42 @@ impl Rooms {
             .get_mut(room)
             .filter(|r| !r.is_expired(ttl, now))
             .ok_or(RoomError::NoRoom)
+    }
+
+    /// Takes back a room kept from an earlier run. One that was occupied then starts
+    /// its time to live again now (its calls ended with that run). Returns false, and
+    /// takes nothing, for a room that has expired or whose id is taken.
+    pub fn restore(&mut self, kept: &StoredRoom, now: u64) -> bool {
+        let room = Room {
+            host: kept.host.as_str().into(),
+            locked: kept.locked,
+            participants: Vec::new(),
+            idle_since: if kept.occupied { now } else { kept.idle_since },
+        };
+        if room.is_expired(self.limits.ttl_secs, now)
+            || self.rooms.contains_key(&kept.id)
+            || self.rooms.len() >= self.limits.max_rooms
+        {
+            return false;
+        }
+        self.rooms.insert(kept.id.clone(), room);
+        true
+    }
+
+    /// What is to be kept of every live room (see [`crate::store`]).
+    pub fn to_keep(&self, now: u64) -> Vec<StoredRoom> {
+        let ttl = self.limits.ttl_secs;
+        self.rooms
+            .iter()
+            .filter(|(_, r)| !r.is_expired(ttl, now))
+            .map(|(id, r)| StoredRoom {
+                id: id.clone(),
+                host: r.host.to_string(),
+                idle_since: r.idle_since,
+                occupied: !r.participants.is_empty(),
+                locked: r.locked,
+            })
+            .collect()
     }
 
     /// A new empty room for `host`; its id carries 128 random bits.

@@ -1219,6 +1219,94 @@ fn log_files_hold_ip_and_room_and_are_deleted_after_retention() {
     assert!(!log.text().contains(&room), "{}", log.text());
 }
 
+/// Rooms outlive the process: a room created, locked and in use when the node is killed
+/// with SIGKILL is there after a restart (empty, still locked, still its host's), an
+/// expired one is purged, and the store holds no host name.
+#[test]
+fn rooms_survive_sigkill_and_expired_ones_are_purged() {
+    use confnode::store::{HostKey, RedbStore, RoomStore, StoredRoom};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let path = dir.path().join("config.toml");
+    // Fresh ports for each run: the killed node's may linger.
+    let start = || {
+        let (turn_port, http_port) = (free_port(), free_port());
+        let config = format!(
+            "[turn]\nlisten = [\"127.0.0.1:{turn_port}\"]\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\npublic_url = \"{PUBLIC_URL}\"\n\
+             jwt_secret = \"{JWT_SECRET}\"\n\
+             [[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n\
+             [store]\npath = \"{}\"\n",
+            hash(PASSWORD),
+            data.display()
+        );
+        std::fs::write(&path, config).expect("config");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start confnode");
+        let mut node = Node::attach(child, turn_port, http_port);
+        node.wait_until_ready();
+        node
+    };
+    let mut first = start();
+    let room = create_room(&first);
+    let r = patch_room(&first, &room, &host_auth(), r#"{"locked":false}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = patch_room(&first, &room, &host_auth(), r#"{"locked":true}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    first.kill();
+
+    // While it is down, a room that went idle long ago appears in the store.
+    let key = HostKey::load_or_create(&data).expect("host key");
+    {
+        let store = RedbStore::open(&data).expect("store");
+        let old = StoredRoom {
+            id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+            host: key.hash(HOST),
+            idle_since: unix_now() - 400 * 24 * 3600,
+            occupied: false,
+            locked: false,
+        };
+        store.write(&[old], &[]).expect("write");
+    }
+
+    let mut second = start();
+    let v = get_room(&second, &room);
+    assert_eq!(v.status, 200, "{}", v.body);
+    assert_eq!(v.json()["locked"], json!(true));
+    assert_eq!(v.json()["participants"], json!([]));
+    assert_error(&get_room(&second, "AAAAAAAAAAAAAAAAAAAAAA"), 404);
+    // Still its host's: another host may not unlock it, its host may.
+    let other = bearer(&jwt(json!({ "sub": "eve", "exp": unix_now() + 600 })));
+    assert_error(
+        &patch_room(&second, &room, &other, r#"{"locked":false}"#),
+        403,
+    );
+    let r = patch_room(&second, &room, &host_auth(), r#"{"locked":false}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    join(&second, &room, "Ann");
+    second.kill();
+
+    let store = RedbStore::open(&data).expect("store");
+    let (rooms, unreadable) = store.load().expect("load");
+    assert_eq!(unreadable, 0);
+    let ids: Vec<&str> = rooms.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec![room.as_str()], "the expired room is purged");
+    for entry in std::fs::read_dir(&data).expect("read dir").flatten() {
+        let bytes = std::fs::read(entry.path()).expect("read");
+        assert!(
+            !bytes.windows(HOST.len()).any(|w| w == HOST.as_bytes()),
+            "{} holds the host name",
+            entry.path().display()
+        );
+    }
+}
+
 #[test]
 fn one_time_host_password_on_loopback_without_hosts() {
     // No [[http.hosts]], no jwt_secret, loopback: a password is printed once.

@@ -187,6 +187,8 @@ mod tests {
     async fn health_is_503_once_a_worker_has_ended() {
         let mut config = Config::default();
         config.turn.auth_secret = vec!["a TURN REST secret for the test".to_owned()];
+        let store = tempfile::tempdir().expect("temp dir");
+        config.store.path = store.path().to_owned();
         let media = Arc::new(MediaSessions::new(
             std::time::Instant::now(),
             vec!["127.0.0.1:3478".parse().expect("addr")],

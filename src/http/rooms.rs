@@ -41,6 +41,7 @@ use crate::rooms::{Effects, Event, Limits, RoomError, Rooms, StreamId, validate_
 use crate::sfu::sdp::PublishOffer;
 use crate::sfu::session::{MediaSessions, PublishRefusal};
 use crate::sfu::speaker::{Loudness, Speakers};
+use crate::store::{HostKey, RedbStore, RoomStore, StoredRoom};
 
 /// Largest request body (JSON or SDP), as the issue's bound for SDP.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -71,6 +72,11 @@ pub struct RoomsApi {
     media: Arc<MediaSessions>,
     /// [`JOINS_PER_MINUTE`] per source.
     joins: PerSource,
+    /// Where rooms are kept across restarts, what it holds now, and the key host names
+    /// are hashed with before a room keeps them.
+    store: Box<dyn RoomStore>,
+    kept: Mutex<HashMap<String, StoredRoom>>,
+    host_key: HostKey,
 }
 
 impl std::fmt::Debug for RoomsApi {
@@ -136,12 +142,18 @@ impl RoomsApi {
                  {ONE_TIME_ACCOUNT} / {password}"
             );
         }
+        let dir = &config.store.path;
+        let in_store = |e: String| format!("store.path: {e}");
+        let store = RedbStore::open(dir).map_err(in_store)?;
+        let host_key = HostKey::load_or_create(dir).map_err(in_store)?;
+        let mut rooms = Rooms::new(Limits::new(
+            config.rooms.ttl_hours,
+            config.rooms.max_participants,
+        ));
+        let kept = restore_rooms(&mut rooms, &store)?;
         Ok(RoomsApi {
             hub: Mutex::new(Hub {
-                rooms: Rooms::new(Limits::new(
-                    config.rooms.ttl_hours,
-                    config.rooms.max_participants,
-                )),
+                rooms,
                 streams: HashMap::new(),
                 speakers: HashMap::new(),
             }),
@@ -151,7 +163,54 @@ impl RoomsApi {
             next_stream: AtomicU64::new(1),
             media,
             joins: PerSource::new(JOINS_PER_MINUTE, 60),
+            store: Box::new(store),
+            kept: Mutex::new(kept),
+            host_key,
         })
+    }
+
+    /// Writes what changed in the rooms since the last call to the store (durable when
+    /// this returns).
+    fn persist(&self) -> Result<(), String> {
+        let now = unix_now();
+        let current = self.hub().rooms.to_keep(now);
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let put: Vec<StoredRoom> = current
+            .iter()
+            .filter(|r| kept.get(&r.id) != Some(*r))
+            .cloned()
+            .collect();
+        let live: std::collections::HashSet<&str> = current.iter().map(|r| r.id.as_str()).collect();
+        let remove: Vec<String> = kept
+            .keys()
+            .filter(|id| !live.contains(id.as_str()))
+            .cloned()
+            .collect();
+        if put.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        self.store.write(&put, &remove)?;
+        for id in &remove {
+            kept.remove(id);
+        }
+        for r in put {
+            kept.insert(r.id.clone(), r);
+        }
+        Ok(())
+    }
+
+    /// [`RoomsApi::persist`], where a failure is only logged (the change stands in
+    /// memory and is written with the next one).
+    fn persist_or_log(&self) {
+        if let Err(e) = self.persist() {
+            tracing::error!("cannot write rooms to store.path: {e}");
+        }
+    }
+
+    /// The host login of a request, as rooms keep it (its keyed hash).
+    async fn host(&self, headers: &HeaderMap) -> Result<String, Refusal> {
+        let name = self.hosts.authenticate(headers).await?;
+        Ok(self.host_key.hash(&name))
     }
 
     fn hub(&self) -> MutexGuard<'_, Hub> {
@@ -177,6 +236,7 @@ impl RoomsApi {
                 hub.apply(effects);
                 drop(hub);
                 api.drop_orphan_sessions();
+                api.persist_or_log();
             }
         }
     }
@@ -290,6 +350,40 @@ impl RoomsApi {
             self.sync_media(room);
         }
     }
+}
+
+/// Takes the kept rooms back at start; expired ones leave the store. Returns what the
+/// store holds afterwards.
+fn restore_rooms(
+    rooms: &mut Rooms,
+    store: &dyn RoomStore,
+) -> Result<HashMap<String, StoredRoom>, String> {
+    let (stored, unreadable) = store.load().map_err(|e| format!("store.path: {e}"))?;
+    if unreadable > 0 {
+        tracing::warn!(
+            unreadable,
+            "rooms in the store that cannot be read were skipped"
+        );
+    }
+    let now = unix_now();
+    let mut gone = Vec::new();
+    let mut kept = HashMap::new();
+    for r in stored {
+        if rooms.restore(&r, now) {
+            kept.insert(r.id.clone(), r);
+        } else {
+            gone.push(r.id);
+        }
+    }
+    if !gone.is_empty() {
+        store
+            .write(&[], &gone)
+            .map_err(|e| format!("store.path: {e}"))?;
+    }
+    tracing::info!(rooms = kept.len(), purged = gone.len(), "rooms restored");
+    // What restore changed (rooms occupied at the end of the last run) is written with
+    // the first change.
+    Ok(kept)
 }
 
 /// The `ice_servers` handed to participants: this node's TURN addresses, and TURN REST
@@ -486,13 +580,23 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// `POST /api/rooms`
 pub async fn create_room(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let api = &state.rooms;
-    let host = match api.hosts.authenticate(&headers).await {
+    let host = match api.host(&headers).await {
         Ok(h) => h,
         Err(r) => return refused(r),
     };
-    let created = api.hub().rooms.create(&host, &mut OsRng, unix_now());
+    let now = unix_now();
+    let created = api.hub().rooms.create(&host, &mut OsRng, now);
     match created {
         Ok(view) => {
+            // The link works after a restart once this answers.
+            if let Err(e) = api.persist() {
+                tracing::error!("cannot write rooms to store.path: {e}");
+                let _ = api.hub().rooms.delete(&view.room, now);
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the room could not be saved; try again later",
+                );
+            }
             tracing::info!(room = %view.room, "room created");
             let url = format!("{}/r/{}", api.public_url, view.room);
             (
@@ -540,6 +644,7 @@ pub async fn delete_room(
             hub.apply(effects);
             drop(hub);
             api.media.remove_room(&room);
+            api.persist_or_log();
             tracing::info!(room = %room, "room deleted");
             StatusCode::NO_CONTENT.into_response()
         }
@@ -629,7 +734,7 @@ pub async fn patch_room(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = &state.rooms;
-    let host = match api.hosts.authenticate(&headers).await {
+    let host = match api.host(&headers).await {
         Ok(h) => h,
         Err(r) => return refused(r),
     };
@@ -660,6 +765,7 @@ pub async fn patch_room(
         .set_locked(&room, &host, patch.locked, unix_now());
     match result {
         Ok(()) => {
+            api.persist_or_log();
             tracing::info!(room = %room, locked = patch.locked, "room lock set");
             StatusCode::NO_CONTENT.into_response()
         }
@@ -785,7 +891,7 @@ pub async fn leave(
     let by_host = match authenticate(api, &room, &participant, &headers) {
         Ok(()) => None,
         // Not the participant's token: a host's login (Basic, or a Bearer JWT)?
-        Err(refusal) => match api.hosts.authenticate(&headers).await {
+        Err(refusal) => match api.host(&headers).await {
             Ok(host) => Some(host),
             Err(_) => return *refusal,
         },
@@ -985,6 +1091,8 @@ mod tests {
         use crate::sfu::dtls::DtlsIdentity;
         let mut config = Config::default();
         config.turn.auth_secret = vec!["a TURN REST secret for the test".to_owned()];
+        let store = tempfile::tempdir().expect("temp dir");
+        config.store.path = store.path().to_owned();
         let media = Arc::new(MediaSessions::new(
             std::time::Instant::now(),
             vec!["127.0.0.1:3478".parse().expect("addr")],

@@ -135,6 +135,31 @@ impl Node {
     }
 
     /// Sends SIGTERM and waits for the exit.
+    /// A node the caller started with its own configuration, on these ports.
+    pub fn attach(child: Child, turn_port: u16, http_port: u16) -> Node {
+        Node {
+            child: Some(child),
+            stun: SocketAddr::from(([127, 0, 0, 1], turn_port)),
+            stun6: format!("[::1]:{turn_port}").parse().expect("addr"),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Waits for `/api/health`; fails if the node exits first.
+    pub fn wait_until_ready(&mut self) {
+        if let Err(status) = self.wait_ready() {
+            panic!("confnode exited before it was ready: {status}");
+        }
+    }
+
+    /// Ends the node with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("node is running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("node is running");
         terminate(&mut child)
