@@ -122,6 +122,9 @@ pub struct HttpConfig {
     pub public_url: PublicUrl,
     pub jwt_secret: String,
     pub hosts: Vec<HostAccount>,
+    /// Origins (`https://meet.example.org`) of a separate web page whose scripts may
+    /// call the API; the reference page, served by the node itself, needs none.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -131,6 +134,7 @@ impl Default for HttpConfig {
             public_url: PublicUrl("http://localhost:8080".to_owned()),
             jwt_secret: String::new(),
             hosts: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -535,6 +539,15 @@ impl Config {
                  `confnode hash-password`",
             );
         }
+        for origin in &self.http.cors_origins {
+            if !is_origin(origin) {
+                err(
+                    "http",
+                    "cors_origins",
+                    "each entry must be an origin: scheme://host[:port], no path, no \"*\"",
+                );
+            }
+        }
         if self.rooms.ttl_hours == 0 {
             err("rooms", "ttl_hours", "must be at least 1");
         }
@@ -563,6 +576,20 @@ impl Config {
         }
         errors
     }
+}
+
+/// `http(s)://host[:port]` exactly: what a browser sends in `Origin`.
+fn is_origin(text: &str) -> bool {
+    let Some(rest) = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 /// Deserialises one section into `out`; on failure, tries each key alone so that every
@@ -733,6 +760,29 @@ mod tests {
         let errs = Config::from_toml(text).expect_err("bad hash").0;
         assert_eq!(errs[0].key, "http.hosts");
         assert!(errs[0].message.contains("hash-password"), "{errs:?}");
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let ok = "[http]\ncors_origins = [\"https://meet.example.org\", \"http://[::1]:8000\"]\n";
+        assert_eq!(
+            Config::from_toml(ok)
+                .expect("valid")
+                .http
+                .cors_origins
+                .len(),
+            2
+        );
+        for bad in [
+            "*",
+            "https://meet.example.org/path",
+            "meet.example.org",
+            "https://",
+        ] {
+            let text = format!("[http]\ncors_origins = [\"{bad}\"]\n");
+            let errs = Config::from_toml(&text).expect_err(bad).0;
+            assert_eq!(errs[0].key, "http.cors_origins", "{bad}: {errs:?}");
+        }
     }
 
     #[test]

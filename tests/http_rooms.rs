@@ -1307,6 +1307,92 @@ fn rooms_survive_sigkill_and_expired_ones_are_purged() {
     }
 }
 
+/// A separate web page on an origin of `http.cors_origins` may call the API from its
+/// scripts (preflight answered, `Access-Control-Allow-Origin` on answers); any other
+/// origin gets no CORS headers. Every API answer says nosniff, no-referrer, no-store.
+#[test]
+fn cors_for_the_configured_origins_and_security_headers_everywhere() {
+    let page = "https://meet.example.org";
+    let http_section = format!(
+        "public_url = \"{PUBLIC_URL}\"\njwt_secret = \"{JWT_SECRET}\"\n\
+         cors_origins = [\"{page}\"]\n"
+    );
+    let (node, _log) = Node::start_with_http("", &http_section, "");
+    let token = bearer(&jwt(json!({ "sub": "sso", "exp": unix_now() + 600 })));
+    let room = create_room_as(&node, &token).json()["room"]
+        .as_str()
+        .expect("room")
+        .to_owned();
+    let path = format!("/api/rooms/{room}/participants");
+    let preflight = |origin: &str| {
+        http(
+            node.http,
+            "OPTIONS",
+            &path,
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "content-type"),
+            ],
+            b"",
+        )
+    };
+    let ok = preflight(page);
+    assert!(ok.status == 200 || ok.status == 204, "{}", ok.head);
+    assert_eq!(
+        ok.header("access-control-allow-origin").as_deref(),
+        Some(page)
+    );
+    assert!(
+        ok.header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("POST")),
+        "{}",
+        ok.head
+    );
+    let other = preflight("https://evil.example");
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        None,
+        "{}",
+        other.head
+    );
+    let joined = http(
+        node.http,
+        "POST",
+        &path,
+        &[("Origin", page), ("Content-Type", "application/json")],
+        br#"{"display_name":"Ann"}"#,
+    );
+    assert_eq!(joined.status, 201, "{}", joined.body);
+    assert_eq!(
+        joined.header("access-control-allow-origin").as_deref(),
+        Some(page)
+    );
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+    ] {
+        assert_eq!(
+            joined.header(name).as_deref(),
+            Some(value),
+            "{}",
+            joined.head
+        );
+    }
+    // Without cors_origins, no origin is let in.
+    let plain = node_with("", "").0;
+    let r = http(
+        plain.http,
+        "OPTIONS",
+        "/api/rooms",
+        &[("Origin", page), ("Access-Control-Request-Method", "POST")],
+        b"",
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None, "{}", r.head);
+}
+
 #[test]
 fn one_time_host_password_on_loopback_without_hosts() {
     // No [[http.hosts]], no jwt_secret, loopback: a password is printed once.

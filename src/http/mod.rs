@@ -12,13 +12,14 @@ use crate::net::liveness::Liveness;
 use crate::sfu::session::MediaSessions;
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub struct AppState {
     pub rooms: Arc<rooms::RoomsApi>,
     /// Whether every data-plane worker runs (`/api/health`).
     pub liveness: Arc<Liveness>,
+    /// `http.cors_origins`.
+    pub cors_origins: Arc<[String]>,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
             metrics,
             rooms: Arc::new(rooms),
             liveness,
+            cors_origins: config.http.cors_origins.clone().into(),
         })
     }
 }
@@ -56,7 +60,8 @@ pub fn router(state: AppState) -> Router {
         runtime.spawn(rooms::RoomsApi::sweep_forever(Arc::downgrade(&state.rooms)));
     }
     let participant = "/api/rooms/{room}/participants/{participant}";
-    Router::new()
+    let cors = cors(&state.cors_origins);
+    let router = Router::new()
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/rooms", post(rooms::create_room))
@@ -77,10 +82,64 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(page::routes())
         .layer(DefaultBodyLimit::max(rooms::MAX_BODY))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(access_log))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the origins of `http.cors_origins` (none: no CORS headers at all, and
+/// browsers keep other sites' scripts away from the API). Bearer tokens and Basic
+/// logins travel in `Authorization`, never in cookies, so no credentials mode.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    use axum::http::Method;
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// Headers every answer carries unless its handler set its own: no MIME sniffing, no
+/// framing, no `Referer` (a room link is its key); API answers are never cached.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    if api && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 /// One access-log line per request, as the privacy terms describe them: date and time
