@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub public_ipv6: Option<Ipv6Addr>,
     /// Data-plane threads; 0 means one per CPU core.
     pub workers: usize,
+    /// After SIGUSR1 (drain), the node exits when the last call ends, or after this
+    /// many seconds at most.
+    pub drain_timeout_s: u64,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +44,7 @@ impl Default for NodeConfig {
             public_ip: Ipv4Addr::LOCALHOST,
             public_ipv6: None,
             workers: 0,
+            drain_timeout_s: 3600,
         }
     }
 }

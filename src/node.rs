@@ -213,6 +213,11 @@ async fn control_plane(
     }
     let http = tokio::net::TcpListener::from_std(http_listener).map_err(|e| e.to_string())?;
     let state = crate::http::AppState::new(config, metrics.clone(), media, liveness.clone())?;
+    let drain = Drain {
+        rooms: state.rooms.clone(),
+        turn: streams.turn.clone(),
+        timeout: std::time::Duration::from_secs(config.node.drain_timeout_s),
+    };
     let app = crate::http::router(state);
     tasks.spawn(async move {
         if let Err(e) = axum::serve(
@@ -239,7 +244,7 @@ async fn control_plane(
         env!("CARGO_PKG_VERSION")
     );
     let result = tokio::select! {
-        r = wait_for_signal(streams.certs.as_ref()) => r,
+        r = wait_for_signal(streams.certs.as_ref(), &drain) => r,
         () = liveness.wait_gone() => Err("a data-plane worker ended: stopping with a failure \
             status so that the service manager restarts the node".to_owned()),
     };
@@ -248,19 +253,67 @@ async fn control_plane(
     result
 }
 
+/// What a drain (SIGUSR1) stops and waits for.
+struct Drain {
+    rooms: Arc<crate::http::rooms::RoomsApi>,
+    turn: Arc<Shared>,
+    /// The longest a drain waits for calls to end.
+    timeout: std::time::Duration,
+}
+
+impl Drain {
+    fn start(&self) {
+        self.rooms.start_draining();
+        self.turn.start_draining();
+        tracing::info!(
+            participants = self.rooms.participants(),
+            allocations = self.turn.allocations(),
+            timeout_s = self.timeout.as_secs(),
+            "SIGUSR1: draining; no new rooms, participants or allocations"
+        );
+    }
+
+    /// Whether the last call has ended: nobody in a room, no TURN allocation.
+    fn is_idle(&self) -> bool {
+        self.rooms.participants() == 0 && self.turn.allocations() == 0
+    }
+}
+
 /// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate and key (open
-/// connections and their allocations stay; a failed reload keeps the old ones).
-async fn wait_for_signal(certs: Option<&TlsCerts>) -> Result<(), String> {
+/// connections and their allocations stay; a failed reload keeps the old ones); SIGUSR1
+/// drains: nothing new is taken, and the node stops once the last call ended or the
+/// drain timed out (a SIGTERM meanwhile stops it at once).
+async fn wait_for_signal(certs: Option<&TlsCerts>, drain: &Drain) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let err = |e: std::io::Error| format!("cannot install signal handlers: {e}");
     let mut term = signal(SignalKind::terminate()).map_err(err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(err)?;
     let mut hup = signal(SignalKind::hangup()).map_err(err)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(err)?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => reload(certs),
+            _ = usr1.recv() => {
+                if drain_deadline.is_none() {
+                    drain.start();
+                    drain_deadline = Some(tokio::time::Instant::now() + drain.timeout);
+                }
+            }
+            _ = tick.tick() => {
+                let Some(deadline) = drain_deadline else { continue };
+                if drain.is_idle() {
+                    tracing::info!("drained: the last call has ended");
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::info!("drain timed out (node.drain_timeout_s): stopping");
+                    return Ok(());
+                }
+            }
         }
     }
 }

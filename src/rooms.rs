@@ -572,6 +572,11 @@ impl Rooms {
             .unwrap_or_default()
     }
 
+    /// Participants in all rooms together.
+    pub fn participants_total(&self) -> usize {
+        self.rooms.values().map(|r| r.participants.len()).sum()
+    }
+
     /// Whether `participant` is in the live room `room`.
     pub fn contains(&self, room: &str, participant: &str, now: u64) -> bool {
         self.live(room, now)

@@ -1393,6 +1393,73 @@ fn cors_for_the_configured_origins_and_security_headers_everywhere() {
     assert_eq!(r.header("access-control-allow-origin"), None, "{}", r.head);
 }
 
+/// Drain for an upgrade (SIGUSR1): health says `draining` (503), no new room,
+/// participant or allocation, those in a call stay; the node exits 0 once the last one
+/// left.
+#[test]
+fn drain_refuses_newcomers_and_exits_when_the_last_call_ends() {
+    let (mut node, _log) = node_with("", "");
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let mut ea = events(&node, &room, &a);
+    ea.expect("roster");
+    node.signal(libc::SIGUSR1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let h = http(node.http, "GET", "/api/health", &[], b"");
+        if h.status != 200 || std::time::Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert_eq!(health.json()["status"], json!("draining"));
+    assert_error(&join_raw(&node, &room, br#"{"display_name":"Bob"}"#), 503);
+    assert_error(&create_room_as(&node, &host_auth()), 503);
+    let (user, password) = turn_credentials(&a);
+    assert!(
+        !turn_allocate(turn_udp_url(&a), &user, &password),
+        "an allocation while draining"
+    );
+    // Ann is still in the call.
+    assert_eq!(
+        get_room(&node, &room).json()["participants"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        node.wait_exit(Duration::from_secs(2)),
+        None,
+        "left before the call ended"
+    );
+    let r = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}/participants/{}", a.id),
+        &[("Authorization", &bearer(&a.token))],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let status = node
+        .wait_exit(Duration::from_secs(10))
+        .expect("the node exits");
+    assert!(status.success(), "{status}");
+}
+
+/// A drain stops at `node.drain_timeout_s` even with a call going on.
+#[test]
+fn drain_ends_at_its_timeout() {
+    let (mut node, _log) = node_with("", "[node]\ndrain_timeout_s = 1\n");
+    let room = create_room(&node);
+    join(&node, &room, "Ann");
+    node.signal(libc::SIGUSR1);
+    let status = node
+        .wait_exit(Duration::from_secs(10))
+        .expect("the node exits");
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn one_time_host_password_on_loopback_without_hosts() {
     // No [[http.hosts]], no jwt_secret, loopback: a password is printed once.

@@ -191,6 +191,11 @@ pub fn error(status: StatusCode, message: &str) -> Response {
 /// to stop so that it is restarted: `net::liveness`).
 async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     let version = env!("CARGO_PKG_VERSION");
+    if state.liveness.all_alive() && state.rooms.is_draining() {
+        // Load balancers send no one new; calls in progress go on.
+        let body = json!({ "status": "draining", "version": version });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     if state.liveness.all_alive() {
         return Json(json!({ "status": "ok", "version": version })).into_response();
     }

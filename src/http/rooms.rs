@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,6 +77,8 @@ pub struct RoomsApi {
     store: Box<dyn RoomStore>,
     kept: Mutex<HashMap<String, StoredRoom>>,
     host_key: HostKey,
+    /// Set when the node drains: no new rooms or participants (503).
+    draining: AtomicBool,
 }
 
 impl std::fmt::Debug for RoomsApi {
@@ -166,7 +168,22 @@ impl RoomsApi {
             store: Box::new(store),
             kept: Mutex::new(kept),
             host_key,
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// From now on no new rooms or participants; who is in a call stays.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Participants in all rooms (a draining node waits for none to be left).
+    pub fn participants(&self) -> usize {
+        self.hub().rooms.participants_total()
     }
 
     /// Writes what changed in the rooms since the last call to the store (durable when
@@ -580,6 +597,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// `POST /api/rooms`
 pub async fn create_room(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let api = &state.rooms;
+    if api.is_draining() {
+        return draining();
+    }
     let host = match api.host(&headers).await {
         Ok(h) => h,
         Err(r) => return refused(r),
@@ -660,6 +680,9 @@ pub async fn join(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = &state.rooms;
+    if api.is_draining() {
+        return draining();
+    }
     let now = unix_now();
     if let Some(Extension(ConnectInfo(from))) = source
         && let Err(wait) = api.joins.check(from.ip(), now)
@@ -705,6 +728,18 @@ pub async fn join(
         })),
     )
         .into_response()
+}
+
+/// 503 while the node drains for an upgrade (`Retry-After`: a minute).
+fn draining() -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node is being restarted for maintenance; try again in a minute",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    response
 }
 
 /// 429 with `Retry-After`.

@@ -21,7 +21,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Index of a relay socket in the worker's socket table.
 pub type RelayId = usize;
@@ -105,6 +105,8 @@ pub struct Shared {
     per_user: Mutex<HashMap<Box<str>, u32>>,
     /// Shared, as the Allocate with the token may reach another worker.
     reservations: Mutex<Vec<Reservation>>,
+    /// Set when the node drains: no new allocations, those held run on.
+    draining: AtomicBool,
 }
 
 impl Shared {
@@ -131,7 +133,13 @@ impl Shared {
             total: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
             reservations: Mutex::new(Vec::new()),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// From now on Allocate answers 508; allocations held are refreshed as before.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Takes one allocation of the quotas; false when a quota is full.
@@ -740,6 +748,10 @@ impl TurnCore {
             (Some(FAMILY_V6), None) => (false, true),
             (Some(_), None) => return Err(FAMILY_NOT_SUPPORTED),
         };
+        // A draining node takes no new allocations (see `node`).
+        if self.shared.draining.load(Ordering::Relaxed) {
+            return Err(CAPACITY);
+        }
         let reserved = match req.reservation {
             Some(token) => {
                 // The reservation decides the family; a REQUESTED-ADDRESS-FAMILY beside

@@ -153,6 +153,30 @@ impl Node {
         }
     }
 
+    /// Sends `signal` to the node.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("node is running");
+        // SAFETY: kill(2) with a pid of a child we started and have not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// The node's exit status once it exits by itself, within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Ends the node with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("node is running");
