@@ -129,6 +129,10 @@ pub struct HttpConfig {
     /// Origins (`https://meet.example.org`) of a separate web page whose scripts may
     /// call the API; the reference page, served by the node itself, needs none.
     pub cors_origins: Vec<String>,
+    /// HTTP connections open at once, all clients together (event streams included).
+    pub max_connections: usize,
+    /// HTTP connections one client address (an IPv6 /64) may hold open.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -139,6 +143,8 @@ impl Default for HttpConfig {
             jwt_secret: String::new(),
             hosts: Vec::new(),
             cors_origins: Vec::new(),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -563,6 +569,14 @@ impl Config {
         }
         if self.log.retention_days == 0 {
             err("log", "retention_days", "must be at least 1");
+        }
+        for (key, value) in [
+            ("max_connections", self.http.max_connections),
+            ("max_connections_per_ip", self.http.max_connections_per_ip),
+        ] {
+            if value == 0 {
+                err("http", key, "must be at least 1");
+            }
         }
         for (key, value) in [
             ("max_tcp_connections", self.turn.max_tcp_connections),

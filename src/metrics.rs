@@ -261,6 +261,11 @@ pub struct Metrics {
     pub tcp_connections: Gauge,
     /// TCP and TLS connections refused because `turn.max_tcp_connections` was reached.
     pub tcp_refused: Counter,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// HTTP connections closed at once: over `http.max_connections` or
+    /// `http.max_connections_per_ip`.
+    pub http_refused: Counter,
 }
 
 /// The counters of one transport, cloned into each worker or connection task.
@@ -288,6 +293,18 @@ impl Metrics {
         let dropped = Family::<DropLabel, Counter>::default();
         let tcp_connections = Gauge::default();
         let tcp_refused = Counter::default();
+        let http_connections = Gauge::default();
+        let http_refused = Counter::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            http_connections.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "HTTP connections refused at a connection limit (in total or per address)",
+            http_refused.clone(),
+        );
         registry.register(
             "received",
             "Datagrams and stream messages received by the data plane",
@@ -320,6 +337,8 @@ impl Metrics {
             dropped,
             tcp_connections,
             tcp_refused,
+            http_connections,
+            http_refused,
         };
         // Create every series up front so scrapers see zeros, not missing series.
         for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {

@@ -219,16 +219,16 @@ async fn control_plane(
         timeout: std::time::Duration::from_secs(config.node.drain_timeout_s),
     };
     let app = crate::http::router(state);
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(
-            http,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    });
+    let limits = crate::http::serve::ConnectionLimits {
+        total: config.http.max_connections,
+        per_ip: config.http.max_connections_per_ip,
+    };
+    tasks.spawn(crate::http::serve::serve(
+        http,
+        app,
+        limits,
+        metrics.clone(),
+    ));
     let listen: Vec<String> = config.turn.listen.iter().map(|l| l.0.to_string()).collect();
     let tls_listen: Vec<String> = config
         .turn

@@ -11,7 +11,9 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{BIN, HttpResponse, Node, NodeOutput, SseStream, free_port, http, run_with_timeout};
+use common::{
+    BIN, HttpResponse, Node, NodeOutput, SseStream, free_port, http, http_get, run_with_timeout,
+};
 use confnode::stun::message::{Class, Message, Writer, attr, long_term_key, method};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -497,10 +499,26 @@ fn join_refuses_bad_json_bad_names_big_bodies_and_unknown_rooms() {
     assert_error(&join_raw(&node, &room, long.as_bytes()), 400);
     let max = json!({ "display_name": "é".repeat(64) }).to_string();
     assert_eq!(join_raw(&node, &room, max.as_bytes()).status, 201);
-    // Over 64 KiB: 413, whatever it holds.
+    // JSON over 16 KiB: 413, whatever it holds.
     let mut big = br#"{"display_name":"Ann","pad":""#.to_vec();
-    big.resize(64 * 1024 + 1, b'x');
+    big.resize(16 * 1024 + 1, b'x');
     assert_error(&join_raw(&node, &room, &big), 413);
+    // Not declared JSON (a cross-site form posts text/plain or a form type): 415.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let headers: Vec<(&str, &str)> = if content_type.is_empty() {
+            Vec::new()
+        } else {
+            vec![("Content-Type", content_type)]
+        };
+        let r = http(
+            node.http,
+            "POST",
+            &format!("/api/rooms/{room}/participants"),
+            &headers,
+            br#"{"display_name":"Ann"}"#,
+        );
+        assert_error(&r, 415);
+    }
     // Unknown room.
     assert_error(
         &join_raw(
@@ -788,7 +806,20 @@ fn publish_and_subscribe_validate_their_sdp_bodies() {
     let other = bearer(&b.token);
     let sdp = ("Content-Type", "application/sdp");
     let mut big = OFFER.to_vec();
-    big.resize(64 * 1024 + 1, b'a');
+    big.resize(1024 * 1024 + 1, b'a');
+    // An answer of 100 KB (a large room's) passes the HTTP layer; its own bound is
+    // twice the node's offer, and here no offer awaits it.
+    let mut large = OFFER.to_vec();
+    large.resize(100 * 1024, b'a');
+    let subscribe = format!("/api/rooms/{room}/participants/{}/subscribe", a.id);
+    let r = http(
+        node.http,
+        "POST",
+        &subscribe,
+        &[sdp, ("Authorization", &own)],
+        &large,
+    );
+    assert_error(&r, 409);
     for call in ["publish", "subscribe"] {
         let path = format!("/api/rooms/{room}/participants/{}/{call}", a.id);
         let send =
@@ -1458,6 +1489,116 @@ fn drain_ends_at_its_timeout() {
         .wait_exit(Duration::from_secs(10))
         .expect("the node exits");
     assert!(status.success(), "{status}");
+}
+
+/// Reads from `stream` until the node closes it; how long that took, or `None` if it
+/// was still open after `limit`.
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// A client that trickles its request head one byte a second, or keeps a connection
+/// idle, is cut off after the 10 s header timeout; an event stream lives on past it.
+#[test]
+fn slow_and_idle_http_connections_are_closed_and_event_streams_stay() {
+    use std::io::Write;
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let mut ea = events(&node, &room, &a);
+    ea.expect("roster");
+
+    let mut idle = std::net::TcpStream::connect(node.http).expect("connect");
+    idle.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut trickle = std::net::TcpStream::connect(node.http).expect("connect");
+    let trickler = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        for b in b"GET /api/health HTTP/1.1\r\nHost: a-very-slow-client\r\n".iter() {
+            if trickle.write_all(&[*b]).is_err() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        None
+    });
+    // The idle connection got its answer, then is closed within the timeout.
+    let idle_closed = closed_within(&mut idle, Duration::from_secs(20));
+    assert!(
+        idle_closed.is_some_and(|t| t >= Duration::from_secs(8)),
+        "idle keep-alive connection: {idle_closed:?}"
+    );
+    let cut = trickler.join().expect("trickler");
+    assert!(
+        cut.is_some_and(|t| t <= Duration::from_secs(16)),
+        "the trickling client was served for {cut:?}"
+    );
+    // The event stream still carries events.
+    join(&node, &room, "Bob");
+    assert_eq!(ea.expect("joined")["display_name"], json!("Bob"));
+}
+
+/// Connections per client address are capped (`http.max_connections_per_ip`): one
+/// more is closed at once and counted; when one closes, a new one is served. A request
+/// head over 16 KiB is refused.
+#[test]
+fn http_connections_per_address_are_capped_and_heads_bounded() {
+    use std::io::Write;
+    let http_section = format!(
+        "public_url = \"{PUBLIC_URL}\"\nmax_connections_per_ip = 4\n\
+         [[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
+        hash(PASSWORD)
+    );
+    let (node, _log) = Node::start_with_http("", &http_section, "");
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(node.http).expect("connect"))
+        .collect();
+    // Let the node take all four.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = std::net::TcpStream::connect(node.http).expect("connect");
+    let closed = closed_within(&mut over, Duration::from_secs(5));
+    assert!(closed.is_some(), "a fifth connection stayed open");
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let health = loop {
+        let h = http_get(node.http, "/api/health");
+        if h.is_some() || std::time::Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(health.map(|h| h.0), Some(200));
+    assert!(node.metric("confnode_http_refused_total") >= 1.0);
+    // A 20 KiB header: no answer but a closed connection (or a 4xx).
+    let mut big = std::net::TcpStream::connect(node.http).expect("connect");
+    let filler = "x".repeat(20 * 1024);
+    let _ =
+        big.write_all(format!("GET /api/health HTTP/1.1\r\nX-Big: {filler}\r\n\r\n").as_bytes());
+    use std::io::Read;
+    big.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(!text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod limit;
 pub mod page;
 pub mod rooms;
+pub mod serve;
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -43,8 +43,11 @@ use crate::sfu::session::{MediaSessions, PublishRefusal};
 use crate::sfu::speaker::{Loudness, Speakers};
 use crate::store::{HostKey, RedbStore, RoomStore, StoredRoom};
 
-/// Largest request body (JSON or SDP), as the bound for SDP.
-pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request body: an SDP answer in a large room (a 50-person room's is about
+/// 70 KB; the answer's own bound, twice our offer, is checked after).
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest JSON body (a display name, a preference, a lock).
+pub const MAX_JSON_BODY: usize = 16 * 1024;
 /// How long the TURN credentials handed to a participant stay valid.
 pub const TURN_CREDENTIAL_SECS: u64 = 12 * 3600;
 /// Events waiting on one stream; a client that falls this far behind loses the stream
@@ -578,11 +581,31 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
     b.map_err(|r| {
         let status = r.status();
         Box::new(if status == StatusCode::PAYLOAD_TOO_LARGE {
-            error(status, "request body over 64 KiB")
+            error(status, "request body over 1 MiB")
         } else {
             error(status, "cannot read the request body")
         })
     })
+}
+
+/// A JSON body: declared `application/json` (415 otherwise: a cross-site HTML form
+/// cannot send that type without the browser asking first, so it cannot join anyone to
+/// a room), within [`MAX_JSON_BODY`] (413 when over).
+fn json_body(headers: &HeaderMap, b: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
+    if !is_json(headers) {
+        return Err(Box::new(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json",
+        )));
+    }
+    let raw = body(b)?;
+    if raw.len() > MAX_JSON_BODY {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "JSON body over 16 KiB",
+        )));
+    }
+    Ok(raw)
 }
 
 /// The participant token from `Authorization: Bearer`.
@@ -677,6 +700,7 @@ pub async fn join(
     State(state): State<AppState>,
     Path(room): Path<String>,
     source: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = &state.rooms;
@@ -689,7 +713,7 @@ pub async fn join(
     {
         return too_many(wait, "too many joins from this address; retry later");
     }
-    let raw = match body(raw) {
+    let raw = match json_body(&headers, raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -773,16 +797,10 @@ pub async fn patch_room(
         Ok(h) => h,
         Err(r) => return refused(r),
     };
-    let raw = match body(raw) {
+    let raw = match json_body(&headers, raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    if !is_json(&headers) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "the body must be application/json",
-        );
-    }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct PatchBody {
@@ -1086,7 +1104,7 @@ pub async fn preferences(
     if let Err(r) = authenticate(api, &room, &participant, &headers) {
         return *r;
     }
-    let raw = match body(raw) {
+    let raw = match json_body(&headers, raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };
