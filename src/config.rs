@@ -549,6 +549,14 @@ impl Config {
                  `confnode hash-password`",
             );
         }
+        // HS256 with a short secret can be brute-forced offline from one token.
+        if !self.http.jwt_secret.is_empty() && self.http.jwt_secret.len() < 32 {
+            err(
+                "http",
+                "jwt_secret",
+                "must be at least 32 bytes (e.g. `openssl rand -base64 32`), or empty",
+            );
+        }
         for origin in &self.http.cors_origins {
             if !is_origin(origin) {
                 err(
@@ -763,7 +771,7 @@ mod tests {
         assert_eq!(errs[0].key, "http.hosts");
         assert!(Config::from_toml("[http]\nlisten = \"[::1]:8080\"\n").is_ok());
         assert!(
-            Config::from_toml("[http]\nlisten = \"0.0.0.0:8080\"\njwt_secret = \"s\"\n").is_ok()
+            Config::from_toml("[http]\nlisten = \"0.0.0.0:8080\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n").is_ok()
         );
         let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$4v3Q0u3XDsJ1Ptq6nXl0hA";
         let text = format!(
@@ -778,6 +786,16 @@ mod tests {
         let errs = Config::from_toml(text).expect_err("bad hash").0;
         assert_eq!(errs[0].key, "http.hosts");
         assert!(errs[0].message.contains("hash-password"), "{errs:?}");
+    }
+
+    #[test]
+    fn short_jwt_secrets_are_refused() {
+        let errs = Config::from_toml("[http]\njwt_secret = \"short\"\n")
+            .expect_err("short")
+            .0;
+        assert_eq!(errs[0].key, "http.jwt_secret", "{errs:?}");
+        let long = "[http]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        assert!(Config::from_toml(long).is_ok());
     }
 
     #[test]

@@ -476,6 +476,12 @@ impl Rooms {
         Ok(r.remove(index, now))
     }
 
+    /// Its host deletes a room (see [`Rooms::delete`]); another host may not.
+    pub fn delete_as(&mut self, room: &str, host: &str, now: u64) -> Result<Effects, RoomError> {
+        self.owned_mut(room, host, now)?;
+        self.delete(room, now)
+    }
+
     /// Deletes a room: every stream in it hears `room_closed` and ends; every token of
     /// it stops working.
     pub fn delete(&mut self, room: &str, now: u64) -> Result<Effects, RoomError> {
@@ -990,6 +996,19 @@ mod tests {
             Err(RoomError::NoRoom)
         );
         assert_eq!(r.delete(&room, T0), Err(RoomError::NoRoom));
+    }
+
+    #[test]
+    fn only_its_host_deletes_a_room() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        assert_eq!(
+            r.delete_as(&room, "other", T0).err(),
+            Some(RoomError::NotYourRoom)
+        );
+        assert!(r.view(&room, T0).is_ok());
+        assert!(r.delete_as(&room, "host", T0).is_ok());
+        assert_eq!(r.view(&room, T0), Err(RoomError::NoRoom));
     }
 
     #[test]

@@ -265,6 +265,12 @@ fn create_room_refuses_bad_expired_and_alg_none_jwt() {
     let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
     let cases = [
         ("expired", jwt(json!({ "exp": now - 3600 }))),
+        // The leeway for clocks apart is 5 s, not a minute.
+        ("expired 20 s ago", jwt(json!({ "exp": now - 20 }))),
+        (
+            "not valid before a minute from now",
+            jwt(json!({ "exp": now + 600, "nbf": now + 60 })),
+        ),
         ("no exp", jwt(json!({ "sub": "x" }))),
         ("exp not a number", jwt(json!({ "exp": "tomorrow" }))),
         (
@@ -578,6 +584,14 @@ fn a_host_locks_its_room_and_removes_a_participant() {
     eb.expect("roster");
 
     let other_host = bearer(&jwt(json!({ "sub": "eve", "exp": unix_now() + 600 })));
+    let r = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}"),
+        &[("Authorization", &other_host)],
+        b"",
+    );
+    assert_error(&r, 403);
     assert_error(
         &patch_room(&node, &room, &other_host, r#"{"locked":true}"#),
         403,
@@ -1599,6 +1613,52 @@ fn http_connections_per_address_are_capped_and_heads_bounded() {
     let _ = big.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer);
     assert!(!text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// `POST /api/rooms` with Basic `authorization`, sent from the local address `from`.
+fn create_room_from(node: &Node, from: std::net::IpAddr, authorization: &str) -> u16 {
+    use std::io::{Read, Write};
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(from, 0).into())
+        .expect("bind the source address");
+    socket.connect(&node.http.into()).expect("connect");
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let request = format!(
+        "POST /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+/// Guessing host passwords: after 10 failed logins in a minute an address gets 429
+/// (`Retry-After`) without a verification, even for the right password, while a host
+/// at another address logs in.
+#[test]
+fn failed_host_logins_are_throttled_per_address() {
+    let node = node();
+    let wrong = basic(HOST, "not the password");
+    for _ in 0..10 {
+        let r = create_room_as(&node, &wrong);
+        assert_error(&r, 401);
+    }
+    let r = create_room_as(&node, &wrong);
+    assert_error(&r, 429);
+    assert!(r.header("retry-after").is_some(), "{}", r.head);
+    assert_error(&create_room_as(&node, &host_auth()), 429);
+    let elsewhere: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    assert_eq!(create_room_from(&node, elsewhere, &host_auth()), 201);
 }
 
 #[test]

@@ -5,8 +5,10 @@
 //! With no host configured (only allowed on a loopback `http.listen`, see the config
 //! check) the node makes a one-time password for the account `host` at start.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
@@ -20,6 +22,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::limit::PerSource;
 use crate::config::HttpConfig;
 
 /// Name of the account that gets the one-time password.
@@ -28,6 +31,14 @@ pub const ONE_TIME_ACCOUNT: &str = "host";
 const CONCURRENT_VERIFICATIONS: usize = 2;
 /// How long a login waits for a verification slot before it is told to retry.
 const VERIFY_QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// Logins being verified or waiting for a slot; one more is told to retry at once, so
+/// a burst cannot queue good logins behind it for long.
+const MAX_PENDING_VERIFICATIONS: usize = 8;
+/// Failed password logins one address (an IPv6 /64) may make per minute; more are
+/// answered 429 without a verification.
+const FAILED_LOGINS_PER_MINUTE: u32 = 10;
+/// Leeway on a host token's `exp` and `nbf` for clocks a little apart.
+const JWT_LEEWAY_SECS: u64 = 5;
 /// Longest `Authorization` value looked at.
 const MAX_AUTHORIZATION_LEN: usize = 8192;
 
@@ -39,6 +50,8 @@ pub enum Refusal {
     Unauthorized { bearer: bool },
     /// Too many logins being checked at once: 503.
     Busy,
+    /// Too many failed logins from this address: 429, with the seconds to wait.
+    TooMany { retry_after: u64 },
 }
 
 /// The host accounts and the JWT key.
@@ -49,6 +62,10 @@ pub struct HostAuth {
     one_time: Option<[u8; 32]>,
     jwt: Option<(DecodingKey, Validation)>,
     verifications: Semaphore,
+    /// Verifications running or waiting (see [`MAX_PENDING_VERIFICATIONS`]).
+    pending: AtomicUsize,
+    /// Failed password logins per source.
+    failures: PerSource,
 }
 
 impl std::fmt::Debug for HostAuth {
@@ -75,6 +92,8 @@ impl HostAuth {
             let mut v = Validation::new(Algorithm::HS256);
             v.set_required_spec_claims(&["exp"]);
             v.validate_exp = true;
+            v.validate_nbf = true;
+            v.leeway = JWT_LEEWAY_SECS;
             v.validate_aud = false;
             (DecodingKey::from_secret(http.jwt_secret.as_bytes()), v)
         });
@@ -88,13 +107,32 @@ impl HostAuth {
             one_time: password.as_deref().map(sha256),
             jwt,
             verifications: Semaphore::new(CONCURRENT_VERIFICATIONS),
+            pending: AtomicUsize::new(0),
+            failures: PerSource::new(FAILED_LOGINS_PER_MINUTE, 60),
         };
         (auth, password)
     }
 
     /// The host a request speaks for: the account name (Basic), or `jwt:` and the
-    /// token's `sub` (Bearer).
-    pub async fn authenticate(self: &Arc<Self>, headers: &HeaderMap) -> Result<String, Refusal> {
+    /// token's `sub` (Bearer). `source` is the client's address: one that failed too
+    /// many password logins is refused before any verification.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        source: Option<IpAddr>,
+    ) -> Result<String, Refusal> {
+        let result = self.check(headers, source).await;
+        if let (Err(Refusal::Unauthorized { bearer: false }), Some(ip)) = (&result, source) {
+            let _ = self.failures.check(ip, unix_now());
+        }
+        result
+    }
+
+    async fn check(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        source: Option<IpAddr>,
+    ) -> Result<String, Refusal> {
         let basic = Refusal::Unauthorized { bearer: false };
         let value = headers
             .get(header::AUTHORIZATION)
@@ -108,6 +146,9 @@ impl HostAuth {
         }
         if !scheme.eq_ignore_ascii_case("basic") {
             return Err(basic);
+        }
+        if let Some(retry_after) = source.and_then(|ip| self.failures.blocked(ip, unix_now())) {
+            return Err(Refusal::TooMany { retry_after });
         }
         let decoded = STANDARD.decode(rest.trim()).map_err(|_| basic)?;
         let colon = decoded.iter().position(|&b| b == b':').ok_or(basic)?;
@@ -151,6 +192,7 @@ impl HostAuth {
         let Some(index) = known.or((!self.accounts.is_empty()).then_some(0)) else {
             return Ok(false);
         };
+        let _pending = Pending::take(&self.pending).ok_or(Refusal::Busy)?;
         let _permit = tokio::time::timeout(VERIFY_QUEUE_WAIT, self.verifications.acquire())
             .await
             .map_err(|_| Refusal::Busy)?
@@ -166,6 +208,29 @@ impl HostAuth {
         .map_err(|_| Refusal::Busy)?;
         Ok(verified && known.is_some())
     }
+}
+
+/// One login in [`HostAuth::pending`]; leaves it when dropped.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl<'a> Pending<'a> {
+    fn take(pending: &'a AtomicUsize) -> Option<Pending<'a>> {
+        let before = pending.fetch_add(1, Ordering::SeqCst);
+        let taken = Pending(pending);
+        (before < MAX_PENDING_VERIFICATIONS).then_some(taken)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn sha256(text: &str) -> [u8; 32] {
@@ -334,42 +399,42 @@ mod tests {
         assert!(one_time.is_none());
         let auth = Arc::new(auth);
         assert_eq!(
-            auth.authenticate(&basic("ann", "pw1")).await,
+            auth.authenticate(&basic("ann", "pw1"), None).await,
             Ok("ann".into())
         );
         assert_eq!(
-            auth.authenticate(&basic("bob", "pw2")).await,
+            auth.authenticate(&basic("bob", "pw2"), None).await,
             Ok("bob".into())
         );
         assert_eq!(
-            auth.authenticate(&basic("bob", "pw1")).await,
+            auth.authenticate(&basic("bob", "pw1"), None).await,
             unauthorized(false)
         );
         assert_eq!(
-            auth.authenticate(&basic("eve", "pw1")).await,
+            auth.authenticate(&basic("eve", "pw1"), None).await,
             unauthorized(false)
         );
         // A password with a colon in it is split at the first colon only.
         assert_eq!(
-            auth.authenticate(&basic("ann", "pw1:")).await,
+            auth.authenticate(&basic("ann", "pw1:"), None).await,
             unauthorized(false)
         );
         assert_eq!(
-            auth.authenticate(&HeaderMap::new()).await,
+            auth.authenticate(&HeaderMap::new(), None).await,
             unauthorized(false)
         );
         assert_eq!(
-            auth.authenticate(&headers("Basic !!!")).await,
+            auth.authenticate(&headers("Basic !!!"), None).await,
             unauthorized(false)
         );
         assert_eq!(
-            auth.authenticate(&headers("Digest x")).await,
+            auth.authenticate(&headers("Digest x"), None).await,
             unauthorized(false)
         );
         // Bearer with no jwt_secret configured.
         let token = jwt(serde_json::json!({ "exp": now() + 60 }), SECRET);
         assert_eq!(
-            auth.authenticate(&headers(&format!("Bearer {token}")))
+            auth.authenticate(&headers(&format!("Bearer {token}")), None)
                 .await,
             unauthorized(true)
         );
@@ -382,15 +447,15 @@ mod tests {
         assert_eq!(password.len(), 22);
         let auth = Arc::new(auth);
         assert_eq!(
-            auth.authenticate(&basic("host", &password)).await,
+            auth.authenticate(&basic("host", &password), None).await,
             Ok("host".into())
         );
         assert_eq!(
-            auth.authenticate(&basic("host", "guess")).await,
+            auth.authenticate(&basic("host", "guess"), None).await,
             unauthorized(false)
         );
         assert_eq!(
-            auth.authenticate(&basic("other", &password)).await,
+            auth.authenticate(&basic("other", &password), None).await,
             unauthorized(false)
         );
         // A second start makes another.
@@ -411,12 +476,12 @@ mod tests {
             SECRET,
         );
         assert_eq!(
-            auth.authenticate(&bearer(&good)).await,
+            auth.authenticate(&bearer(&good), None).await,
             Ok("jwt:alice".into())
         );
         let anonymous = jwt(serde_json::json!({ "exp": now() + 600 }), SECRET);
         assert_eq!(
-            auth.authenticate(&bearer(&anonymous)).await,
+            auth.authenticate(&bearer(&anonymous), None).await,
             Ok("jwt".into())
         );
         // An audience is not checked (none is configured), but does not fail either.
@@ -424,7 +489,7 @@ mod tests {
             serde_json::json!({ "exp": now() + 600, "aud": "x" }),
             SECRET,
         );
-        assert!(auth.authenticate(&bearer(&aud)).await.is_ok());
+        assert!(auth.authenticate(&bearer(&aud), None).await.is_ok());
 
         let expired = jwt(serde_json::json!({ "exp": now() - 3600 }), SECRET);
         let no_exp = jwt(serde_json::json!({ "sub": "alice" }), SECRET);
@@ -460,14 +525,14 @@ mod tests {
             "not.a.jwt",
         ] {
             assert_eq!(
-                auth.authenticate(&bearer(bad)).await,
+                auth.authenticate(&bearer(bad), None).await,
                 unauthorized(true),
                 "{bad}"
             );
         }
         // A Basic login against a node with only a JWT secret fails.
         assert_eq!(
-            auth.authenticate(&basic("host", "x")).await,
+            auth.authenticate(&basic("host", "x"), None).await,
             unauthorized(false)
         );
     }

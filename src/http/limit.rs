@@ -58,6 +58,17 @@ impl PerSource {
     }
 }
 
+impl PerSource {
+    /// Whether `source` is over its limit now, without counting a request: the
+    /// seconds until it may ask again.
+    pub fn blocked(&self, source: IpAddr, now: u64) -> Option<u64> {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let &(start, count) = seen.get(&bucket(source))?;
+        let end = start.saturating_add(self.window_secs);
+        (now < end && count >= self.limit).then(|| end.saturating_sub(now).max(1))
+    }
+}
+
 /// What one client counts as: its IPv4 address, or the /64 of its IPv6 address (an
 /// IPv4-mapped one as the IPv4 address).
 fn bucket(source: IpAddr) -> IpAddr {
@@ -89,6 +100,18 @@ mod tests {
         assert_eq!(limit.check(a, 130), Err(30));
         assert_eq!(limit.check(b, 130), Ok(()), "others are not held back");
         assert_eq!(limit.check(a, 160), Ok(()));
+    }
+
+    #[test]
+    fn blocked_looks_without_counting() {
+        let limit = PerSource::new(2, 60);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(limit.blocked(a, 0), None);
+        limit.check(a, 0).unwrap();
+        assert_eq!(limit.blocked(a, 1), None);
+        limit.check(a, 1).unwrap();
+        assert_eq!(limit.blocked(a, 10), Some(50));
+        assert_eq!(limit.blocked(a, 60), None);
     }
 
     #[test]

@@ -227,9 +227,10 @@ impl RoomsApi {
         }
     }
 
-    /// The host login of a request, as rooms keep it (its keyed hash).
-    async fn host(&self, headers: &HeaderMap) -> Result<String, Refusal> {
-        let name = self.hosts.authenticate(headers).await?;
+    /// The host login of a request from `source`, as rooms keep it (its keyed hash).
+    async fn host(&self, headers: &HeaderMap, source: &Source) -> Result<String, Refusal> {
+        let ip = source.as_ref().map(|Extension(ConnectInfo(a))| a.ip());
+        let name = self.hosts.authenticate(headers, ip).await?;
         Ok(self.host_key.hash(&name))
     }
 
@@ -547,6 +548,10 @@ fn room_error(e: RoomError) -> Response {
 
 fn refused(r: Refusal) -> Response {
     match r {
+        Refusal::TooMany { retry_after } => too_many(
+            retry_after,
+            "too many failed logins from this address; wait before trying again",
+        ),
         Refusal::Busy => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many logins being checked; retry in a moment",
@@ -572,6 +577,10 @@ fn refused(r: Refusal) -> Response {
         }
     }
 }
+
+/// The client's address, where the server knows it (always, but for handlers called
+/// in-process by tests).
+type Source = Option<Extension<ConnectInfo<SocketAddr>>>;
 
 /// An error answer ready to send (boxed: a `Response` is large to return by value).
 type Refused = Box<Response>;
@@ -618,12 +627,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `POST /api/rooms`
-pub async fn create_room(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn create_room(
+    State(state): State<AppState>,
+    source: Source,
+    headers: HeaderMap,
+) -> Response {
     let api = &state.rooms;
     if api.is_draining() {
         return draining();
     }
-    let host = match api.host(&headers).await {
+    let host = match api.host(&headers, &source).await {
         Ok(h) => h,
         Err(r) => return refused(r),
     };
@@ -671,18 +684,20 @@ pub async fn get_room(State(state): State<AppState>, Path(room): Path<String>) -
     }
 }
 
-/// `DELETE /api/rooms/{room}` (host): everyone in it hears `room_closed` and is out.
+/// `DELETE /api/rooms/{room}` (its host): everyone in it hears `room_closed` and is out.
 pub async fn delete_room(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    source: Source,
     headers: HeaderMap,
 ) -> Response {
     let api = &state.rooms;
-    if let Err(r) = api.hosts.authenticate(&headers).await {
-        return refused(r);
-    }
+    let host = match api.host(&headers, &source).await {
+        Ok(h) => h,
+        Err(r) => return refused(r),
+    };
     let mut hub = api.hub();
-    match hub.rooms.delete(&room, unix_now()) {
+    match hub.rooms.delete_as(&room, &host, unix_now()) {
         Ok(effects) => {
             hub.apply(effects);
             drop(hub);
@@ -699,7 +714,7 @@ pub async fn delete_room(
 pub async fn join(
     State(state): State<AppState>,
     Path(room): Path<String>,
-    source: Option<Extension<ConnectInfo<SocketAddr>>>,
+    source: Source,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -789,11 +804,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 pub async fn patch_room(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    source: Source,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = &state.rooms;
-    let host = match api.host(&headers).await {
+    let host = match api.host(&headers, &source).await {
         Ok(h) => h,
         Err(r) => return refused(r),
     };
@@ -938,13 +954,14 @@ fn authenticate(
 pub async fn leave(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
+    source: Source,
     headers: HeaderMap,
 ) -> Response {
     let api = &state.rooms;
     let by_host = match authenticate(api, &room, &participant, &headers) {
         Ok(()) => None,
         // Not the participant's token: a host's login (Basic, or a Bearer JWT)?
-        Err(refusal) => match api.host(&headers).await {
+        Err(refusal) => match api.host(&headers, &source).await {
             Ok(host) => Some(host),
             Err(_) => return *refusal,
         },
