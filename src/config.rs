@@ -84,6 +84,9 @@ pub struct TurnConfig {
     pub max_allocations: usize,
     /// Allocations one username may hold at once.
     pub max_allocations_per_user: u32,
+    /// Allocations one client address (an IPv6 /64) holds at once, EVEN-PORT
+    /// reservations included.
+    pub max_allocations_per_ip: u32,
     /// Permissions and channels one allocation may hold.
     pub max_permissions: usize,
     pub max_channels: usize,
@@ -112,6 +115,7 @@ impl Default for TurnConfig {
             max_tcp_connections: 10_000,
             max_allocations: 100_000,
             max_allocations_per_user: 1_000,
+            max_allocations_per_ip: 128,
             max_permissions: 64,
             max_channels: 64,
             max_bandwidth_kbps: 0,
@@ -592,6 +596,10 @@ impl Config {
             (
                 "max_allocations_per_user",
                 self.turn.max_allocations_per_user as usize,
+            ),
+            (
+                "max_allocations_per_ip",
+                self.turn.max_allocations_per_ip as usize,
             ),
             ("max_permissions", self.turn.max_permissions),
             ("max_channels", self.turn.max_channels),

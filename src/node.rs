@@ -213,6 +213,12 @@ async fn control_plane(
     }
     let http = tokio::net::TcpListener::from_std(http_listener).map_err(|e| e.to_string())?;
     let state = crate::http::AppState::new(config, metrics.clone(), media, liveness.clone())?;
+    // TURN asks the room API whether a room credential's participant is still in.
+    let presence: std::sync::Arc<dyn crate::turn::auth::Presence> = state.rooms.clone();
+    let _ = streams
+        .auth
+        .presence_hook()
+        .set(std::sync::Arc::downgrade(&presence));
     let drain = Drain {
         rooms: state.rooms.clone(),
         turn: streams.turn.clone(),
@@ -335,6 +341,7 @@ fn turn_shared(config: &Config, udp_listen: &[SocketAddr], metrics: &Metrics) ->
     let limits = Limits {
         max_allocations: t.max_allocations,
         max_allocations_per_user: t.max_allocations_per_user,
+        max_allocations_per_ip: t.max_allocations_per_ip,
         max_permissions: t.max_permissions,
         max_channels: t.max_channels,
         bandwidth: t.max_bandwidth_kbps.saturating_mul(1000) / 8,

@@ -473,8 +473,9 @@ fn join_answers_participant_token_and_ice_servers() {
     );
     // A TURN REST username: <expiry>:<participant>, expiring within a day.
     let username = servers[0]["username"].as_str().expect("username");
+    // `<expiry>:room:<room>:<participant>`: good while the participant is in the room.
     let (expiry, id) = username.split_once(':').expect("expiry:id");
-    assert_eq!(id, a.id);
+    assert_eq!(id, format!("room:{room}:{}", a.id));
     let expiry: u64 = expiry.parse().expect("expiry");
     assert!(expiry > unix_now() + 3600 && expiry <= unix_now() + 24 * 3600);
     assert!(servers[0]["credential"].is_string());
@@ -1133,6 +1134,57 @@ fn ice_server_credentials_allocate_on_the_nodes_turn() {
     ));
     let other = format!("1:{}", a.id);
     assert!(!turn_allocate(server, &other, &credential));
+}
+
+/// A room's TURN credentials work only while their participant is in the room: after
+/// leaving, being removed or the room's deletion an Allocate with them is refused. One
+/// participant holds 4 relays at most, and one address `turn.max_allocations_per_ip`.
+#[test]
+fn room_turn_credentials_end_with_the_participant_and_are_capped() {
+    let (node, _) = node_with("max_allocations_per_ip = 6", "");
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let c = join(&node, &room, "Cy");
+    let server = turn_udp_url(&a);
+    let (ua, pa) = turn_credentials(&a);
+    // Each Allocate from its own client socket: four for Ann, then her quota is full.
+    for i in 0..4 {
+        assert!(turn_allocate(server, &ua, &pa), "Ann's relay {i}");
+    }
+    assert!(!turn_allocate(server, &ua, &pa), "a fifth relay for Ann");
+    // Two more from this address (Bob), then the address is at its cap, whoever asks.
+    let (ub, pb) = turn_credentials(&b);
+    assert!(turn_allocate(server, &ub, &pb));
+    assert!(turn_allocate(server, &ub, &pb));
+    let (uc, pc) = turn_credentials(&c);
+    assert!(!turn_allocate(server, &uc, &pc), "over the address's cap");
+    // Bob leaves: his credentials are void, though not expired.
+    let r = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}/participants/{}", b.id),
+        &[("Authorization", &bearer(&b.token))],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(!turn_allocate(server, &ub, &pb), "Bob left");
+    // The room is deleted: nobody's credentials of it work any more.
+    let r = http(
+        node.http,
+        "DELETE",
+        &format!("/api/rooms/{room}"),
+        &[("Authorization", &host_auth())],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let other_room = create_room(&node);
+    let d = join(&node, &other_room, "Di");
+    let (ud, pd) = turn_credentials(&d);
+    assert!(!turn_allocate(server, &uc, &pc), "the room is gone");
+    assert!(!turn_allocate(server, &ua, &pa), "the room is gone");
+    // Di, at the same address, is still refused: the address holds six relays.
+    assert!(!turn_allocate(server, &ud, &pd));
 }
 
 #[test]

@@ -84,6 +84,13 @@ pub struct RoomsApi {
     draining: AtomicBool,
 }
 
+/// Room credentials are good while their participant is in the room.
+impl crate::turn::auth::Presence for RoomsApi {
+    fn is_present(&self, room: &str, participant: &str) -> bool {
+        self.hub().rooms.contains(room, participant, unix_now())
+    }
+}
+
 impl std::fmt::Debug for RoomsApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RoomsApi")
@@ -464,10 +471,12 @@ impl IceServers {
         IceServers { urls, secret }
     }
 
-    /// One RTCIceServer entry with credentials for `participant`, valid from `now` for
-    /// [`TURN_CREDENTIAL_SECS`].
-    pub fn for_participant(&self, participant: &str, now: u64) -> serde_json::Value {
-        let username = format!("{}:{participant}", now + TURN_CREDENTIAL_SECS);
+    /// One RTCIceServer entry with credentials for `participant` of `room`, valid from
+    /// `now` for [`TURN_CREDENTIAL_SECS`] at most and only while the participant is in
+    /// the room (the username says which: `<expiry>:room:<room>:<participant>`, see
+    /// [`crate::turn::auth::room_credential`]).
+    pub fn for_participant(&self, room: &str, participant: &str, now: u64) -> serde_json::Value {
+        let username = format!("{}:room:{room}:{participant}", now + TURN_CREDENTIAL_SECS);
         json!([{
             "urls": self.urls,
             "username": username,
@@ -763,7 +772,7 @@ pub async fn join(
         Json(json!({
             "participant": joined.participant,
             "token": joined.token,
-            "ice_servers": api.ice.for_participant(&joined.participant, now),
+            "ice_servers": api.ice.for_participant(&room, &joined.participant, now),
         })),
     )
         .into_response()
@@ -1261,11 +1270,11 @@ mod tests {
                 "turns:meet.example.org:5349?transport=tcp",
             ]
         );
-        let v = ice.for_participant("p1", 1_000);
-        assert_eq!(v[0]["username"], "44200:p1");
+        let v = ice.for_participant("r1", "p1", 1_000);
+        assert_eq!(v[0]["username"], "44200:room:r1:p1");
         assert_eq!(
             v[0]["credential"],
-            rest_password("s3cret", "44200:p1").as_str()
+            rest_password("s3cret", "44200:room:r1:p1").as_str()
         );
     }
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -53,10 +53,32 @@ pub const CHALLENGE_PER_SEC: u32 = 100;
 /// Token amounts are kept in thousandths so refill works in whole milliseconds.
 const MILLI: u32 = 1000;
 
+/// The key an unknown username's integrity is checked against (never matches in
+/// practice: it only makes the check cost what a known user's does).
+const UNKNOWN_USER_KEY: [u8; 16] = [0x5a; 16];
 /// USERNAME is "fewer than 509 bytes" (RFC 8489 §14.3).
 const MAX_USERNAME_LEN: usize = 508;
 /// Length of base64 of a 20-byte HMAC-SHA1: the REST API password.
 const REST_PASSWORD_LEN: usize = 28;
+
+/// What marks a TURN REST username as a room credential of this node's room API:
+/// `<expiry>:room:<room>:<participant>`.
+const ROOM_MARK: &str = "room:";
+
+/// The (room, participant) of a room credential's username, if it is one.
+pub fn room_credential(username: &str) -> Option<(&str, &str)> {
+    let (_, rest) = username.split_once(':')?;
+    rest.strip_prefix(ROOM_MARK)?.split_once(':')
+}
+
+/// The room API, as TURN asks it whether a room credential's participant is still in
+/// its room (a credential is good only while they are).
+pub trait Presence: Send + Sync {
+    fn is_present(&self, room: &str, participant: &str) -> bool;
+}
+
+/// Where the room API is found once it exists (it starts after the TURN cores).
+pub type PresenceHook = Arc<OnceLock<Weak<dyn Presence>>>;
 
 /// The identity a request authenticated as, and the key its response is signed with.
 #[derive(Clone, PartialEq, Eq)]
@@ -129,6 +151,8 @@ pub struct Auth {
     /// HMAC-SHA256 keyed with the nonce secret.
     nonce_mac: Hmac<Sha256>,
     limiter: ChallengeLimiter,
+    /// The room API, for room credentials; until it is set they are refused.
+    presence: PresenceHook,
 }
 
 impl fmt::Debug for Auth {
@@ -174,7 +198,13 @@ impl Auth {
             secrets,
             nonce_mac,
             limiter: ChallengeLimiter::new(),
+            presence: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Where to put the room API once it exists; shared by every clone.
+    pub fn presence_hook(&self) -> PresenceHook {
+        self.presence.clone()
     }
 
     /// A clone for one TCP or TLS connection: the same credentials and nonce key, but a
@@ -188,6 +218,7 @@ impl Auth {
             secrets: self.secrets.clone(),
             nonce_mac: self.nonce_mac.clone(),
             limiter: ChallengeLimiter::with_buckets(1),
+            presence: self.presence.clone(),
         }
     }
 
@@ -247,16 +278,34 @@ impl Auth {
                 .then_some(*key)
                 .ok_or(Reject::WrongCredentials);
         }
-        let expiry = rest_expiry(username).ok_or(Reject::WrongCredentials)?;
+        let Some(expiry) = rest_expiry(username) else {
+            // An unknown name costs the same integrity check as a known one, so the
+            // time taken does not tell which static users exist.
+            let _ = integrity_matches(msg, &UNKNOWN_USER_KEY);
+            return Err(Reject::WrongCredentials);
+        };
         if expiry < now {
             return Err(Reject::WrongCredentials);
         }
         // Rotation: whichever secret the username's password was made with.
-        self.secrets
+        let key = self
+            .secrets
             .iter()
             .map(|secret| self.rest_key(secret, username))
             .find(|key| integrity_matches(msg, key))
-            .ok_or(Reject::WrongCredentials)
+            .ok_or(Reject::WrongCredentials)?;
+        // A room credential is good while its participant is in the room.
+        if let Some((room, participant)) = room_credential(username) {
+            let present = self
+                .presence
+                .get()
+                .and_then(Weak::upgrade)
+                .is_some_and(|p| p.is_present(room, participant));
+            if !present {
+                return Err(Reject::WrongCredentials);
+            }
+        }
+        Ok(key)
     }
 
     /// MD5(username ":" realm ":" base64(HMAC-SHA1(secret, username))).

@@ -46,6 +46,9 @@ pub struct Limits {
     pub max_lifetime: u32,
     pub max_allocations: usize,
     pub max_allocations_per_user: u32,
+    /// Allocations (and EVEN-PORT reservations) one client address holds at once; an
+    /// IPv6 /64 counts as one address.
+    pub max_allocations_per_ip: u32,
     pub max_permissions: usize,
     pub max_channels: usize,
     /// Relayed bytes per second one allocation may move, both directions together;
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_lifetime: 3600,
             max_allocations: 100_000,
             max_allocations_per_user: 1_000,
+            max_allocations_per_ip: 128,
             max_permissions: 64,
             max_channels: 64,
             bandwidth: 0,
@@ -80,6 +84,9 @@ const CHANNEL_FIRST: u16 = 0x4000;
 const CHANNEL_LAST: u16 = 0x7FFF;
 /// XOR-PEER-ADDRESS attributes taken from one CreatePermission.
 const MAX_PEERS_PER_REQUEST: usize = 8;
+/// Relays one participant's room credentials may hold at once: a browser needs one or
+/// two per peer connection, and a page has two.
+pub const ROOM_RELAYS_PER_PARTICIPANT: u32 = 4;
 /// Attempts at a free relay port before answering 508.
 const PORT_ATTEMPTS: usize = 64;
 const UDP: u8 = 17;
@@ -102,7 +109,8 @@ pub struct Shared {
     pub policy: PeerPolicy,
     pub metrics: TurnMetrics,
     total: AtomicUsize,
-    per_user: Mutex<HashMap<Box<str>, u32>>,
+    /// Allocations and reservations held per username and per client address.
+    quotas: Mutex<Quotas>,
     /// Shared, as the Allocate with the token may reach another worker.
     reservations: Mutex<Vec<Reservation>>,
     /// Set when the node drains: no new allocations, those held run on.
@@ -131,7 +139,7 @@ impl Shared {
             policy,
             metrics,
             total: AtomicUsize::new(0),
-            per_user: Mutex::new(HashMap::new()),
+            quotas: Mutex::new(Quotas::default()),
             reservations: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
         }
@@ -142,36 +150,73 @@ impl Shared {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Takes one allocation of the quotas; false when a quota is full.
-    fn acquire(&self, user: &str) -> bool {
-        let Ok(mut per_user) = self.per_user.lock() else {
-            return false;
-        };
-        if self.total.load(Ordering::Relaxed) >= self.limits.max_allocations {
-            return false;
-        }
-        let n = per_user.entry(user.into()).or_insert(0);
-        if *n >= self.limits.max_allocations_per_user {
+    /// Takes one allocation of the quotas of `user` at client address `ip`; false
+    /// when a quota is full. Room credentials (see
+    /// [`crate::turn::auth::room_credential`]) get [`ROOM_RELAYS_PER_PARTICIPANT`].
+    fn acquire(&self, user: &str, ip: IpAddr) -> bool {
+        if self.total.load(Ordering::Relaxed) >= self.limits.max_allocations
+            || !self.take_quota(user, ip)
+        {
             return false;
         }
-        *n += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
         self.metrics.allocations.inc();
         true
     }
 
-    fn release(&self, user: &str) {
-        let Ok(mut per_user) = self.per_user.lock() else {
-            return;
-        };
-        if let Some(n) = per_user.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                per_user.remove(user);
-            }
+    fn release(&self, user: &str, ip: IpAddr) {
+        if self.give_back_quota(user, ip) {
             self.total.fetch_sub(1, Ordering::Relaxed);
             self.metrics.allocations.dec();
         }
+    }
+
+    /// One place in the per-user and per-address quotas (an allocation's, or an
+    /// EVEN-PORT reservation's while it is held).
+    fn take_quota(&self, user: &str, ip: IpAddr) -> bool {
+        let Ok(mut quotas) = self.quotas.lock() else {
+            return false;
+        };
+        let per_user = if crate::turn::auth::room_credential(user).is_some() {
+            self.limits
+                .max_allocations_per_user
+                .min(ROOM_RELAYS_PER_PARTICIPANT)
+        } else {
+            self.limits.max_allocations_per_user
+        };
+        let ip = source_key(ip);
+        let Quotas { by_user, by_ip } = &mut *quotas;
+        let n = by_user.get(user).copied().unwrap_or(0);
+        let m = by_ip.get(&ip).copied().unwrap_or(0);
+        if n >= per_user || m >= self.limits.max_allocations_per_ip {
+            return false;
+        }
+        by_user.insert(user.into(), n + 1);
+        by_ip.insert(ip, m + 1);
+        true
+    }
+
+    /// Gives back a place of [`Shared::take_quota`]; false if `user` held none.
+    fn give_back_quota(&self, user: &str, ip: IpAddr) -> bool {
+        let Ok(mut quotas) = self.quotas.lock() else {
+            return false;
+        };
+        let Quotas { by_user, by_ip } = &mut *quotas;
+        let Some(n) = by_user.get_mut(user) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            by_user.remove(user);
+        }
+        let ip = source_key(ip);
+        if let Some(m) = by_ip.get_mut(&ip) {
+            *m -= 1;
+            if *m == 0 {
+                by_ip.remove(&ip);
+            }
+        }
+        true
     }
 
     fn add_reservation(&self, r: Reservation) {
@@ -189,19 +234,34 @@ impl Shared {
             .unwrap_or(false)
     }
 
-    /// Takes the reservation of `token` if it is live and of the wanted family.
+    /// Takes the reservation of `token` if it is live and of the wanted family; its
+    /// place in the quotas is given back (the allocation that adopts it takes its own).
     fn take_reservation(&self, token: &[u8; 8], now: u64) -> Option<Reservation> {
-        let mut list = self.reservations.lock().ok()?;
-        let i = list
-            .iter()
-            .position(|r| &r.token == token && r.expires > now)?;
-        Some(list.swap_remove(i))
+        let r = {
+            let mut list = self.reservations.lock().ok()?;
+            let i = list
+                .iter()
+                .position(|r| &r.token == token && r.expires > now)?;
+            list.swap_remove(i)
+        };
+        self.give_back_quota(&r.user, r.ip);
+        Some(r)
     }
 
-    /// Closes the sockets of expired reservations.
+    /// Closes the sockets of expired reservations and gives back their quota places.
     fn expire_reservations(&self, now: u64) {
-        if let Ok(mut list) = self.reservations.lock() {
-            list.retain(|r| r.expires > now);
+        let expired: Vec<Reservation> = match self.reservations.lock() {
+            Ok(mut list) => {
+                let (gone, live) = std::mem::take(&mut *list)
+                    .into_iter()
+                    .partition(|r| r.expires <= now);
+                *list = live;
+                gone
+            }
+            Err(_) => return,
+        };
+        for r in expired {
+            self.give_back_quota(&r.user, r.ip);
         }
     }
 
@@ -325,6 +385,31 @@ struct Reservation {
     socket: std::net::UdpSocket,
     advertised: SocketAddr,
     expires: u64,
+    /// Whose quotas it counts against while held.
+    user: Box<str>,
+    ip: IpAddr,
+}
+
+/// Allocations and reservations held, per username and per client address.
+#[derive(Default)]
+struct Quotas {
+    by_user: HashMap<Box<str>, u32>,
+    by_ip: HashMap<IpAddr, u32>,
+}
+
+/// What one client address counts as: an IPv4 address, or the /64 of an IPv6 one.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::from(octets)
+            }
+        },
+    }
 }
 
 /// The fields of a TURN request, read before the reply overwrites the buffer.
@@ -771,17 +856,25 @@ impl TurnCore {
             }
             None => None,
         };
-        if !self.shared.acquire(&creds.username) {
+        let ip = client.addr.ip();
+        if !self.shared.acquire(&creds.username, ip) {
             if let Some(r) = reserved {
                 relays.close(r.id);
             }
             return Err(QUOTA);
         }
-        let opened = self.open_relays(clock, want_v4, want_v6, req.even_port, reserved, relays);
+        let opened = self.open_relays(
+            clock,
+            (want_v4, want_v6),
+            req.even_port,
+            reserved,
+            (&creds.username, ip),
+            relays,
+        );
         let (v4, v6, token, v6_error) = match opened {
             Ok(x) => x,
             Err(failure) => {
-                self.shared.release(&creds.username);
+                self.shared.release(&creds.username, ip);
                 return Err(failure);
             }
         };
@@ -808,10 +901,10 @@ impl TurnCore {
     fn open_relays(
         &mut self,
         clock: Clock,
-        want_v4: bool,
-        want_v6: bool,
+        (want_v4, want_v6): (bool, bool),
         even_port: Option<bool>,
         reserved: Option<Relay>,
+        (user, client_ip): (&str, IpAddr),
         relays: &mut dyn RelayIo,
     ) -> Result<
         (
@@ -842,13 +935,25 @@ impl TurnCore {
             if !self.shared.reservation_room() {
                 return Err(CAPACITY);
             }
-            let (relay, socket, advertised) = self.open_pair(ip, relays)?;
+            // The held port counts against the same quotas as an allocation.
+            if !self.shared.take_quota(user, client_ip) {
+                return Err(QUOTA);
+            }
+            let (relay, socket, advertised) = match self.open_pair(ip, relays) {
+                Ok(opened) => opened,
+                Err(failure) => {
+                    self.shared.give_back_quota(user, client_ip);
+                    return Err(failure);
+                }
+            };
             let token = self.random().to_be_bytes();
             self.shared.add_reservation(Reservation {
                 token,
                 socket,
                 advertised,
                 expires: clock.mono_ms + RESERVATION_MS,
+                user: user.into(),
+                ip: client_ip,
             });
             (relay, Some(token))
         } else {
@@ -986,7 +1091,8 @@ impl TurnCore {
         let m = &self.shared.metrics;
         m.permissions.dec_by(alloc.permissions.len() as i64);
         m.channels.dec_by(alloc.channels.len() as i64);
-        self.shared.release(&alloc.creds.username);
+        self.shared
+            .release(&alloc.creds.username, alloc.client.addr.ip());
         self.free.push(index);
     }
 
@@ -2677,6 +2783,40 @@ mod tests {
             assert_eq!(parse(&res).get(attr::RESERVATION_TOKEN), None);
         }
         assert!(n.relays.reserved.is_empty());
+    }
+
+    /// A port held for EVEN-PORT's R bit counts against its user's and its address's
+    /// quotas until it is taken or expires; all of one address's allocations count
+    /// together, whoever the user.
+    #[test]
+    fn reservations_and_addresses_count_against_the_quotas() {
+        let mut n = node_with(Setup {
+            limits: Limits {
+                max_allocations_per_user: 2,
+                max_allocations_per_ip: 3,
+                ..Limits::default()
+            },
+            ..Setup::default()
+        });
+        let res = n.allocate_with(client(1), ALICE, |w| {
+            udp(w);
+            w.add(attr::EVEN_PORT, &[0x80]).expect("even port");
+        });
+        assert_success(&res, method::ALLOCATE, ALICE);
+        assert_eq!(n.shared.allocations(), 1, "a reservation is no allocation");
+        let res = n.allocate_with(client(2), ALICE, udp);
+        assert_error(&res, 486, Some(ALICE));
+        // Bob at the same address: one more fits (allocation, reservation, this).
+        assert_success(&n.allocate_with(client(3), BOB, udp), method::ALLOCATE, BOB);
+        assert_error(&n.allocate_with(client(4), BOB, udp), 486, Some(BOB));
+        // The reservation expires: its places are free again.
+        n.advance(RESERVATION_MS / 1000 + 1);
+        n.sweep();
+        assert_success(
+            &n.allocate_with(client(2), ALICE, udp),
+            method::ALLOCATE,
+            ALICE,
+        );
     }
 
     #[test]
