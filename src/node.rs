@@ -146,11 +146,10 @@ fn start_workers(
             .iter()
             .map(|&a| bind(a, "UDP", udp::bind_shared(a)))
             .collect::<Result<Vec<_>, _>>()?;
-        let seed = u64::from_le_bytes(random_key()[..8].try_into().unwrap_or([1; 8]));
         let setup = worker::WorkerSetup {
             id,
             counters: metrics.transport(Transport::Udp),
-            turn: TurnCore::new(turn.clone(), auth.clone(), false, seed),
+            turn: TurnCore::with_os_seed(turn.clone(), auth.clone(), false),
             turn_metrics: metrics.turn.clone(),
             shutdown: shutdown.clone(),
             epoch: media.epoch(),
@@ -358,17 +357,33 @@ fn turn_shared(config: &Config, udp_listen: &[SocketAddr], metrics: &Metrics) ->
             }
         }
     }
+    let (relay_v4, relay_v6) = (
+        relay_ip(config, udp_listen, false),
+        relay_ip(config, udp_listen, true),
+    );
+    // Every address of the host: peers there are its own services, not media peers.
+    let mut host: Vec<IpAddr> = crate::net::udp::interface_addresses().unwrap_or_else(|e| {
+        tracing::warn!("cannot list the interface addresses: {e}");
+        Vec::new()
+    });
+    host.push(IpAddr::V4(config.node.public_ip));
+    host.extend(config.node.public_ipv6.map(IpAddr::V6));
+    host.extend(relay_v4);
+    host.extend(relay_v6);
+    host.extend(udp_listen.iter().map(SocketAddr::ip));
+    host.retain(|ip| !ip.is_unspecified());
     let policy = PeerPolicy::new(
         t.allow_loopback_peers,
         &t.allowed_peers,
         &t.denied_peers,
         &own,
-    );
+    )
+    .with_host(&host, (t.relay_ports.first, t.relay_ports.last));
     Shared::new(
         limits,
         t.relay_ports,
-        relay_ip(config, udp_listen, false),
-        relay_ip(config, udp_listen, true),
+        relay_v4,
+        relay_v6,
         config.node.public_ip,
         config.node.public_ipv6,
         policy,

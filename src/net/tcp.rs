@@ -331,7 +331,7 @@ impl<'a> Connection<'a> {
         work[..total].copy_from_slice(frame);
         let action = if TurnCore::is_turn_method(work) {
             let core = core.get_or_insert_with(|| {
-                TurnCore::new(ctx.turn.clone(), ctx.auth.for_connection(), true, seed())
+                TurnCore::with_os_seed(ctx.turn.clone(), ctx.auth.for_connection(), true)
             });
             core.handle_client(clock, *client, work, total, relays)
         } else {
@@ -525,12 +525,6 @@ fn recv_datagram(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Socke
             .ok_or_else(|| io::Error::other("datagram from a non-IP address"))?;
         Ok((len, from))
     })
-}
-
-/// A seed for a connection's TURN core (relay ports, tokens, transaction ids).
-fn seed() -> u64 {
-    use argon2::password_hash::rand_core::{OsRng, RngCore};
-    OsRng.next_u64()
 }
 
 /// The relay sockets of one connection's allocation; a socket's index is its `RelayId`.

@@ -88,7 +88,7 @@ pub fn expand_wildcard(addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
 }
 
 /// Every IPv4 and IPv6 address on the host's interfaces (getifaddrs(3)).
-fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+pub(crate) fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head into `head`, freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {

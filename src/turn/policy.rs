@@ -100,6 +100,10 @@ pub struct PeerPolicy {
     denied: Box<[Cidr]>,
     /// The node's own media addresses, canonicalised.
     own: Box<[SocketAddr]>,
+    /// Every address of the host itself, canonicalised (see [`PeerPolicy::with_host`]).
+    host: Box<[IpAddr]>,
+    /// The relay port range: the ports of the host's addresses a client may reach.
+    relay_ports: (u16, u16),
 }
 
 impl PeerPolicy {
@@ -124,7 +128,21 @@ impl PeerPolicy {
             allowed: allowed.into(),
             denied: denied.into(),
             own,
+            host: Box::new([]),
+            relay_ports: (0, 0),
         }
+    }
+
+    /// Refuses every address of the host itself (`node.public_ip`, `public_ipv6`, every
+    /// interface address, in every spelling) as a peer, but for the node's own media
+    /// addresses and the relay ports (two clients of this node relaying to each other):
+    /// with a global address, any other UDP service on the host (DNS, memcached, ...)
+    /// would be reachable through the relay. Loopback with `allow_loopback` and what
+    /// `allowed` lists stay open: the operator asked for them.
+    pub fn with_host(mut self, host: &[IpAddr], relay_ports: (u16, u16)) -> Self {
+        self.host = host.iter().map(|&ip| canonical(ip)).collect();
+        self.relay_ports = relay_ports;
+        self
     }
 
     /// Whether a TURN client may talk to `peer` (CreatePermission, ChannelBind, Send).
@@ -143,7 +161,21 @@ impl PeerPolicy {
         if listed(&self.denied, raw, ip) {
             return false;
         }
-        self.own.contains(&SocketAddr::new(ip, peer.port())) || self.opens(raw, ip)
+        if self.own.contains(&SocketAddr::new(ip, peer.port())) {
+            return true;
+        }
+        if self.is_host(raw, ip) {
+            let (first, last) = self.relay_ports;
+            return (first..=last).contains(&peer.port());
+        }
+        self.opens(raw, ip)
+    }
+
+    /// Whether `ip` is an address of the host itself that the operator did not open.
+    fn is_host(&self, raw: IpAddr, ip: IpAddr) -> bool {
+        self.host.contains(&ip)
+            && !listed(&self.allowed, raw, ip)
+            && !(self.allow_loopback && is_loopback(raw))
     }
 
     /// Whether every port of `ip` may be reached: [`PeerPolicy::permits`] without the
@@ -152,15 +184,17 @@ impl PeerPolicy {
     /// installs per IP address.
     pub fn permits_ip(&self, ip: IpAddr) -> bool {
         let canon = canonical(ip);
-        !listed(&self.denied, ip, canon) && self.opens(ip, canon)
+        !listed(&self.denied, ip, canon) && !self.is_host(ip, canon) && self.opens(ip, canon)
     }
 
     /// Whether `ip` (in any spelling) is the address of one of the node's own media
-    /// addresses and not denied: a permission for it may carry data to those exact
-    /// addresses only, which [`PeerPolicy::permits`] checks per packet.
+    /// addresses, or of the host, and not denied: a permission for it may carry data to
+    /// the media addresses and relay ports only, which [`PeerPolicy::permits`] checks
+    /// per packet.
     pub fn is_own_ip(&self, ip: IpAddr) -> bool {
         let canon = canonical(ip);
-        !listed(&self.denied, ip, canon) && self.own.iter().any(|own| own.ip() == canon)
+        !listed(&self.denied, ip, canon)
+            && (self.own.iter().any(|own| own.ip() == canon) || self.is_host(ip, canon))
     }
 
     /// Past `denied` and the own addresses: `allowed`, loopback if allowed, else the
@@ -564,5 +598,40 @@ mod tests {
         ] {
             assert!(!permits(&p, addr), "{addr}");
         }
+    }
+
+    /// With a global `public_ip`, the relay reached every UDP service of the host
+    /// (`public_ip:53`, `:11211`): the host's addresses are refused in every spelling,
+    /// but for the media port and the relay ports.
+    #[test]
+    fn the_hosts_own_addresses_are_refused_but_media_and_relay_ports() {
+        let host: IpAddr = "93.184.216.34".parse().unwrap();
+        let p = PeerPolicy::new(false, &[], &[], &[sa("93.184.216.34:3478")]).with_host(
+            &[host, "2606:2800:220:1::1".parse().unwrap()],
+            (49152, 65535),
+        );
+        for refused in [
+            "93.184.216.34:53",
+            "93.184.216.34:11211",
+            "[::ffff:93.184.216.34]:53",
+            "[64:ff9b::5db8:d822]:53",
+            "[2606:2800:220:1::1]:53",
+        ] {
+            assert!(!p.permits(sa(refused)), "{refused}");
+        }
+        assert!(!p.permits_ip(host));
+        assert!(p.is_own_ip(host));
+        for open in [
+            "93.184.216.34:3478",
+            "93.184.216.34:50000",
+            "93.184.216.35:53",
+        ] {
+            assert!(p.permits(sa(open)), "{open}");
+        }
+        // Loopback with allow_loopback, and what `allowed` lists, stay open.
+        let lo = PeerPolicy::new(true, &cidrs(&["93.184.216.34/32"]), &[], &[])
+            .with_host(&[host, "127.0.0.1".parse().unwrap()], (49152, 65535));
+        assert!(lo.permits(sa("127.0.0.1:53")));
+        assert!(lo.permits(sa("93.184.216.34:53")));
     }
 }

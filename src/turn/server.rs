@@ -21,6 +21,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::Mutex;
+
+use rand_chacha::ChaCha12Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Index of a relay socket in the worker's socket table.
@@ -455,10 +458,23 @@ pub struct TurnCore {
     by_client: FxHashMap<ClientKey, usize>,
     /// Allocation index by relay id (`usize::MAX` where none).
     by_relay: Vec<usize>,
-    rng: u64,
+    /// Transaction ids of Data indications, reservation tokens and relay ports come
+    /// from here: one Data indication must not tell what the next token or port is.
+    rng: ChaCha12Rng,
 }
 
 impl TurnCore {
+    /// A core whose randomness is seeded from the OS.
+    pub fn with_os_seed(shared: Arc<Shared>, auth: Auth, stream: bool) -> TurnCore {
+        use argon2::password_hash::rand_core::{OsRng, RngCore as _};
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let mut core = TurnCore::new(shared, auth, stream, 0);
+        core.rng = ChaCha12Rng::from_seed(seed);
+        core
+    }
+
+    /// A core with a fixed seed (tests and benchmarks: the same run every time).
     pub fn new(shared: Arc<Shared>, auth: Auth, stream: bool, seed: u64) -> TurnCore {
         TurnCore {
             shared,
@@ -468,7 +484,7 @@ impl TurnCore {
             free: Vec::new(),
             by_client: FxHashMap::default(),
             by_relay: Vec::new(),
-            rng: seed | 1,
+            rng: ChaCha12Rng::seed_from_u64(seed),
         }
     }
 
@@ -488,12 +504,7 @@ impl TurnCore {
     }
 
     fn random(&mut self) -> u64 {
-        // xorshift64*: tokens and transaction ids need to be unpredictable enough to
-        // not collide, not to be secret (they travel in clear).
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.rng.next_u64()
     }
 
     /// Whether a STUN message of this type is for TURN (and not for Binding).
@@ -1680,6 +1691,8 @@ mod tests {
         v6: bool,
         stream: bool,
         own: Vec<SocketAddr>,
+        /// The host's own addresses (see `PeerPolicy::with_host`).
+        host: Vec<IpAddr>,
     }
 
     impl Default for Setup {
@@ -1689,6 +1702,7 @@ mod tests {
                 v6: false,
                 stream: false,
                 own: vec![own()],
+                host: Vec::new(),
             }
         }
     }
@@ -1698,7 +1712,8 @@ mod tests {
     }
 
     fn node_with(setup: Setup) -> Node {
-        let policy = PeerPolicy::new(false, &[], &[], &setup.own);
+        let policy = PeerPolicy::new(false, &[], &[], &setup.own)
+            .with_host(&setup.host, (PORTS.first, PORTS.last));
         let shared = Arc::new(Shared::new(
             setup.limits,
             PORTS,
@@ -2817,6 +2832,80 @@ mod tests {
             method::ALLOCATE,
             ALICE,
         );
+    }
+
+    /// Transaction ids of Data indications (and so reservation tokens and relay ports,
+    /// from the same generator) cannot be worked out from one seen on the wire: with
+    /// xorshift64*, one output gave the state (the multiplier is invertible) and so
+    /// every later one.
+    #[test]
+    fn one_data_indication_does_not_predict_the_next() {
+        const K: u64 = 0x2545_F491_4F6C_DD1D;
+        // The inverse of K modulo 2^64 (Newton's iteration).
+        let mut inv: u64 = K;
+        for _ in 0..6 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(K.wrapping_mul(inv)));
+        }
+        let xorshift = |mut x: u64| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x
+        };
+        let mut n = node();
+        let (relay, _) = n.allocate(client(1), None);
+        n.permit(client(1), &[peer_a()]);
+        let mut tid_head = || {
+            let Action::ToClient { start, .. } = n.peer_sends(relay, peer_a(), b"media") else {
+                panic!("a Data indication")
+            };
+            u64::from_be_bytes(n.buf[start + 8..start + 16].try_into().expect("8 bytes"))
+        };
+        let first = tid_head();
+        let second = tid_head();
+        let state = first.wrapping_mul(inv);
+        let predicted = xorshift(xorshift(state)).wrapping_mul(K);
+        assert_ne!(second, predicted, "the next transaction id was predictable");
+        assert_ne!(first, second);
+    }
+
+    /// Through the relay to the host's own services: ChannelBind and CreatePermission
+    /// to the node's public address at port 53 are refused (403), while its media port
+    /// and a relay port (another client of this node) are let through.
+    #[test]
+    fn the_hosts_own_services_are_no_peers() {
+        let host: IpAddr = "93.184.216.99".parse().expect("ip");
+        let mut n = node_with(Setup {
+            own: vec![SocketAddr::new(host, 3478)],
+            host: vec![host],
+            ..Setup::default()
+        });
+        let (relay, _) = n.allocate(client(1), None);
+        let dns = SocketAddr::new(host, 53);
+        assert_error(&n.bind(client(1), 0x4000, dns), 403, Some(ALICE));
+        assert_success(
+            &n.bind(client(1), 0x4001, SocketAddr::new(host, 3478)),
+            method::CHANNEL_BIND,
+            ALICE,
+        );
+        assert_success(
+            &n.bind(client(1), 0x4002, SocketAddr::new(host, PORTS.first + 10)),
+            method::CHANNEL_BIND,
+            ALICE,
+        );
+        // A permission for the address carries nothing from port 53, only from the
+        // media port.
+        assert_success(
+            &n.permit(client(1), &[dns]),
+            method::CREATE_PERMISSION,
+            ALICE,
+        );
+        assert!(matches!(n.peer_sends(relay, dns, b"x"), Action::Drop(_)));
+        let media = SocketAddr::new(host, 3478);
+        assert!(matches!(
+            n.peer_sends(relay, media, b"x"),
+            Action::ToClient { .. }
+        ));
     }
 
     #[test]
