@@ -184,6 +184,7 @@ async fn control_plane(
     media: Arc<MediaSessions>,
     liveness: Arc<Liveness>,
 ) -> Result<(), String> {
+    let signals = Signals::install()?;
     // TCP and TLS connections together are held to `max_tcp_connections`.
     let limit = Arc::new(Semaphore::new(config.turn.max_tcp_connections));
     let context = |transport| {
@@ -249,13 +250,35 @@ async fn control_plane(
         env!("CARGO_PKG_VERSION")
     );
     let result = tokio::select! {
-        r = wait_for_signal(streams.certs.as_ref(), &drain) => r,
+        r = wait_for_signal(signals, streams.certs.as_ref(), &drain) => r,
         () = liveness.wait_gone() => Err("a data-plane worker ended: stopping with a failure \
             status so that the service manager restarts the node".to_owned()),
     };
     tracing::info!("shutting down");
     tasks.shutdown().await;
     result
+}
+
+/// The signals the node acts on, caught from before it serves anything: a SIGTERM
+/// right after `/api/health` first answers still stops it cleanly.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| format!("cannot install signal handlers: {e}");
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            hup: signal(SignalKind::hangup()).map_err(err)?,
+            usr1: signal(SignalKind::user_defined1()).map_err(err)?,
+        })
+    }
 }
 
 /// What a drain (SIGUSR1) stops and waits for.
@@ -288,13 +311,17 @@ impl Drain {
 /// connections and their allocations stay; a failed reload keeps the old ones); SIGUSR1
 /// drains: nothing new is taken, and the node stops once the last call ended or the
 /// drain timed out (a SIGTERM meanwhile stops it at once).
-async fn wait_for_signal(certs: Option<&TlsCerts>, drain: &Drain) -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let err = |e: std::io::Error| format!("cannot install signal handlers: {e}");
-    let mut term = signal(SignalKind::terminate()).map_err(err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(err)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(err)?;
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(err)?;
+async fn wait_for_signal(
+    signals: Signals,
+    certs: Option<&TlsCerts>,
+    drain: &Drain,
+) -> Result<(), String> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr1,
+    } = signals;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {

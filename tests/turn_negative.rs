@@ -126,8 +126,8 @@ impl Reply {
         self
     }
 
-    /// Asserts a challenge: REALM is ours and NONCE has the node's format (48 lowercase
-    /// hex characters, the first 16 the issue time). Returns the nonce.
+    /// Asserts a challenge: REALM is ours and NONCE has the node's format (32 lowercase
+    /// hex characters, the first 8 the issue time). Returns the nonce.
     fn expect_challenge(&self, what: &str) -> Vec<u8> {
         assert_eq!(
             self.get(attr::REALM).as_deref(),
@@ -135,14 +135,14 @@ impl Reply {
             "{what}: REALM"
         );
         let nonce = self.get(attr::NONCE).expect("NONCE in a challenge");
-        assert_eq!(nonce.len(), 48, "{what}: nonce length");
+        assert_eq!(nonce.len(), 32, "{what}: nonce length");
         assert!(
             nonce
                 .iter()
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)),
             "{what}: nonce {nonce:?}"
         );
-        let issued = u64::from_str_radix(std::str::from_utf8(&nonce[..16]).expect("hex"), 16)
+        let issued = u64::from_str_radix(std::str::from_utf8(&nonce[..8]).expect("hex"), 16)
             .expect("issue time");
         assert!(issued.abs_diff(unix_now()) < 60, "{what}: nonce issue time");
         assert!(

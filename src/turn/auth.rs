@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use hmac::{Hmac, Mac};
@@ -36,10 +37,12 @@ pub const NONCE_LIFETIME_SECS: u64 = 600;
 pub const NONCE_LEN: usize = 2 * NONCE_RAW_LEN;
 // RFC 8489 §14.10: NONCE is fewer than 128 characters.
 const _: () = assert!(NONCE_LEN < 128);
-/// Issue time (8 bytes, big-endian unix seconds) and a 16-byte truncated HMAC-SHA256.
-const NONCE_RAW_LEN: usize = 8 + NONCE_TAG_LEN;
-/// 128 bits of tag: forging a nonce is as hard as guessing a random 128-bit value.
-const NONCE_TAG_LEN: usize = 16;
+/// Issue time (4 bytes, big-endian unix seconds: good until 2106) and a 12-byte
+/// truncated HMAC-SHA256. Short, as it goes into every unauthenticated answer.
+const NONCE_RAW_LEN: usize = 4 + NONCE_TAG_LEN;
+/// 96 bits of tag: forging a nonce is as hard as guessing a random 96-bit value, online,
+/// within the nonce's lifetime.
+const NONCE_TAG_LEN: usize = 12;
 
 /// Slots in the per-source limiter of unauthenticated answers (a power of two).
 pub const CHALLENGE_BUCKETS: usize = 4096;
@@ -331,14 +334,14 @@ impl Auth {
     }
 
     /// A nonce issued at `now` to the client at `src`: lowercase hex of the issue time
-    /// (8 bytes, big-endian) followed by HMAC-SHA256(nonce secret, time || client IP as
-    /// 16 bytes (IPv4 mapped) || client port), truncated to 16 bytes. 48 printable
+    /// (4 bytes, big-endian) followed by HMAC-SHA256(nonce secret, time || client IP as
+    /// 16 bytes (IPv4 mapped) || client port), truncated to 12 bytes. 32 printable
     /// characters, within RFC 8489's limit of 128 for NONCE.
     pub fn nonce(&self, src: SocketAddr, now: u64) -> [u8; NONCE_LEN] {
         let tag = self.nonce_tag(now, src).finalize().into_bytes();
         let mut raw = [0u8; NONCE_RAW_LEN];
-        raw[..8].copy_from_slice(&now.to_be_bytes());
-        raw[8..].copy_from_slice(&tag[..NONCE_TAG_LEN]);
+        raw[..4].copy_from_slice(&(now as u32).to_be_bytes());
+        raw[4..].copy_from_slice(&tag[..NONCE_TAG_LEN]);
         hex_encode(&raw)
     }
 
@@ -348,10 +351,10 @@ impl Auth {
         let Some(raw) = hex_decode::<NONCE_RAW_LEN>(nonce) else {
             return false;
         };
-        let (time, tag) = raw.split_at(8);
-        let mut issued = [0u8; 8];
+        let (time, tag) = raw.split_at(4);
+        let mut issued = [0u8; 4];
         issued.copy_from_slice(time);
-        let issued = u64::from_be_bytes(issued);
+        let issued = u64::from(u32::from_be_bytes(issued));
         if now.abs_diff(issued) >= NONCE_LIFETIME_SECS {
             return false;
         }
@@ -363,7 +366,7 @@ impl Auth {
 
     fn nonce_tag(&self, issued: u64, src: SocketAddr) -> Hmac<Sha256> {
         let mut mac = self.nonce_mac.clone();
-        mac.update(&issued.to_be_bytes());
+        mac.update(&(issued as u32).to_be_bytes());
         mac.update(&ip_bytes(src.ip()));
         mac.update(&src.port().to_be_bytes());
         mac
@@ -377,8 +380,8 @@ impl Auth {
     /// key) of the source: the IPv4 address, or the /64 of an IPv6 one (one subscriber's
     /// LAN, which an attacker could otherwise spread spoofed sources over to multiply
     /// what one victim network receives). No allocation, no growth with the number of
-    /// sources; sources that share a bucket share its budget. The table is per clone,
-    /// i.e. per worker.
+    /// sources; sources that share a bucket share its budget. The table is one for the
+    /// node: every worker's clone shares it.
     pub fn allow_challenge(&mut self, src: IpAddr, now_ms: u64) -> bool {
         self.limiter.allow(src, now_ms)
     }
@@ -473,43 +476,33 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
-/// The token buckets behind [`Auth::allow_challenge`].
+/// The token buckets behind [`Auth::allow_challenge`]: one table for the whole node
+/// (clones share it), so a source gets its budget once, not once per worker.
 #[derive(Clone)]
 struct ChallengeLimiter {
     /// Keyed SipHash: a source cannot aim at another source's bucket without the key.
     hasher: RandomState,
-    buckets: Box<[Bucket]>,
+    /// Each bucket packs its tokens (in thousandths, high 32 bits) and the millisecond
+    /// of its last refill (low 32 bits, wrapping), updated with compare-and-swap.
+    buckets: Arc<[AtomicU64]>,
 }
 
-#[derive(Clone, Copy)]
-struct Bucket {
-    /// Tokens in thousandths.
-    milli_tokens: u32,
-    last_ms: u64,
-}
+const FULL_BUCKET: u32 = CHALLENGE_BURST * MILLI;
 
-impl Bucket {
-    const FULL: Bucket = Bucket {
-        milli_tokens: CHALLENGE_BURST * MILLI,
-        last_ms: 0,
+/// Refills a bucket `(milli_tokens, last_ms)` for the time up to `now_ms`, then takes
+/// one token if there is one: the new bucket, or `None` when empty.
+fn take_token(milli_tokens: u32, last_ms: u32, now_ms: u32) -> Option<(u32, u32)> {
+    // A clock that steps back (or a stale bucket) refills nothing.
+    let elapsed = now_ms.wrapping_sub(last_ms);
+    let (elapsed, last) = if elapsed > u32::MAX / 2 {
+        (0, last_ms)
+    } else {
+        (elapsed, now_ms)
     };
-
-    /// Refills for the time since the last call, then takes one token if there is one.
-    fn take(&mut self, now_ms: u64) -> bool {
-        // A clock that steps back refills nothing and leaves `last_ms` where it was.
-        let elapsed = now_ms.saturating_sub(self.last_ms);
-        self.last_ms = self.last_ms.max(now_ms);
-        // `CHALLENGE_PER_SEC` tokens a second are as many thousandths a millisecond.
-        let refill = elapsed.saturating_mul(u64::from(CHALLENGE_PER_SEC));
-        let capacity = CHALLENGE_BURST * MILLI;
-        let filled = u64::from(self.milli_tokens).saturating_add(refill);
-        self.milli_tokens = u32::try_from(filled).map_or(capacity, |t| t.min(capacity));
-        if self.milli_tokens < MILLI {
-            return false;
-        }
-        self.milli_tokens -= MILLI;
-        true
-    }
+    // `CHALLENGE_PER_SEC` tokens a second are as many thousandths a millisecond.
+    let refill = u64::from(elapsed) * u64::from(CHALLENGE_PER_SEC);
+    let filled = (u64::from(milli_tokens) + refill).min(u64::from(FULL_BUCKET)) as u32;
+    (filled >= MILLI).then(|| (filled - MILLI, last))
 }
 
 impl ChallengeLimiter {
@@ -519,15 +512,25 @@ impl ChallengeLimiter {
 
     /// `count` must be a power of two (the index is a mask of the hash).
     fn with_buckets(count: usize) -> ChallengeLimiter {
+        let full = u64::from(FULL_BUCKET) << 32;
         ChallengeLimiter {
             hasher: RandomState::new(),
-            buckets: vec![Bucket::FULL; count].into_boxed_slice(),
+            buckets: (0..count).map(|_| AtomicU64::new(full)).collect(),
         }
     }
 
-    fn allow(&mut self, src: IpAddr, now_ms: u64) -> bool {
-        let index = self.index(src);
-        self.buckets.get_mut(index).is_some_and(|b| b.take(now_ms))
+    fn allow(&self, src: IpAddr, now_ms: u64) -> bool {
+        let Some(bucket) = self.buckets.get(self.index(src)) else {
+            return false;
+        };
+        // Milliseconds wrap every 49 days; only differences of them are used.
+        let now = now_ms as u32;
+        bucket
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+                let (tokens, last) = ((packed >> 32) as u32, packed as u32);
+                take_token(tokens, last, now).map(|(t, l)| (u64::from(t) << 32) | u64::from(l))
+            })
+            .is_ok()
     }
 
     fn index(&self, src: IpAddr) -> usize {
@@ -833,6 +836,26 @@ mod tests {
         assert_eq!(check(&a, &raw, src(), NOW), Err(Reject::StaleNonce));
     }
 
+    /// The budget of unauthenticated answers is the node's, not each worker's: what
+    /// one clone spent, another cannot spend again.
+    #[test]
+    fn the_challenge_budget_is_shared_by_every_worker() {
+        let mut one = auth();
+        let mut two = one.clone();
+        let victim: IpAddr = "198.51.100.1".parse().expect("ip");
+        let mut answered = 0;
+        for _ in 0..CHALLENGE_BURST {
+            answered += usize::from(one.allow_challenge(victim, 0));
+        }
+        assert_eq!(answered, CHALLENGE_BURST as usize);
+        assert!(
+            !two.allow_challenge(victim, 0),
+            "a second worker answered again"
+        );
+        // The budget refills with time, for every worker.
+        assert!(two.allow_challenge(victim, 1_000));
+    }
+
     #[test]
     fn nonce_format() {
         let a = auth();
@@ -843,7 +866,11 @@ mod tests {
                 .iter()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
-        assert_eq!(&nonce[..16], format!("{NOW:016x}").as_bytes());
+        assert_eq!(&nonce[..8], format!("{:08x}", NOW as u32).as_bytes());
+        assert_eq!(
+            NONCE_LEN, 32,
+            "short: it goes into every unauthenticated answer"
+        );
         // Deterministic per (time, address), different across either.
         assert_eq!(nonce, a.nonce(src(), NOW));
         assert_ne!(nonce, a.nonce(src(), NOW + 1));

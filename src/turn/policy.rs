@@ -166,7 +166,7 @@ impl PeerPolicy {
         }
         if self.is_host(raw, ip) {
             let (first, last) = self.relay_ports;
-            return (first..=last).contains(&peer.port());
+            return (first..=last).contains(&peer.port()) && self.opens(raw, ip);
         }
         self.opens(raw, ip)
     }
@@ -194,7 +194,8 @@ impl PeerPolicy {
     pub fn is_own_ip(&self, ip: IpAddr) -> bool {
         let canon = canonical(ip);
         !listed(&self.denied, ip, canon)
-            && (self.own.iter().any(|own| own.ip() == canon) || self.is_host(ip, canon))
+            && (self.own.iter().any(|own| own.ip() == canon)
+                || (self.is_host(ip, canon) && self.opens(ip, canon)))
     }
 
     /// Past `denied` and the own addresses: `allowed`, loopback if allowed, else the

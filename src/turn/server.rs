@@ -761,7 +761,9 @@ impl TurnCore {
         reject: Reject,
     ) -> Action {
         let failure = match reject {
-            Reject::Challenge => (401, "Unauthorized"),
+            // No reason phrase: this answer goes to anyone who sends 28 bytes, so it
+            // carries only what a client needs (RFC 8489 §14.8 allows an empty one).
+            Reject::Challenge => (401, ""),
             Reject::WrongCredentials => {
                 self.shared.metrics.auth_failures.inc();
                 (401, "Unauthorized")
@@ -769,6 +771,13 @@ impl TurnCore {
             Reject::StaleNonce => (438, "Stale Nonce"),
             Reject::BadRequest => BAD_REQUEST,
         };
+        // A client's first request is an Allocate with REQUESTED-TRANSPORT; anything
+        // smaller without credentials (a bare 20-byte header) would get an answer
+        // several times its size, so it gets none.
+        let plausible = req.method == method::ALLOCATE && req.transport.is_some();
+        if reject == Reject::Challenge && !plausible {
+            return Action::Drop(DropReason::Malformed);
+        }
         if !self.auth.allow_challenge(client.addr.ip(), clock.mono_ms) {
             return Action::Drop(DropReason::RateLimited);
         }
@@ -2832,6 +2841,39 @@ mod tests {
             method::ALLOCATE,
             ALICE,
         );
+    }
+
+    /// Unauthenticated answers amplify little: a bare request header gets no answer at
+    /// all, and the smallest one answered (an Allocate with REQUESTED-TRANSPORT, 28
+    /// bytes) gets a 401 of at most 3.2 times its size.
+    #[test]
+    fn unauthenticated_answers_are_small() {
+        let mut n = node();
+        let bare = |method| {
+            let mut buf = [0u8; 64];
+            let w = Writer::new(&mut buf, method, Class::Request, &[3; 12]).expect("writer");
+            let len = w.finish();
+            buf[..len].to_vec()
+        };
+        for method in [method::ALLOCATE, method::REFRESH, method::CREATE_PERMISSION] {
+            let request = bare(method);
+            assert_eq!(request.len(), 20);
+            assert!(matches!(
+                n.client_sends(client(1), &request),
+                Action::Drop(_)
+            ));
+        }
+        let mut buf = [0u8; 64];
+        let mut w =
+            Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[4; 12]).expect("writer");
+        udp(&mut w);
+        let len = w.finish();
+        let request = buf[..len].to_vec();
+        assert_eq!(request.len(), 28);
+        let answer = n.ask(client(1), &request);
+        assert_eq!(error_code(&answer), Some(401));
+        let factor = answer.len() as f64 / request.len() as f64;
+        assert!(factor <= 3.2, "401 of {} bytes: {factor:.2}x", answer.len());
     }
 
     /// Transaction ids of Data indications (and so reservation tokens and relay ports,
