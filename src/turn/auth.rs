@@ -389,10 +389,18 @@ impl Auth {
 
 /// Whether every integrity attribute `msg` carries verifies under `key` (and it has one).
 fn integrity_matches(msg: &Message<'_>, key: &[u8; 16]) -> bool {
+    #[cfg(test)]
+    INTEGRITY_CHECKS.with(|n| n.set(n.get() + 1));
     match (msg.verify_integrity(key), msg.verify_integrity_sha256(key)) {
         (None, None) => false,
         (sha1, sha256) => sha1 != Some(false) && sha256 != Some(false),
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Integrity checks made on this thread (tests compare their cost per username).
+    static INTEGRITY_CHECKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// The expiry a TURN REST username carries, read as coturn does: `<expiry>:<id>`, a bare
@@ -666,6 +674,22 @@ mod tests {
             check(&a, &request("bob", "wonderland", &nonce), src(), NOW),
             Err(Reject::WrongCredentials)
         );
+    }
+
+    /// Timing must not tell which static usernames exist: a wrong password for a known
+    /// user and any password for an unknown one cost one integrity check each.
+    #[test]
+    fn known_and_unknown_users_cost_the_same() {
+        let a = auth();
+        let nonce = a.nonce(src(), NOW);
+        let checks = |user: &str| {
+            let before = INTEGRITY_CHECKS.with(std::cell::Cell::get);
+            let r = check(&a, &request(user, "guess", &nonce), src(), NOW);
+            assert_eq!(r, Err(Reject::WrongCredentials));
+            INTEGRITY_CHECKS.with(std::cell::Cell::get) - before
+        };
+        assert_eq!(checks("alice"), 1);
+        assert_eq!(checks("mallory"), 1);
     }
 
     #[test]
