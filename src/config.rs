@@ -115,7 +115,7 @@ impl Default for TurnConfig {
             max_tcp_connections: 10_000,
             max_allocations: 100_000,
             max_allocations_per_user: 1_000,
-            max_allocations_per_ip: 128,
+            max_allocations_per_ip: 1024,
             max_permissions: 64,
             max_channels: 64,
             max_bandwidth_kbps: 0,

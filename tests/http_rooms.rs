@@ -1138,21 +1138,21 @@ fn ice_server_credentials_allocate_on_the_nodes_turn() {
 
 /// A room's TURN credentials work only while their participant is in the room: after
 /// leaving, being removed or the room's deletion an Allocate with them is refused. One
-/// participant holds 4 relays at most, and one address `turn.max_allocations_per_ip`.
+/// participant holds 16 relays at most, and one address `turn.max_allocations_per_ip`.
 #[test]
 fn room_turn_credentials_end_with_the_participant_and_are_capped() {
-    let (node, _) = node_with("max_allocations_per_ip = 6", "");
+    let (node, _) = node_with("max_allocations_per_ip = 18", "");
     let room = create_room(&node);
     let a = join(&node, &room, "Ann");
     let b = join(&node, &room, "Bob");
     let c = join(&node, &room, "Cy");
     let server = turn_udp_url(&a);
     let (ua, pa) = turn_credentials(&a);
-    // Each Allocate from its own client socket: four for Ann, then her quota is full.
-    for i in 0..4 {
+    // Each Allocate from its own client socket: 16 for Ann, then her quota is full.
+    for i in 0..16 {
         assert!(turn_allocate(server, &ua, &pa), "Ann's relay {i}");
     }
-    assert!(!turn_allocate(server, &ua, &pa), "a fifth relay for Ann");
+    assert!(!turn_allocate(server, &ua, &pa), "a 17th relay for Ann");
     // Two more from this address (Bob), then the address is at its cap, whoever asks.
     let (ub, pb) = turn_credentials(&b);
     assert!(turn_allocate(server, &ub, &pb));
@@ -1183,7 +1183,7 @@ fn room_turn_credentials_end_with_the_participant_and_are_capped() {
     let (ud, pd) = turn_credentials(&d);
     assert!(!turn_allocate(server, &uc, &pc), "the room is gone");
     assert!(!turn_allocate(server, &ua, &pa), "the room is gone");
-    // Di, at the same address, is still refused: the address holds six relays.
+    // Di, at the same address, is still refused: the address holds 18 relays.
     assert!(!turn_allocate(server, &ud, &pd));
 }
 

@@ -66,7 +66,7 @@ impl Default for Limits {
             max_lifetime: 3600,
             max_allocations: 100_000,
             max_allocations_per_user: 1_000,
-            max_allocations_per_ip: 128,
+            max_allocations_per_ip: 1024,
             max_permissions: 64,
             max_channels: 64,
             bandwidth: 0,
@@ -87,9 +87,11 @@ const CHANNEL_FIRST: u16 = 0x4000;
 const CHANNEL_LAST: u16 = 0x7FFF;
 /// XOR-PEER-ADDRESS attributes taken from one CreatePermission.
 const MAX_PEERS_PER_REQUEST: usize = 8;
-/// Relays one participant's room credentials may hold at once: a browser needs one or
-/// two per peer connection, and a page has two.
-pub const ROOM_RELAYS_PER_PARTICIPANT: u32 = 4;
+/// Relays one participant's room credentials may hold at once. Chromium allocates one
+/// per local address and TURN URL on each of a page's two connections (up to 12 with
+/// IPv4 and IPv6); with a cap of 4 it was refused some and its receiving connection
+/// failed, so the cap leaves room for all of them.
+pub const ROOM_RELAYS_PER_PARTICIPANT: u32 = 16;
 /// Attempts at a free relay port before answering 508.
 const PORT_ATTEMPTS: usize = 64;
 const UDP: u8 = 17;
