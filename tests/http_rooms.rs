@@ -1634,11 +1634,25 @@ fn http_connections_per_address_are_capped_and_heads_bounded() {
         hash(PASSWORD)
     );
     let (node, _log) = Node::start_with_http("", &http_section, "");
-    let held: Vec<std::net::TcpStream> = (0..4)
-        .map(|_| std::net::TcpStream::connect(node.http).expect("connect"))
-        .collect();
-    // Let the node take all four.
-    std::thread::sleep(Duration::from_millis(300));
+    // Four kept-alive connections, each shown to be served (a connection of the
+    // readiness check that the node has not seen closed yet may hold a place for a
+    // moment: then try again).
+    let served = || {
+        use std::io::Read;
+        for _ in 0..50 {
+            let mut s = std::net::TcpStream::connect(node.http).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let _ = s.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = [0u8; 512];
+            if matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200")) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no served connection");
+    };
+    let held: Vec<std::net::TcpStream> = (0..4).map(|_| served()).collect();
     let mut over = std::net::TcpStream::connect(node.http).expect("connect");
     let closed = closed_within(&mut over, Duration::from_secs(5));
     assert!(closed.is_some(), "a fifth connection stayed open");
