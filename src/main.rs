@@ -64,7 +64,11 @@ fn run(path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        None => logs.init(),
+        // Colours only on a terminal: journald and files get plain lines.
+        None => {
+            use std::io::IsTerminal;
+            logs.with_ansi(std::io::stderr().is_terminal()).init()
+        }
     }
     match &path {
         Some(p) => tracing::info!("configuration from {}", p.display()),

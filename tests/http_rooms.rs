@@ -1240,6 +1240,8 @@ fn display_names_never_reach_logs_or_disk() {
         "a display name in the log:\n{text}"
     );
     assert!(!text.contains(&a.token), "a token in the log");
+    // Plain lines when stderr is no terminal (journald): no colour escape codes.
+    assert!(!text.contains('\x1b'), "escape codes in the log:\n{text}");
     // Nothing written under the node's directory holds it either.
     let mut dirs = vec![node.dir.path().to_path_buf()];
     while let Some(dir) = dirs.pop() {
