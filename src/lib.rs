@@ -4,6 +4,7 @@
 //! bytes and time in, bytes out. `net` is the only layer that touches sockets.
 
 pub mod config;
+pub mod date;
 pub mod http;
 pub mod logfiles;
 pub mod metrics;

@@ -149,7 +149,7 @@ fn start_workers(
         let setup = worker::WorkerSetup {
             id,
             counters: metrics.transport(Transport::Udp),
-            turn: TurnCore::with_os_seed(turn.clone(), auth.clone(), false),
+            turn: TurnCore::with_seed(turn.clone(), auth.clone(), false, random_key()),
             turn_metrics: metrics.turn.clone(),
             shutdown: shutdown.clone(),
             epoch: media.epoch(),
@@ -490,7 +490,7 @@ pub fn effective_turn_secrets(configured: &[String]) -> Vec<String> {
 }
 
 /// 32 bytes from the operating system's random source (keys made at start).
-fn random_key() -> [u8; 32] {
+pub(crate) fn random_key() -> [u8; 32] {
     use argon2::password_hash::rand_core::{OsRng, RngCore};
     let mut key = [0u8; 32];
     OsRng.fill_bytes(&mut key);

@@ -17,11 +17,18 @@ use hmac::{Hmac, Mac};
 use redb::{Database, ReadableTable, TableDefinition};
 use sha2::Sha256;
 
+use crate::turn::auth::{hex_decode, hex_encode};
+
 /// Room id → [`StoredRoom::encode`].
 const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 /// The file of the key that host names are hashed with.
 const HOST_KEY_FILE: &str = "host-key";
 const HOST_KEY_LEN: usize = 32;
+/// Lowercase hex of 32 bytes.
+fn hex(bytes: &[u8; 32]) -> String {
+    String::from_utf8_lossy(&hex_encode::<32, 64>(bytes)).into_owned()
+}
+
 /// A record: host hash (32), idle since (8, unix seconds), flags (1).
 const RECORD_LEN: usize = 41;
 const OCCUPIED: u8 = 1;
@@ -43,7 +50,7 @@ pub struct StoredRoom {
 
 impl StoredRoom {
     fn encode(&self) -> Option<[u8; RECORD_LEN]> {
-        let host = hex_decode(&self.host)?;
+        let host = hex_decode::<32>(self.host.as_bytes())?;
         let mut out = [0u8; RECORD_LEN];
         out[..32].copy_from_slice(&host);
         out[32..40].copy_from_slice(&self.idle_since.to_be_bytes());
@@ -57,7 +64,7 @@ impl StoredRoom {
         idle.copy_from_slice(&bytes[32..40]);
         Some(StoredRoom {
             id: id.to_owned(),
-            host: hex(&bytes[..32]),
+            host: hex(bytes[..32].try_into().ok()?),
             idle_since: u64::from_be_bytes(idle),
             occupied: bytes[40] & OCCUPIED != 0,
             locked: bytes[40] & LOCKED != 0,
@@ -191,29 +198,8 @@ impl HostKey {
     pub fn hash(&self, host: &str) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key");
         mac.update(host.as_bytes());
-        hex(&mac.finalize().into_bytes())
+        hex(&mac.finalize().into_bytes().into())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn hex_decode(text: &str) -> Option<[u8; 32]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
+use crate::net::client::client_prefix;
+
 /// Sources remembered at once; when full, finished windows are forgotten first, and if
 /// none has finished, the new source is refused (better than forgetting a busy one).
 const MAX_SOURCES: usize = 65_536;
@@ -33,7 +35,7 @@ impl PerSource {
     /// Counts one request of `source` at `now` (unix seconds): `Err(seconds)` until
     /// the source may ask again when it is over its limit.
     pub fn check(&self, source: IpAddr, now: u64) -> Result<(), u64> {
-        let key = bucket(source);
+        let key = client_prefix(source);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if !seen.contains_key(&key) && seen.len() >= MAX_SOURCES {
             let window = self.window_secs;
@@ -63,25 +65,9 @@ impl PerSource {
     /// seconds until it may ask again.
     pub fn blocked(&self, source: IpAddr, now: u64) -> Option<u64> {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let &(start, count) = seen.get(&bucket(source))?;
+        let &(start, count) = seen.get(&client_prefix(source))?;
         let end = start.saturating_add(self.window_secs);
         (now < end && count >= self.limit).then(|| end.saturating_sub(now).max(1))
-    }
-}
-
-/// What one client counts as: its IPv4 address, or the /64 of its IPv6 address (an
-/// IPv4-mapped one as the IPv4 address).
-fn bucket(source: IpAddr) -> IpAddr {
-    match source {
-        IpAddr::V4(_) => source,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::from(octets)
-            }
-        },
     }
 }
 

@@ -236,8 +236,7 @@ impl RoomsApi {
 
     /// The host login of a request from `source`, as rooms keep it (its keyed hash).
     async fn host(&self, headers: &HeaderMap, source: &Source) -> Result<String, Refusal> {
-        let ip = source.as_ref().map(|Extension(ConnectInfo(a))| a.ip());
-        let name = self.hosts.authenticate(headers, ip).await?;
+        let name = self.hosts.authenticate(headers, source_ip(source)).await?;
         Ok(self.host_key.hash(&name))
     }
 
@@ -517,18 +516,8 @@ fn unix_now() -> u64 {
 
 /// Unix seconds as an RFC 3339 UTC timestamp, `2026-01-02T03:04:05Z`.
 pub fn rfc3339(unix: u64) -> String {
-    let days = unix / 86_400;
     let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::date::civil_from_days((unix / 86_400) as i64);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         secs / 3600,
@@ -591,6 +580,10 @@ fn refused(r: Refusal) -> Response {
 /// in-process by tests).
 type Source = Option<Extension<ConnectInfo<SocketAddr>>>;
 
+fn source_ip(source: &Source) -> Option<IpAddr> {
+    source.as_ref().map(|Extension(ConnectInfo(a))| a.ip())
+}
+
 /// An error answer ready to send (boxed: a `Response` is large to return by value).
 type Refused = Box<Response>;
 
@@ -610,7 +603,7 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
 /// cannot send that type without the browser asking first, so it cannot join anyone to
 /// a room), within [`MAX_JSON_BODY`] (413 when over).
 fn json_body(headers: &HeaderMap, b: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
-    if !is_json(headers) {
+    if !declares(headers, "application/json") {
         return Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be application/json",
@@ -732,8 +725,8 @@ pub async fn join(
         return draining();
     }
     let now = unix_now();
-    if let Some(Extension(ConnectInfo(from))) = source
-        && let Err(wait) = api.joins.check(from.ip(), now)
+    if let Some(ip) = source_ip(&source)
+        && let Err(wait) = api.joins.check(ip, now)
     {
         return too_many(wait, "too many joins from this address; retry later");
     }
@@ -799,13 +792,13 @@ fn too_many(retry_after_secs: u64, message: &str) -> Response {
     response
 }
 
-/// Whether the body is declared JSON (`application/json`, any parameters).
-fn is_json(headers: &HeaderMap) -> bool {
+/// Whether the body is declared of type `mime` (any parameters).
+fn declares(headers: &HeaderMap, mime: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(mime))
 }
 
 /// `PATCH /api/rooms/{room}` `{"locked": bool}` (the room's host): a locked room
@@ -996,12 +989,7 @@ pub async fn leave(
 
 /// Checks an SDP body: `application/sdp`, starting with `v=0`.
 fn sdp_body(headers: &HeaderMap, raw: &Bytes) -> Result<(), Refused> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/sdp") {
+    if !declares(headers, "application/sdp") {
         return Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be an SDP of type application/sdp",

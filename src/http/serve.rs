@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tower_service::Service;
 
 use crate::metrics::Metrics;
+use crate::net::client::client_prefix;
 
 /// The longest a client may take to send a request head, or to start its next
 /// request on a kept-alive connection.
@@ -92,7 +93,7 @@ struct Open {
 impl Open {
     /// A slot for a connection from `ip`, or `None` over a cap.
     fn admit(open: &Arc<Open>, ip: IpAddr, limits: ConnectionLimits) -> Option<Slot> {
-        let key = client(ip);
+        let key = client_prefix(ip);
         let mut counts = open.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let (total, per_ip) = &mut *counts;
         let mine = per_ip.get(&key).copied().unwrap_or(0);
@@ -129,21 +130,6 @@ impl Drop for Slot {
                 per_ip.remove(&self.key);
             }
         }
-    }
-}
-
-/// What one client counts as: its IPv4 address, or the /64 of its IPv6 address.
-fn client(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::from(octets)
-            }
-        },
     }
 }
 

@@ -2,6 +2,7 @@
 //! data-plane workers that feed packets to the sans-IO protocol cores.
 
 pub mod batch;
+pub mod client;
 pub mod demux;
 pub mod handoff;
 pub mod liveness;

@@ -331,7 +331,12 @@ impl<'a> Connection<'a> {
         work[..total].copy_from_slice(frame);
         let action = if TurnCore::is_turn_method(work) {
             let core = core.get_or_insert_with(|| {
-                TurnCore::with_os_seed(ctx.turn.clone(), ctx.auth.for_connection(), true)
+                TurnCore::with_seed(
+                    ctx.turn.clone(),
+                    ctx.auth.for_connection(),
+                    true,
+                    crate::node::random_key(),
+                )
             });
             core.handle_client(clock, *client, work, total, relays)
         } else {

@@ -26,6 +26,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::Sha256;
 
+use crate::net::client::client_prefix;
 use crate::stun::message::{attr, long_term_key};
 use crate::stun::{Message, WriteError, Writer};
 
@@ -455,7 +456,7 @@ fn base64_encode(input: &[u8], out: &mut [u8]) -> usize {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex_encode<const N: usize, const M: usize>(raw: &[u8; N]) -> [u8; M] {
+pub(crate) fn hex_encode<const N: usize, const M: usize>(raw: &[u8; N]) -> [u8; M] {
     let mut out = [0u8; M];
     for (pair, byte) in out.chunks_exact_mut(2).zip(raw) {
         pair[0] = HEX[usize::from(byte >> 4)];
@@ -465,7 +466,7 @@ fn hex_encode<const N: usize, const M: usize>(raw: &[u8; N]) -> [u8; M] {
 }
 
 /// Decodes exactly `2 * N` lowercase hex digits (the only form we issue).
-fn hex_decode<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+pub(crate) fn hex_decode<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != 2 * N {
         return None;
     }
@@ -543,19 +544,7 @@ impl ChallengeLimiter {
 
     fn index(&self, src: IpAddr) -> usize {
         // Truncating the hash is fine: only its low bits pick the bucket.
-        self.hasher.hash_one(source_key(src)) as usize & (self.buckets.len() - 1)
-    }
-}
-
-/// What a source is limited as: its IPv4 address, or the /64 of an IPv6 address.
-fn source_key(src: IpAddr) -> (u8, u64) {
-    let ip = match src {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(src, IpAddr::V4),
-        IpAddr::V4(_) => src,
-    };
-    match ip {
-        IpAddr::V4(v4) => (4, u64::from(u32::from(v4))),
-        IpAddr::V6(v6) => (6, (u128::from(v6) >> 64) as u64),
+        self.hasher.hash_one(client_prefix(src)) as usize & (self.buckets.len() - 1)
     }
 }
 
@@ -1126,11 +1115,8 @@ mod tests {
             l.index(v6("::ffff:198.51.100.1")),
             l.index(v6("198.51.100.1"))
         );
-        assert_eq!(
-            source_key(v6("2001:db8:1:2::1")),
-            (6, 0x2001_0db8_0001_0002)
-        );
-        assert_eq!(source_key(v6("::ffff:198.51.100.1")), (4, 0xc633_6401));
+        assert_eq!(client_prefix(v6("2001:db8:1:2::1")), v6("2001:db8:1:2::"));
+        assert_eq!(client_prefix(v6("::ffff:198.51.100.1")), v6("198.51.100.1"));
     }
 
     #[test]

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use rand_chacha::ChaCha12Rng;
+
+use crate::net::client::client_prefix;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -189,7 +191,7 @@ impl Shared {
         } else {
             self.limits.max_allocations_per_user
         };
-        let ip = source_key(ip);
+        let ip = client_prefix(ip);
         let Quotas { by_user, by_ip } = &mut *quotas;
         let n = by_user.get(user).copied().unwrap_or(0);
         let m = by_ip.get(&ip).copied().unwrap_or(0);
@@ -214,7 +216,7 @@ impl Shared {
         if *n == 0 {
             by_user.remove(user);
         }
-        let ip = source_key(ip);
+        let ip = client_prefix(ip);
         if let Some(m) = by_ip.get_mut(&ip) {
             *m -= 1;
             if *m == 0 {
@@ -402,21 +404,6 @@ struct Quotas {
     by_ip: HashMap<IpAddr, u32>,
 }
 
-/// What one client address counts as: an IPv4 address, or the /64 of an IPv6 one.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::from(octets)
-            }
-        },
-    }
-}
-
 /// The fields of a TURN request, read before the reply overwrites the buffer.
 #[derive(Default)]
 struct Request {
@@ -466,11 +453,8 @@ pub struct TurnCore {
 }
 
 impl TurnCore {
-    /// A core whose randomness is seeded from the OS.
-    pub fn with_os_seed(shared: Arc<Shared>, auth: Auth, stream: bool) -> TurnCore {
-        use argon2::password_hash::rand_core::{OsRng, RngCore as _};
-        let mut seed = [0u8; 32];
-        OsRng.fill_bytes(&mut seed);
+    /// A core whose randomness comes from `seed` (the node draws it from the OS).
+    pub fn with_seed(shared: Arc<Shared>, auth: Auth, stream: bool, seed: [u8; 32]) -> TurnCore {
         let mut core = TurnCore::new(shared, auth, stream, 0);
         core.rng = ChaCha12Rng::from_seed(seed);
         core
