@@ -452,25 +452,37 @@ fn join_answers_participant_token_and_ice_servers() {
     let b = join(&node, &room, "Ann");
     assert_ne!(a.id, b.id, "same name, another participant");
     assert_ne!(a.token, b.token);
-    let servers = a.answer["ice_servers"].as_array().expect("ice_servers");
-    assert_eq!(servers.len(), 1);
-    let urls: Vec<&str> = servers[0]["urls"]
-        .as_array()
-        .expect("urls")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let urls = |list: &str| -> Vec<String> {
+        let servers = a.answer[list].as_array().expect(list);
+        assert_eq!(servers.len(), 1, "{list}");
+        servers[0]["urls"]
+            .as_array()
+            .expect("urls")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
     let port = node.stun.port();
-    // TURN over UDP on both addresses, over TCP on the IPv4 one: fewer than five URLs,
-    // from which browsers slow their discovery down.
+    // For a page that lets ICE choose: no TURN over UDP (at the SFU's own media address,
+    // Chromium would swallow the SFU's answers to its direct checks), TURN over TCP on
+    // the IPv4 address. For a page that forces the relay: TURN over UDP on both
+    // addresses first. Fewer than five URLs, from which browsers slow their discovery.
+    let tcp = format!("turn:127.0.0.1:{port}?transport=tcp");
+    assert_eq!(urls("ice_servers"), std::slice::from_ref(&tcp));
     assert_eq!(
-        urls,
+        urls("relay_ice_servers"),
         [
             format!("turn:127.0.0.1:{port}?transport=udp"),
             format!("turn:[::1]:{port}?transport=udp"),
-            format!("turn:127.0.0.1:{port}?transport=tcp"),
+            tcp,
         ]
     );
+    assert_eq!(
+        a.answer["ice_servers"][0]["username"], a.answer["relay_ice_servers"][0]["username"],
+        "one credential for both lists"
+    );
+    let servers = a.answer["ice_servers"].as_array().expect("ice_servers");
     // A TURN REST username: <expiry>:<participant>, expiring within a day.
     let username = servers[0]["username"].as_str().expect("username");
     // `<expiry>:room:<room>:<participant>`: good while the participant is in the room.
@@ -1104,7 +1116,7 @@ fn turn_credentials(j: &Joined) -> (String, String) {
 
 /// The address of the `turn:HOST:PORT?transport=udp` URL.
 fn turn_udp_url(j: &Joined) -> SocketAddr {
-    j.answer["ice_servers"][0]["urls"]
+    j.answer["relay_ice_servers"][0]["urls"]
         .as_array()
         .expect("urls")
         .iter()

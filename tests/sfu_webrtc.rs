@@ -765,7 +765,8 @@ fn node_with_workers(workers: usize) -> Node {
     Node::start_with_http("", &http, &format!("[node]\nworkers = {workers}\n")).0
 }
 
-/// Joins `room` as `name`: (participant, token, the `ice_servers` of the answer).
+/// Joins `room` as `name`: (participant, token, the `relay_ice_servers` of the answer,
+/// for a peer connection that forces the relay).
 fn join_with_ice_servers(
     node: &Node,
     room: &str,
@@ -785,9 +786,9 @@ fn join_with_ice_servers(
     );
     assert_eq!(r.status, 201, "{}", r.body);
     let v = r.json();
-    let servers = v["ice_servers"]
+    let servers = v["relay_ice_servers"]
         .as_array()
-        .expect("ice_servers")
+        .expect("relay_ice_servers")
         .iter()
         .map(|s| webrtc::ice_transport::ice_server::RTCIceServer {
             urls: s["urls"]

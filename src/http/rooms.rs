@@ -413,17 +413,27 @@ fn restore_rooms(
     Ok(kept)
 }
 
-/// The `ice_servers` handed to participants: this node's TURN addresses, and TURN REST
-/// credentials (`<expiry>:<participant>`, base64(HMAC-SHA1(secret, username))) that the
-/// node's own TURN accepts.
+/// The `ice_servers` and `relay_ice_servers` handed to participants: this node's TURN
+/// addresses, and TURN REST credentials (`<expiry>:room:<room>:<participant>`,
+/// base64(HMAC-SHA1(secret, username))) that the node's own TURN accepts.
 ///
-/// Browsers slow their discovery down (and Firefox warns) from five URLs on, so the list
-/// stays short: no `stun:` URLs (both browsers also use a TURN server over UDP as a
-/// STUN server), TURN over UDP on every address, TURN over TCP on one (the first IPv4
-/// one: clients whose UDP is blocked), TURN over TLS on each TLS port.
+/// Two lists, because the SFU's media port is also the TURN port. Chromium uses every
+/// TURN server over UDP as a STUN server of the socket its host candidate shares, and
+/// takes every datagram from a STUN server's address as that server's: the SFU's answers
+/// to its direct ICE checks are swallowed, and all its media goes through the relay.
+/// So `ice_servers` (for `iceTransportPolicy: "all"`) has no TURN over UDP: TURN over
+/// TCP on one address (the first IPv4 one: clients whose UDP is blocked) and TURN over
+/// TLS on each TLS port. `relay_ice_servers` (for a page that forces the relay, where
+/// host candidates take no part) adds TURN over UDP on every address, first.
+///
+/// Browsers slow their discovery down (and Firefox warns) from five URLs on, so the lists
+/// stay short: no `stun:` URLs (an ICE-lite SFU with a public address needs none).
 #[derive(Clone)]
 pub struct IceServers {
-    urls: Vec<String>,
+    /// For `iceTransportPolicy: "all"`: TCP and TLS.
+    direct: Vec<String>,
+    /// For `iceTransportPolicy: "relay"`: UDP, then TCP and TLS.
+    relay: Vec<String>,
     secret: String,
 }
 
@@ -451,36 +461,46 @@ impl IceServers {
                 true,
             ));
         }
-        let mut urls: Vec<String> = hostports
-            .iter()
-            .map(|(h, _)| format!("turn:{h}?transport=udp"))
-            .collect();
+        let mut direct = Vec::new();
         let tcp = hostports.iter().find(|(_, v4)| *v4).or(hostports.first());
         if let Some((h, _)) = tcp {
-            urls.push(format!("turn:{h}?transport=tcp"));
+            direct.push(format!("turn:{h}?transport=tcp"));
         }
         // TURN over TLS needs a name the certificate is for: the public URL's host.
         if let Some(host) = url_host(&config.http.public_url.0) {
             let mut ports: Vec<u16> = config.turn.tls_listen.iter().map(|l| l.0.port()).collect();
             ports.dedup();
             for port in ports {
-                urls.push(format!("turns:{host}:{port}?transport=tcp"));
+                direct.push(format!("turns:{host}:{port}?transport=tcp"));
             }
         }
-        IceServers { urls, secret }
+        let relay = hostports
+            .iter()
+            .map(|(h, _)| format!("turn:{h}?transport=udp"))
+            .chain(direct.iter().cloned())
+            .collect();
+        IceServers {
+            direct,
+            relay,
+            secret,
+        }
     }
 
-    /// One RTCIceServer entry with credentials for `participant` of `room`, valid from
-    /// `now` for [`TURN_CREDENTIAL_SECS`] at most and only while the participant is in
-    /// the room (the username says which: `<expiry>:room:<room>:<participant>`, see
+    /// The two lists (`ice_servers`, `relay_ice_servers`), each one RTCIceServer entry
+    /// with the same credentials for `participant` of `room`, valid from `now` for
+    /// [`TURN_CREDENTIAL_SECS`] at most and only while the participant is in the room
+    /// (the username says which: `<expiry>:room:<room>:<participant>`, see
     /// [`crate::turn::auth::room_credential`]).
-    pub fn for_participant(&self, room: &str, participant: &str, now: u64) -> serde_json::Value {
+    pub fn for_participant(
+        &self,
+        room: &str,
+        participant: &str,
+        now: u64,
+    ) -> (serde_json::Value, serde_json::Value) {
         let username = format!("{}:room:{room}:{participant}", now + TURN_CREDENTIAL_SECS);
-        json!([{
-            "urls": self.urls,
-            "username": username,
-            "credential": rest_password(&self.secret, &username),
-        }])
+        let credential = rest_password(&self.secret, &username);
+        let entry = |urls: &[String]| json!([{ "urls": urls, "username": username, "credential": credential }]);
+        (entry(&self.direct), entry(&self.relay))
     }
 }
 
@@ -760,12 +780,14 @@ pub async fn join(
     hub.apply(joined.effects);
     drop(hub);
     tracing::info!(room = %room, "participant joined");
+    let (ice_servers, relay_ice_servers) = api.ice.for_participant(&room, &joined.participant, now);
     (
         StatusCode::CREATED,
         Json(json!({
             "participant": joined.participant,
             "token": joined.token,
-            "ice_servers": api.ice.for_participant(&room, &joined.participant, now),
+            "ice_servers": ice_servers,
+            "relay_ice_servers": relay_ice_servers,
         })),
     )
         .into_response()
@@ -1249,21 +1271,29 @@ mod tests {
         )
         .expect("config");
         let ice = IceServers::from_config(&config, "s3cret".into());
+        let direct = [
+            "turn:203.0.113.7:3478?transport=tcp",
+            "turns:meet.example.org:5349?transport=tcp",
+        ];
+        assert_eq!(ice.direct, direct);
         assert_eq!(
-            ice.urls,
+            ice.relay,
             vec![
                 "turn:203.0.113.7:3478?transport=udp",
                 "turn:[::1]:3479?transport=udp",
-                "turn:203.0.113.7:3478?transport=tcp",
-                "turns:meet.example.org:5349?transport=tcp",
+                direct[0],
+                direct[1],
             ]
         );
-        let v = ice.for_participant("r1", "p1", 1_000);
-        assert_eq!(v[0]["username"], "44200:room:r1:p1");
-        assert_eq!(
-            v[0]["credential"],
-            rest_password("s3cret", "44200:room:r1:p1").as_str()
-        );
+        let (all, relay) = ice.for_participant("r1", "p1", 1_000);
+        for v in [&all, &relay] {
+            assert_eq!(v[0]["username"], "44200:room:r1:p1");
+            assert_eq!(
+                v[0]["credential"],
+                rest_password("s3cret", "44200:room:r1:p1").as_str()
+            );
+        }
+        assert_eq!(all[0]["urls"], json!(direct));
     }
 
     #[test]

@@ -109,6 +109,18 @@ async function round(relay) {
       throw new Error(`Fiona: relay=1 but sending via ${s.sendingVia}, receiving via ${s.receivingVia}`);
     }
     step(`${mode}: Firefox sends and receives through the node's relay`);
+  } else {
+    // Direct means direct for the Chromiums. Firefox ESR takes its relay here: on this
+    // loopback-only test network it gathers host candidates on the machine's other
+    // interfaces only (none on loopback, whatever media.peerconnection.ice.loopback
+    // says) and pairs none of them with the node's loopback address.
+    for (const q of chromes) {
+      const s = await stats(q.page);
+      if (s.sendingVia === "relay" || s.receivingVia === "relay" || !s.sendingVia || !s.receivingVia) {
+        throw new Error(`${q.label}: direct, but sending via ${s.sendingVia}, receiving via ${s.receivingVia}`);
+      }
+    }
+    step(`${mode}: both Chromiums send and receive without the relay`);
   }
   if (problems.length) throw new Error(problems.join("\n"));
   assertNoProblems(...chromes.map((p) => p.ctx));

@@ -7,7 +7,7 @@
 // room through the reference page and
 //   - every page shows two remote <video data-participant="…"> whose framesDecoded
 //     keeps growing, and whose audio arrives (samples and energy growing);
-//   - with relay=1, both peer connections use a relay candidate;
+//   - with relay=1, both peer connections use a relay candidate; without, neither does;
 //   - (direct round) a receiver without maxHeight gets the sender's upper layers:
 //     videoHeight ≥ 540 from the 1280x720 fake camera; a receiver with maxHeight=180
 //     gets at most 180 lines;
@@ -111,11 +111,14 @@ async function round(relay) {
         throw new Error(`${p.label}: ${q.label}'s audio is silent: ${JSON.stringify(inbound(after, q.id, "audio"))}`);
       }
     }
-    if (relay) {
-      const s = await stats(p);
-      if (s.sendingVia !== "relay" || s.receivingVia !== "relay") {
-        throw new Error(`${p.label}: relay=1 but sending via ${s.sendingVia}, receiving via ${s.receivingVia}`);
-      }
+    const s = await stats(p);
+    if (relay && (s.sendingVia !== "relay" || s.receivingVia !== "relay")) {
+      throw new Error(`${p.label}: relay=1 but sending via ${s.sendingVia}, receiving via ${s.receivingVia}`);
+    }
+    // Direct means direct: with TURN over UDP at the node's media address in its ICE
+    // servers, Chromium once sent everything through the relay.
+    if (!relay && (s.sendingVia === "relay" || s.receivingVia === "relay" || !s.sendingVia || !s.receivingVia)) {
+      throw new Error(`${p.label}: direct, but sending via ${s.sendingVia}, receiving via ${s.receivingVia}`);
     }
   }
   step(`${mode}: every page decodes two videos and hears two voices`);

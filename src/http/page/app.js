@@ -417,7 +417,9 @@
       relay: options.relay,
       participant: joined.participant,
       token: joined.token,
-      iceServers: Array.isArray(joined.ice_servers) ? joined.ice_servers : [],
+      // With relay=1 the lists that add TURN over UDP (see SPEC: with TURN over UDP at
+      // the node's media address, Chromium swallows the node's answers to direct checks).
+      iceServers: iceServersOf(joined, options.relay),
       base:
         "/api/rooms/" + encodeURIComponent(options.room) + "/participants/" + encodeURIComponent(joined.participant),
       name,
@@ -655,6 +657,12 @@
   }
 
   // ---- local media and publishing ----
+
+  /** The join answer's RTCIceServer list for the policy this page uses. */
+  function iceServersOf(joined, relay) {
+    const list = relay && Array.isArray(joined.relay_ice_servers) ? joined.relay_ice_servers : joined.ice_servers;
+    return Array.isArray(list) ? list : [];
+  }
 
   function pcConfig(c) {
     return {
