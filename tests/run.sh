@@ -32,6 +32,22 @@ if [ ! -f tests/browser/node_modules/playwright-core/package.json ] ||
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 
+# schemathesis (PyPI) for tests/openapi.rs, at a pinned version, in a virtualenv of its
+# own under target/ (the system's Python stays untouched).
+SCHEMATHESIS_VERSION=4.32.5
+venv=target/schemathesis
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends python3-venv
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The browser tests run the node as users run it, the release build (they build it

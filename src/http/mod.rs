@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     let cors = cors(&state.cors_origins);
     let router = Router::new()
         .route("/api/health", get(health))
+        .route("/api/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/api/rooms", post(rooms::create_room))
         .route(
@@ -206,6 +207,14 @@ async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> 
         "error": "a data-plane worker has ended",
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// The OpenAPI 3 document of the API (`src/http/openapi.json`; `tests/openapi.rs` runs
+/// schemathesis against a live node with it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
