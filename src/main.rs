@@ -74,7 +74,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         Some(p) => tracing::info!("configuration from {}", p.display()),
         None => tracing::info!("no configuration file: built-in loopback defaults"),
     }
-    match confnode::node::run(config) {
+    match confnode::node::run_from(config, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -13,14 +13,20 @@ use crate::sfu::dtls::DtlsIdentity;
 use crate::sfu::session::MediaSessions;
 use crate::turn::auth::Auth;
 use crate::turn::policy::PeerPolicy;
-use crate::turn::server::{Limits, Shared, TurnCore};
+use crate::turn::server::{Limits, Settings, Shared, TurnCore};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Semaphore;
 
-/// Runs the node until SIGTERM or SIGINT.
+/// Runs the node until SIGTERM or SIGINT, without a file to reload on SIGHUP.
 pub fn run(config: Config) -> Result<(), String> {
+    run_from(config, None)
+}
+
+/// Runs the node until SIGTERM or SIGINT; `path` is the file `config` came from, read
+/// again on SIGHUP.
+pub fn run_from(config: Config, path: Option<std::path::PathBuf>) -> Result<(), String> {
     // The TURN REST secrets are settled once, so TURN and the room API share them.
     let mut config = config;
     config.turn.auth_secret = effective_turn_secrets(&config.turn.auth_secret);
@@ -96,6 +102,11 @@ pub fn run(config: Config) -> Result<(), String> {
         tls: tls_listeners,
         certs: tls_certs,
     };
+    let reload = Reload {
+        path,
+        running: config.clone(),
+        udp_listen,
+    };
     let result = runtime.block_on(control_plane(
         &config,
         metrics,
@@ -103,6 +114,7 @@ pub fn run(config: Config) -> Result<(), String> {
         http_listener,
         media,
         liveness,
+        reload,
     ));
 
     shutdown.store(true, Ordering::Relaxed);
@@ -183,6 +195,7 @@ async fn control_plane(
     http_listener: std::net::TcpListener,
     media: Arc<MediaSessions>,
     liveness: Arc<Liveness>,
+    mut reload: Reload,
 ) -> Result<(), String> {
     let signals = Signals::install()?;
     // TCP and TLS connections together are held to `max_tcp_connections`.
@@ -249,8 +262,14 @@ async fn control_plane(
         "confnode {} ready",
         env!("CARGO_PKG_VERSION")
     );
+    let live = Live {
+        certs: streams.certs.as_ref(),
+        auth: &streams.auth,
+        turn: &streams.turn,
+        rooms: &drain.rooms,
+    };
     let result = tokio::select! {
-        r = wait_for_signal(signals, streams.certs.as_ref(), &drain) => r,
+        r = wait_for_signal(signals, &mut reload, &live, &drain) => r,
         () = liveness.wait_gone() => Err("a data-plane worker ended: stopping with a failure \
             status so that the service manager restarts the node".to_owned()),
     };
@@ -313,7 +332,8 @@ impl Drain {
 /// drain timed out (a SIGTERM meanwhile stops it at once).
 async fn wait_for_signal(
     signals: Signals,
-    certs: Option<&TlsCerts>,
+    reload: &mut Reload,
+    live: &Live<'_>,
     drain: &Drain,
 ) -> Result<(), String> {
     let Signals {
@@ -328,7 +348,7 @@ async fn wait_for_signal(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(certs),
+            _ = hup.recv() => reload.run(live),
             _ = usr1.recv() => {
                 if drain_deadline.is_none() {
                     drain.start();
@@ -350,19 +370,125 @@ async fn wait_for_signal(
     }
 }
 
-/// SIGHUP: reads the TLS certificate and key again.
-fn reload(certs: Option<&TlsCerts>) {
-    match certs.map(TlsCerts::reload) {
-        None => tracing::info!("SIGHUP: no TLS certificate to reload"),
-        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-        Some(Err(e)) => {
-            tracing::error!("SIGHUP: TLS certificate not reloaded, the old one stays: {e}")
+/// What SIGHUP reads again: the configuration file, against what runs now.
+struct Reload {
+    path: Option<std::path::PathBuf>,
+    /// The configuration in force (TURN REST secrets already the effective ones).
+    running: Config,
+    udp_listen: Vec<SocketAddr>,
+}
+
+/// What SIGHUP changes in the running node.
+struct Live<'a> {
+    certs: Option<&'a TlsCerts>,
+    auth: &'a Auth,
+    turn: &'a Arc<Shared>,
+    rooms: &'a Arc<crate::http::rooms::RoomsApi>,
+}
+
+impl Reload {
+    /// SIGHUP: the TLS certificate and key, then the file's TURN users and REST
+    /// secrets, peer lists, TURN limits, host accounts and JWT secret. A file with
+    /// errors changes nothing (each error is logged); keys that need a new socket, a
+    /// new thread or another store (listen addresses, workers, relay ports, store and
+    /// log settings, the realm) take effect at the next start. Allocations, calls and
+    /// rooms continue either way.
+    fn run(&mut self, live: &Live<'_>) {
+        match live.certs.map(TlsCerts::reload) {
+            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Some(Err(e)) => {
+                tracing::error!("SIGHUP: TLS certificate not reloaded, the old one stays: {e}")
+            }
         }
+        let Some(path) = &self.path else {
+            tracing::info!("SIGHUP: no configuration file to read again");
+            return;
+        };
+        let new = match Config::from_file(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("SIGHUP: {}: {e}", path.display());
+                }
+                tracing::error!("SIGHUP: configuration not reloaded, the running one stays");
+                return;
+            }
+        };
+        let next = match self.merged(new) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("SIGHUP: {e}; configuration not reloaded, the running one stays");
+                return;
+            }
+        };
+        let t = &next.turn;
+        live.auth.replace_credentials(&t.users, &t.auth_secret);
+        live.turn
+            .replace_settings(turn_settings(&next, &self.udp_listen));
+        live.rooms.reload(&next, &t.auth_secret);
+        self.running = next;
+        tracing::info!(
+            "SIGHUP: configuration reloaded (TURN users and secrets, peer lists, limits, \
+             host accounts, JWT secret)"
+        );
+    }
+
+    /// The running configuration with what `new` may change while running.
+    fn merged(&self, new: Config) -> Result<Config, String> {
+        let mut next = self.running.clone();
+        let (t, n) = (&mut next.turn, new.turn);
+        t.users = n.users;
+        // No secret in the file: the node's own (made at start) stays, so the
+        // credentials handed out keep working.
+        if n.auth_secret.iter().any(|s| !s.is_empty()) {
+            t.auth_secret = effective_turn_secrets(&n.auth_secret);
+        }
+        t.allow_loopback_peers = n.allow_loopback_peers;
+        t.allowed_peers = n.allowed_peers;
+        t.denied_peers = n.denied_peers;
+        t.max_allocations = n.max_allocations;
+        t.max_allocations_per_user = n.max_allocations_per_user;
+        t.max_allocations_per_ip = n.max_allocations_per_ip;
+        t.max_permissions = n.max_permissions;
+        t.max_channels = n.max_channels;
+        t.max_bandwidth_kbps = n.max_bandwidth_kbps;
+        next.http.hosts = new.http.hosts;
+        next.http.jwt_secret = new.http.jwt_secret;
+        let h = &next.http;
+        if h.hosts.is_empty() && h.jwt_secret.is_empty() && !h.listen.ip().is_loopback() {
+            return Err(format!(
+                "http.hosts: http.listen {} is not a loopback address, so at least one \
+                 [[http.hosts]] account (or http.jwt_secret) is needed",
+                h.listen
+            ));
+        }
+        Ok(next)
     }
 }
 
 /// What every TURN core shares, from the configuration.
 fn turn_shared(config: &Config, udp_listen: &[SocketAddr], metrics: &Metrics) -> Shared {
+    let t = &config.turn;
+    let (relay_v4, relay_v6) = (
+        relay_ip(config, udp_listen, false),
+        relay_ip(config, udp_listen, true),
+    );
+    let Settings { limits, policy } = turn_settings(config, udp_listen);
+    Shared::new(
+        limits,
+        t.relay_ports,
+        relay_v4,
+        relay_v6,
+        config.node.public_ip,
+        config.node.public_ipv6,
+        policy,
+        metrics.turn.clone(),
+    )
+}
+
+/// The TURN limits and peer policy of `config` (at start, and on SIGHUP).
+fn turn_settings(config: &Config, udp_listen: &[SocketAddr]) -> Settings {
     let t = &config.turn;
     let limits = Limits {
         max_allocations: t.max_allocations,
@@ -406,16 +532,7 @@ fn turn_shared(config: &Config, udp_listen: &[SocketAddr], metrics: &Metrics) ->
         &own,
     )
     .with_host(&host, (t.relay_ports.first, t.relay_ports.last));
-    Shared::new(
-        limits,
-        t.relay_ports,
-        relay_v4,
-        relay_v6,
-        config.node.public_ip,
-        config.node.public_ipv6,
-        policy,
-        metrics.turn.clone(),
-    )
+    Settings { limits, policy }
 }
 
 /// The address relay sockets of one family bind to: the first of `turn.relay_ips`

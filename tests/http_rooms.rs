@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +13,8 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::{
     BIN, HttpResponse, Node, NodeOutput, SseStream, free_port, http, http_get, run_with_timeout,
+    turn_allocate,
 };
-use confnode::stun::message::{Class, Message, Writer, attr, long_term_key, method};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
@@ -1049,58 +1049,6 @@ fn preferences_take_a_positive_integer_max_height() {
         br#"{"max_height": 180}"#,
     );
     assert_error(&r, 404);
-}
-
-/// A TURN Allocate over UDP with the given long-term credentials: true on success.
-fn turn_allocate(server: SocketAddr, username: &str, password: &str) -> bool {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let exchange = |request: &[u8]| -> Vec<u8> {
-        let mut buf = [0u8; 1500];
-        for _ in 0..5 {
-            sock.send_to(request, server).expect("send");
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                return buf[..n].to_vec();
-            }
-        }
-        panic!("no answer from TURN at {server}");
-    };
-    // First without credentials: 401 with REALM and NONCE.
-    let mut buf = [0u8; 512];
-    let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[7; 12]).expect("w");
-    w.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
-        .expect("attr");
-    let n = w.finish();
-    let challenge = exchange(&buf[..n]);
-    let msg = Message::parse(&challenge).expect("STUN answer");
-    assert_eq!(msg.class(), Class::Error);
-    let realm = msg.get(attr::REALM).expect("REALM").to_vec();
-    let nonce = msg.get(attr::NONCE).expect("NONCE").to_vec();
-    // Then with them.
-    let mut buf = [0u8; 512];
-    let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[8; 12]).expect("w");
-    w.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
-        .expect("attr");
-    w.add(attr::USERNAME, username.as_bytes()).expect("attr");
-    w.add(attr::REALM, &realm).expect("attr");
-    w.add(attr::NONCE, &nonce).expect("attr");
-    let key = long_term_key(username.as_bytes(), &realm, password.as_bytes());
-    w.add_integrity(&key).expect("mi");
-    w.add_fingerprint().expect("fp");
-    let n = w.finish();
-    let answer = exchange(&buf[..n]);
-    let msg = Message::parse(&answer).expect("STUN answer");
-    if msg.class() != Class::Success {
-        return false;
-    }
-    assert_eq!(
-        msg.verify_integrity(&key),
-        Some(true),
-        "signed with our key"
-    );
-    assert!(msg.xor_address(attr::XOR_RELAYED_ADDRESS).is_some());
-    true
 }
 
 fn turn_credentials(j: &Joined) -> (String, String) {

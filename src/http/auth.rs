@@ -6,8 +6,8 @@
 //! check) the node makes a one-time password for the account `host` at start.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -54,13 +54,10 @@ pub enum Refusal {
     TooMany { retry_after: u64 },
 }
 
-/// The host accounts and the JWT key.
+/// The host accounts and the JWT key, and the throttles of password logins.
 pub struct HostAuth {
-    accounts: Vec<(String, String)>,
-    /// SHA-256 of the one-time password of [`ONE_TIME_ACCOUNT`] (128 random bits, so a
-    /// fast hash is enough), when no account is configured.
-    one_time: Option<[u8; 32]>,
-    jwt: Option<(DecodingKey, Validation)>,
+    /// Replaced as a whole on SIGHUP ([`HostAuth::replace`]).
+    logins: RwLock<Arc<Logins>>,
     verifications: Semaphore,
     /// Verifications running or waiting (see [`MAX_PENDING_VERIFICATIONS`]).
     pending: AtomicUsize,
@@ -68,22 +65,20 @@ pub struct HostAuth {
     failures: PerSource,
 }
 
-impl std::fmt::Debug for HostAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostAuth")
-            .field("accounts", &self.accounts.len())
-            .field("one_time", &self.one_time.is_some())
-            .field("jwt", &self.jwt.is_some())
-            .finish_non_exhaustive()
-    }
+/// Who may log in as a host.
+struct Logins {
+    /// Name and argon2id PHC string of each `[[http.hosts]]` account.
+    accounts: Vec<(String, String)>,
+    /// SHA-256 of the one-time password of [`ONE_TIME_ACCOUNT`] (128 random bits, so a
+    /// fast hash is enough), when no account is configured.
+    one_time: Option<[u8; 32]>,
+    jwt: Option<(DecodingKey, Validation)>,
 }
 
-impl HostAuth {
-    /// The accounts of `[http]`; with none (and no JWT secret) a one-time password is
-    /// made and returned so that it can be shown to the operator once.
-    pub fn from_config(http: &HttpConfig) -> (HostAuth, Option<String>) {
-        install_hs256_provider();
-        let accounts: Vec<(String, String)> = http
+impl Logins {
+    /// The accounts and JWT key of `[http]`, with the digest of a one-time password.
+    fn new(http: &HttpConfig, one_time: Option<[u8; 32]>) -> Logins {
+        let accounts = http
             .hosts
             .iter()
             .map(|h| (h.name.clone(), h.password_hash.0.clone()))
@@ -97,20 +92,61 @@ impl HostAuth {
             v.validate_aud = false;
             (DecodingKey::from_secret(http.jwt_secret.as_bytes()), v)
         });
-        let password = (accounts.is_empty() && jwt.is_none()).then(|| {
+        Logins {
+            accounts,
+            one_time,
+            jwt,
+        }
+    }
+}
+
+impl std::fmt::Debug for HostAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let logins = self.logins();
+        f.debug_struct("HostAuth")
+            .field("accounts", &logins.accounts.len())
+            .field("one_time", &logins.one_time.is_some())
+            .field("jwt", &logins.jwt.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostAuth {
+    /// The accounts of `[http]`; with none (and no JWT secret) a one-time password is
+    /// made and returned so that it can be shown to the operator once.
+    pub fn from_config(http: &HttpConfig) -> (HostAuth, Option<String>) {
+        install_hs256_provider();
+        let none = http.hosts.is_empty() && http.jwt_secret.is_empty();
+        let password = none.then(|| {
             let mut raw = [0u8; 16];
             OsRng.fill_bytes(&mut raw);
             URL_SAFE_NO_PAD.encode(raw)
         });
+        let logins = Logins::new(http, password.as_deref().map(sha256));
         let auth = HostAuth {
-            accounts,
-            one_time: password.as_deref().map(sha256),
-            jwt,
+            logins: RwLock::new(Arc::new(logins)),
             verifications: Semaphore::new(CONCURRENT_VERIFICATIONS),
             pending: AtomicUsize::new(0),
             failures: PerSource::new(FAILED_LOGINS_PER_MINUTE, 60),
         };
         (auth, password)
+    }
+
+    /// The accounts and JWT secret of a new `[http]` (SIGHUP); logins from now on are
+    /// checked against them. With neither, a one-time password shown at start stays
+    /// good; none is made now (no terminal may be watching).
+    pub fn replace(&self, http: &HttpConfig) {
+        let one_time = self.logins().one_time;
+        let none = http.hosts.is_empty() && http.jwt_secret.is_empty();
+        let logins = Logins::new(http, one_time.filter(|_| none));
+        *self.logins.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(logins);
+    }
+
+    fn logins(&self) -> Arc<Logins> {
+        self.logins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The host a request speaks for: the account name (Basic), or `jwt:` and the
@@ -163,7 +199,8 @@ impl HostAuth {
 
     fn check_jwt(&self, token: &str) -> Result<String, Refusal> {
         let bearer = Refusal::Unauthorized { bearer: true };
-        let (key, validation) = self.jwt.as_ref().ok_or(bearer)?;
+        let logins = self.logins();
+        let (key, validation) = logins.jwt.as_ref().ok_or(bearer)?;
         #[derive(serde::Deserialize)]
         struct Claims {
             sub: Option<String>,
@@ -184,12 +221,13 @@ impl HostAuth {
         name: &str,
         password: Vec<u8>,
     ) -> Result<bool, Refusal> {
-        if let Some(digest) = self.one_time {
+        let logins = self.logins();
+        if let Some(digest) = logins.one_time {
             let ok = name == ONE_TIME_ACCOUNT;
             return Ok(same(&digest, &sha256_bytes(&password)) && ok);
         }
-        let known = self.accounts.iter().position(|(n, _)| n == name);
-        let Some(index) = known.or((!self.accounts.is_empty()).then_some(0)) else {
+        let known = logins.accounts.iter().position(|(n, _)| n == name);
+        let Some(index) = known.or((!logins.accounts.is_empty()).then_some(0)) else {
             return Ok(false);
         };
         let _pending = Pending::take(&self.pending).ok_or(Refusal::Busy)?;
@@ -197,9 +235,10 @@ impl HostAuth {
             .await
             .map_err(|_| Refusal::Busy)?
             .map_err(|_| Refusal::Busy)?;
-        let this = self.clone();
         let verified = tokio::task::spawn_blocking(move || {
-            let phc = &this.accounts[index].1;
+            let Some((_, phc)) = logins.accounts.get(index) else {
+                return false;
+            };
             PasswordHash::new(phc)
                 .map(|h| Argon2::default().verify_password(&password, &h).is_ok())
                 .unwrap_or(false)

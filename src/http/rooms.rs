@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,7 +68,8 @@ const ROOM_SWEEP_TICKS: u32 = 5;
 pub struct RoomsApi {
     hub: Mutex<Hub>,
     hosts: Arc<HostAuth>,
-    ice: IceServers,
+    /// Replaced on SIGHUP (a new TURN REST secret signs from then on).
+    ice: RwLock<IceServers>,
     public_url: String,
     next_stream: AtomicU64,
     /// The SFU's media sessions (shared with the data-plane workers).
@@ -170,7 +171,7 @@ impl RoomsApi {
                 speakers: HashMap::new(),
             }),
             hosts: Arc::new(hosts),
-            ice: IceServers::from_config(config, secret),
+            ice: RwLock::new(IceServers::from_config(config, secret)),
             public_url: http.public_url.0.clone(),
             next_stream: AtomicU64::new(1),
             media,
@@ -231,6 +232,17 @@ impl RoomsApi {
     fn persist_or_log(&self) {
         if let Err(e) = self.persist() {
             tracing::error!("cannot write rooms to store.path: {e}");
+        }
+    }
+
+    /// What SIGHUP changes here: the host accounts and JWT secret of `config`, and the
+    /// TURN REST secret that signs participants' credentials (the first of
+    /// `turn_secrets`, the node's effective ones). Rooms and participants stay.
+    pub fn reload(&self, config: &Config, turn_secrets: &[String]) {
+        self.hosts.replace(&config.http);
+        if let Some(secret) = turn_secrets.iter().find(|s| !s.is_empty()) {
+            *self.ice.write().unwrap_or_else(PoisonError::into_inner) =
+                IceServers::from_config(config, secret.clone());
         }
     }
 
@@ -780,7 +792,11 @@ pub async fn join(
     hub.apply(joined.effects);
     drop(hub);
     tracing::info!(room = %room, "participant joined");
-    let (ice_servers, relay_ice_servers) = api.ice.for_participant(&room, &joined.participant, now);
+    let (ice_servers, relay_ice_servers) = api
+        .ice
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .for_participant(&room, &joined.participant, now);
     (
         StatusCode::CREATED,
         Json(json!({

@@ -20,7 +20,7 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -147,11 +147,10 @@ impl Reject {
 #[derive(Clone)]
 pub struct Auth {
     realm: Box<str>,
-    /// Static users and their precomputed long-term keys; shared by every clone (a
-    /// TCP/TLS connection gets a clone of its own, so this must not be copied per clone).
-    users: Arc<BTreeMap<Box<str>, [u8; 16]>>,
-    /// One HMAC-SHA1 state per REST secret, already keyed (saves rehashing the key).
-    secrets: Arc<[Hmac<Sha1>]>,
+    /// Static users and REST secrets; shared by every clone (a TCP/TLS connection gets a
+    /// clone of its own, so this must not be copied per clone), and replaced as a whole
+    /// on SIGHUP ([`Auth::replace_credentials`]).
+    known: Arc<RwLock<Arc<Secrets>>>,
     /// HMAC-SHA256 keyed with the nonce secret.
     nonce_mac: Hmac<Sha256>,
     limiter: ChallengeLimiter,
@@ -159,13 +158,42 @@ pub struct Auth {
     presence: PresenceHook,
 }
 
+/// What a request's credentials are checked against.
+struct Secrets {
+    /// Static users and their precomputed long-term keys.
+    users: BTreeMap<Box<str>, [u8; 16]>,
+    /// One HMAC-SHA1 state per REST secret, already keyed (saves rehashing the key).
+    secrets: Vec<Hmac<Sha1>>,
+}
+
+impl Secrets {
+    /// `secrets`: empty strings are skipped (an empty HMAC key would let anyone mint
+    /// passwords).
+    fn new(realm: &str, users: &BTreeMap<String, String>, secrets: &[String]) -> Secrets {
+        let users = users
+            .iter()
+            .map(|(name, password)| {
+                let key = long_term_key(name.as_bytes(), realm.as_bytes(), password.as_bytes());
+                (Box::from(name.as_str()), key)
+            })
+            .collect();
+        let secrets = secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| Hmac::<Sha1>::new_from_slice(s.as_bytes()).ok())
+            .collect();
+        Secrets { users, secrets }
+    }
+}
+
 impl fmt::Debug for Auth {
     /// Counts only: no keys, secrets or user names in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.known();
         f.debug_struct("Auth")
             .field("realm", &self.realm)
-            .field("users", &self.users.len())
-            .field("secrets", &self.secrets.len())
+            .field("users", &c.users.len())
+            .field("secrets", &c.secrets.len())
             .finish_non_exhaustive()
     }
 }
@@ -181,29 +209,33 @@ impl Auth {
         secrets: &[String],
         nonce_secret: [u8; 32],
     ) -> Auth {
-        let users: BTreeMap<Box<str>, [u8; 16]> = users
-            .iter()
-            .map(|(name, password)| {
-                let key = long_term_key(name.as_bytes(), realm.as_bytes(), password.as_bytes());
-                (Box::from(name.as_str()), key)
-            })
-            .collect();
-        let secrets = secrets
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| Hmac::<Sha1>::new_from_slice(s.as_bytes()).ok())
-            .collect();
+        let known = Secrets::new(realm, users, secrets);
         // Not input-dependent: HMAC takes keys of any length, so this cannot fail.
         let nonce_mac =
             Hmac::<Sha256>::new_from_slice(&nonce_secret).expect("HMAC accepts any key length");
         Auth {
             realm: realm.into(),
-            users: Arc::new(users),
-            secrets,
+            known: Arc::new(RwLock::new(Arc::new(known))),
             nonce_mac,
             limiter: ChallengeLimiter::new(),
             presence: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Replaces the static users and REST secrets of this `Auth` and every clone
+    /// (SIGHUP). The realm stays: allocations' keys were made with it. Allocations keep
+    /// running; their next refresh is checked against the new credentials.
+    pub fn replace_credentials(&self, users: &BTreeMap<String, String>, secrets: &[String]) {
+        let new = Arc::new(Secrets::new(&self.realm, users, secrets));
+        *self.known.write().unwrap_or_else(PoisonError::into_inner) = new;
+    }
+
+    /// The credentials now in force (a reference count, no copy).
+    fn known(&self) -> Arc<Secrets> {
+        self.known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Where to put the room API once it exists; shared by every clone.
@@ -218,8 +250,7 @@ impl Auth {
     pub fn for_connection(&self) -> Auth {
         Auth {
             realm: self.realm.clone(),
-            users: self.users.clone(),
-            secrets: self.secrets.clone(),
+            known: self.known.clone(),
             nonce_mac: self.nonce_mac.clone(),
             limiter: ChallengeLimiter::with_buckets(1),
             presence: self.presence.clone(),
@@ -277,7 +308,8 @@ impl Auth {
         username: &str,
         now: u64,
     ) -> Result<[u8; 16], Reject> {
-        if let Some(key) = self.users.get(username) {
+        let known = self.known();
+        if let Some(key) = known.users.get(username) {
             return integrity_matches(msg, key)
                 .then_some(*key)
                 .ok_or(Reject::WrongCredentials);
@@ -292,7 +324,7 @@ impl Auth {
             return Err(Reject::WrongCredentials);
         }
         // Rotation: whichever secret the username's password was made with.
-        let key = self
+        let key = known
             .secrets
             .iter()
             .map(|secret| self.rest_key(secret, username))

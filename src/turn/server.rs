@@ -19,14 +19,13 @@ use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rand_chacha::ChaCha12Rng;
 
 use crate::net::client::client_prefix;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Index of a relay socket in the worker's socket table.
 pub type RelayId = usize;
@@ -45,7 +44,7 @@ pub trait RelayIo {
 }
 
 /// Lifetimes (RFC 8656 §2.2, §9, §12) and bounds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub default_lifetime: u32,
     pub max_lifetime: u32,
@@ -103,9 +102,20 @@ const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
 const FAMILY_V4: u8 = 0x01;
 const FAMILY_V6: u8 = 0x02;
 
+/// What SIGHUP may change while allocations run: the limits and the peer policy.
+#[derive(Debug)]
+pub struct Settings {
+    pub limits: Limits,
+    pub policy: PeerPolicy,
+}
+
 /// What every core of the node shares: settings and the allocation quotas.
 pub struct Shared {
-    pub limits: Limits,
+    /// Replaced as a whole by [`Shared::replace_settings`]; each core keeps the `Arc`
+    /// it last saw and looks again when `generation` moved (one relaxed load per call,
+    /// no lock on the packet path).
+    settings: RwLock<Arc<Settings>>,
+    generation: AtomicU64,
     pub ports: PortRange,
     /// Addresses relay sockets bind to, per family (`None`: no relay of that family).
     pub relay_v4: Option<IpAddr>,
@@ -113,7 +123,6 @@ pub struct Shared {
     /// What XOR-RELAYED-ADDRESS says (the public side of a 1:1 NAT).
     pub public_v4: Ipv4Addr,
     pub public_v6: Option<Ipv6Addr>,
-    pub policy: PeerPolicy,
     pub metrics: TurnMetrics,
     total: AtomicUsize,
     /// Allocations and reservations held per username and per client address.
@@ -137,19 +146,38 @@ impl Shared {
         metrics: TurnMetrics,
     ) -> Shared {
         Shared {
-            limits,
+            settings: RwLock::new(Arc::new(Settings { limits, policy })),
+            generation: AtomicU64::new(0),
             ports,
             relay_v4,
             relay_v6,
             public_v4,
             public_v6,
-            policy,
             metrics,
             total: AtomicUsize::new(0),
             quotas: Mutex::new(Quotas::default()),
             reservations: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The limits and peer policy in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// New limits and peer policy for every core (SIGHUP). Allocations, permissions
+    /// and channels held stay; what the new settings refuse is refused from the next
+    /// request or datagram on.
+    pub fn replace_settings(&self, settings: Settings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// From now on Allocate answers 508; allocations held are refreshed as before.
@@ -161,7 +189,7 @@ impl Shared {
     /// when a quota is full. Room credentials (see
     /// [`crate::turn::auth::room_credential`]) get [`ROOM_RELAYS_PER_PARTICIPANT`].
     fn acquire(&self, user: &str, ip: IpAddr) -> bool {
-        if self.total.load(Ordering::Relaxed) >= self.limits.max_allocations
+        if self.total.load(Ordering::Relaxed) >= self.settings().limits.max_allocations
             || !self.take_quota(user, ip)
         {
             return false;
@@ -184,18 +212,19 @@ impl Shared {
         let Ok(mut quotas) = self.quotas.lock() else {
             return false;
         };
+        let limits = self.settings().limits;
         let per_user = if crate::turn::auth::room_credential(user).is_some() {
-            self.limits
+            limits
                 .max_allocations_per_user
                 .min(ROOM_RELAYS_PER_PARTICIPANT)
         } else {
-            self.limits.max_allocations_per_user
+            limits.max_allocations_per_user
         };
         let ip = client_prefix(ip);
         let Quotas { by_user, by_ip } = &mut *quotas;
         let n = by_user.get(user).copied().unwrap_or(0);
         let m = by_ip.get(&ip).copied().unwrap_or(0);
-        if n >= per_user || m >= self.limits.max_allocations_per_ip {
+        if n >= per_user || m >= limits.max_allocations_per_ip {
             return false;
         }
         by_user.insert(user.into(), n + 1);
@@ -439,6 +468,9 @@ const CAPACITY: Failure = (508, "Insufficient Capacity");
 /// One core's allocations.
 pub struct TurnCore {
     shared: Arc<Shared>,
+    /// `shared`'s settings as of generation `seen` (see [`TurnCore::refresh`]).
+    settings: Arc<Settings>,
+    seen: u64,
     auth: Auth,
     /// Data to a stream client (TCP/TLS) is padded to four bytes (RFC 8656 §12.5).
     stream: bool,
@@ -462,7 +494,10 @@ impl TurnCore {
 
     /// A core with a fixed seed (tests and benchmarks: the same run every time).
     pub fn new(shared: Arc<Shared>, auth: Auth, stream: bool, seed: u64) -> TurnCore {
+        let seen = shared.generation.load(Ordering::Acquire);
         TurnCore {
+            settings: shared.settings(),
+            seen,
             shared,
             auth,
             stream,
@@ -471,6 +506,15 @@ impl TurnCore {
             by_client: FxHashMap::default(),
             by_relay: Vec::new(),
             rng: ChaCha12Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// Takes the node's settings again if SIGHUP replaced them since the last look.
+    fn look_at_settings(&mut self) {
+        let now = self.shared.generation.load(Ordering::Acquire);
+        if now != self.seen {
+            self.settings = self.shared.settings();
+            self.seen = now;
         }
     }
 
@@ -523,13 +567,14 @@ impl TurnCore {
         if len > buf.len() {
             return Action::Drop(DropReason::Malformed);
         }
+        self.look_at_settings();
         let action = match buf.first() {
             Some(0x40..=0x7F) => self.channel_data(clock, client, &buf[..len]),
             Some(0..=3) => self.stun(clock, client, buf, len, relays),
             _ => Action::Drop(DropReason::Malformed),
         };
         match action {
-            Action::ToPeer { len, .. } if self.shared.limits.bandwidth > 0 => {
+            Action::ToPeer { len, .. } if self.settings.limits.bandwidth > 0 => {
                 let index = self.by_client.get(&client).copied();
                 match index {
                     Some(i) if self.charge(i, len, clock.mono_ms) => action,
@@ -543,7 +588,7 @@ impl TurnCore {
     /// Takes `bytes` from allocation `index`'s bandwidth budget, refilled at
     /// `Limits::bandwidth` per second up to one second's worth.
     fn charge(&mut self, index: usize, bytes: usize, now: u64) -> bool {
-        let rate = self.shared.limits.bandwidth;
+        let rate = self.settings.limits.bandwidth;
         let Some(alloc) = self.allocations.get_mut(index).and_then(Option::as_mut) else {
             return false;
         };
@@ -602,7 +647,7 @@ impl TurnCore {
     fn may_exchange(&self, alloc: &Allocation, peer: SocketAddr, now: u64) -> bool {
         match alloc.permission(peer.ip(), now) {
             None => false,
-            Some(p) => !p.own_only || self.shared.policy.permits(peer),
+            Some(p) => !p.own_only || self.settings.policy.permits(peer),
         }
     }
 
@@ -894,7 +939,7 @@ impl TurnCore {
             allocate_tid: req.tid,
             permissions: Vec::new(),
             channels: Vec::new(),
-            budget: self.shared.limits.bandwidth,
+            budget: self.settings.limits.bandwidth,
             budget_at: clock.mono_ms,
         };
         let index = self.insert(alloc);
@@ -1050,7 +1095,7 @@ impl TurnCore {
     }
 
     fn lifetime(&self, requested: Option<u32>) -> u32 {
-        let limits = &self.shared.limits;
+        let limits = &self.settings.limits;
         requested
             .unwrap_or(limits.default_lifetime)
             .clamp(limits.default_lifetime, limits.max_lifetime)
@@ -1180,7 +1225,7 @@ impl TurnCore {
         if alloc.relay_for(&peer).is_none() {
             return Err(PEER_FAMILY_MISMATCH);
         }
-        let policy = &self.shared.policy;
+        let policy = &self.settings.policy;
         if policy.permits_ip(peer.ip()) {
             Ok(false)
         } else if policy.is_own_ip(peer.ip()) {
@@ -1208,7 +1253,7 @@ impl TurnCore {
         for (i, &peer) in peers.clone().enumerate() {
             own_only[i] = self.check_peer(alloc, peer)?;
         }
-        let max = self.shared.limits.max_permissions;
+        let max = self.settings.limits.max_permissions;
         let now = clock.mono_ms;
         let alloc = self.allocations[index].as_mut().ok_or(MISMATCH)?;
         for (i, &peer) in peers.enumerate() {
@@ -1242,12 +1287,12 @@ impl TurnCore {
         }
         let alloc = self.allocations[index].as_ref().ok_or(MISMATCH)?;
         let own_only = self.check_peer(alloc, peer)?;
-        if own_only && !self.shared.policy.permits(peer) {
+        if own_only && !self.settings.policy.permits(peer) {
             return Err(FORBIDDEN);
         }
         let now = clock.mono_ms;
-        let max_channels = self.shared.limits.max_channels;
-        let max_permissions = self.shared.limits.max_permissions;
+        let max_channels = self.settings.limits.max_channels;
+        let max_permissions = self.settings.limits.max_permissions;
         let metrics = &self.shared.metrics;
         let alloc = self.allocations[index].as_mut().ok_or(MISMATCH)?;
         // A number is bound to one peer and a peer to one number (RFC 8656 §11.2).
@@ -1285,6 +1330,7 @@ impl TurnCore {
         start: usize,
         len: usize,
     ) -> Action {
+        self.look_at_settings();
         let Some(&index) = self.by_relay.get(relay) else {
             return Action::Drop(DropReason::NoRoute);
         };
@@ -1298,7 +1344,7 @@ impl TurnCore {
         if !self.may_exchange(alloc, peer, now) {
             return Action::Drop(DropReason::NoRoute);
         }
-        if self.shared.limits.bandwidth > 0 && !self.charge(index, len, now) {
+        if self.settings.limits.bandwidth > 0 && !self.charge(index, len, now) {
             return Action::Drop(DropReason::Bandwidth);
         }
         let Some(alloc) = self.allocations.get(index).and_then(Option::as_ref) else {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use confnode::stun::message::{Class, Message, Writer, attr, long_term_key, method};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_confnode");
 
 /// A port free for UDP and TCP on both 127.0.0.1 and ::1 right now.
@@ -710,4 +712,56 @@ impl Peer {
         }
         peer
     }
+}
+
+/// A TURN Allocate over UDP with the given long-term credentials: true on success.
+pub fn turn_allocate(server: SocketAddr, username: &str, password: &str) -> bool {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let exchange = |request: &[u8]| -> Vec<u8> {
+        let mut buf = [0u8; 1500];
+        for _ in 0..5 {
+            sock.send_to(request, server).expect("send");
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return buf[..n].to_vec();
+            }
+        }
+        panic!("no answer from TURN at {server}");
+    };
+    // First without credentials: 401 with REALM and NONCE.
+    let mut buf = [0u8; 512];
+    let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[7; 12]).expect("w");
+    w.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+        .expect("attr");
+    let n = w.finish();
+    let challenge = exchange(&buf[..n]);
+    let msg = Message::parse(&challenge).expect("STUN answer");
+    assert_eq!(msg.class(), Class::Error);
+    let realm = msg.get(attr::REALM).expect("REALM").to_vec();
+    let nonce = msg.get(attr::NONCE).expect("NONCE").to_vec();
+    // Then with them.
+    let mut buf = [0u8; 512];
+    let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[8; 12]).expect("w");
+    w.add_u32(attr::REQUESTED_TRANSPORT, 17 << 24)
+        .expect("attr");
+    w.add(attr::USERNAME, username.as_bytes()).expect("attr");
+    w.add(attr::REALM, &realm).expect("attr");
+    w.add(attr::NONCE, &nonce).expect("attr");
+    let key = long_term_key(username.as_bytes(), &realm, password.as_bytes());
+    w.add_integrity(&key).expect("mi");
+    w.add_fingerprint().expect("fp");
+    let n = w.finish();
+    let answer = exchange(&buf[..n]);
+    let msg = Message::parse(&answer).expect("STUN answer");
+    if msg.class() != Class::Success {
+        return false;
+    }
+    assert_eq!(
+        msg.verify_integrity(&key),
+        Some(true),
+        "signed with our key"
+    );
+    assert!(msg.xor_address(attr::XOR_RELAYED_ADDRESS).is_some());
+    true
 }
