@@ -266,6 +266,10 @@ pub struct Metrics {
     /// HTTP connections closed at once: over `http.max_connections` or
     /// `http.max_connections_per_ip`.
     pub http_refused: Counter,
+    /// Rooms the node holds (those in use and those waiting for their link), and
+    /// participants in them; set every second.
+    pub rooms: Gauge,
+    pub participants: Gauge,
 }
 
 /// The counters of one transport, cloned into each worker or connection task.
@@ -295,6 +299,14 @@ impl Metrics {
         let tcp_refused = Counter::default();
         let http_connections = Gauge::default();
         let http_refused = Counter::default();
+        let rooms = Gauge::default();
+        let participants = Gauge::default();
+        registry.register("rooms", "Rooms held (in use or not)", rooms.clone());
+        registry.register(
+            "participants",
+            "Participants in rooms",
+            participants.clone(),
+        );
         registry.register(
             "http_connections",
             "HTTP connections open",
@@ -339,6 +351,8 @@ impl Metrics {
             tcp_refused,
             http_connections,
             http_refused,
+            rooms,
+            participants,
         };
         // Create every series up front so scrapers see zeros, not missing series.
         for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {

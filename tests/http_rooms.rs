@@ -1738,3 +1738,17 @@ fn a_public_http_listen_without_hosts_refuses_to_start() {
     assert!(!status.success());
     assert!(out.contains("http.hosts"), "{out}");
 }
+
+#[test]
+fn metrics_count_rooms_and_participants() {
+    let node = node();
+    let room = create_room(&node);
+    let _ann = join(&node, &room, "Ann");
+    let _ben = join(&node, &room, "Ben");
+    let limit = Duration::from_secs(5);
+    assert_eq!(node.wait_metric("confnode_rooms", limit, |v| v == 1.0), 1.0);
+    assert_eq!(
+        node.wait_metric("confnode_participants", limit, |v| v == 2.0),
+        2.0
+    );
+}

@@ -58,7 +58,10 @@ impl AppState {
 /// expired rooms and absent participants.
 pub fn router(state: AppState) -> Router {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(rooms::RoomsApi::sweep_forever(Arc::downgrade(&state.rooms)));
+        runtime.spawn(rooms::RoomsApi::sweep_forever(
+            Arc::downgrade(&state.rooms),
+            state.metrics.clone(),
+        ));
     }
     let participant = "/api/rooms/{room}/participants/{participant}";
     let cors = cors(&state.cors_origins);

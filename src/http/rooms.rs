@@ -37,6 +37,7 @@ use super::auth::{HostAuth, ONE_TIME_ACCOUNT, Refusal};
 use super::limit::PerSource;
 use super::{AppState, error};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::rooms::{Effects, Event, Limits, RoomError, Rooms, StreamId, validate_display_name};
 use crate::sfu::sdp::PublishOffer;
 use crate::sfu::session::{MediaSessions, PublishRefusal};
@@ -259,7 +260,7 @@ impl RoomsApi {
     /// Every second, makes participants whose media consent ran out leave; every few
     /// seconds removes detached participants and expired rooms (and their media
     /// sessions). Runs until the API is dropped.
-    pub async fn sweep_forever(api: Weak<RoomsApi>) {
+    pub async fn sweep_forever(api: Weak<RoomsApi>, metrics: Arc<Metrics>) {
         let mut tick = tokio::time::interval(MEDIA_SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u32;
@@ -268,6 +269,13 @@ impl RoomsApi {
             let Some(api) = api.upgrade() else { return };
             api.sweep_media();
             api.find_speakers();
+            {
+                let hub = api.hub();
+                metrics.rooms.set(hub.rooms.len() as i64);
+                metrics
+                    .participants
+                    .set(hub.rooms.participants_total() as i64);
+            }
             ticks += 1;
             if ticks % ROOM_SWEEP_TICKS == 0 {
                 let mut hub = api.hub();
