@@ -2714,6 +2714,32 @@ mod tests {
     }
 
     #[test]
+    fn replaced_settings_apply_to_running_cores_and_keep_what_is_held() {
+        let mut n = node();
+        n.allocate(client(1), None);
+        let ok = n.permit(client(1), &[peer_a()]);
+        assert_eq!(Message::parse(&ok).expect("answer").class(), Class::Success);
+        // SIGHUP: peer_b's network denied, one allocation per user.
+        let denied: crate::config::Cidr = "93.184.216.35/32".parse().expect("cidr");
+        let limits = Limits {
+            max_allocations_per_user: 1,
+            ..Limits::default()
+        };
+        let policy = PeerPolicy::new(false, &[], &[denied], &[own()]);
+        n.shared.replace_settings(Settings { limits, policy });
+        assert_error(&n.permit(client(1), &[peer_b()]), 403, Some(ALICE));
+        // What was allowed before stays allowed; the allocation held stays.
+        let again = n.permit(client(1), &[peer_a()]);
+        assert_eq!(
+            Message::parse(&again).expect("answer").class(),
+            Class::Success
+        );
+        let res = n.allocate_with(client(2), ALICE, udp);
+        assert_error(&res, 486, Some(ALICE));
+        assert_eq!(n.core.len(), 1);
+    }
+
+    #[test]
     fn refused_peers_get_403() {
         // No own address: nothing is let in as the node's own.
         let mut n = node_with(Setup {
