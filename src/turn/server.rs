@@ -509,13 +509,24 @@ impl TurnCore {
         }
     }
 
-    /// Takes the node's settings again if SIGHUP replaced them since the last look.
+    /// Takes the node's settings again if SIGHUP replaced them since the last look:
+    /// before each STUN request and at each sweep (every second), not per relayed
+    /// packet, so data follows new settings within a second and the relay path does
+    /// not even load the generation.
+    #[inline]
     fn look_at_settings(&mut self) {
         let now = self.shared.generation.load(Ordering::Acquire);
         if now != self.seen {
-            self.settings = self.shared.settings();
-            self.seen = now;
+            self.take_settings(now);
         }
+    }
+
+    /// Out of line: the packet path keeps only the load and the compare.
+    #[cold]
+    #[inline(never)]
+    fn take_settings(&mut self, generation: u64) {
+        self.settings = self.shared.settings();
+        self.seen = generation;
     }
 
     /// Allocations this core holds.
@@ -567,10 +578,12 @@ impl TurnCore {
         if len > buf.len() {
             return Action::Drop(DropReason::Malformed);
         }
-        self.look_at_settings();
         let action = match buf.first() {
             Some(0x40..=0x7F) => self.channel_data(clock, client, &buf[..len]),
-            Some(0..=3) => self.stun(clock, client, buf, len, relays),
+            Some(0..=3) => {
+                self.look_at_settings();
+                self.stun(clock, client, buf, len, relays)
+            }
             _ => Action::Drop(DropReason::Malformed),
         };
         match action {
@@ -1330,7 +1343,6 @@ impl TurnCore {
         start: usize,
         len: usize,
     ) -> Action {
-        self.look_at_settings();
         let Some(&index) = self.by_relay.get(relay) else {
             return Action::Drop(DropReason::NoRoute);
         };
@@ -1418,6 +1430,7 @@ impl TurnCore {
     /// Removes what has expired: allocations (closing their relays), permissions,
     /// channels, reservations. Called about once a second.
     pub fn sweep(&mut self, clock: Clock, relays: &mut dyn RelayIo) {
+        self.look_at_settings();
         let now = clock.mono_ms;
         let expired: Vec<usize> = self
             .allocations
