@@ -58,3 +58,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
+
+# Every fuzz target for 20 s from its committed seeds (fuzz/run.sh; cargo-fuzz on the
+# stable toolchain through RUSTC_BOOTSTRAP=1).
+bash fuzz/run.sh 20
