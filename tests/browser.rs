@@ -81,8 +81,8 @@ fn node() -> (Node, NodeOutput) {
 }
 
 /// Runs `node tests/browser/{script}` against `node`; panics with its output unless it
-/// passes within [`SCRIPT_LIMIT`].
-fn run_script(script: &str, node: &Node, log: &NodeOutput) {
+/// passes within [`SCRIPT_LIMIT`]; returns the output.
+fn run_script(script: &str, node: &Node, log: &NodeOutput) -> String {
     require_browser_tools();
     let kept = std::env::var_os("CONFNODE_SCREENSHOTS").map(PathBuf::from);
     let temp = tempfile::tempdir().expect("temp dir");
@@ -114,6 +114,7 @@ fn run_script(script: &str, node: &Node, log: &NodeOutput) {
             "the node's output mentions the display name {name}:\n{text}"
         );
     }
+    output
 }
 
 /// Whether `word` stands in `text` as a word of its own (not inside a random id, whose
@@ -162,6 +163,83 @@ fn media_in_chromium() {
     let to_sfu = value("confnode_turn_relay_internal_total{direction=\"to_peer\"}");
     let to_client = value("confnode_turn_relay_internal_total{direction=\"to_client\"}");
     assert!(to_sfu > 1000.0 && to_client > 1000.0, "{metrics}");
+}
+
+/// Issue 13's privacy test through the reference page (tests/browser/privacy.mjs): a
+/// host creates a room, two people with distinctive names (one an e-mail address) call
+/// each other for a few seconds and leave. Then no file the node wrote (its store, its
+/// log files) and none of its output holds either name, while the day's log file holds
+/// the client's IP address and the room.
+#[test]
+fn privacy_in_chromium() {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let http = format!(
+        "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
+        hash(PASSWORD)
+    );
+    let extra = format!("[log]\ndir = \"{}\"\n", logs.path().display());
+    let (node, log) = Node::start_binary_with_http(&common::release_binary(), "", &http, &extra);
+    let output = run_script("privacy.mjs", &node, &log);
+    let room = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("room="))
+        .unwrap_or_else(|| panic!("privacy.mjs named no room:\n{output}"))
+        .to_owned();
+    let names = [
+        "Zebulon",
+        "Quintavalle",
+        "Okonkwo",
+        "jane.doe",
+        "example.org",
+    ];
+    let mut files = Vec::new();
+    for dir in [node.dir.path(), logs.path()] {
+        collect_files(dir, &mut files);
+    }
+    let mut day_log = String::new();
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for name in names {
+            assert!(
+                !text.contains(name) && !text.contains(&name.replace('.', "%2E")),
+                "{} holds the display name part {name}",
+                file.display()
+            );
+        }
+        if file.starts_with(logs.path()) {
+            day_log.push_str(&text);
+        }
+    }
+    for name in names {
+        assert!(
+            !mentions(&log.text(), name),
+            "the node's output mentions {name}"
+        );
+    }
+    assert!(
+        day_log.contains("127.0.0.1"),
+        "no client address in the log files:\n{day_log}"
+    );
+    assert!(
+        day_log.contains(&room),
+        "no room {room} in the log files:\n{day_log}"
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
 }
 
 /// Issue 16: Firefox ESR joins a room where two Chromiums publish, and their videos
