@@ -455,14 +455,7 @@ impl Reload {
         t.max_bandwidth_kbps = n.max_bandwidth_kbps;
         next.http.hosts = new.http.hosts;
         next.http.jwt_secret = new.http.jwt_secret;
-        let h = &next.http;
-        if h.hosts.is_empty() && h.jwt_secret.is_empty() && !h.listen.ip().is_loopback() {
-            return Err(format!(
-                "http.hosts: http.listen {} is not a loopback address, so at least one \
-                 [[http.hosts]] account (or http.jwt_secret) is needed",
-                h.listen
-            ));
-        }
+        crate::http::auth::check_host_logins(&next.http)?;
         Ok(next)
     }
 }

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher, SaltString};
-use common::{Node, NodeOutput, run_with_timeout};
+use common::{Node, NodeOutput, cheap_hash, run_with_timeout};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const FIREFOX: &str = "/usr/bin/firefox-esr";
@@ -23,16 +21,6 @@ const HOST: &str = "dana";
 const PASSWORD: &str = "a long host password for the browser test";
 /// One script's whole run, browser start included (a loaded 2-core machine is slow).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
-
-/// A cheap argon2id hash (the config takes any argon2id parameters; the default ones
-/// are slow in a debug build).
-fn hash(password: &str) -> String {
-    let params = argon2::Params::new(8, 1, 1, None).expect("params");
-    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .expect("hash")
-        .to_string()
-}
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
@@ -75,7 +63,7 @@ fn require_firefox_tools() {
 fn node() -> (Node, NodeOutput) {
     let http = format!(
         "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        hash(PASSWORD)
+        cheap_hash(PASSWORD)
     );
     Node::start_binary_with_http(&common::release_binary(), "", &http, "")
 }
@@ -175,7 +163,7 @@ fn privacy_in_chromium() {
     let logs = tempfile::tempdir().expect("temp dir");
     let http = format!(
         "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        hash(PASSWORD)
+        cheap_hash(PASSWORD)
     );
     let extra = format!("[log]\ndir = \"{}\"\n", logs.path().display());
     let (node, log) = Node::start_binary_with_http(&common::release_binary(), "", &http, &extra);

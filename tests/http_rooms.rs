@@ -7,13 +7,11 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::{
-    BIN, HttpResponse, Node, NodeOutput, SseStream, free_port, http, http_get, run_with_timeout,
-    turn_allocate,
+    BIN, HttpResponse, Node, NodeOutput, SseStream, cheap_hash, free_port, http, http_get,
+    run_with_timeout, turn_allocate,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -23,22 +21,12 @@ const PASSWORD: &str = "correct horse battery";
 const JWT_SECRET: &str = "jwt-test-secret-of-a-decent-length";
 const PUBLIC_URL: &str = "https://meet.example.org";
 
-/// A cheap argon2id hash (the config takes any argon2id parameters; default ones take
-/// long in a debug build).
-fn hash(password: &str) -> String {
-    let params = argon2::Params::new(8, 1, 1, None).expect("params");
-    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .expect("hash")
-        .to_string()
-}
-
 /// A node with one host account, a JWT secret, and `extra` configuration.
 fn node_with(turn: &str, extra: &str) -> (Node, NodeOutput) {
     let http = format!(
         "public_url = \"{PUBLIC_URL}/\"\njwt_secret = \"{JWT_SECRET}\"\n\
          [[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        hash(PASSWORD)
+        cheap_hash(PASSWORD)
     );
     Node::start_with_http(turn, &http, extra)
 }
@@ -170,14 +158,7 @@ fn parse_rfc3339(s: &str) -> u64 {
     assert!(s.ends_with('Z'), "{s}");
     let n = |a: usize, b: usize| s[a..b].parse::<i64>().expect("digits");
     let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
-    // days_from_civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = confnode::date::days_from_civil(y, m, d);
     (days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19)) as u64
 }
 
@@ -1296,7 +1277,7 @@ fn rooms_survive_sigkill_and_expired_ones_are_purged() {
              jwt_secret = \"{JWT_SECRET}\"\n\
              [[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n\
              [store]\npath = \"{}\"\n",
-            hash(PASSWORD),
+            cheap_hash(PASSWORD),
             data.display()
         );
         std::fs::write(&path, config).expect("config");
@@ -1593,7 +1574,7 @@ fn http_connections_per_address_are_capped_and_heads_bounded() {
     let http_section = format!(
         "public_url = \"{PUBLIC_URL}\"\nmax_connections_per_ip = 4\n\
          [[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        hash(PASSWORD)
+        cheap_hash(PASSWORD)
     );
     let (node, _log) = Node::start_with_http("", &http_section, "");
     // Four kept-alive connections, each shown to be served (a connection of the

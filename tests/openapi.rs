@@ -10,24 +10,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher, SaltString};
-use common::{Node, http_get, run_with_timeout};
+use common::{Node, cheap_hash, http_get, run_with_timeout};
 use serde_json::Value;
 
 const HOST: &str = "olga";
 const PASSWORD: &str = "a password for the schema run";
 /// The whole schemathesis run; it ends well within (about a minute here).
 const LIMIT: Duration = Duration::from_secs(600);
-
-/// A cheap argon2id hash: every host request of the run checks it.
-fn hash(password: &str) -> String {
-    let params = argon2::Params::new(8, 1, 1, None).expect("params");
-    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .expect("hash")
-        .to_string()
-}
 
 /// schemathesis: `SCHEMATHESIS`, else the one tests/run.sh installs, else on PATH.
 fn schemathesis() -> PathBuf {
@@ -52,7 +41,7 @@ fn schemathesis() -> PathBuf {
 fn the_served_document_names_every_route_of_the_api() {
     let http = format!(
         "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        hash(PASSWORD)
+        cheap_hash(PASSWORD)
     );
     let (node, _log) = Node::start_with_http("", &http, "");
     let (status, body) = http_get(node.http, "/api/openapi.json").expect("GET openapi.json");
@@ -89,7 +78,7 @@ fn schemathesis_finds_the_api_as_documented() {
     let tool = schemathesis();
     let http = format!(
         "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        hash(PASSWORD)
+        cheap_hash(PASSWORD)
     );
     let (node, log) = Node::start_with_http("", &http, "");
     let reports = tempfile::tempdir().expect("temp dir");

@@ -7,19 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Node, NodeOutput, http, turn_allocate};
-
-fn hash(password: &str) -> String {
-    let params = argon2::Params::new(8, 1, 1, None).expect("params");
-    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .expect("hash")
-        .to_string()
-}
+use common::{Node, NodeOutput, cheap_hash, http, turn_allocate};
 
 fn basic(user: &str, password: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
@@ -45,7 +35,7 @@ fn settings(turn_password: &str, host: &str, host_password: &str) -> (String, St
         format!("users = {{ alice = \"{turn_password}\" }}\nmax_allocations_per_user = 5\n"),
         format!(
             "[[http.hosts]]\nname = \"{host}\"\npassword_hash = \"{}\"\n",
-            hash(host_password)
+            cheap_hash(host_password)
         ),
     )
 }

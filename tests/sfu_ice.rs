@@ -10,10 +10,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHasher, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Node, SseStream, http};
+use common::{Node, SseStream, cheap_hash, http};
 use confnode::stun::message::{Class, Message, Writer, attr, method};
 use serde_json::json;
 
@@ -67,19 +66,10 @@ a=ssrc-group:FID 2222 3333\r\n\
 a=ssrc:2222 cname:c\r\n\
 a=ssrc:3333 cname:c\r\n";
 
-/// A cheap argon2id hash (default parameters take long in a debug build).
-fn hash(password: &str) -> String {
-    let params = argon2::Params::new(8, 1, 1, None).expect("params");
-    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .expect("hash")
-        .to_string()
-}
-
 fn node() -> Node {
     let http = format!(
         "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        hash(PASSWORD)
+        cheap_hash(PASSWORD)
     );
     Node::start_with_http("", &http, "").0
 }

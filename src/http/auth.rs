@@ -65,6 +65,20 @@ pub struct HostAuth {
     failures: PerSource,
 }
 
+/// On any other `http.listen` than loopback, the node needs a way for hosts to log in:
+/// an `[[http.hosts]]` account or `http.jwt_secret` (the one-time password is for a
+/// node on loopback only).
+pub fn check_host_logins(http: &HttpConfig) -> Result<(), String> {
+    if http.hosts.is_empty() && http.jwt_secret.is_empty() && !http.listen.ip().is_loopback() {
+        return Err(format!(
+            "http.hosts: http.listen {} is not a loopback address, so at least one \
+             [[http.hosts]] account (or http.jwt_secret) is needed",
+            http.listen
+        ));
+    }
+    Ok(())
+}
+
 /// Who may log in as a host.
 struct Logins {
     /// Name and argon2id PHC string of each `[[http.hosts]]` account.

@@ -137,13 +137,7 @@ impl RoomsApi {
         media: Arc<MediaSessions>,
     ) -> Result<RoomsApi, String> {
         let http = &config.http;
-        if http.hosts.is_empty() && http.jwt_secret.is_empty() && !http.listen.ip().is_loopback() {
-            return Err(format!(
-                "http.hosts: http.listen {} is not a loopback address, so at least one \
-                 [[http.hosts]] account (or http.jwt_secret) is needed",
-                http.listen
-            ));
-        }
+        super::auth::check_host_logins(http)?;
         let secret = turn_secrets
             .iter()
             .find(|s| !s.is_empty())

@@ -765,3 +765,15 @@ pub fn turn_allocate(server: SocketAddr, username: &str, password: &str) -> bool
     assert!(msg.xor_address(attr::XOR_RELAYED_ADDRESS).is_some());
     true
 }
+
+/// A cheap argon2id hash for `[[http.hosts]]` in tests (the config takes any argon2id
+/// parameters; the default ones are slow in a debug build).
+pub fn cheap_hash(password: &str) -> String {
+    use argon2::password_hash::rand_core::OsRng;
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(8, 1, 1, None).expect("params");
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .expect("hash")
+        .to_string()
+}
