@@ -9,8 +9,8 @@ use crate::net::liveness::Liveness;
 use crate::net::tcp::StreamContext;
 use crate::net::tls::TlsCerts;
 use crate::net::{tcp, tls, udp, worker};
-use crate::sfu::dtls::DtlsIdentity;
-use crate::sfu::session::MediaSessions;
+use crate::sfu::dtls::{DtlsError, DtlsIdentity};
+use crate::sfu::session::{Epoch, MediaSessions};
 use crate::turn::auth::Auth;
 use crate::turn::policy::PeerPolicy;
 use crate::turn::server::{Limits, Settings, Shared, TurnCore};
@@ -49,18 +49,19 @@ pub fn run_from(config: Config, path: Option<std::path::PathBuf>) -> Result<(), 
     };
     // One clock origin for every TURN core, UDP workers and TCP/TLS connections alike:
     // a port reserved by one core (EVEN-PORT) is taken, and timed, by another.
-    let epoch = std::time::Instant::now();
+    let clock = clock_epoch();
+    let epoch = clock.instant;
     // The SFU's sessions, shared by the room API (which makes them) and the workers
     // (which answer their ICE checks), on the same clock.
     // The node's DTLS certificate, made at start; its fingerprint goes into every SDP.
     // Every session's DTLS endpoint presents it.
-    let dtls =
-        DtlsIdentity::generate().map_err(|e| format!("cannot make the DTLS certificate: {e}"))?;
+    let dtls = dtls_identity().map_err(|e| format!("cannot make the DTLS certificate: {e}"))?;
     let media = Arc::new(MediaSessions::new(
-        epoch,
+        clock,
         media_candidates(&config, &udp_listen),
         Arc::new(dtls),
         metrics.sfu.clone(),
+        random_key(),
     ));
     let workers = start_workers(
         &config,
@@ -597,6 +598,25 @@ pub fn effective_turn_secrets(configured: &[String]) -> Vec<String> {
         return secrets;
     }
     vec![random_key().iter().map(|b| format!("{b:02x}")).collect()]
+}
+
+/// The node's clock origin: now, on the monotonic and on the wall clock.
+pub fn clock_epoch() -> Epoch {
+    Epoch {
+        instant: std::time::Instant::now(),
+        unix_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
+    }
+}
+
+/// The node's DTLS certificate: a fresh key pair, valid from a day ago, with a serial
+/// number from the operating system's random source.
+pub fn dtls_identity() -> Result<DtlsIdentity, DtlsError> {
+    use rand_chacha::ChaCha12Rng;
+    use rand_core::SeedableRng;
+    let mut rng = ChaCha12Rng::from_seed(random_key());
+    DtlsIdentity::generate(time::OffsetDateTime::now_utc(), &mut rng)
 }
 
 /// 32 bytes from the operating system's random source (keys made at start).

@@ -298,7 +298,7 @@ fn through(tx: &mut SrtpContext, rx: &mut SrtpContext, plain: &[u8], rtcp: bool)
 
 #[test]
 fn handshake_derives_the_same_srtp_keys_on_both_ends() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut h = Harness::new(&identity, None);
     h.run(50, &mut never);
     assert_eq!(h.failure, None);
@@ -357,7 +357,7 @@ fn handshake_derives_the_same_srtp_keys_on_both_ends() {
 
 #[test]
 fn fingerprint_mismatch_fails_and_yields_no_keys() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut wrong = Client::new(Instant::now()).fingerprint;
     wrong.0[0] ^= 1;
     let mut h = Harness::new(&identity, Some(wrong));
@@ -383,7 +383,7 @@ fn fingerprint_mismatch_fails_and_yields_no_keys() {
 
 #[test]
 fn lost_flights_are_retransmitted() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut h = Harness::new(&identity, None);
     // The client's first flight, the server's first datagram of its first flight and
     // the client's second flight each get lost once.
@@ -411,7 +411,7 @@ fn lost_flights_are_retransmitted() {
 
 #[test]
 fn a_lost_final_flight_is_resent_after_connecting() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut h = Harness::new(&identity, None);
     // The server's ChangeCipherSpec + Finished (content type 20 leads the datagram) is
     // lost once: the server has its keys already, the client retransmits its last flight
@@ -438,7 +438,7 @@ fn a_lost_final_flight_is_resent_after_connecting() {
 
 #[test]
 fn a_client_offering_dtls_1_3_gets_1_2() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut h = Harness::with_client(&identity, None, true);
     h.run(50, &mut never);
     assert_eq!(h.failure, None);
@@ -458,7 +458,7 @@ fn a_client_offering_dtls_1_3_gets_1_2() {
 
 #[test]
 fn a_client_that_goes_silent_times_out() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut h = Harness::new(&identity, None);
     // Only the ClientHello arrives; nothing from the client after it.
     let mut lose = |from: Side, i: usize, _: &[u8]| from == Side::Client && i > 0;
@@ -485,7 +485,7 @@ fn a_client_that_goes_silent_times_out() {
 
 #[test]
 fn close_notify_from_the_client_closes_the_session() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut h = Harness::new(&identity, None);
     h.run(50, &mut never);
     assert!(h.server.is_connected());
@@ -498,7 +498,7 @@ fn close_notify_from_the_client_closes_the_session() {
 
 #[test]
 fn closing_our_side_sends_close_notify() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut h = Harness::new(&identity, None);
     h.run(50, &mut never);
     h.server.close();
@@ -518,7 +518,7 @@ fn closing_our_side_sends_close_notify() {
 
 #[test]
 fn srtp_after_the_handshake_allocates_nothing() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut h = Harness::new(&identity, None);
     h.run(50, &mut never);
     let mut pair = h.pair.take().expect("connected");
@@ -580,10 +580,11 @@ fn srtp_through_the_session_cache_allocates_nothing() {
     use std::net::SocketAddr;
 
     let sessions = Arc::new(MediaSessions::new(
-        Instant::now(),
+        confnode::node::clock_epoch(),
         vec!["192.0.2.1:3478".parse().unwrap()],
-        Arc::new(DtlsIdentity::generate().unwrap()),
+        Arc::new(confnode::node::dtls_identity().unwrap()),
         SfuMetrics::default(),
+        [7; 32],
     ));
     let mut client = Client::new(sessions.epoch());
     let offer = format!(
@@ -595,7 +596,7 @@ fn srtp_through_the_session_cache_allocates_nothing() {
         client.fingerprint
     );
     let offer = PublishOffer::parse(offer.as_bytes()).unwrap();
-    let answer = sessions.publish("room", "p", &offer).unwrap();
+    let answer = sessions.publish("room", "p", &offer, 0).unwrap();
     let line = |name: &str| {
         answer
             .lines()
@@ -619,7 +620,7 @@ fn srtp_through_the_session_cache_allocates_nothing() {
         w.add_fingerprint().unwrap();
         w.finish()
     };
-    let now = sessions.now_ms();
+    let now = sessions.epoch().elapsed().as_millis() as u64;
     assert!(matches!(
         cache.answer_check(&mut slot, n, src, 0, now),
         CheckVerdict::Reply(_)
@@ -636,7 +637,13 @@ fn srtp_through_the_session_cache_allocates_nothing() {
             to_client.push(d.to_vec());
         };
         for mut r in records {
-            let v = cache.handle_media(&mut r, src, 0, sessions.now_us(), &mut send);
+            let v = cache.handle_media(
+                &mut r,
+                src,
+                0,
+                sessions.epoch().elapsed().as_micros() as u64,
+                &mut send,
+            );
             assert_eq!(v, MediaVerdict::Dtls);
         }
         for r in to_client.drain(..) {
@@ -766,7 +773,7 @@ fn variation(rng: &mut Rng, record: &[u8]) -> Vec<u8> {
 /// is reached, is that session's failure (`DtlsError::Panicked`), never the caller's.
 #[test]
 fn mutated_duplicated_and_reordered_records_end_at_most_their_session() {
-    let identity = DtlsIdentity::generate().unwrap();
+    let identity = confnode::node::dtls_identity().unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let (mut connected, mut failed, mut panicked) = (0, 0, 0);
     const HANDSHAKES: usize = 60;

@@ -109,13 +109,14 @@ fn routing_checks_through_the_session_cache_does_not_allocate() {
         a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC\r\n\
         a=setup:actpass\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n";
     let sessions = Arc::new(MediaSessions::new(
-        std::time::Instant::now(),
+        confnode::node::clock_epoch(),
         vec!["192.0.2.1:3478".parse().unwrap()],
-        Arc::new(confnode::sfu::dtls::DtlsIdentity::generate().unwrap()),
+        Arc::new(confnode::node::dtls_identity().unwrap()),
         confnode::metrics::SfuMetrics::default(),
+        [7; 32],
     ));
     let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-    let answer = sessions.publish("room", "p", &offer).unwrap();
+    let answer = sessions.publish("room", "p", &offer, 0).unwrap();
     let line = |name: &str| {
         answer
             .lines()

@@ -243,7 +243,6 @@ async fn method_not_allowed() -> Response {
 mod tests {
     use super::*;
     use crate::net::liveness::WorkerGuard;
-    use crate::sfu::dtls::DtlsIdentity;
     use std::sync::atomic::AtomicBool;
 
     #[test]
@@ -267,10 +266,11 @@ mod tests {
         let store = tempfile::tempdir().expect("temp dir");
         config.store.path = store.path().to_owned();
         let media = Arc::new(MediaSessions::new(
-            std::time::Instant::now(),
+            crate::node::clock_epoch(),
             vec!["127.0.0.1:3478".parse().expect("addr")],
-            Arc::new(DtlsIdentity::generate().expect("identity")),
+            Arc::new(crate::node::dtls_identity().expect("identity")),
             Default::default(),
+            [7; 32],
         ));
         let liveness = Arc::new(Liveness::default());
         let metrics = Arc::new(Metrics::new());

@@ -127,6 +127,12 @@ impl Hub {
 }
 
 impl RoomsApi {
+    /// Now on the media sessions' clock (ms since the node's epoch): what the SFU's
+    /// control plane is told, as it reads no clock itself.
+    fn media_now_ms(&self) -> u64 {
+        self.media.epoch().elapsed().as_millis() as u64
+    }
+
     /// The room API from configuration. `turn_secrets` are the node's effective TURN
     /// REST secrets (the first signs the credentials handed out). With no host account
     /// and no JWT secret, a one-time password is made and printed on stderr; that is only
@@ -316,7 +322,7 @@ impl RoomsApi {
     /// ICE check for 30 s leaves the room (the others hear `left`), and the session
     /// ends. Locks are taken one after the other, never nested.
     fn sweep_media(&self) {
-        let expired = self.media.consent_expired(self.media.now_ms());
+        let expired = self.media.consent_expired(self.media_now_ms());
         if expired.is_empty() {
             return;
         }
@@ -356,7 +362,7 @@ impl RoomsApi {
                 (p.clone(), h.map(|h| h.min(u32::from(u16::MAX)) as u16))
             })
             .collect();
-        let offers = self.media.sync_room(room, &ids);
+        let offers = self.media.sync_room(room, &ids, self.media_now_ms());
         let mut effects = Effects::default();
         for (participant, sdp) in offers {
             if let Some(&(_, stream)) = holders.iter().find(|(p, _)| *p == participant) {
@@ -1084,7 +1090,10 @@ pub async fn publish(
             return error(status, &e.to_string());
         }
     };
-    match api.media.publish(&room, &participant, &offer) {
+    match api
+        .media
+        .publish(&room, &participant, &offer, api.media_now_ms())
+    {
         Ok(answer) => {
             tracing::info!(room = %room, "participant publishes");
             api.sync_media(&room);
@@ -1134,7 +1143,10 @@ pub async fn subscribe(
             "the answer is longer than any answer to our offer can be",
         );
     }
-    match api.media.subscribe_answer(&room, &participant, &raw) {
+    match api
+        .media
+        .subscribe_answer(&room, &participant, &raw, api.media_now_ms())
+    {
         Ok(()) => {
             // What changed while the offer was out goes in the next one.
             api.sync_media(&room);
@@ -1195,16 +1207,16 @@ mod tests {
     /// `speaker`, once.
     #[tokio::test]
     async fn the_active_speaker_is_told_to_the_room() {
-        use crate::sfu::dtls::DtlsIdentity;
         let mut config = Config::default();
         config.turn.auth_secret = vec!["a TURN REST secret for the test".to_owned()];
         let store = tempfile::tempdir().expect("temp dir");
         config.store.path = store.path().to_owned();
         let media = Arc::new(MediaSessions::new(
-            std::time::Instant::now(),
+            crate::node::clock_epoch(),
             vec!["127.0.0.1:3478".parse().expect("addr")],
-            Arc::new(DtlsIdentity::generate().expect("identity")),
+            Arc::new(crate::node::dtls_identity().expect("identity")),
             Default::default(),
+            [7; 32],
         ));
         let api = RoomsApi::new(&config, &["s".to_owned()], media.clone()).expect("api");
         let now = unix_now();
@@ -1234,7 +1246,7 @@ mod tests {
             a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
             a=rtpmap:111 opus/48000/2\r\n";
         let offer = PublishOffer::parse(offer.as_bytes()).expect("offer");
-        let answer = media.publish(&room, &a, &offer).expect("publish");
+        let answer = media.publish(&room, &a, &offer, 0).expect("publish");
         let ufrag = answer
             .lines()
             .find_map(|l| l.strip_prefix("a=ice-ufrag:"))

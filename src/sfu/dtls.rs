@@ -40,8 +40,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::rand_core::{OsRng, RngCore};
 use dimpl::{Config, Dtls, DtlsCertificate, Output};
+use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::sdp::Fingerprint;
@@ -136,8 +136,13 @@ impl fmt::Debug for DtlsIdentity {
 }
 
 impl DtlsIdentity {
-    /// A fresh key pair and self-signed certificate.
-    pub fn generate() -> Result<DtlsIdentity, DtlsError> {
+    /// A fresh key pair and self-signed certificate, valid from a day before `now`, with
+    /// a serial number drawn from `rng`. (rcgen draws the key itself, from ring's
+    /// generator.)
+    pub fn generate(
+        now: time::OffsetDateTime,
+        rng: &mut impl RngCore,
+    ) -> Result<DtlsIdentity, DtlsError> {
         let cert_err = |e: rcgen::Error| DtlsError::Certificate(e.to_string());
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
@@ -145,14 +150,13 @@ impl DtlsIdentity {
         name.push(rcgen::DnType::CommonName, "confnode");
         params.distinguished_name = name;
         // A day back, for peers whose clocks run behind ours.
-        let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + time::Duration::days(CERT_VALIDITY_DAYS);
         // Random serial numbers: Firefox refuses a second certificate with an issuer and
         // serial it has seen before (mediasoup#127, str0m#517), and every node's issuer
         // name is the same.
         let mut serial = [0u8; 16];
-        OsRng.fill_bytes(&mut serial);
+        rng.fill_bytes(&mut serial);
         serial[0] &= 0x7F; // a positive DER INTEGER
         params.serial_number = Some(rcgen::SerialNumber::from(serial.to_vec()));
         let cert = params.self_signed(&key).map_err(cert_err)?;
@@ -573,7 +577,7 @@ mod tests {
 
     #[test]
     fn identity_fingerprint_is_the_certificates_sha256() {
-        let id = DtlsIdentity::generate().unwrap();
+        let id = crate::node::dtls_identity().unwrap();
         let fp = id.fingerprint();
         assert_eq!(fp, fingerprint_of(id.certificate_der()));
         let hex = id.fingerprint_hex();
@@ -585,21 +589,21 @@ mod tests {
                 .all(|b| b == b':' || b.is_ascii_digit() || b.is_ascii_uppercase())
         );
         // Two nodes (or restarts) never share a certificate.
-        let other = DtlsIdentity::generate().unwrap();
+        let other = crate::node::dtls_identity().unwrap();
         assert_ne!(other.fingerprint(), fp);
         assert!(!format!("{id:?}").contains("private"));
     }
 
     #[test]
     fn identity_refuses_a_key_dimpl_cannot_load() {
-        let id = DtlsIdentity::generate().unwrap();
+        let id = crate::node::dtls_identity().unwrap();
         let err = DtlsIdentity::from_der(id.certificate_der().to_vec(), vec![1, 2, 3]).unwrap_err();
         assert!(matches!(err, DtlsError::Certificate(_)), "{err:?}");
     }
 
     #[test]
     fn idle_session_waits_and_ignores_what_is_not_dtls() {
-        let id = DtlsIdentity::generate().unwrap();
+        let id = crate::node::dtls_identity().unwrap();
         let epoch = Instant::now();
         let mut s = DtlsSession::new(&id, Fingerprint([7; 32]), CAP, epoch, 0);
         let mut buf = [0u8; DTLS_MTU];
@@ -617,7 +621,7 @@ mod tests {
 
     #[test]
     fn garbage_records_never_panic() {
-        let id = DtlsIdentity::generate().unwrap();
+        let id = crate::node::dtls_identity().unwrap();
         let mut s = DtlsSession::new(&id, Fingerprint([7; 32]), CAP, Instant::now(), 0);
         let mut buf = [0u8; DTLS_MTU];
         let mut seed = 0x1234_5678u32;
@@ -648,7 +652,7 @@ mod tests {
     /// repeat is refused before dimpl sees it; the session goes on.
     #[test]
     fn a_duplicated_early_epoch_1_record_is_refused_before_dimpl() {
-        let id = DtlsIdentity::generate().unwrap();
+        let id = crate::node::dtls_identity().unwrap();
         let mut s = DtlsSession::new(&id, Fingerprint([7; 32]), CAP, Instant::now(), 0);
         let mut record = vec![0x17, 0xfe, 0xfd, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x00, 0x20];
         record.extend_from_slice(&[0xab; 32]);
@@ -684,7 +688,7 @@ mod tests {
     /// the caller carries on; nothing reaches dimpl afterwards.
     #[test]
     fn a_panic_inside_dimpl_fails_the_session_not_the_caller() {
-        let id = DtlsIdentity::generate().unwrap();
+        let id = crate::node::dtls_identity().unwrap();
         let mut s = DtlsSession::new(&id, Fingerprint([7; 32]), CAP, Instant::now(), 0);
         s.panic_inside();
         let got: Result<(), _> = Err(DtlsError::Panicked);
@@ -705,7 +709,7 @@ mod tests {
 
     #[test]
     fn timestamps_round_up_to_the_millisecond() {
-        let id = DtlsIdentity::generate().unwrap();
+        let id = crate::node::dtls_identity().unwrap();
         let epoch = Instant::now();
         let s = DtlsSession::new(&id, Fingerprint([0; 32]), CAP, epoch, 0);
         assert_eq!(s.millis(epoch), 0);

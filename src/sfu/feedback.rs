@@ -270,6 +270,8 @@ pub fn on_publisher_rtcp(tracks: &mut [PublishedMedia], rtcp: &[u8], now: u64) {
 
 /// After a packet of `t` was forwarded: NACKs for the publisher's losses, and each
 /// second a receiver report to the publisher and a sender report to each receiver.
+/// `now` is µs on the shared clock, whose start was `unix_at_epoch_us` on the wall clock.
+#[allow(clippy::too_many_arguments)]
 pub fn after_forward(
     out: &mut [u8],
     counts: &mut ForwardCounts,
@@ -277,6 +279,7 @@ pub fn after_forward(
     srtp: &mut Option<Box<SrtpPair>>,
     publisher: (SocketAddr, usize),
     now: u64,
+    unix_at_epoch_us: u64,
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
     if now >= t.next_nack {
@@ -292,7 +295,7 @@ pub fn after_forward(
     if let Some(n) = t.track.write_receiver_report(out, RTCP_SENDER_SSRC, now) {
         counts.rtcp_sent += u64::from(send_rtcp(out, n, srtp, publisher, send));
     }
-    let ntp_now = rtcp::ntp_from_unix_micros(unix_micros());
+    let ntp_now = rtcp::ntp_from_unix_micros(unix_at_epoch_us.saturating_add(now));
     for o in &mut t.outs {
         if o.paused || o.subscriber.is_closed() || !o.subscriber.is_dtls_connected() {
             continue;
@@ -305,12 +308,6 @@ pub fn after_forward(
             }
         }
     }
-}
-
-fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A PLI for the publisher's `ssrc`, encrypted with the publisher's keys.

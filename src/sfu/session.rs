@@ -72,6 +72,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use rand_chacha::ChaCha12Rng;
+use rand_core::{RngCore, SeedableRng};
+
 use super::codec::Codec;
 use super::dtls::{
     DTLS_MTU, DtlsError, DtlsIdentity, DtlsOutput, DtlsSession, SrtpCapacity, SrtpPair,
@@ -302,6 +305,16 @@ pub enum PublishRefusal {
     Full,
 }
 
+/// Where the data plane's clock starts. Every `now` handed to the SFU counts from
+/// `instant` (milliseconds for ICE and DTLS, microseconds for media); `unix_us` is the
+/// wall-clock time at that instant (µs since 1970), from which RTCP's NTP timestamps are
+/// counted on, so they never step with the wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch {
+    pub instant: Instant,
+    pub unix_us: u64,
+}
+
 /// What the registry holds, under one lock.
 #[derive(Default)]
 struct Registry {
@@ -318,7 +331,10 @@ pub struct MediaSessions {
     registry: RwLock<Registry>,
     /// Where the monotonic milliseconds of ICE agents count from: the same origin as
     /// the workers' `Clock::mono_ms`.
-    epoch: Instant,
+    epoch: Epoch,
+    /// ICE credentials, SSRCs, first sequence numbers: seeded by whoever made the
+    /// registry. Taken alone, never while waiting for another lock.
+    rng: Mutex<ChaCha12Rng>,
     /// Host candidates put into every answer: `node.public_ip` (and IPv6) with the
     /// media port.
     candidates: Vec<SocketAddr>,
@@ -338,15 +354,19 @@ impl std::fmt::Debug for MediaSessions {
 }
 
 impl MediaSessions {
+    /// The registry of a node whose clock starts at `epoch` and whose randomness
+    /// comes from `seed` (the node draws it from the OS; tests fix it).
     pub fn new(
-        epoch: Instant,
+        epoch: Epoch,
         candidates: Vec<SocketAddr>,
         identity: Arc<DtlsIdentity>,
         metrics: SfuMetrics,
+        seed: [u8; 32],
     ) -> MediaSessions {
         MediaSessions {
             registry: RwLock::new(Registry::default()),
             epoch,
+            rng: Mutex::new(ChaCha12Rng::from_seed(seed)),
             candidates,
             identity,
             metrics,
@@ -371,20 +391,35 @@ impl MediaSessions {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Where the node's monotonic milliseconds count from.
+    /// Where the node's monotonic clock counts from.
     pub fn epoch(&self) -> Instant {
-        self.epoch
+        self.epoch.instant
     }
 
-    /// Milliseconds since the shared epoch (the workers' `Clock::mono_ms`).
-    pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    fn rng(&self) -> MutexGuard<'_, ChaCha12Rng> {
+        self.rng.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Microseconds since the shared epoch: the media path's clock (transport-cc
-    /// reports arrival times in quarter milliseconds).
-    pub fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+    /// A random SSRC (also a random start for sequence numbers and timestamps).
+    fn random_u32(&self) -> u32 {
+        self.rng().next_u32()
+    }
+
+    /// Local ICE credentials no session of `reg` has.
+    fn fresh_credentials(&self, reg: &Registry) -> IceCredentials {
+        // 48 random bits: a collision is rare, and simply drawn again.
+        let mut rng = self.rng();
+        loop {
+            let c = IceCredentials::generate(&mut *rng);
+            if !reg.by_ufrag.contains_key(&c.ufrag) {
+                return c;
+            }
+        }
+    }
+
+    /// A random `o=` session id below 2^63 (JSEP §5.2.1).
+    fn session_id(&self) -> u64 {
+        self.rng().next_u64() >> 1
     }
 
     pub fn candidates(&self) -> &[SocketAddr] {
@@ -400,12 +435,13 @@ impl MediaSessions {
     }
 
     /// Registers the publishing session of `participant` for an already parsed `offer`
-    /// and returns our SDP answer.
+    /// and returns our SDP answer. `now_ms` is the time on the shared clock.
     pub fn publish(
         &self,
         room: &str,
         participant: &str,
         offer: &PublishOffer,
+        now_ms: u64,
     ) -> Result<String, PublishRefusal> {
         let key = (room.to_owned(), participant.to_owned());
         // Made before the registry lock: dimpl loads the key for every session.
@@ -413,8 +449,8 @@ impl MediaSessions {
             &self.identity,
             offer.fingerprint,
             PUBLISHER_SRTP,
-            self.epoch,
-            self.now_ms(),
+            self.epoch.instant,
+            now_ms,
         );
         let mut reg = self.write();
         if reg.by_participant.contains_key(&key) {
@@ -423,21 +459,15 @@ impl MediaSessions {
         if reg.by_ufrag.len() >= MAX_SESSIONS {
             return Err(PublishRefusal::Full);
         }
-        // 48 random bits: a collision is rare, and simply drawn again.
-        let local = loop {
-            let c = IceCredentials::generate();
-            if !reg.by_ufrag.contains_key(&c.ufrag) {
-                break c;
-            }
-        };
+        let local = self.fresh_credentials(&reg);
         let answer = offer.answer(&LocalTransport {
-            session_id: session_id(),
+            session_id: self.session_id(),
             ice: &local,
             fingerprint: self.identity.fingerprint_hex(),
             candidates: &self.candidates,
         });
         let ufrag = local.ufrag.clone();
-        let agent = IceAgent::new(local, Some(offer.ice.clone()), self.now_ms());
+        let agent = IceAgent::new(local, Some(offer.ice.clone()), now_ms);
         let session = Arc::new(Session {
             room: room.to_owned(),
             participant: participant.to_owned(),
@@ -468,11 +498,12 @@ impl MediaSessions {
     /// open event stream) in line with the tracks the other participants of the room
     /// publish: a receiving session is made for whoever has none, tracks are added and
     /// removed, forwarders set up and taken down. Returns the offers to send, as
-    /// (participant, SDP).
+    /// (participant, SDP). `now_ms` is the time on the shared clock.
     pub fn sync_room(
         &self,
         room: &str,
         holders: &[(String, Option<u16>)],
+        now_ms: u64,
     ) -> Vec<(String, String)> {
         // Receiving sessions (made where missing) and the room's publishers.
         let (subscribers, publishers) = {
@@ -488,7 +519,7 @@ impl MediaSessions {
                 let s = match existing {
                     Some(s) => s,
                     None if reg.by_ufrag.len() >= MAX_SESSIONS => continue,
-                    None => self.new_subscriber(&mut reg, key),
+                    None => self.new_subscriber(&mut reg, key, now_ms),
                 };
                 subscribers.push((s, *max_height));
             }
@@ -598,7 +629,7 @@ impl MediaSessions {
             });
             if let Some(offer) = offer {
                 if !sub.answered && sub.offered_ms.is_none() {
-                    sub.offered_ms = Some(self.now_ms());
+                    sub.offered_ms = Some(now_ms);
                 }
                 offers.push((s.participant.clone(), offer));
             }
@@ -625,8 +656,8 @@ impl MediaSessions {
                                 .map(|(ssrc, payload_type)| RtxConfig { ssrc, payload_type }),
                             // Only video has layers to choose from.
                             max_height: a.max_height.filter(|_| t.codec != CodecName::Opus),
-                            initial_seq: random_ssrc() as u16,
-                            initial_timestamp: random_ssrc(),
+                            initial_seq: self.random_u32() as u16,
+                            initial_timestamp: self.random_u32(),
                             extensions: receiver_extensions(&t.extensions, &a.mid),
                         },
                     );
@@ -685,13 +716,13 @@ impl MediaSessions {
     }
 
     /// A receiving session for `key`, registered (the registry is write-locked).
-    fn new_subscriber(&self, reg: &mut Registry, key: (String, String)) -> Arc<Session> {
-        let local = loop {
-            let c = IceCredentials::generate();
-            if !reg.by_ufrag.contains_key(&c.ufrag) {
-                break c;
-            }
-        };
+    fn new_subscriber(
+        &self,
+        reg: &mut Registry,
+        key: (String, String),
+        now_ms: u64,
+    ) -> Arc<Session> {
+        let local = self.fresh_credentials(reg);
         let ufrag = local.ufrag.clone();
         // The client's fingerprint comes with its answer; until then nothing it sends
         // can complete a handshake.
@@ -699,8 +730,8 @@ impl MediaSessions {
             &self.identity,
             Fingerprint([0; 32]),
             SUBSCRIBER_SRTP,
-            self.epoch,
-            self.now_ms(),
+            self.epoch.instant,
+            now_ms,
         );
         let session = Arc::new(Session {
             room: key.0.clone(),
@@ -710,7 +741,7 @@ impl MediaSessions {
             dtls_connected: AtomicBool::new(false),
             dtls_ended: AtomicBool::new(false),
             media: Mutex::new(SessionMedia {
-                agent: IceAgent::new(local, None, self.now_ms()),
+                agent: IceAgent::new(local, None, now_ms),
                 dtls,
                 media_peer: None,
                 dtls_from: None,
@@ -719,12 +750,12 @@ impl MediaSessions {
                 twcc: None,
                 subscribe: Some(Box::new(Subscription {
                     sdp: SubscribeSession::new(),
-                    session_id: session_id(),
+                    session_id: self.session_id(),
                     sources: Vec::new(),
                     feeds: Vec::new(),
                     answered: false,
                     offered_ms: None,
-                    next_ssrc: random_ssrc(),
+                    next_ssrc: self.random_u32(),
                     max_height: None,
                 })),
             }),
@@ -751,17 +782,18 @@ impl MediaSessions {
 
     /// Applies the answer of `participant`'s receiving peer connection to our last
     /// offer. The first answer sets the client's ICE credentials and the fingerprint
-    /// its DTLS certificate must have.
+    /// its DTLS certificate must have. `now_ms` is the time on the shared clock.
     pub fn subscribe_answer(
         &self,
         room: &str,
         participant: &str,
         raw: &[u8],
+        now_ms: u64,
     ) -> Result<(), SdpError> {
         let s = self
             .subscriber(room, participant)
             .ok_or(SdpError::NoPendingOffer)?;
-        let now = self.now_ms();
+        let now = now_ms;
         let mut guard = s.media();
         let media = &mut *guard;
         let sub = media.subscribe.as_mut().ok_or(SdpError::NoPendingOffer)?;
@@ -787,7 +819,7 @@ impl MediaSessions {
                 &self.identity,
                 answer.fingerprint,
                 SUBSCRIBER_SRTP,
-                self.epoch,
+                self.epoch.instant,
                 now,
             );
         } else if media.agent.remote() != Some(&answer.ice) {
@@ -953,12 +985,6 @@ struct Added {
     max_height: Option<u16>,
 }
 
-/// A random SSRC (also a random start for sequence numbers and timestamps).
-fn random_ssrc() -> u32 {
-    use argon2::password_hash::rand_core::{OsRng, RngCore};
-    OsRng.next_u32()
-}
-
 /// The data plane's view of a track the publisher's offer sends; `None` for one the
 /// SFU cannot forward.
 fn published_media(mid: &str, t: &PublishedTrack) -> Option<PublishedMedia> {
@@ -1054,12 +1080,6 @@ fn twcc_extension(offer: &PublishOffer) -> Option<u8> {
         fb.then(|| t.extension_id(super::sdp::Extension::TransportCc))
             .flatten()
     })
-}
-
-/// A random `o=` session id below 2^63 (JSEP §5.2.1).
-fn session_id() -> u64 {
-    use argon2::password_hash::rand_core::{OsRng, RngCore};
-    OsRng.next_u64() >> 1
 }
 
 /// What [`SessionCache::answer_check`] did with a datagram.
@@ -1349,7 +1369,7 @@ impl SessionCache {
                         pkt,
                         (n, header),
                         publisher,
-                        now,
+                        (now, self.sessions.epoch.unix_us),
                         send,
                     );
                 }
@@ -1454,7 +1474,8 @@ impl SessionCache {
 /// already read, to every receiver of its track: the track reads it once, then each receiver's forwarder rewrites a copy in
 /// `out`, which is encrypted with the receiver's keys and sent where its DTLS came
 /// from. Keyframe requests that result go back to the publisher (`publisher`: its
-/// address and our listener) as SRTCP PLIs. `now` is in microseconds.
+/// address and our listener) as SRTCP PLIs. `now` is in microseconds on the shared
+/// clock, which started at `unix_at_epoch_us` on the wall clock.
 ///
 /// The receiver's session lock is taken under the publisher's: receiving sessions never
 /// forward, so they never take another session's lock while holding their own.
@@ -1466,7 +1487,7 @@ fn forward_rtp(
     pkt: &mut [u8],
     (len, header): (usize, RtpHeader),
     publisher: (SocketAddr, usize),
-    now: u64,
+    (now, unix_at_epoch_us): (u64, u64),
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
     let ssrc = header.ssrc;
@@ -1537,7 +1558,7 @@ fn forward_rtp(
         feedback::send_pli(out, srtp, req.ssrc, publisher, send);
         counts.keyframe_requests += 1;
     }
-    feedback::after_forward(out, counts, t, srtp, publisher, now, send);
+    feedback::after_forward(out, counts, t, srtp, publisher, now, unix_at_epoch_us, send);
 }
 
 fn is_handshaking(media: &SessionMedia) -> bool {
@@ -1635,11 +1656,21 @@ a=rtpmap:111 opus/48000/2\r\n";
 
     fn sessions() -> Arc<MediaSessions> {
         Arc::new(MediaSessions::new(
-            Instant::now(),
+            crate::node::clock_epoch(),
             vec!["192.0.2.1:3478".parse().unwrap()],
-            Arc::new(DtlsIdentity::generate().unwrap()),
+            Arc::new(crate::node::dtls_identity().unwrap()),
             SfuMetrics::default(),
+            [7; 32],
         ))
+    }
+
+    /// Now on the sessions' clock, in ms and in µs (the tests run on real time).
+    fn ms(s: &MediaSessions) -> u64 {
+        s.epoch().elapsed().as_millis() as u64
+    }
+
+    fn us(s: &MediaSessions) -> u64 {
+        s.epoch().elapsed().as_micros() as u64
     }
 
     fn ice_line<'a>(sdp: &'a str, name: &str) -> &'a str {
@@ -1669,14 +1700,14 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn publish_registers_once_and_checks_are_answered() {
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-        let answer = s.publish("room", "p1", &offer).unwrap();
+        let answer = s.publish("room", "p1", &offer, ms(&s)).unwrap();
         assert!(answer.contains("a=ice-lite"));
         assert!(answer.contains("a=setup:passive"));
         let fingerprint = s.identity().fingerprint_hex().to_owned();
         assert!(answer.contains(&format!("a=fingerprint:sha-256 {fingerprint}")));
         assert!(answer.contains("192.0.2.1 3478 typ host"), "{answer}");
         assert_eq!(
-            s.publish("room", "p1", &offer),
+            s.publish("room", "p1", &offer, ms(&s)),
             Err(PublishRefusal::AlreadyPublishing)
         );
         let ufrag = ice_line(&answer, "ice-ufrag").to_owned();
@@ -1686,7 +1717,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let src: SocketAddr = "198.51.100.2:5000".parse().unwrap();
         let mut buf = [0u8; 1500];
         let n = check(&mut buf, &ufrag, &pwd);
-        let CheckVerdict::Reply(len) = cache.answer_check(&mut buf, n, src, 0, s.now_ms()) else {
+        let CheckVerdict::Reply(len) = cache.answer_check(&mut buf, n, src, 0, ms(&s)) else {
             panic!("no answer");
         };
         let msg = Message::parse(&buf[..len]).unwrap();
@@ -1712,7 +1743,7 @@ a=rtpmap:111 opus/48000/2\r\n";
             cache.answer_check(&mut buf, n, src, 0, 0),
             CheckVerdict::NotOurs
         );
-        assert!(s.publish("room", "p1", &offer).is_ok());
+        assert!(s.publish("room", "p1", &offer, ms(&s)).is_ok());
         s.remove_room("room");
         assert!(s.is_empty());
         assert!(!s.is_publishing("room", "p1"));
@@ -1776,7 +1807,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let offer_sdp = OFFER.replace(fixed, &client_fp.to_string());
         let offer = PublishOffer::parse(offer_sdp.as_bytes()).unwrap();
         assert_eq!(offer.fingerprint, client_fp);
-        let answer = s.publish("room", "p1", &offer).unwrap();
+        let answer = s.publish("room", "p1", &offer, ms(&s)).unwrap();
         let (ufrag, pwd) = (ice_line(&answer, "ice-ufrag"), ice_line(&answer, "ice-pwd"));
         let session = s.lookup(ufrag.as_bytes()).unwrap();
         let mut cache = SessionCache::new(0, s.clone());
@@ -1785,7 +1816,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let sent: RefCell<Vec<(Vec<u8>, SocketAddr, usize)>> = RefCell::default();
         let mut send =
             |d: &[u8], to: SocketAddr, via: usize| sent.borrow_mut().push((d.to_vec(), to, via));
-        let now = s.now_ms();
+        let now = ms(&s);
 
         // Before any check, nothing is accepted from the address.
         let mut rtp = [
@@ -1820,7 +1851,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         for _ in 0..20 {
             for mut record in poll_client(&mut client, &mut keys) {
                 assert_eq!(
-                    cache.handle_media(&mut record, src, 1, s.now_us(), &mut send),
+                    cache.handle_media(&mut record, src, 1, us(&s), &mut send),
                     MediaVerdict::Dtls
                 );
             }
@@ -1857,7 +1888,7 @@ a=rtpmap:111 opus/48000/2\r\n";
             CheckVerdict::Reply(_)
         ));
         let mut record = [23u8, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 7, 0, 32];
-        let _ = cache.handle_media(&mut record, other, 2, s.now_us(), &mut send);
+        let _ = cache.handle_media(&mut record, other, 2, us(&s), &mut send);
         assert_eq!(session.media().media_peer, Some((src, 0)));
         let n = check(&mut buf, ufrag, pwd);
         assert!(matches!(
@@ -1876,7 +1907,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let n = out.protect_rtp(&mut slot, 20).unwrap();
         let protected = slot[..n].to_vec();
         assert_eq!(
-            cache.handle_media(&mut slot[..n], src, 1, s.now_us(), &mut send),
+            cache.handle_media(&mut slot[..n], src, 1, us(&s), &mut send),
             MediaVerdict::Rtp(20)
         );
         assert_eq!(slot[..20], rtp);
@@ -1890,13 +1921,13 @@ a=rtpmap:111 opus/48000/2\r\n";
         );
         let mut again = protected.clone();
         assert_eq!(
-            cache.handle_media(&mut again, src, 1, s.now_us(), &mut send),
+            cache.handle_media(&mut again, src, 1, us(&s), &mut send),
             MediaVerdict::Dropped(MediaDrop::Replayed)
         );
         let mut forged = protected;
         forged[3] = 2;
         assert_eq!(
-            cache.handle_media(&mut forged, src, 1, s.now_us(), &mut send),
+            cache.handle_media(&mut forged, src, 1, us(&s), &mut send),
             MediaVerdict::Dropped(MediaDrop::AuthFailed)
         );
         // An empty receiver report.
@@ -1904,7 +1935,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         slot[..8].copy_from_slice(&rr);
         let n = out.protect_rtcp(&mut slot, 8).unwrap();
         assert_eq!(
-            cache.handle_media(&mut slot[..n], src, 1, s.now_us(), &mut send),
+            cache.handle_media(&mut slot[..n], src, 1, us(&s), &mut send),
             MediaVerdict::Rtcp(8)
         );
         assert_eq!(slot[..8], rr);
@@ -1917,7 +1948,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         slot[3] = 7;
         let n = out.protect_rtp(&mut slot, 20).unwrap();
         assert_eq!(
-            cache.handle_media(&mut slot[..n], src, 1, s.now_us(), &mut send),
+            cache.handle_media(&mut slot[..n], src, 1, us(&s), &mut send),
             MediaVerdict::Dropped(MediaDrop::Unvalidated)
         );
         cache.sweep();
@@ -1928,13 +1959,13 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn a_failed_handshake_ends_the_session() {
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-        let answer = s.publish("r", "a", &offer).unwrap();
+        let answer = s.publish("r", "a", &offer, ms(&s)).unwrap();
         let (ufrag, pwd) = (ice_line(&answer, "ice-ufrag"), ice_line(&answer, "ice-pwd"));
         let mut cache = SessionCache::new(0, s.clone());
         let src: SocketAddr = "198.51.100.2:5000".parse().unwrap();
         let mut buf = [0u8; 1500];
         let n = check(&mut buf, ufrag, pwd);
-        cache.answer_check(&mut buf, n, src, 0, s.now_ms());
+        cache.answer_check(&mut buf, n, src, 0, ms(&s));
         // A client whose certificate is not the one its offer names.
         let (mut client, _) = dtls_client(s.epoch());
         let mut keys = None;
@@ -1942,7 +1973,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         let mut send = |d: &[u8], _: SocketAddr, _: usize| sent.borrow_mut().push(d.to_vec());
         for _ in 0..20 {
             for mut record in poll_client(&mut client, &mut keys) {
-                cache.handle_media(&mut record, src, 0, s.now_us(), &mut send);
+                cache.handle_media(&mut record, src, 0, us(&s), &mut send);
             }
             let records: Vec<_> = sent.borrow_mut().drain(..).collect();
             for record in records {
@@ -1959,7 +1990,7 @@ a=rtpmap:111 opus/48000/2\r\n";
         assert_eq!(s.metrics().dtls_connected.get(), 0);
         // The control plane hears of it at once, as of a lapsed consent.
         assert_eq!(
-            s.consent_expired(s.now_ms()),
+            s.consent_expired(ms(&s)),
             vec![("r".to_owned(), "a".to_owned())]
         );
     }
@@ -1971,23 +2002,23 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn a_panic_inside_dtls_ends_the_session_and_is_counted() {
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-        let answer = s.publish("r", "a", &offer).unwrap();
+        let answer = s.publish("r", "a", &offer, ms(&s)).unwrap();
         let (ufrag, pwd) = (ice_line(&answer, "ice-ufrag"), ice_line(&answer, "ice-pwd"));
         let mut cache = SessionCache::new(0, s.clone());
         let src: SocketAddr = "198.51.100.2:5000".parse().unwrap();
         let mut buf = [0u8; 1500];
         let n = check(&mut buf, ufrag, pwd);
-        cache.answer_check(&mut buf, n, src, 0, s.now_ms());
+        cache.answer_check(&mut buf, n, src, 0, ms(&s));
         let session = s.lookup(ufrag.as_bytes()).unwrap();
         session.media().dtls.panic_inside();
         let mut record = [0x16u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let mut send = |_: &[u8], _: SocketAddr, _: usize| {};
-        let _ = cache.handle_media(&mut record, src, 0, s.now_us(), &mut send);
+        let _ = cache.handle_media(&mut record, src, 0, us(&s), &mut send);
         assert!(session.is_dtls_ended());
         assert_eq!(s.metrics().dtls_panics.get(), 1);
         assert_eq!(s.metrics().dtls_failures.get(), 1);
         assert_eq!(
-            s.consent_expired(s.now_ms()),
+            s.consent_expired(ms(&s)),
             vec![("r".to_owned(), "a".to_owned())]
         );
     }
@@ -1996,12 +2027,13 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn receivers_get_an_offer_per_change_and_forwarders_follow() {
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-        let answer = s.publish("room", "a", &offer).unwrap();
+        let answer = s.publish("room", "a", &offer, ms(&s)).unwrap();
         let publisher = s.lookup(ice_line(&answer, "ice-ufrag").as_bytes()).unwrap();
         // Only b has something to receive.
         let offers = s.sync_room(
             "room",
             &[("a".to_owned(), None), ("b".to_owned(), Some(180))],
+            ms(&s),
         );
         assert_eq!(offers.len(), 1);
         let (who, sdp) = &offers[0];
@@ -2015,13 +2047,14 @@ a=rtpmap:111 opus/48000/2\r\n";
         assert!(
             s.sync_room(
                 "room",
-                &[("a".to_owned(), None), ("b".to_owned(), Some(180))]
+                &[("a".to_owned(), None), ("b".to_owned(), Some(180))],
+                ms(&s)
             )
             .is_empty()
         );
         assert_eq!(publisher.media().tracks[0].outs.len(), 1);
         // A receiving session that was never answered lapses at its deadline.
-        let late = s.now_ms() + ANSWER_DEADLINE_MS + 1_000;
+        let late = ms(&s) + ANSWER_DEADLINE_MS + 1_000;
         let mut expired = s.consent_expired(late);
         expired.sort();
         assert_eq!(
@@ -2031,21 +2064,24 @@ a=rtpmap:111 opus/48000/2\r\n";
                 ("room".to_owned(), "b".to_owned())
             ]
         );
-        assert!(s.subscribe_answer("room", "b", b"v=0\r\n").is_err());
+        assert!(s.subscribe_answer("room", "b", b"v=0\r\n", ms(&s)).is_err());
         assert_eq!(
-            s.subscribe_answer("room", "nobody", b"v=0\r\n"),
+            s.subscribe_answer("room", "nobody", b"v=0\r\n", ms(&s)),
             Err(SdpError::NoPendingOffer)
         );
         assert!(s.max_answer_len("room", "b").unwrap() >= crate::sfu::sdp::MAX_SDP_LEN);
         // An answer that makes the m-line inactive pauses its stream.
         let answer = crate::sfu::sdp::tests::browser_answer(sdp, &[]);
         let inactive = answer.replace("a=recvonly", "a=inactive");
-        s.subscribe_answer("room", "b", inactive.as_bytes())
+        s.subscribe_answer("room", "b", inactive.as_bytes(), ms(&s))
             .unwrap();
         assert!(publisher.media().tracks[0].outs[0].paused);
         // The receiver leaves: its forwarder goes at the next sync.
         s.remove_participant("room", "b");
-        assert!(s.sync_room("room", &[("a".to_owned(), None)]).is_empty());
+        assert!(
+            s.sync_room("room", &[("a".to_owned(), None)], ms(&s))
+                .is_empty()
+        );
         assert!(publisher.media().tracks[0].outs.is_empty());
         assert_eq!(s.participants(), vec![("room".to_owned(), "a".to_owned())]);
     }
@@ -2057,8 +2093,12 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn an_address_checked_before_the_answer_stays_validated() {
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-        s.publish("room", "a", &offer).unwrap();
-        let offers = s.sync_room("room", &[("a".to_owned(), None), ("b".to_owned(), None)]);
+        s.publish("room", "a", &offer, ms(&s)).unwrap();
+        let offers = s.sync_room(
+            "room",
+            &[("a".to_owned(), None), ("b".to_owned(), None)],
+            ms(&s),
+        );
         let (_, sdp) = &offers[0];
         let receiver = s.subscriber("room", "b").unwrap();
         let local = receiver.media().agent.local().clone();
@@ -2067,18 +2107,19 @@ a=rtpmap:111 opus/48000/2\r\n";
         let mut buf = [0u8; 1500];
         let n = check(&mut buf, &local.ufrag, &local.pwd);
         assert!(matches!(
-            cache.answer_check(&mut buf, n, src, 0, s.now_ms()),
+            cache.answer_check(&mut buf, n, src, 0, ms(&s)),
             CheckVerdict::Reply(_)
         ));
         let answer = crate::sfu::sdp::tests::browser_answer(sdp, &[]);
-        s.subscribe_answer("room", "b", answer.as_bytes()).unwrap();
+        s.subscribe_answer("room", "b", answer.as_bytes(), ms(&s))
+            .unwrap();
         assert!(receiver.media().agent.is_validated(src));
         let (mut client, _) = dtls_client(s.epoch());
         let mut keys = None;
         let mut hello = poll_client(&mut client, &mut keys).remove(0);
         let mut send = |_: &[u8], _: SocketAddr, _: usize| {};
         assert_eq!(
-            cache.handle_media(&mut hello, src, 0, s.now_us(), &mut send),
+            cache.handle_media(&mut hello, src, 0, us(&s), &mut send),
             MediaVerdict::Dtls
         );
     }
@@ -2091,7 +2132,7 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn a_receiver_gets_newcomers_after_300_arrivals_and_departures() {
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-        s.sync_room("room", &[("r".to_owned(), None)]);
+        s.sync_room("room", &[("r".to_owned(), None)], ms(&s));
         let receiver = s.subscriber("room", "r").expect("a receiving session");
         let master = crate::sfu::srtp::MasterKey::new(
             crate::sfu::srtp::SrtpProfile::AeadAes128Gcm,
@@ -2108,9 +2149,9 @@ a=rtpmap:111 opus/48000/2\r\n";
         let mut buf = [0u8; 200];
         for i in 0..300 {
             let p = format!("p{i}");
-            s.publish("room", &p, &offer).unwrap();
+            s.publish("room", &p, &offer, ms(&s)).unwrap();
             let holders = [("r".to_owned(), None), (p.clone(), None)];
-            s.sync_room("room", &holders);
+            s.sync_room("room", &holders, ms(&s));
             // What the forwarder of the new track sends the receiver.
             let ssrc = {
                 let media = receiver.media();
@@ -2128,7 +2169,7 @@ a=rtpmap:111 opus/48000/2\r\n";
             };
             assert!(protected.is_ok(), "publisher {i}: {protected:?}");
             s.remove_participant("room", &p);
-            s.sync_room("room", &[("r".to_owned(), None)]);
+            s.sync_room("room", &[("r".to_owned(), None)], ms(&s));
         }
         assert!(
             receiver
@@ -2149,18 +2190,19 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn an_offer_unanswered_past_its_deadline_ends_the_participant() {
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-        s.publish("room", "a", &offer).unwrap();
+        s.publish("room", "a", &offer, ms(&s)).unwrap();
         let everyone = [
             ("a".to_owned(), None),
             ("b".to_owned(), None),
             ("c".to_owned(), None),
         ];
-        let offers = s.sync_room("room", &everyone);
+        let offers = s.sync_room("room", &everyone, ms(&s));
         assert_eq!(offers.len(), 2);
         let (_, to_c) = offers.iter().find(|(p, _)| p == "c").unwrap();
         let answer = crate::sfu::sdp::tests::browser_answer(to_c, &[]);
-        s.subscribe_answer("room", "c", answer.as_bytes()).unwrap();
-        let start = s.now_ms();
+        s.subscribe_answer("room", "c", answer.as_bytes(), ms(&s))
+            .unwrap();
+        let start = ms(&s);
         let receivers_gone = |now_ms| -> Vec<String> {
             let mut gone: Vec<String> = s
                 .consent_expired(now_ms)
@@ -2193,7 +2235,7 @@ a=rtpmap:111 opus/48000/2\r\n";
             "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=rtpmap:111",
         );
         let offer = PublishOffer::parse(with_level.as_bytes()).unwrap();
-        let answer = s.publish("room", "a", &offer).unwrap();
+        let answer = s.publish("room", "a", &offer, ms(&s)).unwrap();
         let publisher = s.lookup(ice_line(&answer, "ice-ufrag").as_bytes()).unwrap();
         assert_eq!(publisher.media().tracks[0].audio_level, Some(1));
         let mut out = vec![0u8; 2048];
@@ -2216,7 +2258,7 @@ a=rtpmap:111 opus/48000/2\r\n";
                 &mut pkt,
                 (len, header),
                 ("192.0.2.9:5000".parse().unwrap(), 0),
-                i as u64 * 20_000,
+                (i as u64 * 20_000, 0),
                 &mut |_, _, _| {},
             );
         }
@@ -2237,8 +2279,8 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn consent_expiry_is_reported() {
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
-        s.publish("r", "a", &offer).unwrap();
-        let now = s.now_ms();
+        s.publish("r", "a", &offer, ms(&s)).unwrap();
+        let now = ms(&s);
         assert!(s.consent_expired(now).is_empty());
         assert_eq!(
             s.consent_expired(now + 31_000),
