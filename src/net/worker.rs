@@ -390,9 +390,10 @@ impl Worker {
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
             let busy = !self.ready.queue.is_empty();
-            // The next DTLS retransmission, if sooner than the sweep.
-            let wake = match self.sessions.next_timer() {
-                Some(ms) => next_sweep.min(self.setup.epoch + Duration::from_millis(ms)),
+            // The SFU's next timer (DTLS retransmissions, reports, feedback), if sooner
+            // than the sweep.
+            let wake = match self.sessions.poll_timeout() {
+                Some(us) => next_sweep.min(self.setup.epoch + Duration::from_micros(us)),
                 None => next_sweep,
             };
             let timeout = if busy {
@@ -418,7 +419,7 @@ impl Worker {
             }
             self.drain_inbox();
             self.serve();
-            self.run_dtls_timers();
+            self.run_sfu_timers();
             if Instant::now() >= next_sweep {
                 let clock = self.clock();
                 self.setup.turn.sweep(clock, &mut self.table);
@@ -428,12 +429,13 @@ impl Worker {
         }
     }
 
-    /// Retransmits the DTLS flights whose timers ran out.
-    fn run_dtls_timers(&mut self) {
-        let clock = self.clock();
-        if self.sessions.next_timer().is_none_or(|t| t > clock.mono_ms) {
+    /// Runs the SFU's timers that ran out: DTLS flights resent, reports and feedback.
+    fn run_sfu_timers(&mut self) {
+        let now_us = self.setup.epoch.elapsed().as_micros() as u64;
+        if self.sessions.poll_timeout().is_none_or(|t| t > now_us) {
             return;
         }
+        let clock = self.clock();
         let mut tally = Tally::default();
         let mut out = Deliver {
             table: &self.table,
@@ -444,7 +446,7 @@ impl Worker {
             tally: &mut tally,
         };
         self.sessions
-            .run_timers(clock.mono_ms, &mut |data, to, via| out.send(data, to, via));
+            .handle_timeout(now_us, &mut |data, to, via| out.send(data, to, via));
         self.count(&tally);
         self.flush_outbox();
     }

@@ -268,18 +268,17 @@ pub fn on_publisher_rtcp(tracks: &mut [PublishedMedia], rtcp: &[u8], now: u64) {
     }
 }
 
-/// After a packet of `t` was forwarded: NACKs for the publisher's losses, and each
-/// second a receiver report to the publisher and a sender report to each receiver.
-/// `now` is µs on the shared clock, whose start was `unix_at_epoch_us` on the wall clock.
-#[allow(clippy::too_many_arguments)]
-pub fn after_forward(
+/// What is due for `t` by `now` (after one of its packets was forwarded, or when the
+/// worker's timer ran out): NACKs for the publisher's losses, and each second a
+/// receiver report to the publisher and a sender report to each receiver. `now` is µs
+/// on the shared clock, whose start was `unix_at_epoch_us` on the wall clock.
+pub fn send_track_due(
     out: &mut [u8],
     counts: &mut ForwardCounts,
     t: &mut PublishedMedia,
     srtp: &mut Option<Box<SrtpPair>>,
     publisher: (SocketAddr, usize),
-    now: u64,
-    unix_at_epoch_us: u64,
+    (now, unix_at_epoch_us): (u64, u64),
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
     if now >= t.next_nack {
@@ -383,6 +382,11 @@ impl TransportFeedback {
         };
         self.media_ssrc.get_or_insert(header.ssrc);
         self.recorder.on_packet(seq, now);
+    }
+
+    /// When feedback is next due without another packet (µs).
+    pub fn next_due(&self) -> Option<u64> {
+        self.media_ssrc.and(self.recorder.next_due())
     }
 
     /// Sends the feedback that is due by `now` to the publisher.

@@ -34,9 +34,18 @@
 //!   Every DTLS record from a validated address goes to it, also after it connected (a
 //!   lost final flight is resent when the client repeats its own). Its output records are
 //!   handed to the caller's `send` one datagram each; its retransmission timers live in
-//!   the worker's cache ([`SessionCache::run_timers`]) until the handshake is over. On
+//!   the worker's cache ([`SessionCache::handle_timeout`]) until the handshake is over. On
 //!   `Connected` the [`SrtpPair`] is stored in the session, and SRTP/SRTCP from a
 //!   validated address is unprotected in place.
+//! - Timers: one queue per worker ([`SessionCache::poll_timeout`],
+//!   [`SessionCache::handle_timeout`], µs on the shared clock), one entry per session
+//!   whose DTLS handshake or publisher media this worker handled: DTLS flights resent,
+//!   and a publisher's receiver reports, NACK repeats, held-back keyframe requests,
+//!   its receivers' sender reports and transport-cc feedback, so a muted track keeps
+//!   reporting. Each session knows the time its worker holds for it (`timer_due`):
+//!   an earlier one is pushed, and the superseded entry is skipped when it comes up.
+//!   Consent is the control plane's sweep ([`MediaSessions::consent_expired`]): an
+//!   ICE-lite node sends no checks, and what expires ends a participant.
 //! - A session whose DTLS failed or was closed by the peer is reported by
 //!   [`MediaSessions::consent_expired`] like one whose consent ran out, so the control
 //!   plane ends the participant.
@@ -66,7 +75,7 @@
 //! never takes the registry while it holds a session, and nothing takes the room API's
 //! lock while holding either.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -123,6 +132,11 @@ pub const ANSWER_DEADLINE_MS: u64 = 30_000;
 pub const RTCP_SENDER_SSRC: u32 = 0x636E_6F64;
 /// Packets cached per layer of a video track for answering NACKs.
 const VIDEO_CACHE_PACKETS: usize = 512;
+/// The soonest a session's timer is due after it was set: work that cannot be done
+/// yet is retried no more than a thousand times a second.
+const MIN_TIMER_US: u64 = 1_000;
+/// Timer entries a worker has room for before its queue grows (on the media path).
+const TIMERS_RESERVED: usize = 1024;
 /// Where the SFU's forwarded packets are written and encrypted: a whole datagram
 /// and the SRTP tag.
 const FORWARD_BUFFER: usize = 2048;
@@ -166,6 +180,35 @@ pub struct SessionMedia {
     pub subscribe: Option<Box<Subscription>>,
     /// A publisher's transport-cc feedback, where its offer negotiated it.
     pub twcc: Option<Box<TransportFeedback>>,
+    /// When the DTLS handshake's retransmission timer runs out (µs on the shared clock).
+    dtls_due: Option<u64>,
+    /// When the worker that drives this session's timer has it due (µs): what its
+    /// [`SessionCache`] holds for it; `None` while no worker does.
+    timer_due: Option<u64>,
+}
+
+impl SessionMedia {
+    /// When this session next has work without a packet arriving (µs on the shared
+    /// clock): a DTLS retransmission, or for a publisher whose DTLS connected, a report,
+    /// a NACK repeat, a held-back keyframe request or transport-cc feedback.
+    fn next_timeout(&self) -> Option<u64> {
+        let media = if self.srtp.is_some() && self.media_peer.is_some() {
+            let tracks = self.tracks.iter().map(PublishedMedia::next_timeout).min();
+            let twcc = self.twcc.as_ref().and_then(|t| t.next_due());
+            earliest(tracks, twcc)
+        } else {
+            None
+        };
+        earliest(self.dtls_due, media)
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        _ => a.or(b),
+    }
 }
 
 /// One track of a publisher as the data plane forwards it.
@@ -185,6 +228,21 @@ pub struct PublishedMedia {
     /// When reports (µs on the shared clock) and NACKs are next due.
     pub next_report: u64,
     pub next_nack: u64,
+}
+
+impl PublishedMedia {
+    /// When reports, NACKs (only while packets are missing) or a held-back keyframe
+    /// request are next due.
+    fn next_timeout(&self) -> u64 {
+        let mut due = self.next_report;
+        if self.track.has_missing() {
+            due = due.min(self.next_nack);
+        }
+        if let Some(k) = self.track.keyframe_due() {
+            due = due.min(k);
+        }
+        due
+    }
 }
 
 impl std::fmt::Debug for PublishedMedia {
@@ -487,6 +545,8 @@ impl MediaSessions {
                     .collect(),
                 subscribe: None,
                 twcc: twcc_extension(offer).map(|ext| Box::new(TransportFeedback::new(ext))),
+                dtls_due: None,
+                timer_due: None,
             }),
         });
         reg.by_ufrag.insert(ufrag.clone(), session);
@@ -748,6 +808,8 @@ impl MediaSessions {
                 srtp: None,
                 tracks: Vec::new(),
                 twcc: None,
+                dtls_due: None,
+                timer_due: None,
                 subscribe: Some(Box::new(Subscription {
                     sdp: SubscribeSession::new(),
                     session_id: self.session_id(),
@@ -1116,11 +1178,11 @@ pub struct SessionCache {
     /// Client address → session, for every address whose valid check this worker
     /// answered.
     by_addr: HashMap<SocketAddr, Arc<Session>>,
-    /// Sessions whose DTLS handshake this worker drives, with when their timer is due
-    /// (ms on the shared clock).
-    timers: Vec<(Arc<Session>, u64)>,
-    /// The earliest of `timers`.
-    next_timer: Option<u64>,
+    /// The sessions whose timers this worker drives (DTLS handshakes it answered,
+    /// publishers whose media it received), earliest first. An entry whose time is not
+    /// its session's `timer_due` any more was superseded by an earlier one and is
+    /// skipped.
+    timers: BinaryHeap<Timer>,
     /// Where DTLS records are written before they are sent.
     out: Box<[u8]>,
     /// Where forwarded RTP and our RTCP are rewritten and encrypted before they are sent.
@@ -1163,8 +1225,7 @@ impl SessionCache {
             sessions,
             cache: HashMap::new(),
             by_addr: HashMap::new(),
-            timers: Vec::new(),
-            next_timer: None,
+            timers: BinaryHeap::with_capacity(TIMERS_RESERVED),
             out: vec![0u8; DTLS_MTU].into_boxed_slice(),
             fwd: vec![0u8; FORWARD_BUFFER].into_boxed_slice(),
             counts: ForwardCounts::default(),
@@ -1313,9 +1374,9 @@ impl SessionCache {
                     &mut media,
                     send,
                 );
-                let handshaking = is_handshaking(&media);
+                media.dtls_due = dtls_due(&media, wait, now_us);
+                self.arm(&session, &mut media, now_us);
                 drop(media);
-                self.schedule(&session, if handshaking { wait } else { None });
                 match fed {
                     Ok(()) => MediaVerdict::Dtls,
                     Err(_) => MediaVerdict::Dropped(MediaDrop::Dtls),
@@ -1384,73 +1445,95 @@ impl SessionCache {
                         send,
                     );
                 }
+                // What the packet made due later (feedback, a NACK repeat, the next
+                // report) is sent by the timer if no packet comes first.
+                self.arm(&session, m, now);
                 MediaVerdict::Rtp(n)
             }
             _ => MediaVerdict::Dropped(MediaDrop::Malformed),
         }
     }
 
-    /// Sets (`Some`) or clears (`None`) the DTLS timer of `session`.
-    fn schedule(&mut self, session: &Arc<Session>, due: Option<u64>) {
-        let at = self
-            .timers
-            .iter()
-            .position(|(s, _)| Arc::ptr_eq(s, session));
-        match (at, due) {
-            (Some(i), Some(t)) => self.timers[i].1 = t,
-            (Some(i), None) => {
-                self.timers.swap_remove(i);
-            }
-            (None, Some(t)) => self.timers.push((session.clone(), t)),
-            (None, None) => return,
-        }
-        self.next_timer = self.timers.iter().map(|&(_, t)| t).min();
-    }
-
-    /// When [`SessionCache::run_timers`] next has work (ms on the shared clock).
-    pub fn next_timer(&self) -> Option<u64> {
-        self.next_timer
-    }
-
-    /// Runs the DTLS timers due by `now_ms`: retransmitted flights go out through `send`
-    /// to where the client's last record came from; a handshake past its deadline fails.
-    pub fn run_timers(&mut self, now_ms: u64, send: &mut impl FnMut(&[u8], SocketAddr, usize)) {
-        if self.next_timer.is_none_or(|t| t > now_ms) {
+    /// Hands this worker the timer of `session` (whose `media` the caller holds) when
+    /// it has one earlier than the one a worker already holds. Never due before
+    /// `now + 1 ms`, so work that cannot be done yet (no keys, nowhere to send) does
+    /// not spin the worker.
+    fn arm(&mut self, session: &Arc<Session>, media: &mut SessionMedia, now: u64) {
+        let Some(due) = media.next_timeout() else {
+            return;
+        };
+        let due = due.max(now.saturating_add(MIN_TIMER_US));
+        if media.timer_due.is_some_and(|held| held <= due) {
             return;
         }
-        let mut i = 0;
-        while i < self.timers.len() {
-            let (session, due) = &self.timers[i];
+        media.timer_due = Some(due);
+        self.timers.push(Timer {
+            due,
+            session: session.clone(),
+        });
+    }
+
+    /// When [`SessionCache::handle_timeout`] next has work (µs on the shared clock).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.peek().map(|t| t.due)
+    }
+
+    /// Does the timed work due by `now` (µs on the shared clock): DTLS flights resent
+    /// (a handshake past its deadline fails); and for publishers, receiver reports and
+    /// NACKs to them, sender reports to their receivers, held-back keyframe requests
+    /// and transport-cc feedback, also while no packet arrives. What it sends goes out
+    /// through `send`.
+    pub fn handle_timeout(&mut self, now: u64, send: &mut impl FnMut(&[u8], SocketAddr, usize)) {
+        while self.timers.peek().is_some_and(|t| t.due <= now) {
+            let Some(Timer { due, session }) = self.timers.pop() else {
+                break;
+            };
             if session.is_closed() {
-                self.timers.swap_remove(i);
                 continue;
             }
-            if *due > now_ms {
-                i += 1;
-                continue;
+            let mut guard = session.media();
+            let media = &mut *guard;
+            if media.timer_due != Some(due) {
+                continue; // superseded by an earlier entry
             }
-            let session = session.clone();
-            let mut media = session.media();
-            let _ = media.dtls.handle_timeout(now_ms);
-            let wait = drain(
-                &mut self.out,
-                self.sessions.metrics(),
-                &session,
-                &mut media,
-                send,
-            );
-            match wait {
-                Some(t) if is_handshaking(&media) => {
-                    // Never due again at once: the worker would spin on it.
-                    self.timers[i].1 = t.max(now_ms + 1);
-                    i += 1;
+            media.timer_due = None;
+            if media.dtls_due.is_some_and(|d| d <= now) {
+                let _ = media.dtls.handle_timeout(now / 1000);
+                let wait = drain(
+                    &mut self.out,
+                    self.sessions.metrics(),
+                    &session,
+                    media,
+                    send,
+                );
+                media.dtls_due = dtls_due(media, wait, now);
+            }
+            if let (Some(publisher), true) = (media.media_peer, media.srtp.is_some()) {
+                let SessionMedia {
+                    tracks, srtp, twcc, ..
+                } = media;
+                let unix_at_epoch_us = self.sessions.epoch.unix_us;
+                for t in tracks.iter_mut() {
+                    while let Some(req) = t.track.poll_keyframe(now) {
+                        feedback::send_pli(&mut self.fwd, srtp, req.ssrc, publisher, send);
+                        self.counts.keyframe_requests += 1;
+                    }
+                    feedback::send_track_due(
+                        &mut self.fwd,
+                        &mut self.counts,
+                        t,
+                        srtp,
+                        publisher,
+                        (now, unix_at_epoch_us),
+                        send,
+                    );
                 }
-                _ => {
-                    self.timers.swap_remove(i);
+                if let Some(twcc) = twcc.as_mut() {
+                    twcc.send_due(&mut self.fwd, &mut self.counts, srtp, publisher, now, send);
                 }
             }
+            self.arm(&session, media, now);
         }
-        self.next_timer = self.timers.iter().map(|&(_, t)| t).min();
     }
 
     /// What forwarding did since the last call.
@@ -1462,11 +1545,7 @@ impl SessionCache {
     pub fn sweep(&mut self) {
         self.cache.retain(|_, s| !s.is_closed());
         self.by_addr.retain(|_, s| !s.is_closed());
-        let before = self.timers.len();
-        self.timers.retain(|(s, _)| !s.is_closed());
-        if self.timers.len() != before {
-            self.next_timer = self.timers.iter().map(|&(_, t)| t).min();
-        }
+        self.timers.retain(|t| !t.session.is_closed());
     }
 }
 
@@ -1558,11 +1637,58 @@ fn forward_rtp(
         feedback::send_pli(out, srtp, req.ssrc, publisher, send);
         counts.keyframe_requests += 1;
     }
-    feedback::after_forward(out, counts, t, srtp, publisher, now, unix_at_epoch_us, send);
+    feedback::send_track_due(
+        out,
+        counts,
+        t,
+        srtp,
+        publisher,
+        (now, unix_at_epoch_us),
+        send,
+    );
 }
 
 fn is_handshaking(media: &SessionMedia) -> bool {
     *media.dtls.state() == super::dtls::DtlsState::Handshaking
+}
+
+/// When the DTLS timer is due (µs) after the endpoint asked to be woken at `wait` (ms):
+/// only while handshaking (a connected endpoint resends its last flight when the
+/// client repeats its own). Never at once, which would spin the worker.
+fn dtls_due(media: &SessionMedia, wait: Option<u64>, now: u64) -> Option<u64> {
+    if !is_handshaking(media) {
+        return None;
+    }
+    wait.map(|ms| {
+        ms.saturating_mul(1000)
+            .max(now.saturating_add(MIN_TIMER_US))
+    })
+}
+
+/// One session's place in a worker's timer queue: the earliest due on top.
+struct Timer {
+    due: u64,
+    session: Arc<Session>,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Timer) -> bool {
+        self.due == other.due
+    }
+}
+
+impl Eq for Timer {}
+
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Timer) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Timer {
+    fn cmp(&self, other: &Timer) -> std::cmp::Ordering {
+        other.due.cmp(&self.due) // reversed: BinaryHeap is a max-heap
+    }
 }
 
 /// Polls a session's DTLS endpoint dry: sends its records, stores its SRTP keys, notes
@@ -1856,9 +1982,9 @@ a=rtpmap:111 opus/48000/2\r\n";
                 );
             }
             if !retransmitted && !sent.borrow().is_empty() {
-                let due = cache.next_timer().expect("a handshake timer");
+                let due = cache.poll_timeout().expect("a handshake timer");
                 let before = sent.borrow().len();
-                cache.run_timers(due, &mut send);
+                cache.handle_timeout(due, &mut send);
                 assert!(sent.borrow().len() > before, "flight not retransmitted");
                 sent.borrow_mut().truncate(before);
                 retransmitted = true;
@@ -1875,7 +2001,11 @@ a=rtpmap:111 opus/48000/2\r\n";
         assert!(retransmitted);
         assert!(session.is_dtls_connected(), "{:?}", session.media().dtls);
         assert_eq!(s.metrics().dtls_connected.get(), 1);
-        assert_eq!(cache.next_timer(), None, "no timer once connected");
+        assert_eq!(
+            session.media().dtls_due,
+            None,
+            "no DTLS timer once connected"
+        );
 
         // Review finding: media went wherever the last DTLS-looking datagram from any
         // validated address came from. It goes where ICE nominated, and moves only
@@ -1940,6 +2070,23 @@ a=rtpmap:111 opus/48000/2\r\n";
         );
         assert_eq!(slot[..8], rr);
         assert!(sent.borrow().is_empty());
+
+        // The track goes silent (muted): the worker's timer still sends a receiver
+        // report each second, where ICE nominated.
+        let start = us(&s);
+        assert!(cache.poll_timeout().is_some_and(|t| t <= start + 1_000_000));
+        for second in 1..=3 {
+            cache.handle_timeout(start + second * 1_000_000 + 1_000, &mut send);
+        }
+        let reports: Vec<_> = sent.borrow_mut().drain(..).collect();
+        assert_eq!(reports.len(), 3, "one report a second");
+        let peer = session.media().media_peer;
+        assert!(
+            reports
+                .iter()
+                .all(|(p, to, via)| Some((*to, *via)) == peer && p[1] == crate::sfu::rtcp::RR)
+        );
+        assert!(cache.poll_timeout().is_some_and(|t| t > start + 3_000_000));
 
         // Removal takes the session out of the gauge; its media is refused.
         s.remove_participant("room", "p1");

@@ -383,6 +383,23 @@ impl Track {
         }
     }
 
+    /// When a keyframe request held back by the throttle is next due (µs), if any.
+    pub fn keyframe_due(&self) -> Option<u64> {
+        self.layers
+            .iter()
+            .zip(&self.view.ssrcs)
+            .filter(|(l, ssrc)| l.keyframe_pending && ssrc.is_some())
+            .map(|(l, _)| l.keyframe_sent.map_or(0, |at| at + KEYFRAME_INTERVAL_US))
+            .min()
+    }
+
+    /// Whether some layer has packets it still asks the publisher for.
+    pub fn has_missing(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.nack.as_ref().is_some_and(|n| n.outstanding() > 0))
+    }
+
     /// A keyframe request held back by the throttle that is due now; call until `None`.
     pub fn poll_keyframe(&mut self, now: u64) -> Option<KeyframeRequest> {
         for (i, l) in self.layers.iter_mut().enumerate() {

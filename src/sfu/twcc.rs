@@ -167,6 +167,22 @@ impl TwccRecorder {
         }
     }
 
+    /// When [`Self::due`] next turns true without another packet (µs): `None` with
+    /// nothing pending.
+    pub fn next_due(&self) -> Option<u64> {
+        let pending = self.pending();
+        if pending == 0 {
+            return None;
+        }
+        if pending >= FEEDBACK_PENDING_PACKETS {
+            return Some(0);
+        }
+        Some(
+            self.last_feedback
+                .map_or(0, |last| last + FEEDBACK_INTERVAL_US),
+        )
+    }
+
     /// Writes one transport-cc feedback packet covering the unreported packets (as many
     /// as fit `buf`, and up to a receive delta that does not fit 16 bits) into `buf`,
     /// and returns its length; None if nothing is pending or `buf` cannot hold even one
