@@ -1,4 +1,5 @@
-//! The configuration file (`config.toml`): every key of SPEC, with its default.
+//! The configuration file (`config.toml`): every key of the README's "Configuration",
+//! with its default.
 //!
 //! A file is checked key by key so that one run reports every mistake, each with its
 //! dotted key and the line it is on: the whole section is deserialised first, and only

@@ -1,7 +1,8 @@
 //! confnode: a self-hosted video-conference node (STUN/TURN server, SFU, room API).
 //!
-//! The protocol cores (`stun`, later `turn` and `sfu`) are sans-IO state machines:
-//! bytes and time in, bytes out. `net` is the only layer that touches sockets.
+//! The protocol cores (`stun`, `turn`, `sfu`, `rooms`) are sans-IO state machines:
+//! bytes and time in, bytes out. `net` is the only layer that touches sockets, `http`
+//! the only one that serves HTTP.
 
 pub mod config;
 pub mod date;

@@ -40,7 +40,8 @@ impl EncodeLabelValue for Transport {
 pub enum DropReason {
     /// Not a well-formed message of any protocol we speak.
     Malformed,
-    /// A protocol whose handler is not part of this node yet (DTLS, RTP, ChannelData).
+    /// A datagram of no protocol the media port speaks: its first byte is outside the
+    /// ranges of RFC 7983 for STUN, ChannelData, DTLS and RTP (QUIC's, for one).
     Unrouted,
     /// Well-formed STUN that nothing here answers (a response arriving at the server,
     /// an unknown method).

@@ -94,7 +94,7 @@ fn run_script(script: &str, node: &Node, log: &NodeOutput) -> String {
         SCRIPT_LIMIT.as_secs()
     );
     println!("{output}");
-    // Privacy: the node logs no display name (SPEC: names never reach the logs).
+    // Privacy: the node logs no display name (README, "Logs and the privacy terms": names never reach the logs).
     let text = log.text();
     for name in ["Alice", "Bob", "Carol"] {
         assert!(

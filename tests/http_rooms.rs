@@ -1,4 +1,4 @@
-//! The HTTP room API of SPEC's table, against the real binary: every row, its success
+//! The HTTP room API (`src/http/openapi.json`), against the real binary: every route, its success
 //! and each of its errors.
 
 mod common;
@@ -157,8 +157,8 @@ fn parse_rfc3339(s: &str) -> u64 {
     assert_eq!(s.len(), 20, "{s}");
     assert!(s.ends_with('Z'), "{s}");
     let n = |a: usize, b: usize| s[a..b].parse::<i64>().expect("digits");
-    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
-    let days = confnode::date::days_from_civil(y, m, d);
+    let (y, m, d) = (n(0, 4) as i32, n(5, 7) as u8, n(8, 10) as u8);
+    let days = confnode::date::days_from_civil(y, m, d).expect("a real date");
     (days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19)) as u64
 }
 
@@ -1203,7 +1203,7 @@ fn display_names_never_reach_logs_or_disk() {
 /// `log.retention_days` are gone after start, younger ones and other files stay.
 #[test]
 fn log_files_hold_ip_and_room_and_are_deleted_after_retention() {
-    use confnode::http::rooms::rfc3339;
+    use confnode::date::rfc3339;
     let logs = tempfile::tempdir().expect("temp dir");
     let day = |days_ago: u64| {
         let date = rfc3339(unix_now() - days_ago * 86_400);

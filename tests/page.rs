@@ -1,6 +1,6 @@
 //! The reference page as the real binary serves it: `/` and `/r/{room}` are HTML under a
 //! strict Content-Security-Policy, `/app.js`, `/app.css` and `/icon.svg` have their types, and
-//! nothing in the page refers to another host (SPEC: no CDN, no outside fonts).
+//! nothing in the page refers to another host (no CDN, no outside fonts: a meeting reveals itself to no third party).
 //! What it does in a browser is tests/browser.rs.
 
 mod common;
@@ -198,7 +198,7 @@ fn the_page_is_served_under_a_strict_csp_and_loads_nothing_from_elsewhere() {
             );
         }
     }
-    // The names automated browsers rely on (SPEC: data-participant on remote videos;
+    // The names automated browsers rely on (the page's contract: data-participant on remote videos;
     // the query parameters).
     for name in [
         "data-participant",

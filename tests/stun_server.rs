@@ -169,6 +169,26 @@ fn garbage_flood_is_dropped_and_counted_and_binding_still_works() {
     assert_eq!(addr, local);
     let malformed = node.metric("confnode_dropped_total{transport=\"udp\",reason=\"malformed\"}");
     assert!(malformed >= 1000.0, "malformed counter only {malformed}");
+    // A protocol the port does not speak (a QUIC long header) is counted as such.
+    let before = node.metric("confnode_dropped_total{transport=\"udp\",reason=\"unrouted\"}");
+    for _ in 0..10 {
+        let _ = sock.send_to(&[0xC3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8], node.stun);
+    }
+    let (addr, local, _) = udp_binding(node.stun, true);
+    assert_eq!(addr, local, "still answering");
+    // Another worker may hold the flood's socket: give it the moment a busy one needs.
+    let mut unrouted = 0.0;
+    for _ in 0..100 {
+        unrouted = node.metric("confnode_dropped_total{transport=\"udp\",reason=\"unrouted\"}");
+        if unrouted >= before + 10.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        unrouted >= before + 10.0,
+        "unrouted counter {before} → {unrouted}"
+    );
     // TCP garbage closes that connection only; a new one is served.
     let mut s = TcpStream::connect(node.stun).expect("connect");
     s.write_all(&[0xff; 64]).expect("send garbage");

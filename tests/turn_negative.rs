@@ -4,11 +4,9 @@
 
 mod common;
 
-use base64::Engine;
 use common::Node;
 use confnode::stun::message::{Class, Message, WriteError, Writer, attr, long_term_key, method};
 use confnode::turn::auth::{CHALLENGE_BURST, CHALLENGE_PER_SEC};
-use hmac::{Hmac, Mac};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -69,13 +67,6 @@ impl Creds {
             ..self.clone()
         }
     }
-}
-
-/// The TURN REST API password of `username`: base64(HMAC-SHA1(secret, username)).
-fn rest_password(secret: &str, username: &str) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("hmac key");
-    mac.update(username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// A response as received.
@@ -315,14 +306,22 @@ fn expired_rest_username_gets_401() {
     let now = unix_now();
 
     let expired = format!("{}:someid", now - 60);
-    let creds = Creds::new(&expired, &rest_password("s3cret", &expired), &nonce);
+    let creds = Creds::new(
+        &expired,
+        &confnode::turn::auth::rest_password("s3cret", &expired),
+        &nonce,
+    );
     c.allocate_with(&transport(UDP), &creds)
         .expect_error(401, "expired REST username")
         .expect_challenge("expired REST username");
     assert_eq!(node.metric(AUTH_FAILURES), 1.0);
 
     let valid = format!("{}:someid", now + 3600);
-    let forged = Creds::new(&valid, &rest_password("other", &valid), &nonce);
+    let forged = Creds::new(
+        &valid,
+        &confnode::turn::auth::rest_password("other", &valid),
+        &nonce,
+    );
     c.allocate_with(&transport(UDP), &forged)
         .expect_error(401, "REST password from another secret");
     assert_eq!(node.metric(AUTH_FAILURES), 2.0);
@@ -332,7 +331,11 @@ fn expired_rest_username_gets_401() {
     for secret in ["s3cret", "n3w"] {
         let c = Client::new(node.stun);
         let nonce = c.nonce();
-        c.allocate(&Creds::new(&valid, &rest_password(secret, &valid), &nonce));
+        c.allocate(&Creds::new(
+            &valid,
+            &confnode::turn::auth::rest_password(secret, &valid),
+            &nonce,
+        ));
     }
     assert_eq!(node.metric(ALLOCATIONS), 2.0);
 }

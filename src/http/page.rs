@@ -1,4 +1,4 @@
-//! The reference page of SPEC ("The reference page"): plain HTML, CSS and JavaScript in
+//! The reference page (README, "What works today"): plain HTML, CSS and JavaScript in
 //! `src/http/page/`, embedded in the binary, no build step. `GET /` is the host view
 //! (log in, create a room, copy its link), `GET /r/{room}` the room view; both are the
 //! same document, which picks its view from the path. Nothing is loaded from another

@@ -1,4 +1,4 @@
-//! The room API of SPEC's table: rooms, participants, their event streams (SSE) and
+//! The room API (every route in `openapi.json` beside this file): rooms, participants, their event streams (SSE) and
 //! the media calls: `publish` registers a media session with the SFU
 //! ([`crate::sfu::session`]) and answers its SDP; `subscribe` is validated and waits
 //! for the SFU's forwarding.
@@ -26,11 +26,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha1::Sha1;
 use tokio::sync::mpsc;
 
 use super::auth::{HostAuth, ONE_TIME_ACCOUNT, Refusal};
@@ -518,18 +514,10 @@ impl IceServers {
         now: u64,
     ) -> (serde_json::Value, serde_json::Value) {
         let username = format!("{}:room:{room}:{participant}", now + TURN_CREDENTIAL_SECS);
-        let credential = rest_password(&self.secret, &username);
+        let credential = crate::turn::auth::rest_password(&self.secret, &username);
         let entry = |urls: &[String]| json!([{ "urls": urls, "username": username, "credential": credential }]);
         (entry(&self.direct), entry(&self.relay))
     }
-}
-
-/// The TURN REST API password: base64(HMAC-SHA1(secret, username)).
-pub fn rest_password(secret: &str, username: &str) -> String {
-    let mut mac =
-        <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-    mac.update(username.as_bytes());
-    STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// The host of an `http(s)://host[:port][/...]` URL, without the port.
@@ -552,18 +540,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Unix seconds as an RFC 3339 UTC timestamp, `2026-01-02T03:04:05Z`.
-pub fn rfc3339(unix: u64) -> String {
-    let secs = unix % 86_400;
-    let (year, month, day) = crate::date::civil_from_days((unix / 86_400) as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
 }
 
 fn room_error(e: RoomError) -> Response {
@@ -702,7 +678,7 @@ pub async fn create_room(
                 Json(json!({
                     "room": view.room,
                     "url": url,
-                    "expires_at": rfc3339(view.expires_at),
+                    "expires_at": crate::date::rfc3339(view.expires_at),
                 })),
             )
                 .into_response()
@@ -718,7 +694,7 @@ pub async fn get_room(State(state): State<AppState>, Path(room): Path<String>) -
         Ok(v) => Json(json!({
             "room": v.room,
             "participants": v.participants,
-            "expires_at": rfc3339(v.expires_at),
+            "expires_at": crate::date::rfc3339(v.expires_at),
             "locked": v.locked,
         }))
         .into_response(),
@@ -1273,14 +1249,6 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
-    }
-
-    #[test]
     fn public_url_hosts() {
         assert_eq!(
             url_host("https://meet.example.org"),
@@ -1320,18 +1288,9 @@ mod tests {
             assert_eq!(v[0]["username"], "44200:room:r1:p1");
             assert_eq!(
                 v[0]["credential"],
-                rest_password("s3cret", "44200:room:r1:p1").as_str()
+                crate::turn::auth::rest_password("s3cret", "44200:room:r1:p1").as_str()
             );
         }
         assert_eq!(all[0]["urls"], json!(direct));
-    }
-
-    #[test]
-    fn rest_password_matches_coturn() {
-        // Python: base64.b64encode(hmac.new(b"north", b"1750003600:conference-42", sha1).digest())
-        assert_eq!(
-            rest_password("north", "1750003600:conference-42"),
-            "WuqciR20ELKZ6kWZ5PrMjk/Rwh0="
-        );
     }
 }

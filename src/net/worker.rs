@@ -352,6 +352,7 @@ struct Tally {
     answered: u64,
     malformed: u64,
     unhandled: u64,
+    unrouted: u64,
     send_failed: u64,
     to_peer: (u64, u64),
     to_client: (u64, u64),
@@ -630,6 +631,12 @@ impl Worker {
                     media(&mut self.sessions, pkt, src, origin, arrival_us, &mut out);
                     return;
                 }
+                // A protocol the media port does not speak (RFC 7983's reserved
+                // ranges, QUIC's headers): counted apart from garbage.
+                Class::Unknown if len > 0 => {
+                    tally.unrouted += 1;
+                    return;
+                }
                 Class::Unknown => Action::Drop(DropReason::Malformed),
             }
         };
@@ -763,6 +770,7 @@ impl Worker {
             (&c.stun_answered, t.answered),
             (&c.malformed, t.malformed),
             (&c.unhandled, t.unhandled),
+            (&c.unrouted, t.unrouted),
             (&c.send_failed, t.send_failed),
             (&m.relayed_packets_to_peer, t.to_peer.0),
             (&m.relayed_bytes_to_peer, t.to_peer.1),

@@ -31,6 +31,8 @@ use std::net::SocketAddr;
 
 use rand_core::RngCore;
 
+use crate::stun::canonical;
+
 use crate::stun::message::{Class, Message, WriteError, Writer, attr, method};
 
 /// A session whose selected address sends no valid check for this long has lost
@@ -430,17 +432,6 @@ fn inspect(msg: &Message<'_>) -> Check {
         }
     }
     check
-}
-
-/// `::ffff:a.b.c.d` → `a.b.c.d`, anything else unchanged.
-fn canonical(src: SocketAddr) -> SocketAddr {
-    match src {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => src,
-        },
-        SocketAddr::V4(_) => src,
-    }
 }
 
 #[cfg(test)]

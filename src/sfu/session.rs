@@ -60,7 +60,7 @@
 //!   brings the client's ICE credentials and DTLS fingerprint; until it arrives the
 //!   client's DTLS records are dropped (it repeats them) and its consent does not run.
 //!   From then on its checks and DTLS take the same path as a publisher's.
-//! - Forwarding (first version): RTP unprotected from a publisher goes through its
+//! - Forwarding: RTP unprotected from a publisher goes through its
 //!   track's [`Track::receive`] once; for each receiver with DTLS connected, a copy is
 //!   rewritten by its forwarder in the worker's preallocated buffer, SRTP-protected with
 //!   the receiver's outbound keys *under the receiver's session lock* (taken while the

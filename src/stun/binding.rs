@@ -177,8 +177,8 @@ fn respond(buf: &mut [u8], request: &Request, src: SocketAddr) -> Result<usize, 
 }
 
 /// An IPv4 client reached through a dual-stack socket shows up as `::ffff:a.b.c.d`; it
-/// expects to learn its IPv4 address.
-fn canonical(src: SocketAddr) -> SocketAddr {
+/// expects to learn its IPv4 address (and ICE to see the address it checks from).
+pub(crate) fn canonical(src: SocketAddr) -> SocketAddr {
     match src {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),

@@ -6,5 +6,6 @@
 mod binding;
 pub mod message;
 
+pub(crate) use binding::canonical;
 pub use binding::{Verdict, answer};
 pub use message::{Attribute, Class, Message, ParseError, WriteError, Writer};

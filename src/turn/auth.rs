@@ -346,11 +346,8 @@ impl Auth {
 
     /// MD5(username ":" realm ":" base64(HMAC-SHA1(secret, username))).
     fn rest_key(&self, secret: &Hmac<Sha1>, username: &str) -> [u8; 16] {
-        let mut mac = secret.clone();
-        mac.update(username.as_bytes());
-        let tag = mac.finalize().into_bytes();
         let mut password = [0u8; REST_PASSWORD_LEN];
-        let len = base64_encode(&tag, &mut password);
+        let len = rest_password_into(secret, username, &mut password);
         long_term_key(username.as_bytes(), self.realm.as_bytes(), &password[..len])
     }
 
@@ -453,6 +450,32 @@ fn decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// The TURN REST API password of `username` (the one coturn and every REST issuer
+/// compute): base64(HMAC-SHA1(secret, username)). What the room API hands out and
+/// [`Auth`] verifies.
+pub fn rest_password(secret: &str, username: &str) -> String {
+    let mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut out = [0u8; REST_PASSWORD_LEN];
+    let len = rest_password_into(&mac, username, &mut out);
+    String::from_utf8_lossy(&out[..len]).into_owned()
+}
+
+/// [`rest_password`] written into `out` without allocating; returns its length.
+fn rest_password_into(
+    secret: &Hmac<Sha1>,
+    username: &str,
+    out: &mut [u8; REST_PASSWORD_LEN],
+) -> usize {
+    use base64::Engine;
+    let mut mac = secret.clone();
+    mac.update(username.as_bytes());
+    // 20 bytes take exactly 28 digits with padding: the slice always fits.
+    base64::engine::general_purpose::STANDARD
+        .encode_slice(mac.finalize().into_bytes(), out)
+        .unwrap_or(0)
+}
+
 /// A client IP as 16 bytes, IPv4 in its mapped form so a dual-stack socket's
 /// `::ffff:a.b.c.d` and a plain IPv4 socket's `a.b.c.d` are the same client.
 fn ip_bytes(ip: IpAddr) -> [u8; 16] {
@@ -460,30 +483,6 @@ fn ip_bytes(ip: IpAddr) -> [u8; 16] {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
     }
-}
-
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (RFC 4648 §4), as coturn and every REST API issuer use
-/// for the password, written into `out`; returns the length written. Output that does
-/// not fit `out` is cut short (callers size `out` as 4 * ceil(len / 3)). Local so
-/// that the one 20-byte encoding needs no extra crate.
-fn base64_encode(input: &[u8], out: &mut [u8]) -> usize {
-    let mut written = 0;
-    for (chunk, quad) in input.chunks(3).zip(out.chunks_exact_mut(4)) {
-        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let group = byte(0) << 16 | byte(1) << 8 | byte(2);
-        for (i, slot) in quad.iter_mut().enumerate() {
-            // A chunk of n bytes yields n + 1 digits; the rest is padding.
-            *slot = if i <= chunk.len() {
-                BASE64[(group >> (18 - 6 * i) & 0x3f) as usize]
-            } else {
-                b'='
-            };
-        }
-        written += 4;
-    }
-    written
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -618,31 +617,8 @@ mod tests {
         )
     }
 
-    /// The REST API password, computed the way an application server does.
-    fn rest_password(secret: &str, username: &str) -> String {
-        let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("key");
-        mac.update(username.as_bytes());
-        let mut out = [0u8; 28];
-        let n = base64_encode(&mac.finalize().into_bytes(), &mut out);
-        String::from_utf8(out[..n].to_vec()).expect("ascii")
-    }
-
     #[test]
-    fn base64_matches_rfc4648_and_python() {
-        let vectors: [(&[u8], &str); 7] = [
-            (b"", ""),
-            (b"f", "Zg=="),
-            (b"fo", "Zm8="),
-            (b"foo", "Zm9v"),
-            (b"foob", "Zm9vYg=="),
-            (b"fooba", "Zm9vYmE="),
-            (b"foobar", "Zm9vYmFy"),
-        ];
-        for (input, expected) in vectors {
-            let mut out = [0u8; 8];
-            let n = base64_encode(input, &mut out);
-            assert_eq!(&out[..n], expected.as_bytes());
-        }
+    fn rest_password_matches_python() {
         // base64.b64encode(hmac.new(b"north", b"1750003600:conference-42", sha1).digest())
         assert_eq!(
             rest_password(SECRET, "1750003600:conference-42"),

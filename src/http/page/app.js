@@ -417,8 +417,9 @@
       relay: options.relay,
       participant: joined.participant,
       token: joined.token,
-      // With relay=1 the lists that add TURN over UDP (see SPEC: with TURN over UDP at
-      // the node's media address, Chromium swallows the node's answers to direct checks).
+      // With relay=1 the lists that add TURN over UDP (`relay_ice_servers` of the join
+      // answer: with TURN over UDP at the node's media address, Chromium swallows the
+      // node's answers to direct checks).
       iceServers: iceServersOf(joined, options.relay),
       base:
         "/api/rooms/" + encodeURIComponent(options.room) + "/participants/" + encodeURIComponent(joined.participant),
