@@ -5,13 +5,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::{
-    BIN, HttpResponse, Node, NodeOutput, SseStream, cheap_hash, free_port, http, http_get,
-    run_with_timeout, turn_allocate,
+    BIN, HttpResponse, Joined, Node, NodeOutput, SseStream, basic_auth, cheap_hash, free_port,
+    http, http_get, join, run_with_timeout, turn_allocate, unix_now,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -35,19 +35,8 @@ fn node() -> Node {
     node_with("", "").0
 }
 
-fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
-}
-
 fn host_auth() -> String {
-    basic(HOST, PASSWORD)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
+    basic_auth(HOST, PASSWORD)
 }
 
 /// A JWT with the given header and claims, signed HS256 (or HS512) with `secret`.
@@ -91,13 +80,6 @@ fn create_room(node: &Node) -> String {
     r.json()["room"].as_str().expect("room").to_owned()
 }
 
-/// A joined participant: id, token, the whole answer.
-struct Joined {
-    id: String,
-    token: String,
-    answer: Value,
-}
-
 fn join_raw(node: &Node, room: &str, body: &[u8]) -> HttpResponse {
     http(
         node.http,
@@ -106,18 +88,6 @@ fn join_raw(node: &Node, room: &str, body: &[u8]) -> HttpResponse {
         &[("Content-Type", "application/json")],
         body,
     )
-}
-
-fn join(node: &Node, room: &str, name: &str) -> Joined {
-    let body = json!({ "display_name": name }).to_string();
-    let r = join_raw(node, room, body.as_bytes());
-    assert_eq!(r.status, 201, "{}", r.body);
-    let answer = r.json();
-    Joined {
-        id: answer["participant"].as_str().expect("id").to_owned(),
-        token: answer["token"].as_str().expect("token").to_owned(),
-        answer,
-    }
 }
 
 fn bearer(token: &str) -> String {
@@ -201,9 +171,9 @@ fn create_room_refuses_missing_and_wrong_basic_login() {
     let garbage = format!("Basic {}", STANDARD.encode("no colon here"));
     for auth in [
         None,
-        Some(basic(HOST, "wrong password")),
-        Some(basic("mallory", PASSWORD)),
-        Some(basic(HOST, "")),
+        Some(basic_auth(HOST, "wrong password")),
+        Some(basic_auth("mallory", PASSWORD)),
+        Some(basic_auth(HOST, "")),
         Some("Basic %%%".to_owned()),
         Some(garbage),
         Some("Digest username=\"carol\"".to_owned()),
@@ -369,7 +339,7 @@ fn delete_room_needs_a_host_and_disconnects_everyone() {
         node.http,
         "DELETE",
         &path,
-        &[("Authorization", &basic(HOST, "nope"))],
+        &[("Authorization", &basic_auth(HOST, "nope"))],
         b"",
     );
     assert_error(&r, 401);
@@ -774,7 +744,7 @@ fn leave_needs_the_participants_own_token() {
         Some(bearer("")),
         // The room's host may remove (a_host_locks_its_room_and_removes_a_participant),
         // with its own login only.
-        Some(basic(HOST, "not the password")),
+        Some(basic_auth(HOST, "not the password")),
     ] {
         let headers: Vec<(&str, &str)> = auth
             .as_deref()
@@ -1657,7 +1627,7 @@ fn create_room_from(node: &Node, from: std::net::IpAddr, authorization: &str) ->
 #[test]
 fn failed_host_logins_are_throttled_per_address() {
     let node = node();
-    let wrong = basic(HOST, "not the password");
+    let wrong = basic_auth(HOST, "not the password");
     for _ in 0..10 {
         let r = create_room_as(&node, &wrong);
         assert_error(&r, 401);
@@ -1684,9 +1654,9 @@ fn one_time_host_password_on_loopback_without_hosts() {
         .unwrap_or_else(|| panic!("{line}"));
     assert!(password.len() >= 22, "{password}");
     assert_eq!(log.text().matches("one-time host login").count(), 1);
-    let r = create_room_as(&node, &basic("host", &password));
+    let r = create_room_as(&node, &basic_auth("host", &password));
     assert_eq!(r.status, 201, "{}", r.body);
-    assert_error(&create_room_as(&node, &basic("host", "guess")), 401);
+    assert_error(&create_room_as(&node, &basic_auth("host", "guess")), 401);
 }
 
 #[test]

@@ -7,17 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use common::{Node, NodeOutput, cheap_hash, http, turn_allocate};
-
-fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
-}
+use common::{Node, NodeOutput, basic_auth, cheap_hash, http, turn_allocate};
 
 /// `POST /api/rooms` as `user`: the status.
 fn create_room(node: &Node, user: &str, password: &str) -> u16 {
-    let auth = basic(user, password);
+    let auth = basic_auth(user, password);
     http(
         node.http,
         "POST",
@@ -47,10 +41,6 @@ fn rewrite(node: &Node, started: &(String, String), new: &(String, String)) {
     let text = std::fs::read_to_string(&path).expect("read config");
     let text = text.replace(&started.0, &new.0).replace(&started.1, &new.1);
     std::fs::write(&path, text).expect("write config");
-}
-
-fn sighup(node: &Node) {
-    node.signal(libc::SIGHUP);
 }
 
 /// Waits (up to 10 s) for a log line with `needle` that was not there before.
@@ -89,7 +79,7 @@ fn sighup_reloads_credentials_and_host_accounts_and_keeps_the_old_on_errors() {
     let second = settings("second-password", "dave", "dave's password");
     rewrite(&node, &first, &second);
     let reloaded = count(&log, "configuration reloaded");
-    sighup(&node);
+    node.signal(libc::SIGHUP);
     wait_for_new_line(&log, "configuration reloaded", reloaded);
     assert!(turn_allocate(turn, "alice", "second-password"));
     assert!(
@@ -117,7 +107,7 @@ fn sighup_reloads_credentials_and_host_accounts_and_keeps_the_old_on_errors() {
     )
     .expect("break config");
     let refused = count(&log, "configuration not reloaded");
-    sighup(&node);
+    node.signal(libc::SIGHUP);
     wait_for_new_line(&log, "configuration not reloaded", refused);
     assert!(
         log.text().contains("max_allocations_per_user"),
@@ -145,7 +135,7 @@ fn sighup_applies_new_turn_limits_to_new_allocations() {
     );
     std::fs::write(&path, text).expect("write config");
     let reloaded = count(&log, "configuration reloaded");
-    sighup(&node);
+    node.signal(libc::SIGHUP);
     wait_for_new_line(&log, "configuration reloaded", reloaded);
     assert!(
         !turn_allocate(turn, "bob", "pw"),

@@ -10,9 +10,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use common::{Node, SseStream, cheap_hash, http};
+use common::{Joined, Node, SseStream, basic_auth, cheap_hash, http, join};
 use confnode::stun::message::{Class, Message, Writer, attr, method};
 use serde_json::json;
 
@@ -75,7 +73,7 @@ fn node() -> Node {
 }
 
 fn create_room(node: &Node) -> String {
-    let auth = format!("Basic {}", STANDARD.encode(format!("{HOST}:{PASSWORD}")));
+    let auth = basic_auth(HOST, PASSWORD);
     let r = http(
         node.http,
         "POST",
@@ -85,28 +83,6 @@ fn create_room(node: &Node) -> String {
     );
     assert_eq!(r.status, 201, "{}", r.body);
     r.json()["room"].as_str().expect("room").to_owned()
-}
-
-struct Joined {
-    id: String,
-    token: String,
-}
-
-fn join(node: &Node, room: &str, name: &str) -> Joined {
-    let body = json!({ "display_name": name }).to_string();
-    let r = http(
-        node.http,
-        "POST",
-        &format!("/api/rooms/{room}/participants"),
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let v = r.json();
-    Joined {
-        id: v["participant"].as_str().expect("id").to_owned(),
-        token: v["token"].as_str().expect("token").to_owned(),
-    }
 }
 
 /// Our ICE credentials from a publish answer.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Node;
+use common::{Node, unix_now};
 use confnode::stun::message::{Class, Message, WriteError, Writer, attr, long_term_key, method};
 use confnode::turn::auth::{CHALLENGE_BURST, CHALLENGE_PER_SEC};
 use std::net::{SocketAddr, UdpSocket};
@@ -22,13 +22,6 @@ const PEERS_REFUSED: &str = "confnode_turn_peers_refused_total";
 const QUOTA_REFUSED: &str = "confnode_turn_quota_refused_total";
 const RECEIVED: &str = "confnode_received_total{transport=\"udp\"}";
 const TO_PEER: &str = "confnode_turn_relayed_packets_total{direction=\"to_peer\"}";
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
 
 /// A fresh 96-bit transaction id.
 fn tid() -> [u8; 12] {

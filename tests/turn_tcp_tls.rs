@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Node, Peer, free_port, require_tool, run_with_timeout};
+use common::{Node, Peer, free_port, number_after, require_tool, run_with_timeout};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -73,13 +73,6 @@ fn start_node_with(cert: &Path, key: &Path, more: &str) -> (Node, SocketAddr) {
         key.display()
     );
     (Node::start_with_turn(&turn, ""), tls)
-}
-
-/// The number after `key` in `line`.
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// Runs `turnutils_uclient -t` (plus `args`) against `port` of the node and checks what
@@ -388,12 +381,6 @@ fn refresh(stream: &mut impl ReadWrite, session: &Session) {
     );
 }
 
-fn sighup(node: &Node) {
-    // SAFETY: kill(2) on the pid of the node this test started and still holds.
-    let rc = unsafe { libc::kill(node.pid() as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(rc, 0, "kill -HUP {}", node.pid());
-}
-
 /// Connects over TLS 1.3 until the server shows `want` (the reload follows the signal
 /// asynchronously), for up to 10 s; returns the connection.
 fn wait_for_cert(addr: SocketAddr, want: &[u8]) -> TlsStream {
@@ -431,7 +418,7 @@ fn sighup_reloads_the_tls_certificate_and_keeps_connections_and_allocations() {
     // Certificate B in place of A, then SIGHUP: new handshakes show B.
     std::fs::copy(&b_key, &key).expect("replace key");
     std::fs::copy(&b_cert, &cert).expect("replace certificate");
-    sighup(&node);
+    node.signal(libc::SIGHUP);
     let mut new = wait_for_cert(tls, &cert_b);
     let new_local = new.sock.local_addr().expect("addr");
     binding(&mut new, new_local);
@@ -443,7 +430,7 @@ fn sighup_reloads_the_tls_certificate_and_keeps_connections_and_allocations() {
 
     // A reload that fails keeps what is served.
     std::fs::write(&cert, "not a certificate\n").expect("break certificate");
-    sighup(&node);
+    node.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     let (_, seen) = tls_connect(tls, &rustls::version::TLS13);
     assert!(seen == cert_b, "a failed reload changed the certificate");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Node, Peer, require_tool, run_with_timeout};
+use common::{Node, Peer, number_after, require_tool, run_with_timeout};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -32,13 +32,6 @@ struct Totals {
     sent: u64,
     received: u64,
     lost: u64,
-}
-
-/// The number after `key` in `line` (e.g. `tot_send_msgs=` → 300).
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// Reads uclient's closing summary: the totals line (without `msz=`, which the

@@ -777,3 +777,55 @@ pub fn cheap_hash(password: &str) -> String {
         .expect("hash")
         .to_string()
 }
+
+/// `Authorization: Basic` for a host login.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let raw = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+/// Seconds since 1970 now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A participant that joined a room: its id, token and the whole join answer.
+pub struct Joined {
+    pub id: String,
+    pub token: String,
+    pub answer: serde_json::Value,
+}
+
+/// Joins `room` of `node` as `name` (`POST /api/rooms/{room}/participants`); the
+/// answer must be 201.
+pub fn join(node: &Node, room: &str, name: &str) -> Joined {
+    let body = serde_json::json!({ "display_name": name }).to_string();
+    let r = http(
+        node.http,
+        "POST",
+        &format!("/api/rooms/{room}/participants"),
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let answer = r.json();
+    Joined {
+        id: answer["participant"].as_str().expect("id").to_owned(),
+        token: answer["token"].as_str().expect("token").to_owned(),
+        answer,
+    }
+}
+
+/// The number after `key` in `line` (e.g. uclient's `tot_send_msgs=` → 300).
+pub fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
