@@ -45,7 +45,7 @@ use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::sdp::Fingerprint;
-use super::srtp::{SrtpContext, SrtpError, SrtpProfile, split_keying_material};
+use super::srtp::{MasterKey, SrtpContext, SrtpError, SrtpProfile, split_keying_material};
 
 /// The largest DTLS record we send.
 pub const DTLS_MTU: usize = 1150;
@@ -229,6 +229,9 @@ pub struct SrtpPair {
     pub inbound: SrtpContext,
     /// Protects what we send: the server's write keys.
     pub outbound: SrtpContext,
+    /// The server's write master key, from which the streams to a receiver make their
+    /// own contexts (`sfu::egress`).
+    pub outbound_key: MasterKey,
 }
 
 /// What [`DtlsSession::poll_output`] has for the caller.
@@ -551,6 +554,7 @@ impl DtlsSession {
                 profile,
                 inbound: SrtpContext::new(&client, self.capacity.inbound)?,
                 outbound: SrtpContext::new(&server, self.capacity.outbound)?,
+                outbound_key: server,
             })
         });
         match pair {

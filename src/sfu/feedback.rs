@@ -21,11 +21,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
 use super::dtls::SrtpPair;
-use super::forward::{Forwarder, ResendRefusal};
+use super::forward::ResendRefusal;
 use super::rtcp::{self, ReportBlock, Rtcp, RtcpIter};
 use super::rtp::{self, RtpHeader};
 use super::session::{
-    ForwardCounts, PublishedMedia, RTCP_SENDER_SSRC, Session, SessionMedia, Subscription,
+    Downstream, ForwardCounts, PublishedMedia, RTCP_SENDER_SSRC, Session, SessionMedia,
+    Subscription,
 };
 use super::srtp::{MAX_RTCP_OVERHEAD, MAX_RTP_OVERHEAD};
 use super::track::Track;
@@ -194,16 +195,7 @@ pub fn answer_receiver(
                     o.forwarder.disable_rtx();
                 }
                 for seq in nacked(pid, blp) {
-                    resend(
-                        track,
-                        &mut o.forwarder,
-                        receiver,
-                        seq,
-                        out,
-                        now,
-                        counts,
-                        send,
-                    );
+                    resend(track, o, seq, out, now, counts, send);
                 }
             }
         }
@@ -219,19 +211,17 @@ fn nacked(pid: u16, blp: u16) -> impl Iterator<Item = u16> {
     )
 }
 
-/// Sends the receiver the packet it lost, `out_seq` of its stream, again.
-#[allow(clippy::too_many_arguments)]
+/// Sends the receiver of `o` the packet it lost, `out_seq` of its stream, again.
 fn resend(
     track: &Track,
-    forwarder: &mut Forwarder,
-    receiver: &Session,
+    o: &mut Downstream,
     out_seq: u16,
     out: &mut [u8],
     now: u64,
     counts: &mut ForwardCounts,
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
-    let n = match track.retransmit(forwarder, out_seq, out, now) {
+    let n = match track.retransmit(&mut o.forwarder, out_seq, out, now) {
         Ok(n) => n,
         Err(refusal) => {
             match refusal {
@@ -245,12 +235,7 @@ fn resend(
     if n + MAX_RTP_OVERHEAD > out.len() {
         return;
     }
-    let mut guard = receiver.media();
-    let media = &mut *guard;
-    if let (Some(keys), Some((to, via))) = (media.srtp.as_mut(), media.media_peer)
-        && let Ok(k) = keys.outbound.protect_rtp(out, n)
-    {
-        send(&out[..k], to, via);
+    if o.egress.send_rtp(out, n, send) {
         counts.retransmitted += 1;
     }
 }
@@ -300,11 +285,7 @@ pub fn send_track_due(
             continue;
         }
         if let Some(n) = o.forwarder.write_sender_report(out, &t.track, now, ntp_now) {
-            let mut sub = o.subscriber.media();
-            let peer = sub.media_peer;
-            if let Some(peer) = peer {
-                counts.rtcp_sent += u64::from(send_rtcp(out, n, &mut sub.srtp, peer, send));
-            }
+            counts.rtcp_sent += u64::from(o.egress.send_rtcp(out, n, send));
         }
     }
 }

@@ -14,11 +14,14 @@
 //!   `nack` and `report`: the forwarding path, allocation-free per packet.
 //! - `twcc`: transport-wide congestion control feedback (arrival times of a publisher's
 //!   packets, reported so its bandwidth estimator ramps up).
+//! - `egress`: a forwarded stream's way to its receiver (the receiver's keys and
+//!   address) without the receiver's lock.
 //! - `feedback`: the RTCP around it: receivers' keyframe requests and NACKs answered,
 //!   reports both ways, transport-cc feedback to publishers.
 
 pub mod codec;
 pub mod dtls;
+pub mod egress;
 pub mod feedback;
 pub mod forward;
 pub mod ice;

@@ -60,20 +60,21 @@
 //!   brings the client's ICE credentials and DTLS fingerprint; until it arrives the
 //!   client's DTLS records are dropped (it repeats them) and its consent does not run.
 //!   From then on its checks and DTLS take the same path as a publisher's.
-//! - Forwarding: RTP unprotected from a publisher goes through its
-//!   track's [`Track::receive`] once; for each receiver with DTLS connected, a copy is
-//!   rewritten by its forwarder in the worker's preallocated buffer, SRTP-protected with
-//!   the receiver's outbound keys *under the receiver's session lock* (taken while the
-//!   publisher's is held: receiving sessions never forward, so the order is fixed) and
-//!   handed to `send` (the worker queues it in its outbox, flushed with `sendmmsg`) for
-//!   where the receiver's DTLS came from, through the same listener index in this
-//!   worker. Keyframe requests (forwarders waiting for a key frame, throttled by the
+//! - Forwarding: RTP unprotected from a publisher goes through its track's
+//!   [`Track::receive`] once; for each receiver with DTLS connected, a copy is rewritten
+//!   by its forwarder in the worker's preallocated buffer, SRTP-protected with the
+//!   receiver's keys through the stream's [`Egress`] (its own context: no lock of the
+//!   receiver's is taken) and handed to `send` (the worker queues it in its outbox,
+//!   flushed with `sendmmsg`) for where the receiver's media goes, through the same
+//!   listener index in this worker. Keyframe requests (forwarders waiting for a key frame, throttled by the
 //!   track) go back to the publisher as SRTCP PLIs; the rest of the RTCP is in
 //!   `sfu::feedback`.
 //!
-//! Lock order: registry, then a session (a publisher's, then a receiver's); a worker
-//! never takes the registry while it holds a session, and nothing takes the room API's
-//! lock while holding either.
+//! Lock order: registry, then a session (a publisher's, then a receiver's: only the
+//! control plane nests them, wiring forwarders; the data plane takes one session lock
+//! at a time); a worker never takes the registry while it holds a session, and nothing
+//! takes the room API's lock while holding either. Debug builds check the session part
+//! ([`Session::media`]); a receiver link's address mutex is a leaf.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
@@ -88,6 +89,7 @@ use super::codec::Codec;
 use super::dtls::{
     DTLS_MTU, DtlsError, DtlsIdentity, DtlsOutput, DtlsSession, SrtpCapacity, SrtpPair,
 };
+use super::egress::{Egress, ReceiverLink};
 use super::feedback::{self, Feed, TransportFeedback};
 use super::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use super::ice::{IceAgent, IceCredentials, IceVerdict, local_ufrag};
@@ -118,11 +120,12 @@ const PUBLISHER_SRTP: SrtpCapacity = SrtpCapacity {
 /// Client addresses a worker's address map holds before it is cleared and refilled by
 /// the next checks.
 const MAX_ADDRESSES: usize = 4 * MAX_SESSIONS;
-/// A receiving session sends one stream per forwarded track and its RTX, and hears the
-/// receiver's RTCP from a few SSRCs.
+/// A receiving session hears the receiver's RTCP from a few SSRCs; what it is sent goes
+/// through each stream's own context (`sfu::egress`), so its own outbound one holds
+/// nothing.
 const SUBSCRIBER_SRTP: SrtpCapacity = SrtpCapacity {
     inbound: 16,
-    outbound: 256,
+    outbound: 1,
 };
 /// A receiving session whose participant has not answered our first offer within this
 /// ends like one whose consent ran out, and the participant leaves the room: a page
@@ -147,6 +150,9 @@ pub struct Session {
     pub participant: String,
     /// Set when the session is removed; workers then forget it.
     closed: AtomicBool,
+    /// A receiving session's keys and address for the streams forwarded to it, read
+    /// without its lock (`None` for a publisher).
+    link: Option<Arc<ReceiverLink>>,
     /// The worker that answered the nominated pair's checks (`NO_OWNER` before that).
     owner: AtomicUsize,
     /// DTLS connected and counted in the `dtls_connected` gauge; cleared (and the gauge
@@ -261,6 +267,8 @@ pub struct Downstream {
     /// The mid of the m-line the receiver gets it on.
     pub mid: String,
     pub forwarder: Forwarder,
+    /// The receiver's keys and address, reached without its lock.
+    pub egress: Egress,
     /// The receiver's answer refused the m-line or made it inactive: nothing is sent.
     pub paused: bool,
 }
@@ -326,8 +334,23 @@ impl Session {
         }
     }
 
-    pub fn media(&self) -> MutexGuard<'_, SessionMedia> {
-        self.media.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The session's media state, under its lock. Order: a publisher's before a
+    /// receiver's, never two of a kind (checked in debug builds).
+    pub fn media(&self) -> MediaGuard<'_> {
+        let order = LockOrder::take(self.link.is_some());
+        MediaGuard {
+            guard: self.media.lock().unwrap_or_else(PoisonError::into_inner),
+            _order: order,
+        }
+    }
+
+    /// Where this session's media goes from now on (a receiving session's streams
+    /// learn it through its link).
+    fn set_media_peer(&self, media: &mut SessionMedia, peer: (SocketAddr, usize)) {
+        media.media_peer = Some(peer);
+        if let Some(link) = &self.link {
+            link.set_peer(Some(peer));
+        }
     }
 
     /// Whether the DTLS handshake completed and the session has SRTP keys.
@@ -530,6 +553,7 @@ impl MediaSessions {
             room: room.to_owned(),
             participant: participant.to_owned(),
             closed: AtomicBool::new(false),
+            link: None,
             owner: AtomicUsize::new(NO_OWNER),
             dtls_connected: AtomicBool::new(false),
             dtls_ended: AtomicBool::new(false),
@@ -608,10 +632,7 @@ impl MediaSessions {
         for (s, max_height) in &subscribers {
             let mut media = s.media();
             let SessionMedia {
-                agent,
-                subscribe,
-                srtp,
-                ..
+                agent, subscribe, ..
             } = &mut *media;
             let Some(sub) = subscribe.as_mut() else {
                 continue;
@@ -627,18 +648,7 @@ impl MediaSessions {
                     i += 1;
                     continue;
                 }
-                // Its SSRCs leave the SRTP context with it: the context tracks a fixed
-                // number, and a receiver who stays while many come and go must still
-                // get the newcomers. (Its publisher no longer forwards it: it left, or
-                // the track did.)
-                if let (Some(keys), Some((_, t))) =
-                    (srtp.as_mut(), sub.sdp.tracks().find(|(m, _)| m == mid))
-                {
-                    keys.outbound.forget_ssrc(t.ssrc);
-                    if let Some(rtx) = t.rtx_ssrc {
-                        keys.outbound.forget_ssrc(rtx);
-                    }
-                }
+                // Its SRTP state goes with its publisher's `Downstream` (`sfu::egress`).
                 sub.sdp.remove_track(mid);
                 sub.feeds.retain(|f| f.mid != *mid);
                 removed.push((s.clone(), mid.clone()));
@@ -731,10 +741,14 @@ impl MediaSessions {
                             rtx: true,
                         });
                     }
+                    let Some(link) = a.subscriber.link.clone() else {
+                        continue; // a receiving session always has its link
+                    };
                     t.outs.push(Downstream {
                         subscriber: a.subscriber.clone(),
                         mid: a.mid.clone(),
                         forwarder,
+                        egress: Egress::new(link),
                         paused: false,
                     });
                 }
@@ -797,6 +811,7 @@ impl MediaSessions {
             room: key.0.clone(),
             participant: key.1.clone(),
             closed: AtomicBool::new(false),
+            link: Some(Arc::new(ReceiverLink::new())),
             owner: AtomicUsize::new(NO_OWNER),
             dtls_connected: AtomicBool::new(false),
             dtls_ended: AtomicBool::new(false),
@@ -1289,7 +1304,7 @@ impl SessionCache {
                 ..
             } = verdict
             {
-                media.media_peer = Some((src, listener));
+                session.set_media_peer(&mut media, (src, listener));
             }
             verdict
         };
@@ -1616,15 +1631,10 @@ fn forward_rtp(
             continue;
         }
         out[..n].copy_from_slice(&pkt[..n]);
-        if let Some(m) = o.forwarder.forward(&mut out[..n], &incoming, now) {
-            let mut sub = o.subscriber.media();
-            let sub = &mut *sub;
-            if let (Some(keys), Some((to, via))) = (sub.srtp.as_mut(), sub.media_peer)
-                && let Ok(k) = keys.outbound.protect_rtp(out, m)
-            {
-                send(&out[..k], to, via);
-                counts.forwarded += 1;
-            }
+        if let Some(m) = o.forwarder.forward(&mut out[..n], &incoming, now)
+            && o.egress.send_rtp(out, m, send)
+        {
+            counts.forwarded += 1;
         }
         while let Some(Action::NeedKeyframe { layer, .. }) = o.forwarder.poll_action(now) {
             if let Some(req) = t.track.request_keyframe(layer, now) {
@@ -1663,6 +1673,79 @@ fn dtls_due(media: &SessionMedia, wait: Option<u64>, now: u64) -> Option<u64> {
         ms.saturating_mul(1000)
             .max(now.saturating_add(MIN_TIMER_US))
     })
+}
+
+/// A session's media state under its lock (see [`Session::media`]).
+pub struct MediaGuard<'a> {
+    guard: MutexGuard<'a, SessionMedia>,
+    _order: LockOrder,
+}
+
+impl std::ops::Deref for MediaGuard<'_> {
+    type Target = SessionMedia;
+    fn deref(&self) -> &SessionMedia {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for MediaGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SessionMedia {
+        &mut self.guard
+    }
+}
+
+/// The session locks a thread holds, for the order check of debug builds: a
+/// publisher's lock may be followed by one receiver's (the control plane wiring
+/// forwarders), nothing else nests. Forwarding takes none of a receiver's.
+struct LockOrder {
+    #[cfg(debug_assertions)]
+    receiver: bool,
+}
+
+#[cfg(debug_assertions)]
+thread_local! {
+    /// (publisher locks held, receiver locks held) by this thread.
+    static HELD: std::cell::Cell<(u8, u8)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+impl LockOrder {
+    #[cfg(debug_assertions)]
+    fn take(receiver: bool) -> LockOrder {
+        HELD.with(|held| {
+            let (publishers, receivers) = held.get();
+            assert!(
+                receivers == 0 && (receiver || publishers == 0),
+                "session lock order: a {} lock taken while holding {publishers} publisher \
+                 and {receivers} receiver lock(s)",
+                if receiver { "receiver" } else { "publisher" }
+            );
+            held.set(if receiver {
+                (publishers, receivers + 1)
+            } else {
+                (publishers + 1, receivers)
+            });
+        });
+        LockOrder { receiver }
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn take(_receiver: bool) -> LockOrder {
+        LockOrder {}
+    }
+}
+
+#[cfg(debug_assertions)]
+impl Drop for LockOrder {
+    fn drop(&mut self) {
+        HELD.with(|held| {
+            let (publishers, receivers) = held.get();
+            held.set(if self.receiver {
+                (publishers, receivers.saturating_sub(1))
+            } else {
+                (publishers.saturating_sub(1), receivers)
+            });
+        });
+    }
 }
 
 /// One session's place in a worker's timer queue: the earliest due on top.
@@ -1713,9 +1796,12 @@ fn drain(
                     profile = %pair.profile,
                     "media session: DTLS connected"
                 );
+                if let Some(link) = &session.link {
+                    link.set_key(pair.outbound_key.clone());
+                }
                 media.srtp = Some(pair);
-                if media.media_peer.is_none() {
-                    media.media_peer = media.dtls_from;
+                if let (None, Some(from)) = (media.media_peer, media.dtls_from) {
+                    session.set_media_peer(media, from);
                 }
                 if !session.dtls_connected.swap(true, Ordering::SeqCst) {
                     metrics.dtls_connected.inc();
@@ -2273,61 +2359,80 @@ a=rtpmap:111 opus/48000/2\r\n";
 
     /// Review finding: a receiver's SRTP context tracks a fixed number of SSRCs and never
     /// forgot those of publishers who left, so after about a hundred came and went the
-    /// receiver silently got nothing from newcomers. 300 arrivals and departures past
-    /// one receiver: the newest publisher's packets are still protected for it.
+    /// receiver silently got nothing from newcomers. Each stream now has its own context
+    /// under the receiver's key (`sfu::egress`). 300 arrivals and departures past one
+    /// receiver: the newest publisher's packets still reach it, and it decrypts them.
     #[test]
     fn a_receiver_gets_newcomers_after_300_arrivals_and_departures() {
+        use crate::sfu::srtp::{MasterKey, SrtpContext, SrtpProfile};
         let s = sessions();
         let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
         s.sync_room("room", &[("r".to_owned(), None)], ms(&s));
         let receiver = s.subscriber("room", "r").expect("a receiving session");
-        let master = crate::sfu::srtp::MasterKey::new(
-            crate::sfu::srtp::SrtpProfile::AeadAes128Gcm,
-            &[7; 16],
-            &[9; 12],
-        )
-        .unwrap();
-        receiver.media().srtp = Some(Box::new(SrtpPair {
-            profile: crate::sfu::srtp::SrtpProfile::AeadAes128Gcm,
-            inbound: crate::sfu::srtp::SrtpContext::new(&master, SUBSCRIBER_SRTP.inbound).unwrap(),
-            outbound: crate::sfu::srtp::SrtpContext::new(&master, SUBSCRIBER_SRTP.outbound)
-                .unwrap(),
-        }));
+        let master = MasterKey::new(SrtpProfile::AeadAes128Gcm, &[7; 16], &[9; 12]).unwrap();
+        let link = receiver.link.clone().expect("a receiving session's link");
+        link.set_key(master.clone());
+        let at: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        link.set_peer(Some((at, 0)));
+        // The receiving browser's context, which forgets each stream after its test.
+        let mut browser = SrtpContext::new(&master, 4).unwrap();
         let mut buf = [0u8; 200];
         for i in 0..300 {
             let p = format!("p{i}");
             s.publish("room", &p, &offer, ms(&s)).unwrap();
             let holders = [("r".to_owned(), None), (p.clone(), None)];
             s.sync_room("room", &holders, ms(&s));
-            // What the forwarder of the new track sends the receiver.
             let ssrc = {
                 let media = receiver.media();
                 let sub = media.subscribe.as_ref().unwrap();
                 assert_eq!(sub.feeds.len(), 1, "one track at a time");
                 sub.feeds[0].ssrc
             };
+            // What the new track's stream sends the receiver.
             let mut rtp = [0x80u8, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4];
             rtp[8..12].copy_from_slice(&ssrc.to_be_bytes());
             buf[..rtp.len()].copy_from_slice(&rtp);
-            let protected = {
-                let mut media = receiver.media();
-                let keys = media.srtp.as_mut().unwrap();
-                keys.outbound.protect_rtp(&mut buf, rtp.len())
-            };
-            assert!(protected.is_ok(), "publisher {i}: {protected:?}");
+            let publisher = s
+                .lookup(s.read().by_participant[&("room".to_owned(), p.clone())].as_bytes())
+                .unwrap();
+            let mut sent = Vec::new();
+            let ok = publisher.media().tracks[0].outs[0].egress.send_rtp(
+                &mut buf,
+                rtp.len(),
+                &mut |d: &[u8], to: SocketAddr, _| sent.push((d.to_vec(), to)),
+            );
+            assert!(ok, "publisher {i}");
+            let (mut packet, to) = sent.pop().expect("sent");
+            assert_eq!(to, at);
+            assert_eq!(
+                browser.unprotect_rtp(&mut packet),
+                Ok(rtp.len()),
+                "publisher {i}"
+            );
+            browser.forget_ssrc(ssrc);
             s.remove_participant("room", &p);
             s.sync_room("room", &[("r".to_owned(), None)], ms(&s));
         }
-        assert!(
-            receiver
-                .media()
-                .srtp
-                .as_ref()
-                .unwrap()
-                .outbound
-                .ssrc_count()
-                <= 2
-        );
+    }
+
+    /// Debug builds refuse a publisher's session lock taken under a receiver's (the
+    /// order forwarding once nested the other way round).
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "session lock order")]
+    fn a_publisher_lock_under_a_receivers_is_refused_in_debug_builds() {
+        let s = sessions();
+        let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
+        let answer = s.publish("room", "a", &offer, ms(&s)).unwrap();
+        s.sync_room("room", &[("r".to_owned(), None)], ms(&s));
+        let receiver = s.subscriber("room", "r").expect("a receiving session");
+        let publisher = s.lookup(ice_line(&answer, "ice-ufrag").as_bytes()).unwrap();
+        {
+            let _publisher = publisher.media();
+            let _receiver = receiver.media(); // allowed: the control plane's order
+        }
+        let _receiver = receiver.media();
+        let _publisher = publisher.media();
     }
 
     /// A participant that holds its event stream but never answers the server's offer

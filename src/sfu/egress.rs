@@ -1,0 +1,196 @@
+//! The way from a publisher's track to one receiver, without the receiver's lock.
+//!
+//! A receiving session is written by the worker that answers its checks and DTLS, and
+//! read by the workers of every publisher it receives from. What forwarding needs of it
+//! is split off into a [`ReceiverLink`] (as TLS libraries split a connection into a
+//! sending and a receiving half): the receiver's outbound SRTP master key, set once when
+//! its DTLS connects, and where its media goes, which its ICE may move. Each stream
+//! forwarded to the receiver holds an [`Egress`] under its publisher's lock: its own
+//! SRTP context for its SSRCs (made on the first packet after the key arrived) and a
+//! copy of the address, refreshed when the link's version changes. So forwarding,
+//! retransmission and sender reports take no lock of the receiver; the link's address
+//! mutex is a leaf, taken only when the address moved, and never while waiting for
+//! another lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use super::srtp::{MasterKey, SrtpContext};
+
+/// SSRCs one forwarded stream sends: its own and its RTX.
+const STREAM_SSRCS: usize = 2;
+
+/// Where a receiver's media goes: a client address and the listener it leaves through.
+pub type Peer = (SocketAddr, usize);
+
+/// What a receiving session shares with the streams forwarded to it.
+#[derive(Debug, Default)]
+pub struct ReceiverLink {
+    /// Our outbound SRTP master key of the receiver's DTLS (the server's write key).
+    key: OnceLock<MasterKey>,
+    peer: Mutex<Option<Peer>>,
+    /// Bumped after every change of `peer`.
+    version: AtomicU32,
+}
+
+impl ReceiverLink {
+    pub fn new() -> ReceiverLink {
+        ReceiverLink::default()
+    }
+
+    /// The receiver's DTLS connected: streams may encrypt from now on. Only the first
+    /// key counts (a session connects once).
+    pub fn set_key(&self, key: MasterKey) {
+        let _ = self.key.set(key);
+    }
+
+    /// The receiver's media moved to `peer` (a nomination, or its DTLS connected).
+    pub fn set_peer(&self, peer: Option<Peer>) {
+        let mut held = self.peer.lock().unwrap_or_else(PoisonError::into_inner);
+        if *held != peer {
+            *held = peer;
+            self.version.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// One forwarded stream's way to its receiver.
+#[derive(Debug)]
+pub struct Egress {
+    link: Arc<ReceiverLink>,
+    /// This stream's SRTP state under the receiver's key (its SSRC and RTX SSRC only).
+    srtp: Option<Box<SrtpContext>>,
+    peer: Option<Peer>,
+    /// The link's version `peer` was read at.
+    seen: u32,
+}
+
+impl Egress {
+    pub fn new(link: Arc<ReceiverLink>) -> Egress {
+        let seen = link.version.load(Ordering::Acquire).wrapping_sub(1);
+        Egress {
+            link,
+            srtp: None,
+            peer: None,
+            seen,
+        }
+    }
+
+    /// The stream's SRTP context and where to send, once the receiver's DTLS connected
+    /// and its address is known. Allocates once per stream (the context), never per
+    /// packet.
+    fn ready(&mut self) -> Option<(&mut SrtpContext, Peer)> {
+        let version = self.link.version.load(Ordering::Acquire);
+        if version != self.seen {
+            self.peer = *self
+                .link
+                .peer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.seen = version;
+        }
+        let peer = self.peer?;
+        if self.srtp.is_none() {
+            let key = self.link.key.get()?;
+            self.srtp = Some(Box::new(SrtpContext::new(key, STREAM_SSRCS).ok()?));
+        }
+        Some((self.srtp.as_deref_mut()?, peer))
+    }
+
+    /// Protects the RTP packet in `out[..len]` (with room for the tag behind it) and
+    /// sends it to the receiver; false when the receiver cannot take it yet.
+    pub fn send_rtp(
+        &mut self,
+        out: &mut [u8],
+        len: usize,
+        send: &mut impl FnMut(&[u8], SocketAddr, usize),
+    ) -> bool {
+        let Some((srtp, (to, via))) = self.ready() else {
+            return false;
+        };
+        match srtp.protect_rtp(out, len) {
+            Ok(n) => {
+                send(&out[..n], to, via);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The same for RTCP in `out[..len]` (a sender report of this stream).
+    pub fn send_rtcp(
+        &mut self,
+        out: &mut [u8],
+        len: usize,
+        send: &mut impl FnMut(&[u8], SocketAddr, usize),
+    ) -> bool {
+        let Some((srtp, (to, via))) = self.ready() else {
+            return false;
+        };
+        match srtp.protect_rtcp(out, len) {
+            Ok(n) => {
+                send(&out[..n], to, via);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::srtp::SrtpProfile;
+
+    fn key(seed: u8) -> MasterKey {
+        let profile = SrtpProfile::AeadAes128Gcm;
+        MasterKey::new(
+            profile,
+            &[seed; 16][..profile.master_key_len()],
+            &[seed; 12][..profile.master_salt_len()],
+        )
+        .unwrap()
+    }
+
+    fn rtp(ssrc: u32, seq: u16) -> [u8; 64] {
+        let mut p = [0u8; 64];
+        p[0] = 0x80;
+        p[1] = 96;
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn sends_once_keyed_and_addressed_and_follows_the_address() {
+        let link = Arc::new(ReceiverLink::new());
+        let mut egress = Egress::new(link.clone());
+        let mut sent: Vec<(Vec<u8>, SocketAddr, usize)> = Vec::new();
+        let mut send = |d: &[u8], to: SocketAddr, via: usize| sent.push((d.to_vec(), to, via));
+        let mut p = rtp(7, 1);
+        assert!(
+            !egress.send_rtp(&mut p, 20, &mut send),
+            "no key, no address"
+        );
+        let a: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        link.set_peer(Some((a, 0)));
+        assert!(!egress.send_rtp(&mut p, 20, &mut send), "no key yet");
+        link.set_key(key(1));
+        link.set_key(key(2)); // ignored: the first key stands
+        let mut p = rtp(7, 2);
+        assert!(egress.send_rtp(&mut p, 20, &mut send));
+        let b: SocketAddr = "192.0.2.2:6000".parse().unwrap();
+        link.set_peer(Some((b, 1)));
+        let mut p = rtp(7, 3);
+        assert!(egress.send_rtp(&mut p, 20, &mut send));
+        assert_eq!(sent.len(), 2);
+        assert_eq!((sent[0].1, sent[0].2), (a, 0));
+        assert_eq!((sent[1].1, sent[1].2), (b, 1));
+        // What went out decrypts under the receiver's key.
+        let mut receiver = SrtpContext::new(&key(1), 4).unwrap();
+        for (mut d, ..) in sent {
+            assert_eq!(receiver.unprotect_rtp(&mut d), Ok(20));
+        }
+    }
+}
