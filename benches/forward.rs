@@ -431,8 +431,7 @@ fn nack_answer(c: &mut Criterion) {
         let (last, now) = (newest(s), s.now);
         // RTX form: two bytes (the OSN) longer than the packet.
         assert_eq!(
-            s.track
-                .retransmit(&mut s.rx.forwarders[0], last, &mut out, now),
+            s.rx.forwarders[0].resend(&s.track, last, &mut out, now),
             Ok(PACKET_LEN + 2)
         );
     }
@@ -449,10 +448,7 @@ fn nack_answer(c: &mut Criterion) {
             },
             |seq| {
                 let s = &mut *s.borrow_mut();
-                black_box(
-                    s.track
-                        .retransmit(&mut s.rx.forwarders[0], *seq, &mut out, s.now),
-                )
+                black_box(s.rx.forwarders[0].resend(&s.track, *seq, &mut out, s.now))
             },
             BatchSize::NumIterations(BATCH),
         )

@@ -371,7 +371,7 @@ impl Node {
                     Rtcp::Nack(f) => {
                         for seq in f.nack_seqs() {
                             let out = &mut self.out[r];
-                            if let Ok(len) = self.track.retransmit(fwd, seq, out, self.now) {
+                            if let Ok(len) = fwd.resend(&self.track, seq, out, self.now) {
                                 self.nacks_answered += 1;
                                 let len = self.srtp.rtp_to(r, out, len);
                                 black_box(&out[..len]);

@@ -221,7 +221,7 @@ fn resend(
     counts: &mut ForwardCounts,
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
-    let n = match track.retransmit(&mut o.forwarder, out_seq, out, now) {
+    let n = match o.forwarder.resend(track, out_seq, out, now) {
         Ok(n) => n,
         Err(refusal) => {
             match refusal {

@@ -490,6 +490,21 @@ impl Forwarder {
         self.round_trip_us = round_trip_us.min(MAX_ROUND_TRIP_US);
     }
 
+    /// Answers a receiver's NACK of `out_seq` (a number of this stream's outgoing
+    /// space) from `track`'s cache: the packet rewritten as it was first sent,
+    /// RTX-wrapped when negotiated, into `out`. Returns the length to send.
+    pub fn resend(
+        &mut self,
+        track: &Track,
+        out_seq: u16,
+        out: &mut [u8],
+        now: u64,
+    ) -> Result<usize, ResendRefusal> {
+        let (layer, src_seq) = self.nack_source(out_seq).ok_or(ResendRefusal::NotHeld)?;
+        let cached = track.cached(layer, src_seq).ok_or(ResendRefusal::NotHeld)?;
+        self.retransmit(out_seq, cached, out, now)
+    }
+
     /// Writes `cached` (the source packet of `out_seq`, from the track's cache) into
     /// `out` rewritten exactly as it was first sent, then in RTX form when negotiated
     /// (`out` needs two bytes more then). Returns the length to send. Refused when the
@@ -904,10 +919,7 @@ mod tests {
             }
             let mut out = [0u8; 1600];
             let now = s.now + 100_000;
-            let n = s
-                .track
-                .retransmit(&mut s.fwd, sent[5], &mut out, now)
-                .unwrap();
+            let n = s.fwd.resend(&s.track, sent[5], &mut out, now).unwrap();
             match rtx {
                 None => assert_eq!(&out[..n], &frame_bytes[5][..], "byte for byte"),
                 Some(rtx) => {
@@ -922,21 +934,21 @@ mod tests {
             }
             // Not again within a round trip; again after it; unknown numbers not.
             assert_eq!(
-                s.track.retransmit(&mut s.fwd, sent[5], &mut out, now + 1),
+                s.fwd.resend(&s.track, sent[5], &mut out, now + 1),
                 Err(ResendRefusal::TooSoon)
             );
             assert!(
-                s.track
-                    .retransmit(&mut s.fwd, sent[5], &mut out, now + DEFAULT_ROUND_TRIP_US)
+                s.fwd
+                    .resend(&s.track, sent[5], &mut out, now + DEFAULT_ROUND_TRIP_US)
                     .is_ok()
             );
             assert_eq!(
-                s.track
-                    .retransmit(&mut s.fwd, sent[19].wrapping_add(1), &mut out, now),
+                s.fwd
+                    .resend(&s.track, sent[19].wrapping_add(1), &mut out, now),
                 Err(ResendRefusal::NotHeld)
             );
             assert_eq!(
-                s.track.retransmit(&mut s.fwd, sent[3], &mut out[..10], now),
+                s.fwd.resend(&s.track, sent[3], &mut out[..10], now),
                 Err(ResendRefusal::NotHeld)
             );
         }
@@ -970,10 +982,7 @@ mod tests {
         // Every packet asked for ten times over 100 ms (less than the round trip).
         for k in 0..10 {
             for &seq in &sent {
-                match s
-                    .track
-                    .retransmit(&mut s.fwd, seq, &mut out, s.now + k * 10_000)
-                {
+                match s.fwd.resend(&s.track, seq, &mut out, s.now + k * 10_000) {
                     Ok(n) => resent_bytes += n,
                     Err(ResendRefusal::TooSoon) => refusals.0 += 1,
                     Err(ResendRefusal::OverBudget) => refusals.1 += 1,
@@ -991,13 +1000,11 @@ mod tests {
         // that new forwarding earns.
         let first = sent[0];
         assert_eq!(
-            s.track
-                .retransmit(&mut s.fwd, first, &mut out, s.now + 150_000),
+            s.fwd.resend(&s.track, first, &mut out, s.now + 150_000),
             Err(ResendRefusal::TooSoon)
         );
         assert_eq!(
-            s.track
-                .retransmit(&mut s.fwd, first, &mut out, s.now + 200_000),
+            s.fwd.resend(&s.track, first, &mut out, s.now + 200_000),
             Err(ResendRefusal::OverBudget)
         );
         for _ in 0..3 {
@@ -1010,8 +1017,8 @@ mod tests {
             s.fwd.forward(&mut p, &info, s.now).unwrap();
         }
         assert!(
-            s.track
-                .retransmit(&mut s.fwd, first, &mut out, s.now + 200_000)
+            s.fwd
+                .resend(&s.track, first, &mut out, s.now + 200_000)
                 .is_ok()
         );
     }
@@ -1024,10 +1031,7 @@ mod tests {
         let original = {
             // Rebuild what the receiver got for that packet from the cache.
             let mut out = [0u8; 1600];
-            let n = s
-                .track
-                .retransmit(&mut s.fwd, h0.seq, &mut out, s.now)
-                .unwrap();
+            let n = s.fwd.resend(&s.track, h0.seq, &mut out, s.now).unwrap();
             out[..n].to_vec()
         };
         s.fwd.set_max_height(None);
@@ -1036,10 +1040,7 @@ mod tests {
         assert_eq!(s.fwd.current_layer(), Some(2));
         let mut out = [0u8; 1600];
         let now = s.now + DEFAULT_ROUND_TRIP_US;
-        let n = s
-            .track
-            .retransmit(&mut s.fwd, h0.seq, &mut out, now)
-            .unwrap();
+        let n = s.fwd.resend(&s.track, h0.seq, &mut out, now).unwrap();
         assert_eq!(&out[..n], &original[..]);
         let h = RtpHeader::parse(&out[..n]).unwrap();
         assert_eq!((h.seq, h.timestamp), (h0.seq, h0.timestamp));
@@ -1252,7 +1253,7 @@ mod tests {
                     let _ = f.forward(&mut out, &info, now);
                     let _ = f.poll_action(now);
                     let seq = rng.next() as u16;
-                    let _ = t.retransmit(f, seq, &mut out, now);
+                    let _ = f.resend(&t, seq, &mut out, now);
                 }
             }
         }

@@ -8,7 +8,6 @@
 //! their SSRC from the packets (simulcast by rid, RFC 8852) are bound here on first sight.
 
 use super::codec::{Codec, Vp8Descriptor, parse_vp8};
-use super::forward::{Forwarder, ResendRefusal};
 use super::nack::{Arrival, NackGenerator, PacketCache};
 use super::report::{ReceiveStats, SrInfo};
 use super::rtcp::{self, MAX_REPORT_BLOCKS, ReportBlock, SenderReport};
@@ -495,23 +494,6 @@ impl Track {
             .cache
             .as_ref()?
             .get(seq)
-    }
-
-    /// Answers a receiver's NACK of `out_seq` (a number of its forwarder's outgoing
-    /// space): the cached packet, rewritten as it was first sent, RTX-wrapped when
-    /// negotiated, into `out`. Returns the length to send.
-    pub fn retransmit(
-        &self,
-        forwarder: &mut Forwarder,
-        out_seq: u16,
-        out: &mut [u8],
-        now: u64,
-    ) -> Result<usize, ResendRefusal> {
-        let (layer, src_seq) = forwarder
-            .nack_source(out_seq)
-            .ok_or(ResendRefusal::NotHeld)?;
-        let cached = self.cached(layer, src_seq).ok_or(ResendRefusal::NotHeld)?;
-        forwarder.retransmit(out_seq, cached, out, now)
     }
 }
 
