@@ -23,14 +23,14 @@ use std::sync::{Arc, Weak};
 use super::dtls::SrtpPair;
 use super::forward::ResendRefusal;
 use super::rtcp::{self, ReportBlock, Rtcp, RtcpIter};
-use super::rtp::{self, RtpHeader};
+
 use super::session::{
-    Downstream, ForwardCounts, PublishedMedia, RTCP_SENDER_SSRC, Session, SessionMedia,
+    Downstream, Feed, ForwardCounts, PublishedMedia, RTCP_SENDER_SSRC, Session, SessionMedia,
     Subscription,
 };
 use super::srtp::{MAX_RTCP_OVERHEAD, MAX_RTP_OVERHEAD};
 use super::track::Track;
-use super::twcc::TwccRecorder;
+use super::twcc::TransportFeedback;
 
 /// How often each stream gets a report (RFC 3550 allows more often at these rates;
 /// once a second is what browsers do).
@@ -42,20 +42,6 @@ const NACK_RTT_US: u64 = 50_000;
 /// Requests read from one datagram of a receiver's RTCP; more are dropped (a real
 /// client sends a few).
 const MAX_REQUESTS: usize = 32;
-
-/// Where one of a receiver's streams comes from, for routing its feedback back.
-#[derive(Debug, Clone)]
-pub struct Feed {
-    /// The receiver's mid of the stream.
-    pub mid: String,
-    /// Our SSRC of the stream (what the receiver's PLI and NACK name).
-    pub ssrc: u32,
-    pub publisher: Weak<Session>,
-    /// The track's index in the publisher's tracks (fixed for the session's life).
-    pub track: usize,
-    /// Whether the receiver's answer kept RTX (until it answers: as offered).
-    pub rtx: bool,
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Ask {
@@ -324,83 +310,21 @@ fn send_rtcp(
     false
 }
 
-/// Transport-cc feedback to one publisher: the arrival time of every packet by its
-/// transport-wide sequence number, reported every few tens of milliseconds.
-pub struct TransportFeedback {
-    /// The publisher's id of the transport-wide sequence number extension.
-    ext: u8,
-    recorder: TwccRecorder,
-    /// An SSRC of the publisher, for the feedback's media SSRC field.
-    media_ssrc: Option<u32>,
-}
-
-impl std::fmt::Debug for TransportFeedback {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransportFeedback")
-            .field("ext", &self.ext)
-            .field("media_ssrc", &self.media_ssrc)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TransportFeedback {
-    pub fn new(ext: u8) -> TransportFeedback {
-        TransportFeedback {
-            ext,
-            recorder: TwccRecorder::new(),
-            media_ssrc: None,
-        }
-    }
-
-    /// Notes the arrival (`now`, µs) of the decrypted RTP packet `pkt` (its header read
-    /// into `header`).
-    pub fn on_rtp(&mut self, pkt: &[u8], header: &RtpHeader, now: u64) {
-        let Some(seq) = header
-            .extension_value(pkt, self.ext)
-            .and_then(rtp::read_transport_seq)
-        else {
-            return;
-        };
-        self.media_ssrc.get_or_insert(header.ssrc);
-        self.recorder.on_packet(seq, now);
-    }
-
-    /// When feedback is next due without another packet (µs).
-    pub fn next_due(&self) -> Option<u64> {
-        self.media_ssrc.and(self.recorder.next_due())
-    }
-
-    /// Sends the feedback that is due by `now` to the publisher.
-    pub fn send_due(
-        &mut self,
-        out: &mut [u8],
-        counts: &mut ForwardCounts,
-        srtp: &mut Option<Box<SrtpPair>>,
-        publisher: (SocketAddr, usize),
-        now: u64,
-        send: &mut impl FnMut(&[u8], SocketAddr, usize),
-    ) {
-        let Some(media_ssrc) = self.media_ssrc else {
-            return;
-        };
-        if !self.recorder.due(now) {
-            return;
-        }
-        // A long gap can take more than one packet; each call reports what fits.
-        for _ in 0..4 {
-            let room = out.len().saturating_sub(MAX_RTCP_OVERHEAD);
-            let Some(n) =
-                self.recorder
-                    .write_feedback(&mut out[..room], RTCP_SENDER_SSRC, media_ssrc, now)
-            else {
-                return;
-            };
-            counts.rtcp_sent += u64::from(send_rtcp(out, n, srtp, publisher, send));
-            if !self.recorder.due(now) {
-                return;
-            }
-        }
-    }
+/// Sends `twcc`'s transport-cc feedback due by `now` to the publisher, encrypted with
+/// its keys.
+pub fn send_transport_feedback(
+    twcc: &mut TransportFeedback,
+    out: &mut [u8],
+    counts: &mut ForwardCounts,
+    srtp: &mut Option<Box<SrtpPair>>,
+    publisher: (SocketAddr, usize),
+    now: u64,
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    let room = out.len().saturating_sub(MAX_RTCP_OVERHEAD);
+    twcc.write_due(out, room, RTCP_SENDER_SSRC, now, |out, n| {
+        counts.rtcp_sent += u64::from(send_rtcp(out, n, srtp, publisher, send));
+    });
 }
 
 #[cfg(test)]

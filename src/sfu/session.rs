@@ -79,7 +79,9 @@
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::Instant;
 
 use rand_chacha::ChaCha12Rng;
@@ -90,7 +92,7 @@ use super::dtls::{
     DTLS_MTU, DtlsError, DtlsIdentity, DtlsOutput, DtlsSession, SrtpCapacity, SrtpPair,
 };
 use super::egress::{Egress, ReceiverLink};
-use super::feedback::{self, Feed, TransportFeedback};
+use super::feedback;
 use super::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use super::ice::{IceAgent, IceCredentials, IceVerdict, local_ufrag};
 use super::rtp::RtpHeader;
@@ -102,6 +104,7 @@ use super::sdp::{Extension, Feedback, SUBSCRIBE_EXTENSIONS};
 use super::speaker::Loudness;
 use super::srtp::{MAX_RTP_OVERHEAD, SrtpError};
 use super::track::{Dropped, LayerConfig, Track, TrackConfig};
+use super::twcc::TransportFeedback;
 use crate::metrics::{MediaDrop, SfuMetrics};
 use crate::stun::message::Message;
 
@@ -271,6 +274,20 @@ pub struct Downstream {
     pub egress: Egress,
     /// The receiver's answer refused the m-line or made it inactive: nothing is sent.
     pub paused: bool,
+}
+
+/// Where one of a receiver's streams comes from, for routing its feedback back.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    /// The receiver's mid of the stream.
+    pub mid: String,
+    /// Our SSRC of the stream (what the receiver's PLI and NACK name).
+    pub ssrc: u32,
+    pub publisher: Weak<Session>,
+    /// The track's index in the publisher's tracks (fixed for the session's life).
+    pub track: usize,
+    /// Whether the receiver's answer kept RTX (until it answers: as offered).
+    pub rtx: bool,
 }
 
 /// A receiving session's m-lines and what feeds them.
@@ -1451,7 +1468,8 @@ impl SessionCache {
                 }
                 if let Some(twcc) = m.twcc.as_mut() {
                     twcc.on_rtp(&pkt[..n], &header, now);
-                    twcc.send_due(
+                    feedback::send_transport_feedback(
+                        twcc,
                         &mut self.fwd,
                         &mut self.counts,
                         &mut m.srtp,
@@ -1544,7 +1562,15 @@ impl SessionCache {
                     );
                 }
                 if let Some(twcc) = twcc.as_mut() {
-                    twcc.send_due(&mut self.fwd, &mut self.counts, srtp, publisher, now, send);
+                    feedback::send_transport_feedback(
+                        twcc,
+                        &mut self.fwd,
+                        &mut self.counts,
+                        srtp,
+                        publisher,
+                        now,
+                        send,
+                    );
                 }
             }
             self.arm(&session, media, now);

@@ -17,6 +17,7 @@
 //! losses.
 
 use super::rtcp::{FMT_TWCC, RTPFB};
+use super::rtp::{RtpHeader, read_transport_seq};
 
 /// How long unreported packets may wait for their feedback. libwebrtc sends every 50 to
 /// 250 ms depending on the bitrate; the short end keeps GoogCC's estimate fresh, and a
@@ -405,6 +406,83 @@ impl Writer<'_> {
         self.buf.get_mut(self.at..end)?.copy_from_slice(bytes);
         self.at = end;
         Some(())
+    }
+}
+
+/// Transport-cc feedback to one publisher: the arrival time of every packet by its
+/// transport-wide sequence number, reported every few tens of milliseconds.
+pub struct TransportFeedback {
+    /// The publisher's id of the transport-wide sequence number extension.
+    ext: u8,
+    recorder: TwccRecorder,
+    /// An SSRC of the publisher, for the feedback's media SSRC field.
+    media_ssrc: Option<u32>,
+}
+
+impl std::fmt::Debug for TransportFeedback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportFeedback")
+            .field("ext", &self.ext)
+            .field("media_ssrc", &self.media_ssrc)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransportFeedback {
+    pub fn new(ext: u8) -> TransportFeedback {
+        TransportFeedback {
+            ext,
+            recorder: TwccRecorder::new(),
+            media_ssrc: None,
+        }
+    }
+
+    /// Notes the arrival (`now`, µs) of the decrypted RTP packet `pkt` (its header read
+    /// into `header`).
+    pub fn on_rtp(&mut self, pkt: &[u8], header: &RtpHeader, now: u64) {
+        let Some(seq) = header
+            .extension_value(pkt, self.ext)
+            .and_then(read_transport_seq)
+        else {
+            return;
+        };
+        self.media_ssrc.get_or_insert(header.ssrc);
+        self.recorder.on_packet(seq, now);
+    }
+
+    /// When feedback is next due without another packet (µs).
+    pub fn next_due(&self) -> Option<u64> {
+        self.media_ssrc.and(self.recorder.next_due())
+    }
+
+    /// Writes the feedback due by `now` into `out[..room]`, one RTCP packet at a time,
+    /// handing each to `emit(out, len)` (which encrypts it in place, in the room behind
+    /// `len`, and sends it). `sender_ssrc` is our RTCP SSRC.
+    pub fn write_due(
+        &mut self,
+        out: &mut [u8],
+        room: usize,
+        sender_ssrc: u32,
+        now: u64,
+        mut emit: impl FnMut(&mut [u8], usize),
+    ) {
+        let Some(media_ssrc) = self.media_ssrc else {
+            return;
+        };
+        let room = room.min(out.len());
+        // A long gap can take more than one packet; each round reports what fits.
+        for _ in 0..4 {
+            if !self.recorder.due(now) {
+                return;
+            }
+            let Some(n) =
+                self.recorder
+                    .write_feedback(&mut out[..room], sender_ssrc, media_ssrc, now)
+            else {
+                return;
+            };
+            emit(out, n);
+        }
     }
 }
 
