@@ -4,8 +4,9 @@
 //!
 //! Every packet from the publisher goes through [`Track::receive`] once, however many
 //! receivers it goes to: the header and codec payload are read there, and the result, an
-//! [`Incoming`], is what each receiver's [`Forwarder`] works from. Layers that learn
-//! their SSRC from the packets (simulcast by rid, RFC 8852) are bound here on first sight.
+//! [`Incoming`], is what each receiver's [`Forwarder`](super::forward::Forwarder) works
+//! from. Layers that learn their SSRC from the packets (simulcast by rid, RFC 8852) are
+//! bound here on first sight.
 
 use super::codec::{Codec, Vp8Descriptor, parse_vp8};
 use super::nack::{Arrival, NackGenerator, PacketCache};
