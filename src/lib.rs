@@ -4,6 +4,11 @@
 //! bytes and time in, bytes out. `net` is the only layer that touches sockets, `http`
 //! the only one that serves HTTP.
 
+// System calls the standard library and socket2 do not wrap (recvmmsg/sendmmsg with
+// their control messages, a socket option, the interface list) are the only unsafe
+// code: `net` allows it module by module, each block with a `// SAFETY:` line.
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod date;
 pub mod http;
