@@ -2,7 +2,8 @@
 //!
 //! The protocol cores (`stun`, `turn`, `sfu`, `rooms`) are sans-IO state machines:
 //! bytes and time in, bytes out. `net` is the only layer that touches sockets, `http`
-//! the only one that serves HTTP.
+//! the only one that serves HTTP; `router` decides, without I/O, which core a datagram
+//! of the shared media port goes to.
 
 // System calls the standard library and socket2 do not wrap (recvmmsg/sendmmsg with
 // their control messages, a socket option, the interface list) are the only unsafe
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod rooms;
+pub mod router;
 pub mod sfu;
 pub mod store;
 pub mod stun;

@@ -53,6 +53,16 @@ pub struct Handoff {
     inboxes: Box<[Inbox]>,
 }
 
+impl crate::router::RelayDirectory for Handoff {
+    fn owner(&self, addr: SocketAddr) -> Option<usize> {
+        Handoff::owner(self, addr)
+    }
+
+    fn covers(&self, addr: SocketAddr) -> bool {
+        Handoff::covers(self, addr)
+    }
+}
+
 impl Handoff {
     /// For `workers` workers whose relay sockets bind to `relay_v4`/`relay_v6` at ports
     /// of `ports`.

@@ -25,18 +25,17 @@
 
 use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM, RxClock};
-use crate::net::demux::{self, Class};
 use crate::net::handoff::{Handoff, Ring, SLOT};
 use crate::net::liveness::{Liveness, WorkerGuard};
 use crate::net::outbox::Outbox;
+use crate::router::{Inbound, Outbound, Routes};
 use crate::sfu::session::{CheckVerdict, MediaSessions, MediaVerdict, SessionCache};
 use crate::stun;
 use crate::turn::server::{Action, ClientKey, Clock, DropReason, RelayId, RelayIo, TurnCore};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use rustc_hash::FxHashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,10 +84,7 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
         sockets: Vec::new(),
         free: Vec::new(),
         listeners: sockets.len(),
-        local: Vec::new(),
-        relay_by_addr: FxHashMap::default(),
-        media_peer: Vec::new(),
-        own_media: Vec::new(),
+        routes: Routes::new(setup.id, sockets.len()),
         handoff: setup.handoff.clone(),
         worker: setup.id,
     };
@@ -96,7 +92,7 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
     for s in sockets {
         table.insert(UdpSocket::from_std(s))?;
     }
-    table.set_own_media(setup.turn.public_addresses());
+    table.routes.set_own_media(setup.turn.public_addresses());
     let id = setup.id;
     let thread = std::thread::Builder::new()
         .name(format!("confnode-worker-{id}"))
@@ -133,17 +129,9 @@ struct SocketTable {
     sockets: Vec<Option<UdpSocket>>,
     free: Vec<usize>,
     listeners: usize,
-    /// Each socket's local address, by index.
-    local: Vec<Option<SocketAddr>>,
-    /// This worker's relay sockets by local address (the relayed transport address the
-    /// SFU sees as a client's source), for the hand-over of what the SFU sends there.
-    relay_by_addr: FxHashMap<SocketAddr, RelayId>,
-    /// By relay id: the listener and own media address its client last reached the
-    /// SFU at, which the SFU's answers then come from.
-    media_peer: Vec<Option<(usize, SocketAddr)>>,
-    /// The node's own media addresses on this worker's listeners, with the listener:
-    /// each listener's address, and `node.public_ip`/`public_ipv6` at its port.
-    own_media: Vec<(SocketAddr, usize)>,
+    /// Addresses and routes of the sockets: which core takes what arrives, where the
+    /// SFU's datagrams go.
+    routes: Routes,
     /// Where this worker's relays are registered (as worker `worker`) for the other
     /// workers' SFU, and their queues.
     handoff: Arc<Handoff>,
@@ -166,78 +154,11 @@ impl SocketTable {
             self.free.push(index);
             return Err(e);
         }
-        let local = socket.local_addr().ok();
-        if self.local.len() <= index {
-            self.local.resize(index + 1, None);
-        }
-        self.local[index] = local;
-        if index >= self.listeners
-            && let Some(addr) = local
-        {
-            self.relay_by_addr.insert(addr, index);
-            self.handoff.register(addr, self.worker);
+        if let Some(relayed) = self.routes.add_socket(index, socket.local_addr().ok()) {
+            self.handoff.register(relayed, self.worker);
         }
         self.sockets[index] = Some(socket);
         Ok(index)
-    }
-
-    /// Lists the own media addresses: every listener's address, then the public
-    /// addresses at the listeners' ports (a listener named first wins a shared port).
-    fn set_own_media(
-        &mut self,
-        (public_v4, public_v6): (std::net::Ipv4Addr, Option<std::net::Ipv6Addr>),
-    ) {
-        let listeners: Vec<(SocketAddr, usize)> = (0..self.listeners)
-            .filter_map(|i| Some((self.local.get(i).copied().flatten()?, i)))
-            .collect();
-        let mut own = listeners.clone();
-        for (addr, i) in listeners {
-            let public = match addr.ip() {
-                IpAddr::V4(_) => Some(IpAddr::V4(public_v4)),
-                IpAddr::V6(_) => public_v6.map(IpAddr::V6),
-            };
-            if let Some(ip) = public.filter(|ip| !ip.is_unspecified()) {
-                let a = SocketAddr::new(ip, addr.port());
-                if !own.iter().any(|&(o, _)| same_addr(o, a)) {
-                    own.push((a, i));
-                }
-            }
-        }
-        self.own_media = own;
-    }
-
-    /// The listener whose media address `peer` is (exactly: address and port).
-    fn own_listener(&self, peer: SocketAddr) -> Option<usize> {
-        self.own_media
-            .iter()
-            .find(|&&(a, _)| same_addr(a, peer))
-            .map(|&(_, i)| i)
-    }
-
-    /// The relay socket of this worker bound to `addr`, if any.
-    fn relay_at(&self, addr: SocketAddr) -> Option<RelayId> {
-        if self.relay_by_addr.is_empty() {
-            return None;
-        }
-        self.relay_by_addr.get(&addr).copied()
-    }
-
-    /// Notes that relay `relay`'s client reached the SFU at `peer` (on `listener`).
-    fn remember_media_peer(&mut self, relay: RelayId, listener: usize, peer: SocketAddr) {
-        if self.media_peer.len() <= relay {
-            self.media_peer.resize(relay + 1, None);
-        }
-        self.media_peer[relay] = Some((listener, peer));
-    }
-
-    /// The own media address the SFU's datagrams through listener `via` to relay
-    /// `relay` come from: the one its client sent to, else the listener's own address
-    /// (what the kernel would have shown).
-    fn media_peer(&self, relay: RelayId, via: usize) -> Option<SocketAddr> {
-        match self.media_peer.get(relay).copied().flatten() {
-            Some((listener, peer)) if listener == via => Some(peer),
-            _ => self.local.get(via).copied().flatten(),
-        }
     }
 
     /// Sends one datagram at once through any socket of the table (a listener or a
@@ -275,22 +196,13 @@ impl RelayIo for SocketTable {
         }
         if let Some(mut socket) = self.sockets.get_mut(id).and_then(Option::take) {
             let _ = self.registry.deregister(&mut socket);
-            if let Some(addr) = self.local.get_mut(id).and_then(Option::take) {
-                self.relay_by_addr.remove(&addr);
+            if let Some(addr) = self.routes.remove_relay(id) {
                 // Before the socket closes (its port is free to bind after that).
                 self.handoff.unregister(addr, self.worker);
-            }
-            if let Some(peer) = self.media_peer.get_mut(id) {
-                *peer = None;
             }
             self.free.push(id);
         }
     }
-}
-
-/// Address and port equal (flow info and scope id play no part).
-fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port() && a.ip() == b.ip()
 }
 
 struct Worker {
@@ -461,7 +373,7 @@ impl Worker {
         let clock = self.clock();
         let mut tally = Tally::default();
         for slot in self.inbox.slots_mut() {
-            match self.table.relay_at(slot.to) {
+            match self.table.routes.relay_at(slot.to) {
                 Some(relay) => {
                     if relay_to_client(
                         &self.table,
@@ -579,66 +491,62 @@ impl Worker {
 
     /// Lets the right core see datagram `j` of the batch and marks what it answers.
     fn handle(&mut self, j: usize, clock: Clock, rx: RxClock, tally: &mut Tally) {
-        let listeners = self.table.listeners;
         let Some(p) = self.batch.packet(j) else {
             tally.malformed += 1;
             return;
         };
         let (src, len, origin) = (p.src, p.len, p.origin);
         let arrival_us = rx.arrival_us(p.stamp_us);
-        let action = if origin >= listeners {
-            let mut peer = src;
-            if let Some(listener) = self.table.own_listener(src) {
-                // The SFU of another worker answering a client whose allocation is
-                // ours, through the kernel (our hand-over queue was full: see
-                // `Deliver::send`). It comes from the listener's own address: shown to
-                // the client as the media address it sent to, which under a 1:1 NAT
-                // is the public one.
-                tally.hairpin += 1;
-                peer = self.table.media_peer(origin, listener).unwrap_or(src);
+        let data = &mut p.slot[HEADROOM..];
+        let action = match self.table.routes.inbound(origin, src, &data[..len]) {
+            Inbound::Peer {
+                relay,
+                peer,
+                hairpin,
+            } => {
+                // `hairpin`: the SFU of another worker answering a client whose
+                // allocation is ours, through the kernel (our hand-over queue was full:
+                // see `Deliver::send`), shown to the client as from the media address
+                // it sent to.
+                tally.hairpin += u64::from(hairpin);
+                self.setup
+                    .turn
+                    .handle_peer(clock, relay, peer, p.slot, HEADROOM, len)
             }
-            self.setup
-                .turn
-                .handle_peer(clock, origin, peer, p.slot, HEADROOM, len)
-        } else {
-            let data = &mut p.slot[HEADROOM..];
-            match demux::classify(&data[..len]) {
-                Class::Stun if !TurnCore::is_turn_method(data) => {
-                    answer_stun(&mut self.sessions, data, len, (src, origin), clock, tally)
-                }
-                Class::Stun | Class::ChannelData => {
-                    let client = ClientKey {
-                        listener: origin,
-                        addr: src,
-                    };
-                    self.setup
-                        .turn
-                        .handle_client(clock, client, data, len, &mut self.table)
-                }
-                // The SFU's DTLS and SRTP, routed by the client's validated address.
-                // RTP from a publisher is forwarded to its receivers inside
-                // `handle_media`; nothing more to send for this datagram.
-                Class::Dtls | Class::Rtp => {
-                    let mut out = Deliver {
-                        table: &self.table,
-                        turn: &mut self.setup.turn,
-                        scratch: &mut self.scratch,
-                        outbox: &mut self.outbox,
-                        clock,
-                        tally,
-                    };
-                    let pkt = &mut data[..len];
-                    media(&mut self.sessions, pkt, src, origin, arrival_us, &mut out);
-                    return;
-                }
-                // A protocol the media port does not speak (RFC 7983's reserved
-                // ranges, QUIC's headers): counted apart from garbage.
-                Class::Unknown if len > 0 => {
-                    tally.unrouted += 1;
-                    return;
-                }
-                Class::Unknown => Action::Drop(DropReason::Malformed),
+            Inbound::Stun => {
+                answer_stun(&mut self.sessions, data, len, (src, origin), clock, tally)
             }
+            Inbound::Turn => {
+                let client = ClientKey {
+                    listener: origin,
+                    addr: src,
+                };
+                self.setup
+                    .turn
+                    .handle_client(clock, client, data, len, &mut self.table)
+            }
+            // The SFU's DTLS and SRTP, routed by the client's validated address. RTP
+            // from a publisher is forwarded to its receivers inside `handle_media`;
+            // nothing more to send for this datagram.
+            Inbound::Media => {
+                let mut out = Deliver {
+                    table: &self.table,
+                    turn: &mut self.setup.turn,
+                    scratch: &mut self.scratch,
+                    outbox: &mut self.outbox,
+                    clock,
+                    tally,
+                };
+                let pkt = &mut data[..len];
+                media(&mut self.sessions, pkt, src, origin, arrival_us, &mut out);
+                return;
+            }
+            // Counted apart from garbage.
+            Inbound::Unrouted => {
+                tally.unrouted += 1;
+                return;
+            }
+            Inbound::Malformed => Action::Drop(DropReason::Malformed),
         };
         match action {
             Action::Reply(n) => self.batch.reply(j, n, src),
@@ -650,7 +558,7 @@ impl Worker {
             } => {
                 tally.to_peer.0 += 1;
                 tally.to_peer.1 += len as u64;
-                match self.table.own_listener(peer) {
+                match self.table.routes.own_listener(peer) {
                     // To our own media port: no need for the kernel.
                     Some(listener) => {
                         let to = (peer, listener);
@@ -691,7 +599,7 @@ impl Worker {
         tally: &mut Tally,
     ) {
         // The relayed transport address, as the kernel would have shown it.
-        let Some(src) = self.table.local.get(relay).copied().flatten() else {
+        let Some(src) = self.table.routes.local(relay) else {
             tally.unhandled += 1;
             return;
         };
@@ -699,17 +607,17 @@ impl Worker {
             return;
         };
         tally.internal_to_peer += 1;
-        self.table.remember_media_peer(relay, listener, peer);
+        self.table.routes.remember_media_peer(relay, listener, peer);
         let at = HEADROOM + start;
         let Some(data) = p.slot.get_mut(at..).filter(|d| d.len() >= len) else {
             tally.malformed += 1;
             return;
         };
-        let reply = match demux::classify(&data[..len]) {
-            Class::Stun if !TurnCore::is_turn_method(data) => {
+        let reply = match Routes::relayed_to_sfu(&data[..len]) {
+            Inbound::Stun => {
                 answer_stun(&mut self.sessions, data, len, (src, listener), clock, tally)
             }
-            Class::Dtls | Class::Rtp => {
+            Inbound::Media => {
                 let mut out = Deliver {
                     table: &self.table,
                     turn: &mut self.setup.turn,
@@ -895,26 +803,22 @@ struct Deliver<'a> {
 
 impl Deliver<'_> {
     fn send(&mut self, data: &[u8], to: SocketAddr, via: usize) {
-        // The relay-port table answers for every destination in its range with one
-        // atomic load; the worker's own map is read only for its own relays (and for
-        // an address outside the table's range, which the table cannot vouch for).
-        let relay = match self.table.handoff.owner(to) {
-            Some(w) if w == self.table.worker => self.table.relay_at(to),
+        let relay = match self.table.routes.outbound(to, &*self.table.handoff) {
+            Outbound::OwnRelay(relay) => Some(relay),
             // A relayed address of an allocation that another worker holds (SO_REUSEPORT
             // spread the clients over the workers): queued for that worker, which
             // relays it to the client (`Worker::drain_inbox`). Its queue full, it goes
             // through the kernel from our listener to that relay socket, whose worker
             // relays it as from any peer (and counts it as `hairpin`): correct, only not
             // free, and the sender never waits.
-            Some(owner) => {
+            Outbound::Worker(owner) => {
                 if self.table.handoff.push(owner, data, to, via) {
                     return;
                 }
                 self.tally.queue_full += 1;
                 None
             }
-            None if self.table.handoff.covers(to) => None,
-            None => self.table.relay_at(to),
+            Outbound::Kernel => None,
         };
         let Some(relay) = relay else {
             if via < self.table.listeners {
@@ -960,7 +864,7 @@ fn relay_to_client(
     buf: &mut [u8],
     n: usize,
 ) -> bool {
-    let Some(peer) = table.media_peer(relay, via) else {
+    let Some(peer) = table.routes.media_peer(relay, via) else {
         tally.unhandled += 1;
         return false;
     };
@@ -1026,10 +930,7 @@ mod tests {
             sockets: Vec::new(),
             free: Vec::new(),
             listeners: listeners.len(),
-            local: Vec::new(),
-            relay_by_addr: FxHashMap::default(),
-            media_peer: Vec::new(),
-            own_media: Vec::new(),
+            routes: Routes::new(0, listeners.len()),
             handoff: Arc::new(Handoff::new(
                 1,
                 crate::config::PortRange {
@@ -1050,66 +951,23 @@ mod tests {
     }
 
     #[test]
-    fn own_media_addresses_are_the_listeners_and_the_public_ip_at_their_ports() {
-        let public = std::net::Ipv4Addr::new(203, 0, 113, 5);
-        let (_poll, mut t) = table(&["127.0.0.1:0", "[::1]:0"]);
-        t.set_own_media((public, None));
-        let v4 = t.local[0].expect("v4 listener");
-        let v6 = t.local[1].expect("v6 listener");
-        assert_eq!(t.own_listener(v4), Some(0));
-        assert_eq!(t.own_listener(v6), Some(1));
-        assert_eq!(
-            t.own_listener(SocketAddr::new(public.into(), v4.port())),
-            Some(0)
-        );
-        // Another port of an own address, or another loopback address, is no media
-        // address: the TURN policy judges it like any peer, and the kernel carries it.
-        assert_eq!(
-            t.own_listener(SocketAddr::new(v4.ip(), v4.port() + 1)),
-            None
-        );
-        assert_eq!(
-            t.own_listener(SocketAddr::new([127, 0, 0, 2].into(), v4.port())),
-            None
-        );
-        assert_eq!(
-            t.own_listener(SocketAddr::new(public.into(), v6.port() + 1)),
-            None
-        );
-    }
-
-    #[test]
-    fn relays_are_found_by_address_until_closed() {
-        let (_poll, mut t) = table(&["127.0.0.1:0"]);
-        t.set_own_media((std::net::Ipv4Addr::LOCALHOST, None));
-        let listener = t.local[0].expect("listener");
-        assert_eq!(t.relay_at(listener), None, "a listener is no relay");
-        let id = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
-        let relayed = t.local[id].expect("relay address");
-        assert_eq!(t.relay_at(relayed), Some(id));
-        // Before its client reached the SFU, answers come from the listener's address.
-        assert_eq!(t.media_peer(id, 0), Some(listener));
-        let public: SocketAddr = SocketAddr::new([203, 0, 113, 5].into(), listener.port());
-        t.remember_media_peer(id, 0, public);
-        assert_eq!(t.media_peer(id, 0), Some(public));
-        t.close(id);
-        assert_eq!(t.relay_at(relayed), None);
-        // The id is reused by the next relay, which remembers nothing of the last.
-        let again = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
-        assert_eq!(again, id);
-        assert_eq!(t.media_peer(again, 0), Some(listener));
-    }
-
-    #[test]
     fn relays_are_registered_for_the_other_workers_until_closed() {
         let (_poll, mut t) = table(&["127.0.0.1:0"]);
-        let listener = t.local[0].expect("listener");
+        let listener = t.routes.local(0).expect("listener");
         assert_eq!(t.handoff.owner(listener), None, "a listener is no relay");
         let id = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
-        let relayed = t.local[id].expect("relay address");
+        let relayed = t.routes.local(id).expect("relay address");
         assert_eq!(t.handoff.owner(relayed), Some(0));
         assert!(t.handoff.covers(relayed));
+        assert_eq!(t.routes.relay_at(relayed), Some(id));
         t.close(id);
         assert_eq!(t.handoff.owner(relayed), None);
+        assert_eq!(t.routes.relay_at(relayed), None);
+        // The index is reused by the next relay, which remembers nothing of the last.
+        let public: SocketAddr = SocketAddr::new([203, 0, 113, 5].into(), listener.port());
+        t.routes.remember_media_peer(id, 0, public);
+        let again = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
+        assert_eq!(again, id);
+        assert_eq!(t.routes.media_peer(again, 0), Some(listener));
     }
 }
