@@ -28,7 +28,7 @@ use confnode::stun::{Class, Message, Writer};
 use confnode::turn::auth::Auth;
 use confnode::turn::policy::PeerPolicy;
 use confnode::turn::server::{
-    Action, ClientKey, Clock, Limits, RelayId, RelayIo, Shared, TurnCore,
+    Action, ClientKey, Clock, HeldPort, Limits, RelayId, RelayIo, Shared, TurnCore,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -51,11 +51,11 @@ impl RelayIo for Ids {
         Ok(self.0)
     }
 
-    fn reserve(&mut self, _: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    fn reserve(&mut self, _: SocketAddr) -> io::Result<HeldPort> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    fn adopt(&mut self, _: std::net::UdpSocket) -> io::Result<RelayId> {
+    fn adopt(&mut self, _: HeldPort) -> io::Result<RelayId> {
         Err(io::ErrorKind::Unsupported.into())
     }
 

@@ -20,7 +20,7 @@ use confnode::stun::{Class, Message, Writer};
 use confnode::turn::auth::Auth;
 use confnode::turn::policy::PeerPolicy;
 use confnode::turn::server::{
-    Action, ClientKey, Clock, Limits, RelayId, RelayIo, Shared, TurnCore,
+    Action, ClientKey, Clock, HeldPort, Limits, RelayId, RelayIo, Shared, TurnCore,
 };
 
 mod alloc_counter;
@@ -41,11 +41,11 @@ impl RelayIo for Ids {
         Ok(self.0)
     }
 
-    fn reserve(&mut self, _: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    fn reserve(&mut self, _: SocketAddr) -> io::Result<HeldPort> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    fn adopt(&mut self, _: std::net::UdpSocket) -> io::Result<RelayId> {
+    fn adopt(&mut self, _: HeldPort) -> io::Result<RelayId> {
         Err(io::ErrorKind::Unsupported.into())
     }
 

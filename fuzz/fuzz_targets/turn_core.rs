@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use confnode::config::PortRange;
@@ -17,7 +17,7 @@ use confnode::stun::message::{Class, Message, Writer, attr, long_term_key, metho
 use confnode::turn::auth::Auth;
 use confnode::turn::policy::PeerPolicy;
 use confnode::turn::server::{
-    Action, ClientKey, Clock, Limits, RelayId, RelayIo, Shared, TurnCore,
+    Action, ClientKey, Clock, HeldPort, Limits, RelayId, RelayIo, Shared, TurnCore,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -41,11 +41,16 @@ impl RelayIo for Relays {
         self.next += 1;
         Ok(self.next - 1)
     }
-    fn reserve(&mut self, _addr: SocketAddr) -> io::Result<UdpSocket> {
-        Err(io::Error::other("no reservations here"))
+    // Held ports are only their addresses: EVEN-PORT reservations and their adoption
+    // are fuzzed too.
+    fn reserve(&mut self, addr: SocketAddr) -> io::Result<HeldPort> {
+        Ok(HeldPort::new(addr))
     }
-    fn adopt(&mut self, _socket: UdpSocket) -> io::Result<RelayId> {
-        Err(io::Error::other("no reservations here"))
+    fn adopt(&mut self, held: HeldPort) -> io::Result<RelayId> {
+        let addr: SocketAddr = held
+            .into_inner()
+            .ok_or_else(|| io::Error::other("not a held port of this run"))?;
+        self.open(addr)
     }
     fn close(&mut self, _id: RelayId) {}
 }

@@ -12,7 +12,7 @@ use crate::net::batch::{HEADROOM, MAX_DATAGRAM};
 use crate::stun;
 use crate::turn::auth::Auth;
 use crate::turn::server::{
-    Action, ClientKey, Clock, DropReason, RelayId, RelayIo, Shared, TurnCore,
+    Action, ClientKey, Clock, DropReason, HeldPort, RelayId, RelayIo, Shared, TurnCore,
 };
 use std::io;
 use std::mem::MaybeUninit;
@@ -551,22 +551,29 @@ impl Relays {
     }
 }
 
-impl RelayIo for Relays {
-    fn open(&mut self, addr: SocketAddr) -> io::Result<RelayId> {
-        let socket = self.reserve(addr)?;
-        self.adopt(socket)
-    }
-
-    fn reserve(&mut self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        crate::net::udp::bind_relay(addr, RELAY_BUFFER)
-    }
-
-    fn adopt(&mut self, socket: std::net::UdpSocket) -> io::Result<RelayId> {
+impl Relays {
+    /// Starts polling `socket` in a free slot of the connection's relays.
+    fn add(&mut self, socket: std::net::UdpSocket) -> io::Result<RelayId> {
         let Some(id) = self.sockets.iter().position(Option::is_none) else {
             return Err(io::Error::other("relay table of the connection is full"));
         };
         self.sockets[id] = Some(UdpSocket::from_std(socket)?);
         Ok(id)
+    }
+}
+
+impl RelayIo for Relays {
+    fn open(&mut self, addr: SocketAddr) -> io::Result<RelayId> {
+        let socket = crate::net::udp::bind_relay(addr, RELAY_BUFFER)?;
+        self.add(socket)
+    }
+
+    fn reserve(&mut self, addr: SocketAddr) -> io::Result<HeldPort> {
+        crate::net::udp::bind_relay(addr, RELAY_BUFFER).map(HeldPort::new)
+    }
+
+    fn adopt(&mut self, held: HeldPort) -> io::Result<RelayId> {
+        self.add(crate::net::udp::held_socket(held)?)
     }
 
     fn close(&mut self, id: RelayId) {

@@ -5,6 +5,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 
+use crate::turn::server::HeldPort;
+
 /// Socket buffers large enough to ride out a scheduling hiccup at high packet rates.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -23,6 +25,12 @@ pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The socket of a port held for a reservation ([`HeldPort`] from `reserve`).
+pub fn held_socket(held: HeldPort) -> io::Result<std::net::UdpSocket> {
+    held.into_inner::<std::net::UdpSocket>()
+        .ok_or_else(|| io::Error::other("a held port that is no UDP socket"))
 }
 
 /// Binds a non-blocking relay socket for one TURN allocation: its own port, shared with

@@ -31,7 +31,9 @@ use crate::net::outbox::Outbox;
 use crate::router::{Inbound, Outbound, Routes};
 use crate::sfu::session::{CheckVerdict, MediaSessions, MediaVerdict, SessionCache};
 use crate::stun;
-use crate::turn::server::{Action, ClientKey, Clock, DropReason, RelayId, RelayIo, TurnCore};
+use crate::turn::server::{
+    Action, ClientKey, Clock, DropReason, HeldPort, RelayId, RelayIo, TurnCore,
+};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io;
@@ -178,16 +180,16 @@ impl SocketTable {
 
 impl RelayIo for SocketTable {
     fn open(&mut self, addr: SocketAddr) -> io::Result<RelayId> {
-        let socket = self.reserve(addr)?;
-        self.adopt(socket)
-    }
-
-    fn reserve(&mut self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        crate::net::udp::bind_relay(addr, RELAY_BUFFER)
-    }
-
-    fn adopt(&mut self, socket: std::net::UdpSocket) -> io::Result<RelayId> {
+        let socket = crate::net::udp::bind_relay(addr, RELAY_BUFFER)?;
         self.insert(UdpSocket::from_std(socket))
+    }
+
+    fn reserve(&mut self, addr: SocketAddr) -> io::Result<HeldPort> {
+        crate::net::udp::bind_relay(addr, RELAY_BUFFER).map(HeldPort::new)
+    }
+
+    fn adopt(&mut self, held: HeldPort) -> io::Result<RelayId> {
+        self.insert(UdpSocket::from_std(crate::net::udp::held_socket(held)?))
     }
 
     fn close(&mut self, id: RelayId) {

@@ -1,9 +1,9 @@
 //! TURN allocations (RFC 8656) as a sans-IO core: one `TurnCore` per data-plane worker
 //! (or per TCP/TLS connection), fed packets and the time, answering with actions.
 //!
-//! Relay sockets are opened and closed through the `RelayIo` trait, so the core never
-//! touches a socket; the worker owns them and polls them in its event loop. Packets
-//! are relayed in place: the payload of a ChannelData message or Send indication is
+//! Relay sockets are opened and closed through the `RelayIo` trait (a port held for a
+//! reservation is an opaque `HeldPort`), so the core never holds or touches a socket;
+//! the worker owns them and polls them in its event loop. Packets are relayed in place: the payload of a ChannelData message or Send indication is
 //! sent straight from the receive buffer, and data from a peer gets its ChannelData
 //! header or Data indication written into the headroom in front of it.
 //!
@@ -37,10 +37,33 @@ pub trait RelayIo {
     fn open(&mut self, addr: SocketAddr) -> io::Result<RelayId>;
     /// Binds a UDP socket on `addr` without polling it: a port held for a later
     /// Allocate (EVEN-PORT with R), which may come to another worker.
-    fn reserve(&mut self, addr: SocketAddr) -> io::Result<std::net::UdpSocket>;
-    /// Starts polling a socket made by `reserve`.
-    fn adopt(&mut self, socket: std::net::UdpSocket) -> io::Result<RelayId>;
+    fn reserve(&mut self, addr: SocketAddr) -> io::Result<HeldPort>;
+    /// Starts polling a port held by `reserve` (of any worker).
+    fn adopt(&mut self, held: HeldPort) -> io::Result<RelayId>;
     fn close(&mut self, id: RelayId);
+}
+
+/// A port the I/O layer holds for a reservation: opaque to the core, which only carries
+/// it to the Allocate that adopts it, or drops it (which frees the port). So the core
+/// holds no socket of the operating system.
+pub struct HeldPort(Box<dyn std::any::Any + Send>);
+
+impl HeldPort {
+    /// Wraps what the I/O layer holds the port with (a bound socket).
+    pub fn new<T: std::any::Any + Send>(held: T) -> HeldPort {
+        HeldPort(Box::new(held))
+    }
+
+    /// What [`HeldPort::new`] wrapped, if it is a `T`.
+    pub fn into_inner<T: std::any::Any>(self) -> Option<T> {
+        self.0.downcast::<T>().ok().map(|b| *b)
+    }
+}
+
+impl std::fmt::Debug for HeldPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldPort")
+    }
 }
 
 /// Lifetimes (RFC 8656 §2.2, §9, §12) and bounds.
@@ -418,7 +441,7 @@ impl Allocation {
 /// A port held by EVEN-PORT's R bit, for the Allocate that brings its token.
 struct Reservation {
     token: [u8; 8],
-    socket: std::net::UdpSocket,
+    port: HeldPort,
     advertised: SocketAddr,
     expires: u64,
     /// Whose quotas it counts against while held.
@@ -912,7 +935,7 @@ impl TurnCore {
                 if req.family.is_some() && r.advertised.is_ipv6() != (want_v6 && !want_v4) {
                     return Err(BAD_REQUEST);
                 }
-                let id = relays.adopt(r.socket).map_err(|_| CAPACITY)?;
+                let id = relays.adopt(r.port).map_err(|_| CAPACITY)?;
                 Some(Relay {
                     id,
                     advertised: r.advertised,
@@ -1003,7 +1026,7 @@ impl TurnCore {
             if !self.shared.take_quota(user, client_ip) {
                 return Err(QUOTA);
             }
-            let (relay, socket, advertised) = match self.open_pair(ip, relays) {
+            let (relay, port, advertised) = match self.open_pair(ip, relays) {
                 Ok(opened) => opened,
                 Err(failure) => {
                     self.shared.give_back_quota(user, client_ip);
@@ -1013,7 +1036,7 @@ impl TurnCore {
             let token = self.random().to_be_bytes();
             self.shared.add_reservation(Reservation {
                 token,
-                socket,
+                port,
                 advertised,
                 expires: clock.mono_ms + RESERVATION_MS,
                 user: user.into(),
@@ -1069,7 +1092,7 @@ impl TurnCore {
         &mut self,
         ip: IpAddr,
         relays: &mut dyn RelayIo,
-    ) -> Result<(Relay, std::net::UdpSocket, SocketAddr), Failure> {
+    ) -> Result<(Relay, HeldPort, SocketAddr), Failure> {
         for _ in 0..PORT_ATTEMPTS {
             let port = self.random_port() & !1;
             if port < self.shared.ports.first || port >= self.shared.ports.last {
@@ -1647,8 +1670,8 @@ mod tests {
         next: RelayId,
         open: Vec<(RelayId, SocketAddr)>,
         closed: Vec<RelayId>,
-        /// Reserved sockets: the real (loopback) socket's address, the address asked for.
-        reserved: Vec<(SocketAddr, SocketAddr)>,
+        /// Ports held for reservations.
+        reserved: Vec<SocketAddr>,
         adopted: Vec<RelayId>,
         /// Every bind fails with `AddrInUse`.
         busy: bool,
@@ -1664,9 +1687,7 @@ mod tests {
         }
 
         fn taken(&self, addr: SocketAddr) -> bool {
-            self.busy
-                || self.open.iter().any(|&(_, a)| a == addr)
-                || self.reserved.iter().any(|&(_, a)| a == addr)
+            self.busy || self.open.iter().any(|&(_, a)| a == addr) || self.reserved.contains(&addr)
         }
 
         fn id_of(&self, addr: SocketAddr) -> RelayId {
@@ -1695,24 +1716,22 @@ mod tests {
             Ok(self.add(addr))
         }
 
-        fn reserve(&mut self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        fn reserve(&mut self, addr: SocketAddr) -> io::Result<HeldPort> {
             if self.taken(addr) {
                 return Err(io::ErrorKind::AddrInUse.into());
             }
-            // The core only carries the socket around; any socket will do.
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            self.reserved.push((socket.local_addr()?, addr));
-            Ok(socket)
+            self.reserved.push(addr);
+            Ok(HeldPort::new(addr))
         }
 
-        fn adopt(&mut self, socket: std::net::UdpSocket) -> io::Result<RelayId> {
-            let local = socket.local_addr()?;
+        fn adopt(&mut self, held: HeldPort) -> io::Result<RelayId> {
+            let addr: SocketAddr = held.into_inner().ok_or(io::ErrorKind::InvalidInput)?;
             let i = self
                 .reserved
                 .iter()
-                .position(|&(l, _)| l == local)
+                .position(|&a| a == addr)
                 .ok_or(io::ErrorKind::NotFound)?;
-            let (_, addr) = self.reserved.swap_remove(i);
+            self.reserved.swap_remove(i);
             let id = self.add(addr);
             self.adopted.push(id);
             Ok(id)
@@ -3038,7 +3057,7 @@ mod tests {
             .try_into()
             .expect("8 bytes");
         assert_eq!(n.relays.reserved.len(), 1);
-        assert_eq!(n.relays.reserved[0].1, SocketAddr::new(RELAY_V4, port + 1));
+        assert_eq!(n.relays.reserved[0], SocketAddr::new(RELAY_V4, port + 1));
         // The token and EVEN-PORT together: 400.
         let res = n.allocate_with(client(2), ALICE, |w| {
             udp(w);
