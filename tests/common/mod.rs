@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use confnode::stun::message::{Class, Message, Writer, attr, long_term_key, method};
 
+pub mod sim;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_confnode");
 
 /// A port free for UDP and TCP on both 127.0.0.1 and ::1 right now.
