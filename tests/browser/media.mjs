@@ -122,6 +122,15 @@ async function round(relay) {
     }
   }
   step(`${mode}: every page decodes two videos and hears two voices`);
+  if (relay) {
+    // How each peer connection reaches its relay (UDP unless UDP failed).
+    const via = [];
+    for (const p of people) {
+      const s = await stats(p);
+      via.push(`${p.label} sends over ${s.sendingRelay}, receives over ${s.receivingRelay}`);
+    }
+    console.log(`# ${mode}: ${via.join("; ")}`);
+  }
 
   if (!relay) {
     // Upper simulcast layers to receivers without maxHeight; at most 180 lines to Carol.

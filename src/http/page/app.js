@@ -945,11 +945,22 @@
     return pair;
   }
 
+  /** The local candidate of the selected ICE pair in a stats report, or null. */
+  function localCandidate(report) {
+    const pair = selectedPair(report);
+    return (pair && report.get(pair.localCandidateId)) || null;
+  }
+
   /** The local candidate type of the selected ICE pair in a stats report, or null. */
   function candidateType(report) {
-    const pair = selectedPair(report);
-    const local = pair && report.get(pair.localCandidateId);
+    const local = localCandidate(report);
     return local ? local.candidateType : null;
+  }
+
+  /** How the selected pair reaches its TURN server (udp, tcp, tls), or null. */
+  function relayProtocol(report) {
+    const local = localCandidate(report);
+    return (local && local.relayProtocol) || null;
   }
 
   window.confnode = Object.freeze({
@@ -967,14 +978,24 @@
       };
     },
     /** getStats() of both peer connections, reduced to plain numbers per stream, the
-     * type of the local ICE candidate each one uses (host, srflx, prflx, relay), and
-     * the browser's estimate of its uplink to the node (bit/s, or null). */
+     * type of the local ICE candidate each one uses (host, srflx, prflx, relay) and,
+     * for a relay, how it reaches the TURN server (udp, tcp, tls), and the browser's
+     * estimate of its uplink to the node (bit/s, or null). */
     async stats() {
-      const out = { inbound: [], outbound: [], sendingVia: null, receivingVia: null, sendEstimate: null };
+      const out = {
+        inbound: [],
+        outbound: [],
+        sendingVia: null,
+        receivingVia: null,
+        sendingRelay: null,
+        receivingRelay: null,
+        sendEstimate: null,
+      };
       if (!call) return out;
       if (call.recvPc) {
         const report = await call.recvPc.getStats();
         out.receivingVia = candidateType(report);
+        out.receivingRelay = relayProtocol(report);
         report.forEach((s) => {
           if (s.type !== "inbound-rtp") return;
           out.inbound.push({
@@ -997,6 +1018,7 @@
       if (call.sendPc) {
         const report = await call.sendPc.getStats();
         out.sendingVia = candidateType(report);
+        out.sendingRelay = relayProtocol(report);
         const pair = selectedPair(report);
         if (pair && pair.availableOutgoingBitrate !== undefined) out.sendEstimate = pair.availableOutgoingBitrate;
         report.forEach((s) => {
