@@ -333,6 +333,35 @@ impl Sim {
         true
     }
 
+    /// Delivers `data` to the node at once as a datagram from client `client` (or,
+    /// `spoofed`, from an address no check validated): the entry hostile traffic
+    /// takes. What the node answers goes onto the wire as usual.
+    pub fn inject(&mut self, client: usize, spoofed: bool, data: Vec<u8>) {
+        if spoofed {
+            let real = self.clients[client].addr;
+            self.clients[client].addr = SocketAddr::from(([203, 0, 113, 66], 40_000));
+            self.node_receives_any(client, data);
+            self.clients[client].addr = real;
+        } else {
+            self.node_receives_any(client, data);
+        }
+    }
+
+    /// `plain` (an RTP packet, or RTCP with `rtcp`) protected with client `client`'s
+    /// SRTP keys; `None` before it has keys or when the packet is too short to protect.
+    pub fn protect(&mut self, client: usize, plain: &[u8], rtcp: bool) -> Option<Vec<u8>> {
+        let (tx, _) = self.clients[client].srtp.as_mut()?;
+        let mut buf = plain.to_vec();
+        buf.resize(plain.len() + 32, 0);
+        let n = if rtcp {
+            tx.protect_rtcp(&mut buf, plain.len()).ok()?
+        } else {
+            tx.protect_rtp(&mut buf, plain.len()).ok()?
+        };
+        buf.truncate(n);
+        Some(buf)
+    }
+
     /// Runs the network until `until` (µs), event by event.
     pub fn run_until(&mut self, until: u64) {
         loop {
@@ -432,7 +461,7 @@ impl Sim {
         match self.routes.inbound(0, src, &data) {
             Inbound::Stun => {
                 let len = data.len();
-                data.resize(1500, 0);
+                data.resize(len.max(1500), 0);
                 let now_ms = self.now_ms();
                 if let CheckVerdict::Reply(n) =
                     self.workers[w].answer_check(&mut data, len, src, 0, now_ms)
@@ -450,6 +479,16 @@ impl Sim {
             other => panic!("the node got {other:?} from {src}"),
         }
         self.deliver(out);
+    }
+
+    /// [`Sim::node_receives`] for anything at all: what the router sends to TURN or
+    /// drops is dropped here (this node has no TURN core).
+    fn node_receives_any(&mut self, client: usize, data: Vec<u8>) {
+        let src = self.clients[client].addr;
+        match self.routes.inbound(0, src, &data) {
+            Inbound::Stun | Inbound::Media => self.node_receives(client, data),
+            _ => {}
+        }
     }
 
     fn client_receives(&mut self, client: usize, mut data: Vec<u8>) {
