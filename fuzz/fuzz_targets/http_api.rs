@@ -83,7 +83,10 @@ fn node() -> Node {
             let body = axum::body::to_bytes(response.into_body(), 1 << 20)
                 .await
                 .expect("body");
-            (status, serde_json::from_slice::<serde_json::Value>(&body).expect("json"))
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).expect("json"),
+            )
         })
     };
     let (status, created) = call(
@@ -164,7 +167,12 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         let status = node.runtime.block_on(async {
-            let response = node.router.clone().oneshot(request).await.expect("infallible");
+            let response = node
+                .router
+                .clone()
+                .oneshot(request)
+                .await
+                .expect("infallible");
             response.status()
         });
         assert!(
