@@ -32,6 +32,9 @@
 //! - `receive_only`: the per-packet part alone, for telling it from the per-receiver one.
 //! - `nack_answer_rtx`: one receiver NACK answered from the cache in RTX form.
 
+#[path = "../tests/common/keys.rs"]
+mod keys;
+use keys::master;
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Duration;
@@ -39,7 +42,7 @@ use std::time::Duration;
 use confnode::sfu::codec::Codec;
 use confnode::sfu::forward::{ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use confnode::sfu::rtp::{self, RtpHeader};
-use confnode::sfu::srtp::{MasterKey, SrtpContext, SrtpProfile};
+use confnode::sfu::srtp::{SrtpContext, SrtpProfile};
 use confnode::sfu::track::{Incoming, LayerConfig, Track, TrackConfig};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -227,18 +230,6 @@ impl Stream {
 const PROFILE: SrtpProfile = SrtpProfile::AeadAes256Gcm;
 /// How many packets `iter_batched_ref` has the publisher protect ahead of the routine.
 const BATCH: u64 = 64;
-
-/// A master key of `profile` of its own for every `seed`.
-fn master(profile: SrtpProfile, seed: u8) -> MasterKey {
-    let key: [u8; 32] = std::array::from_fn(|k| seed.wrapping_mul(41).wrapping_add(k as u8));
-    let salt: [u8; 14] = std::array::from_fn(|k| seed ^ (k as u8).wrapping_mul(7));
-    MasterKey::new(
-        profile,
-        &key[..profile.master_key_len()],
-        &salt[..profile.master_salt_len()],
-    )
-    .expect("key and salt lengths")
-}
 
 const PUBLISHER_SEED: u8 = 0xA5;
 

@@ -15,13 +15,16 @@
 //! receivers), and the RTCP we send (PLI, NACK, RR to the publisher, SR to receivers)
 //! protected as SRTCP. The RTCP from receivers is read in the clear.
 
+#[path = "common/keys.rs"]
+mod keys;
+use keys::master;
 use std::hint::black_box;
 
 use confnode::sfu::codec::Codec;
 use confnode::sfu::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use confnode::sfu::rtcp::{self, Rtcp, RtcpIter};
 use confnode::sfu::rtp::{self, RtpHeader};
-use confnode::sfu::srtp::{MasterKey, SrtpContext, SrtpProfile};
+use confnode::sfu::srtp::{SrtpContext, SrtpProfile};
 use confnode::sfu::track::{LayerConfig, Track, TrackConfig};
 
 mod alloc_counter;
@@ -142,18 +145,6 @@ fn receiver(track: &Track, i: usize) -> Forwarder {
             extensions,
         },
     )
-}
-
-/// A master key of `profile` of its own for every `seed`.
-fn master(profile: SrtpProfile, seed: u8) -> MasterKey {
-    let key: [u8; 32] = std::array::from_fn(|k| seed.wrapping_mul(41).wrapping_add(k as u8));
-    let salt: [u8; 14] = std::array::from_fn(|k| seed ^ (k as u8).wrapping_mul(7));
-    MasterKey::new(
-        profile,
-        &key[..profile.master_key_len()],
-        &salt[..profile.master_salt_len()],
-    )
-    .expect("key and salt lengths")
 }
 
 /// The publisher's profile: what Chrome gets from our DTLS.
