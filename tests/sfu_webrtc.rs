@@ -63,24 +63,6 @@ fn node() -> Node {
     Node::start_with_http("", &http, "").0
 }
 
-/// Joins `room` as `name`: (participant, token).
-fn join_room(node: &Node, room: &str, name: &str) -> (String, String) {
-    let body = json!({ "display_name": name }).to_string();
-    let r = http(
-        node.http,
-        "POST",
-        &format!("/api/rooms/{room}/participants"),
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let v = r.json();
-    (
-        v["participant"].as_str().expect("id").to_owned(),
-        v["token"].as_str().expect("token").to_owned(),
-    )
-}
-
 /// Creates a room and joins it: (room, participant, token).
 fn join(node: &Node) -> (String, String, String) {
     let auth = format!("Basic {}", STANDARD.encode(format!("{HOST}:{PASSWORD}")));
@@ -700,7 +682,11 @@ fn assert_media_intact(video: &[(u16, Vec<u8>)], audio: &[(u16, Vec<u8>)]) {
 fn rtp_from_a_webrtc_rs_publisher_reaches_a_webrtc_rs_subscriber_in_order() {
     let node = node();
     let (room, publisher, pub_token) = join(&node);
-    let (subscriber, sub_token) = join_room(&node, &room, "Subscriber");
+    let common::Joined {
+        id: subscriber,
+        token: sub_token,
+        ..
+    } = common::join(&node, &room, "Subscriber");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1184,7 +1170,11 @@ fn a_subscribers_pli_reaches_the_publisher_as_a_keyframe_request() {
 
     let node = node();
     let (room, publisher, pub_token) = join(&node);
-    let (subscriber, sub_token) = join_room(&node, &room, "Subscriber");
+    let common::Joined {
+        id: subscriber,
+        token: sub_token,
+        ..
+    } = common::join(&node, &room, "Subscriber");
     runtime().block_on(async move {
         let http_addr = node.http;
         let api = webrtc_api();
@@ -1354,7 +1344,11 @@ fn a_subscribers_nack_is_answered_by_the_sfu_from_its_cache() {
 
     let node = node();
     let (room, publisher, pub_token) = join(&node);
-    let (subscriber, sub_token) = join_room(&node, &room, "Subscriber");
+    let common::Joined {
+        id: subscriber,
+        token: sub_token,
+        ..
+    } = common::join(&node, &room, "Subscriber");
     runtime().block_on(async move {
         let http_addr = node.http;
         let config = RTCConfiguration::default;
@@ -1583,7 +1577,11 @@ fn the_subscriber_gets_sender_reports_for_the_streams_it_receives() {
 
     let node = node();
     let (room, publisher, pub_token) = join(&node);
-    let (subscriber, sub_token) = join_room(&node, &room, "Subscriber");
+    let common::Joined {
+        id: subscriber,
+        token: sub_token,
+        ..
+    } = common::join(&node, &room, "Subscriber");
     runtime().block_on(async move {
         let http_addr = node.http;
         let api = webrtc_api();

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use super::srtp::{MasterKey, SrtpContext};
+use super::srtp::{MasterKey, SrtpContext, SrtpError};
 
 /// SSRCs one forwarded stream sends: its own and its RTX.
 const STREAM_SSRCS: usize = 2;
@@ -106,16 +106,7 @@ impl Egress {
         len: usize,
         send: &mut impl FnMut(&[u8], SocketAddr, usize),
     ) -> bool {
-        let Some((srtp, (to, via))) = self.ready() else {
-            return false;
-        };
-        match srtp.protect_rtp(out, len) {
-            Ok(n) => {
-                send(&out[..n], to, via);
-                true
-            }
-            Err(_) => false,
-        }
+        self.send(out, len, SrtpContext::protect_rtp, send)
     }
 
     /// The same for RTCP in `out[..len]` (a sender report of this stream).
@@ -125,10 +116,20 @@ impl Egress {
         len: usize,
         send: &mut impl FnMut(&[u8], SocketAddr, usize),
     ) -> bool {
+        self.send(out, len, SrtpContext::protect_rtcp, send)
+    }
+
+    fn send(
+        &mut self,
+        out: &mut [u8],
+        len: usize,
+        protect: fn(&mut SrtpContext, &mut [u8], usize) -> Result<usize, SrtpError>,
+        send: &mut impl FnMut(&[u8], SocketAddr, usize),
+    ) -> bool {
         let Some((srtp, (to, via))) = self.ready() else {
             return false;
         };
-        match srtp.protect_rtcp(out, len) {
+        match protect(srtp, out, len) {
             Ok(n) => {
                 send(&out[..n], to, via);
                 true

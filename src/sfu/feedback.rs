@@ -240,7 +240,8 @@ pub fn on_publisher_rtcp(tracks: &mut [PublishedMedia], rtcp: &[u8], now: u64) {
 }
 
 /// What is due for `t` by `now` (after one of its packets was forwarded, or when the
-/// worker's timer ran out): NACKs for the publisher's losses, and each second a
+/// worker's timer ran out): keyframe requests the throttle held back, NACKs for the
+/// publisher's losses, and each second a
 /// receiver report to the publisher and a sender report to each receiver. `now` is µs
 /// on the shared clock, whose start was `unix_at_epoch_us` on the wall clock.
 pub fn send_track_due(
@@ -252,6 +253,10 @@ pub fn send_track_due(
     (now, unix_at_epoch_us): (u64, u64),
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
+    while let Some(req) = t.track.poll_keyframe(now) {
+        send_pli(out, srtp, req.ssrc, publisher, send);
+        counts.keyframe_requests += 1;
+    }
     if now >= t.next_nack {
         t.next_nack = now + NACK_INTERVAL_US;
         if let Some(n) = t.track.write_nacks(out, RTCP_SENDER_SSRC, now, NACK_RTT_US) {

@@ -404,10 +404,6 @@ impl SessionCache {
                 } = media;
                 let unix_at_epoch_us = self.sessions.unix_at_epoch_us();
                 for t in tracks.iter_mut() {
-                    while let Some(req) = t.track.poll_keyframe(now) {
-                        feedback::send_pli(&mut self.fwd, srtp, req.ssrc, publisher, send);
-                        self.counts.keyframe_requests += 1;
-                    }
                     feedback::send_track_due(
                         &mut self.fwd,
                         &mut self.counts,
@@ -525,10 +521,6 @@ pub(super) fn forward_rtp(
                 counts.keyframe_requests += 1;
             }
         }
-    }
-    while let Some(req) = t.track.poll_keyframe(now) {
-        feedback::send_pli(out, srtp, req.ssrc, publisher, send);
-        counts.keyframe_requests += 1;
     }
     feedback::send_track_due(
         out,
