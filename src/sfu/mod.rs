@@ -14,11 +14,14 @@
 //!   `nack` and `report`: the forwarding path, allocation-free per packet.
 //! - `twcc`: transport-wide congestion control feedback (arrival times of a publisher's
 //!   packets, reported so its bandwidth estimator ramps up).
+//! - `bwe`: each receiver's downlink estimate: the transport-wide numbers we send it
+//!   under, its transport-cc feedback read back, and a GoogCC-style estimator.
 //! - `egress`: a forwarded stream's way to its receiver (the receiver's keys and
 //!   address) without the receiver's lock.
 //! - `feedback`: the RTCP around it: receivers' keyframe requests and NACKs answered,
 //!   reports both ways, transport-cc feedback to publishers.
 
+pub mod bwe;
 pub mod codec;
 pub mod dtls;
 pub mod egress;

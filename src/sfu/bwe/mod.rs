@@ -1,0 +1,276 @@
+//! Each receiver's downlink estimate (sans-IO), from its transport-cc feedback.
+//!
+//! The SFU numbers every packet it sends a receiver ([`SentPackets`], shared by the
+//! streams forwarded to it) and reads the receiver's feedback ([`ArrivalReport`]). The
+//! [`Estimator`] runs GoogCC's parts on it: a delay-based detector of a filling queue
+//! ([`delay`]), additive/multiplicative rate control ([`rate`]), a loss-based bound,
+//! and the rate that actually got through, which neither may run far ahead of. The
+//! estimate is the lower of the delay-based and the loss-based rate, within the
+//! configured minimum and maximum.
+
+pub mod arrivals;
+pub mod delay;
+pub mod rate;
+pub mod sent;
+
+pub use arrivals::ArrivalReport;
+pub use sent::SentPackets;
+
+use arrivals::REFERENCE_TICK_US;
+use delay::{DelayDetector, Usage};
+use rate::RateControl;
+
+/// Loss under this share lets the loss-based bound grow (libwebrtc: 2 %).
+const LOW_LOSS: f64 = 0.02;
+/// Loss over this share lowers it to (1 - loss / 2) of the estimate (libwebrtc: 10 %).
+const HIGH_LOSS: f64 = 0.10;
+/// Packets a loss share is taken over: libwebrtc takes 20, which at a few hundred
+/// packets a second makes 5 % random loss read as over 10 % every few seconds, and
+/// each such sample lowers the bound for good (it only grows again under 2 %).
+const LOSS_SAMPLE: u32 = 100;
+/// Or fewer (but at least 20) when they took this long: a low rate is judged too.
+const LOSS_SAMPLE_US: u64 = 1_000_000;
+const LOSS_SAMPLE_MIN: u32 = 20;
+/// The loss-based bound is lowered at most once per this plus a round trip.
+const LOSS_DECREASE_US: u64 = 300_000;
+/// Growth of the loss-based bound per second while loss is low.
+const LOSS_GROWTH_PER_S: f64 = 1.08;
+/// The rate that got through is measured over windows of this (by arrival time).
+const ACKED_WINDOW_US: i64 = 250_000;
+
+/// The latest arrivals kept for the rate the link delivers right now.
+const RECENT: usize = 8;
+/// ... when they spanned at least this.
+const RECENT_SPAN_US: i64 = 20_000;
+
+/// Start, floor and ceiling of an estimate, bit/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BweConfig {
+    pub start_bps: u64,
+    pub min_bps: u64,
+    pub max_bps: u64,
+}
+
+impl Default for BweConfig {
+    /// Jitsi's start (enough for one camera's middle layer and audio at once), its floor
+    /// and its ceiling.
+    fn default() -> Self {
+        BweConfig {
+            start_bps: 2_500_000,
+            min_bps: 30_000,
+            max_bps: 20_000_000,
+        }
+    }
+}
+
+/// The rate that got through, over windows of arrival time, and over the last few
+/// packets.
+#[derive(Debug, Default)]
+struct AckedRate {
+    window_start: Option<i64>,
+    bytes: u64,
+    bps: Option<f64>,
+    recent: [(i64, u16); RECENT],
+    next: usize,
+    seen: usize,
+}
+
+impl AckedRate {
+    /// The rate of the last [`RECENT`] arrivals (the first one's size excluded: it
+    /// arrived at the span's start).
+    fn recent_bps(&self) -> Option<f64> {
+        if self.seen < RECENT {
+            return None;
+        }
+        let oldest = self.recent[self.next];
+        let newest = self.recent[(self.next + RECENT - 1) % RECENT];
+        let span = newest.0 - oldest.0;
+        if span < RECENT_SPAN_US {
+            return None;
+        }
+        let bytes: u64 =
+            self.recent.iter().map(|r| u64::from(r.1)).sum::<u64>() - u64::from(oldest.1);
+        Some(bytes as f64 * 8.0 * 1e6 / span as f64)
+    }
+
+    fn add(&mut self, arrival: i64, size: u16) {
+        self.recent[self.next] = (arrival, size);
+        self.next = (self.next + 1) % RECENT;
+        self.seen = self.seen.saturating_add(1);
+        let start = *self.window_start.get_or_insert(arrival);
+        if arrival >= start + ACKED_WINDOW_US {
+            let span = (arrival - start) as f64 / 1e6;
+            let sample = self.bytes as f64 * 8.0 / span;
+            self.bps = Some(match self.bps {
+                // A window may end long after it began (a pause): count it as its span.
+                Some(b) => 0.5 * b + 0.5 * sample,
+                None => sample,
+            });
+            self.window_start = Some(arrival);
+            self.bytes = 0;
+        }
+        self.bytes += u64::from(size);
+    }
+}
+
+/// The loss-based bound.
+#[derive(Debug)]
+struct LossBound {
+    bps: f64,
+    received: u32,
+    lost: u32,
+    updated_us: Option<u64>,
+    decreased_us: Option<u64>,
+}
+
+impl LossBound {
+    fn update(&mut self, estimate: f64, now: u64, round_trip_us: u64) {
+        let total = self.received + self.lost;
+        let since = self.updated_us.map_or(0, |t| now.saturating_sub(t));
+        if total < LOSS_SAMPLE && (total < LOSS_SAMPLE_MIN || since < LOSS_SAMPLE_US) {
+            if self.updated_us.is_none() {
+                self.updated_us = Some(now);
+            }
+            return;
+        }
+        let loss = f64::from(self.lost) / f64::from(total);
+        let seconds = self
+            .updated_us
+            .map_or(0.0, |t| now.saturating_sub(t).min(1_000_000) as f64 / 1e6);
+        if loss < LOW_LOSS {
+            self.bps = self.bps.max(estimate) * LOSS_GROWTH_PER_S.powf(seconds) + 1_000.0 * seconds;
+        } else if loss > HIGH_LOSS
+            && self
+                .decreased_us
+                .is_none_or(|t| now.saturating_sub(t) >= LOSS_DECREASE_US + round_trip_us)
+        {
+            self.bps = estimate * (1.0 - 0.5 * loss);
+            self.decreased_us = Some(now);
+        }
+        self.received = 0;
+        self.lost = 0;
+        self.updated_us = Some(now);
+    }
+}
+
+/// One receiver's downlink estimate.
+#[derive(Debug)]
+pub struct Estimator {
+    config: BweConfig,
+    delay: DelayDetector,
+    rate: RateControl,
+    loss: LossBound,
+    acked: AckedRate,
+    /// The last feedback's reference time (24 bits) and its unwrapped value.
+    reference: Option<(u32, i64)>,
+    /// The highest sequence number taken from feedback (each counts once).
+    reported: Option<u64>,
+    round_trip_us: u64,
+    bps: u64,
+}
+
+impl Estimator {
+    pub fn new(config: BweConfig) -> Estimator {
+        let rate = RateControl::new(config.start_bps, config.min_bps, config.max_bps);
+        Estimator {
+            config,
+            delay: DelayDetector::new(),
+            loss: LossBound {
+                bps: config.max_bps as f64,
+                received: 0,
+                lost: 0,
+                updated_us: None,
+                decreased_us: None,
+            },
+            bps: rate.bps(),
+            rate,
+            acked: AckedRate::default(),
+            reference: None,
+            reported: None,
+            round_trip_us: 100_000,
+        }
+    }
+
+    /// The estimate, bit/s.
+    pub fn bps(&self) -> u64 {
+        self.bps
+    }
+
+    /// What the delay says now.
+    pub fn usage(&self) -> Usage {
+        self.delay.usage()
+    }
+
+    /// The rate that got through, bit/s, once measured.
+    pub fn acked_bps(&self) -> Option<u64> {
+        self.acked.bps.map(|b| b as u64)
+    }
+
+    /// The receiver's round trip (from its reports): spaces decreases.
+    pub fn set_round_trip(&mut self, round_trip_us: u64) {
+        self.round_trip_us = round_trip_us.min(2_000_000);
+        self.rate.set_round_trip(round_trip_us);
+    }
+
+    /// Takes one transport-cc feedback of the receiver about what `sent` holds; `now`
+    /// in µs on the shared clock. Returns the new estimate.
+    pub fn on_feedback(&mut self, report: &ArrivalReport<'_>, sent: &SentPackets, now: u64) -> u64 {
+        let offset = self.reference_offset(report.reference);
+        let mut any = false;
+        for (seq, arrival) in report.packets() {
+            let seq = sent.unwrap(seq);
+            if self.reported.is_some_and(|r| seq <= r) {
+                continue;
+            }
+            let Some(packet) = sent.get(seq, now) else {
+                continue;
+            };
+            self.reported = Some(seq);
+            any = true;
+            match arrival {
+                Some(t) => {
+                    let arrival = t + offset;
+                    self.loss.received += 1;
+                    self.delay.on_packet(packet.at as i64, arrival);
+                    self.acked.add(arrival, packet.size);
+                }
+                None => self.loss.lost += 1,
+            }
+        }
+        if !any {
+            return self.bps;
+        }
+        let usage = self.delay.usage();
+        let mut acked = self.acked.bps;
+        if usage == Usage::Overuse
+            && let Some(recent) = self.acked.recent_bps()
+        {
+            // The windowed rate still remembers a faster past; backing off from it
+            // would leave the queue full.
+            acked = Some(acked.map_or(recent, |a| a.min(recent)));
+        }
+        let delay_bps = self.rate.update(usage, acked, now);
+        self.loss.update(self.bps as f64, now, self.round_trip_us);
+        let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
+        self.loss.bps = self.loss.bps.clamp(min, max.max(min));
+        self.bps = delay_bps.min(self.loss.bps as u64);
+        self.bps
+    }
+
+    /// What to add to a report's times to put them on one unwrapped receiver clock
+    /// (the reference time is 24 bits of 64 ms: it wraps every 12 days).
+    fn reference_offset(&mut self, reference: u32) -> i64 {
+        let unwrapped = match self.reference {
+            None => i64::from(reference),
+            Some((last, at)) => {
+                let diff = (reference.wrapping_sub(last) << 8) as i32 >> 8;
+                at + i64::from(diff)
+            }
+        };
+        self.reference = Some((reference, unwrapped));
+        (unwrapped - i64::from(reference)) * REFERENCE_TICK_US
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! The estimator against an emulated bottleneck: a FIFO queue that drains at the link's
+//! rate, drops what would wait longer than its depth, adds a fixed delay and random
+//! loss. The receiver's feedback is written by our own [`TwccRecorder`] (which
+//! webrtc-rs parses in `sfu::twcc`'s tests) and read back by [`ArrivalReport`], so the
+//! whole loop runs as on the wire.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::sfu::twcc::TwccRecorder;
+
+const PACKET: usize = 1_200;
+/// The receiver's clock is not ours.
+const RECEIVER_CLOCK_OFFSET: u64 = 7_777_777;
+
+struct Link {
+    bps: f64,
+    delay_us: u64,
+    loss: f64,
+    queue_us: u64,
+    busy_until: u64,
+    rng: u64,
+}
+
+impl Link {
+    fn new(bps: f64, delay_us: u64, loss: f64) -> Link {
+        Link {
+            bps,
+            delay_us,
+            loss,
+            queue_us: 200_000,
+            busy_until: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    fn random(&mut self) -> f64 {
+        // xorshift64*: a fixed seed, the same run every time.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// When a packet of `size` sent at `now` arrives, or `None` if it is lost.
+    fn carry(&mut self, now: u64, size: usize) -> Option<u64> {
+        let start = self.busy_until.max(now);
+        if start - now > self.queue_us {
+            return None; // tail drop
+        }
+        let done = start + (size as f64 * 8.0 / self.bps * 1e6) as u64;
+        self.busy_until = done;
+        if self.random() < self.loss {
+            return None;
+        }
+        Some(done + self.delay_us)
+    }
+}
+
+struct Run {
+    est: Estimator,
+    sent: SentPackets,
+    recorder: TwccRecorder,
+    link: Link,
+    /// The media's own rate: a sender never sends more than this.
+    source_bps: f64,
+    now: u64,
+    next_send: u64,
+    in_flight: VecDeque<(u64, u16)>,
+    feedback: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl Run {
+    fn new(link: Link, source_bps: f64, start_bps: u64) -> Run {
+        Run {
+            est: Estimator::new(BweConfig {
+                start_bps,
+                ..BweConfig::default()
+            }),
+            sent: SentPackets::new(),
+            recorder: TwccRecorder::new(),
+            link,
+            source_bps,
+            now: 1_000_000,
+            next_send: 1_000_000,
+            in_flight: VecDeque::new(),
+            feedback: VecDeque::new(),
+        }
+    }
+
+    /// Runs the loop for `seconds`, 1 ms a step; the estimate once a second.
+    fn run(&mut self, seconds: u64) -> Vec<u64> {
+        let mut trace = Vec::new();
+        for ms in 0..seconds * 1000 {
+            self.now += 1_000;
+            let rate = (self.est.bps() as f64).min(self.source_bps);
+            while self.next_send <= self.now {
+                let seq = self.sent.stamp(PACKET, self.now);
+                if let Some(at) = self.link.carry(self.now, PACKET) {
+                    self.in_flight.push_back((at, seq));
+                }
+                self.next_send += (PACKET as f64 * 8.0 / rate * 1e6) as u64;
+            }
+            while self
+                .in_flight
+                .front()
+                .is_some_and(|&(at, _)| at <= self.now)
+            {
+                let Some((at, seq)) = self.in_flight.pop_front() else {
+                    break;
+                };
+                self.recorder.on_packet(seq, at + RECEIVER_CLOCK_OFFSET);
+            }
+            let receiver_now = self.now + RECEIVER_CLOCK_OFFSET;
+            let mut buf = [0u8; 1500];
+            while self.recorder.due(receiver_now)
+                && let Some(n) = self.recorder.write_feedback(&mut buf, 1, 2, receiver_now)
+            {
+                // Feedback comes back over an uncongested path.
+                self.feedback
+                    .push_back((self.now + self.link.delay_us, buf[..n].to_vec()));
+            }
+            while self.feedback.front().is_some_and(|(at, _)| *at <= self.now) {
+                let Some((_, fb)) = self.feedback.pop_front() else {
+                    break;
+                };
+                let pad = if fb[0] & 0x20 != 0 {
+                    fb[fb.len() - 1]
+                } else {
+                    0
+                };
+                let report = ArrivalReport::parse(&fb[12..fb.len() - usize::from(pad)]).unwrap();
+                self.est.on_feedback(&report, &self.sent, self.now);
+            }
+            if ms % 1000 == 999 {
+                trace.push(self.est.bps());
+            }
+        }
+        trace
+    }
+}
+
+fn kbps(trace: &[u64]) -> Vec<u64> {
+    trace.iter().map(|b| b / 1000).collect()
+}
+
+/// 5 Mbit/s, then 500 kbit/s, then 5 Mbit/s again; the media could use 4 Mbit/s.
+#[test]
+fn follows_a_rate_drop_and_its_return() {
+    let mut run = Run::new(Link::new(5e6, 10_000, 0.0), 4e6, 1_000_000);
+    let up = run.run(25);
+    assert!(
+        up[24] >= 3_500_000,
+        "ramps up to the media's rate: {:?}",
+        kbps(&up)
+    );
+    run.link.bps = 500e3;
+    let down = run.run(15);
+    assert!(down[2] <= 600_000, "down within 3 s: {:?}", kbps(&down));
+    assert!(
+        down[3..].iter().all(|&b| (200_000..=650_000).contains(&b)),
+        "stays near the link: {:?}",
+        kbps(&down)
+    );
+    run.link.bps = 5e6;
+    let back = run.run(40);
+    let at = back.iter().position(|&b| b >= 3_500_000);
+    assert!(
+        at.is_some_and(|s| s < 35),
+        "back up within 35 s: {:?}",
+        kbps(&back)
+    );
+}
+
+/// 5 % random loss is between the bounds where the loss-based part acts: the estimate
+/// rises as on a clean link.
+#[test]
+fn five_percent_random_loss_does_not_hold_it_down() {
+    let mut run = Run::new(Link::new(5e6, 10_000, 0.05), 4e6, 1_000_000);
+    let trace = run.run(30);
+    assert!(trace[29] >= 3_000_000, "{:?}", kbps(&trace));
+}
+
+/// Heavy loss lowers it.
+#[test]
+fn heavy_loss_lowers_it() {
+    let mut run = Run::new(Link::new(5e6, 10_000, 0.25), 4e6, 2_000_000);
+    let trace = run.run(10);
+    assert!(trace[9] <= 1_000_000, "{:?}", kbps(&trace));
+}
+
+/// A long path is not a congested one.
+#[test]
+fn fifty_ms_of_delay_is_not_congestion() {
+    let mut run = Run::new(Link::new(5e6, 50_000, 0.0), 4e6, 1_000_000);
+    let trace = run.run(30);
+    assert!(trace[29] >= 3_500_000, "{:?}", kbps(&trace));
+    let mut run = Run::new(Link::new(1e6, 50_000, 0.0), 4e6, 2_500_000);
+    let trace = run.run(20);
+    assert!(
+        trace[5..].iter().all(|&b| b <= 1_300_000),
+        "finds a 1 Mbit/s link behind 50 ms: {:?}",
+        kbps(&trace)
+    );
+}
+
+/// Feedback that names packets never sent, repeats itself or jumps changes nothing.
+#[test]
+fn feedback_about_nothing_we_sent_changes_nothing() {
+    let mut est = Estimator::new(BweConfig::default());
+    let sent = SentPackets::new();
+    let mut rec = TwccRecorder::new();
+    for i in 0..100u16 {
+        rec.on_packet(i.wrapping_mul(977), u64::from(i) * 1000);
+    }
+    let mut buf = [0u8; 1500];
+    while let Some(n) = rec.write_feedback(&mut buf, 1, 2, 200_000) {
+        if let Some(r) = ArrivalReport::parse(&buf[12..n]) {
+            est.on_feedback(&r, &sent, 300_000);
+        }
+    }
+    assert_eq!(est.bps(), BweConfig::default().start_bps);
+}
