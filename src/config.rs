@@ -20,6 +20,7 @@ pub struct Config {
     pub turn: TurnConfig,
     pub http: HttpConfig,
     pub rooms: RoomsConfig,
+    pub media: MediaConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
 }
@@ -174,6 +175,29 @@ impl Default for RoomsConfig {
         RoomsConfig {
             ttl_hours: 24,
             max_participants: 50,
+        }
+    }
+}
+
+/// The SFU's media: each receiver's downlink bandwidth estimate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Where a receiver's estimate starts before its feedback says more, kbit/s.
+    pub downlink_start_kbps: u32,
+    /// The estimate never goes below this (audio and the lowest layers fit), kbit/s.
+    pub downlink_min_kbps: u32,
+    /// Nor above this, kbit/s.
+    pub downlink_max_kbps: u32,
+}
+
+impl Default for MediaConfig {
+    /// Jitsi Videobridge's start, floor and ceiling.
+    fn default() -> Self {
+        MediaConfig {
+            downlink_start_kbps: 2_500,
+            downlink_min_kbps: 30,
+            downlink_max_kbps: 20_000,
         }
     }
 }
@@ -493,12 +517,13 @@ impl Config {
                 "turn" => section(text, name, table, &mut errors, &mut config.turn),
                 "http" => section(text, name, table, &mut errors, &mut config.http),
                 "rooms" => section(text, name, table, &mut errors, &mut config.rooms),
+                "media" => section(text, name, table, &mut errors, &mut config.media),
                 "store" => section(text, name, table, &mut errors, &mut config.store),
                 "log" => section(text, name, table, &mut errors, &mut config.log),
                 _ => errors.push(ConfigError {
                     key: name.clone(),
                     line: find_section_line(text, name),
-                    message: "unknown section; expected one of node, turn, http, rooms, store, log"
+                    message: "unknown section; expected one of node, turn, http, rooms, media, store, log"
                         .to_owned(),
                 }),
             }
@@ -576,6 +601,24 @@ impl Config {
         }
         if self.rooms.max_participants < 2 {
             err("rooms", "max_participants", "must be at least 2");
+        }
+        let m = &self.media;
+        if m.downlink_min_kbps == 0 {
+            err("media", "downlink_min_kbps", "must be at least 1");
+        }
+        if m.downlink_max_kbps < m.downlink_min_kbps {
+            err(
+                "media",
+                "downlink_max_kbps",
+                "must be at least media.downlink_min_kbps",
+            );
+        }
+        if !(m.downlink_min_kbps..=m.downlink_max_kbps).contains(&m.downlink_start_kbps) {
+            err(
+                "media",
+                "downlink_start_kbps",
+                "must be between media.downlink_min_kbps and media.downlink_max_kbps",
+            );
         }
         if self.store.path.as_os_str().is_empty() {
             err("store", "path", "must not be empty");
@@ -744,7 +787,21 @@ mod tests {
         assert_eq!(c.http.listen, d.http.listen);
         assert_eq!(c.http.public_url, d.http.public_url);
         assert_eq!(c.rooms.ttl_hours, d.rooms.ttl_hours);
+        assert_eq!(c.media.downlink_start_kbps, d.media.downlink_start_kbps);
+        assert_eq!(c.media.downlink_min_kbps, d.media.downlink_min_kbps);
+        assert_eq!(c.media.downlink_max_kbps, d.media.downlink_max_kbps);
         assert_eq!(c.log.level, d.log.level);
+    }
+
+    #[test]
+    fn downlink_bounds_must_hold_together() {
+        let text = "[media]\ndownlink_start_kbps = 50000\ndownlink_min_kbps = 0\n";
+        let errs = Config::from_toml(text).expect_err("must fail").0;
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"media.downlink_min_kbps"), "{errs:?}");
+        assert!(keys.contains(&"media.downlink_start_kbps"), "{errs:?}");
+        let c = Config::from_toml("[media]\ndownlink_max_kbps = 8000\n").unwrap();
+        assert_eq!(c.media.downlink_max_kbps, 8000);
     }
 
     #[test]

@@ -244,6 +244,8 @@ pub struct SfuMetrics {
     pub nack_refused_budget: Counter,
     /// RTCP the SFU sent besides keyframe requests: reports, NACKs, transport-cc.
     pub rtcp_sent: Counter,
+    /// Transport-cc feedback read from receivers into their downlink estimates.
+    pub downlink_feedback: Counter,
     /// `sendmmsg` system calls that sent the SFU's datagrams (the workers' outboxes),
     /// and the datagrams they sent: their ratio is packets per system call.
     pub send_batches: Counter,
@@ -467,6 +469,11 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
         "sfu_rtcp_sent",
         "RTCP the SFU sent: receiver and sender reports, NACKs, transport-cc feedback",
         m.rtcp_sent.clone(),
+    );
+    registry.register(
+        "sfu_downlink_feedback",
+        "Transport-cc feedback packets read from receivers into their downlink bandwidth estimates",
+        m.downlink_feedback.clone(),
     );
     registry.register(
         "sfu_send_batches",

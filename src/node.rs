@@ -2,13 +2,14 @@
 //! start with a clear message), then run the data-plane workers on their threads and
 //! the control plane (TCP, HTTP, signals) on tokio.
 
-use crate::config::Config;
+use crate::config::{Config, MediaConfig};
 use crate::metrics::{Metrics, Transport};
 use crate::net::handoff::Handoff;
 use crate::net::liveness::Liveness;
 use crate::net::tcp::StreamContext;
 use crate::net::tls::TlsCerts;
 use crate::net::{tcp, tls, udp, worker};
+use crate::sfu::bwe::BweConfig;
 use crate::sfu::dtls::{DtlsError, DtlsIdentity};
 use crate::sfu::session::{Epoch, MediaSessions};
 use crate::turn::auth::Auth;
@@ -56,13 +57,16 @@ pub fn run_from(config: Config, path: Option<std::path::PathBuf>) -> Result<(), 
     // The node's DTLS certificate, made at start; its fingerprint goes into every SDP.
     // Every session's DTLS endpoint presents it.
     let dtls = dtls_identity().map_err(|e| format!("cannot make the DTLS certificate: {e}"))?;
-    let media = Arc::new(MediaSessions::new(
-        clock,
-        media_candidates(&config, &udp_listen),
-        Arc::new(dtls),
-        metrics.sfu.clone(),
-        random_key(),
-    ));
+    let media = Arc::new(
+        MediaSessions::new(
+            clock,
+            media_candidates(&config, &udp_listen),
+            Arc::new(dtls),
+            metrics.sfu.clone(),
+            random_key(),
+        )
+        .with_downlink(downlink(&config.media)),
+    );
     let workers = start_workers(
         &config,
         &udp_listen,
@@ -625,4 +629,14 @@ pub(crate) fn random_key() -> [u8; 32] {
     let mut key = [0u8; 32];
     OsRng.fill_bytes(&mut key);
     key
+}
+
+/// The `[media]` keys as the estimator takes them (bit/s).
+fn downlink(media: &MediaConfig) -> BweConfig {
+    let bps = |kbps: u32| u64::from(kbps) * 1000;
+    BweConfig {
+        start_bps: bps(media.downlink_start_kbps),
+        min_bps: bps(media.downlink_min_kbps),
+        max_bps: bps(media.downlink_max_kbps),
+    }
 }

@@ -148,6 +148,12 @@ fn media_in_chromium() {
         "{metrics}"
     );
     assert!(value("confnode_sfu_rtcp_sent_total") > 0.0, "{metrics}");
+    // Every receiving Chromium got our transport-wide sequence numbers and reported
+    // when they arrived, feedback its downlink estimate reads (about 10 a second each).
+    assert!(
+        value("confnode_sfu_downlink_feedback_total") > 100.0,
+        "{metrics}"
+    );
     // Chromium picks how each peer connection reaches its relay, and its receiving
     // ones often come without a UDP relay candidate (then TCP carries the call, and the
     // SFU's packets reach that relay through the kernel): each one over UDP must have

@@ -10,12 +10,14 @@
 //! copy of the address, refreshed when the link's version changes. So forwarding,
 //! retransmission and sender reports take no lock of the receiver; the link's address
 //! mutex is a leaf, taken only when the address moved, and never while waiting for
-//! another lock.
+//! another lock. The receiver's transport-wide sequence numbers are one atomic counter
+//! of the link ([`SentPackets`]), taken as each packet is sent.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use super::bwe::SentPackets;
 use super::srtp::{MasterKey, SrtpContext, SrtpError};
 
 /// SSRCs one forwarded stream sends: its own and its RTX.
@@ -32,6 +34,9 @@ pub struct ReceiverLink {
     peer: Mutex<Option<Peer>>,
     /// Bumped after every change of `peer`.
     version: AtomicU32,
+    /// The receiver transport's transport-wide sequence numbers and what went out
+    /// under them, for reading its transport-cc feedback.
+    pub sent: SentPackets,
 }
 
 impl ReceiverLink {
@@ -77,10 +82,10 @@ impl Egress {
         }
     }
 
-    /// The stream's SRTP context and where to send, once the receiver's DTLS connected
-    /// and its address is known. Allocates once per stream (the context), never per
-    /// packet.
-    fn ready(&mut self) -> Option<(&mut SrtpContext, Peer)> {
+    /// Where to send, once the receiver's DTLS connected and its address is known;
+    /// then the stream's SRTP context exists too. Allocates once per stream (the
+    /// context), never per packet.
+    fn ready(&mut self) -> Option<Peer> {
         let version = self.link.version.load(Ordering::Acquire);
         if version != self.seen {
             self.peer = *self
@@ -95,18 +100,32 @@ impl Egress {
             let key = self.link.key.get()?;
             self.srtp = Some(Box::new(SrtpContext::new(key, STREAM_SSRCS).ok()?));
         }
-        Some((self.srtp.as_deref_mut()?, peer))
+        Some(peer)
     }
 
     /// Protects the RTP packet in `out[..len]` (with room for the tag behind it) and
-    /// sends it to the receiver; false when the receiver cannot take it yet.
+    /// sends it to the receiver; false when the receiver cannot take it yet. Where the
+    /// packet has a transport-wide sequence number (at `transport_seq_at`, from
+    /// [`crate::sfu::forward::Forwarder::transport_seq_at`]), it gets the receiver's
+    /// next one, and the packet is remembered under it as sent at `now`.
     pub fn send_rtp(
         &mut self,
         out: &mut [u8],
         len: usize,
+        transport_seq_at: Option<usize>,
+        now: u64,
         send: &mut impl FnMut(&[u8], SocketAddr, usize),
     ) -> bool {
-        self.send(out, len, SrtpContext::protect_rtp, send)
+        let Some(peer) = self.ready() else {
+            return false;
+        };
+        if let Some(at) = transport_seq_at
+            && at + 2 <= len
+            && let Some(field) = out.get_mut(at..at + 2)
+        {
+            field.copy_from_slice(&self.link.sent.stamp(len, now).to_be_bytes());
+        }
+        self.protect_and_send(out, len, peer, SrtpContext::protect_rtp, send)
     }
 
     /// The same for RTCP in `out[..len]` (a sender report of this stream).
@@ -116,17 +135,21 @@ impl Egress {
         len: usize,
         send: &mut impl FnMut(&[u8], SocketAddr, usize),
     ) -> bool {
-        self.send(out, len, SrtpContext::protect_rtcp, send)
+        let Some(peer) = self.ready() else {
+            return false;
+        };
+        self.protect_and_send(out, len, peer, SrtpContext::protect_rtcp, send)
     }
 
-    fn send(
+    fn protect_and_send(
         &mut self,
         out: &mut [u8],
         len: usize,
+        (to, via): Peer,
         protect: fn(&mut SrtpContext, &mut [u8], usize) -> Result<usize, SrtpError>,
         send: &mut impl FnMut(&[u8], SocketAddr, usize),
     ) -> bool {
-        let Some((srtp, (to, via))) = self.ready() else {
+        let Some(srtp) = self.srtp.as_deref_mut() else {
             return false;
         };
         match protect(srtp, out, len) {
@@ -171,20 +194,23 @@ mod tests {
         let mut send = |d: &[u8], to: SocketAddr, via: usize| sent.push((d.to_vec(), to, via));
         let mut p = rtp(7, 1);
         assert!(
-            !egress.send_rtp(&mut p, 20, &mut send),
+            !egress.send_rtp(&mut p, 20, None, 0, &mut send),
             "no key, no address"
         );
         let a: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         link.set_peer(Some((a, 0)));
-        assert!(!egress.send_rtp(&mut p, 20, &mut send), "no key yet");
+        assert!(
+            !egress.send_rtp(&mut p, 20, None, 0, &mut send),
+            "no key yet"
+        );
         link.set_key(key(1));
         link.set_key(key(2)); // ignored: the first key stands
         let mut p = rtp(7, 2);
-        assert!(egress.send_rtp(&mut p, 20, &mut send));
+        assert!(egress.send_rtp(&mut p, 20, None, 0, &mut send));
         let b: SocketAddr = "192.0.2.2:6000".parse().unwrap();
         link.set_peer(Some((b, 1)));
         let mut p = rtp(7, 3);
-        assert!(egress.send_rtp(&mut p, 20, &mut send));
+        assert!(egress.send_rtp(&mut p, 20, None, 0, &mut send));
         assert_eq!(sent.len(), 2);
         assert_eq!((sent[0].1, sent[0].2), (a, 0));
         assert_eq!((sent[1].1, sent[1].2), (b, 1));
@@ -193,5 +219,43 @@ mod tests {
         for (mut d, ..) in sent {
             assert_eq!(receiver.unprotect_rtp(&mut d), Ok(20));
         }
+    }
+
+    #[test]
+    fn streams_of_one_receiver_share_its_transport_wide_numbers() {
+        let link = Arc::new(ReceiverLink::new());
+        link.set_peer(Some(("192.0.2.1:5000".parse().unwrap(), 0)));
+        link.set_key(key(1));
+        let (mut audio, mut video) = (Egress::new(link.clone()), Egress::new(link.clone()));
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        let mut send = |d: &[u8], _: SocketAddr, _: usize| sent.push(d.to_vec());
+        // A one-byte extension block with the transport-wide number (id 3) at 17..19.
+        let with_ext = |ssrc: u32, seq: u16| {
+            let mut p = rtp(ssrc, seq);
+            p[0] |= 0x10;
+            p[12..16].copy_from_slice(&[0xBE, 0xDE, 0, 1]);
+            p[16..20].copy_from_slice(&[0x31, 0xFF, 0xFF, 0]);
+            p
+        };
+        for i in 0..6u16 {
+            let (egress, ssrc) = if i % 2 == 0 {
+                (&mut audio, 7)
+            } else {
+                (&mut video, 8)
+            };
+            let mut p = with_ext(ssrc, 100 + i);
+            assert!(egress.send_rtp(&mut p, 40, Some(17), 1_000 + u64::from(i), &mut send));
+        }
+        // A place past the packet's end: sent without taking a number.
+        let mut p = with_ext(7, 200);
+        assert!(audio.send_rtp(&mut p, 40, Some(39), 2_000, &mut send));
+        let mut receiver = SrtpContext::new(&key(1), 4).unwrap();
+        for (i, mut d) in sent.into_iter().take(6).enumerate() {
+            assert_eq!(receiver.unprotect_rtp(&mut d), Ok(40));
+            assert_eq!(u16::from_be_bytes([d[17], d[18]]), i as u16);
+            let packet = link.sent.get(i as u64, 5_000).unwrap();
+            assert_eq!((packet.size, packet.at), (40, 1_000 + i as u64));
+        }
+        assert_eq!(link.sent.get(6, 5_000), None);
     }
 }

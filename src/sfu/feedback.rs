@@ -11,6 +11,8 @@
 //!   bandwidth estimator needs before its encoder ramps up and sends every simulcast
 //!   layer; a receiver report per track each second; NACKs for lost packets.
 //! - To receivers: a sender report per stream each second.
+//! - From receivers: transport-cc feedback on what we sent them, into each receiver's
+//!   downlink estimate (`sfu::bwe`).
 //!
 //! Locks: forwarding holds the publisher's session lock and takes a receiver's inside
 //! it. A receiver's RTCP is read under the receiver's lock into [`Requests`], which is
@@ -20,6 +22,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
+use super::bwe::{ArrivalReport, Estimator, SentPackets};
 use super::dtls::SrtpPair;
 use super::forward::ResendRefusal;
 use super::rtcp::{self, ReportBlock, Rtcp, RtcpIter};
@@ -127,6 +130,22 @@ pub fn receiver_requests(sub: &Subscription, rtcp: &[u8]) -> Requests {
     requests
 }
 
+/// Reads the transport-cc feedback in a receiver's (decrypted, compound) RTCP into its
+/// downlink estimate `bwe`, about the packets `sent` holds; returns how many feedback
+/// packets there were. Unparsable ones are skipped.
+pub fn estimate_downlink(bwe: &mut Estimator, sent: &SentPackets, rtcp: &[u8], now: u64) -> u64 {
+    let mut read = 0;
+    for packet in RtcpIter::new(rtcp) {
+        if let Rtcp::TransportCc(fb) = packet
+            && let Some(report) = ArrivalReport::parse(fb.fci)
+        {
+            bwe.on_feedback(&report, sent, now);
+            read += 1;
+        }
+    }
+    read
+}
+
 /// Carries out what a receiver asked for (its lock is not held): keyframe requests go
 /// to the publisher as PLIs, NACKed packets go back to the receiver from the cache.
 /// `now` in microseconds.
@@ -221,7 +240,9 @@ fn resend(
     if n + MAX_RTP_OVERHEAD > out.len() {
         return;
     }
-    if o.egress.send_rtp(out, n, send) {
+    if o.egress
+        .send_rtp(out, n, o.forwarder.transport_seq_at(), now, send)
+    {
         counts.retransmitted += 1;
     }
 }

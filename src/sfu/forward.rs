@@ -67,6 +67,8 @@ pub struct ExtensionMap {
     /// Publisher id → receiver id; 0 = blank it.
     ids: [u8; 256],
     keep_all: bool,
+    /// The publisher's id of the transport-wide sequence number; 0: none.
+    transport_cc: u8,
     mid_id: u8,
     mid: [u8; 16],
     mid_len: u8,
@@ -78,6 +80,7 @@ impl Default for ExtensionMap {
         ExtensionMap {
             ids: [0; 256],
             keep_all: false,
+            transport_cc: 0,
             mid_id: 0,
             mid: [0; 16],
             mid_len: 0,
@@ -100,6 +103,14 @@ impl ExtensionMap {
         self.ids[usize::from(from)] = to;
     }
 
+    /// The publisher's transport-wide sequence number `from` becomes the receiver's
+    /// `to`; its value is the receiver transport's own, written when the packet is sent
+    /// (see [`Forwarder::transport_seq_at`]).
+    pub fn set_transport_cc(&mut self, from: u8, to: u8) {
+        self.ids[usize::from(from)] = to;
+        self.transport_cc = from;
+    }
+
     /// The publisher's mid extension `from` becomes the receiver's `to` with `value`;
     /// false for a value over 16 bytes (the one-byte form's limit).
     pub fn set_mid(&mut self, from: u8, to: u8, value: &[u8]) -> bool {
@@ -113,17 +124,18 @@ impl ExtensionMap {
         true
     }
 
-    fn apply(&self, pkt: &mut [u8], header: &RtpHeader) {
-        let Some(block) = header.extension else {
-            return;
-        };
+    /// Rewrites the extensions of `pkt` in place; returns where the transport-wide
+    /// sequence number's two bytes are, if the packet has one the receiver gets.
+    fn apply(&self, pkt: &mut [u8], header: &RtpHeader) -> Option<usize> {
+        let block = header.extension?;
         if self.keep_all {
-            return;
+            return None;
         }
+        let mut transport_seq_at = None;
         let mut cursor = block.cursor();
         while let Some(e) = cursor.next(pkt) {
             let Some(element) = pkt.get_mut(e.header..e.value.end) else {
-                return;
+                return transport_seq_at;
             };
             let to = self.ids[usize::from(e.id)];
             let value_at = e.value.start - e.header;
@@ -153,7 +165,11 @@ impl ExtensionMap {
             } else {
                 to
             };
+            if e.id == self.transport_cc && e.value.len() == 2 {
+                transport_seq_at = Some(e.value.start);
+            }
         }
+        transport_seq_at
     }
 }
 
@@ -243,6 +259,8 @@ pub struct Forwarder {
     round_trip_us: u64,
     /// Bytes retransmissions may still spend (see [`RESEND_SHARE`]).
     resend_budget: u32,
+    /// Where the packet last written carries its transport-wide sequence number.
+    transport_seq_at: Option<usize>,
 }
 
 impl Forwarder {
@@ -276,6 +294,7 @@ impl Forwarder {
             last_sr: None,
             round_trip_us: DEFAULT_ROUND_TRIP_US,
             resend_budget: RESEND_INITIAL_BYTES,
+            transport_seq_at: None,
         }
     }
 
@@ -310,6 +329,14 @@ impl Forwarder {
     /// one it waits for.
     pub fn keyframe_layer(&self) -> Option<u8> {
         self.selector.current().or(self.selector.target())
+    }
+
+    /// Where the packet last written by [`Forwarder::forward`] or
+    /// [`Forwarder::retransmit`] carries its transport-wide sequence number (the RTX
+    /// header leaves it in place), which [`crate::sfu::egress::Egress`] fills in from
+    /// the receiver's counter when it sends the packet.
+    pub fn transport_seq_at(&self) -> Option<usize> {
+        self.transport_seq_at
     }
 
     /// Packets and payload octets sent (for sender reports).
@@ -361,7 +388,7 @@ impl Forwarder {
         let o = self.offsets;
         let out_seq = seq.wrapping_add(o.seq);
         let out_ts = info.header.timestamp.wrapping_add(o.ts);
-        self.rewrite(pkt, &info.header, info.vp8.as_ref(), out_seq, o);
+        self.transport_seq_at = self.rewrite(pkt, &info.header, info.vp8.as_ref(), out_seq, o);
         if newest {
             self.out_seq = out_seq;
             if ts_newer(out_ts, self.out_ts) || self.packets == 0 {
@@ -440,6 +467,8 @@ impl Forwarder {
         self.started = true;
     }
 
+    /// Rewrites `pkt` into this receiver's numbers; returns where its transport-wide
+    /// sequence number goes.
     fn rewrite(
         &self,
         pkt: &mut [u8],
@@ -447,7 +476,7 @@ impl Forwarder {
         vp8: Option<&Vp8Descriptor>,
         out_seq: u16,
         o: Offsets,
-    ) {
+    ) -> Option<usize> {
         rtp::set_seq(pkt, out_seq);
         rtp::set_timestamp(pkt, header.timestamp.wrapping_add(o.ts));
         rtp::set_ssrc(pkt, self.ssrc);
@@ -462,7 +491,7 @@ impl Forwarder {
                 d.write_tl0picidx(payload, idx.wrapping_add(o.tl0));
             }
         }
-        self.extensions.apply(pkt, header);
+        self.extensions.apply(pkt, header)
     }
 
     /// A keyframe request this receiver needs sent (see [`Selector::poll_keyframe`]).
@@ -549,7 +578,7 @@ impl Forwarder {
             pid: sent.pid_offset,
             tl0: sent.tl0_offset,
         };
-        self.rewrite(out, &header, vp8.as_ref(), out_seq, o);
+        self.transport_seq_at = self.rewrite(out, &header, vp8.as_ref(), out_seq, o);
         let len = match self.rtx {
             Some(rtx) => {
                 let n = rtp::wrap_rtx(out, &header, rtx.ssrc, rtx.payload_type, self.rtx_seq)
@@ -1109,6 +1138,47 @@ mod tests {
         let h = RtpHeader::parse(&p[..n]).unwrap();
         assert_eq!(h.find_extension(&p, 1), None);
         assert!(!ExtensionMap::default().set_mid(1, 1, &[b'x'; 17]));
+    }
+
+    #[test]
+    fn transport_wide_number_keeps_its_place_under_the_receivers_id() {
+        let mut t = simulcast_track();
+        let mut ext = ExtensionMap::default();
+        ext.set_transport_cc(5, 3);
+        let mut f = Forwarder::new(
+            &t,
+            ForwarderConfig {
+                extensions: ext,
+                ..config(None)
+            },
+        );
+        let mut p = packet(
+            PT,
+            1,
+            0,
+            111,
+            &[(RID_EXT, b"q"), (5, &[0xAB, 0xCD])],
+            &vp8_payload(true, true, 1, 1),
+        );
+        let len = p.len();
+        let info = t.receive(&mut p, len, 0).unwrap();
+        let n = f.forward(&mut p, &info, 0).unwrap();
+        let h = RtpHeader::parse(&p[..n]).unwrap();
+        let at = f.transport_seq_at().expect("the packet has one");
+        assert_eq!(h.extension_value(&p, 3), Some(&p[at..at + 2]));
+        // Without the element, there is nothing to number.
+        let mut p = packet(
+            PT,
+            2,
+            0,
+            111,
+            &[(RID_EXT, b"q")],
+            &vp8_payload(false, true, 1, 1),
+        );
+        let len = p.len();
+        let info = t.receive(&mut p, len, 0).unwrap();
+        f.forward(&mut p, &info, 0).unwrap();
+        assert_eq!(f.transport_seq_at(), None);
     }
 
     #[test]

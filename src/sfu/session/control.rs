@@ -12,6 +12,7 @@ use rand_chacha::ChaCha12Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::metrics::SfuMetrics;
+use crate::sfu::bwe::{BweConfig, Estimator};
 use crate::sfu::codec::Codec;
 use crate::sfu::dtls::{DtlsIdentity, DtlsSession, SrtpCapacity};
 use crate::sfu::egress::{Egress, ReceiverLink};
@@ -83,6 +84,8 @@ pub struct MediaSessions {
     /// session's DTLS endpoint presents it.
     identity: Arc<DtlsIdentity>,
     metrics: SfuMetrics,
+    /// Start, floor and ceiling of each receiver's downlink estimate.
+    downlink: BweConfig,
 }
 
 impl std::fmt::Debug for MediaSessions {
@@ -111,7 +114,15 @@ impl MediaSessions {
             candidates,
             identity,
             metrics,
+            downlink: BweConfig::default(),
         }
+    }
+
+    /// Receivers' downlink estimates start, stay above and below these (the
+    /// `[media]` keys of the configuration).
+    pub fn with_downlink(mut self, downlink: BweConfig) -> MediaSessions {
+        self.downlink = downlink;
+        self
     }
 
     pub fn identity(&self) -> &Arc<DtlsIdentity> {
@@ -499,6 +510,7 @@ impl MediaSessions {
                     offered_ms: None,
                     next_ssrc: self.random_u32(),
                     max_height: None,
+                    bwe: Estimator::new(self.downlink),
                 })),
             }),
         });
@@ -792,8 +804,9 @@ fn published_media(mid: &str, t: &PublishedTrack) -> Option<PublishedMedia> {
 
 /// How a receiver gets the header extensions of a publisher's packets: audio level and
 /// abs-send-time under the ids of our offers, the mid with the receiver's value. The
-/// transport-wide sequence number is blanked: its numbers belong to the publisher's
-/// transport, not the receiver's.
+/// transport-wide sequence number keeps its place under our id, but its value is the
+/// receiver transport's own, written as the packet is sent (the publisher's numbers
+/// belong to its transport).
 fn receiver_extensions(publisher: &[(Extension, u8)], mid: &str) -> ExtensionMap {
     let mut map = ExtensionMap::default();
     let ours = |ext: Extension| {
@@ -808,6 +821,7 @@ fn receiver_extensions(publisher: &[(Extension, u8)], mid: &str) -> ExtensionMap
                 map.set_mid(from, to, mid.as_bytes());
             }
             (Extension::AudioLevel | Extension::AbsSendTime, Some(to)) => map.map(from, to),
+            (Extension::TransportCc, Some(to)) => map.set_transport_cc(from, to),
             _ => {}
         }
     }

@@ -94,6 +94,8 @@ pub struct ForwardCounts {
     pub resend_over_budget: u64,
     /// Reports, NACKs and transport-cc feedback sent.
     pub rtcp_sent: u64,
+    /// Transport-cc feedback read from receivers into their downlink estimates.
+    pub downlink_feedback: u64,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -283,8 +285,16 @@ impl SessionCache {
                         Ok(n) => n,
                         Err(e) => return MediaVerdict::Dropped(srtp_drop(e)),
                     };
-                    match m.subscribe.as_deref() {
+                    match m.subscribe.as_deref_mut() {
                         Some(sub) => {
+                            if let Some(link) = session.link.as_deref() {
+                                self.counts.downlink_feedback += feedback::estimate_downlink(
+                                    &mut sub.bwe,
+                                    &link.sent,
+                                    &pkt[..n],
+                                    now,
+                                );
+                            }
                             let requests = feedback::receiver_requests(sub, &pkt[..n]);
                             drop(media);
                             if !requests.is_empty() {
@@ -511,7 +521,8 @@ pub(super) fn forward_rtp(
         }
         out[..n].copy_from_slice(&pkt[..n]);
         if let Some(m) = o.forwarder.forward(&mut out[..n], &incoming, now)
-            && o.egress.send_rtp(out, m, send)
+            && o.egress
+                .send_rtp(out, m, o.forwarder.transport_seq_at(), now, send)
         {
             counts.forwarded += 1;
         }

@@ -85,6 +85,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
+use super::bwe::Estimator;
 use super::dtls::{DtlsSession, SrtpPair};
 use super::egress::{Egress, ReceiverLink};
 use super::forward::Forwarder;
@@ -278,6 +279,8 @@ pub struct Subscription {
     max_height: Option<u16>,
     /// The next SSRC for a stream to this receiver (see [`Subscription::fresh_ssrc`]).
     next_ssrc: u32,
+    /// The receiver's downlink estimate, from its transport-cc feedback.
+    pub bwe: Estimator,
 }
 
 impl Subscription {

@@ -561,6 +561,8 @@ fn a_receiver_gets_newcomers_after_300_arrivals_and_departures() {
         let ok = publisher.media().tracks[0].outs[0].egress.send_rtp(
             &mut buf,
             rtp.len(),
+            None,
+            0,
             &mut |d: &[u8], to: SocketAddr, _| sent.push((d.to_vec(), to)),
         );
         assert!(ok, "publisher {i}");
