@@ -511,6 +511,7 @@ impl MediaSessions {
                     next_ssrc: self.random_u32(),
                     max_height: None,
                     bwe: Estimator::new(self.downlink),
+                    logged_estimate_bps: 0,
                 })),
             }),
         });

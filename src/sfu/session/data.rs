@@ -17,7 +17,8 @@ use crate::sfu::srtp::{MAX_RTP_OVERHEAD, SrtpError};
 use crate::sfu::track::Dropped;
 use crate::stun::message::Message;
 
-use super::{MAX_SESSIONS, MediaSessions, Session, SessionMedia};
+use super::{MAX_SESSIONS, MediaSessions, Session, SessionMedia, Subscription};
+use crate::sfu::egress::ReceiverLink;
 
 /// Entries a worker's cache holds before it is cleared and refilled from the registry.
 const MAX_CACHED: usize = 4 * MAX_SESSIONS;
@@ -288,12 +289,16 @@ impl SessionCache {
                     match m.subscribe.as_deref_mut() {
                         Some(sub) => {
                             if let Some(link) = session.link.as_deref() {
-                                self.counts.downlink_feedback += feedback::estimate_downlink(
+                                let read = feedback::estimate_downlink(
                                     &mut sub.bwe,
                                     &link.sent,
                                     &pkt[..n],
                                     now,
                                 );
+                                if read > 0 {
+                                    self.counts.downlink_feedback += read;
+                                    note_estimate(&session, link, sub);
+                                }
                             }
                             let requests = feedback::receiver_requests(sub, &pkt[..n]);
                             drop(media);
@@ -542,6 +547,23 @@ pub(super) fn forward_rtp(
         (now, unix_at_epoch_us),
         send,
     );
+}
+
+/// Shares a receiver's new downlink estimate with its streams; a move by a quarter or
+/// more since the last one logged is logged (at debug), with what got through.
+fn note_estimate(session: &Session, link: &ReceiverLink, sub: &mut Subscription) {
+    let bps = sub.bwe.bps();
+    link.set_estimate(bps);
+    let logged = sub.logged_estimate_bps;
+    if logged == 0 || bps.abs_diff(logged) * 4 >= logged {
+        sub.logged_estimate_bps = bps;
+        tracing::debug!(
+            room = %session.room,
+            estimate_kbps = bps / 1000,
+            acked_kbps = sub.bwe.acked_bps().map(|b| b / 1000),
+            "media session: downlink estimate"
+        );
+    }
 }
 
 fn is_handshaking(media: &SessionMedia) -> bool {

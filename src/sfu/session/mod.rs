@@ -281,6 +281,8 @@ pub struct Subscription {
     next_ssrc: u32,
     /// The receiver's downlink estimate, from its transport-cc feedback.
     pub bwe: Estimator,
+    /// The estimate last logged (moves under a quarter are not).
+    logged_estimate_bps: u64,
 }
 
 impl Subscription {
