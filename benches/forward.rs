@@ -39,6 +39,7 @@ use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Duration;
 
+use confnode::sfu::bwe::SentPackets;
 use confnode::sfu::codec::Codec;
 use confnode::sfu::forward::{ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use confnode::sfu::rtp::{self, RtpHeader};
@@ -120,7 +121,7 @@ fn track() -> Track {
 fn receiver(track: &Track, i: usize) -> Forwarder {
     let mut extensions = ExtensionMap::default();
     extensions.map(ABS_SEND_TIME, 2);
-    extensions.map(TWCC_EXT, 3);
+    extensions.set_transport_cc(TWCC_EXT, 3);
     extensions.set_mid(MID_EXT, 1, &[b'0' + (i % 10) as u8]);
     Forwarder::new(
         track,
@@ -139,12 +140,12 @@ fn receiver(track: &Track, i: usize) -> Forwarder {
     )
 }
 
-/// The receivers of a stream: a forwarder, an output slot and a transport-wide
-/// sequence number each.
+/// The receivers of a stream: a forwarder, an output slot and the transport-wide
+/// sequence numbers (with what was sent under them) each.
 struct Fanout {
     forwarders: Vec<Forwarder>,
     outs: Vec<[u8; SLOT]>,
-    twcc: Vec<u16>,
+    sent: Vec<SentPackets>,
 }
 
 impl Fanout {
@@ -160,17 +161,19 @@ impl Fanout {
         mut seal: impl FnMut(usize, &mut [u8], usize) -> usize,
     ) -> usize {
         let mut sent = 0;
-        for (r, ((f, out), twcc)) in self
+        for (r, ((f, out), sent_packets)) in self
             .forwarders
             .iter_mut()
             .zip(&mut self.outs)
-            .zip(&mut self.twcc)
+            .zip(&self.sent)
             .enumerate()
         {
             out[..info.len].copy_from_slice(&packet[..info.len]);
             if let Some(n) = f.forward(out, info, now) {
-                *twcc = twcc.wrapping_add(1);
-                rtp::set_extension_u16(out, &info.header, 3, *twcc);
+                // As `Egress::send_rtp` does it.
+                if let Some(at) = f.transport_seq_at() {
+                    out[at..at + 2].copy_from_slice(&sent_packets.stamp(n, now).to_be_bytes());
+                }
                 let n = seal(r, out, n);
                 black_box(&out[..n]);
                 sent += 1;
@@ -206,7 +209,7 @@ impl Stream {
             rx: Fanout {
                 forwarders,
                 outs,
-                twcc: vec![0; n],
+                sent: (0..n).map(|_| SentPackets::new()).collect(),
             },
             packet: template(false),
             i: 1,

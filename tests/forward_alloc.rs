@@ -20,6 +20,7 @@ mod keys;
 use keys::master;
 use std::hint::black_box;
 
+use confnode::sfu::bwe::SentPackets;
 use confnode::sfu::codec::Codec;
 use confnode::sfu::forward::{Action, ExtensionMap, Forwarder, ForwarderConfig, RtxConfig};
 use confnode::sfu::rtcp::{self, Rtcp, RtcpIter};
@@ -128,7 +129,7 @@ fn track() -> Track {
 fn receiver(track: &Track, i: usize) -> Forwarder {
     let mut extensions = ExtensionMap::default();
     extensions.map(ABS_SEND_TIME, 2);
-    extensions.map(TWCC_EXT, 3);
+    extensions.set_transport_cc(TWCC_EXT, 3);
     extensions.set_mid(MID_EXT, 1, &[b'0' + (i % 10) as u8]);
     Forwarder::new(
         track,
@@ -244,7 +245,8 @@ struct Node {
     /// Per receiver: its output slot, transport-wide seq, and the last sequence number
     /// it was sent (for its NACKs).
     out: Vec<[u8; SLOT]>,
-    twcc: Vec<u16>,
+    /// Each receiver's transport-wide sequence numbers and what went out under them.
+    sent_packets: Vec<SentPackets>,
     last_sent: Vec<Option<u16>>,
     inbuf: [u8; SLOT],
     rtcp: [u8; 512],
@@ -271,7 +273,7 @@ impl Node {
             track,
             receivers,
             out: vec![[0; SLOT]; RECEIVERS],
-            twcc: vec![0; RECEIVERS],
+            sent_packets: (0..RECEIVERS).map(|_| SentPackets::new()).collect(),
             last_sent: vec![None; RECEIVERS],
             inbuf: [0; SLOT],
             rtcp: [0; 512],
@@ -316,8 +318,11 @@ impl Node {
             out[..info.len].copy_from_slice(&self.inbuf[..info.len]);
             if let Some(n) = fwd.forward(out, &info, self.now) {
                 let h = RtpHeader::parse(&out[..n]).expect("forwarded packets parse");
-                self.twcc[i] = self.twcc[i].wrapping_add(1);
-                rtp::set_extension_u16(out, &h, 3, self.twcc[i]);
+                // As `Egress::send_rtp` does it.
+                if let Some(at) = fwd.transport_seq_at() {
+                    let seq = self.sent_packets[i].stamp(n, self.now);
+                    out[at..at + 2].copy_from_slice(&seq.to_be_bytes());
+                }
                 self.last_sent[i] = Some(h.seq);
                 self.sent += 1;
                 let n = self.srtp.rtp_to(i, out, n);

@@ -258,20 +258,6 @@ pub fn set_marker(buf: &mut [u8], marker: bool) {
     }
 }
 
-/// Overwrites a two-byte extension value (transport-wide sequence number, RFC draft
-/// holmer-rmcat-transport-wide-cc-extensions §2): each receiver's transport has its own
-/// counter, so the data plane writes it into every copy it sends. False when the packet
-/// has no such element of that size.
-pub fn set_extension_u16(buf: &mut [u8], header: &RtpHeader, id: u8, value: u16) -> bool {
-    match header.find_extension(buf, id) {
-        Some(r) if r.len() == 2 => {
-            put(buf, r.start, &value.to_be_bytes());
-            true
-        }
-        _ => false,
-    }
-}
-
 /// abs-send-time (6.18 fixed-point seconds, 24 bits).
 pub fn read_abs_send_time(value: &[u8]) -> Option<u32> {
     match value {
@@ -473,10 +459,6 @@ pub(crate) mod tests {
         assert_eq!(h.find_extension(&p, 9), None);
         assert_eq!(h.find_extension(&p, 0), None);
         assert_eq!(&p[h.payload()], b"payload");
-        let mut q = p.clone();
-        assert!(set_extension_u16(&mut q, &h, 5, 0x0102));
-        assert_eq!(h.extension_value(&q, 5), Some(&[1, 2][..]));
-        assert!(!set_extension_u16(&mut q, &h, 3, 1), "3-byte element");
     }
 
     #[test]
@@ -569,7 +551,6 @@ pub(crate) mod tests {
                     }
                 }
                 let _ = h.find_extension(p, (i % 16) as u8);
-                let _ = set_extension_u16(p, &h, 1, 2);
                 let _ = unwrap_rtx(p, &h, 1, 2);
             }
         }
