@@ -305,6 +305,7 @@ impl RoomsApi {
             let Some(speaker) = speakers.window(&heard).map(str::to_owned) else {
                 continue;
             };
+            self.media.set_speaker(&room, &speaker);
             for stream in hub.rooms.streams_of(&room, now) {
                 effects
                     .notices

@@ -18,7 +18,7 @@
 use super::codec::{Codec, Vp8Descriptor, parse_vp8};
 use super::rtcp::{self, ReportBlock, ntp_duration, ntp_middle};
 use super::rtp::{self, RtpHeader, seq_newer, ts_newer};
-use super::simulcast::{Gate, Layers, Selector};
+use super::simulcast::{Gate, LayerCap, Layers, Selector};
 use super::track::{Incoming, Track};
 
 /// Outgoing packets remembered for answering NACKs: matches the track's cache.
@@ -309,6 +309,12 @@ impl Forwarder {
     /// The receiver's new `max_height`; a switch follows at the next keyframe.
     pub fn set_max_height(&mut self, max_height: Option<u16>) {
         self.selector.set_max_height(max_height);
+    }
+
+    /// The bound the receiver's bandwidth puts on this stream; a switch follows at the
+    /// next keyframe (paused: nothing from now on). Cheap when unchanged.
+    pub fn set_layer_cap(&mut self, cap: LayerCap) {
+        self.selector.set_cap(cap);
     }
 
     /// The layer being forwarded.

@@ -21,6 +21,7 @@
 //! - `feedback`: the RTCP around it: receivers' keyframe requests and NACKs answered,
 //!   reports both ways, transport-cc feedback to publishers.
 
+pub mod allocate;
 pub mod bwe;
 pub mod codec;
 pub mod dtls;

@@ -8,8 +8,9 @@
 //! layer until it comes. A layer that stops (no packet for [`LAYER_TIMEOUT_US`]) stops
 //! being a candidate at once: receivers on it are re-targeted to a lower running layer.
 //!
-//! The bandwidth estimate that will also cap the target per receiver (the simulcast
-//! issue) plugs in as one more bound in [`select_layer`].
+//! The receiver's downlink estimate bounds the target too: the allocation across its
+//! streams (`sfu::allocate`) gives each a [`LayerCap`], the highest layer it may have,
+//! or pauses it.
 
 /// Most simulcast layers of one track.
 pub const MAX_LAYERS: usize = 3;
@@ -69,6 +70,37 @@ pub fn select_layer(max_height: Option<u16>, layers: &Layers) -> Option<u8> {
     best.or(lowest)
 }
 
+/// The highest layer the receiver's bandwidth allows a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerCap {
+    /// No bound: the estimate has room for the stream's best layer.
+    Any,
+    /// At most this layer (the lowest running one if none at or below it runs).
+    UpTo(u8),
+    /// Nothing: not even the lowest layer fits. It resumes at a keyframe.
+    Paused,
+}
+
+/// The target under a cap: the highest running layer at or below it, else the lowest
+/// running one; nothing when paused.
+pub fn cap_layer(target: Option<u8>, cap: LayerCap, layers: &Layers) -> Option<u8> {
+    let target = target?;
+    let bound = match cap {
+        LayerCap::Any => return Some(target),
+        LayerCap::Paused => return None,
+        LayerCap::UpTo(c) => c,
+    };
+    if target <= bound {
+        return Some(target);
+    }
+    let count = layers.count.min(MAX_LAYERS as u8);
+    let running = |l: &u8| layers.is_active(*l);
+    (0..=bound.min(count.saturating_sub(1)))
+        .rev()
+        .find(running)
+        .or_else(|| (0..count).find(running))
+}
+
 /// What to do with a packet of some layer, for one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -84,6 +116,7 @@ pub enum Gate {
 #[derive(Debug, Clone)]
 pub struct Selector {
     max_height: Option<u16>,
+    cap: LayerCap,
     current: Option<u8>,
     target: Option<u8>,
     /// The `Layers::generation` the target was chosen for; `None` forces a new choice.
@@ -97,6 +130,7 @@ impl Selector {
     pub fn new(max_height: Option<u16>) -> Selector {
         Selector {
             max_height,
+            cap: LayerCap::Any,
             current: None,
             target: None,
             seen: None,
@@ -113,6 +147,23 @@ impl Selector {
 
     pub fn max_height(&self) -> Option<u16> {
         self.max_height
+    }
+
+    /// A new bound from the receiver's bandwidth; it takes effect with the next packet.
+    /// Paused, nothing more is forwarded from now on.
+    pub fn set_cap(&mut self, cap: LayerCap) {
+        if cap == self.cap {
+            return;
+        }
+        self.cap = cap;
+        self.seen = None;
+        if cap == LayerCap::Paused {
+            self.current = None;
+        }
+    }
+
+    pub fn cap(&self) -> LayerCap {
+        self.cap
     }
 
     /// The layer being forwarded.
@@ -134,7 +185,7 @@ impl Selector {
 
     fn retarget(&mut self, layers: &Layers) {
         self.seen = Some(layers.generation);
-        let target = select_layer(self.max_height, layers);
+        let target = cap_layer(select_layer(self.max_height, layers), self.cap, layers);
         if target != self.target {
             self.target = target;
             self.asked_at = None;
@@ -314,5 +365,47 @@ mod tests {
         let mut s = Selector::new(None);
         assert_eq!(s.on_packet(0, false, &layers(0, HEIGHTS, 1)), Gate::Drop);
         assert_eq!(s.poll_keyframe(0), None);
+    }
+
+    #[test]
+    fn a_bandwidth_cap_lowers_the_target_and_a_pause_stops_everything() {
+        let all = layers(0b111, HEIGHTS, 0);
+        assert_eq!(cap_layer(Some(2), LayerCap::UpTo(1), &all), Some(1));
+        assert_eq!(
+            cap_layer(Some(1), LayerCap::UpTo(2), &all),
+            Some(1),
+            "max_height wins"
+        );
+        assert_eq!(cap_layer(Some(2), LayerCap::Any, &all), Some(2));
+        assert_eq!(cap_layer(Some(2), LayerCap::Paused, &all), None);
+        let no_low = layers(0b110, HEIGHTS, 0);
+        assert_eq!(
+            cap_layer(Some(2), LayerCap::UpTo(0), &no_low),
+            Some(1),
+            "the lowest running layer rather than nothing"
+        );
+        assert_eq!(cap_layer(None, LayerCap::UpTo(0), &all), None);
+
+        let mut s = Selector::new(None);
+        assert_eq!(s.on_packet(2, true, &all), Gate::Switch);
+        // Down: the middle layer is asked for, the top one flows until it comes.
+        s.set_cap(LayerCap::UpTo(1));
+        assert_eq!(s.on_packet(2, false, &all), Gate::Forward);
+        assert_eq!(s.target(), Some(1));
+        assert_eq!(s.poll_keyframe(0), Some(1));
+        assert_eq!(s.on_packet(1, true, &all), Gate::Switch);
+        // Paused: nothing, not even a keyframe, until the pause ends.
+        s.set_cap(LayerCap::Paused);
+        assert_eq!(s.on_packet(1, true, &all), Gate::Drop);
+        assert_eq!(s.on_packet(0, true, &all), Gate::Drop);
+        assert_eq!(s.poll_keyframe(10), None);
+        s.set_cap(LayerCap::UpTo(0));
+        assert_eq!(s.on_packet(1, false, &all), Gate::Drop);
+        assert_eq!(
+            s.poll_keyframe(20),
+            Some(0),
+            "resumes at a keyframe, asked for"
+        );
+        assert_eq!(s.on_packet(0, true, &all), Gate::Switch);
     }
 }

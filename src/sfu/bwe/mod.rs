@@ -196,6 +196,13 @@ impl Estimator {
         self.bps
     }
 
+    /// Whether the path ever showed congestion (a growing queue, or heavy loss). Until
+    /// it did, the estimate is only a lower bound of the link: the traffic was too
+    /// little to find its limit.
+    pub fn congestion_seen(&self) -> bool {
+        self.rate.has_decreased() || self.loss.decreased_us.is_some()
+    }
+
     /// What the delay says now.
     pub fn usage(&self) -> Usage {
         self.delay.usage()

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha12Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::metrics::SfuMetrics;
+use crate::sfu::allocate::{Allocator, LayerMeter, LayerRates, StreamCap};
 use crate::sfu::bwe::{BweConfig, Estimator};
 use crate::sfu::codec::Codec;
 use crate::sfu::dtls::{DtlsIdentity, DtlsSession, SrtpCapacity};
@@ -233,6 +234,7 @@ impl MediaSessions {
             owner: AtomicUsize::new(NO_OWNER),
             dtls_connected: AtomicBool::new(false),
             dtls_ended: AtomicBool::new(false),
+            speaking: AtomicBool::new(false),
             media: Mutex::new(SessionMedia {
                 agent,
                 dtls,
@@ -407,10 +409,14 @@ impl MediaSessions {
                             extensions: receiver_extensions(&t.extensions, &a.mid),
                         },
                     );
+                    let cap = Arc::new(StreamCap::default());
                     // The receiver's lock under the publisher's, as forwarding takes them.
                     if let Some(sub) = a.subscriber.media().subscribe.as_mut() {
                         sub.feeds.push(Feed {
                             mid: a.mid.clone(),
+                            audio: t.codec == CodecName::Opus,
+                            rates: t.rates.clone(),
+                            cap: cap.clone(),
                             ssrc: a.ssrc,
                             publisher: Arc::downgrade(p),
                             track: index,
@@ -426,6 +432,7 @@ impl MediaSessions {
                         forwarder,
                         egress: Egress::new(link),
                         paused: false,
+                        cap,
                     });
                 }
             }
@@ -491,6 +498,7 @@ impl MediaSessions {
             owner: AtomicUsize::new(NO_OWNER),
             dtls_connected: AtomicBool::new(false),
             dtls_ended: AtomicBool::new(false),
+            speaking: AtomicBool::new(false),
             media: Mutex::new(SessionMedia {
                 agent: IceAgent::new(local, None, now_ms),
                 dtls,
@@ -512,6 +520,8 @@ impl MediaSessions {
                     max_height: None,
                     bwe: Estimator::new(self.downlink),
                     logged_estimate_bps: 0,
+                    allocator: Allocator::new(),
+                    demands: Vec::new(),
                 })),
             }),
         });
@@ -698,6 +708,20 @@ impl MediaSessions {
         heard
     }
 
+    /// `participant` is the active speaker of `room`: its receivers' allocations raise
+    /// its video first (and no longer the previous speaker's).
+    pub fn set_speaker(&self, room: &str, participant: &str) {
+        let reg = self.read();
+        for ((r, p), ufrag) in &reg.by_participant {
+            if r == room
+                && let Some(s) = reg.by_ufrag.get(ufrag)
+            {
+                s.speaking
+                    .store(p == participant, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The (room, participant) of every session whose consent ran out by `now_ms`
     /// (RFC 7675: no valid check for 30 s), whose first offer went unanswered for
     /// [`ANSWER_DEADLINE_MS`], or whose DTLS failed or was closed by the peer (no media
@@ -800,6 +824,8 @@ fn published_media(mid: &str, t: &PublishedTrack) -> Option<PublishedMedia> {
         loudness: Loudness::default(),
         next_report: 0,
         next_nack: 0,
+        meter: LayerMeter::default(),
+        rates: Arc::new(LayerRates::default()),
     })
 }
 

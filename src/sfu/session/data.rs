@@ -298,6 +298,7 @@ impl SessionCache {
                                 if read > 0 {
                                     self.counts.downlink_feedback += read;
                                     note_estimate(&session, link, sub);
+                                    sub.allocate(now);
                                 }
                             }
                             let requests = feedback::receiver_requests(sub, &pkt[..n]);
@@ -515,6 +516,8 @@ pub(super) fn forward_rtp(
         t.loudness.add(voice, level);
     }
     let n = incoming.len;
+    let heights = t.track.layers().heights;
+    t.meter.add(incoming.layer, n, now, heights, &t.rates);
     if n + MAX_RTP_OVERHEAD > out.len() || n > pkt.len() {
         return;
     }
@@ -525,6 +528,7 @@ pub(super) fn forward_rtp(
             continue;
         }
         out[..n].copy_from_slice(&pkt[..n]);
+        o.forwarder.set_layer_cap(o.cap.get());
         if let Some(m) = o.forwarder.forward(&mut out[..n], &incoming, now)
             && o.egress
                 .send_rtp(out, m, o.forwarder.transport_seq_at(), now, send)

@@ -85,6 +85,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
+use super::allocate::{Allocator, Demand, LayerMeter, LayerRates, StreamCap};
 use super::bwe::Estimator;
 use super::dtls::{DtlsSession, SrtpPair};
 use super::egress::{Egress, ReceiverLink};
@@ -132,6 +133,9 @@ pub struct Session {
     dtls_connected: AtomicBool,
     /// DTLS failed or the peer closed it: the control plane ends the participant.
     dtls_ended: AtomicBool,
+    /// A publisher that is its room's active speaker: its video is the first its
+    /// receivers' allocations raise.
+    speaking: AtomicBool,
     media: Mutex<SessionMedia>,
 }
 
@@ -206,6 +210,10 @@ pub struct PublishedMedia {
     /// When reports (µs on the shared clock) and NACKs are next due.
     pub next_report: u64,
     pub next_nack: u64,
+    /// What each layer sends, measured on the forwarding path, for the receivers'
+    /// allocations.
+    pub meter: LayerMeter,
+    pub rates: Arc<LayerRates>,
 }
 
 impl PublishedMedia {
@@ -243,6 +251,8 @@ pub struct Downstream {
     pub egress: Egress,
     /// The receiver's answer refused the m-line or made it inactive: nothing is sent.
     pub paused: bool,
+    /// The layer cap the receiver's allocation gives the stream.
+    pub cap: Arc<StreamCap>,
 }
 
 /// Where one of a receiver's streams comes from, for routing its feedback back.
@@ -250,6 +260,11 @@ pub struct Downstream {
 pub struct Feed {
     /// The receiver's mid of the stream.
     pub mid: String,
+    pub audio: bool,
+    /// What the track's layers send, and the cap the receiver's allocation gives the
+    /// stream (read by its forwarder).
+    pub rates: Arc<LayerRates>,
+    pub cap: Arc<StreamCap>,
     /// Our SSRC of the stream (what the receiver's PLI and NACK name).
     pub ssrc: u32,
     pub publisher: Weak<Session>,
@@ -281,11 +296,36 @@ pub struct Subscription {
     next_ssrc: u32,
     /// The receiver's downlink estimate, from its transport-cc feedback.
     pub bwe: Estimator,
+    /// How the estimate is shared among the streams (one demand per feed).
+    allocator: Allocator,
+    demands: Vec<Demand>,
     /// The estimate last logged (moves under a quarter are not).
     logged_estimate_bps: u64,
 }
 
 impl Subscription {
+    /// Shares the receiver's downlink estimate among its streams (`sfu::allocate`)
+    /// and hands each forwarder its cap. Run after each of its transport-cc feedbacks;
+    /// allocates only when the receiver has more streams than ever before.
+    pub fn allocate(&mut self, now: u64) {
+        self.demands.clear();
+        for f in &self.feeds {
+            let (bps, heights) = f.rates.read();
+            self.demands.push(Demand {
+                audio: f.audio,
+                bps,
+                heights,
+                max_height: self.max_height,
+                speaker: f.publisher.upgrade().is_some_and(|p| p.is_speaking()),
+            });
+        }
+        let estimate = self.bwe.congestion_seen().then(|| self.bwe.bps());
+        let caps = self.allocator.run(estimate, &self.demands, now);
+        for (f, cap) in self.feeds.iter().zip(caps) {
+            f.cap.set(*cap);
+        }
+    }
+
     /// An SSRC this receiver has never been sent under its SRTP keys. The SSRCs of
     /// departed streams are forgotten by the SRTP context, and one coming back would
     /// repeat its packet indices (and AES-GCM nonces) under the same key: a Weyl
@@ -314,6 +354,11 @@ impl std::fmt::Debug for Session {
 impl Session {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Whether this publisher is its room's active speaker.
+    pub fn is_speaking(&self) -> bool {
+        self.speaking.load(Ordering::Relaxed)
     }
 
     /// The worker that owns the session's media, once a pair is nominated.

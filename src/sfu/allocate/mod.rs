@@ -1,0 +1,420 @@
+//! How a receiver's downlink estimate is shared among the streams it receives
+//! (sans-IO).
+//!
+//! - Each published track measures what each of its layers sends ([`LayerMeter`] on
+//!   the forwarding path) and shares it without a lock ([`LayerRates`]).
+//! - On each of a receiver's transport-cc feedbacks, its [`Allocator`] shares the
+//!   estimate out: audio first, then every video's lowest layer (a video that does not
+//!   fit even so is paused), then layer by layer up, the active speaker's video first,
+//!   each up to the best its `max_height` allows ([`allocate`]). What each stream may
+//!   have goes to its forwarder as a [`LayerCap`] through a [`StreamCap`].
+//! - Down at once when what is sent exceeds the estimate; up when the estimate has
+//!   room for the step with a margin, and not within [`UP_HOLD_US`] of the last step
+//!   down. Since the estimate cannot grow much past what gets through, a receiver held
+//!   below its best also *tries* one step up now and then (every [`TRY_MIN_US`],
+//!   doubling after each try that ended in congestion, up to [`TRY_MAX_US`]): the media
+//!   itself probes, and a link that came back is used again.
+//! - An estimate that never saw congestion (no decrease from delay or loss) is only a
+//!   lower bound of the link (the traffic was too little to find its limit), so until
+//!   then nothing is capped.
+
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, Ordering};
+
+use super::simulcast::{LayerCap, Layers, MAX_LAYERS, select_layer};
+
+/// A layer's rate is measured over windows of this.
+pub const METER_WINDOW_US: u64 = 500_000;
+/// Up-steps need the estimate to exceed their cost by this factor.
+pub const UP_MARGIN: f64 = 1.15;
+/// No step up within this of the last step down.
+pub const UP_HOLD_US: u64 = 2_000_000;
+/// A receiver held below its best tries a step up after this without a change.
+pub const TRY_MIN_US: u64 = 4_000_000;
+/// ... and, after failed tries, at most this rarely.
+pub const TRY_MAX_US: u64 = 60_000_000;
+/// A try that caused no congestion within this succeeded.
+pub const TRY_SETTLE_US: u64 = 3_000_000;
+
+/// What each layer of a published track sends (bit/s; 0: not running) and its height,
+/// shared by the track's receivers' allocators.
+#[derive(Debug, Default)]
+pub struct LayerRates {
+    bps: [AtomicU32; MAX_LAYERS],
+    heights: [AtomicU16; MAX_LAYERS],
+}
+
+impl LayerRates {
+    fn publish(&self, bps: [u32; MAX_LAYERS], heights: [u16; MAX_LAYERS]) {
+        for l in 0..MAX_LAYERS {
+            self.bps[l].store(bps[l], Ordering::Relaxed);
+            self.heights[l].store(heights[l], Ordering::Relaxed);
+        }
+    }
+
+    /// The rates and heights last measured.
+    pub fn read(&self) -> ([u32; MAX_LAYERS], [u16; MAX_LAYERS]) {
+        let mut bps = [0; MAX_LAYERS];
+        let mut heights = [0; MAX_LAYERS];
+        for l in 0..MAX_LAYERS {
+            bps[l] = self.bps[l].load(Ordering::Relaxed);
+            heights[l] = self.heights[l].load(Ordering::Relaxed);
+        }
+        (bps, heights)
+    }
+}
+
+/// Measures a track's layers on the forwarding path: one addition per packet, a
+/// store per layer every [`METER_WINDOW_US`].
+#[derive(Debug, Default)]
+pub struct LayerMeter {
+    start: Option<u64>,
+    bytes: [u64; MAX_LAYERS],
+}
+
+impl LayerMeter {
+    /// One packet of `len` bytes of `layer` at `now` (µs); `heights` are the track's.
+    pub fn add(
+        &mut self,
+        layer: u8,
+        len: usize,
+        now: u64,
+        heights: [u16; MAX_LAYERS],
+        rates: &LayerRates,
+    ) {
+        let start = *self.start.get_or_insert(now);
+        if let Some(b) = self.bytes.get_mut(usize::from(layer)) {
+            *b += len as u64;
+        }
+        let elapsed = now.saturating_sub(start);
+        if elapsed >= METER_WINDOW_US {
+            let bps = self
+                .bytes
+                .map(|b| (b.saturating_mul(8_000_000) / elapsed).min(u64::from(u32::MAX)) as u32);
+            rates.publish(bps, heights);
+            self.bytes = [0; MAX_LAYERS];
+            self.start = Some(now);
+        }
+    }
+}
+
+/// A stream's [`LayerCap`], written by its receiver's allocator and read by its
+/// forwarder (under the publisher's lock) on every packet.
+#[derive(Debug)]
+pub struct StreamCap(AtomicU8);
+
+const CAP_ANY: u8 = u8::MAX;
+const CAP_PAUSED: u8 = u8::MAX - 1;
+
+impl Default for StreamCap {
+    fn default() -> Self {
+        StreamCap(AtomicU8::new(CAP_ANY))
+    }
+}
+
+impl StreamCap {
+    pub fn set(&self, cap: LayerCap) {
+        let v = match cap {
+            LayerCap::Any => CAP_ANY,
+            LayerCap::Paused => CAP_PAUSED,
+            LayerCap::UpTo(l) => l.min(CAP_PAUSED - 1),
+        };
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> LayerCap {
+        match self.0.load(Ordering::Relaxed) {
+            CAP_ANY => LayerCap::Any,
+            CAP_PAUSED => LayerCap::Paused,
+            l => LayerCap::UpTo(l),
+        }
+    }
+}
+
+/// What one stream to the receiver could use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Demand {
+    pub audio: bool,
+    /// Each layer's rate (bit/s; 0: not running) and height.
+    pub bps: [u32; MAX_LAYERS],
+    pub heights: [u16; MAX_LAYERS],
+    /// The receiver's `max_height`.
+    pub max_height: Option<u16>,
+    /// The publisher is the room's active speaker: its video goes up first.
+    pub speaker: bool,
+}
+
+impl Demand {
+    fn layers(&self) -> Layers {
+        let mut active = 0u8;
+        for (l, b) in self.bps.iter().enumerate() {
+            if *b > 0 {
+                active |= 1 << l;
+            }
+        }
+        Layers {
+            count: MAX_LAYERS as u8,
+            active,
+            heights: self.heights,
+            ..Layers::default()
+        }
+    }
+
+    /// The layer the receiver would like (its `max_height` allows), if any runs.
+    fn best(&self) -> Option<u8> {
+        select_layer(self.max_height, &self.layers())
+    }
+
+    fn running(&self, l: u8) -> bool {
+        self.bps.get(usize::from(l)).is_some_and(|b| *b > 0)
+    }
+
+    fn lowest(&self) -> Option<u8> {
+        (0..MAX_LAYERS as u8).find(|l| self.running(*l))
+    }
+
+    /// The next running layer above `l`, up to `best`.
+    fn next_up(&self, l: u8, best: u8) -> Option<u8> {
+        (l + 1..=best).find(|n| self.running(*n))
+    }
+
+    /// What the stream costs under `cap` (bit/s).
+    fn cost(&self, cap: LayerCap) -> u64 {
+        if self.audio {
+            return u64::from(self.bps[0]);
+        }
+        let layer = match cap {
+            LayerCap::Paused => return 0,
+            LayerCap::Any => self.best(),
+            LayerCap::UpTo(c) => {
+                super::simulcast::cap_layer(self.best(), LayerCap::UpTo(c), &self.layers())
+            }
+        };
+        layer.map_or(0, |l| u64::from(self.bps[usize::from(l)]))
+    }
+}
+
+/// Ranks caps: paused lowest, no cap highest.
+fn rank(cap: LayerCap) -> u8 {
+    match cap {
+        LayerCap::Paused => 0,
+        LayerCap::UpTo(l) => l.saturating_add(1).min(MAX_LAYERS as u8),
+        LayerCap::Any => MAX_LAYERS as u8 + 1,
+    }
+}
+
+/// Shares `budget` (bit/s) among `demands` into `caps` (one each): audio first, each
+/// video's lowest layer in order of priority (what does not fit is paused), then up
+/// layer by layer: the speaker's video to its best first, then the others one step
+/// each in turn, so that everyone gets the middle layer before anyone the top one.
+pub fn allocate(budget: u64, demands: &[Demand], caps: &mut [LayerCap]) {
+    let mut left = budget;
+    for (d, cap) in demands.iter().zip(caps.iter_mut()) {
+        *cap = LayerCap::Any;
+        if d.audio {
+            left = left.saturating_sub(u64::from(d.bps[0]));
+        }
+    }
+    let videos = |speaker: bool| {
+        demands
+            .iter()
+            .enumerate()
+            .filter(move |(_, d)| !d.audio && d.speaker == speaker)
+            .map(|(i, _)| i)
+    };
+    for i in videos(true).chain(videos(false)) {
+        let d = &demands[i];
+        let Some(low) = d.lowest() else {
+            continue; // nothing runs: nothing to share
+        };
+        let cost = u64::from(d.bps[usize::from(low)]);
+        if cost <= left {
+            left -= cost;
+            caps[i] = LayerCap::UpTo(low);
+        } else {
+            caps[i] = LayerCap::Paused;
+        }
+    }
+    for i in videos(true) {
+        while step_up(&demands[i], &mut caps[i], &mut left) {}
+    }
+    loop {
+        let mut stepped = false;
+        for i in videos(false) {
+            stepped |= step_up(&demands[i], &mut caps[i], &mut left);
+        }
+        if !stepped {
+            break;
+        }
+    }
+}
+
+/// Moves `cap` one running layer up if its cost fits `left`; false when it cannot.
+/// Reaching the best layer leaves no cap.
+fn step_up(d: &Demand, cap: &mut LayerCap, left: &mut u64) -> bool {
+    let (LayerCap::UpTo(layer), Some(best)) = (*cap, d.best()) else {
+        return false;
+    };
+    if layer >= best {
+        *cap = LayerCap::Any;
+        return false;
+    }
+    let Some(next) = d.next_up(layer, best) else {
+        *cap = LayerCap::Any;
+        return false;
+    };
+    let step = u64::from(d.bps[usize::from(next)].saturating_sub(d.bps[usize::from(layer)]));
+    if step > *left {
+        return false;
+    }
+    *left -= step;
+    *cap = if next >= best {
+        LayerCap::Any
+    } else {
+        LayerCap::UpTo(next)
+    };
+    true
+}
+
+/// One receiver's allocation over time (see the module's notes).
+#[derive(Debug)]
+pub struct Allocator {
+    caps: Vec<LayerCap>,
+    down: Vec<LayerCap>,
+    up: Vec<LayerCap>,
+    last_down: Option<u64>,
+    last_change: Option<u64>,
+    try_interval: u64,
+    /// A try in progress: when, and what its step costs.
+    trying: Option<(u64, u64)>,
+}
+
+impl Default for Allocator {
+    fn default() -> Self {
+        Allocator::new()
+    }
+}
+
+impl Allocator {
+    pub fn new() -> Allocator {
+        Allocator {
+            caps: Vec::new(),
+            down: Vec::new(),
+            up: Vec::new(),
+            last_down: None,
+            last_change: None,
+            try_interval: TRY_MIN_US,
+            trying: None,
+        }
+    }
+
+    /// The caps of the streams as last decided, one per demand of the last run.
+    pub fn caps(&self) -> &[LayerCap] {
+        &self.caps
+    }
+
+    /// Decides the caps for `demands` under `estimate` (bit/s; `None` while it never
+    /// saw congestion: no bound) at `now` (µs). A demand's position is its stream's:
+    /// when the streams change, the caller runs again with the new list (a stream
+    /// that moved position starts from its old position's cap). Allocates only when
+    /// the number of streams grows.
+    pub fn run(&mut self, estimate: Option<u64>, demands: &[Demand], now: u64) -> &[LayerCap] {
+        let n = demands.len();
+        for v in [&mut self.caps, &mut self.down, &mut self.up] {
+            v.resize(n, LayerCap::Any);
+        }
+        let Some(estimate) = estimate else {
+            self.caps.fill(LayerCap::Any);
+            return &self.caps;
+        };
+        let cost: u64 = demands
+            .iter()
+            .zip(&self.caps)
+            .map(|(d, c)| d.cost(*c))
+            .sum();
+        let allowance = self.trying.map_or(0, |(_, step)| step);
+        if cost > estimate.saturating_add(allowance) {
+            allocate(estimate, demands, &mut self.down);
+            let mut lowered = false;
+            for (cap, down) in self.caps.iter_mut().zip(&self.down) {
+                if rank(*down) < rank(*cap) {
+                    *cap = *down;
+                    lowered = true;
+                }
+            }
+            if lowered {
+                self.last_down = Some(now);
+                self.last_change = Some(now);
+                if self.trying.take().is_some() {
+                    self.try_interval = (self.try_interval * 2).min(TRY_MAX_US);
+                }
+                return &self.caps;
+            }
+        }
+        if let Some((at, _)) = self.trying {
+            if now.saturating_sub(at) < TRY_SETTLE_US {
+                return &self.caps;
+            }
+            self.trying = None;
+            self.try_interval = TRY_MIN_US;
+        }
+        let held = self
+            .last_down
+            .is_none_or(|t| now.saturating_sub(t) >= UP_HOLD_US);
+        if held {
+            // What the estimate has room for with the margin, never lowering a stream
+            // without congestion: applied if it all still fits.
+            let budget = (estimate as f64 / UP_MARGIN) as u64;
+            allocate(budget, demands, &mut self.up);
+            let mut raised = false;
+            for (up, cap) in self.up.iter_mut().zip(&self.caps) {
+                if rank(*up) > rank(*cap) {
+                    raised = true;
+                } else {
+                    *up = *cap;
+                }
+            }
+            let cost: u64 = demands.iter().zip(&self.up).map(|(d, c)| d.cost(*c)).sum();
+            if raised && cost <= budget {
+                self.caps.copy_from_slice(&self.up);
+                self.last_change = Some(now);
+                return &self.caps;
+            }
+        }
+        let quiet = self
+            .last_change
+            .is_none_or(|t| now.saturating_sub(t) >= self.try_interval);
+        if quiet {
+            self.try_step(demands, now);
+        }
+        &self.caps
+    }
+
+    /// Lifts one stream held below its best by one layer: the speaker's first, else
+    /// the one furthest below.
+    fn try_step(&mut self, demands: &[Demand], now: u64) {
+        let held = |i: &usize| {
+            let d = &demands[*i];
+            !d.audio && d.best().is_some() && self.caps[*i] != LayerCap::Any
+        };
+        let pick = (0..demands.len())
+            .filter(held)
+            .min_by_key(|i| (!demands[*i].speaker, rank(self.caps[*i])));
+        let Some(i) = pick else {
+            return;
+        };
+        let d = &demands[i];
+        let before = d.cost(self.caps[i]);
+        let mut unlimited = u64::MAX;
+        if self.caps[i] == LayerCap::Paused {
+            self.caps[i] = d.lowest().map_or(LayerCap::Any, LayerCap::UpTo);
+        } else {
+            step_up(d, &mut self.caps[i], &mut unlimited);
+        }
+        let step = d.cost(self.caps[i]).saturating_sub(before);
+        self.trying = Some((now, step));
+        self.last_change = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+use super::*;
+
+const AUDIO: Demand = Demand {
+    audio: true,
+    bps: [40_000, 0, 0],
+    heights: [0; MAX_LAYERS],
+    max_height: None,
+    speaker: false,
+};
+/// Chrome's three layers of a 720p camera, about.
+const VIDEO: Demand = Demand {
+    audio: false,
+    bps: [150_000, 500_000, 1_500_000],
+    heights: [180, 360, 720],
+    max_height: None,
+    speaker: false,
+};
+
+fn run(budget: u64, demands: &[Demand]) -> Vec<LayerCap> {
+    let mut caps = vec![LayerCap::Any; demands.len()];
+    allocate(budget, demands, &mut caps);
+    caps
+}
+
+#[test]
+fn audio_first_then_lowest_layers_then_up_by_priority() {
+    use LayerCap::*;
+    let speaker = Demand {
+        speaker: true,
+        ..VIDEO
+    };
+    let demands = [VIDEO, AUDIO, speaker, AUDIO];
+    assert_eq!(run(10_000_000, &demands), [Any, Any, Any, Any]);
+    // Audio, both lowest layers, then the speaker's video as far as it goes.
+    assert_eq!(
+        run(80_000 + 300_000 + 1_350_000, &demands),
+        [UpTo(0), Any, Any, Any]
+    );
+    assert_eq!(
+        run(80_000 + 300_000 + 350_000, &demands),
+        [UpTo(0), Any, UpTo(1), Any]
+    );
+    assert_eq!(
+        run(80_000 + 300_000 + 349_999, &demands),
+        [UpTo(0), Any, UpTo(0), Any]
+    );
+    // Room for one lowest layer: the speaker's; the other video is paused.
+    assert_eq!(run(80_000 + 200_000, &demands), [Paused, Any, UpTo(0), Any]);
+    assert_eq!(run(0, &demands), [Paused, Any, Paused, Any]);
+}
+
+#[test]
+fn max_height_and_stopped_layers_bound_the_best() {
+    use LayerCap::*;
+    let small = Demand {
+        max_height: Some(360),
+        ..VIDEO
+    };
+    assert_eq!(run(10_000_000, &[small]), [Any]);
+    assert_eq!(run(400_000, &[small]), [UpTo(0)]);
+    assert_eq!(small.cost(Any), 500_000, "its best is the middle layer");
+    let no_middle = Demand {
+        bps: [150_000, 0, 1_500_000],
+        ..VIDEO
+    };
+    assert_eq!(run(1_000_000, &[no_middle]), [UpTo(0)]);
+    assert_eq!(run(1_500_000, &[no_middle]), [Any]);
+    let nothing = Demand {
+        bps: [0; MAX_LAYERS],
+        ..VIDEO
+    };
+    assert_eq!(run(0, &[nothing]), [Any], "nothing runs, nothing to pause");
+}
+
+#[test]
+fn caps_pass_through_the_shared_cell() {
+    let cell = StreamCap::default();
+    assert_eq!(cell.get(), LayerCap::Any);
+    for cap in [
+        LayerCap::Paused,
+        LayerCap::UpTo(0),
+        LayerCap::UpTo(2),
+        LayerCap::Any,
+    ] {
+        cell.set(cap);
+        assert_eq!(cell.get(), cap);
+    }
+}
+
+#[test]
+fn the_meter_measures_each_layer() {
+    let rates = LayerRates::default();
+    let mut meter = LayerMeter::default();
+    let heights = [180, 360, 720];
+    // 100 packets of 1000 bytes a second on layer 2, 25 on layer 0, for 1.2 s.
+    for ms in 0..1_200u64 {
+        let now = 1_000_000 + ms * 1_000;
+        if ms % 10 == 0 {
+            meter.add(2, 1000, now, heights, &rates);
+        }
+        if ms % 40 == 0 {
+            meter.add(0, 1000, now, heights, &rates);
+        }
+    }
+    let (bps, h) = rates.read();
+    assert!((780_000..=820_000).contains(&bps[2]), "{bps:?}");
+    assert!((190_000..=220_000).contains(&bps[0]), "{bps:?}");
+    assert_eq!((bps[1], h), (0, heights));
+}
+
+const S: u64 = 1_000_000;
+
+/// A receiver of two videos and their audio.
+fn two_videos() -> [Demand; 4] {
+    [AUDIO, VIDEO, AUDIO, VIDEO]
+}
+
+#[test]
+fn nothing_is_capped_before_congestion_was_seen() {
+    let mut a = Allocator::new();
+    assert!(
+        a.run(None, &two_videos(), 0)
+            .iter()
+            .all(|c| *c == LayerCap::Any)
+    );
+}
+
+#[test]
+fn down_at_once_up_after_a_hold_with_a_margin() {
+    use LayerCap::*;
+    let d = two_videos();
+    let mut a = Allocator::new();
+    // Everything costs 3.08 Mbit/s; the estimate says 1.5: down at once.
+    assert_eq!(a.run(Some(1_500_000), &d, 0), [Any, UpTo(1), Any, UpTo(1)]);
+    // Room for the first video's top layer, but only just: no step within the hold,
+    // and none without the margin.
+    let room = 80_000 + 1_500_000 + 500_000;
+    assert_eq!(a.run(Some(room), &d, S), [Any, UpTo(1), Any, UpTo(1)]);
+    assert_eq!(a.run(Some(room), &d, 3 * S), [Any, UpTo(1), Any, UpTo(1)]);
+    let with_margin = (room as f64 * UP_MARGIN) as u64 + 1;
+    assert_eq!(
+        a.run(Some(with_margin), &d, 3 * S),
+        [Any, Any, Any, UpTo(1)]
+    );
+}
+
+#[test]
+fn held_below_its_best_it_tries_and_backs_off_when_a_try_fails() {
+    use LayerCap::*;
+    let d = two_videos();
+    let mut a = Allocator::new();
+    let est = 1_200_000; // both middle layers fit, no top layer
+    assert_eq!(a.run(Some(est), &d, 0), [Any, UpTo(1), Any, UpTo(1)]);
+    assert_eq!(
+        a.run(Some(est), &d, TRY_MIN_US - 1),
+        [Any, UpTo(1), Any, UpTo(1)]
+    );
+    // A try: the first video goes up although the estimate has no room yet.
+    let t1 = TRY_MIN_US;
+    assert_eq!(a.run(Some(est), &d, t1), [Any, Any, Any, UpTo(1)]);
+    assert_eq!(
+        a.run(Some(est), &d, t1 + S),
+        [Any, Any, Any, UpTo(1)],
+        "kept while it settles"
+    );
+    // Congestion: the estimate drops below what is sent, the try ends, down at once.
+    let back = t1 + 2 * S;
+    assert_eq!(a.run(Some(900_000), &d, back), [Any, UpTo(1), Any, UpTo(0)]);
+    // The next try waits twice as long, and lifts the video furthest below.
+    let wait = 2 * TRY_MIN_US;
+    assert_eq!(
+        a.run(Some(est), &d, back + wait - 1),
+        [Any, UpTo(1), Any, UpTo(0)]
+    );
+    assert_eq!(
+        a.run(Some(est), &d, back + wait),
+        [Any, UpTo(1), Any, UpTo(1)]
+    );
+    // This one holds (the estimate grew with what got through): the interval resets.
+    let settled = back + wait + TRY_SETTLE_US;
+    assert_eq!(
+        a.run(Some(1_300_000), &d, settled),
+        [Any, UpTo(1), Any, UpTo(1)]
+    );
+    assert_eq!(a.try_interval, TRY_MIN_US);
+}
+
+#[test]
+fn a_paused_video_resumes_by_itself() {
+    use LayerCap::*;
+    let d = two_videos();
+    let mut a = Allocator::new();
+    assert_eq!(a.run(Some(250_000), &d, 0), [Any, UpTo(0), Any, Paused]);
+    let room = ((80_000 + 300_000) as f64 * UP_MARGIN) as u64 + 1;
+    assert_eq!(
+        a.run(Some(room), &d, UP_HOLD_US),
+        [Any, UpTo(0), Any, UpTo(0)]
+    );
+}
