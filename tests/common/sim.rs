@@ -4,8 +4,12 @@
 //! (ICE checks, a dimpl DTLS client, SRTP, RTP and RTCP). Every datagram crosses a
 //! [`Link`] with its own delay, jitter (which reorders) and loss, on a simulated clock
 //! that jumps from one event to the next: the next datagram on the wire, a worker's
-//! timer, a client's DTLS timer or its next consent check. Runs are the same on every
-//! machine: the randomness is seeded.
+//! timer, a client's DTLS timer, its next consent check or transport-cc feedback. A
+//! link may also have a bottleneck: a rate and a queue that drops what would wait
+//! longer than its depth. Publishers send Opus, or VP8 in three simulcast layers as
+//! Chrome does (rids, transport-wide numbers, keyframes on request); receivers report
+//! every packet's arrival (transport-cc feedback, written by the node's own
+//! `TwccRecorder`). Runs are the same on every machine: the randomness is seeded.
 
 use std::collections::BinaryHeap;
 use std::io::Cursor;
@@ -15,9 +19,13 @@ use std::time::{Duration, Instant};
 
 use confnode::metrics::SfuMetrics;
 use confnode::router::{Inbound, Routes};
+use confnode::sfu::codec::parse_vp8;
+use confnode::sfu::rtcp::{Rtcp, RtcpIter};
+use confnode::sfu::rtp::RtpHeader;
 use confnode::sfu::sdp::PublishOffer;
 use confnode::sfu::session::{CheckVerdict, Epoch, MediaSessions, SessionCache};
 use confnode::sfu::srtp::{SrtpContext, SrtpProfile, split_keying_material};
+use confnode::sfu::twcc::TwccRecorder;
 use confnode::stun::message::{attr, method};
 use confnode::stun::{Class, Writer};
 use dimpl::{Config, Dtls, DtlsCertificate, Output};
@@ -37,16 +45,41 @@ pub struct Link {
     pub jitter_us: u64,
     /// Datagrams lost in a thousand.
     pub loss_per_mille: u32,
+    /// A bottleneck of this many bit/s (0: none) ...
+    pub rate_bps: u64,
+    /// ... whose queue drops a datagram that would wait longer than this.
+    pub queue_us: u64,
 }
 
 impl Link {
-    /// 10 ms, no jitter, no loss.
+    /// 10 ms, no jitter, no loss, no bottleneck.
     pub const CLEAN: Link = Link {
         delay_us: 10_000,
         jitter_us: 0,
         loss_per_mille: 0,
+        rate_bps: 0,
+        queue_us: 200_000,
     };
 }
+
+/// The simulcast layers of a simulated camera: rid, height, bit/s.
+pub const VIDEO_LAYERS: [(&str, u16, u64); 3] = [
+    ("q", 180, 150_000),
+    ("h", 360, 500_000),
+    ("f", 720, 1_500_000),
+];
+/// A simulated camera's frame rate.
+pub const VIDEO_FPS: u64 = 30;
+/// The header extension ids of the simulated video publisher's offer.
+const PUB_TWCC_EXT: u8 = 3;
+const PUB_RID_EXT: u8 = 10;
+/// The receivers' transport-wide sequence number id (the node's offers fix it).
+const SUB_TWCC_EXT: u8 = 3;
+/// Where in a video payload the simulated publisher writes its layer: after the VP8
+/// descriptor (4 bytes) and a keyframe's header (10 bytes).
+const LAYER_TAG_AT: usize = 14;
+/// How often receivers send transport-cc feedback.
+const FEEDBACK_EVERY_US: u64 = 50_000;
 
 /// A datagram on its way.
 struct InFlight {
@@ -84,6 +117,10 @@ pub struct Received {
     pub payload_type: u8,
     /// Simulated time of arrival (µs).
     pub at: u64,
+    /// For video from a simulated publisher: the layer the packet came from, and
+    /// whether it starts a keyframe.
+    pub layer: Option<u8>,
+    pub keyframe: bool,
 }
 
 /// A browser in miniature.
@@ -110,6 +147,25 @@ pub struct Client {
     pub rtp: Vec<Received>,
     /// RTCP packet types received (200 SR, 201 RR, 205/206 feedback), with the time.
     pub rtcp: Vec<(u8, u64)>,
+    /// When each direction's bottleneck is free again (µs): up, down.
+    busy: [u64; 2],
+    /// A receiver's record of arrivals for its transport-cc feedback, and when it
+    /// next sends one.
+    twcc: Option<TwccRecorder>,
+    next_feedback: u64,
+    /// A video publisher's SSRCs by layer, its next numbers, and the layers whose
+    /// keyframe the node asked for.
+    video: Option<VideoSource>,
+}
+
+/// What a simulated camera keeps.
+struct VideoSource {
+    ssrcs: [u32; 3],
+    seqs: [u16; 3],
+    frame: u32,
+    twcc_seq: u16,
+    picture_id: u16,
+    keyframe_wanted: [bool; 3],
 }
 
 impl Client {
@@ -152,6 +208,10 @@ impl Client {
             srtp: None,
             rtp: Vec::new(),
             rtcp: Vec::new(),
+            busy: [0; 2],
+            twcc: None,
+            next_feedback: 0,
+            video: None,
         }
     }
 
@@ -236,13 +296,27 @@ impl Sim {
             self.lost += 1;
             return;
         }
+        // Through the bottleneck, if any: it queues what comes faster than its rate
+        // (the datagram with its IP and UDP headers).
+        let mut leaves = self.now;
+        let bits = (data.len() as u64 + 28) * 8 * 1_000_000;
+        if let Some(serialise) = bits.checked_div(link.rate_bps) {
+            let busy = &mut self.clients[client].busy[usize::from(!to_node)];
+            let start = (*busy).max(self.now);
+            if start - self.now > link.queue_us {
+                self.lost += 1;
+                return;
+            }
+            leaves = start + serialise;
+            *busy = leaves;
+        }
         let jitter = match link.jitter_us {
             0 => 0,
             j => self.random() % (j + 1),
         };
         self.order += 1;
         self.wire.push(InFlight {
-            at: self.now + link.delay_us + jitter,
+            at: leaves + link.delay_us + jitter,
             order: self.order,
             client,
             to_node,
@@ -273,6 +347,112 @@ impl Sim {
         index
     }
 
+    /// A client that publishes a camera in `room` as Chrome does: VP8 in the three
+    /// [`VIDEO_LAYERS`] (rids q, h, f), RTX, transport-cc; on worker `worker`.
+    pub fn video_publisher(&mut self, room: &str, name: &str, worker: usize) -> usize {
+        let index = self.clients.len();
+        let mut client = Client::new(name, index, worker, self.instant());
+        let offer = format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\n\
+             a=ice-ufrag:{}\r\na=ice-pwd:clientpassword0123456789\r\n\
+             a=fingerprint:sha-256 {}\r\na=setup:actpass\r\na=mid:0\r\na=sendonly\r\n\
+             a=extmap:{PUB_TWCC_EXT} http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+             a=extmap:{PUB_RID_EXT} urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+             a=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n\
+             a=rtcp-fb:96 transport-cc\r\na=rtcp-fb:96 ccm fir\r\na=rtcp-fb:96 nack\r\n\
+             a=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+             a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
+            client.ufrag, client.fingerprint
+        );
+        let offer = PublishOffer::parse(offer.as_bytes()).expect("offer");
+        let answer = self
+            .sessions
+            .publish(room, name, &offer, self.now_ms())
+            .expect("publish");
+        let base = 0x5100_0000 + (index as u32) * 16;
+        client.video = Some(VideoSource {
+            ssrcs: [base, base + 1, base + 2],
+            seqs: [1000, 20_000, 40_000],
+            frame: 0,
+            twcc_seq: 0,
+            picture_id: 0,
+            keyframe_wanted: [true; 3],
+        });
+        self.clients.push(client);
+        self.clients[index].node_ice = Some(ice_of(&answer));
+        index
+    }
+
+    /// One frame of every layer of video publisher `client`'s camera (once it has
+    /// keys): a keyframe where the node asked for one (and the first time), packets of
+    /// at most 1200 bytes. False before it has keys.
+    pub fn send_video_frame(&mut self, client: usize) -> bool {
+        let mut packets = Vec::new();
+        {
+            let c = &mut self.clients[client];
+            let (Some(v), Some((tx, _))) = (c.video.as_mut(), c.srtp.as_mut()) else {
+                return false;
+            };
+            v.frame += 1;
+            v.picture_id = (v.picture_id + 1) & 0x7FFF;
+            for (l, &(rid, height, bps)) in VIDEO_LAYERS.iter().enumerate() {
+                let key = std::mem::take(&mut v.keyframe_wanted[l]);
+                let size = (bps / 8 / VIDEO_FPS) as usize * if key { 3 } else { 1 };
+                let count = size.div_ceil(1200).max(1);
+                for i in 0..count {
+                    let mut p = vec![0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                    p[1] = 96 | if i + 1 == count { 0x80 } else { 0 };
+                    p[2..4].copy_from_slice(&v.seqs[l].to_be_bytes());
+                    p[4..8].copy_from_slice(&v.frame.wrapping_mul(3000).to_be_bytes());
+                    p[8..12].copy_from_slice(&v.ssrcs[l].to_be_bytes());
+                    v.seqs[l] = v.seqs[l].wrapping_add(1);
+                    // One-byte extensions: the transport-wide number and the rid.
+                    let mut ext = vec![PUB_TWCC_EXT << 4 | 1];
+                    ext.extend(v.twcc_seq.to_be_bytes());
+                    v.twcc_seq = v.twcc_seq.wrapping_add(1);
+                    ext.push(PUB_RID_EXT << 4);
+                    ext.extend(rid.as_bytes());
+                    while ext.len() % 4 != 0 {
+                        ext.push(0);
+                    }
+                    p.extend([0xBE, 0xDE]);
+                    p.extend(((ext.len() / 4) as u16).to_be_bytes());
+                    p.extend(ext);
+                    // VP8 descriptor: X and S on a frame's first packet, a long
+                    // picture id.
+                    let start = if i == 0 { 0x10 } else { 0 };
+                    p.extend([0x80 | start, 0x80]);
+                    p.extend((v.picture_id | 0x8000).to_be_bytes());
+                    // A keyframe's tag and header with its size, or a delta frame's
+                    // tag; then the layer, then filler.
+                    let mut frame = vec![0u8; 10];
+                    if key {
+                        frame[..3].copy_from_slice(&[0x10, 0x02, 0x00]);
+                        frame[3..6].copy_from_slice(&[0x9D, 0x01, 0x2A]);
+                        frame[6..8].copy_from_slice(&(height * 16 / 9).to_le_bytes());
+                        frame[8..10].copy_from_slice(&height.to_le_bytes());
+                    } else {
+                        frame[0] = 0x01;
+                    }
+                    frame.push(l as u8);
+                    let body = (size / count).clamp(frame.len(), 1150);
+                    frame.resize(body, 0x5A);
+                    p.extend(frame);
+                    let n = p.len();
+                    p.resize(n + 32, 0);
+                    let n = tx.protect_rtp(&mut p, n).expect("protect");
+                    p.truncate(n);
+                    packets.push(p);
+                }
+            }
+        }
+        for p in packets {
+            self.transmit(client, true, p);
+        }
+        true
+    }
+
     /// A client that receives in `room` (on worker `worker`): the room's receiving
     /// sessions are brought up to date for every client in it, and this one answers
     /// the offer it gets.
@@ -280,6 +460,7 @@ impl Sim {
         let index = self.clients.len();
         let mut client = Client::new(name, index, worker, self.instant());
         client.receives = true;
+        client.twcc = Some(TwccRecorder::new());
         self.clients.push(client);
         let holders: Vec<(String, Option<u16>)> = self
             .clients
@@ -398,7 +579,12 @@ impl Sim {
                     .dtls_timeout
                     .map(|t| t.saturating_duration_since(self.epoch).as_micros() as u64);
                 let check = c.node_ice.as_ref().map(|_| c.next_check);
-                [dtls, check]
+                let feedback = c
+                    .twcc
+                    .as_ref()
+                    .filter(|_| c.srtp.is_some())
+                    .map(|_| c.next_feedback);
+                [dtls, check, feedback]
                     .into_iter()
                     .flatten()
                     .min()
@@ -421,6 +607,13 @@ impl Sim {
                 self.clients[i].next_check = self.now + CHECK_EVERY_US;
                 let check = ice_check(&self.clients[i], self.order);
                 self.transmit(i, true, check);
+            }
+            if self.clients[i].srtp.is_some()
+                && self.clients[i].twcc.is_some()
+                && self.clients[i].next_feedback <= self.now
+            {
+                self.clients[i].next_feedback = self.now + FEEDBACK_EVERY_US;
+                self.send_feedback(i);
             }
             let due = self.clients[i].dtls_timeout.is_some_and(|t| t <= now);
             if due || self.clients[i].dtls_timeout.is_none() {
@@ -491,6 +684,30 @@ impl Sim {
         }
     }
 
+    /// A receiver's transport-cc feedback on what arrived since the last one.
+    fn send_feedback(&mut self, client: usize) {
+        let now = self.now;
+        let mut out = Vec::new();
+        {
+            let c = &mut self.clients[client];
+            let (Some(rec), Some((tx, _))) = (c.twcc.as_mut(), c.srtp.as_mut()) else {
+                return;
+            };
+            let mut buf = vec![0u8; 1500];
+            while let Some(n) = rec.write_feedback(&mut buf[..1200], 0x00C1_1E47, 1, now) {
+                let mut p = buf[..n].to_vec();
+                p.resize(n + 32, 0);
+                if let Ok(m) = tx.protect_rtcp(&mut p, n) {
+                    p.truncate(m);
+                    out.push(p);
+                }
+            }
+        }
+        for p in out {
+            self.transmit(client, true, p);
+        }
+    }
+
     fn client_receives(&mut self, client: usize, mut data: Vec<u8>) {
         let now = self.now;
         match data.first() {
@@ -505,18 +722,31 @@ impl Sim {
                     return;
                 };
                 if data.get(1).is_some_and(|b| (192..=223).contains(b)) {
-                    if rx.unprotect_rtcp(&mut data).is_ok() {
+                    if let Ok(n) = rx.unprotect_rtcp(&mut data) {
                         c.rtcp.push((data[1], now));
+                        if let Some(v) = c.video.as_mut() {
+                            keyframes_asked(v, &data[..n]);
+                        }
                     }
                 } else if let Ok(n) = rx.unprotect_rtp(&mut data)
-                    && n >= 12
+                    && let Some(h) = RtpHeader::parse(&data[..n])
                 {
+                    if let (Some(rec), Some(seq)) =
+                        (c.twcc.as_mut(), h.extension_value(&data, SUB_TWCC_EXT))
+                        && let [a, b] = seq
+                    {
+                        rec.on_packet(u16::from_be_bytes([*a, *b]), now);
+                    }
+                    let payload = data.get(h.payload()).unwrap_or(&[]);
+                    let vp8 = (h.payload_type == 96).then(|| parse_vp8(payload)).flatten();
                     c.rtp.push(Received {
-                        ssrc: u32::from_be_bytes([data[8], data[9], data[10], data[11]]),
-                        seq: u16::from_be_bytes([data[2], data[3]]),
-                        timestamp: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
-                        payload_type: data[1] & 0x7F,
+                        ssrc: h.ssrc,
+                        seq: h.seq,
+                        timestamp: h.timestamp,
+                        payload_type: h.payload_type,
                         at: now,
+                        layer: vp8.and_then(|_| payload.get(LAYER_TAG_AT).copied()),
+                        keyframe: vp8.is_some_and(|d| d.keyframe),
                     });
                 }
             }
@@ -555,6 +785,20 @@ impl Sim {
         }
         for r in records {
             self.transmit(client, true, r);
+        }
+    }
+}
+
+/// Marks the layers whose keyframe a publisher's RTCP from the node asks for.
+fn keyframes_asked(v: &mut VideoSource, rtcp: &[u8]) {
+    for packet in RtcpIter::new(rtcp) {
+        let media = match packet {
+            Rtcp::Pli { media, .. } => media,
+            Rtcp::Fir(f) => f.fir_entries().next().map_or(0, |(ssrc, _)| ssrc),
+            _ => continue,
+        };
+        if let Some(l) = v.ssrcs.iter().position(|s| *s == media) {
+            v.keyframe_wanted[l] = true;
         }
     }
 }

@@ -13,7 +13,9 @@
 //!   down. Since the estimate cannot grow much past what gets through, a receiver held
 //!   below its best also *tries* one step up now and then (every [`TRY_MIN_US`],
 //!   doubling after each try that ended in congestion, up to [`TRY_MAX_US`]): the media
-//!   itself probes, and a link that came back is used again.
+//!   itself probes, and a link that came back is used again. A try ends at the first
+//!   congestion the estimator reports; one that saw none for [`TRY_SETTLE_US`] proves
+//!   its rate ([`Allocator::take_proven`]), which the estimate then takes.
 //! - An estimate that never saw congestion (no decrease from delay or loss) is only a
 //!   lower bound of the link (the traffic was too little to find its limit), so until
 //!   then nothing is capped.
@@ -30,9 +32,14 @@ pub const UP_MARGIN: f64 = 1.15;
 pub const UP_HOLD_US: u64 = 2_000_000;
 /// A receiver held below its best tries a step up after this without a change.
 pub const TRY_MIN_US: u64 = 4_000_000;
-/// ... and, after failed tries, at most this rarely.
-pub const TRY_MAX_US: u64 = 60_000_000;
-/// A try that caused no congestion within this succeeded.
+/// ... and, after failed tries, at most this rarely: a link that came back is used
+/// again within about two of these (two steps up).
+pub const TRY_MAX_US: u64 = 8_000_000;
+/// While it holds a stream below its best, an allocation is looked at again at least
+/// this often, feedback or not.
+pub const RECHECK_US: u64 = 500_000;
+/// A try that caused no congestion within this succeeded: what it sent got through,
+/// and the estimate is raised to it.
 pub const TRY_SETTLE_US: u64 = 3_000_000;
 
 /// What each layer of a published track sends (bit/s; 0: not running) and its height,
@@ -284,8 +291,19 @@ pub struct Allocator {
     last_down: Option<u64>,
     last_change: Option<u64>,
     try_interval: u64,
-    /// A try in progress: when, and what its step costs.
-    trying: Option<(u64, u64)>,
+    trying: Option<Try>,
+    /// What a try that held sent (bit/s), for the estimate.
+    proven: Option<u64>,
+    /// When it last ran.
+    ran: Option<u64>,
+}
+
+/// A step up tried beyond the estimate.
+#[derive(Debug, Clone, Copy)]
+struct Try {
+    at: u64,
+    /// The estimator's count of decreases when it began: a new one ends it.
+    decreases: u32,
 }
 
 impl Default for Allocator {
@@ -304,7 +322,21 @@ impl Allocator {
             last_change: None,
             try_interval: TRY_MIN_US,
             trying: None,
+            proven: None,
+            ran: None,
         }
+    }
+
+    /// When to run again without feedback: [`RECHECK_US`] after the last run while a
+    /// stream is held below its best; never otherwise.
+    pub fn next_due(&self) -> Option<u64> {
+        let held = self.caps.iter().any(|c| *c != LayerCap::Any);
+        self.ran.filter(|_| held).map(|t| t + RECHECK_US)
+    }
+
+    /// The rate a try that held sent, once (see [`TRY_SETTLE_US`]).
+    pub fn take_proven(&mut self) -> Option<u64> {
+        self.proven.take()
     }
 
     /// The caps of the streams as last decided, one per demand of the last run.
@@ -313,11 +345,19 @@ impl Allocator {
     }
 
     /// Decides the caps for `demands` under `estimate` (bit/s; `None` while it never
-    /// saw congestion: no bound) at `now` (µs). A demand's position is its stream's:
-    /// when the streams change, the caller runs again with the new list (a stream
-    /// that moved position starts from its old position's cap). Allocates only when
-    /// the number of streams grows.
-    pub fn run(&mut self, estimate: Option<u64>, demands: &[Demand], now: u64) -> &[LayerCap] {
+    /// saw congestion: no bound) at `now` (µs); `decreases` is the estimator's count of
+    /// congestion events. A demand's position is its stream's: when the streams
+    /// change, the caller runs again with the new list (a stream that moved position
+    /// starts from its old position's cap). Allocates only when the number of streams
+    /// grows.
+    pub fn run(
+        &mut self,
+        estimate: Option<u64>,
+        decreases: u32,
+        demands: &[Demand],
+        now: u64,
+    ) -> &[LayerCap] {
+        self.ran = Some(now);
         let n = demands.len();
         for v in [&mut self.caps, &mut self.down, &mut self.up] {
             v.resize(n, LayerCap::Any);
@@ -331,8 +371,14 @@ impl Allocator {
             .zip(&self.caps)
             .map(|(d, c)| d.cost(*c))
             .sum();
-        let allowance = self.trying.map_or(0, |(_, step)| step);
-        if cost > estimate.saturating_add(allowance) {
+        // A try sends more than the estimate by design; only congestion ends it.
+        let failed = self.trying.is_some_and(|t| t.decreases != decreases);
+        let over = self.trying.is_none() && cost > estimate;
+        if failed || over {
+            if self.trying.take().is_some() {
+                self.try_interval = (self.try_interval * 2).min(TRY_MAX_US);
+                self.last_change = Some(now);
+            }
             allocate(estimate, demands, &mut self.down);
             let mut lowered = false;
             for (cap, down) in self.caps.iter_mut().zip(&self.down) {
@@ -344,18 +390,16 @@ impl Allocator {
             if lowered {
                 self.last_down = Some(now);
                 self.last_change = Some(now);
-                if self.trying.take().is_some() {
-                    self.try_interval = (self.try_interval * 2).min(TRY_MAX_US);
-                }
                 return &self.caps;
             }
         }
-        if let Some((at, _)) = self.trying {
-            if now.saturating_sub(at) < TRY_SETTLE_US {
+        if let Some(t) = self.trying {
+            if now.saturating_sub(t.at) < TRY_SETTLE_US {
                 return &self.caps;
             }
             self.trying = None;
             self.try_interval = TRY_MIN_US;
+            self.proven = Some(cost);
         }
         let held = self
             .last_down
@@ -363,7 +407,7 @@ impl Allocator {
         if held {
             // What the estimate has room for with the margin, never lowering a stream
             // without congestion: applied if it all still fits.
-            let budget = (estimate as f64 / UP_MARGIN) as u64;
+            let budget = (estimate.max(self.proven.unwrap_or(0)) as f64 / UP_MARGIN) as u64;
             allocate(budget, demands, &mut self.up);
             let mut raised = false;
             for (up, cap) in self.up.iter_mut().zip(&self.caps) {
@@ -384,14 +428,14 @@ impl Allocator {
             .last_change
             .is_none_or(|t| now.saturating_sub(t) >= self.try_interval);
         if quiet {
-            self.try_step(demands, now);
+            self.try_step(demands, decreases, now);
         }
         &self.caps
     }
 
     /// Lifts one stream held below its best by one layer: the speaker's first, else
     /// the one furthest below.
-    fn try_step(&mut self, demands: &[Demand], now: u64) {
+    fn try_step(&mut self, demands: &[Demand], decreases: u32, now: u64) {
         let held = |i: &usize| {
             let d = &demands[*i];
             !d.audio && d.best().is_some() && self.caps[*i] != LayerCap::Any
@@ -403,15 +447,13 @@ impl Allocator {
             return;
         };
         let d = &demands[i];
-        let before = d.cost(self.caps[i]);
         let mut unlimited = u64::MAX;
         if self.caps[i] == LayerCap::Paused {
             self.caps[i] = d.lowest().map_or(LayerCap::Any, LayerCap::UpTo);
         } else {
             step_up(d, &mut self.caps[i], &mut unlimited);
         }
-        let step = d.cost(self.caps[i]).saturating_sub(before);
-        self.trying = Some((now, step));
+        self.trying = Some(Try { at: now, decreases });
         self.last_change = Some(now);
     }
 }

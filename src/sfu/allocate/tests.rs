@@ -119,7 +119,7 @@ fn two_videos() -> [Demand; 4] {
 fn nothing_is_capped_before_congestion_was_seen() {
     let mut a = Allocator::new();
     assert!(
-        a.run(None, &two_videos(), 0)
+        a.run(None, 0, &two_videos(), 0)
             .iter()
             .all(|c| *c == LayerCap::Any)
     );
@@ -131,15 +131,21 @@ fn down_at_once_up_after_a_hold_with_a_margin() {
     let d = two_videos();
     let mut a = Allocator::new();
     // Everything costs 3.08 Mbit/s; the estimate says 1.5: down at once.
-    assert_eq!(a.run(Some(1_500_000), &d, 0), [Any, UpTo(1), Any, UpTo(1)]);
+    assert_eq!(
+        a.run(Some(1_500_000), 0, &d, 0),
+        [Any, UpTo(1), Any, UpTo(1)]
+    );
     // Room for the first video's top layer, but only just: no step within the hold,
     // and none without the margin.
     let room = 80_000 + 1_500_000 + 500_000;
-    assert_eq!(a.run(Some(room), &d, S), [Any, UpTo(1), Any, UpTo(1)]);
-    assert_eq!(a.run(Some(room), &d, 3 * S), [Any, UpTo(1), Any, UpTo(1)]);
+    assert_eq!(a.run(Some(room), 0, &d, S), [Any, UpTo(1), Any, UpTo(1)]);
+    assert_eq!(
+        a.run(Some(room), 0, &d, 3 * S),
+        [Any, UpTo(1), Any, UpTo(1)]
+    );
     let with_margin = (room as f64 * UP_MARGIN) as u64 + 1;
     assert_eq!(
-        a.run(Some(with_margin), &d, 3 * S),
+        a.run(Some(with_margin), 0, &d, 3 * S),
         [Any, Any, Any, UpTo(1)]
     );
 }
@@ -150,36 +156,39 @@ fn held_below_its_best_it_tries_and_backs_off_when_a_try_fails() {
     let d = two_videos();
     let mut a = Allocator::new();
     let est = 1_200_000; // both middle layers fit, no top layer
-    assert_eq!(a.run(Some(est), &d, 0), [Any, UpTo(1), Any, UpTo(1)]);
+    assert_eq!(a.run(Some(est), 0, &d, 0), [Any, UpTo(1), Any, UpTo(1)]);
     assert_eq!(
-        a.run(Some(est), &d, TRY_MIN_US - 1),
+        a.run(Some(est), 0, &d, TRY_MIN_US - 1),
         [Any, UpTo(1), Any, UpTo(1)]
     );
     // A try: the first video goes up although the estimate has no room yet.
     let t1 = TRY_MIN_US;
-    assert_eq!(a.run(Some(est), &d, t1), [Any, Any, Any, UpTo(1)]);
+    assert_eq!(a.run(Some(est), 0, &d, t1), [Any, Any, Any, UpTo(1)]);
     assert_eq!(
-        a.run(Some(est), &d, t1 + S),
+        a.run(Some(est), 0, &d, t1 + S),
         [Any, Any, Any, UpTo(1)],
         "kept while it settles"
     );
-    // Congestion: the estimate drops below what is sent, the try ends, down at once.
+    // Congestion (the estimator lowered its estimate): the try ends, down at once.
     let back = t1 + 2 * S;
-    assert_eq!(a.run(Some(900_000), &d, back), [Any, UpTo(1), Any, UpTo(0)]);
+    assert_eq!(
+        a.run(Some(900_000), 1, &d, back),
+        [Any, UpTo(1), Any, UpTo(0)]
+    );
     // The next try waits twice as long, and lifts the video furthest below.
     let wait = 2 * TRY_MIN_US;
     assert_eq!(
-        a.run(Some(est), &d, back + wait - 1),
+        a.run(Some(est), 1, &d, back + wait - 1),
         [Any, UpTo(1), Any, UpTo(0)]
     );
     assert_eq!(
-        a.run(Some(est), &d, back + wait),
+        a.run(Some(est), 1, &d, back + wait),
         [Any, UpTo(1), Any, UpTo(1)]
     );
     // This one holds (the estimate grew with what got through): the interval resets.
     let settled = back + wait + TRY_SETTLE_US;
     assert_eq!(
-        a.run(Some(1_300_000), &d, settled),
+        a.run(Some(1_300_000), 1, &d, settled),
         [Any, UpTo(1), Any, UpTo(1)]
     );
     assert_eq!(a.try_interval, TRY_MIN_US);
@@ -190,10 +199,30 @@ fn a_paused_video_resumes_by_itself() {
     use LayerCap::*;
     let d = two_videos();
     let mut a = Allocator::new();
-    assert_eq!(a.run(Some(250_000), &d, 0), [Any, UpTo(0), Any, Paused]);
+    assert_eq!(a.run(Some(250_000), 0, &d, 0), [Any, UpTo(0), Any, Paused]);
     let room = ((80_000 + 300_000) as f64 * UP_MARGIN) as u64 + 1;
     assert_eq!(
-        a.run(Some(room), &d, UP_HOLD_US),
+        a.run(Some(room), 0, &d, UP_HOLD_US),
         [Any, UpTo(0), Any, UpTo(0)]
     );
+}
+
+#[test]
+fn a_try_ends_at_the_first_congestion() {
+    use LayerCap::*;
+    let d = two_videos();
+    let mut a = Allocator::new();
+    let est = 1_200_000;
+    a.run(Some(est), 0, &d, 0);
+    assert_eq!(
+        a.run(Some(est), 0, &d, TRY_MIN_US),
+        [Any, Any, Any, UpTo(1)]
+    );
+    // The estimate hardly moved, but the estimator saw a queue grow: back down.
+    assert_eq!(
+        a.run(Some(1_150_000), 1, &d, TRY_MIN_US + 300_000),
+        [Any, UpTo(1), Any, UpTo(1)]
+    );
+    assert_eq!(a.try_interval, 2 * TRY_MIN_US);
+    assert_eq!(a.take_proven(), None);
 }

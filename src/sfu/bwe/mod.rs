@@ -22,7 +22,8 @@ use rate::RateControl;
 
 /// Loss under this share lets the loss-based bound grow (libwebrtc: 2 %).
 const LOW_LOSS: f64 = 0.02;
-/// Loss over this share lowers it to (1 - loss / 2) of the estimate (libwebrtc: 10 %).
+/// Loss over this share lowers it to (1 - loss / 2) of the estimate (libwebrtc: 10 %),
+/// and to at most what got through.
 const HIGH_LOSS: f64 = 0.10;
 /// Packets a loss share is taken over: libwebrtc takes 20, which at a few hundred
 /// packets a second makes 5 % random loss read as over 10 % every few seconds, and
@@ -124,7 +125,7 @@ struct LossBound {
 }
 
 impl LossBound {
-    fn update(&mut self, estimate: f64, now: u64, round_trip_us: u64) {
+    fn update(&mut self, estimate: f64, acked: Option<f64>, now: u64, round_trip_us: u64) {
         let total = self.received + self.lost;
         let since = self.updated_us.map_or(0, |t| now.saturating_sub(t));
         if total < LOSS_SAMPLE && (total < LOSS_SAMPLE_MIN || since < LOSS_SAMPLE_US) {
@@ -144,7 +145,10 @@ impl LossBound {
                 .decreased_us
                 .is_none_or(|t| now.saturating_sub(t) >= LOSS_DECREASE_US + round_trip_us)
         {
-            self.bps = estimate * (1.0 - 0.5 * loss);
+            // What got through is what the path carries now: heavy loss at a rate
+            // above it is a full queue (libwebrtc's (1 - loss / 2) alone takes
+            // seconds of halving to get there).
+            self.bps = (estimate * (1.0 - 0.5 * loss)).min(acked.unwrap_or(f64::MAX));
             self.decreased_us = Some(now);
         }
         self.received = 0;
@@ -167,6 +171,8 @@ pub struct Estimator {
     reported: Option<u64>,
     round_trip_us: u64,
     bps: u64,
+    /// How often delay or loss lowered the estimate.
+    decreases: u32,
 }
 
 impl Estimator {
@@ -188,6 +194,7 @@ impl Estimator {
             reference: None,
             reported: None,
             round_trip_us: 100_000,
+            decreases: 0,
         }
     }
 
@@ -201,6 +208,21 @@ impl Estimator {
     /// little to find its limit.
     pub fn congestion_seen(&self) -> bool {
         self.rate.has_decreased() || self.loss.decreased_us.is_some()
+    }
+
+    /// How many times delay or loss lowered the estimate so far: a change means the
+    /// path showed congestion since it was last looked at.
+    pub fn decreases(&self) -> u32 {
+        self.decreases
+    }
+
+    /// Traffic at `bps` got through without congestion (a step up that held): the
+    /// estimate is at least that.
+    pub fn raise_to(&mut self, bps: u64) {
+        let bps = bps.min(self.config.max_bps);
+        self.rate.raise_to(bps);
+        self.loss.bps = self.loss.bps.max(bps as f64);
+        self.bps = self.bps.max(bps);
     }
 
     /// What the delay says now.
@@ -257,10 +279,15 @@ impl Estimator {
             acked = Some(acked.map_or(recent, |a| a.min(recent)));
         }
         let delay_bps = self.rate.update(usage, acked, now);
-        self.loss.update(self.bps as f64, now, self.round_trip_us);
+        self.loss
+            .update(self.bps as f64, self.acked.bps, now, self.round_trip_us);
         let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
         self.loss.bps = self.loss.bps.clamp(min, max.max(min));
-        self.bps = delay_bps.min(self.loss.bps as u64);
+        let bps = delay_bps.min(self.loss.bps as u64);
+        if bps < self.bps && (usage == Usage::Overuse || self.loss.decreased_us == Some(now)) {
+            self.decreases = self.decreases.wrapping_add(1);
+        }
+        self.bps = bps;
         self.bps
     }
 

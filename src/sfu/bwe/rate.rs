@@ -140,4 +140,9 @@ impl RateControl {
         });
         self.bps = next.clamp(self.min, self.max);
     }
+
+    /// The estimate is at least `bps` (traffic at that rate got through).
+    pub fn raise_to(&mut self, bps: u64) {
+        self.bps = self.bps.max(bps as f64).clamp(self.min, self.max);
+    }
 }

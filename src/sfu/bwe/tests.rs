@@ -173,12 +173,20 @@ fn follows_a_rate_drop_and_its_return() {
 }
 
 /// 5 % random loss is between the bounds where the loss-based part acts: the estimate
-/// rises as on a clean link.
+/// rises as on a clean link (1 → 3 Mbit/s in 15 s). A sample of 100 packets now and
+/// then shows over 10 % and lowers it a little; under 2 % (which 5 % random loss
+/// hardly ever shows) would be needed to raise it again, so it holds there, as
+/// libwebrtc's does.
 #[test]
 fn five_percent_random_loss_does_not_hold_it_down() {
     let mut run = Run::new(Link::new(5e6, 10_000, 0.05), 4e6, 1_000_000);
     let trace = run.run(30);
-    assert!(trace[29] >= 3_000_000, "{:?}", kbps(&trace));
+    assert!(trace[14] >= 3_000_000, "{:?}", kbps(&trace));
+    assert!(
+        trace[15..].iter().all(|&b| b >= 2_500_000),
+        "{:?}",
+        kbps(&trace)
+    );
 }
 
 /// Heavy loss lowers it.

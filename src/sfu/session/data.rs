@@ -302,6 +302,9 @@ impl SessionCache {
                                 }
                             }
                             let requests = feedback::receiver_requests(sub, &pkt[..n]);
+                            // A cap held, a try under way: the allocation is looked at
+                            // again even if the feedback stops (a paused video).
+                            self.arm(&session, m, now);
                             drop(media);
                             if !requests.is_empty() {
                                 feedback::answer_receiver(
@@ -385,7 +388,8 @@ impl SessionCache {
     }
 
     /// Does the timed work due by `now` (µs on the shared clock): DTLS flights resent
-    /// (a handshake past its deadline fails); and for publishers, receiver reports and
+    /// (a handshake past its deadline fails); a receiver's allocation looked at again
+    /// while it holds a cap; and for publishers, receiver reports and
     /// NACKs to them, sender reports to their receivers, held-back keyframe requests
     /// and transport-cc feedback, also while no packet arrives. What it sends goes out
     /// through `send`.
@@ -413,6 +417,11 @@ impl SessionCache {
                     send,
                 );
                 media.dtls_due = dtls_due(media, wait, now);
+            }
+            if let Some(sub) = media.subscribe.as_deref_mut()
+                && sub.allocation_due().is_some_and(|d| d <= now)
+            {
+                sub.allocate(now);
             }
             if let (Some(publisher), true) = (media.media_peer, media.srtp.is_some()) {
                 let SessionMedia {

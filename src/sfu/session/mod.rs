@@ -177,7 +177,8 @@ impl SessionMedia {
         let media = if self.srtp.is_some() && self.media_peer.is_some() {
             let tracks = self.tracks.iter().map(PublishedMedia::next_timeout).min();
             let twcc = self.twcc.as_ref().and_then(|t| t.next_due());
-            earliest(tracks, twcc)
+            let allocation = self.subscribe.as_ref().and_then(|s| s.allocation_due());
+            earliest(earliest(tracks, twcc), allocation)
         } else {
             None
         };
@@ -304,6 +305,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// When the allocation is to be looked at again without feedback: while it holds
+    /// a stream below its best (a paused video sends no feedback).
+    pub fn allocation_due(&self) -> Option<u64> {
+        self.allocator.next_due()
+    }
+
     /// Shares the receiver's downlink estimate among its streams (`sfu::allocate`)
     /// and hands each forwarder its cap. Run after each of its transport-cc feedbacks;
     /// allocates only when the receiver has more streams than ever before.
@@ -320,9 +327,13 @@ impl Subscription {
             });
         }
         let estimate = self.bwe.congestion_seen().then(|| self.bwe.bps());
-        let caps = self.allocator.run(estimate, &self.demands, now);
+        let decreases = self.bwe.decreases();
+        let caps = self.allocator.run(estimate, decreases, &self.demands, now);
         for (f, cap) in self.feeds.iter().zip(caps) {
             f.cap.set(*cap);
+        }
+        if let Some(proven) = self.allocator.take_proven() {
+            self.bwe.raise_to(proven);
         }
     }
 
