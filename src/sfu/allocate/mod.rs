@@ -16,9 +16,9 @@
 //!   itself probes, and a link that came back is used again. A try ends at the first
 //!   congestion the estimator reports; one that saw none for [`TRY_SETTLE_US`] proves
 //!   its rate ([`Allocator::take_proven`]), which the estimate then takes.
-//! - An estimate that never saw congestion (no decrease from delay or loss) is only a
-//!   lower bound of the link (the traffic was too little to find its limit), so until
-//!   then nothing is capped.
+//! - An estimate that never saw the link at its limit (heavy loss, see
+//!   [`crate::sfu::bwe::Estimator::congestion_seen`]) is only a lower bound of the link
+//!   (the traffic was too little to find its limit), so until then nothing is capped.
 
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, Ordering};
 
@@ -35,6 +35,9 @@ pub const TRY_MIN_US: u64 = 4_000_000;
 /// ... and, after failed tries, at most this rarely: a link that came back is used
 /// again within about two of these (two steps up).
 pub const TRY_MAX_US: u64 = 8_000_000;
+/// A video is paused only when it did not fit even at its lowest layer for this long
+/// (until then it keeps that layer): a dip of the estimate does not stop a picture.
+pub const PAUSE_AFTER_US: u64 = 2_000_000;
 /// While it holds a stream below its best, an allocation is looked at again at least
 /// this often, feedback or not.
 pub const RECHECK_US: u64 = 500_000;
@@ -296,6 +299,8 @@ pub struct Allocator {
     proven: Option<u64>,
     /// When it last ran.
     ran: Option<u64>,
+    /// Since when a video has not fitted even at its lowest layer.
+    short_since: Option<u64>,
 }
 
 /// A step up tried beyond the estimate.
@@ -324,6 +329,7 @@ impl Allocator {
             trying: None,
             proven: None,
             ran: None,
+            short_since: None,
         }
     }
 
@@ -380,6 +386,7 @@ impl Allocator {
                 self.last_change = Some(now);
             }
             allocate(estimate, demands, &mut self.down);
+            self.hold_off_pauses(demands, now);
             let mut lowered = false;
             for (cap, down) in self.caps.iter_mut().zip(&self.down) {
                 if rank(*down) < rank(*cap) {
@@ -431,6 +438,29 @@ impl Allocator {
             self.try_step(demands, decreases, now);
         }
         &self.caps
+    }
+
+    /// A video the down-allocation pauses keeps its lowest layer until it has not
+    /// fitted for [`PAUSE_AFTER_US`].
+    fn hold_off_pauses(&mut self, demands: &[Demand], now: u64) {
+        let short = self
+            .down
+            .iter()
+            .zip(&self.caps)
+            .any(|(down, cap)| *down == LayerCap::Paused && *cap != LayerCap::Paused);
+        if !short {
+            self.short_since = None;
+            return;
+        }
+        let since = *self.short_since.get_or_insert(now);
+        if now.saturating_sub(since) >= PAUSE_AFTER_US {
+            return;
+        }
+        for ((down, cap), d) in self.down.iter_mut().zip(&self.caps).zip(demands) {
+            if *down == LayerCap::Paused && *cap != LayerCap::Paused {
+                *down = d.lowest().map_or(LayerCap::Any, LayerCap::UpTo);
+            }
+        }
     }
 
     /// Lifts one stream held below its best by one layer: the speaker's first, else

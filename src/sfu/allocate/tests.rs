@@ -199,10 +199,19 @@ fn a_paused_video_resumes_by_itself() {
     use LayerCap::*;
     let d = two_videos();
     let mut a = Allocator::new();
-    assert_eq!(a.run(Some(250_000), 0, &d, 0), [Any, UpTo(0), Any, Paused]);
+    // Not even the lowest layer fits: it keeps that for a while, then pauses.
+    assert_eq!(a.run(Some(250_000), 0, &d, 0), [Any, UpTo(0), Any, UpTo(0)]);
+    assert_eq!(
+        a.run(Some(250_000), 0, &d, PAUSE_AFTER_US - 1),
+        [Any, UpTo(0), Any, UpTo(0)]
+    );
+    assert_eq!(
+        a.run(Some(250_000), 0, &d, PAUSE_AFTER_US),
+        [Any, UpTo(0), Any, Paused]
+    );
     let room = ((80_000 + 300_000) as f64 * UP_MARGIN) as u64 + 1;
     assert_eq!(
-        a.run(Some(room), 0, &d, UP_HOLD_US),
+        a.run(Some(room), 0, &d, PAUSE_AFTER_US + UP_HOLD_US),
         [Any, UpTo(0), Any, UpTo(0)]
     );
 }

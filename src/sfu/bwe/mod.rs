@@ -203,11 +203,14 @@ impl Estimator {
         self.bps
     }
 
-    /// Whether the path ever showed congestion (a growing queue, or heavy loss). Until
-    /// it did, the estimate is only a lower bound of the link: the traffic was too
-    /// little to find its limit.
+    /// Whether the path ever lost heavily (over [`HIGH_LOSS`] of a sample): a link at
+    /// its limit. Until then the estimate is only a lower bound of the link (the
+    /// traffic was too little to find its limit), and a growing delay alone does not
+    /// count: a receiver whose own machine is busy (three browsers decoding on two
+    /// cores) takes its arrival times late and irregularly, which reads as a growing
+    /// queue although nothing queues.
     pub fn congestion_seen(&self) -> bool {
-        self.rate.has_decreased() || self.loss.decreased_us.is_some()
+        self.loss.decreased_us.is_some()
     }
 
     /// How many times delay or loss lowered the estimate so far: a change means the

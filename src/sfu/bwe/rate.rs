@@ -37,8 +37,6 @@ pub struct RateControl {
     capacity: Option<f64>,
     last_change_us: Option<u64>,
     round_trip_us: u64,
-    /// A queue grew at least once.
-    decreased: bool,
 }
 
 impl RateControl {
@@ -52,18 +50,11 @@ impl RateControl {
             capacity: None,
             last_change_us: None,
             round_trip_us: 100_000,
-            decreased: false,
         }
     }
 
     pub fn bps(&self) -> u64 {
         self.bps as u64
-    }
-
-    /// Whether a queue ever grew: the estimate then stands for the link's limit, not
-    /// only for what was sent.
-    pub fn has_decreased(&self) -> bool {
-        self.decreased
     }
 
     pub fn set_round_trip(&mut self, round_trip_us: u64) {
@@ -128,7 +119,6 @@ impl RateControl {
     }
 
     fn decrease(&mut self, acked: Option<f64>) {
-        self.decreased = true;
         let through = acked.unwrap_or(self.bps);
         let next = (BACKOFF * through).min(self.bps);
         // Far below the capacity last seen, the link changed: start the average over.

@@ -298,7 +298,7 @@ impl SessionCache {
                                 if read > 0 {
                                     self.counts.downlink_feedback += read;
                                     note_estimate(&session, link, sub);
-                                    sub.allocate(now);
+                                    sub.allocate(&session.room, now);
                                 }
                             }
                             let requests = feedback::receiver_requests(sub, &pkt[..n]);
@@ -421,7 +421,7 @@ impl SessionCache {
             if let Some(sub) = media.subscribe.as_deref_mut()
                 && sub.allocation_due().is_some_and(|d| d <= now)
             {
-                sub.allocate(now);
+                sub.allocate(&session.room, now);
             }
             if let (Some(publisher), true) = (media.media_peer, media.srtp.is_some()) {
                 let SessionMedia {

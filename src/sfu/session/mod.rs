@@ -314,7 +314,7 @@ impl Subscription {
     /// Shares the receiver's downlink estimate among its streams (`sfu::allocate`)
     /// and hands each forwarder its cap. Run after each of its transport-cc feedbacks;
     /// allocates only when the receiver has more streams than ever before.
-    pub fn allocate(&mut self, now: u64) {
+    pub fn allocate(&mut self, room: &str, now: u64) {
         self.demands.clear();
         for f in &self.feeds {
             let (bps, heights) = f.rates.read();
@@ -329,8 +329,18 @@ impl Subscription {
         let estimate = self.bwe.congestion_seen().then(|| self.bwe.bps());
         let decreases = self.bwe.decreases();
         let caps = self.allocator.run(estimate, decreases, &self.demands, now);
+        let mut changed = false;
         for (f, cap) in self.feeds.iter().zip(caps) {
+            changed |= f.cap.get() != *cap;
             f.cap.set(*cap);
+        }
+        if changed {
+            tracing::debug!(
+                room,
+                estimate_kbps = estimate.map(|b| b / 1000),
+                caps = ?caps,
+                "media session: layers allocated"
+            );
         }
         if let Some(proven) = self.allocator.take_proven() {
             self.bwe.raise_to(proven);
