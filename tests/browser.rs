@@ -71,6 +71,16 @@ fn node() -> (Node, NodeOutput) {
 /// Runs `node tests/browser/{script}` against `node`; panics with its output unless it
 /// passes within [`SCRIPT_LIMIT`]; returns the output.
 fn run_script(script: &str, node: &Node, log: &NodeOutput) -> String {
+    run_script_with(script, node, log, &[])
+}
+
+/// [`run_script`] with more environment for the script.
+fn run_script_with(
+    script: &str,
+    node: &Node,
+    log: &NodeOutput,
+    vars: &[(&str, &std::ffi::OsStr)],
+) -> String {
     require_browser_tools();
     let kept = std::env::var_os("CONFNODE_SCREENSHOTS").map(PathBuf::from);
     let temp = tempfile::tempdir().expect("temp dir");
@@ -85,7 +95,8 @@ fn run_script(script: &str, node: &Node, log: &NodeOutput) -> String {
         .env("CHROMIUM", CHROMIUM)
         .env("FIREFOX", FIREFOX)
         // Chromium's own temp files (profiles) go with the test's.
-        .env("TMPDIR", temp.path());
+        .env("TMPDIR", temp.path())
+        .envs(vars.iter().copied());
     let (status, output) = run_with_timeout(&mut cmd, SCRIPT_LIMIT);
     assert!(
         status.success(),
@@ -258,4 +269,126 @@ fn firefox_with_chromium() {
     require_firefox_tools();
     let (node, log) = node();
     run_script("firefox.mjs", &node, &log);
+}
+
+/// A network namespace joined to this one by a veth pair whose end here sends at most
+/// `kbit` kbit/s into it (tc tbf with a 200 ms queue: what is sent faster waits, then
+/// is dropped). Removed (with the pair) when dropped.
+struct NarrowLink {
+    ns: String,
+    dev: String,
+    /// The address of this end, where the node listens.
+    ip: std::net::Ipv4Addr,
+}
+
+impl NarrowLink {
+    fn new(kbit: u32) -> NarrowLink {
+        let id = std::process::id();
+        let net = 16 + (id % 200) as u8;
+        let link = NarrowLink {
+            ns: format!("cn-narrow-{id}"),
+            dev: format!("cnh{}", id % 10_000_000),
+            ip: std::net::Ipv4Addr::new(10, 213, net, 1),
+        };
+        let peer = format!("cnr{}", id % 10_000_000);
+        let (ns, dev) = (link.ns.as_str(), link.dev.as_str());
+        let far = format!("10.213.{net}.2/30");
+        let near = format!("{}/30", link.ip);
+        let rate = format!("{kbit}kbit");
+        for args in [
+            &["netns", "add", ns][..],
+            &["link", "add", dev, "type", "veth", "peer", "name", &peer],
+            &["link", "set", &peer, "netns", ns],
+            &["addr", "add", &near, "dev", dev],
+            &["link", "set", dev, "up"],
+            &["-n", ns, "addr", "add", &far, "dev", &peer],
+            &["-n", ns, "link", "set", &peer, "up"],
+            &["-n", ns, "link", "set", "lo", "up"],
+        ] {
+            run_root("ip", args);
+        }
+        let tbf = ["qdisc", "add", "dev", dev, "root", "tbf", "rate", &rate];
+        run_root(
+            "tc",
+            &[&tbf[..], &["burst", "1600", "latency", "200ms"]].concat(),
+        );
+        link
+    }
+
+    /// The shell command that lifts the cap.
+    fn lift_command(&self) -> String {
+        format!("tc qdisc del dev {} root", self.dev)
+    }
+}
+
+impl Drop for NarrowLink {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the pair.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.dev]).status();
+    }
+}
+
+/// Runs a network configuration command; fails, saying why, if it does not succeed.
+fn run_root(tool: &str, args: &[&str]) {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{tool} {}` failed: {} (network namespaces need root, i.e. CAP_NET_ADMIN, \
+         as the README's test command has in CI)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Section 2 of the media-quality issue in Chromium: Carol receives behind 400 kbit/s
+/// (a network namespace, tc tbf) and settles on the lowest layer of Alice's video
+/// without freezing while Bob keeps the top layer; when the cap is lifted she is back
+/// on the top layer within 15 s (tests/browser/narrow.mjs).
+///
+/// Not passing yet, so not in the suite (run it with `cargo nextest run --test browser
+/// --run-ignored only narrow`): Carol does settle on 180 lines and Bob keeps 720, but
+/// Alice's video plays only 16-26 frames in 10 s. Two videos' lowest layers and two
+/// voices need about 370 kbit/s (measured: 100-160 kbit/s per lowest layer, 36 kbit/s
+/// per voice), and Carol's estimate, after the first heavy loss, falls to 165-300
+/// kbit/s: her busy browser's late arrival times keep reading as a growing queue, so
+/// both videos are paused and resumed by turns.
+#[test]
+#[ignore = "the estimate under a real narrow link is too low yet: see the doc comment"]
+fn narrow_link_in_chromium() {
+    common::require_tool("ip", "iproute2");
+    common::require_tool("tc", "iproute2");
+    let link = NarrowLink::new(400);
+    let http = format!(
+        "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
+        cheap_hash(PASSWORD)
+    );
+    let (node, log) = Node::start_binary_on(&common::release_binary(), link.ip, &http, "");
+    // Chromium in the namespace: playwright talks to it over a pipe, which crosses.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrapper = dir.path().join("chromium-narrow");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ip netns exec {} {CHROMIUM} \"$@\"\n",
+            link.ns
+        ),
+    )
+    .expect("write the wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("make the wrapper executable");
+    let lift = link.lift_command();
+    run_script_with(
+        "narrow.mjs",
+        &node,
+        &log,
+        &[
+            ("CHROMIUM_NARROW", wrapper.as_os_str()),
+            ("CONFNODE_LIFT", std::ffi::OsStr::new(&lift)),
+        ],
+    );
 }

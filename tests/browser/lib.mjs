@@ -37,10 +37,12 @@ export function config() {
 }
 
 /** Headless Chromium with a fake camera (a 1280x720 test pattern) and microphone (a
- * beep), permissions granted; `extra` arguments are appended. */
-export async function launch(extra = []) {
+ * beep), permissions granted; `extra` arguments are appended. `executablePath` may be
+ * a wrapper that starts Chromium elsewhere (in a network namespace, say): playwright
+ * talks to it over a pipe. */
+export async function launch(extra = [], executablePath = process.env.CHROMIUM || "/usr/bin/chromium") {
   return chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    executablePath,
     args: [
       "--use-fake-device-for-media-stream",
       "--use-fake-ui-for-media-stream",

@@ -425,7 +425,33 @@ impl Node {
             if let Ok(mut t) = log.0.lock() {
                 t.clear();
             }
-            Node::spawn_with_http(bin, (turn, http, extra), port, http_port, &log)
+            Node::spawn_with_http(bin, (turn, http, extra), (None, port, http_port), &log)
+        });
+        (node, log)
+    }
+
+    /// [`Node::start_binary_with_http`] with every listener on `ip` alone (an address
+    /// of a network namespace's link, say), which is also the node's public address.
+    pub fn start_binary_on(
+        bin: &Path,
+        ip: std::net::Ipv4Addr,
+        http: &str,
+        extra: &str,
+    ) -> (Node, NodeOutput) {
+        let log = NodeOutput::default();
+        let node = Node::start_retrying(|port, http_port| {
+            if let Ok(mut t) = log.0.lock() {
+                t.clear();
+            }
+            let mut node = Node::spawn_with_http(
+                bin,
+                ("", http, &format!("[node]\npublic_ip = \"{ip}\"\n{extra}")),
+                (Some(ip), port, http_port),
+                &log,
+            );
+            node.stun = SocketAddr::from((ip, port));
+            node.http = SocketAddr::from((ip, http_port));
+            node
         });
         (node, log)
     }
@@ -433,14 +459,20 @@ impl Node {
     fn spawn_with_http(
         bin: &Path,
         (turn, http, extra): (&str, &str, &str),
-        port: u16,
-        http_port: u16,
+        (ip, port, http_port): (Option<std::net::Ipv4Addr>, u16, u16),
         log: &NodeOutput,
     ) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
+        let (turn_listen, http_listen) = match ip {
+            Some(ip) => (format!("\"{ip}:{port}\""), format!("{ip}:{http_port}")),
+            None => (
+                format!("\"127.0.0.1:{port}\", \"[::1]:{port}\""),
+                format!("127.0.0.1:{http_port}"),
+            ),
+        };
         let config = format!(
-            "[turn]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\n{turn}\n\
-             [http]\nlisten = \"127.0.0.1:{http_port}\"\n{http}\n\
+            "[turn]\nlisten = [{turn_listen}]\n{turn}\n\
+             [http]\nlisten = \"{http_listen}\"\n{http}\n\
              [store]\npath = \"{store}\"\n{extra}",
             store = dir.path().join("data").display()
         );

@@ -1005,6 +1005,8 @@
             packetsReceived: s.packetsReceived,
             bytesReceived: s.bytesReceived,
             framesDecoded: s.framesDecoded,
+            freezeCount: s.freezeCount,
+            totalFreezesDuration: s.totalFreezesDuration,
             frameWidth: s.frameWidth,
             frameHeight: s.frameHeight,
             totalSamplesReceived: s.totalSamplesReceived,

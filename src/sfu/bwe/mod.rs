@@ -39,11 +39,6 @@ const LOSS_GROWTH_PER_S: f64 = 1.08;
 /// The rate that got through is measured over windows of this (by arrival time).
 const ACKED_WINDOW_US: i64 = 250_000;
 
-/// The latest arrivals kept for the rate the link delivers right now.
-const RECENT: usize = 8;
-/// ... when they spanned at least this.
-const RECENT_SPAN_US: i64 = 20_000;
-
 /// Start, floor and ceiling of an estimate, bit/s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BweConfig {
@@ -64,40 +59,16 @@ impl Default for BweConfig {
     }
 }
 
-/// The rate that got through, over windows of arrival time, and over the last few
-/// packets.
+/// The rate that got through, over windows of arrival time.
 #[derive(Debug, Default)]
 struct AckedRate {
     window_start: Option<i64>,
     bytes: u64,
     bps: Option<f64>,
-    recent: [(i64, u16); RECENT],
-    next: usize,
-    seen: usize,
 }
 
 impl AckedRate {
-    /// The rate of the last [`RECENT`] arrivals (the first one's size excluded: it
-    /// arrived at the span's start).
-    fn recent_bps(&self) -> Option<f64> {
-        if self.seen < RECENT {
-            return None;
-        }
-        let oldest = self.recent[self.next];
-        let newest = self.recent[(self.next + RECENT - 1) % RECENT];
-        let span = newest.0 - oldest.0;
-        if span < RECENT_SPAN_US {
-            return None;
-        }
-        let bytes: u64 =
-            self.recent.iter().map(|r| u64::from(r.1)).sum::<u64>() - u64::from(oldest.1);
-        Some(bytes as f64 * 8.0 * 1e6 / span as f64)
-    }
-
     fn add(&mut self, arrival: i64, size: u16) {
-        self.recent[self.next] = (arrival, size);
-        self.next = (self.next + 1) % RECENT;
-        self.seen = self.seen.saturating_add(1);
         let start = *self.window_start.get_or_insert(arrival);
         if arrival >= start + ACKED_WINDOW_US {
             let span = (arrival - start) as f64 / 1e6;
@@ -273,14 +244,7 @@ impl Estimator {
             return self.bps;
         }
         let usage = self.delay.usage();
-        let mut acked = self.acked.bps;
-        if usage == Usage::Overuse
-            && let Some(recent) = self.acked.recent_bps()
-        {
-            // The windowed rate still remembers a faster past; backing off from it
-            // would leave the queue full.
-            acked = Some(acked.map_or(recent, |a| a.min(recent)));
-        }
+        let acked = self.acked.bps;
         let delay_bps = self.rate.update(usage, acked, now);
         self.loss
             .update(self.bps as f64, self.acked.bps, now, self.round_trip_us);

@@ -339,6 +339,7 @@ impl Subscription {
                 room,
                 estimate_kbps = estimate.map(|b| b / 1000),
                 caps = ?caps,
+                rates = ?self.demands.iter().map(|d| d.bps).collect::<Vec<_>>(),
                 "media session: layers allocated"
             );
         }

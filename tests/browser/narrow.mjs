@@ -1,0 +1,89 @@
+// Run by tests/browser.rs (`cargo test --test browser narrow_link_in_chromium`), which
+// makes a network namespace joined to the node by a veth pair whose node side sends
+// at most 400 kbit/s (tc tbf, a 200 ms queue), and starts the node on that link's
+// address.
+//
+// Alice and Bob join in a Chromium on the node's side, Carol in one inside the
+// namespace: everything the node sends Carol crosses the narrow link.
+//   - From her transport-cc feedback the node finds her link's limit: Alice's video
+//     settles on its lowest layer (≤ 180 lines) for Carol and keeps playing (frames
+//     decoded, no freeze longer than a second over 10 s), while Bob keeps ≥ 540 lines.
+//   - The cap is lifted (CONFNODE_LIFT): Carol is back on ≥ 540 lines within 15 s.
+//
+// Environment besides lib.mjs's: CHROMIUM_NARROW (Chromium in the namespace),
+// CONFNODE_LIFT (the shell command that lifts the cap).
+
+import { execSync } from "node:child_process";
+import { assertNoProblems, config, createRoom, env, joined, launch, openRoom, step, waitRoster } from "./lib.mjs";
+
+const cfg = config();
+// The page is served from the link's address, not localhost: Chromium gives such an
+// origin the camera only when told it is secure.
+const secure = `--unsafely-treat-insecure-origin-as-secure=${cfg.origin}`;
+const wide = await launch([secure]);
+const narrow = await launch([secure], env("CHROMIUM_NARROW"));
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what, limitMs, check) {
+  const deadline = Date.now() + limitMs;
+  let last;
+  for (;;) {
+    last = await check();
+    if (last === true) return;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${limitMs} ms (${JSON.stringify(last)})`);
+    await sleep(250);
+  }
+}
+
+/** The video `p` decodes from `from`: frames decoded, height, freezes (s). */
+async function video(p, from) {
+  const s = await p.page.evaluate(() => window.confnode.stats());
+  const v = s.inbound.find((i) => i.participant === from.id && i.kind === "video" && i.framesDecoded > 0);
+  return v
+    ? { frames: v.framesDecoded, height: v.frameHeight || 0, freezes: v.totalFreezesDuration || 0 }
+    : { frames: 0, height: 0, freezes: 0 };
+}
+
+const room = await createRoom(wide, cfg, null);
+const alice = await openRoom(wide, cfg, room, "Alice", "name=Alice&autojoin=1");
+const bob = await openRoom(wide, cfg, room, "Bob", "name=Bob&autojoin=1");
+const carol = await openRoom(narrow, cfg, room, "Carol", "name=Carol&autojoin=1");
+const people = [alice, bob, carol];
+for (const p of people) p.id = await joined(p);
+for (const p of people) for (const q of people) await waitRoster(p, q.label, true);
+step(`three joined ${room}; Carol behind 400 kbit/s`);
+
+await waitFor("Bob: Alice's video at ≥ 540 lines", 30_000, async () => {
+  const v = await video(bob, alice);
+  return v.height >= 540 ? true : v;
+});
+await waitFor("Carol: Alice's video on its lowest layer", 45_000, async () => {
+  const v = await video(carol, alice);
+  return v.frames > 0 && v.height > 0 && v.height <= 180 ? true : v;
+});
+step("Carol gets Alice's lowest layer, Bob the top one");
+
+const before = await video(carol, alice);
+await sleep(10_000);
+const after = await video(carol, alice);
+const frames = after.frames - before.frames;
+const frozen = after.freezes - before.freezes;
+step(`Carol over 10 s: ${frames} frames, ${frozen.toFixed(2)} s frozen, ${after.height} lines`);
+if (frames < 50) throw new Error(`Carol decoded only ${frames} frames of Alice's video in 10 s`);
+if (frozen > 1) throw new Error(`Carol's video of Alice froze for ${frozen} s in 10 s`);
+if (after.height > 180) throw new Error(`Carol got ${after.height} lines behind 400 kbit/s`);
+const bobs = await video(bob, alice);
+if (bobs.height < 540) throw new Error(`Bob dropped to ${bobs.height} lines`);
+
+execSync(env("CONFNODE_LIFT"));
+const lifted = Date.now();
+await waitFor("Carol: Alice's video back at ≥ 540 lines", 15_000, async () => {
+  const v = await video(carol, alice);
+  return v.height >= 540 ? true : v;
+});
+step(`the cap lifted: Carol back at ≥ 540 lines after ${((Date.now() - lifted) / 1000).toFixed(1)} s`);
+
+for (const p of people) assertNoProblems(p.ctx);
+await wide.close();
+await narrow.close();
