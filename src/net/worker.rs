@@ -540,7 +540,8 @@ impl Worker {
                     tally,
                 };
                 let pkt = &mut data[..len];
-                media(&mut self.sessions, pkt, src, origin, arrival_us, &mut out);
+                let times = (arrival_us, rx.now_us);
+                media(&mut self.sessions, pkt, src, origin, times, &mut out);
                 return;
             }
             // Counted apart from garbage.
@@ -564,7 +565,15 @@ impl Worker {
                     // To our own media port: no need for the kernel.
                     Some(listener) => {
                         let to = (peer, listener);
-                        self.hand_to_sfu(j, relay, to, start, len, (clock, arrival_us), tally)
+                        self.hand_to_sfu(
+                            j,
+                            relay,
+                            to,
+                            start,
+                            len,
+                            (clock, (arrival_us, rx.now_us)),
+                            tally,
+                        )
                     }
                     None => self.batch.send_from(j, HEADROOM + start, len, peer, relay),
                 }
@@ -581,8 +590,8 @@ impl Worker {
 
     /// Datagram `j` is a TURN client's payload at `HEADROOM + start`, relayed by its
     /// allocation's `relay` to `peer`, our own media address on `listener`: the SFU
-    /// sees it as received on that listener from the relayed transport address (at
-    /// `arrival_us`, when the kernel received it from the client), and what it answers
+    /// sees it as received on that listener from the relayed transport address (`times`:
+    /// when the kernel received it from the client, and now), and what it answers
     /// goes back to the client through the TURN core, from `peer`.
     ///
     /// No loop is possible: only the SFU sees a handed-over datagram (never the TURN
@@ -597,7 +606,7 @@ impl Worker {
         (peer, listener): (SocketAddr, usize),
         start: usize,
         len: usize,
-        (clock, arrival_us): (Clock, u64),
+        (clock, times): (Clock, (u64, u64)),
         tally: &mut Tally,
     ) {
         // The relayed transport address, as the kernel would have shown it.
@@ -629,7 +638,7 @@ impl Worker {
                     tally,
                 };
                 let pkt = &mut data[..len];
-                media(&mut self.sessions, pkt, src, listener, arrival_us, &mut out);
+                media(&mut self.sessions, pkt, src, listener, times, &mut out);
                 return;
             }
             // TURN inside TURN through our own relay, ChannelData, garbage: dropped.
@@ -759,19 +768,21 @@ fn answer_stun(
 }
 
 /// A DTLS or SRTP/SRTCP datagram `pkt` from `src` on `listener` that the kernel received
-/// at `arrival_us` (media clock), for the SFU; what it sends goes through `out`.
+/// at `arrival_us` and this worker handles at `now_us` (media clock), for the SFU; what
+/// it sends goes through `out`.
 fn media(
     sessions: &mut SessionCache,
     pkt: &mut [u8],
     src: SocketAddr,
     listener: usize,
-    arrival_us: u64,
+    times: (u64, u64),
     out: &mut Deliver<'_>,
 ) {
     let len = pkt.len() as u64;
-    let verdict = sessions.handle_media(pkt, src, listener, arrival_us, &mut |data, to, via| {
-        out.send(data, to, via)
-    });
+    let verdict =
+        sessions.handle_media_received(pkt, src, listener, times, &mut |data, to, via| {
+            out.send(data, to, via)
+        });
     let tally = &mut *out.tally;
     match verdict {
         MediaVerdict::Dtls => {}

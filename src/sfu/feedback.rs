@@ -148,13 +148,13 @@ pub fn estimate_downlink(bwe: &mut Estimator, sent: &SentPackets, rtcp: &[u8], n
 
 /// Carries out what a receiver asked for (its lock is not held): keyframe requests go
 /// to the publisher as PLIs, NACKed packets go back to the receiver from the cache.
-/// `now` in microseconds.
+/// `now` (µs) is when the RTCP arrived; retransmissions are taken as sent at `sent_us`.
 pub fn answer_receiver(
     requests: &Requests,
     receiver: &Arc<Session>,
     out: &mut [u8],
     counts: &mut ForwardCounts,
-    now: u64,
+    (now, sent_us): (u64, u64),
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
     for r in requests.items.iter().take(requests.len).flatten() {
@@ -200,7 +200,7 @@ pub fn answer_receiver(
                     o.forwarder.disable_rtx();
                 }
                 for seq in nacked(pid, blp) {
-                    resend(track, o, seq, out, now, counts, send);
+                    resend(track, o, seq, out, (now, sent_us), counts, send);
                 }
             }
         }
@@ -222,7 +222,7 @@ fn resend(
     o: &mut Downstream,
     out_seq: u16,
     out: &mut [u8],
-    now: u64,
+    (now, sent_us): (u64, u64),
     counts: &mut ForwardCounts,
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
@@ -241,7 +241,7 @@ fn resend(
         return;
     }
     if o.egress
-        .send_rtp(out, n, o.forwarder.transport_seq_at(), now, send)
+        .send_rtp(out, n, o.forwarder.transport_seq_at(), sent_us, send)
     {
         counts.retransmitted += 1;
     }

@@ -20,6 +20,9 @@ struct Link {
     queue_us: u64,
     busy_until: u64,
     rng: u64,
+    /// A busy receiver: every 100 ms it stops taking packets for up to this long, and
+    /// stamps what arrived meanwhile when it comes back.
+    stall_us: u64,
 }
 
 impl Link {
@@ -31,7 +34,20 @@ impl Link {
             queue_us: 200_000,
             busy_until: 0,
             rng: 0x9E37_79B9_7F4A_7C15,
+            stall_us: 0,
         }
+    }
+
+    /// When a busy receiver stamps a packet that arrived at `at`.
+    fn stamped(&self, at: u64) -> u64 {
+        const EVERY: u64 = 100_000;
+        if self.stall_us == 0 {
+            return at;
+        }
+        let k = at / EVERY;
+        let length = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40 & 0xFFFF;
+        let end = k * EVERY + self.stall_us * length / 0xFFFF;
+        at.max(end)
     }
 
     fn random(&mut self) -> f64 {
@@ -53,7 +69,7 @@ impl Link {
         if self.random() < self.loss {
             return None;
         }
-        Some(done + self.delay_us)
+        Some(self.stamped(done + self.delay_us))
     }
 }
 
@@ -228,4 +244,17 @@ fn feedback_about_nothing_we_sent_changes_nothing() {
         }
     }
     assert_eq!(est.bps(), BweConfig::default().start_bps);
+}
+
+/// A receiver too busy to take packets for up to 40 ms at a time (every 100 ms), which
+/// stamps them late and in bursts, is not a congested path: the bursts are grouped, no
+/// decrease, the estimate grows to what the media needs.
+#[test]
+fn a_receiver_that_stamps_late_is_not_congestion() {
+    let mut link = Link::new(20e6, 10_000, 0.0);
+    link.stall_us = 40_000;
+    let mut run = Run::new(link, 3e6, 2_500_000);
+    let trace = run.run(20);
+    assert_eq!(run.est.decreases(), 0, "{:?}", kbps(&trace));
+    assert!(trace[19] >= 3_000_000, "{:?}", kbps(&trace));
 }

@@ -233,6 +233,25 @@ impl SessionCache {
         now_us: u64,
         send: &mut impl FnMut(&[u8], SocketAddr, usize),
     ) -> MediaVerdict {
+        self.handle_media_received(pkt, src, listener, (now_us, now_us), send)
+    }
+
+    /// [`SessionCache::handle_media`] for a datagram the kernel received at
+    /// `arrival_us` and the worker handles at `now_us`. Arrival times are what
+    /// transport-cc feedback tells publishers; packets made for receivers are taken as
+    /// sent at `now_us`, for their downlink estimates: a busy worker reaches a datagram
+    /// late, and that wait is the node's, not the receiver's link's (taken as sent at
+    /// arrival, it read as a growing queue whenever the machine was busy).
+    pub fn handle_media_received(
+        &mut self,
+        pkt: &mut [u8],
+        src: SocketAddr,
+        listener: usize,
+        (arrival_us, now_us): (u64, u64),
+        send: &mut impl FnMut(&[u8], SocketAddr, usize),
+    ) -> MediaVerdict {
+        let sent_us = now_us.max(arrival_us);
+        let now_us = arrival_us;
         let now_ms = now_us / 1000;
         let session = match self.by_addr.get(&src) {
             Some(s) if !s.is_closed() => s.clone(),
@@ -312,7 +331,7 @@ impl SessionCache {
                                     &session,
                                     &mut self.fwd,
                                     &mut self.counts,
-                                    now,
+                                    (now, sent_us),
                                     send,
                                 );
                             }
@@ -338,7 +357,7 @@ impl SessionCache {
                         pkt,
                         (n, header),
                         publisher,
-                        (now, self.sessions.unix_at_epoch_us()),
+                        (now, sent_us, self.sessions.unix_at_epoch_us()),
                         send,
                     );
                 }
@@ -485,7 +504,7 @@ pub(super) fn forward_rtp(
     pkt: &mut [u8],
     (len, header): (usize, RtpHeader),
     publisher: (SocketAddr, usize),
-    (now, unix_at_epoch_us): (u64, u64),
+    (now, sent_us, unix_at_epoch_us): (u64, u64, u64),
     send: &mut impl FnMut(&[u8], SocketAddr, usize),
 ) {
     let ssrc = header.ssrc;
@@ -540,7 +559,7 @@ pub(super) fn forward_rtp(
         o.forwarder.set_layer_cap(o.cap.get());
         if let Some(m) = o.forwarder.forward(&mut out[..n], &incoming, now)
             && o.egress
-                .send_rtp(out, m, o.forwarder.transport_seq_at(), now, send)
+                .send_rtp(out, m, o.forwarder.transport_seq_at(), sent_us, send)
         {
             counts.forwarded += 1;
         }

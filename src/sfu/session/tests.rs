@@ -674,7 +674,7 @@ fn speech_in_a_publishers_audio_is_counted_for_the_speaker() {
             &mut pkt,
             (len, header),
             ("192.0.2.9:5000".parse().unwrap(), 0),
-            (i as u64 * 20_000, 0),
+            (i as u64 * 20_000, i as u64 * 20_000, 0),
             &mut |_, _, _| {},
         );
     }
