@@ -176,10 +176,11 @@ impl Estimator {
 
     /// Whether the path ever lost heavily (over [`HIGH_LOSS`] of a sample): a link at
     /// its limit. Until then the estimate is only a lower bound of the link (the
-    /// traffic was too little to find its limit), and a growing delay alone does not
-    /// count: a receiver whose own machine is busy (three browsers decoding on two
-    /// cores) takes its arrival times late and irregularly, which reads as a growing
-    /// queue although nothing queues.
+    /// traffic was too little to find its limit). A growing delay alone does not count
+    /// (yet): on a busy machine it read as congestion where nothing queued — most of it
+    /// was the node's own wait before a worker reached a datagram, no longer counted
+    /// (see `SessionCache::handle_media_received`), but a receiver busy decoding takes
+    /// its arrival times late too.
     pub fn congestion_seen(&self) -> bool {
         self.loss.decreased_us.is_some()
     }
