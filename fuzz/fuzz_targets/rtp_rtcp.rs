@@ -1,9 +1,13 @@
 //! Arbitrary bytes as a publisher's RTP and RTCP (after SRTP): the header and extension
 //! readers, the VP8 and H264 payload readers, the compound RTCP walk with every
-//! accessor, and transport-cc feedback over the sequence numbers found: no panics, and
-//! what is written stays within its buffer. Run with `cargo fuzz run rtp_rtcp`.
+//! accessor, transport-cc feedback over the sequence numbers found, and a receiver's
+//! transport-cc feedback read into its downlink estimate (the FCI walked, then every
+//! transport-cc packet of the compound through the estimator, about packets we sent):
+//! no panics, and what is written stays within its buffer. Run with
+//! `cargo fuzz run rtp_rtcp`.
 #![no_main]
 
+use confnode::sfu::bwe::{ArrivalReport, BweConfig, Estimator, SentPackets};
 use confnode::sfu::codec::{h264_keyframe, parse_vp8};
 use confnode::sfu::rtcp::{Rtcp, RtcpIter};
 use confnode::sfu::rtp::RtpHeader;
@@ -35,6 +39,24 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = walk.malformed();
+
+    // The bytes as a receiver's transport-cc feedback about 3000 packets we sent it.
+    if let Some(report) = ArrivalReport::parse(data) {
+        assert!(report.packets().count() <= usize::from(report.count));
+    }
+    let sent = SentPackets::new();
+    for i in 0..3000u64 {
+        sent.stamp(1200, 1_000_000 + i * 1_000);
+    }
+    let mut bwe = Estimator::new(BweConfig::default());
+    for packet in RtcpIter::new(data) {
+        if let Rtcp::TransportCc(f) = packet
+            && let Some(report) = ArrivalReport::parse(f.fci)
+        {
+            let bps = bwe.on_feedback(&report, &sent, 4_000_000);
+            assert!((30_000..=20_000_000).contains(&bps));
+        }
+    }
 
     // Transport-wide sequence numbers in any order, with a clock that may jump back.
     let mut twcc = TwccRecorder::new();
