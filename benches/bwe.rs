@@ -9,12 +9,17 @@
 //!   bound. Every iteration reports packets it has not seen before (a stream of sends
 //!   1 ms apart arriving 1 ms apart), so the work is the steady state's; the sends and
 //!   the writing of the feedback are criterion's untimed setup.
+//! - `allocation/10_tracks`: one receiver's allocation of 10 tracks (5 cameras in three
+//!   layers, 5 voices) under an estimate that fits some of them: `allocate` alone, and
+//!   `Allocator::run` (the hysteresis around it) as each feedback runs it.
 
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Duration;
 
+use confnode::sfu::allocate::{Allocator, Demand, allocate};
 use confnode::sfu::bwe::{ArrivalReport, BweConfig, Estimator, SentPackets};
+use confnode::sfu::simulcast::LayerCap;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const DELTA_TICK_US: u64 = 250;
@@ -110,9 +115,51 @@ fn estimator(c: &mut Criterion) {
     group.finish();
 }
 
+/// Five cameras (150 kbit/s, 500 kbit/s, 1.5 Mbit/s) and five voices, the second
+/// camera the active speaker's.
+fn ten_tracks() -> Vec<Demand> {
+    (0..10)
+        .map(|i| Demand {
+            audio: i % 2 == 1,
+            bps: if i % 2 == 1 {
+                [40_000, 0, 0]
+            } else {
+                [150_000, 500_000, 1_500_000]
+            },
+            heights: [180, 360, 720],
+            max_height: None,
+            speaker: i == 2,
+        })
+        .collect()
+}
+
+fn allocation(c: &mut Criterion) {
+    let demands = ten_tracks();
+    // Room for the speaker's top layer and the others' middle ones.
+    let estimate = 200_000 + 1_500_000 + 4 * 500_000 + 100_000;
+    let mut group = c.benchmark_group("allocation");
+    group.throughput(Throughput::Elements(1));
+    let mut caps = vec![LayerCap::Any; demands.len()];
+    allocate(estimate, &demands, &mut caps);
+    assert_eq!(caps[2], LayerCap::Any, "the speaker's top layer");
+    assert_eq!(caps[0], LayerCap::UpTo(1), "the others' middle layers");
+    group.bench_function("10_tracks", |b| {
+        b.iter(|| allocate(black_box(estimate), black_box(&demands), &mut caps));
+    });
+    let mut allocator = Allocator::new();
+    let mut now = 0u64;
+    group.bench_function("10_tracks_run", |b| {
+        b.iter(|| {
+            now += 50_000;
+            black_box(allocator.run(Some(black_box(estimate)), 0, &demands, now).len())
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4));
-    targets = estimator
+    targets = estimator, allocation
 }
 criterion_main!(benches);
