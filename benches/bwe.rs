@@ -151,7 +151,11 @@ fn allocation(c: &mut Criterion) {
     group.bench_function("10_tracks_run", |b| {
         b.iter(|| {
             now += 50_000;
-            black_box(allocator.run(Some(black_box(estimate)), 0, &demands, now).len())
+            black_box(
+                allocator
+                    .run(Some(black_box(estimate)), 0, &demands, now)
+                    .len(),
+            )
         });
     });
     group.finish();

@@ -212,11 +212,14 @@ fn rank(cap: LayerCap) -> u8 {
     }
 }
 
-/// Shares `budget` (bit/s) among `demands` into `caps` (one each): audio first, each
+/// Shares `budget` (bit/s) among `demands` into `caps` (one each; extra entries of
+/// either are left alone): audio first, each
 /// video's lowest layer in order of priority (what does not fit is paused), then up
 /// layer by layer: the speaker's video to its best first, then the others one step
 /// each in turn, so that everyone gets the middle layer before anyone the top one.
 pub fn allocate(budget: u64, demands: &[Demand], caps: &mut [LayerCap]) {
+    let n = demands.len().min(caps.len());
+    let (demands, caps) = (&demands[..n], &mut caps[..n]);
     let mut left = budget;
     for (d, cap) in demands.iter().zip(caps.iter_mut()) {
         *cap = LayerCap::Any;
