@@ -127,6 +127,9 @@ pub enum Event {
     Offer(String),
     /// The room's active speaker changed; their id.
     Speaker(String),
+    /// The video of a participant (their id) no longer fits this receiver's link even
+    /// at its lowest layer and is paused (`true`), or flows again (`false`).
+    VideoPaused(String, bool),
 }
 
 impl Event {
@@ -139,6 +142,7 @@ impl Event {
             Event::RoomClosed => "room_closed",
             Event::Offer(_) => "offer",
             Event::Speaker(_) => "speaker",
+            Event::VideoPaused(..) => "video_paused",
         }
     }
 
@@ -151,6 +155,9 @@ impl Event {
             Event::RoomClosed => serde_json::json!({}),
             Event::Offer(sdp) => serde_json::json!({ "type": "offer", "sdp": sdp }),
             Event::Speaker(id) => serde_json::json!({ "participant": id }),
+            Event::VideoPaused(id, paused) => {
+                serde_json::json!({ "participant": id, "paused": paused })
+            }
         };
         value.to_string()
     }
@@ -1154,6 +1161,9 @@ mod tests {
         assert_eq!(Event::RoomClosed.name(), "room_closed");
         assert_eq!(Event::RoomClosed.data(), "{}");
         assert_eq!(Event::Offer("v=0".into()).name(), "offer");
+        let paused = Event::VideoPaused("p2".into(), true);
+        assert_eq!(paused.name(), "video_paused");
+        assert_eq!(paused.data(), r#"{"participant":"p2","paused":true}"#);
         // No display name in Debug output (logs).
         assert!(!format!("{:?}", Event::Joined(m)).contains("Ann"));
     }

@@ -9,7 +9,7 @@
 //!
 //! Privacy: nothing here logs or stores a display name; logs carry room ids only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -102,6 +102,9 @@ struct Hub {
     streams: HashMap<StreamId, mpsc::Sender<Event>>,
     /// Each room's active speaker (rooms where someone publishes audio).
     speakers: HashMap<String, Speakers>,
+    /// The videos paused for lack of bandwidth, as last told: (room, receiver,
+    /// publisher).
+    paused: HashSet<(String, String, String)>,
 }
 
 impl Hub {
@@ -166,6 +169,7 @@ impl RoomsApi {
                 rooms,
                 streams: HashMap::new(),
                 speakers: HashMap::new(),
+                paused: HashSet::new(),
             }),
             hosts: Arc::new(hosts),
             ice: RwLock::new(IceServers::from_config(config, secret)),
@@ -265,6 +269,7 @@ impl RoomsApi {
             let Some(api) = api.upgrade() else { return };
             api.sweep_media();
             api.find_speakers();
+            api.tell_paused_videos();
             {
                 let hub = api.hub();
                 metrics.rooms.set(hub.rooms.len() as i64);
@@ -312,6 +317,38 @@ impl RoomsApi {
                     .push((stream, Event::Speaker(speaker.clone())));
             }
         }
+        hub.apply(effects);
+    }
+
+    /// Tells each receiver which videos its allocation paused since the last look, and
+    /// which flow again (`video_paused`), on its newest event stream.
+    fn tell_paused_videos(&self) {
+        let now_paused: HashSet<(String, String, String)> =
+            self.media.paused_videos().into_iter().collect();
+        let now = unix_now();
+        let mut hub = self.hub();
+        if hub.paused == now_paused {
+            return;
+        }
+        let changes: Vec<(&(String, String, String), bool)> = now_paused
+            .difference(&hub.paused)
+            .map(|k| (k, true))
+            .chain(hub.paused.difference(&now_paused).map(|k| (k, false)))
+            .collect();
+        let mut effects = Effects::default();
+        for ((room, receiver, publisher), paused) in changes {
+            let stream = hub
+                .rooms
+                .stream_holders(room, now)
+                .into_iter()
+                .find(|(p, _)| p == receiver);
+            if let Some((_, stream)) = stream {
+                effects
+                    .notices
+                    .push((stream, Event::VideoPaused(publisher.clone(), paused)));
+            }
+        }
+        hub.paused = now_paused;
         hub.apply(effects);
     }
 

@@ -431,6 +431,8 @@
       local: null,
       sendPc: null,
       speaker: null,
+      // Videos the node paused for this receiver's bandwidth (participant ids).
+      pausedVideos: new Set(),
       recvPc: null,
       recvQueue: Promise.resolve(),
       publishing: "starting",
@@ -523,6 +525,13 @@
         markSpeaker(c);
       }
     });
+    es.addEventListener("video_paused", (ev) => {
+      const d = data(ev);
+      if (!d || typeof d.participant !== "string" || typeof d.paused !== "boolean") return;
+      if (d.paused) c.pausedVideos.add(d.participant);
+      else c.pausedVideos.delete(d.participant);
+      markPaused(c);
+    });
     es.addEventListener("room_closed", () => leave("The room was closed.", true));
     es.addEventListener("offer", (ev) => {
       const d = data(ev);
@@ -583,6 +592,11 @@
     }
     layout(c);
     markSpeaker(c);
+  }
+
+  /** Says so on the tiles whose video the node paused for lack of bandwidth. */
+  function markPaused(c) {
+    for (const [id, tile] of c.tiles) tile.figure.classList.toggle("paused", c.pausedVideos.has(id));
   }
 
   /** Highlights the active speaker's tile and roster entry. */
@@ -973,6 +987,7 @@
         publishing: call.publishing,
         members: call.members.size,
         speaker: call.speaker || null,
+        pausedVideos: [...call.pausedVideos],
         sending: call.sendPc ? call.sendPc.connectionState : null,
         receiving: call.recvPc ? call.recvPc.connectionState : null,
       };

@@ -708,6 +708,33 @@ impl MediaSessions {
         heard
     }
 
+    /// Every video the allocation pauses now: (room, receiving participant, publishing
+    /// participant). Each receiving session's lock is taken alone, one after another.
+    pub fn paused_videos(&self) -> Vec<(String, String, String)> {
+        let receivers: Vec<Arc<Session>> = {
+            let reg = self.read();
+            reg.subscribers
+                .values()
+                .filter_map(|u| reg.by_ufrag.get(u).cloned())
+                .collect()
+        };
+        let mut paused = Vec::new();
+        for r in receivers {
+            let media = r.media();
+            let Some(sub) = media.subscribe.as_deref() else {
+                continue;
+            };
+            for f in sub.feeds.iter().filter(|f| !f.audio) {
+                if f.cap.get() == crate::sfu::simulcast::LayerCap::Paused
+                    && let Some(p) = f.publisher.upgrade()
+                {
+                    paused.push((r.room.clone(), r.participant.clone(), p.participant.clone()));
+                }
+            }
+        }
+        paused
+    }
+
     /// `participant` is the active speaker of `room`: its receivers' allocations raise
     /// its video first (and no longer the previous speaker's).
     pub fn set_speaker(&self, room: &str, participant: &str) {

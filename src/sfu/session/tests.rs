@@ -705,3 +705,35 @@ fn consent_expiry_is_reported() {
     s.retain(|_, p| p != "a");
     assert!(s.is_empty());
 }
+
+/// The videos a receiver's allocation pauses are what the control plane tells it
+/// (`video_paused`); its audio never is.
+#[test]
+fn paused_videos_are_listed_by_receiver_and_publisher() {
+    let s = sessions();
+    let video = OFFER
+        .replace(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        )
+        .replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:96 VP8/90000");
+    let offer = PublishOffer::parse(video.as_bytes()).unwrap();
+    s.publish("room", "a", &offer, ms(&s)).unwrap();
+    let holders = [("a".to_owned(), None), ("b".to_owned(), None)];
+    assert_eq!(s.sync_room("room", &holders, ms(&s)).len(), 1);
+    assert!(s.paused_videos().is_empty());
+    let b = s.subscriber("room", "b").unwrap();
+    let cap = {
+        let media = b.media();
+        let sub = media.subscribe.as_deref().unwrap();
+        assert!(!sub.feeds[0].audio);
+        sub.feeds[0].cap.clone()
+    };
+    cap.set(crate::sfu::simulcast::LayerCap::Paused);
+    assert_eq!(
+        s.paused_videos(),
+        vec![("room".to_owned(), "b".to_owned(), "a".to_owned())]
+    );
+    cap.set(crate::sfu::simulcast::LayerCap::UpTo(0));
+    assert!(s.paused_videos().is_empty());
+}
