@@ -69,7 +69,11 @@ await sleep(10_000);
 const after = await video(carol, alice);
 const frames = after.frames - before.frames;
 const frozen = after.freezes - before.freezes;
-step(`Carol over 10 s: ${frames} frames, ${frozen.toFixed(2)} s frozen, ${after.height} lines`);
+const paused = await carol.page.evaluate(() => window.confnode.state().pausedVideos);
+step(
+  `Carol over 10 s: ${frames} frames, ${frozen.toFixed(2)} s frozen, ${after.height} lines; ` +
+    `videos paused now: ${paused.map((id) => (id === alice.id ? "Alice's" : id === bob.id ? "Bob's" : id)).join(", ") || "none"}`
+);
 if (frames < 50) throw new Error(`Carol decoded only ${frames} frames of Alice's video in 10 s`);
 if (frozen > 1) throw new Error(`Carol's video of Alice froze for ${frozen} s in 10 s`);
 if (after.height > 180) throw new Error(`Carol got ${after.height} lines behind 400 kbit/s`);
