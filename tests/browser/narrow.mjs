@@ -5,10 +5,12 @@
 //
 // Alice and Bob join in a Chromium on the node's side, Carol in one inside the
 // namespace: everything the node sends Carol crosses the narrow link.
-//   - From her transport-cc feedback the node finds her link's limit: Alice's video
-//     settles on its lowest layer (≤ 180 lines) for Carol and keeps playing (frames
-//     decoded, no freeze longer than a second over 10 s), while Bob keeps ≥ 540 lines.
-//   - The cap is lifted (CONFNODE_LIFT): Carol is back on ≥ 540 lines within 15 s.
+//   - From her transport-cc feedback the node finds her link's limit: a video settles
+//     on its lowest layer (≤ 180 lines) for Carol and keeps playing (frames decoded, no
+//     freeze longer than a second over 10 s); the other one does too, or is paused and
+//     her page says so; Bob keeps ≥ 540 lines of Alice's.
+//   - The cap is lifted (CONFNODE_LIFT): the video Carol watched is back on ≥ 540
+//     lines within 15 s.
 //
 // Environment besides lib.mjs's: CHROMIUM_NARROW (Chromium in the namespace),
 // CONFNODE_LIFT (the shell command that lifts the cap).
@@ -58,32 +60,45 @@ await waitFor("Bob: Alice's video at ≥ 540 lines", 30_000, async () => {
   const v = await video(bob, alice);
   return v.height >= 540 ? true : v;
 });
-await waitFor("Carol: Alice's video on its lowest layer", 45_000, async () => {
-  const v = await video(carol, alice);
-  return v.frames > 0 && v.height > 0 && v.height <= 180 ? true : v;
+// Two lowest layers and two voices need about 370 kbit/s: one video may be paused
+// (and the page says so); the one that plays is the one judged.
+let shown = null;
+await waitFor("Carol: a video on its lowest layer, the other too or paused", 45_000, async () => {
+  const paused = await carol.page.evaluate(() => window.confnode.state().pausedVideos);
+  for (const [from, other] of [[alice, bob], [bob, alice]]) {
+    const v = await video(carol, from);
+    const o = await video(carol, other);
+    const otherOk = paused.includes(other.id) || (o.height > 0 && o.height <= 180);
+    if (!paused.includes(from.id) && v.frames > 0 && v.height > 0 && v.height <= 180 && otherOk) {
+      shown = from;
+      return true;
+    }
+  }
+  return { paused, alice: await video(carol, alice), bob: await video(carol, bob) };
 });
-step("Carol gets Alice's lowest layer, Bob the top one");
+step(`Carol gets ${shown.label}'s lowest layer; Bob gets Alice's top one`);
 
-const before = await video(carol, alice);
+const before = await video(carol, shown);
 await sleep(10_000);
-const after = await video(carol, alice);
+const after = await video(carol, shown);
 const frames = after.frames - before.frames;
 const frozen = after.freezes - before.freezes;
 const paused = await carol.page.evaluate(() => window.confnode.state().pausedVideos);
+const named = paused.map((id) => (id === alice.id ? "Alice's" : id === bob.id ? "Bob's" : id));
 step(
-  `Carol over 10 s: ${frames} frames, ${frozen.toFixed(2)} s frozen, ${after.height} lines; ` +
-    `videos paused now: ${paused.map((id) => (id === alice.id ? "Alice's" : id === bob.id ? "Bob's" : id)).join(", ") || "none"}`
+  `Carol over 10 s: ${frames} frames of ${shown.label}'s video, ${frozen.toFixed(2)} s frozen, ` +
+    `${after.height} lines; videos paused now: ${named.join(", ") || "none"}`
 );
-if (frames < 50) throw new Error(`Carol decoded only ${frames} frames of Alice's video in 10 s`);
-if (frozen > 1) throw new Error(`Carol's video of Alice froze for ${frozen} s in 10 s`);
+if (frames < 50) throw new Error(`Carol decoded only ${frames} frames of ${shown.label}'s video in 10 s`);
+if (frozen > 1) throw new Error(`Carol's video of ${shown.label} froze for ${frozen} s in 10 s`);
 if (after.height > 180) throw new Error(`Carol got ${after.height} lines behind 400 kbit/s`);
 const bobs = await video(bob, alice);
 if (bobs.height < 540) throw new Error(`Bob dropped to ${bobs.height} lines`);
 
 execSync(env("CONFNODE_LIFT"));
 const lifted = Date.now();
-await waitFor("Carol: Alice's video back at ≥ 540 lines", 15_000, async () => {
-  const v = await video(carol, alice);
+await waitFor(`Carol: ${shown.label}'s video back at ≥ 540 lines`, 15_000, async () => {
+  const v = await video(carol, shown);
   return v.height >= 540 ? true : v;
 });
 step(`the cap lifted: Carol back at ≥ 540 lines after ${((Date.now() - lifted) / 1000).toFixed(1)} s`);
