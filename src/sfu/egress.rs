@@ -14,7 +14,7 @@
 //! of the link ([`SentPackets`]), taken as each packet is sent.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::bwe::SentPackets;
@@ -37,9 +37,6 @@ pub struct ReceiverLink {
     /// The receiver transport's transport-wide sequence numbers and what went out
     /// under them, for reading its transport-cc feedback.
     pub sent: SentPackets,
-    /// The receiver's downlink estimate (bit/s; 0 before its first feedback), for the
-    /// streams forwarded to it.
-    estimate_bps: AtomicU64,
 }
 
 impl ReceiverLink {
@@ -51,16 +48,6 @@ impl ReceiverLink {
     /// key counts (a session connects once).
     pub fn set_key(&self, key: MasterKey) {
         let _ = self.key.set(key);
-    }
-
-    /// The receiver's downlink estimate changed.
-    pub fn set_estimate(&self, bps: u64) {
-        self.estimate_bps.store(bps, Ordering::Relaxed);
-    }
-
-    /// The receiver's downlink estimate (bit/s), 0 before its first feedback.
-    pub fn estimate(&self) -> u64 {
-        self.estimate_bps.load(Ordering::Relaxed)
     }
 
     /// The receiver's media moved to `peer` (a nomination, or its DTLS connected).

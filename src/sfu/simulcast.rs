@@ -162,10 +162,6 @@ impl Selector {
         }
     }
 
-    pub fn cap(&self) -> LayerCap {
-        self.cap
-    }
-
     /// The layer being forwarded.
     pub fn current(&self) -> Option<u8> {
         self.current

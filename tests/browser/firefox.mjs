@@ -10,7 +10,7 @@
 //   - with relay=1, Firefox's peer connections use a relay candidate.
 
 import puppeteer from "puppeteer-core";
-import { assertNoProblems, config, createRoom, joined, launch, openRoom, step, waitRoster } from "./lib.mjs";
+import { assertNoProblems, config, createRoom, joined, launch, openRoom, sleep, step, waitFor, waitRoster } from "./lib.mjs";
 
 const FIREFOX = process.env.FIREFOX || "/usr/bin/firefox-esr";
 const cfg = config();
@@ -28,19 +28,6 @@ const firefox = await puppeteer.launch({
   },
 });
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what, limitMs, check) {
-  const deadline = Date.now() + limitMs;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last === true) return;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${limitMs} ms (${JSON.stringify(last)})`);
-    await sleep(100);
-  }
-}
-
 const stats = (page) => page.evaluate(() => window.confnode.stats());
 const framesFrom = (s, id) =>
   s.inbound.filter((i) => i.participant === id && i.kind === "video").reduce((n, i) => n + (i.framesDecoded || 0), 0);
@@ -51,7 +38,7 @@ async function published(page, label) {
   await waitFor(`${label}: publishing`, 20_000, async () => {
     const st = await page.evaluate(() => window.confnode.state());
     return st.publishing === "published" ? true : st;
-  });
+  }, 100);
 }
 
 async function round(relay) {
@@ -78,7 +65,7 @@ async function round(relay) {
   await waitFor("Fiona (Firefox): both remote videos playing", 20_000, async () => {
     const s = await stats(page);
     return chromes.every((q) => framesFrom(s, q.id) > 0) ? true : s.inbound;
-  });
+  }, 100);
   const playing = Date.now() - joinedAt;
   step(`${mode}: Firefox plays both Chromiums' videos ${playing} ms after joining`);
   if (playing > 3_000) throw new Error(`${mode}: Firefox played the others' videos only ${playing} ms after joining`);
@@ -89,7 +76,7 @@ async function round(relay) {
     await waitFor(`${p.label}: Fiona's video and audio`, 20_000, async () => {
       const s = await stats(p.page);
       return framesFrom(s, fiona) > 0 && samplesFrom(s, fiona) > 0 ? true : s.inbound;
-    });
+    }, 100);
   }
   // Frames keep coming, both ways.
   const before = { fiona: await stats(page), alice: await stats(chromes[0].page) };

@@ -57,6 +57,21 @@ export async function launch(extra = [], executablePath = process.env.CHROMIUM |
   });
 }
 
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` every `everyMs` until it returns true; fails after `limitMs` with what
+ * it returned last. */
+export async function waitFor(what, limitMs, check, everyMs = 250) {
+  const deadline = Date.now() + limitMs;
+  let last;
+  for (;;) {
+    last = await check();
+    if (last === true) return;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${limitMs} ms (${JSON.stringify(last)})`);
+    await sleep(everyMs);
+  }
+}
+
 export function step(text) {
   console.log(`ok - ${text}`);
 }

@@ -14,14 +14,12 @@
 //   - one leaves and is gone from the others' roster and stage within 5 s.
 
 import { join } from "node:path";
-import { LAPTOP, assertNoProblems, config, createRoom, joined, launch, openRoom, step, waitRoster } from "./lib.mjs";
+import { LAPTOP, assertNoProblems, config, createRoom, joined, launch, openRoom, sleep, step, waitFor, waitRoster } from "./lib.mjs";
 
 const cfg = config();
 // The node's media address is on loopback in tests; Chromium leaves loopback out of
 // ICE unless told.
 const browser = await launch(["--allow-loopback-in-peer-connection"]);
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function stats(p) {
   return p.page.evaluate(() => window.confnode.stats());
@@ -41,17 +39,6 @@ async function enableSoundIfAsked(p, mode) {
   if (await button.isVisible()) {
     step(`${mode}: ${p.label} clicks "Turn on sound"`);
     await button.click();
-  }
-}
-
-async function waitFor(what, limitMs, check) {
-  const deadline = Date.now() + limitMs;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last === true) return;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${limitMs} ms (${JSON.stringify(last)})`);
-    await sleep(250);
   }
 }
 

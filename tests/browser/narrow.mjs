@@ -16,7 +16,7 @@
 // CONFNODE_LIFT (the shell command that lifts the cap).
 
 import { execSync } from "node:child_process";
-import { assertNoProblems, config, createRoom, env, joined, launch, openRoom, step, waitRoster } from "./lib.mjs";
+import { assertNoProblems, config, createRoom, env, joined, launch, openRoom, sleep, step, waitFor, waitRoster } from "./lib.mjs";
 
 const cfg = config();
 // The page is served from the link's address, not localhost: Chromium gives such an
@@ -24,19 +24,6 @@ const cfg = config();
 const secure = `--unsafely-treat-insecure-origin-as-secure=${cfg.origin}`;
 const wide = await launch([secure]);
 const narrow = await launch([secure], env("CHROMIUM_NARROW"));
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what, limitMs, check) {
-  const deadline = Date.now() + limitMs;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last === true) return;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${limitMs} ms (${JSON.stringify(last)})`);
-    await sleep(250);
-  }
-}
 
 /** The video `p` decodes from `from`: frames decoded, height, freezes (s). */
 async function video(p, from) {

@@ -5,12 +5,11 @@
 // then reads every file the node wrote and its output for those names. Prints the
 // room id as `room=<id>` for it.
 
-import { LAPTOP, assertNoProblems, config, createRoom, joined, launch, openRoom, step, waitRoster } from "./lib.mjs";
+import { LAPTOP, assertNoProblems, config, createRoom, joined, launch, openRoom, sleep, step, waitRoster } from "./lib.mjs";
 
 const NAMES = ["Zebulon Quintavalle-Okonkwo", "jane.doe@example.org"];
 const cfg = config();
 const browser = await launch(["--allow-loopback-in-peer-connection"]);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 try {
   const room = await createRoom(browser, cfg, null);
   console.log(`room=${room}`);

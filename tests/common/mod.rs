@@ -419,15 +419,9 @@ impl Node {
         http: &str,
         extra: &str,
     ) -> (Node, NodeOutput) {
-        let log = NodeOutput::default();
-        let node = Node::start_retrying(|port, http_port| {
-            // Each attempt's output on its own: a failed start's lines are not the node's.
-            if let Ok(mut t) = log.0.lock() {
-                t.clear();
-            }
-            Node::spawn_with_http(bin, (turn, http, extra), (None, port, http_port), &log)
-        });
-        (node, log)
+        Node::start_logged(|port, http_port, log| {
+            Node::spawn_with_http(bin, (turn, http, extra), (None, port, http_port), log)
+        })
     }
 
     /// [`Node::start_binary_with_http`] with every listener on `ip` alone (an address
@@ -438,20 +432,25 @@ impl Node {
         http: &str,
         extra: &str,
     ) -> (Node, NodeOutput) {
-        let log = NodeOutput::default();
-        let node = Node::start_retrying(|port, http_port| {
-            if let Ok(mut t) = log.0.lock() {
-                t.clear();
-            }
-            let mut node = Node::spawn_with_http(
-                bin,
-                ("", http, &format!("[node]\npublic_ip = \"{ip}\"\n{extra}")),
-                (Some(ip), port, http_port),
-                &log,
-            );
+        let extra = format!("[node]\npublic_ip = \"{ip}\"\n{extra}");
+        Node::start_logged(|port, http_port, log| {
+            let mut node =
+                Node::spawn_with_http(bin, ("", http, &extra), (Some(ip), port, http_port), log);
             node.stun = SocketAddr::from((ip, port));
             node.http = SocketAddr::from((ip, http_port));
             node
+        })
+    }
+
+    /// Starts a node with `spawn` (retrying on other ports), its output collected.
+    fn start_logged(mut spawn: impl FnMut(u16, u16, &NodeOutput) -> Node) -> (Node, NodeOutput) {
+        let log = NodeOutput::default();
+        let node = Node::start_retrying(|port, http_port| {
+            // Each attempt's output on its own: a failed start's lines are not the node's.
+            if let Ok(mut t) = log.0.lock() {
+                t.clear();
+            }
+            spawn(port, http_port, &log)
         });
         (node, log)
     }

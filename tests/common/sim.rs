@@ -337,14 +337,19 @@ impl Sim {
              a=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n",
             client.ufrag, client.fingerprint
         );
+        self.publish(room, client, &offer)
+    }
+
+    /// Publishes `offer` for `client` in `room` and adds it; returns its index.
+    fn publish(&mut self, room: &str, mut client: Client, offer: &str) -> usize {
         let offer = PublishOffer::parse(offer.as_bytes()).expect("offer");
         let answer = self
             .sessions
-            .publish(room, name, &offer, self.now_ms())
+            .publish(room, &client.name, &offer, self.now_ms())
             .expect("publish");
+        client.node_ice = Some(ice_of(&answer));
         self.clients.push(client);
-        self.clients[index].node_ice = Some(ice_of(&answer));
-        index
+        self.clients.len() - 1
     }
 
     /// A client that publishes a camera in `room` as Chrome does: VP8 in the three
@@ -365,11 +370,6 @@ impl Sim {
              a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
             client.ufrag, client.fingerprint
         );
-        let offer = PublishOffer::parse(offer.as_bytes()).expect("offer");
-        let answer = self
-            .sessions
-            .publish(room, name, &offer, self.now_ms())
-            .expect("publish");
         let base = 0x5100_0000 + (index as u32) * 16;
         client.video = Some(VideoSource {
             ssrcs: [base, base + 1, base + 2],
@@ -379,9 +379,7 @@ impl Sim {
             picture_id: 0,
             keyframe_wanted: [true; 3],
         });
-        self.clients.push(client);
-        self.clients[index].node_ice = Some(ice_of(&answer));
-        index
+        self.publish(room, client, &offer)
     }
 
     /// One frame of every layer of video publisher `client`'s camera (once it has

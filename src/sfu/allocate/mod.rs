@@ -348,11 +348,6 @@ impl Allocator {
         self.proven.take()
     }
 
-    /// The caps of the streams as last decided, one per demand of the last run.
-    pub fn caps(&self) -> &[LayerCap] {
-        &self.caps
-    }
-
     /// Decides the caps for `demands` under `estimate` (bit/s; `None` while it never
     /// saw congestion: no bound) at `now` (µs); `decreases` is the estimator's count of
     /// congestion events. A demand's position is its stream's: when the streams

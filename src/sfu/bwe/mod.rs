@@ -200,11 +200,6 @@ impl Estimator {
         self.bps = self.bps.max(bps);
     }
 
-    /// What the delay says now.
-    pub fn usage(&self) -> Usage {
-        self.delay.usage()
-    }
-
     /// The rate that got through, bit/s, once measured.
     pub fn acked_bps(&self) -> Option<u64> {
         self.acked.bps.map(|b| b as u64)

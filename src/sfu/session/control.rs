@@ -68,6 +68,21 @@ pub(super) struct Registry {
     subscribers: HashMap<(String, String), String>,
 }
 
+impl Registry {
+    /// The sessions `ufrags` (one of the maps by room and participant) names, only
+    /// those of `room` when given.
+    fn sessions_in<'a>(
+        &'a self,
+        ufrags: &'a HashMap<(String, String), String>,
+        room: Option<&'a str>,
+    ) -> impl Iterator<Item = Arc<Session>> + 'a {
+        ufrags
+            .iter()
+            .filter(move |((r, _), _)| room.is_none_or(|room| r == room))
+            .filter_map(|(_, u)| self.by_ufrag.get(u).cloned())
+    }
+}
+
 /// Every media session of the node, shared by the room API and the workers.
 pub struct MediaSessions {
     /// Read-locked by workers' cache misses, write-locked by the control plane.
@@ -285,12 +300,8 @@ impl MediaSessions {
                 };
                 subscribers.push((s, *max_height));
             }
-            let publishers: Vec<Arc<Session>> = reg
-                .by_participant
-                .iter()
-                .filter(|((r, _), _)| r == room)
-                .filter_map(|(_, u)| reg.by_ufrag.get(u).cloned())
-                .collect();
+            let publishers: Vec<Arc<Session>> =
+                reg.sessions_in(&reg.by_participant, Some(room)).collect();
             (subscribers, publishers)
         };
         // What each publisher offers: (participant, mid, codec).
@@ -450,11 +461,7 @@ impl MediaSessions {
         }
         let publishers: Vec<Arc<Session>> = {
             let reg = self.read();
-            reg.by_participant
-                .iter()
-                .filter(|((r, _), _)| r == room)
-                .filter_map(|(_, u)| reg.by_ufrag.get(u).cloned())
-                .collect()
+            reg.sessions_in(&reg.by_participant, Some(room)).collect()
         };
         for p in publishers {
             let mut media = p.media();
@@ -685,10 +692,7 @@ impl MediaSessions {
     pub fn take_loudness(&self) -> Vec<(String, String, Loudness)> {
         let publishers: Vec<Arc<Session>> = {
             let reg = self.read();
-            reg.by_participant
-                .values()
-                .filter_map(|u| reg.by_ufrag.get(u).cloned())
-                .collect()
+            reg.sessions_in(&reg.by_participant, None).collect()
         };
         let mut heard = Vec::new();
         for p in publishers {
@@ -713,10 +717,7 @@ impl MediaSessions {
     pub fn paused_videos(&self) -> Vec<(String, String, String)> {
         let receivers: Vec<Arc<Session>> = {
             let reg = self.read();
-            reg.subscribers
-                .values()
-                .filter_map(|u| reg.by_ufrag.get(u).cloned())
-                .collect()
+            reg.sessions_in(&reg.subscribers, None).collect()
         };
         let mut paused = Vec::new();
         for r in receivers {

@@ -18,7 +18,6 @@ use crate::sfu::track::Dropped;
 use crate::stun::message::Message;
 
 use super::{MAX_SESSIONS, MediaSessions, Session, SessionMedia, Subscription};
-use crate::sfu::egress::ReceiverLink;
 
 /// Entries a worker's cache holds before it is cleared and refilled from the registry.
 const MAX_CACHED: usize = 4 * MAX_SESSIONS;
@@ -316,7 +315,7 @@ impl SessionCache {
                                 );
                                 if read > 0 {
                                     self.counts.downlink_feedback += read;
-                                    note_estimate(&session, link, sub);
+                                    note_estimate(&session, sub);
                                     sub.allocate(&session.room, now);
                                 }
                             }
@@ -581,11 +580,10 @@ pub(super) fn forward_rtp(
     );
 }
 
-/// Shares a receiver's new downlink estimate with its streams; a move by a quarter or
-/// more since the last one logged is logged (at debug), with what got through.
-fn note_estimate(session: &Session, link: &ReceiverLink, sub: &mut Subscription) {
+/// Logs (at debug) a receiver's downlink estimate when it moved by a quarter or more
+/// since the last one logged, with what got through.
+fn note_estimate(session: &Session, sub: &mut Subscription) {
     let bps = sub.bwe.bps();
-    link.set_estimate(bps);
     let logged = sub.logged_estimate_bps;
     if logged == 0 || bps.abs_diff(logged) * 4 >= logged {
         sub.logged_estimate_bps = bps;
