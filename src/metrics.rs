@@ -246,6 +246,8 @@ pub struct SfuMetrics {
     pub rtcp_sent: Counter,
     /// Transport-cc feedback read from receivers into their downlink estimates.
     pub downlink_feedback: Counter,
+    /// Padding packets sent to probe receivers' paths before raising their video.
+    pub probe_padding: Counter,
     /// `sendmmsg` system calls that sent the SFU's datagrams (the workers' outboxes),
     /// and the datagrams they sent: their ratio is packets per system call.
     pub send_batches: Counter,
@@ -474,6 +476,11 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
         "sfu_downlink_feedback",
         "Transport-cc feedback packets read from receivers into their downlink bandwidth estimates",
         m.downlink_feedback.clone(),
+    );
+    registry.register(
+        "sfu_probe_padding",
+        "Padding packets sent to probe receivers' paths for room before raising their video",
+        m.probe_padding.clone(),
     );
     registry.register(
         "sfu_send_batches",

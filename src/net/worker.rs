@@ -712,6 +712,7 @@ impl Worker {
             (&sfu.nack_refused_budget, forwarding.resend_over_budget),
             (&sfu.rtcp_sent, forwarding.rtcp_sent),
             (&sfu.downlink_feedback, forwarding.downlink_feedback),
+            (&sfu.probe_padding, forwarding.probe_padding),
             (&sfu.send_batches, t.sfu_send.0),
             (&sfu.sent_datagrams, t.sfu_send.1),
         ]) {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use super::bwe::SentPackets;
+use super::bwe::{ProbePace, SentPackets};
 use super::srtp::{MasterKey, SrtpContext, SrtpError};
 
 /// SSRCs one forwarded stream sends: its own and its RTX.
@@ -37,6 +37,8 @@ pub struct ReceiverLink {
     /// The receiver transport's transport-wide sequence numbers and what went out
     /// under them, for reading its transport-cc feedback.
     pub sent: SentPackets,
+    /// The pace of a probe of the receiver's path, when one runs.
+    pub probe: ProbePace,
 }
 
 impl ReceiverLink {
@@ -126,6 +128,11 @@ impl Egress {
             field.copy_from_slice(&self.link.sent.stamp(len, now).to_be_bytes());
         }
         self.protect_and_send(out, len, peer, SrtpContext::protect_rtp, send)
+    }
+
+    /// Bytes of padding a probe of the receiver's path wants sent by `now`.
+    pub fn probe_owed(&self, now: u64) -> u64 {
+        self.link.probe.owed(now, &self.link.sent)
     }
 
     /// The same for RTCP in `out[..len]` (a sender report of this stream).

@@ -111,6 +111,13 @@ impl ExtensionMap {
         self.transport_cc = from;
     }
 
+    /// The receiver's id of the transport-wide sequence number, where it gets one (in
+    /// the one-byte form).
+    fn receiver_transport_cc(&self) -> Option<u8> {
+        let id = self.ids[usize::from(self.transport_cc)];
+        (self.transport_cc != 0 && (1..=14).contains(&id)).then_some(id)
+    }
+
     /// The publisher's mid extension `from` becomes the receiver's `to` with `value`;
     /// false for a value over 16 bytes (the one-byte form's limit).
     pub fn set_mid(&mut self, from: u8, to: u8, value: &[u8]) -> bool {
@@ -597,6 +604,20 @@ impl Forwarder {
         self.history[slot].resent_at = now.max(1);
         self.resend_budget -= cost;
         Ok(len)
+    }
+
+    /// Writes into `out` an RTX packet of `padding` bytes of padding only (probing the
+    /// receiver's path, see `sfu::bwe::probe`), with the current timestamp. Returns its
+    /// length; `None` without RTX or a transport-wide sequence number, which it needs
+    /// to be of any use (the receiver drops it once it counted it).
+    pub fn write_padding(&mut self, out: &mut [u8], padding: usize) -> Option<usize> {
+        let rtx = self.rtx?;
+        let id = self.extensions.receiver_transport_cc()?;
+        let header = (rtx.ssrc, rtx.payload_type, self.rtx_seq, self.out_ts);
+        let n = rtp::write_padding(out, header, id, padding)?;
+        self.rtx_seq = self.rtx_seq.wrapping_add(1);
+        self.transport_seq_at = Some(rtp::PADDING_TRANSPORT_SEQ_AT);
+        Some(n)
     }
 
     /// A sender report for this stream. The RTP time is mapped through the current
@@ -1185,6 +1206,48 @@ mod tests {
         let info = t.receive(&mut p, len, 0).unwrap();
         f.forward(&mut p, &info, 0).unwrap();
         assert_eq!(f.transport_seq_at(), None);
+    }
+
+    #[test]
+    fn probe_padding_goes_on_the_rtx_stream_with_the_receivers_number() {
+        let t = simulcast_track();
+        let mut ext = ExtensionMap::default();
+        ext.set_transport_cc(5, 3);
+        let rtx = RtxConfig {
+            ssrc: 0xBEEF,
+            payload_type: 97,
+        };
+        let mut f = Forwarder::new(
+            &t,
+            ForwarderConfig {
+                extensions: ext.clone(),
+                rtx: Some(rtx),
+                ..config(None)
+            },
+        );
+        let mut out = [0u8; 1500];
+        let mut seqs = Vec::new();
+        for _ in 0..2 {
+            let n = f.write_padding(&mut out, rtp::MAX_PADDING).unwrap();
+            let h = RtpHeader::parse(&out[..n]).unwrap();
+            assert_eq!((h.ssrc, h.payload_type), (rtx.ssrc, rtx.payload_type));
+            assert!(h.payload().is_empty());
+            let at = f.transport_seq_at().unwrap();
+            assert_eq!(h.find_extension(&out[..n], 3), Some(at..at + 2));
+            seqs.push(h.seq);
+        }
+        assert_eq!(seqs[1], seqs[0].wrapping_add(1), "the RTX stream's numbers");
+        // Without RTX, or without a transport-wide number for the receiver: none.
+        f.disable_rtx();
+        assert_eq!(f.write_padding(&mut out, 100), None);
+        let mut f = Forwarder::new(
+            &t,
+            ForwarderConfig {
+                rtx: Some(rtx),
+                ..config(None)
+            },
+        );
+        assert_eq!(f.write_padding(&mut out, 100), None);
     }
 
     #[test]

@@ -329,6 +329,40 @@ pub fn wrap_rtx(
     Some(end + 2)
 }
 
+/// Most padding one packet carries (its last byte counts it, RFC 3550 §5.1).
+pub const MAX_PADDING: usize = 255;
+/// Where [`write_padding`] puts the transport-wide sequence number.
+pub const PADDING_TRANSPORT_SEQ_AT: usize = 17;
+
+/// Writes into `buf` an RTP packet of padding only: `ssrc`, `pt`, `seq`, `timestamp`,
+/// a one-byte extension block with the transport-wide sequence number under
+/// `transport_cc` (1..=14; its value is left for the sender to fill in at
+/// [`PADDING_TRANSPORT_SEQ_AT`]) and `padding` bytes (1..=[`MAX_PADDING`]) of
+/// padding. Returns its length; `None` when `buf` is too short or an argument is out
+/// of range.
+pub fn write_padding(
+    buf: &mut [u8],
+    (ssrc, pt, seq, timestamp): (u32, u8, u16, u32),
+    transport_cc: u8,
+    padding: usize,
+) -> Option<usize> {
+    if !(1..=14).contains(&transport_cc) || !(1..=MAX_PADDING).contains(&padding) {
+        return None;
+    }
+    let len = 20 + padding;
+    let out = buf.get_mut(..len)?;
+    out[0] = 0x80 | 0x20 | 0x10; // version 2, padding, extension
+    out[1] = pt & 0x7F;
+    out[2..4].copy_from_slice(&seq.to_be_bytes());
+    out[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    out[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    out[12..16].copy_from_slice(&[0xBE, 0xDE, 0, 1]);
+    out[16..20].copy_from_slice(&[transport_cc << 4 | 1, 0, 0, 0]);
+    out[20..].fill(0);
+    out[len - 1] = padding as u8;
+    Some(len)
+}
+
 fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
     if let Some(dst) = buf.get_mut(at..at + bytes.len()) {
         dst.copy_from_slice(bytes);
@@ -360,6 +394,30 @@ pub(crate) mod tests {
                 *b = self.next() as u8;
             }
         }
+    }
+
+    #[test]
+    fn padding_packets_parse_as_padding_only_with_their_number_in_place() {
+        let mut buf = [0xAAu8; 400];
+        let n = write_padding(&mut buf, (0x1234, 97, 7, 900), 5, MAX_PADDING).unwrap();
+        assert_eq!(n, 20 + MAX_PADDING);
+        let h = RtpHeader::parse(&buf[..n]).unwrap();
+        assert_eq!(
+            (h.ssrc, h.payload_type, h.seq, h.timestamp),
+            (0x1234, 97, 7, 900)
+        );
+        assert!(h.padding && h.payload().is_empty());
+        let at = h.find_extension(&buf[..n], 5).unwrap();
+        assert_eq!(at.start, PADDING_TRANSPORT_SEQ_AT);
+        assert_eq!(at.len(), 2);
+        assert!(
+            unwrap_rtx(&mut buf[..n], &h, 1, 96).is_none(),
+            "no OSN in it"
+        );
+        for bad in [(0, 10), (15, 10), (5, 0), (5, MAX_PADDING + 1)] {
+            assert_eq!(write_padding(&mut buf, (1, 97, 1, 1), bad.0, bad.1), None);
+        }
+        assert_eq!(write_padding(&mut buf[..30], (1, 97, 1, 1), 5, 11), None);
     }
 
     /// Builds an RTP packet: the fixed header, optional one-byte extensions, payload.

@@ -298,11 +298,13 @@ impl Sim {
         }
         // Through the bottleneck, if any: it queues what comes faster than its rate
         // (the datagram with its IP and UDP headers).
-        let mut leaves = self.now;
         let bits = (data.len() as u64 + 28) * 8 * 1_000_000;
+        let busy = &mut self.clients[client].busy[usize::from(!to_node)];
+        let start = (*busy).max(self.now);
+        // A link without a rate (or whose rate was lifted) still leaves what its
+        // bottleneck queued first: first in, first out.
+        let mut leaves = start;
         if let Some(serialise) = bits.checked_div(link.rate_bps) {
-            let busy = &mut self.clients[client].busy[usize::from(!to_node)];
-            let start = (*busy).max(self.now);
             if start - self.now > link.queue_us {
                 self.lost += 1;
                 return;

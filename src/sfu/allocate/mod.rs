@@ -10,12 +10,19 @@
 //!   have goes to its forwarder as a [`LayerCap`] through a [`StreamCap`].
 //! - Down at once when what is sent exceeds the estimate; up when the estimate has
 //!   room for the step with a margin, and not within [`UP_HOLD_US`] of the last step
-//!   down. Since the estimate cannot grow much past what gets through, a receiver held
-//!   below its best also *tries* one step up now and then (every [`TRY_MIN_US`],
-//!   doubling after each try that ended in congestion, up to [`TRY_MAX_US`]): the media
-//!   itself probes, and a link that came back is used again. A try ends at the first
-//!   congestion the estimator reports; one that saw none for [`TRY_SETTLE_US`] proves
-//!   its rate ([`Allocator::take_proven`]), which the estimate then takes.
+//!   down. The estimate cannot grow much past what gets through, so a receiver held
+//!   below its best asks its path for room: it *probes* (`sfu::bwe::probe`: padding
+//!   next to the media, at twice the estimate at most, [`Allocator::take_probe`]), and
+//!   a probe that found room raised the estimate, so the allocation goes up at once,
+//!   and probes again soon ([`PROBE_AGAIN_US`]); after probes that found none, less
+//!   often ([`PROBE_MIN_US`] doubling up to [`PROBE_MAX_US`]). A link that came back
+//!   is found within one such wait and a probe per doubling.
+//! - A receiver that cannot be probed (no RTX, no transport-wide numbers) *tries* one
+//!   step up instead now and then (every [`TRY_MIN_US`], doubling after each try that
+//!   ended in congestion, up to [`TRY_MAX_US`]): the media itself probes. A try ends
+//!   at the first congestion the estimator reports; one that saw none for
+//!   [`TRY_SETTLE_US`] proves its rate ([`Allocator::take_proven`]), which the
+//!   estimate then takes.
 //! - An estimate that never saw the link at its limit (heavy loss, see
 //!   [`crate::sfu::bwe::Estimator::congestion_seen`]) is only a lower bound of the link
 //!   (the traffic was too little to find its limit), so until then nothing is capped.
@@ -44,6 +51,17 @@ pub const RECHECK_US: u64 = 500_000;
 /// A try that caused no congestion within this succeeded: what it sent got through,
 /// and the estimate is raised to it.
 pub const TRY_SETTLE_US: u64 = 3_000_000;
+/// A receiver whose path can be probed (see `sfu::bwe::probe`) and is held below its
+/// best probes again this soon after a probe that found room (which raised the
+/// estimate, and the allocation with it): GoogCC too probes on at once, doubling the
+/// rate each time, so a link that came back is found in a few round trips...
+pub const PROBE_AGAIN_US: u64 = 250_000;
+/// ... and this long after one that found none, doubling after each such probe...
+pub const PROBE_MIN_US: u64 = 1_000_000;
+/// ... and, after probes that found none, at most this rarely (GoogCC probes a
+/// limited link every 5 s too): a link that came back is used again within about
+/// this and a probe per doubling of the rate.
+pub const PROBE_MAX_US: u64 = 5_000_000;
 
 /// What each layer of a published track sends (bit/s; 0: not running) and its height,
 /// shared by the track's receivers' allocators.
@@ -304,6 +322,14 @@ pub struct Allocator {
     ran: Option<u64>,
     /// Since when a video has not fitted even at its lowest layer.
     short_since: Option<u64>,
+    /// Whether the receiver's path can be probed: then probes, not tries, find room.
+    probing: bool,
+    /// A probe to start (bit/s), and whether one is under way.
+    probe_ask: Option<u64>,
+    probing_now: bool,
+    /// When the last probe ended, and the wait before the next.
+    last_probe: Option<u64>,
+    probe_interval: u64,
 }
 
 /// A step up tried beyond the estimate.
@@ -333,7 +359,36 @@ impl Allocator {
             proven: None,
             ran: None,
             short_since: None,
+            probing: false,
+            probe_ask: None,
+            probing_now: false,
+            last_probe: None,
+            probe_interval: PROBE_MIN_US,
         }
+    }
+
+    /// Whether the receiver's path can be probed (some video to it has RTX and the
+    /// transport-wide number): then a receiver held below its best asks for probes
+    /// ([`Allocator::take_probe`]) and goes up when one found room, instead of trying
+    /// the next layer itself.
+    pub fn set_probing(&mut self, probing: bool) {
+        self.probing = probing;
+    }
+
+    /// The rate of a probe to start now (bit/s), once.
+    pub fn take_probe(&mut self) -> Option<u64> {
+        self.probe_ask.take()
+    }
+
+    /// The probe asked for ended at `now`; `room`: the path delivered all it was sent.
+    pub fn probe_done(&mut self, room: bool, now: u64) {
+        self.probing_now = false;
+        self.last_probe = Some(now);
+        self.probe_interval = if room {
+            PROBE_AGAIN_US
+        } else {
+            (self.probe_interval * 2).clamp(PROBE_MIN_US, PROBE_MAX_US)
+        };
     }
 
     /// When to run again without feedback: [`RECHECK_US`] after the last run while a
@@ -429,6 +484,12 @@ impl Allocator {
                 return &self.caps;
             }
         }
+        if self.probing {
+            if held {
+                self.ask_probe(demands, estimate, now);
+            }
+            return &self.caps;
+        }
         let quiet = self
             .last_change
             .is_none_or(|t| now.saturating_sub(t) >= self.try_interval);
@@ -436,6 +497,27 @@ impl Allocator {
             self.try_step(demands, decreases, now);
         }
         &self.caps
+    }
+
+    /// Asks for a probe while the estimate holds streams below their best: at what all
+    /// of them at their best need (with the margin), but at most twice the estimate, so
+    /// that a probe of a full link adds a short queue and no more; one probe at a time,
+    /// spaced by [`PROBE_AGAIN_US`] after one that found room, from [`PROBE_MIN_US`] up
+    /// to [`PROBE_MAX_US`] after ones that found none.
+    fn ask_probe(&mut self, demands: &[Demand], estimate: u64, now: u64) {
+        let spaced = self
+            .last_probe
+            .is_none_or(|t| now.saturating_sub(t) >= self.probe_interval);
+        if self.probing_now || !spaced {
+            return;
+        }
+        let best: u64 = demands.iter().map(|d| d.cost(LayerCap::Any)).sum();
+        let wanted = (best as f64 * UP_MARGIN) as u64;
+        if wanted <= estimate {
+            return;
+        }
+        self.probe_ask = Some(wanted.min(estimate.saturating_mul(2)));
+        self.probing_now = true;
     }
 
     /// A video the down-allocation pauses keeps its lowest layer until it has not

@@ -235,3 +235,60 @@ fn a_try_ends_at_the_first_congestion() {
     assert_eq!(a.try_interval, 2 * TRY_MIN_US);
     assert_eq!(a.take_proven(), None);
 }
+
+#[test]
+fn a_probeable_path_goes_up_only_after_a_probe_found_room() {
+    use LayerCap::*;
+    let d = two_videos();
+    let mut a = Allocator::new();
+    a.set_probing(true);
+    let est = 1_200_000; // both middle layers fit, no top layer
+    assert_eq!(a.run(Some(est), 0, &d, 0), [Any, UpTo(1), Any, UpTo(1)]);
+    assert_eq!(
+        a.take_probe(),
+        None,
+        "not within the hold after a step down"
+    );
+    // After the hold: a probe at twice the estimate (all at their best with the
+    // margin would be more), and no try of a layer.
+    assert_eq!(
+        a.run(Some(est), 0, &d, UP_HOLD_US),
+        [Any, UpTo(1), Any, UpTo(1)]
+    );
+    assert_eq!(a.take_probe(), Some(2 * est));
+    assert_eq!(a.take_probe(), None, "asked once");
+    a.run(Some(est), 0, &d, UP_HOLD_US + S);
+    assert_eq!(a.take_probe(), None, "one at a time");
+    // It found no room: the next waits PROBE_MIN_US twice over, then longer each time.
+    let mut ended = UP_HOLD_US + S;
+    a.probe_done(false, ended);
+    for wait in [
+        2 * PROBE_MIN_US,
+        4 * PROBE_MIN_US,
+        PROBE_MAX_US,
+        PROBE_MAX_US,
+    ] {
+        a.run(Some(est), 0, &d, ended + wait - 1);
+        assert_eq!(a.take_probe(), None);
+        a.run(Some(est), 0, &d, ended + wait);
+        assert!(a.take_probe().is_some(), "after {wait} µs");
+        ended += wait;
+        a.probe_done(false, ended);
+    }
+    // One finds room (the estimator raised the estimate with it): up at once, and
+    // the next probe follows soon, at the rate that is still missing with the margin.
+    a.probe_done(true, ended);
+    let raised = 2_400_000;
+    assert_eq!(a.run(Some(raised), 0, &d, ended), [Any, Any, Any, UpTo(1)]);
+    a.run(Some(raised), 0, &d, ended + PROBE_AGAIN_US);
+    let all = 80_000 + 1_500_000 + 1_500_000;
+    assert_eq!(a.take_probe(), Some((all as f64 * UP_MARGIN) as u64));
+    // With room for everything, nothing is held and nothing probed.
+    a.probe_done(true, ended + PROBE_AGAIN_US);
+    assert_eq!(
+        a.run(Some(4_000_000), 0, &d, ended + 2 * PROBE_AGAIN_US),
+        [Any, Any, Any, Any]
+    );
+    a.run(Some(4_000_000), 0, &d, ended + 3 * PROBE_AGAIN_US);
+    assert_eq!(a.take_probe(), None);
+}

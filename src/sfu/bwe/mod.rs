@@ -10,14 +10,17 @@
 
 pub mod arrivals;
 pub mod delay;
+pub mod probe;
 pub mod rate;
 pub mod sent;
 
 pub use arrivals::ArrivalReport;
+pub use probe::{ProbeOutcome, ProbePace};
 pub use sent::SentPackets;
 
 use arrivals::REFERENCE_TICK_US;
 use delay::{DelayDetector, Usage};
+use probe::ProbeCluster;
 use rate::RateControl;
 
 /// Loss under this share lets the loss-based bound grow (libwebrtc: 2 %).
@@ -144,6 +147,9 @@ pub struct Estimator {
     bps: u64,
     /// How often delay or loss lowered the estimate.
     decreases: u32,
+    /// The probe under way or waiting for its feedback.
+    probe: Option<ProbeCluster>,
+    outcome: Option<ProbeOutcome>,
 }
 
 impl Estimator {
@@ -166,6 +172,8 @@ impl Estimator {
             reported: None,
             round_trip_us: 100_000,
             decreases: 0,
+            probe: None,
+            outcome: None,
         }
     }
 
@@ -198,6 +206,40 @@ impl Estimator {
         self.rate.raise_to(bps);
         self.loss.bps = self.loss.bps.max(bps as f64);
         self.bps = self.bps.max(bps);
+    }
+
+    /// A probe's packets start at transport-wide number `first` (see [`probe`]); one
+    /// still open is dropped.
+    pub fn start_probe(&mut self, first: u64) {
+        self.probe = Some(ProbeCluster::new(first));
+    }
+
+    /// The probe ended at `now` with number `last`.
+    pub fn end_probe(&mut self, last: u64, now: u64) {
+        if let Some(p) = self.probe.as_mut() {
+            p.end(last, now);
+        }
+    }
+
+    /// What the last probe found, once its feedback is in; one whose feedback did not
+    /// come in time (by `now`) found nothing. A probe that found more room than the
+    /// estimate raised it already, unless the same feedback showed congestion.
+    pub fn take_probe_outcome(&mut self, now: u64) -> Option<ProbeOutcome> {
+        // Complete clusters are taken on the feedback that completes them: one that
+        // has an outcome here timed out.
+        if self
+            .probe
+            .as_ref()
+            .and_then(|p| p.outcome(self.reported, now))
+            .is_some()
+        {
+            self.probe = None;
+            self.outcome = Some(ProbeOutcome {
+                bps: None,
+                room: false,
+            });
+        }
+        self.outcome.take()
     }
 
     /// The rate that got through, bit/s, once measured.
@@ -235,6 +277,9 @@ impl Estimator {
                 }
                 None => self.loss.lost += 1,
             }
+            if let Some(p) = self.probe.as_mut() {
+                p.add(seq, packet.size, packet.at, arrival.map(|t| t + offset));
+            }
         }
         if !any {
             return self.bps;
@@ -247,11 +292,32 @@ impl Estimator {
         let (min, max) = (self.config.min_bps as f64, self.config.max_bps as f64);
         self.loss.bps = self.loss.bps.clamp(min, max.max(min));
         let bps = delay_bps.min(self.loss.bps as u64);
-        if bps < self.bps && (usage == Usage::Overuse || self.loss.decreased_us == Some(now)) {
+        let congested = usage == Usage::Overuse || self.loss.decreased_us == Some(now);
+        if bps < self.bps && congested {
             self.decreases = self.decreases.wrapping_add(1);
         }
         self.bps = bps;
+        self.finish_probe(congested, now);
         self.bps
+    }
+
+    /// Takes a probe whose feedback is complete: what it found raises the estimate,
+    /// unless this feedback showed congestion (which outranks it, as in GoogCC).
+    fn finish_probe(&mut self, congested: bool, now: u64) {
+        let Some(mut o) = self
+            .probe
+            .as_ref()
+            .and_then(|p| p.outcome(self.reported, now))
+        else {
+            return;
+        };
+        self.probe = None;
+        if congested {
+            o.room = false;
+        } else if let Some(bps) = o.bps {
+            self.raise_to(bps);
+        }
+        self.outcome = Some(o);
     }
 
     /// What to add to a report's times to put them on one unwrapped receiver clock

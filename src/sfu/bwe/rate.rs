@@ -133,6 +133,10 @@ impl RateControl {
 
     /// The estimate is at least `bps` (traffic at that rate got through).
     pub fn raise_to(&mut self, bps: u64) {
-        self.bps = self.bps.max(bps as f64).clamp(self.min, self.max);
+        let bps = bps as f64;
+        if self.capacity.is_some_and(|c| bps > c * CAPACITY_RESET) {
+            self.capacity = None; // the link changed: grow multiplicatively again
+        }
+        self.bps = self.bps.max(bps).clamp(self.min, self.max);
     }
 }

@@ -35,6 +35,8 @@ pub struct SentPacket {
 #[derive(Debug)]
 pub struct SentPackets {
     next: AtomicU64,
+    /// Bytes sent under all numbers so far (what a probe's pace counts).
+    bytes: AtomicU64,
     /// seq (16 bits) | size (12 bits) | send time (the low 36 bits of µs, 68 s around).
     /// 0 is empty: no packet has size 0.
     ring: Box<[AtomicU64]>,
@@ -51,6 +53,7 @@ impl SentPackets {
     pub fn new() -> SentPackets {
         SentPackets {
             next: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             ring: (0..SENT_RING).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -59,11 +62,22 @@ impl SentPackets {
     /// returns it as the extension carries it.
     pub fn stamp(&self, size: usize, now: u64) -> u16 {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(size as u64, Ordering::Relaxed);
         let packed = (now & TIME_MASK) << (SEQ_BITS + SIZE_BITS)
             | (size as u64).clamp(1, SIZE_MAX) << SEQ_BITS
             | (seq & 0xFFFF);
         self.ring[slot(seq)].store(packed, Ordering::Release);
         seq as u16
+    }
+
+    /// The number the next packet will get (unwrapped).
+    pub fn next_seq(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Bytes sent so far under all numbers.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// The unwrapped number of `seq` (as feedback reports it): the latest number handed

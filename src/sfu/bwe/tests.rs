@@ -84,6 +84,8 @@ struct Run {
     next_send: u64,
     in_flight: VecDeque<(u64, u16)>,
     feedback: VecDeque<(u64, Vec<u8>)>,
+    /// A probe's padding, topped up every step as the data plane does per packet.
+    pace: ProbePace,
 }
 
 impl Run {
@@ -101,13 +103,38 @@ impl Run {
             next_send: 1_000_000,
             in_flight: VecDeque::new(),
             feedback: VecDeque::new(),
+            pace: ProbePace::default(),
         }
+    }
+
+    /// Probes at `bps` as the SFU does (padding of the largest size next to the media)
+    /// and runs until the estimator tells what the probe found.
+    fn probe(&mut self, bps: u64) -> ProbeOutcome {
+        self.est.start_probe(self.sent.next_seq());
+        self.pace.start(bps, self.now, &self.sent);
+        self.run_ms(probe::PROBE_DURATION_US / 1_000);
+        self.est.end_probe(self.sent.next_seq() - 1, self.now);
+        for _ in 0..2_000 {
+            if let Some(found) = self.est.take_probe_outcome(self.now) {
+                return found;
+            }
+            self.run_ms(1);
+        }
+        panic!("no outcome");
     }
 
     /// Runs the loop for `seconds`, 1 ms a step; the estimate once a second.
     fn run(&mut self, seconds: u64) -> Vec<u64> {
-        let mut trace = Vec::new();
-        for ms in 0..seconds * 1000 {
+        (0..seconds)
+            .map(|_| {
+                self.run_ms(1000);
+                self.est.bps()
+            })
+            .collect()
+    }
+
+    fn run_ms(&mut self, ms: u64) {
+        for _ in 0..ms {
             self.now += 1_000;
             let rate = (self.est.bps() as f64).min(self.source_bps);
             while self.next_send <= self.now {
@@ -116,6 +143,13 @@ impl Run {
                     self.in_flight.push_back((at, seq));
                 }
                 self.next_send += (PACKET as f64 * 8.0 / rate * 1e6) as u64;
+            }
+            while self.pace.owed(self.now, &self.sent) > 0 {
+                let size = 20 + crate::sfu::rtp::MAX_PADDING;
+                let seq = self.sent.stamp(size, self.now);
+                if let Some(at) = self.link.carry(self.now, size) {
+                    self.in_flight.push_back((at, seq));
+                }
             }
             while self
                 .in_flight
@@ -148,11 +182,7 @@ impl Run {
                 let report = ArrivalReport::parse(&fb[12..fb.len() - usize::from(pad)]).unwrap();
                 self.est.on_feedback(&report, &self.sent, self.now);
             }
-            if ms % 1000 == 999 {
-                trace.push(self.est.bps());
-            }
         }
-        trace
     }
 }
 
@@ -257,4 +287,31 @@ fn a_receiver_that_stamps_late_is_not_congestion() {
     let trace = run.run(20);
     assert_eq!(run.est.decreases(), 0, "{:?}", kbps(&trace));
     assert!(trace[19] >= 3_000_000, "{:?}", kbps(&trace));
+}
+
+/// Media of 500 kbit/s on a 5 Mbit/s link cannot show the link's room (the estimate
+/// stays within 1.5 times what gets through); a probe at 2 Mbit/s does, and raises the
+/// estimate to it. Behind a 600 kbit/s link the same probe is slowed by the queue:
+/// no room, and the estimate is not raised past the link.
+#[test]
+fn a_probe_finds_the_room_the_media_cannot_show() {
+    let mut run = Run::new(Link::new(5e6, 20_000, 0.0), 500e3, 500_000);
+    let before = run.run(10);
+    assert!(before[9] <= 800_000, "{:?}", kbps(&before));
+    let found = run.probe(2_000_000);
+    assert!(found.room, "{found:?}");
+    assert!(
+        found
+            .bps
+            .is_some_and(|b| (1_800_000..=2_200_000).contains(&b)),
+        "{found:?}"
+    );
+    assert!(run.est.bps() >= 1_800_000, "raised: {}", run.est.bps());
+
+    let mut run = Run::new(Link::new(600e3, 20_000, 0.0), 500e3, 500_000);
+    run.run(10);
+    let found = run.probe(1_000_000);
+    assert!(!found.room, "{found:?}");
+    let after = run.run(2);
+    assert!(after.iter().all(|&b| b <= 700_000), "{:?}", kbps(&after));
 }

@@ -527,6 +527,7 @@ impl MediaSessions {
                     max_height: None,
                     bwe: Estimator::new(self.downlink),
                     logged_estimate_bps: 0,
+                    probe_end: None,
                     allocator: Allocator::new(),
                     demands: Vec::new(),
                 })),

@@ -12,12 +12,12 @@ use crate::sfu::dtls::{DTLS_MTU, DtlsError, DtlsOutput};
 use crate::sfu::feedback;
 use crate::sfu::forward::Action;
 use crate::sfu::ice::{IceVerdict, local_ufrag};
-use crate::sfu::rtp::RtpHeader;
+use crate::sfu::rtp::{MAX_PADDING, RtpHeader};
 use crate::sfu::srtp::{MAX_RTP_OVERHEAD, SrtpError};
 use crate::sfu::track::Dropped;
 use crate::stun::message::Message;
 
-use super::{MAX_SESSIONS, MediaSessions, Session, SessionMedia, Subscription};
+use super::{Downstream, MAX_SESSIONS, MediaSessions, Session, SessionMedia, Subscription};
 
 /// Entries a worker's cache holds before it is cleared and refilled from the registry.
 const MAX_CACHED: usize = 4 * MAX_SESSIONS;
@@ -96,6 +96,8 @@ pub struct ForwardCounts {
     pub rtcp_sent: u64,
     /// Transport-cc feedback read from receivers into their downlink estimates.
     pub downlink_feedback: u64,
+    /// Padding sent to probe receivers' paths.
+    pub probe_padding: u64,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -316,7 +318,7 @@ impl SessionCache {
                                 if read > 0 {
                                     self.counts.downlink_feedback += read;
                                     note_estimate(&session, sub);
-                                    sub.allocate(&session.room, now);
+                                    sub.allocate(&session.room, session.link.as_deref(), now);
                                 }
                             }
                             let requests = feedback::receiver_requests(sub, &pkt[..n]);
@@ -439,7 +441,7 @@ impl SessionCache {
             if let Some(sub) = media.subscribe.as_deref_mut()
                 && sub.allocation_due().is_some_and(|d| d <= now)
             {
-                sub.allocate(&session.room, now);
+                sub.allocate(&session.room, session.link.as_deref(), now);
             }
             if let (Some(publisher), true) = (media.media_peer, media.srtp.is_some()) {
                 let SessionMedia {
@@ -568,6 +570,7 @@ pub(super) fn forward_rtp(
                 counts.keyframe_requests += 1;
             }
         }
+        send_probe_padding(out, o, sent_us, counts, send);
     }
     feedback::send_track_due(
         out,
@@ -578,6 +581,37 @@ pub(super) fn forward_rtp(
         (now, unix_at_epoch_us),
         send,
     );
+}
+
+/// Padding packets one forwarded packet may bring along: a probe's pace follows the
+/// packets forwarded to its receiver, a few ms apart.
+const MAX_PADDING_PACKETS: usize = 16;
+
+/// Sends the padding a probe of `o`'s receiver's path owes by `now` (see
+/// `sfu::bwe::probe`) on `o`'s RTX stream; nothing when no probe runs (one atomic
+/// load) or the stream has no RTX.
+fn send_probe_padding(
+    out: &mut [u8],
+    o: &mut Downstream,
+    now: u64,
+    counts: &mut ForwardCounts,
+    send: &mut impl FnMut(&[u8], SocketAddr, usize),
+) {
+    for _ in 0..MAX_PADDING_PACKETS {
+        if o.egress.probe_owed(now) == 0 {
+            return;
+        }
+        let Some(n) = o.forwarder.write_padding(out, MAX_PADDING) else {
+            return;
+        };
+        if !o
+            .egress
+            .send_rtp(out, n, o.forwarder.transport_seq_at(), now, send)
+        {
+            return;
+        }
+        counts.probe_padding += 1;
+    }
 }
 
 /// Logs (at debug) a receiver's downlink estimate when it moved by a quarter or more

@@ -87,6 +87,7 @@ use std::time::Instant;
 
 use super::allocate::{Allocator, Demand, LayerMeter, LayerRates, StreamCap};
 use super::bwe::Estimator;
+use super::bwe::probe::PROBE_DURATION_US;
 use super::dtls::{DtlsSession, SrtpPair};
 use super::egress::{Egress, ReceiverLink};
 use super::forward::Forwarder;
@@ -302,19 +303,23 @@ pub struct Subscription {
     demands: Vec<Demand>,
     /// The estimate last logged (moves under a quarter are not).
     logged_estimate_bps: u64,
+    /// When the probe of the receiver's path that runs ends.
+    probe_end: Option<u64>,
 }
 
 impl Subscription {
     /// When the allocation is to be looked at again without feedback: while it holds
     /// a stream below its best (a paused video sends no feedback).
     pub fn allocation_due(&self) -> Option<u64> {
-        self.allocator.next_due()
+        earliest(self.allocator.next_due(), self.probe_end)
     }
 
     /// Shares the receiver's downlink estimate among its streams (`sfu::allocate`)
-    /// and hands each forwarder its cap. Run after each of its transport-cc feedbacks;
+    /// and hands each forwarder its cap; starts and ends the probes of its path
+    /// (`link`) the allocation asks for. Run after each of its transport-cc feedbacks;
     /// allocates only when the receiver has more streams than ever before.
-    pub fn allocate(&mut self, room: &str, now: u64) {
+    pub fn allocate(&mut self, room: &str, link: Option<&ReceiverLink>, now: u64) {
+        self.end_probe(room, link, now);
         self.demands.clear();
         for f in &self.feeds {
             let (bps, heights) = f.rates.read();
@@ -346,6 +351,36 @@ impl Subscription {
         if let Some(proven) = self.allocator.take_proven() {
             self.bwe.raise_to(proven);
         }
+        if let (Some(bps), Some(link)) = (self.allocator.take_probe(), link) {
+            self.bwe.start_probe(link.sent.next_seq());
+            link.probe.start(bps, now, &link.sent);
+            self.probe_end = Some(now.saturating_add(PROBE_DURATION_US));
+            tracing::debug!(room, probe_kbps = bps / 1000, "media session: probing");
+        }
+    }
+
+    /// Ends the probe whose time is up, and tells the allocation what a finished one
+    /// found.
+    fn end_probe(&mut self, room: &str, link: Option<&ReceiverLink>, now: u64) {
+        if let (Some(end), Some(link)) = (self.probe_end, link)
+            && now >= end
+        {
+            self.bwe
+                .end_probe(link.sent.next_seq().wrapping_sub(1), now);
+            self.probe_end = None;
+        }
+        if let Some(found) = self.bwe.take_probe_outcome(now) {
+            self.allocator.probe_done(found.room, now);
+            tracing::debug!(
+                room,
+                found_kbps = found.bps.map(|b| b / 1000),
+                room_left = found.room,
+                estimate_kbps = self.bwe.bps() / 1000,
+                "media session: probe done"
+            );
+        }
+        let probing = link.is_some() && self.feeds.iter().any(|f| !f.audio && f.rtx);
+        self.allocator.set_probing(probing);
     }
 
     /// An SSRC this receiver has never been sent under its SRTP keys. The SSRCs of
