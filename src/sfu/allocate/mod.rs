@@ -62,6 +62,9 @@ pub const PROBE_MIN_US: u64 = 1_000_000;
 /// limited link every 5 s too): a link that came back is used again within about
 /// this and a probe per doubling of the rate.
 pub const PROBE_MAX_US: u64 = 5_000_000;
+/// A probe aims this far past the rate it is to show room for (with the margin): what
+/// it measures is the lower of its send and receive rates, a little under its aim.
+pub const PROBE_BEYOND: f64 = 1.1;
 
 /// What each layer of a published track sends (bit/s; 0: not running) and its height,
 /// shared by the track's receivers' allocators.
@@ -326,6 +329,8 @@ pub struct Allocator {
     probing: bool,
     /// A probe to start (bit/s), and whether one is under way.
     probe_ask: Option<u64>,
+    /// The last probe found room, and the allocation has not looked since.
+    room_shown: bool,
     probing_now: bool,
     /// When the last probe ended, and the wait before the next.
     last_probe: Option<u64>,
@@ -361,6 +366,7 @@ impl Allocator {
             short_since: None,
             probing: false,
             probe_ask: None,
+            room_shown: false,
             probing_now: false,
             last_probe: None,
             probe_interval: PROBE_MIN_US,
@@ -383,6 +389,7 @@ impl Allocator {
     /// The probe asked for ended at `now`; `room`: the path delivered all it was sent.
     pub fn probe_done(&mut self, room: bool, now: u64) {
         self.probing_now = false;
+        self.room_shown = room;
         self.last_probe = Some(now);
         self.probe_interval = if room {
             PROBE_AGAIN_US
@@ -452,6 +459,8 @@ impl Allocator {
                 self.last_change = Some(now);
                 return &self.caps;
             }
+        } else {
+            self.short_since = None; // everything fits again
         }
         if let Some(t) = self.trying {
             if now.saturating_sub(t.at) < TRY_SETTLE_US {
@@ -464,7 +473,9 @@ impl Allocator {
         let held = self
             .last_down
             .is_none_or(|t| now.saturating_sub(t) >= UP_HOLD_US);
-        if held {
+        // Where the path can be probed, up only just after a probe found room.
+        let shown = !self.probing || std::mem::take(&mut self.room_shown);
+        if held && shown {
             // What the estimate has room for with the margin, never lowering a stream
             // without congestion: applied if it all still fits.
             let budget = (estimate.max(self.proven.unwrap_or(0)) as f64 / UP_MARGIN) as u64;
@@ -499,11 +510,13 @@ impl Allocator {
         &self.caps
     }
 
-    /// Asks for a probe while the estimate holds streams below their best: at what all
-    /// of them at their best need (with the margin), but at most twice the estimate, so
-    /// that a probe of a full link adds a short queue and no more; one probe at a time,
-    /// spaced by [`PROBE_AGAIN_US`] after one that found room, from [`PROBE_MIN_US`] up
-    /// to [`PROBE_MAX_US`] after ones that found none.
+    /// Asks for a probe while streams are held below their best: at what the next step
+    /// up ([`Allocator::next_step`]) would send, with the margin and [`PROBE_BEYOND`],
+    /// but at most twice the
+    /// estimate; a probe of a full link then overshoots it by little, which keeps its
+    /// queue short and its measurement clear. One probe at a time, spaced by
+    /// [`PROBE_AGAIN_US`] after one that found room, from [`PROBE_MIN_US`] up to
+    /// [`PROBE_MAX_US`] after ones that found none.
     fn ask_probe(&mut self, demands: &[Demand], estimate: u64, now: u64) {
         let spaced = self
             .last_probe
@@ -511,12 +524,17 @@ impl Allocator {
         if self.probing_now || !spaced {
             return;
         }
-        let best: u64 = demands.iter().map(|d| d.cost(LayerCap::Any)).sum();
-        let wanted = (best as f64 * UP_MARGIN) as u64;
-        if wanted <= estimate {
+        let Some((i, cap)) = self.next_step(demands) else {
             return;
-        }
-        self.probe_ask = Some(wanted.min(estimate.saturating_mul(2)));
+        };
+        let cost: u64 = demands
+            .iter()
+            .zip(&self.caps)
+            .enumerate()
+            .map(|(j, (d, c))| d.cost(if j == i { cap } else { *c }))
+            .sum();
+        let rate = (cost as f64 * UP_MARGIN * PROBE_BEYOND) as u64;
+        self.probe_ask = Some(rate.min(estimate.saturating_mul(2)));
         self.probing_now = true;
     }
 
@@ -543,28 +561,35 @@ impl Allocator {
         }
     }
 
-    /// Lifts one stream held below its best by one layer: the speaker's first, else
-    /// the one furthest below.
+    /// Lifts one stream held below its best by one layer ([`Allocator::next_step`]).
     fn try_step(&mut self, demands: &[Demand], decreases: u32, now: u64) {
+        let Some((i, cap)) = self.next_step(demands) else {
+            return;
+        };
+        self.caps[i] = cap;
+        self.trying = Some(Try { at: now, decreases });
+        self.last_change = Some(now);
+    }
+
+    /// The stream to lift next, one layer, and its cap then: of the streams held below
+    /// their best, the speaker's first, else the one furthest below.
+    fn next_step(&self, demands: &[Demand]) -> Option<(usize, LayerCap)> {
         let held = |i: &usize| {
             let d = &demands[*i];
             !d.audio && d.best().is_some() && self.caps[*i] != LayerCap::Any
         };
-        let pick = (0..demands.len())
+        let i = (0..demands.len())
             .filter(held)
-            .min_by_key(|i| (!demands[*i].speaker, rank(self.caps[*i])));
-        let Some(i) = pick else {
-            return;
-        };
+            .min_by_key(|i| (!demands[*i].speaker, rank(self.caps[*i])))?;
         let d = &demands[i];
-        let mut unlimited = u64::MAX;
-        if self.caps[i] == LayerCap::Paused {
-            self.caps[i] = d.lowest().map_or(LayerCap::Any, LayerCap::UpTo);
+        let mut cap = self.caps[i];
+        if cap == LayerCap::Paused {
+            cap = d.lowest().map_or(LayerCap::Any, LayerCap::UpTo);
         } else {
-            step_up(d, &mut self.caps[i], &mut unlimited);
+            let mut unlimited = u64::MAX;
+            step_up(d, &mut cap, &mut unlimited);
         }
-        self.trying = Some(Try { at: now, decreases });
-        self.last_change = Some(now);
+        Some((i, cap))
     }
 }
 

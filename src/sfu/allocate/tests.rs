@@ -275,14 +275,23 @@ fn a_probeable_path_goes_up_only_after_a_probe_found_room() {
         ended += wait;
         a.probe_done(false, ended);
     }
-    // One finds room (the estimator raised the estimate with it): up at once, and
-    // the next probe follows soon, at the rate that is still missing with the margin.
-    a.probe_done(true, ended);
+    // The estimate grew meanwhile, but without a probe that found room, no step up.
     let raised = 2_400_000;
+    assert_eq!(
+        a.run(Some(raised), 0, &d, ended + 1),
+        [Any, UpTo(1), Any, UpTo(1)]
+    );
+    // One finds room (the estimator raised the estimate with it): up at once, and
+    // the next probe follows soon, at what the next step needs (the other video at
+    // its best) with the margin and a little beyond.
+    a.probe_done(true, ended);
     assert_eq!(a.run(Some(raised), 0, &d, ended), [Any, Any, Any, UpTo(1)]);
     a.run(Some(raised), 0, &d, ended + PROBE_AGAIN_US);
     let all = 80_000 + 1_500_000 + 1_500_000;
-    assert_eq!(a.take_probe(), Some((all as f64 * UP_MARGIN) as u64));
+    assert_eq!(
+        a.take_probe(),
+        Some((all as f64 * UP_MARGIN * PROBE_BEYOND) as u64)
+    );
     // With room for everything, nothing is held and nothing probed.
     a.probe_done(true, ended + PROBE_AGAIN_US);
     assert_eq!(
@@ -291,4 +300,33 @@ fn a_probeable_path_goes_up_only_after_a_probe_found_room() {
     );
     a.run(Some(4_000_000), 0, &d, ended + 3 * PROBE_AGAIN_US);
     assert_eq!(a.take_probe(), None);
+}
+
+#[test]
+fn a_video_is_paused_only_after_two_seconds_short_in_a_row() {
+    use LayerCap::*;
+    let d = two_videos();
+    let mut a = Allocator::new();
+    let one = 80_000 + 150_000 + 10_000; // one lowest layer fits, not two
+    assert_eq!(a.run(Some(one), 0, &d, 0), [Any, UpTo(0), Any, UpTo(0)]);
+    assert_eq!(
+        a.run(Some(one), 0, &d, PAUSE_AFTER_US),
+        [Any, UpTo(0), Any, Paused]
+    );
+    // Both fit again for a while; short again later: the wait starts over.
+    let t = 2 * PAUSE_AFTER_US;
+    assert_eq!(
+        a.run(Some(1_000_000), 0, &d, t),
+        [Any, UpTo(1), Any, UpTo(0)]
+    );
+    let later = t + 5 * PAUSE_AFTER_US;
+    assert_eq!(
+        a.run(Some(one), 0, &d, later),
+        [Any, UpTo(0), Any, UpTo(0)],
+        "both keep their lowest layer for a while"
+    );
+    assert_eq!(
+        a.run(Some(one), 0, &d, later + PAUSE_AFTER_US),
+        [Any, UpTo(0), Any, Paused]
+    );
 }

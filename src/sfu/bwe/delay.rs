@@ -99,6 +99,15 @@ impl DelayDetector {
         self.usage
     }
 
+    /// Forgets the packets so far (keeping the threshold it learned): the delay they
+    /// showed is no longer news about the path.
+    pub fn restart(&mut self) {
+        *self = DelayDetector {
+            threshold_ms: self.threshold_ms,
+            ..DelayDetector::new()
+        };
+    }
+
     /// One packet that arrived: sent at `send` and received at `arrival` (µs, each on
     /// its own clock), in the order they were sent.
     pub fn on_packet(&mut self, send: i64, arrival: i64) {
@@ -126,10 +135,7 @@ impl DelayDetector {
             let arrival_delta = g.last_arrival - p.last_arrival;
             // A receiver clock that jumped: start over rather than read it as delay.
             if arrival_delta < 0 || arrival_delta - send_delta > 3_000_000 {
-                *self = DelayDetector {
-                    threshold_ms: self.threshold_ms,
-                    ..DelayDetector::new()
-                };
+                self.restart();
             } else {
                 self.on_delta(send_delta, arrival_delta, g.last_arrival);
             }

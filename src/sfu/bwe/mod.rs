@@ -268,11 +268,22 @@ impl Estimator {
             };
             self.reported = Some(seq);
             any = true;
+            // A probe's burst is judged by the rate it arrived at, not by the queue it
+            // made: the delay detector would read the queue of every probe of a full
+            // link as congestion, and lower the estimate for the probe's sake. So it
+            // skips the probe's packets, and starts over after them: what follows
+            // waits behind the probe's queue, which then drains.
+            let probed = self.probe.as_ref().is_some_and(|p| p.contains(seq));
+            if self.probe.as_mut().is_some_and(|p| p.passed_by(seq)) {
+                self.delay.restart();
+            }
             match arrival {
                 Some(t) => {
                     let arrival = t + offset;
                     self.loss.received += 1;
-                    self.delay.on_packet(packet.at as i64, arrival);
+                    if !probed {
+                        self.delay.on_packet(packet.at as i64, arrival);
+                    }
                     self.acked.add(arrival, packet.size);
                 }
                 None => self.loss.lost += 1,
@@ -301,8 +312,11 @@ impl Estimator {
         self.bps
     }
 
-    /// Takes a probe whose feedback is complete: what it found raises the estimate,
-    /// unless this feedback showed congestion (which outranks it, as in GoogCC).
+    /// Takes a probe whose feedback is complete. One the path slowed measured what it
+    /// carries: that is the estimate now, up or down (the delay detector skipped the
+    /// probe's queue, which would otherwise have lowered it). One that kept its pace
+    /// raises the estimate to its rate, unless this feedback showed congestion, which
+    /// outranks it (as in GoogCC).
     fn finish_probe(&mut self, congested: bool, now: u64) {
         let Some(mut o) = self
             .probe
@@ -312,12 +326,25 @@ impl Estimator {
             return;
         };
         self.probe = None;
+        match o.bps {
+            Some(bps) if !o.room => self.lower_to(bps),
+            Some(bps) if !congested => self.raise_to(bps),
+            _ => {}
+        }
         if congested {
             o.room = false;
-        } else if let Some(bps) = o.bps {
-            self.raise_to(bps);
         }
         self.outcome = Some(o);
+    }
+
+    /// The path carries no more than `bps`.
+    fn lower_to(&mut self, bps: u64) {
+        if bps < self.bps {
+            self.rate.lower_to(bps);
+            self.bps = self.rate.bps().min(self.loss.bps as u64);
+        } else {
+            self.raise_to(bps);
+        }
     }
 
     /// What to add to a report's times to put them on one unwrapped receiver clock

@@ -95,6 +95,8 @@ pub struct ProbeCluster {
     first: u64,
     last: Option<u64>,
     ended_us: u64,
+    /// A packet after its end was seen.
+    passed: bool,
     packets: u32,
     received: u32,
     sent_bytes: u64,
@@ -112,6 +114,7 @@ impl ProbeCluster {
             first,
             last: None,
             ended_us: 0,
+            passed: false,
             packets: 0,
             received: 0,
             sent_bytes: 0,
@@ -127,10 +130,25 @@ impl ProbeCluster {
         self.ended_us = now;
     }
 
+    /// Whether `seq` was sent in the probe (so far).
+    pub fn contains(&self, seq: u64) -> bool {
+        seq >= self.first && self.last.is_none_or(|l| seq <= l)
+    }
+
+    /// Whether `seq` is the first packet seen after the probe ended (true once): the
+    /// packets after a probe wait behind its queue.
+    pub fn passed_by(&mut self, seq: u64) -> bool {
+        if self.passed || self.last.is_none_or(|l| seq <= l) {
+            return false;
+        }
+        self.passed = true;
+        true
+    }
+
     /// One packet of the receiver's feedback: `seq`, `size` bytes sent at `sent_at`,
     /// and when it arrived (`None`: lost). Packets outside the cluster are ignored.
     pub fn add(&mut self, seq: u64, size: u16, sent_at: u64, arrival: Option<i64>) {
-        if seq < self.first || self.last.is_some_and(|l| seq > l) {
+        if !self.contains(seq) {
             return;
         }
         let size = u64::from(size);

@@ -131,6 +131,14 @@ impl RateControl {
         self.bps = next.clamp(self.min, self.max);
     }
 
+    /// The estimate is at most `bps` (the path carried no more), which is also the
+    /// capacity it stays near.
+    pub fn lower_to(&mut self, bps: u64) {
+        let bps = (bps as f64).clamp(self.min, self.max);
+        self.bps = self.bps.min(bps);
+        self.capacity = Some(bps);
+    }
+
     /// The estimate is at least `bps` (traffic at that rate got through).
     pub fn raise_to(&mut self, bps: u64) {
         let bps = bps as f64;
