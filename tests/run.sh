@@ -17,6 +17,8 @@ command -v openssl >/dev/null || packages+=(openssl)
 [ -x /usr/bin/chromium ] || packages+=(chromium fonts-liberation)
 # Firefox ESR, driven by puppeteer-core over WebDriver BiDi (no browser download).
 [ -x /usr/bin/firefox-esr ] || packages+=(firefox-esr)
+# A receiver behind a narrow link (tests/browser.rs): network namespaces and tc.
+command -v tc >/dev/null || packages+=(iproute2)
 command -v node >/dev/null || packages+=(nodejs)
 command -v npm >/dev/null || packages+=(npm)
 if ((${#packages[@]})); then

@@ -48,20 +48,23 @@ await waitFor("Bob: Alice's video at ≥ 540 lines", 30_000, async () => {
   return v.height >= 540 ? true : v;
 });
 // Two lowest layers and two voices need about 370 kbit/s: one video may be paused
-// (and the page says so); the one that plays is the one judged.
+// (and the page says so); the one that plays (frames decoded over 2 s, not merely
+// once: a video the node pauses keeps what it decoded) is the one judged.
 let shown = null;
-await waitFor("Carol: a video on its lowest layer, the other too or paused", 45_000, async () => {
+await waitFor("Carol: a video playing on its lowest layer, the other too or paused", 45_000, async () => {
+  const before = { alice: await video(carol, alice), bob: await video(carol, bob) };
+  await sleep(2_000);
   const paused = await carol.page.evaluate(() => window.confnode.state().pausedVideos);
-  for (const [from, other] of [[alice, bob], [bob, alice]]) {
-    const v = await video(carol, from);
-    const o = await video(carol, other);
-    const otherOk = paused.includes(other.id) || (o.height > 0 && o.height <= 180);
-    if (!paused.includes(from.id) && v.frames > 0 && v.height > 0 && v.height <= 180 && otherOk) {
+  const now = { alice: await video(carol, alice), bob: await video(carol, bob) };
+  const lowest = (v) => v.height > 0 && v.height <= 180;
+  const plays = (who, key) => !paused.includes(who.id) && now[key].frames - before[key].frames >= 20 && lowest(now[key]);
+  for (const [from, key, other, otherKey] of [[alice, "alice", bob, "bob"], [bob, "bob", alice, "alice"]]) {
+    if (plays(from, key) && (paused.includes(other.id) || plays(other, otherKey))) {
       shown = from;
       return true;
     }
   }
-  return { paused, alice: await video(carol, alice), bob: await video(carol, bob) };
+  return { paused, before, now };
 });
 step(`Carol gets ${shown.label}'s lowest layer; Bob gets Alice's top one`);
 
