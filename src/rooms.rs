@@ -219,12 +219,20 @@ pub struct Attached {
     pub replaced: Option<StreamId>,
 }
 
+/// What a participant asked to receive (`PUT preferences`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Preferences {
+    /// The simulcast height cap.
+    pub max_height: Option<u32>,
+    /// No video at all, only the others' voices.
+    pub audio_only: bool,
+}
+
 struct Participant {
     id: String,
     display_name: String,
     token_hash: [u8; 32],
-    /// The simulcast height cap this participant asked for (`PUT preferences`).
-    max_height: Option<u32>,
+    preferences: Preferences,
     streams: Vec<StreamId>,
     /// When the last stream ended (or the join, before the first one).
     detached_since: Option<u64>,
@@ -534,7 +542,7 @@ impl Rooms {
             id: id.clone(),
             display_name,
             token_hash: hash_token(&token),
-            max_height: None,
+            preferences: Preferences::default(),
             streams: Vec::new(),
             detached_since: Some(now),
         });
@@ -608,27 +616,34 @@ impl Rooms {
             .collect()
     }
 
-    /// Stores the simulcast height cap a participant asked for.
-    pub fn set_max_height(
+    /// Stores what a participant asked to receive: a height cap, audio only, or both
+    /// (`None`: as it was). Returns the preferences now.
+    pub fn set_preferences(
         &mut self,
         room: &str,
         participant: &str,
-        max_height: u32,
+        (max_height, audio_only): (Option<u32>, Option<bool>),
         now: u64,
-    ) -> Result<(), RoomError> {
+    ) -> Result<Preferences, RoomError> {
         let p = self
             .live_mut(room, now)?
             .participant_mut(participant)
             .ok_or(RoomError::NoParticipant)?;
-        p.max_height = Some(max_height);
-        Ok(())
+        if let Some(h) = max_height {
+            p.preferences.max_height = Some(h);
+        }
+        if let Some(a) = audio_only {
+            p.preferences.audio_only = a;
+        }
+        Ok(p.preferences)
     }
 
-    pub fn max_height(&self, room: &str, participant: &str, now: u64) -> Option<u32> {
+    pub fn preferences(&self, room: &str, participant: &str, now: u64) -> Preferences {
         self.live(room, now)
-            .ok()?
-            .participant(participant)?
-            .max_height
+            .ok()
+            .and_then(|r| r.participant(participant))
+            .map(|p| p.preferences)
+            .unwrap_or_default()
     }
 
     /// An event stream of `participant` opened; it starts with the roster. Beyond
@@ -1118,12 +1133,23 @@ mod tests {
         let (mut r, mut rng) = rooms();
         let room = r.create("host", &mut rng, T0).expect("room").room;
         let a = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
-        assert_eq!(r.max_height(&room, &a.participant, T0), None);
-        r.set_max_height(&room, &a.participant, 180, T0)
-            .expect("set");
-        assert_eq!(r.max_height(&room, &a.participant, T0), Some(180));
         assert_eq!(
-            r.set_max_height(&room, "nobody", 180, T0),
+            r.preferences(&room, &a.participant, T0),
+            Preferences::default()
+        );
+        r.set_preferences(&room, &a.participant, (Some(180), None), T0)
+            .expect("set");
+        let both = r
+            .set_preferences(&room, &a.participant, (None, Some(true)), T0)
+            .expect("set");
+        let want = Preferences {
+            max_height: Some(180),
+            audio_only: true,
+        };
+        assert_eq!(both, want, "each kept what the other set");
+        assert_eq!(r.preferences(&room, &a.participant, T0), want);
+        assert_eq!(
+            r.set_preferences(&room, "nobody", (Some(180), None), T0),
             Err(RoomError::NoParticipant)
         );
     }

@@ -943,7 +943,7 @@ fn publish_answers_sdp_once() {
 }
 
 #[test]
-fn preferences_take_a_positive_integer_max_height() {
+fn preferences_take_a_positive_max_height_audio_only_or_both() {
     let node = node();
     let room = create_room(&node);
     let a = join(&node, &room, "Ann");
@@ -961,7 +961,27 @@ fn preferences_take_a_positive_integer_max_height() {
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(put(Some(&own), br#"{"max_height": 1080}"#).status, 204);
     for body in [
-        &br#"{"max_height": 0}"#[..],
+        &br#"{"audio_only": true}"#[..],
+        br#"{"audio_only": false, "max_height": 360}"#,
+        br#"{"audio_only": false, "other": 1}"#,
+    ] {
+        let r = put(Some(&own), body);
+        assert_eq!(
+            r.status,
+            204,
+            "{}: {}",
+            String::from_utf8_lossy(body),
+            r.body
+        );
+    }
+    for body in [
+        &br#"{"audio_only": "yes"}"#[..],
+        br#"{"audio_only": 1}"#,
+        br#"{"audio_only": null}"#,
+        br#"{"audio_only": true, "max_height": 0}"#,
+        br#"{}"#,
+        br#"[{"audio_only": true}]"#,
+        br#"{"max_height": 0}"#,
         br#"{"max_height": -180}"#,
         br#"{"max_height": 180.5}"#,
         br#"{"max_height": "180"}"#,

@@ -243,3 +243,75 @@ fn each_receiver_gets_the_layer_its_own_link_carries() {
     assert_clean_switches(&sim, bob, true);
     assert_clean_switches(&sim, carol, false);
 }
+
+/// Bob asks for audio only: Alice's video stops reaching him (Carol keeps it) while
+/// Dave's voice still does, and the node does not count it as a video paused for
+/// bandwidth. When he wants video again, it comes back, starting at a keyframe.
+#[test]
+fn a_receiver_that_asks_for_audio_only_gets_voices_and_no_video() {
+    let mut sim = Sim::new(13);
+    let alice = sim.video_publisher("room", "alice", 0);
+    let dave = sim.publisher("room", "dave", 1);
+    let bob = sim.receiver("room", "bob", 0);
+    let carol = sim.receiver("room", "carol", 1);
+    sim.run_until(2_000_000);
+    let frame_us = 1_000_000 / VIDEO_FPS;
+    let mut spoken = 0u16;
+    let mut media = |sim: &mut Sim, seconds: u64| {
+        let end = sim.now + seconds * 1_000_000;
+        while sim.now < end {
+            assert!(sim.send_video_frame(alice));
+            for _ in 0..2 {
+                let ts = u32::from(spoken) * 960;
+                assert!(sim.send_rtp(dave, SSRC, spoken, ts, &[0x55; 80]));
+                spoken = spoken.wrapping_add(1);
+            }
+            let next = sim.now + frame_us;
+            sim.run_until(next);
+        }
+    };
+    let video_since = |sim: &Sim, c: usize, t: u64| {
+        sim.clients[c]
+            .rtp
+            .iter()
+            .filter(|r| r.at >= t && r.layer.is_some())
+            .count()
+    };
+    let voice_since = |sim: &Sim, c: usize, t: u64| {
+        sim.clients[c]
+            .rtp
+            .iter()
+            .filter(|r| r.at >= t && r.payload_type == 111)
+            .count()
+    };
+    media(&mut sim, 3);
+    assert!(video_since(&sim, bob, 0) > 0, "Bob sees Alice first");
+
+    sim.sessions.set_audio_only("room", "bob", true);
+    let asked = sim.now;
+    media(&mut sim, 5);
+    let settled = asked + 500_000;
+    assert_eq!(video_since(&sim, bob, settled), 0, "no video for Bob");
+    assert!(
+        voice_since(&sim, bob, settled) >= 200,
+        "Bob still hears Dave"
+    );
+    assert!(video_since(&sim, carol, settled) > 100, "Carol still sees");
+    assert!(
+        sim.sessions.paused_videos().is_empty(),
+        "asked for, not for bandwidth: {:?}",
+        sim.sessions.paused_videos()
+    );
+
+    sim.sessions.set_audio_only("room", "bob", false);
+    let back = sim.now;
+    media(&mut sim, 3);
+    let first = sim.clients[bob]
+        .rtp
+        .iter()
+        .find(|r| r.at >= back && r.layer.is_some())
+        .copied();
+    let first = first.expect("video again");
+    assert!(first.keyframe, "starting at a keyframe: {first:?}");
+    assert!(first.at - back < 1_000_000, "within a second: {first:?}");
+}

@@ -389,14 +389,22 @@ impl RoomsApi {
             return;
         }
         let now = unix_now();
+        let prefs: Vec<_> = holders
+            .iter()
+            .map(|(p, _)| hub.rooms.preferences(room, p, now))
+            .collect();
         let ids: Vec<(String, Option<u16>)> = holders
             .iter()
-            .map(|(p, _)| {
-                let h = hub.rooms.max_height(room, p, now);
-                (p.clone(), h.map(|h| h.min(u32::from(u16::MAX)) as u16))
-            })
+            .zip(&prefs)
+            .map(|((p, _), pref)| (p.clone(), pref.max_height.map(height)))
             .collect();
         let offers = self.media.sync_room(room, &ids, self.media_now_ms());
+        // A receiving session made or grown just now starts with every video.
+        for ((p, _), pref) in holders.iter().zip(&prefs) {
+            if pref.audio_only {
+                self.media.set_audio_only(room, p, true);
+            }
+        }
         let mut effects = Effects::default();
         for (participant, sdp) in offers {
             if let Some(&(_, stream)) = holders.iter().find(|(p, _)| *p == participant) {
@@ -1173,7 +1181,32 @@ pub async fn subscribe(
     }
 }
 
-/// `PUT .../participants/{p}/preferences` `{"max_height": 180}`
+/// A height as the SFU takes it.
+fn height(h: u32) -> u16 {
+    h.min(u32::from(u16::MAX)) as u16
+}
+
+/// The body of `PUT .../preferences`: `max_height` (a positive integer) and
+/// `audio_only` (a boolean), either or both; `None` for anything else.
+fn parse_preferences(raw: &[u8]) -> Option<(Option<u32>, Option<bool>)> {
+    let v = serde_json::from_slice::<serde_json::Value>(raw).ok()?;
+    let o = v.as_object()?;
+    let max_height = match o.get("max_height") {
+        None => None,
+        Some(h) => Some(
+            h.as_u64()
+                .and_then(|h| u32::try_from(h).ok())
+                .filter(|&h| h > 0)?,
+        ),
+    };
+    let audio_only = match o.get("audio_only") {
+        None => None,
+        Some(a) => Some(a.as_bool()?),
+    };
+    (max_height.is_some() || audio_only.is_some()).then_some((max_height, audio_only))
+}
+
+/// `PUT .../participants/{p}/preferences` `{"max_height": 180, "audio_only": false}`
 pub async fn preferences(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
@@ -1188,25 +1221,27 @@ pub async fn preferences(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let max_height = serde_json::from_slice::<serde_json::Value>(&raw)
-        .ok()
-        .and_then(|v| v.get("max_height").and_then(serde_json::Value::as_u64))
-        .and_then(|h| u32::try_from(h).ok())
-        .filter(|&h| h > 0);
-    let Some(max_height) = max_height else {
+    let Some(asked) = parse_preferences(&raw) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "the body must be JSON: {\"max_height\": a positive integer}",
+            "the body must be JSON with \"max_height\" (a positive integer), \"audio_only\" \
+             (true or false), or both",
         );
     };
     let stored = api
         .hub()
         .rooms
-        .set_max_height(&room, &participant, max_height, unix_now());
+        .set_preferences(&room, &participant, asked, unix_now());
     match stored {
-        Ok(()) => {
-            let h = max_height.min(u32::from(u16::MAX)) as u16;
-            api.media.set_max_height(&room, &participant, Some(h));
+        Ok(now) => {
+            if asked.0.is_some() {
+                let h = now.max_height.map(height);
+                api.media.set_max_height(&room, &participant, h);
+            }
+            if asked.1.is_some() {
+                api.media
+                    .set_audio_only(&room, &participant, now.audio_only);
+            }
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => room_error(e),

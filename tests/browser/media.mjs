@@ -11,6 +11,8 @@
 //   - (direct round) a receiver without maxHeight gets the sender's upper layers:
 //     videoHeight ≥ 540 from the 1280x720 fake camera; a receiver with maxHeight=180
 //     gets at most 180 lines;
+//   - (direct round) one who presses "Audio only" decodes no more video but still
+//     hears both voices, and sees video again when pressing it once more;
 //   - one leaves and is gone from the others' roster and stage within 5 s.
 
 import { join } from "node:path";
@@ -40,6 +42,36 @@ async function enableSoundIfAsked(p, mode) {
     step(`${mode}: ${p.label} clicks "Turn on sound"`);
     await button.click();
   }
+}
+
+/** Sums `key` over the inbound streams of `kind` from `from`. */
+function total(s, from, kind, key) {
+  return inbound(s, from, kind).reduce((n, i) => n + (i[key] || 0), 0);
+}
+
+/** `p` presses "Audio only": over 2 s (after 1 s for what was on its way) no frame of
+ * `others` is decoded, their voices still play; pressed again, frames flow again. */
+async function audioOnly(p, others) {
+  const button = p.page.getByRole("button", { name: "Audio only", exact: true });
+  await button.click();
+  await waitFor(`${p.label}: audio only`, 5_000, async () => (await p.page.evaluate(() => window.confnode.state().audioOnly)) || "off");
+  await sleep(1_000);
+  const before = await stats(p);
+  await sleep(2_000);
+  const after = await stats(p);
+  for (const q of others) {
+    const frames = total(after, q.id, "video", "framesDecoded") - total(before, q.id, "video", "framesDecoded");
+    const samples = total(after, q.id, "audio", "totalSamplesReceived") - total(before, q.id, "audio", "totalSamplesReceived");
+    if (frames > 2) throw new Error(`${p.label} (audio only): ${frames} frames from ${q.label} decoded in 2 s`);
+    if (samples <= 0) throw new Error(`${p.label} (audio only): no audio samples from ${q.label} in 2 s`);
+  }
+  await button.click();
+  const off = await stats(p);
+  await waitFor(`${p.label}: video again`, 10_000, async () => {
+    const s = await stats(p);
+    const grown = others.map((q) => total(s, q.id, "video", "framesDecoded") - total(off, q.id, "video", "framesDecoded"));
+    return grown.every((n) => n >= 10) ? true : grown;
+  });
 }
 
 async function round(relay) {
@@ -88,7 +120,7 @@ async function round(relay) {
     await sleep(2_000);
     const after = await stats(p);
     for (const q of others) {
-      const sum = (s, kind, key) => inbound(s, q.id, kind).reduce((n, i) => n + (i[key] || 0), 0);
+      const sum = (s, kind, key) => total(s, q.id, kind, key);
       const frames = sum(after, "video", "framesDecoded") - sum(before, "video", "framesDecoded");
       const samples = sum(after, "audio", "totalSamplesReceived") - sum(before, "audio", "totalSamplesReceived");
       const energy = sum(after, "audio", "totalAudioEnergy");
@@ -139,6 +171,8 @@ async function round(relay) {
     step(`${mode}: ≥ 540 lines without maxHeight, ≤ 180 with maxHeight=180`);
     const estimates = await Promise.all(people.map((q) => stats(q).then((s) => s.sendEstimate)));
     step(`${mode}: the publishers' uplink estimates, kbit/s: ${estimates.map((e) => Math.round(e / 1000)).join(", ")}`);
+    await audioOnly(people[1], [people[0], people[2]]);
+    step(`${mode}: Bob pressed "Audio only": no video, both voices; pressed again: video again`);
   }
 
   await people[0].page.screenshot({ path: join(cfg.shots, `media-${relay ? "relay" : "direct"}-laptop.png`) });

@@ -7,7 +7,8 @@
  *            that answers the server's `offer` events (POST .../subscribe).
  *
  * Query parameters on /r/{id} for automated browsers: name=, autojoin=1, maxHeight=,
- * relay=1. Every remote video is a <video data-participant="{participant id}">.
+ * audioOnly=1, relay=1. Every remote video is a <video data-participant="{participant
+ * id}">.
  *
  * Display names only ever go into textContent (never into HTML), and nothing here
  * stores them.
@@ -313,6 +314,7 @@
       room,
       relay: params.get("relay") === "1",
       maxHeight: Number.parseInt(params.get("maxHeight") || "", 10),
+      audioOnly: params.get("audioOnly") === "1",
     };
     const nameField = $("display-name");
     if (params.has("name")) nameField.value = params.get("name");
@@ -329,6 +331,9 @@
     $("leave").addEventListener("click", () => leave("Your camera and microphone are off, and the others no longer see you."));
     $("toggle-mic").addEventListener("click", toggleMic);
     $("toggle-cam").addEventListener("click", toggleCam);
+    $("toggle-audio-only").addEventListener("click", () => {
+      if (call && call.active) setAudioOnly(call, !call.audioOnly);
+    });
     $("enable-sound").addEventListener("click", enableSound);
     $("copy-link").addEventListener("click", async () => {
       const link = location.origin + "/r/" + encodeURIComponent(room);
@@ -433,6 +438,8 @@
       speaker: null,
       // Videos the node paused for this receiver's bandwidth (participant ids).
       pausedVideos: new Set(),
+      // This participant asked for no video (the "Audio only" button, audioOnly=1).
+      audioOnly: false,
       recvPc: null,
       recvQueue: Promise.resolve(),
       publishing: "starting",
@@ -443,7 +450,11 @@
     show($("call"), true);
     selfTile(c);
     openEvents(c);
-    if (Number.isFinite(options.maxHeight) && options.maxHeight > 0) preferences(c, options.maxHeight);
+    if (Number.isFinite(options.maxHeight) && options.maxHeight > 0) {
+      preferences(c, { max_height: options.maxHeight }, "the video height limit");
+    }
+    showAudioOnly(c, false);
+    if (options.audioOnly) setAudioOnly(c, true);
     startMedia(c);
   }
 
@@ -451,13 +462,30 @@
     return "Bearer " + c.token;
   }
 
-  async function preferences(c, maxHeight) {
+  /** Sends `body` as this participant's preferences; false (and a notice naming
+   * `what`) when the node refused them. */
+  async function preferences(c, body, what) {
     try {
-      const res = await api("PUT", c.base + "/preferences", { auth: auth(c), json: { max_height: maxHeight } });
-      if (!res.ok) notice("prefs", "Could not set the video height limit: " + (await errorOf(res)) + ".", "warn");
+      const res = await api("PUT", c.base + "/preferences", { auth: auth(c), json: body });
+      if (res.ok) return true;
+      notice("prefs", "Could not set " + what + ": " + (await errorOf(res)) + ".", "warn");
     } catch (_) {
       /* the event stream reports a lost node */
     }
+    return false;
+  }
+
+  /** "Audio only": the node sends this participant no video (and again when off). */
+  async function setAudioOnly(c, on) {
+    showAudioOnly(c, on);
+    const ok = await preferences(c, { audio_only: on }, on ? "audio only" : "video again");
+    if (!ok && call === c) showAudioOnly(c, !on);
+  }
+
+  function showAudioOnly(c, on) {
+    c.audioOnly = on;
+    $("toggle-audio-only").setAttribute("aria-pressed", String(on));
+    $("tiles").classList.toggle("audio-only", on);
   }
 
   // ---- notices ----
@@ -988,6 +1016,7 @@
         members: call.members.size,
         speaker: call.speaker || null,
         pausedVideos: [...call.pausedVideos],
+        audioOnly: call.audioOnly,
         sending: call.sendPc ? call.sendPc.connectionState : null,
         receiving: call.recvPc ? call.recvPc.connectionState : null,
       };

@@ -479,6 +479,17 @@ impl MediaSessions {
         }
     }
 
+    /// The receiver `participant` of `room` wants no video (`audio_only`), or video
+    /// again: its video streams are paused at once, or handed back to its allocation,
+    /// which resumes them at their next keyframe.
+    pub fn set_audio_only(&self, room: &str, participant: &str, audio_only: bool) {
+        if let Some(s) = self.subscriber(room, participant)
+            && let Some(sub) = s.media().subscribe.as_mut()
+        {
+            sub.set_audio_only(audio_only);
+        }
+    }
+
     /// A receiving session for `key`, registered (the registry is write-locked).
     fn new_subscriber(
         &self,
@@ -528,6 +539,7 @@ impl MediaSessions {
                     bwe: Estimator::new(self.downlink),
                     logged_estimate_bps: 0,
                     probe_end: None,
+                    audio_only: false,
                     allocator: Allocator::new(),
                     demands: Vec::new(),
                 })),
@@ -726,6 +738,9 @@ impl MediaSessions {
             let Some(sub) = media.subscribe.as_deref() else {
                 continue;
             };
+            if sub.audio_only {
+                continue; // paused by choice, not for bandwidth
+            }
             for f in sub.feeds.iter().filter(|f| !f.audio) {
                 if f.cap.get() == crate::sfu::simulcast::LayerCap::Paused
                     && let Some(p) = f.publisher.upgrade()

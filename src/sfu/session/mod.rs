@@ -94,6 +94,7 @@ use super::forward::Forwarder;
 use super::ice::IceAgent;
 use super::sdp::Extension;
 use super::sdp::{CodecName, SubscribeSession};
+use super::simulcast::{LayerCap, MAX_LAYERS};
 use super::speaker::Loudness;
 use super::track::Track;
 use super::twcc::TransportFeedback;
@@ -305,9 +306,24 @@ pub struct Subscription {
     logged_estimate_bps: u64,
     /// When the probe of the receiver's path that runs ends.
     probe_end: Option<u64>,
+    /// The receiver wants no video: every video stream is paused, whatever the
+    /// allocation says.
+    audio_only: bool,
 }
 
 impl Subscription {
+    /// No video for this receiver, or video again (see [`Subscription::audio_only`]).
+    pub fn set_audio_only(&mut self, audio_only: bool) {
+        self.audio_only = audio_only;
+        for f in self.feeds.iter().filter(|f| !f.audio) {
+            f.cap.set(if audio_only {
+                LayerCap::Paused
+            } else {
+                LayerCap::Any
+            });
+        }
+    }
+
     /// When the allocation is to be looked at again without feedback: while it holds
     /// a stream below its best (a paused video sends no feedback).
     pub fn allocation_due(&self) -> Option<u64> {
@@ -322,7 +338,10 @@ impl Subscription {
         self.end_probe(room, link, now);
         self.demands.clear();
         for f in &self.feeds {
-            let (bps, heights) = f.rates.read();
+            let (mut bps, heights) = f.rates.read();
+            if self.audio_only && !f.audio {
+                bps = [0; MAX_LAYERS]; // not wanted: nothing to share out or probe for
+            }
             self.demands.push(Demand {
                 audio: f.audio,
                 bps,
@@ -336,8 +355,13 @@ impl Subscription {
         let caps = self.allocator.run(estimate, decreases, &self.demands, now);
         let mut changed = false;
         for (f, cap) in self.feeds.iter().zip(caps) {
-            changed |= f.cap.get() != *cap;
-            f.cap.set(*cap);
+            let cap = if self.audio_only && !f.audio {
+                LayerCap::Paused
+            } else {
+                *cap
+            };
+            changed |= f.cap.get() != cap;
+            f.cap.set(cap);
         }
         if changed {
             tracing::debug!(
