@@ -244,7 +244,7 @@ pub struct SfuMetrics {
     pub nack_refused_budget: Counter,
     /// RTCP the SFU sent besides keyframe requests: reports, NACKs, transport-cc.
     pub rtcp_sent: Counter,
-    /// Transport-cc feedback read from receivers into their downlink estimates.
+    /// Transport-cc feedback and REMB read from receivers into their downlink estimates.
     pub downlink_feedback: Counter,
     /// Padding packets sent to probe receivers' paths before raising their video.
     pub probe_padding: Counter,
@@ -474,7 +474,7 @@ fn register_sfu(registry: &mut Registry) -> SfuMetrics {
     );
     registry.register(
         "sfu_downlink_feedback",
-        "Transport-cc feedback packets read from receivers into their downlink bandwidth estimates",
+        "Transport-cc feedback and REMB packets read from receivers into their downlink bandwidth estimates",
         m.downlink_feedback.clone(),
     );
     registry.register(

@@ -5,6 +5,7 @@
 mod common;
 
 use common::sim::{Link, Sim, VIDEO_FPS};
+use confnode::sfu::rtcp::write_remb;
 
 const SSRC: u32 = 0xA0D1_0001;
 /// Opus at 50 packets a second.
@@ -314,4 +315,58 @@ fn a_receiver_that_asks_for_audio_only_gets_voices_and_no_video() {
     let first = first.expect("video again");
     assert!(first.keyframe, "starting at a keyframe: {first:?}");
     assert!(first.at - back < 1_000_000, "within a second: {first:?}");
+}
+
+/// Carol's browser estimates her link itself and says so in REMB only (no transport-cc
+/// feedback): at 300 kbit/s she gets Alice's lowest layer, at 5 Mbit/s the top one
+/// again within a few seconds; Bob, with transport-cc over a clean link, keeps the top.
+#[test]
+fn a_receiver_that_sends_only_remb_gets_what_its_remb_says() {
+    let mut sim = Sim::new(17);
+    let alice = sim.video_publisher("room", "alice", 0);
+    let bob = sim.receiver("room", "bob", 0);
+    let carol = sim.receiver("room", "carol", 1);
+    sim.clients[carol].without_transport_feedback();
+    sim.run_until(2_000_000);
+    let frame_us = 1_000_000 / VIDEO_FPS;
+    let frames = |sim: &mut Sim, seconds: u64, remb: u64| {
+        let end = sim.now + seconds * 1_000_000;
+        let mut next_remb = sim.now;
+        while sim.now < end {
+            assert!(sim.send_video_frame(alice));
+            if sim.now >= next_remb {
+                // As Chrome's receive-side estimator does, once a second or so.
+                let mut buf = [0u8; 64];
+                let n = write_remb(&mut buf, 0xC0FFEE, remb, &[1]).expect("REMB");
+                let data = sim.protect(carol, &buf[..n], true).expect("keys");
+                sim.inject(carol, false, data);
+                next_remb = sim.now + 500_000;
+            }
+            let next = sim.now + frame_us;
+            sim.run_until(next);
+        }
+    };
+    frames(&mut sim, 8, 300_000);
+    let (carol_share, _) = layers_and_gap(&sim, carol, sim.now - 5_000_000);
+    assert!(
+        carol_share[0] > 0.999,
+        "Carol at 300 kbit/s: {carol_share:?}"
+    );
+    let lifted = sim.now;
+    frames(&mut sim, 8, 5_000_000);
+    let back = sim.clients[carol]
+        .rtp
+        .iter()
+        .find(|r| r.at >= lifted && r.layer == Some(2))
+        .map(|r| r.at - lifted);
+    assert!(
+        back.is_some_and(|us| us <= 5_000_000),
+        "Carol back on the top layer after {back:?} µs"
+    );
+    let (bob_share, _) = layers_and_gap(&sim, bob, lifted - 5_000_000);
+    assert!(
+        bob_share[2] > 0.999,
+        "Bob keeps the top layer: {bob_share:?}"
+    );
+    assert_clean_switches(&sim, carol, true);
 }

@@ -130,17 +130,24 @@ pub fn receiver_requests(sub: &Subscription, rtcp: &[u8]) -> Requests {
     requests
 }
 
-/// Reads the transport-cc feedback in a receiver's (decrypted, compound) RTCP into its
-/// downlink estimate `bwe`, about the packets `sent` holds; returns how many feedback
-/// packets there were. Unparsable ones are skipped.
+/// Reads the transport-cc feedback and REMB in a receiver's (decrypted, compound) RTCP
+/// into its downlink estimate `bwe`, about the packets `sent` holds; returns how many
+/// such packets there were. Unparsable ones are skipped.
 pub fn estimate_downlink(bwe: &mut Estimator, sent: &SentPackets, rtcp: &[u8], now: u64) -> u64 {
     let mut read = 0;
     for packet in RtcpIter::new(rtcp) {
-        if let Rtcp::TransportCc(fb) = packet
-            && let Some(report) = ArrivalReport::parse(fb.fci)
-        {
-            bwe.on_feedback(&report, sent, now);
-            read += 1;
+        match packet {
+            Rtcp::TransportCc(fb) => {
+                if let Some(report) = ArrivalReport::parse(fb.fci) {
+                    bwe.on_feedback(&report, sent, now);
+                    read += 1;
+                }
+            }
+            Rtcp::Remb(remb) => {
+                bwe.on_remb(remb.bitrate);
+                read += 1;
+            }
+            _ => {}
         }
     }
     read

@@ -216,6 +216,12 @@ impl Client {
     }
 
     /// Whether DTLS gave this client its SRTP keys.
+    /// A receiver that sends no transport-cc feedback (one that estimates its link
+    /// itself and says so in REMB, which the test sends).
+    pub fn without_transport_feedback(&mut self) {
+        self.twcc = None;
+    }
+
     pub fn connected(&self) -> bool {
         self.srtp.is_some()
     }

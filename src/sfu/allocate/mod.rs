@@ -327,6 +327,8 @@ pub struct Allocator {
     short_since: Option<u64>,
     /// Whether the receiver's path can be probed: then probes, not tries, find room.
     probing: bool,
+    /// Whether tries are of use (see [`Allocator::set_way_up`]).
+    tries: bool,
     /// A probe to start (bit/s), and whether one is under way.
     probe_ask: Option<u64>,
     /// The last probe found room, and the allocation has not looked since.
@@ -365,6 +367,7 @@ impl Allocator {
             ran: None,
             short_since: None,
             probing: false,
+            tries: true,
             probe_ask: None,
             room_shown: false,
             probing_now: false,
@@ -373,12 +376,15 @@ impl Allocator {
         }
     }
 
-    /// Whether the receiver's path can be probed (some video to it has RTX and the
-    /// transport-wide number): then a receiver held below its best asks for probes
-    /// ([`Allocator::take_probe`]) and goes up when one found room, instead of trying
-    /// the next layer itself.
-    pub fn set_probing(&mut self, probing: bool) {
+    /// How a receiver held below its best finds room: `probing`, where its path can be
+    /// probed (some video to it has RTX and the transport-wide number), it asks for
+    /// probes ([`Allocator::take_probe`]) and goes up when one found room; else, with
+    /// `tries`, it tries the next layer itself; with neither (a receiver that estimates
+    /// its link itself, REMB), it goes up when its estimate has room, as that estimate
+    /// grows with what gets through.
+    pub fn set_way_up(&mut self, probing: bool, tries: bool) {
         self.probing = probing;
+        self.tries = tries;
     }
 
     /// The rate of a probe to start now (bit/s), once.
@@ -504,7 +510,7 @@ impl Allocator {
         let quiet = self
             .last_change
             .is_none_or(|t| now.saturating_sub(t) >= self.try_interval);
-        if quiet {
+        if self.tries && quiet {
             self.try_step(demands, decreases, now);
         }
         &self.caps

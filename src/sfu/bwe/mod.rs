@@ -39,6 +39,9 @@ const LOSS_SAMPLE_MIN: u32 = 20;
 const LOSS_DECREASE_US: u64 = 300_000;
 /// Growth of the loss-based bound per second while loss is low.
 const LOSS_GROWTH_PER_S: f64 = 1.08;
+/// A REMB this much under the last one is congestion (libwebrtc's receiver sends one
+/// at once when its estimate fell by 3 %, else once a second).
+const REMB_DROP: f64 = 0.03;
 /// The rate that got through is measured over windows of this (by arrival time).
 const ACKED_WINDOW_US: i64 = 250_000;
 
@@ -147,6 +150,8 @@ pub struct Estimator {
     bps: u64,
     /// How often delay or loss lowered the estimate.
     decreases: u32,
+    /// The receiver's own estimate of its link (REMB), when it sends one.
+    remb: Option<u64>,
     /// The probe under way or waiting for its feedback.
     probe: Option<ProbeCluster>,
     outcome: Option<ProbeOutcome>,
@@ -172,14 +177,44 @@ impl Estimator {
             reported: None,
             round_trip_us: 100_000,
             decreases: 0,
+            remb: None,
             probe: None,
             outcome: None,
         }
     }
 
-    /// The estimate, bit/s.
+    /// The estimate, bit/s: ours from transport-cc feedback, bounded by the receiver's
+    /// own (REMB) where it sends one; a receiver that sends only REMB has only that.
     pub fn bps(&self) -> u64 {
-        self.bps
+        match self.remb {
+            Some(r) if self.reported.is_none() => r,
+            Some(r) => self.bps.min(r),
+            None => self.bps,
+        }
+    }
+
+    /// Whether the receiver sends transport-cc feedback (then its path can be probed).
+    pub fn has_transport_feedback(&self) -> bool {
+        self.reported.is_some()
+    }
+
+    /// The receiver's own estimate of its link (REMB, draft-alvestrand-rmcat-remb, from
+    /// a receiver that estimates its link itself): it bounds ours, and is a real bound
+    /// of the link from the start (see [`Estimator::congestion_seen`]). A drop of over
+    /// [`REMB_DROP`] counts as congestion.
+    pub fn on_remb(&mut self, bps: u64) {
+        let (min, max) = (
+            self.config.min_bps,
+            self.config.max_bps.max(self.config.min_bps),
+        );
+        let bps = bps.clamp(min, max);
+        if self
+            .remb
+            .is_some_and(|r| (bps as f64) < (1.0 - REMB_DROP) * r as f64)
+        {
+            self.decreases = self.decreases.wrapping_add(1);
+        }
+        self.remb = Some(bps);
     }
 
     /// Whether the path ever lost heavily (over [`HIGH_LOSS`] of a sample): a link at
@@ -190,7 +225,7 @@ impl Estimator {
     /// (see `SessionCache::handle_media_received`), but a receiver busy decoding takes
     /// its arrival times late too.
     pub fn congestion_seen(&self) -> bool {
-        self.loss.decreased_us.is_some()
+        self.loss.decreased_us.is_some() || self.remb.is_some()
     }
 
     /// How many times delay or loss lowered the estimate so far: a change means the
@@ -293,7 +328,7 @@ impl Estimator {
             }
         }
         if !any {
-            return self.bps;
+            return self.bps();
         }
         let usage = self.delay.usage();
         let acked = self.acked.bps;
@@ -309,7 +344,7 @@ impl Estimator {
         }
         self.bps = bps;
         self.finish_probe(congested, now);
-        self.bps
+        self.bps()
     }
 
     /// Takes a probe whose feedback is complete. One the path slowed measured what it

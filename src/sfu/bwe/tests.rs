@@ -315,3 +315,35 @@ fn a_probe_finds_the_room_the_media_cannot_show() {
     let after = run.run(2);
     assert!(after.iter().all(|&b| b <= 700_000), "{:?}", kbps(&after));
 }
+
+/// A receiver that estimates its link itself (REMB): without transport-cc its REMB is
+/// the estimate, a real bound from the start; with transport-cc it bounds ours; a
+/// drop of over 3 % is congestion.
+#[test]
+fn remb_is_the_receivers_own_estimate() {
+    let mut est = Estimator::new(BweConfig::default());
+    assert!(!est.congestion_seen());
+    est.on_remb(600_000);
+    assert_eq!(est.bps(), 600_000);
+    assert!(est.congestion_seen());
+    assert!(!est.has_transport_feedback());
+    est.on_remb(590_000);
+    assert_eq!(est.decreases(), 0, "under 3 %: noise");
+    est.on_remb(400_000);
+    assert_eq!(est.decreases(), 1);
+    est.on_remb(u64::MAX);
+    assert_eq!(
+        est.bps(),
+        BweConfig::default().max_bps,
+        "within the ceiling"
+    );
+    // With transport-cc too, the lower of the two.
+    let mut run = Run::new(Link::new(5e6, 10_000, 0.0), 4e6, 1_000_000);
+    run.run(10);
+    assert!(run.est.has_transport_feedback());
+    let ours = run.est.bps();
+    run.est.on_remb(ours / 2);
+    assert_eq!(run.est.bps(), ours / 2);
+    run.est.on_remb(ours * 4);
+    assert_eq!(run.est.bps(), ours);
+}

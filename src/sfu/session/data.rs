@@ -94,7 +94,7 @@ pub struct ForwardCounts {
     pub resend_over_budget: u64,
     /// Reports, NACKs and transport-cc feedback sent.
     pub rtcp_sent: u64,
-    /// Transport-cc feedback read from receivers into their downlink estimates.
+    /// Transport-cc feedback and REMB read from receivers into their downlink estimates.
     pub downlink_feedback: u64,
     /// Padding sent to probe receivers' paths.
     pub probe_padding: u64,

@@ -403,8 +403,12 @@ impl Subscription {
                 "media session: probe done"
             );
         }
-        let probing = link.is_some() && self.feeds.iter().any(|f| !f.audio && f.rtx);
-        self.allocator.set_probing(probing);
+        // A receiver that sends only REMB estimates its link itself: neither probes
+        // (nothing would tell their outcome) nor tries (its estimate is the judge).
+        let transport_cc = self.bwe.has_transport_feedback();
+        let probing =
+            link.is_some() && transport_cc && self.feeds.iter().any(|f| !f.audio && f.rtx);
+        self.allocator.set_way_up(probing, transport_cc && !probing);
     }
 
     /// An SSRC this receiver has never been sent under its SRTP keys. The SSRCs of
