@@ -6,61 +6,17 @@
 //! send lies inside the buffer. Run with `cargo fuzz run turn_core` in `fuzz/`.
 #![no_main]
 
-use std::collections::BTreeMap;
-use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use confnode::config::PortRange;
-use confnode::metrics::TurnMetrics;
 use confnode::stun::message::{Class, Message, Writer, attr, long_term_key, method};
-use confnode::turn::auth::Auth;
-use confnode::turn::policy::PeerPolicy;
-use confnode::turn::server::{
-    Action, ClientKey, Clock, HeldPort, Limits, RelayId, RelayIo, Shared, TurnCore,
-};
+use confnode::turn::server::{Action, Clock};
 use libfuzzer_sys::fuzz_target;
 
-const REALM: &str = "fuzz";
-const USER: &str = "alice";
-const PASSWORD: &str = "secret";
+mod common;
+use common::{PASSWORD, REALM, Relays, USER, client};
+
 /// Room in front of a datagram for the core's framing (as the data plane keeps).
 const HEADROOM: usize = 64;
-
-/// Relay "sockets" that are only numbers.
-#[derive(Default)]
-struct Relays {
-    next: RelayId,
-}
-
-impl RelayIo for Relays {
-    fn open(&mut self, _addr: SocketAddr) -> io::Result<RelayId> {
-        if self.next >= 64 {
-            return Err(io::Error::other("no more relays in this run"));
-        }
-        self.next += 1;
-        Ok(self.next - 1)
-    }
-    // Held ports are only their addresses: EVEN-PORT reservations and their adoption
-    // are fuzzed too.
-    fn reserve(&mut self, addr: SocketAddr) -> io::Result<HeldPort> {
-        Ok(HeldPort::new(addr))
-    }
-    fn adopt(&mut self, held: HeldPort) -> io::Result<RelayId> {
-        let addr: SocketAddr = held
-            .into_inner()
-            .ok_or_else(|| io::Error::other("not a held port of this run"))?;
-        self.open(addr)
-    }
-    fn close(&mut self, _id: RelayId) {}
-}
-
-fn client(k: u8) -> ClientKey {
-    ClientKey {
-        listener: 0,
-        addr: SocketAddr::from(([198, 51, 100, k % 4 + 1], 40_000 + u16::from(k % 4))),
-    }
-}
 
 fn peer(b: u8) -> SocketAddr {
     SocketAddr::from(([203, 0, 113, b % 8], 5_000 + u16::from(b % 3)))
@@ -135,31 +91,9 @@ fn request(out: &mut [u8], nonce: &[u8], tid: u8, f: &[u8]) -> Option<usize> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits {
-        max_allocations_per_user: 8,
-        max_permissions: 8,
-        max_channels: 8,
-        bandwidth: if data.first() == Some(&0) { 20_000 } else { 0 },
-        ..Limits::default()
-    };
-    let shared = Arc::new(Shared::new(
-        limits,
-        PortRange {
-            first: 50_000,
-            last: 50_100,
-        },
-        Some([192, 0, 2, 10].into()),
-        None,
-        [192, 0, 2, 10].into(),
-        None,
-        PeerPolicy::new(false, &[], &[], &[]),
-        TurnMetrics::default(),
-    ));
-    let mut users = BTreeMap::new();
-    users.insert(USER.to_owned(), PASSWORD.to_owned());
-    let auth = Auth::new(REALM, &users, &["rest secret".to_owned()], [7; 32]);
+    let bandwidth = if data.first() == Some(&0) { 20_000 } else { 0 };
     let stream = data.get(1).is_some_and(|b| b & 1 == 1);
-    let mut core = TurnCore::new(shared, auth, stream, 1);
+    let mut core = common::core(stream, bandwidth);
     let mut relays = Relays::default();
     let mut clock = Clock {
         mono_ms: 10_000_000,

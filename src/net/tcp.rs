@@ -14,6 +14,7 @@ use crate::turn::auth::Auth;
 use crate::turn::server::{
     Action, ClientKey, Clock, DropReason, HeldPort, RelayId, RelayIo, Shared, TurnCore,
 };
+use crate::turn::stream::{Frame, STUN_HEADER, next_frame};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -49,7 +50,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often expired allocations, permissions and channels are swept, and idleness
 /// checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-const STUN_HEADER: usize = 20;
 /// The read buffer's usual size; it grows for a larger frame (up to a 16-bit length
 /// plus header) and shrinks back when the connection is quiet.
 const READ_SIZE: usize = 4096;
@@ -271,24 +271,19 @@ impl<'a> Connection<'a> {
         let mut pos = 0;
         let mut pending = 0;
         let result = loop {
-            let avail = &self.rbuf[pos..self.filled];
-            if avail.len() < 4 {
-                break Ok(());
-            }
-            let length = usize::from(u16::from_be_bytes([avail[2], avail[3]]));
-            let total = match avail[0] {
-                0..=3 if length % 4 == 0 => STUN_HEADER + length,
-                0x40..=0x7F => 4 + length.div_ceil(4) * 4,
-                _ => {
+            let (total, length) = match next_frame(&self.rbuf[pos..self.filled]) {
+                Frame::Partial { need } => {
+                    pending = need;
+                    break Ok(());
+                }
+                Frame::Stun { total } => (total, total - STUN_HEADER),
+                Frame::ChannelData { total, length } => (total, length),
+                Frame::Broken => {
                     self.ctx.counters.received.inc();
                     self.ctx.counters.malformed.inc();
                     break Err(Broken);
                 }
             };
-            if avail.len() < total {
-                pending = total;
-                break Ok(());
-            }
             self.frame(clock, pos, total, length);
             pos += total;
         };

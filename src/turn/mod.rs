@@ -3,3 +3,4 @@
 pub mod auth;
 pub mod policy;
 pub mod server;
+pub mod stream;
