@@ -18,7 +18,7 @@
 use super::codec::{Codec, Vp8Descriptor, parse_vp8};
 use super::rtcp::{self, ReportBlock, ntp_duration, ntp_middle};
 use super::rtp::{self, RtpHeader, seq_newer, ts_newer};
-use super::simulcast::{Gate, LayerCap, Layers, Selector};
+use super::simulcast::{Gate, LayerCap, Layers, Selector, TemporalFilter};
 use super::track::{Incoming, Track};
 
 /// Outgoing packets remembered for answering NACKs: matches the track's cache.
@@ -241,6 +241,12 @@ pub struct Forwarder {
     codec: Codec,
     clock_rate: u64,
     selector: Selector,
+    /// Which VP8 temporal layers of the forwarded layer pass (see [`LayerCap::Frames`]).
+    temporal: TemporalFilter,
+    /// The newest source packet the temporal filter left out, and the picture id of
+    /// the last frame it left out: numbers after them close up.
+    skipped_seq: Option<u16>,
+    skipped_pid: Option<u16>,
     /// The track's layers as last seen, for the SSRCs of keyframe requests.
     layers: Layers,
     started: bool,
@@ -281,6 +287,9 @@ impl Forwarder {
             codec: track.codec(),
             clock_rate: u64::from(track.clock_rate()),
             selector: Selector::new(config.max_height),
+            temporal: TemporalFilter::default(),
+            skipped_seq: None,
+            skipped_pid: None,
             layers: *track.layers(),
             started: false,
             epoch_ssrc: 0,
@@ -321,7 +330,12 @@ impl Forwarder {
     /// The bound the receiver's bandwidth puts on this stream; a switch follows at the
     /// next keyframe (paused: nothing from now on). Cheap when unchanged.
     pub fn set_layer_cap(&mut self, cap: LayerCap) {
-        self.selector.set_cap(cap);
+        let (spatial, tid) = match cap {
+            LayerCap::Frames { layer, tid } => (LayerCap::UpTo(layer), Some(tid)),
+            other => (other, None),
+        };
+        self.selector.set_cap(spatial);
+        self.temporal.set_target(tid);
     }
 
     /// The layer being forwarded.
@@ -376,10 +390,10 @@ impl Forwarder {
             // with the epoch's, so the receiver starts over at a keyframe.
             self.selector.restart();
         }
-        match self
+        let gate = self
             .selector
-            .on_packet(info.layer, info.switch_point, &info.layers)
-        {
+            .on_packet(info.layer, info.switch_point, &info.layers);
+        match gate {
             Gate::Drop => return None,
             Gate::Switch => self.start_epoch(info, now),
             Gate::Forward => {
@@ -391,7 +405,22 @@ impl Forwarder {
                 }
             }
         }
+        if let Some(d) = &info.vp8
+            && !self.temporal.pass(
+                info.header.timestamp,
+                d.tid,
+                d.layer_sync,
+                gate == Gate::Switch,
+            )
+        {
+            self.skip(seq, d);
+            return None;
+        }
         let newest = seq == self.src_newest || seq_newer(seq, self.src_newest);
+        // A late packet from before a left-out one: the numbers closed up over its place.
+        if !newest && self.skipped_seq.is_some_and(|s| seq_newer(s, seq)) {
+            return None;
+        }
         if newest {
             self.src_newest = seq;
             if self.src_newest.wrapping_sub(self.src_floor) > FLOOR_LAG {
@@ -438,6 +467,27 @@ impl Forwarder {
         Some(info.len)
     }
 
+    /// A packet the temporal filter leaves out: the numbers after it close up, so that
+    /// the receiver sees neither a missing packet (which it would ask for again) nor a
+    /// missing picture id.
+    fn skip(&mut self, seq: u16, d: &Vp8Descriptor) {
+        if !seq_newer(seq, self.src_newest) {
+            return; // a late one: no number was kept for it
+        }
+        self.src_newest = seq;
+        if self.src_newest.wrapping_sub(self.src_floor) > FLOOR_LAG {
+            self.src_floor = self.src_newest.wrapping_sub(FLOOR_LAG);
+        }
+        self.offsets.seq = self.offsets.seq.wrapping_sub(1);
+        self.skipped_seq = Some(seq);
+        if let Some(pid) = d.picture_id
+            && self.skipped_pid != Some(pid)
+        {
+            self.offsets.pid = self.offsets.pid.wrapping_sub(1) & 0x7FFF;
+            self.skipped_pid = Some(pid);
+        }
+    }
+
     /// Starts an epoch at the keyframe `info`: the next outgoing sequence number, the
     /// timestamp moved on by the wall-clock time since the last one, the next picture id
     /// and TL0PICIDX.
@@ -470,6 +520,8 @@ impl Forwarder {
             }
         }
         self.offsets = o;
+        self.skipped_seq = None;
+        self.skipped_pid = None;
         self.epoch_ssrc = h.ssrc;
         self.src_newest = h.seq;
         self.src_floor = h.seq;
@@ -1206,6 +1258,49 @@ mod tests {
         let info = t.receive(&mut p, len, 0).unwrap();
         f.forward(&mut p, &info, 0).unwrap();
         assert_eq!(f.transport_seq_at(), None);
+    }
+
+    /// Chrome's L1T3 (TIDs 0 2 1 2 ..., every frame with the layer-sync bit, two
+    /// packets each): capped to TID 0, then to all again. The receiver sees one stream
+    /// without a gap in its numbers or its picture ids, and the way back up goes one
+    /// temporal layer at a time.
+    #[test]
+    fn left_out_temporal_layers_leave_no_gap_in_numbers_or_picture_ids() {
+        let mut track = simulcast_track();
+        let mut fwd = Forwarder::new(&track, config(None));
+        fwd.set_layer_cap(LayerCap::Frames { layer: 0, tid: 0 });
+        let mut got = Vec::new();
+        let mut seq = SEQ_BASE[0];
+        for f in 0..16u32 {
+            if f == 7 {
+                fwd.set_layer_cap(LayerCap::Any);
+            }
+            let tid = [0u8, 2, 1, 2][f as usize % 4];
+            for part in 0..2 {
+                let key = f == 0 && part == 0;
+                let mut payload = vp8_payload_sized(key, part == 0, f as u16, (f / 4) as u8, 180);
+                payload[5] = tid << 6 | 0x20;
+                let ts = TS_BASE[0] + f * 3000;
+                let mut p = packet(PT, seq, ts, SSRCS[0], &[(RID_EXT, RIDS[0])], &payload);
+                seq = seq.wrapping_add(1);
+                let len = p.len();
+                let now = 1_000_000 + u64::from(f) * 33_333;
+                let info = track.receive(&mut p, len, now).unwrap();
+                if let Some(n) = fwd.forward(&mut p, &info, now) {
+                    let h = RtpHeader::parse(&p[..n]).unwrap();
+                    let d = parse_vp8(&p[h.payload()]).unwrap();
+                    got.push((h.seq, d.picture_id.unwrap(), f));
+                }
+            }
+        }
+        let frames: Vec<u32> = got.iter().step_by(2).map(|g| g.2).collect();
+        assert_eq!(frames, [0, 4, 8, 10, 11, 12, 13, 14, 15]);
+        for w in got.windows(2) {
+            let ((s0, p0, f0), (s1, p1, f1)) = (w[0], w[1]);
+            assert_eq!(s1, s0.wrapping_add(1), "numbers close up: {got:?}");
+            let step = if f0 == f1 { 0 } else { 1 };
+            assert_eq!(p1, (p0 + step) & 0x7FFF, "picture ids close up: {got:?}");
+        }
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub enum LayerCap {
     Any,
     /// At most this layer (the lowest running one if none at or below it runs).
     UpTo(u8),
+    /// As `UpTo(layer)`, and of its frames only those of VP8 temporal layers up to
+    /// `tid`: a lower frame rate, a step finer than a whole layer ([`TemporalFilter`]).
+    Frames { layer: u8, tid: u8 },
     /// Nothing: not even the lowest layer fits. It resumes at a keyframe.
     Paused,
 }
@@ -88,7 +91,7 @@ pub fn cap_layer(target: Option<u8>, cap: LayerCap, layers: &Layers) -> Option<u
     let bound = match cap {
         LayerCap::Any => return Some(target),
         LayerCap::Paused => return None,
-        LayerCap::UpTo(c) => c,
+        LayerCap::UpTo(c) | LayerCap::Frames { layer: c, .. } => c,
     };
     if target <= bound {
         return Some(target);
@@ -99,6 +102,64 @@ pub fn cap_layer(target: Option<u8>, cap: LayerCap, layers: &Layers) -> Option<u
         .rev()
         .find(running)
         .or_else(|| (0..count).find(running))
+}
+
+/// Every temporal layer: VP8's TID has two bits.
+pub const ALL_TIDS: u8 = 3;
+
+/// One receiver's choice among the VP8 temporal layers of the layer it is forwarded:
+/// all of them, or those up to a TID (a lower frame rate). Frames of a higher TID
+/// depend on nothing the lower ones need, so they can be left out from any frame on;
+/// going up waits for a frame decodable from what was forwarded: one of the next
+/// layer up with the layer-sync bit, or a keyframe.
+#[derive(Debug, Clone)]
+pub struct TemporalFilter {
+    target: u8,
+    current: u8,
+    /// The frame (its RTP timestamp) last decided on, and whether it passes.
+    frame: Option<(u32, bool)>,
+}
+
+impl Default for TemporalFilter {
+    fn default() -> Self {
+        TemporalFilter {
+            target: ALL_TIDS,
+            current: ALL_TIDS,
+            frame: None,
+        }
+    }
+}
+
+impl TemporalFilter {
+    /// Temporal layers up to `tid` from now on (`None`: all).
+    pub fn set_target(&mut self, tid: Option<u8>) {
+        self.target = tid.unwrap_or(ALL_TIDS).min(ALL_TIDS);
+    }
+
+    /// Whether a packet of the frame with RTP timestamp `ts`, of temporal layer `tid`
+    /// (`None`: the stream has no temporal layers) with layer-sync bit `sync`, passes;
+    /// `keyframe`: the frame is a keyframe (from which any choice may start). Every
+    /// packet of a frame gets the decision its first one got.
+    pub fn pass(&mut self, ts: u32, tid: Option<u8>, sync: bool, keyframe: bool) -> bool {
+        let Some(tid) = tid else {
+            return true;
+        };
+        if let Some((frame, pass)) = self.frame
+            && frame == ts
+        {
+            return pass;
+        }
+        if keyframe || self.target < self.current {
+            self.current = self.target;
+        } else if self.target > self.current && sync && tid == self.current + 1 {
+            // One layer at a time: a frame that syncs to the base may still need the
+            // layers between, which were left out.
+            self.current = if tid >= self.target { self.target } else { tid };
+        }
+        let pass = tid <= self.current;
+        self.frame = Some((ts, pass));
+        pass
+    }
 }
 
 /// What to do with a packet of some layer, for one receiver.
@@ -278,6 +339,49 @@ mod tests {
         let mut one = all;
         one.count = 1;
         assert_eq!(select_layer(None, &one), Some(0));
+    }
+
+    #[test]
+    fn temporal_layers_go_down_at_the_next_frame_and_up_at_a_sync_one_at_a_time() {
+        // L1T3: TIDs 0 2 1 2 0 2 1 2 ..., one frame per timestamp.
+        let pattern = [0u8, 2, 1, 2];
+        let mut f = TemporalFilter::default();
+        let mut passed = Vec::new();
+        let frame = |f: &mut TemporalFilter, i: u32, sync: bool| {
+            let tid = pattern[i as usize % 4];
+            let first = f.pass(i * 3000, Some(tid), sync, false);
+            assert_eq!(
+                f.pass(i * 3000, Some(tid), sync, false),
+                first,
+                "one frame, one choice"
+            );
+            first
+        };
+        for i in 0..4 {
+            passed.push(frame(&mut f, i, false));
+        }
+        assert!(passed.iter().all(|p| *p), "all by default");
+        f.set_target(Some(0));
+        assert!(frame(&mut f, 4, false), "T0");
+        assert!(!frame(&mut f, 5, false), "T2 left out at once");
+        assert!(!frame(&mut f, 6, false), "T1 too");
+        // Up to all: T1 only at a T1 frame with the sync bit, then T2 the same way.
+        f.set_target(None);
+        assert!(
+            !frame(&mut f, 7, true),
+            "a T2 sync frame: not two layers at once"
+        );
+        assert!(frame(&mut f, 8, false));
+        assert!(!frame(&mut f, 9, false));
+        assert!(frame(&mut f, 10, true), "T1 sync");
+        assert!(!frame(&mut f, 11, false), "T2 without sync: not yet");
+        assert!(frame(&mut f, 13, true), "T2 sync");
+        assert!(frame(&mut f, 14, false) && frame(&mut f, 15, false));
+        // A keyframe takes the target at once; a stream without TIDs always passes.
+        f.set_target(Some(1));
+        assert!(f.pass(16 * 3000, Some(0), false, true));
+        assert!(!f.pass(17 * 3000, Some(2), true, false));
+        assert!(f.pass(18 * 3000, None, false, false));
     }
 
     #[test]

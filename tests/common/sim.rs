@@ -76,8 +76,8 @@ const PUB_RID_EXT: u8 = 10;
 /// The receivers' transport-wide sequence number id (the node's offers fix it).
 const SUB_TWCC_EXT: u8 = 3;
 /// Where in a video payload the simulated publisher writes its layer: after the VP8
-/// descriptor (4 bytes) and a keyframe's header (10 bytes).
-const LAYER_TAG_AT: usize = 14;
+/// descriptor (6 bytes) and a keyframe's header (10 bytes).
+const LAYER_TAG_AT: usize = 16;
 /// How often receivers send transport-cc feedback.
 const FEEDBACK_EVERY_US: u64 = 50_000;
 
@@ -121,6 +121,9 @@ pub struct Received {
     /// whether it starts a keyframe.
     pub layer: Option<u8>,
     pub keyframe: bool,
+    /// Its VP8 temporal layer and picture id.
+    pub tid: Option<u8>,
+    pub picture_id: Option<u16>,
 }
 
 /// A browser in miniature.
@@ -165,6 +168,8 @@ struct VideoSource {
     frame: u32,
     twcc_seq: u16,
     picture_id: u16,
+    /// Each layer's TL0PICIDX: counts its frames of temporal layer 0.
+    tl0: [u8; 3],
     keyframe_wanted: [bool; 3],
 }
 
@@ -385,6 +390,7 @@ impl Sim {
             frame: 0,
             twcc_seq: 0,
             picture_id: 0,
+            tl0: [0; 3],
             keyframe_wanted: [true; 3],
         });
         self.publish(room, client, &offer)
@@ -402,8 +408,16 @@ impl Sim {
             };
             v.frame += 1;
             v.picture_id = (v.picture_id + 1) & 0x7FFF;
+            // Chrome's L1T3: TIDs 0 2 1 2; a frame that refers to TID 0 alone has the
+            // layer-sync bit; a keyframe is TID 0.
+            let at = v.frame as usize % 4;
             for (l, &(rid, height, bps)) in VIDEO_LAYERS.iter().enumerate() {
                 let key = std::mem::take(&mut v.keyframe_wanted[l]);
+                let tid: u8 = if key { 0 } else { [0, 2, 1, 2][at] };
+                let sync = !key && (at == 1 || at == 2);
+                if tid == 0 {
+                    v.tl0[l] = v.tl0[l].wrapping_add(1);
+                }
                 let size = (bps / 8 / VIDEO_FPS) as usize * if key { 3 } else { 1 };
                 let count = size.div_ceil(1200).max(1);
                 for i in 0..count {
@@ -426,10 +440,11 @@ impl Sim {
                     p.extend(((ext.len() / 4) as u16).to_be_bytes());
                     p.extend(ext);
                     // VP8 descriptor: X and S on a frame's first packet, a long
-                    // picture id.
+                    // picture id, TL0PICIDX, the TID and its sync bit.
                     let start = if i == 0 { 0x10 } else { 0 };
-                    p.extend([0x80 | start, 0x80]);
+                    p.extend([0x80 | start, 0x80 | 0x40 | 0x20]);
                     p.extend((v.picture_id | 0x8000).to_be_bytes());
+                    p.extend([v.tl0[l], tid << 6 | u8::from(sync) << 5]);
                     // A keyframe's tag and header with its size, or a delta frame's
                     // tag; then the layer, then filler.
                     let mut frame = vec![0u8; 10];
@@ -753,6 +768,8 @@ impl Sim {
                         at: now,
                         layer: vp8.and_then(|_| payload.get(LAYER_TAG_AT).copied()),
                         keyframe: vp8.is_some_and(|d| d.keyframe),
+                        tid: vp8.and_then(|d| d.tid),
+                        picture_id: vp8.and_then(|d| d.picture_id),
                     });
                 }
             }

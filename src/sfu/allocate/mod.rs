@@ -66,64 +66,90 @@ pub const PROBE_MAX_US: u64 = 5_000_000;
 /// it measures is the lower of its send and receive rates, a little under its aim.
 pub const PROBE_BEYOND: f64 = 1.1;
 
-/// What each layer of a published track sends (bit/s; 0: not running) and its height,
-/// shared by the track's receivers' allocators.
+/// Rates of a layer's lower temporal layers (bit/s): TID 0 alone, TIDs 0 and 1; zeros
+/// where the layer has no temporal layers.
+pub type Thin = [u32; 2];
+
+/// What each layer of a published track sends (bit/s; 0: not running), and of that its
+/// lower temporal layers, and its height, shared by the track's receivers' allocators.
 #[derive(Debug, Default)]
 pub struct LayerRates {
     bps: [AtomicU32; MAX_LAYERS],
+    thin: [[AtomicU32; 2]; MAX_LAYERS],
     heights: [AtomicU16; MAX_LAYERS],
 }
 
+/// What [`LayerRates::read`] gives: each layer's rate, its lower temporal layers'
+/// rates, its height.
+pub type Measured = ([u32; MAX_LAYERS], [Thin; MAX_LAYERS], [u16; MAX_LAYERS]);
+
 impl LayerRates {
-    fn publish(&self, bps: [u32; MAX_LAYERS], heights: [u16; MAX_LAYERS]) {
+    fn publish(&self, (bps, thin, heights): Measured) {
         for l in 0..MAX_LAYERS {
             self.bps[l].store(bps[l], Ordering::Relaxed);
+            for (cell, v) in self.thin[l].iter().zip(thin[l]) {
+                cell.store(v, Ordering::Relaxed);
+            }
             self.heights[l].store(heights[l], Ordering::Relaxed);
         }
     }
 
     /// The rates and heights last measured.
-    pub fn read(&self) -> ([u32; MAX_LAYERS], [u16; MAX_LAYERS]) {
-        let mut bps = [0; MAX_LAYERS];
-        let mut heights = [0; MAX_LAYERS];
+    pub fn read(&self) -> Measured {
+        let mut out: Measured = Default::default();
         for l in 0..MAX_LAYERS {
-            bps[l] = self.bps[l].load(Ordering::Relaxed);
-            heights[l] = self.heights[l].load(Ordering::Relaxed);
+            out.0[l] = self.bps[l].load(Ordering::Relaxed);
+            out.1[l] = self.thin[l].each_ref().map(|c| c.load(Ordering::Relaxed));
+            out.2[l] = self.heights[l].load(Ordering::Relaxed);
         }
-        (bps, heights)
+        out
     }
 }
 
-/// Measures a track's layers on the forwarding path: one addition per packet, a
+/// Measures a track's layers on the forwarding path: a few additions per packet, a
 /// store per layer every [`METER_WINDOW_US`].
 #[derive(Debug, Default)]
 pub struct LayerMeter {
     start: Option<u64>,
-    bytes: [u64; MAX_LAYERS],
+    /// Bytes per layer and VP8 temporal layer (TID 3 and packets without one together).
+    bytes: [[u64; 4]; MAX_LAYERS],
+    /// Whether each layer showed a temporal layer above 0 in this window.
+    temporal: [bool; MAX_LAYERS],
 }
 
 impl LayerMeter {
-    /// One packet of `len` bytes of `layer` at `now` (µs); `heights` are the track's.
+    /// One packet of `len` bytes of `layer` and temporal layer `tid` at `now` (µs);
+    /// `heights` are the track's.
     pub fn add(
         &mut self,
-        layer: u8,
+        (layer, tid): (u8, Option<u8>),
         len: usize,
         now: u64,
         heights: [u16; MAX_LAYERS],
         rates: &LayerRates,
     ) {
         let start = *self.start.get_or_insert(now);
-        if let Some(b) = self.bytes.get_mut(usize::from(layer)) {
-            *b += len as u64;
+        let l = usize::from(layer);
+        if let Some(b) = self.bytes.get_mut(l) {
+            b[usize::from(tid.unwrap_or(3).min(3))] += len as u64;
+            self.temporal[l] |= tid.is_some_and(|t| t > 0);
         }
         let elapsed = now.saturating_sub(start);
         if elapsed >= METER_WINDOW_US {
-            let bps = self
-                .bytes
-                .map(|b| (b.saturating_mul(8_000_000) / elapsed).min(u64::from(u32::MAX)) as u32);
-            rates.publish(bps, heights);
-            self.bytes = [0; MAX_LAYERS];
-            self.start = Some(now);
+            let rate =
+                |b: u64| (b.saturating_mul(8_000_000) / elapsed).min(u64::from(u32::MAX)) as u32;
+            let bps = self.bytes.map(|b| rate(b.iter().sum()));
+            let mut thin = [[0; 2]; MAX_LAYERS];
+            for ((t, b), temporal) in thin.iter_mut().zip(self.bytes).zip(self.temporal) {
+                if temporal {
+                    *t = [rate(b[0]), rate(b[0] + b[1])];
+                }
+            }
+            rates.publish((bps, thin, heights));
+            *self = LayerMeter {
+                start: Some(now),
+                ..LayerMeter::default()
+            };
         }
     }
 }
@@ -135,6 +161,8 @@ pub struct StreamCap(AtomicU8);
 
 const CAP_ANY: u8 = u8::MAX;
 const CAP_PAUSED: u8 = u8::MAX - 1;
+/// Marks `Frames { layer, tid }`, stored as this | layer << 2 | tid (layers < 3).
+const CAP_FRAMES: u8 = 0x80;
 
 impl Default for StreamCap {
     fn default() -> Self {
@@ -144,10 +172,12 @@ impl Default for StreamCap {
 
 impl StreamCap {
     pub fn set(&self, cap: LayerCap) {
+        let layer = |l: u8| l.min(MAX_LAYERS as u8 - 1);
         let v = match cap {
             LayerCap::Any => CAP_ANY,
             LayerCap::Paused => CAP_PAUSED,
-            LayerCap::UpTo(l) => l.min(CAP_PAUSED - 1),
+            LayerCap::UpTo(l) => layer(l),
+            LayerCap::Frames { layer: l, tid } => CAP_FRAMES | layer(l) << 2 | tid.min(3),
         };
         self.0.store(v, Ordering::Relaxed);
     }
@@ -156,6 +186,10 @@ impl StreamCap {
         match self.0.load(Ordering::Relaxed) {
             CAP_ANY => LayerCap::Any,
             CAP_PAUSED => LayerCap::Paused,
+            v if v & CAP_FRAMES != 0 => LayerCap::Frames {
+                layer: (v >> 2) & 0x1F,
+                tid: v & 3,
+            },
             l => LayerCap::UpTo(l),
         }
     }
@@ -165,8 +199,10 @@ impl StreamCap {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Demand {
     pub audio: bool,
-    /// Each layer's rate (bit/s; 0: not running) and height.
+    /// Each layer's rate (bit/s; 0: not running), that of its lower temporal layers
+    /// (zeros: none), and its height.
     pub bps: [u32; MAX_LAYERS],
+    pub thin: [Thin; MAX_LAYERS],
     pub heights: [u16; MAX_LAYERS],
     /// The receiver's `max_height`.
     pub max_height: Option<u16>,
@@ -203,9 +239,55 @@ impl Demand {
         (0..MAX_LAYERS as u8).find(|l| self.running(*l))
     }
 
-    /// The next running layer above `l`, up to `best`.
-    fn next_up(&self, l: u8, best: u8) -> Option<u8> {
-        (l + 1..=best).find(|n| self.running(*n))
+    /// The cheapest a video plays at: its lowest layer's base temporal layer where it
+    /// has temporal layers (a quarter of the frame rate, in Chrome's three), else that
+    /// whole layer.
+    fn floor(&self) -> LayerCap {
+        let Some(low) = self.lowest() else {
+            return LayerCap::Any;
+        };
+        if self.thin[usize::from(low)][0] > 0 {
+            LayerCap::Frames { layer: low, tid: 0 }
+        } else {
+            LayerCap::UpTo(low)
+        }
+    }
+
+    /// Layer `l` in full: no cap once it is the best.
+    fn full(l: u8, best: u8) -> LayerCap {
+        if l >= best {
+            LayerCap::Any
+        } else {
+            LayerCap::UpTo(l)
+        }
+    }
+
+    /// The cap one step above `cap`: a temporal layer more, or the next running layer
+    /// up to the best; `None` from no cap or a pause.
+    fn next(&self, cap: LayerCap) -> Option<LayerCap> {
+        let best = self.best()?;
+        match cap {
+            LayerCap::Any | LayerCap::Paused => None,
+            LayerCap::Frames { layer, tid } => {
+                let more = self
+                    .thin
+                    .get(usize::from(layer))
+                    .and_then(|t| t.get(usize::from(tid) + 1))
+                    .is_some_and(|b| *b > 0);
+                Some(if more {
+                    LayerCap::Frames {
+                        layer,
+                        tid: tid + 1,
+                    }
+                } else {
+                    Demand::full(layer, best)
+                })
+            }
+            LayerCap::UpTo(layer) => {
+                let next = (layer + 1..=best).find(|n| self.running(*n));
+                Some(next.map_or(LayerCap::Any, |n| Demand::full(n, best)))
+            }
+        }
     }
 
     /// What the stream costs under `cap` (bit/s).
@@ -213,23 +295,29 @@ impl Demand {
         if self.audio {
             return u64::from(self.bps[0]);
         }
-        let layer = match cap {
-            LayerCap::Paused => return 0,
-            LayerCap::Any => self.best(),
-            LayerCap::UpTo(c) => {
-                super::simulcast::cap_layer(self.best(), LayerCap::UpTo(c), &self.layers())
-            }
+        if cap == LayerCap::Paused {
+            return 0;
+        }
+        let Some(l) = super::simulcast::cap_layer(self.best(), cap, &self.layers()) else {
+            return 0;
         };
-        layer.map_or(0, |l| u64::from(self.bps[usize::from(l)]))
+        let l = usize::from(l);
+        let thin = match cap {
+            LayerCap::Frames { tid, .. } => self.thin[l].get(usize::from(tid)).copied(),
+            _ => None,
+        };
+        u64::from(thin.filter(|b| *b > 0).unwrap_or(self.bps[l]))
     }
 }
 
-/// Ranks caps: paused lowest, no cap highest.
+/// Ranks caps: paused lowest, no cap highest; a layer's temporal steps below it in full.
 fn rank(cap: LayerCap) -> u8 {
+    let top = 3 * MAX_LAYERS as u8;
     match cap {
         LayerCap::Paused => 0,
-        LayerCap::UpTo(l) => l.saturating_add(1).min(MAX_LAYERS as u8),
-        LayerCap::Any => MAX_LAYERS as u8 + 1,
+        LayerCap::Frames { layer, tid } => (3 * layer + tid.min(2) + 1).min(top),
+        LayerCap::UpTo(l) => (3 * l + 3).min(top),
+        LayerCap::Any => top + 1,
     }
 }
 
@@ -257,13 +345,14 @@ pub fn allocate(budget: u64, demands: &[Demand], caps: &mut [LayerCap]) {
     };
     for i in videos(true).chain(videos(false)) {
         let d = &demands[i];
-        let Some(low) = d.lowest() else {
+        let floor = d.floor();
+        if floor == LayerCap::Any {
             continue; // nothing runs: nothing to share
-        };
-        let cost = u64::from(d.bps[usize::from(low)]);
+        }
+        let cost = d.cost(floor);
         if cost <= left {
             left -= cost;
-            caps[i] = LayerCap::UpTo(low);
+            caps[i] = floor;
         } else {
             caps[i] = LayerCap::Paused;
         }
@@ -282,30 +371,18 @@ pub fn allocate(budget: u64, demands: &[Demand], caps: &mut [LayerCap]) {
     }
 }
 
-/// Moves `cap` one running layer up if its cost fits `left`; false when it cannot.
-/// Reaching the best layer leaves no cap.
+/// Moves `cap` one step up ([`Demand::next`]) if its cost fits `left`; false when it
+/// cannot. Reaching the best layer in full leaves no cap.
 fn step_up(d: &Demand, cap: &mut LayerCap, left: &mut u64) -> bool {
-    let (LayerCap::UpTo(layer), Some(best)) = (*cap, d.best()) else {
+    let Some(next) = d.next(*cap) else {
         return false;
     };
-    if layer >= best {
-        *cap = LayerCap::Any;
-        return false;
-    }
-    let Some(next) = d.next_up(layer, best) else {
-        *cap = LayerCap::Any;
-        return false;
-    };
-    let step = u64::from(d.bps[usize::from(next)].saturating_sub(d.bps[usize::from(layer)]));
+    let step = d.cost(next).saturating_sub(d.cost(*cap));
     if step > *left {
         return false;
     }
     *left -= step;
-    *cap = if next >= best {
-        LayerCap::Any
-    } else {
-        LayerCap::UpTo(next)
-    };
+    *cap = next;
     true
 }
 
@@ -562,7 +639,7 @@ impl Allocator {
         }
         for ((down, cap), d) in self.down.iter_mut().zip(&self.caps).zip(demands) {
             if *down == LayerCap::Paused && *cap != LayerCap::Paused {
-                *down = d.lowest().map_or(LayerCap::Any, LayerCap::UpTo);
+                *down = d.floor();
             }
         }
     }
@@ -590,7 +667,7 @@ impl Allocator {
         let d = &demands[i];
         let mut cap = self.caps[i];
         if cap == LayerCap::Paused {
-            cap = d.lowest().map_or(LayerCap::Any, LayerCap::UpTo);
+            cap = d.floor();
         } else {
             let mut unlimited = u64::MAX;
             step_up(d, &mut cap, &mut unlimited);

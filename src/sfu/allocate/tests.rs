@@ -3,6 +3,7 @@ use super::*;
 const AUDIO: Demand = Demand {
     audio: true,
     bps: [40_000, 0, 0],
+    thin: [[0; 2]; MAX_LAYERS],
     heights: [0; MAX_LAYERS],
     max_height: None,
     speaker: false,
@@ -11,6 +12,7 @@ const AUDIO: Demand = Demand {
 const VIDEO: Demand = Demand {
     audio: false,
     bps: [150_000, 500_000, 1_500_000],
+    thin: [[0; 2]; MAX_LAYERS],
     heights: [180, 360, 720],
     max_height: None,
     speaker: false,
@@ -80,6 +82,8 @@ fn caps_pass_through_the_shared_cell() {
         LayerCap::Paused,
         LayerCap::UpTo(0),
         LayerCap::UpTo(2),
+        LayerCap::Frames { layer: 0, tid: 0 },
+        LayerCap::Frames { layer: 2, tid: 1 },
         LayerCap::Any,
     ] {
         cell.set(cap);
@@ -92,20 +96,26 @@ fn the_meter_measures_each_layer() {
     let rates = LayerRates::default();
     let mut meter = LayerMeter::default();
     let heights = [180, 360, 720];
-    // 100 packets of 1000 bytes a second on layer 2, 25 on layer 0, for 1.2 s.
+    // 100 packets of 1000 bytes a second on layer 2 (no temporal layers), 40 on layer
+    // 0 in Chrome's L1T3 (TIDs 0 2 1 2 ...), for 1.2 s.
     for ms in 0..1_200u64 {
         let now = 1_000_000 + ms * 1_000;
         if ms % 10 == 0 {
-            meter.add(2, 1000, now, heights, &rates);
+            meter.add((2, None), 1000, now, heights, &rates);
         }
-        if ms % 40 == 0 {
-            meter.add(0, 1000, now, heights, &rates);
+        if ms % 25 == 0 {
+            let tid = [0, 2, 1, 2][(ms / 25 % 4) as usize];
+            meter.add((0, Some(tid)), 1000, now, heights, &rates);
         }
     }
-    let (bps, h) = rates.read();
+    let (bps, thin, h) = rates.read();
     assert!((780_000..=820_000).contains(&bps[2]), "{bps:?}");
-    assert!((190_000..=220_000).contains(&bps[0]), "{bps:?}");
+    assert!((300_000..=340_000).contains(&bps[0]), "{bps:?}");
     assert_eq!((bps[1], h), (0, heights));
+    // A quarter of layer 0's packets are TID 0, half are TID 0 or 1.
+    assert!((70_000..=90_000).contains(&thin[0][0]), "{thin:?}");
+    assert!((150_000..=170_000).contains(&thin[0][1]), "{thin:?}");
+    assert_eq!((thin[1], thin[2]), ([0, 0], [0, 0]), "no temporal layers");
 }
 
 const S: u64 = 1_000_000;
@@ -329,4 +339,39 @@ fn a_video_is_paused_only_after_two_seconds_short_in_a_row() {
         a.run(Some(one), 0, &d, later + PAUSE_AFTER_US),
         [Any, UpTo(0), Any, Paused]
     );
+}
+
+/// Chrome's camera in three temporal layers (7.5, 15 and 30 frames a second).
+const TEMPORAL: Demand = Demand {
+    thin: [[40_000, 80_000], [130_000, 260_000], [400_000, 800_000]],
+    ..VIDEO
+};
+
+#[test]
+fn temporal_layers_are_finer_steps_below_each_lowest_layer() {
+    use LayerCap::*;
+    let f = |tid| Frames { layer: 0, tid };
+    let d = [AUDIO, TEMPORAL, AUDIO, TEMPORAL];
+    // Two lowest layers in full do not fit, two at 15 frames a second do: both play
+    // rather than one paused.
+    assert_eq!(run(80_000 + 2 * 80_000, &d), [Any, f(1), Any, f(1)]);
+    assert_eq!(run(80_000 + 2 * 40_000, &d), [Any, f(0), Any, f(0)]);
+    assert_eq!(run(80_000 + 40_000, &d), [Any, f(0), Any, Paused]);
+    // Up the ladder in turn: each a frame rate more, then each its lowest layer whole.
+    assert_eq!(run(80_000 + 80_000 + 40_000, &d), [Any, f(1), Any, f(0)]);
+    assert_eq!(
+        run(80_000 + 150_000 + 80_000, &d),
+        [Any, UpTo(0), Any, f(1)]
+    );
+    assert_eq!(run(80_000 + 300_000, &d), [Any, UpTo(0), Any, UpTo(0)]);
+    assert_eq!(run(10_000_000, &d), [Any, Any, Any, Any]);
+    // The costs behind it.
+    assert_eq!(TEMPORAL.cost(f(0)), 40_000);
+    assert_eq!(TEMPORAL.cost(Frames { layer: 1, tid: 1 }), 260_000);
+    assert_eq!(
+        VIDEO.cost(f(0)),
+        150_000,
+        "no temporal layers: the layer in full"
+    );
+    assert!(rank(f(0)) > rank(Paused) && rank(f(1)) < rank(UpTo(0)));
 }

@@ -546,7 +546,9 @@ pub(super) fn forward_rtp(
     }
     let n = incoming.len;
     let heights = t.track.layers().heights;
-    t.meter.add(incoming.layer, n, now, heights, &t.rates);
+    let tid = incoming.vp8.as_ref().and_then(|d| d.tid);
+    t.meter
+        .add((incoming.layer, tid), n, now, heights, &t.rates);
     if n + MAX_RTP_OVERHEAD > out.len() || n > pkt.len() {
         return;
     }

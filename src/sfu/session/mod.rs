@@ -94,7 +94,7 @@ use super::forward::Forwarder;
 use super::ice::IceAgent;
 use super::sdp::Extension;
 use super::sdp::{CodecName, SubscribeSession};
-use super::simulcast::{LayerCap, MAX_LAYERS};
+use super::simulcast::LayerCap;
 use super::speaker::Loudness;
 use super::track::Track;
 use super::twcc::TransportFeedback;
@@ -338,13 +338,15 @@ impl Subscription {
         self.end_probe(room, link, now);
         self.demands.clear();
         for f in &self.feeds {
-            let (mut bps, heights) = f.rates.read();
+            let (mut bps, mut thin, heights) = f.rates.read();
             if self.audio_only && !f.audio {
-                bps = [0; MAX_LAYERS]; // not wanted: nothing to share out or probe for
+                // Not wanted: nothing to share out or probe for.
+                (bps, thin) = Default::default();
             }
             self.demands.push(Demand {
                 audio: f.audio,
                 bps,
+                thin,
                 heights,
                 max_height: self.max_height,
                 speaker: f.publisher.upgrade().is_some_and(|p| p.is_speaking()),
