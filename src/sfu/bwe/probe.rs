@@ -72,9 +72,7 @@ impl ProbePace {
         let start = self.start_us.load(Ordering::Relaxed);
         let bps = self.bps.load(Ordering::Relaxed);
         let due = u128::from(bps) * u128::from(now.saturating_sub(start)) / 8_000_000;
-        let since = sent
-            .bytes()
-            .saturating_sub(self.base.load(Ordering::Relaxed));
+        let since = sent.bytes_since(self.base.load(Ordering::Relaxed));
         (due as u64).saturating_sub(since)
     }
 }

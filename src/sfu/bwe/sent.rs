@@ -14,6 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// ceiling, ten times the longest wait for feedback (an interval and a round trip).
 pub const SENT_RING: usize = 2048;
 
+/// Bits of [`SentPackets`]'s counter that count packets (a trillion: never wraps)...
+const COUNT_BITS: u32 = 40;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// ... and the bits above, bytes (16 MiB, wrapping: a probe counts far less).
+const BYTES_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+
 const SEQ_BITS: u32 = 16;
 const SIZE_BITS: u32 = 12;
 const TIME_BITS: u32 = 64 - SEQ_BITS - SIZE_BITS;
@@ -34,9 +40,9 @@ pub struct SentPacket {
 /// A receiver's transport-wide sequence numbers and what was sent under them.
 #[derive(Debug)]
 pub struct SentPackets {
+    /// The next number (low [`COUNT_BITS`] bits) and the bytes sent so far, wrapping
+    /// (the bits above: what a probe's pace counts): one atomic addition a packet.
     next: AtomicU64,
-    /// Bytes sent under all numbers so far (what a probe's pace counts).
-    bytes: AtomicU64,
     /// seq (16 bits) | size (12 bits) | send time (the low 36 bits of µs, 68 s around).
     /// 0 is empty: no packet has size 0.
     ring: Box<[AtomicU64]>,
@@ -53,7 +59,6 @@ impl SentPackets {
     pub fn new() -> SentPackets {
         SentPackets {
             next: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
             ring: (0..SENT_RING).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -61,10 +66,13 @@ impl SentPackets {
     /// Takes the next number for a packet of `size` bytes sent at `now` (µs) and
     /// returns it as the extension carries it.
     pub fn stamp(&self, size: usize, now: u64) -> u16 {
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(size as u64, Ordering::Relaxed);
+        let size = (size as u64).min(BYTES_MASK);
+        let seq = self
+            .next
+            .fetch_add(1 | size << COUNT_BITS, Ordering::Relaxed)
+            & COUNT_MASK;
         let packed = (now & TIME_MASK) << (SEQ_BITS + SIZE_BITS)
-            | (size as u64).clamp(1, SIZE_MAX) << SEQ_BITS
+            | size.clamp(1, SIZE_MAX) << SEQ_BITS
             | (seq & 0xFFFF);
         self.ring[slot(seq)].store(packed, Ordering::Release);
         seq as u16
@@ -72,18 +80,24 @@ impl SentPackets {
 
     /// The number the next packet will get (unwrapped).
     pub fn next_seq(&self) -> u64 {
-        self.next.load(Ordering::Acquire)
+        self.next.load(Ordering::Acquire) & COUNT_MASK
     }
 
-    /// Bytes sent so far under all numbers.
+    /// Bytes sent so far under all numbers, wrapping at [`BYTES_MASK`] (see
+    /// [`SentPackets::bytes_since`]).
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.next.load(Ordering::Relaxed) >> COUNT_BITS
+    }
+
+    /// Bytes sent since [`SentPackets::bytes`] said `then` (less than 16 MiB ago).
+    pub fn bytes_since(&self, then: u64) -> u64 {
+        self.bytes().wrapping_sub(then) & BYTES_MASK
     }
 
     /// The unwrapped number of `seq` (as feedback reports it): the latest number handed
     /// out that ends in it.
     pub fn unwrap(&self, seq: u16) -> u64 {
-        let next = self.next.load(Ordering::Acquire);
+        let next = self.next_seq();
         let behind = u64::from(next.wrapping_sub(1) as u16).wrapping_sub(u64::from(seq)) & 0xFFFF;
         next.wrapping_sub(1).wrapping_sub(behind)
     }
@@ -91,7 +105,7 @@ impl SentPackets {
     /// What was sent as `seq` (unwrapped), if the ring still holds it; `now` (µs)
     /// restores the send time's high bits.
     pub fn get(&self, seq: u64, now: u64) -> Option<SentPacket> {
-        let next = self.next.load(Ordering::Acquire);
+        let next = self.next_seq();
         if seq >= next || next - seq > SENT_RING as u64 {
             return None;
         }
@@ -150,6 +164,22 @@ mod tests {
         assert!(sent.get(69_999 - SENT_RING as u64 + 1, 70_000).is_some());
         assert_eq!(sent.get(69_999 - SENT_RING as u64, 70_000), None);
         assert_eq!(sent.get(u64::MAX, 70_000), None);
+    }
+
+    #[test]
+    fn bytes_are_counted_in_the_same_addition_and_wrap_cleanly() {
+        let sent = SentPackets::new();
+        let then = sent.bytes();
+        for i in 0..5_000u64 {
+            sent.stamp(4_000, i); // 20 MB: the byte count wraps once
+        }
+        assert_eq!(sent.next_seq(), 5_000);
+        assert_eq!(sent.bytes_since(then), (5_000 * 4_000) & BYTES_MASK);
+        let mark = sent.bytes();
+        sent.stamp(1_200, 5_000);
+        sent.stamp(300, 5_001);
+        assert_eq!(sent.bytes_since(mark), 1_500);
+        assert_eq!(sent.get(5_001, 5_002).map(|p| p.size), Some(300));
     }
 
     #[test]
