@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::sim::{Link, Sim, VIDEO_FPS};
+use common::sim::{Link, Sim};
 use confnode::sfu::rtcp::write_remb;
 
 const SSRC: u32 = 0xA0D1_0001;
@@ -204,16 +204,7 @@ fn each_receiver_gets_the_layer_its_own_link_carries() {
         ..Link::CLEAN
     };
     sim.run_until(2_000_000);
-    let frame_us = 1_000_000 / VIDEO_FPS;
-    let frames = |sim: &mut Sim, seconds: u64| {
-        let end = sim.now + seconds * 1_000_000;
-        while sim.now < end {
-            assert!(sim.send_video_frame(alice));
-            let next = sim.now + frame_us;
-            sim.run_until(next);
-        }
-    };
-    frames(&mut sim, 20);
+    sim.video_for(alice, 20, |_| {});
     let settled = sim.now - 10_000_000;
     let (carol_share, carol_gap) = layers_and_gap(&sim, carol, settled);
     let (bob_share, bob_gap) = layers_and_gap(&sim, bob, settled);
@@ -230,7 +221,7 @@ fn each_receiver_gets_the_layer_its_own_link_carries() {
 
     sim.clients[carol].down = Link::CLEAN;
     let lifted = sim.now;
-    frames(&mut sim, 20);
+    sim.video_for(alice, 20, |_| {});
     let back = sim.clients[carol]
         .rtp
         .iter()
@@ -257,20 +248,15 @@ fn a_receiver_that_asks_for_audio_only_gets_voices_and_no_video() {
     let bob = sim.receiver("room", "bob", 0);
     let carol = sim.receiver("room", "carol", 1);
     sim.run_until(2_000_000);
-    let frame_us = 1_000_000 / VIDEO_FPS;
     let mut spoken = 0u16;
     let mut media = |sim: &mut Sim, seconds: u64| {
-        let end = sim.now + seconds * 1_000_000;
-        while sim.now < end {
-            assert!(sim.send_video_frame(alice));
+        sim.video_for(alice, seconds, |sim| {
             for _ in 0..2 {
                 let ts = u32::from(spoken) * 960;
                 assert!(sim.send_rtp(dave, SSRC, spoken, ts, &[0x55; 80]));
                 spoken = spoken.wrapping_add(1);
             }
-            let next = sim.now + frame_us;
-            sim.run_until(next);
-        }
+        });
     };
     let video_since = |sim: &Sim, c: usize, t: u64| {
         sim.clients[c]
@@ -329,23 +315,18 @@ fn a_receiver_that_sends_only_remb_gets_what_its_remb_says() {
     let carol = sim.receiver("room", "carol", 1);
     sim.clients[carol].without_transport_feedback();
     sim.run_until(2_000_000);
-    let frame_us = 1_000_000 / VIDEO_FPS;
     let frames = |sim: &mut Sim, seconds: u64, remb: u64| {
-        let end = sim.now + seconds * 1_000_000;
         let mut next_remb = sim.now;
-        while sim.now < end {
-            assert!(sim.send_video_frame(alice));
+        sim.video_for(alice, seconds, |sim| {
             if sim.now >= next_remb {
-                // As Chrome's receive-side estimator does, once a second or so.
+                // As Chrome's receive-side estimator does, now and then.
                 let mut buf = [0u8; 64];
                 let n = write_remb(&mut buf, 0xC0FFEE, remb, &[1]).expect("REMB");
                 let data = sim.protect(carol, &buf[..n], true).expect("keys");
                 sim.inject(carol, false, data);
                 next_remb = sim.now + 500_000;
             }
-            let next = sim.now + frame_us;
-            sim.run_until(next);
-        }
+        });
     };
     frames(&mut sim, 8, 300_000);
     let (carol_share, _) = layers_and_gap(&sim, carol, sim.now - 5_000_000);
@@ -387,13 +368,7 @@ fn a_link_too_thin_for_the_lowest_layer_gets_it_at_a_lower_frame_rate() {
         ..Link::CLEAN
     };
     sim.run_until(2_000_000);
-    let frame_us = 1_000_000 / VIDEO_FPS;
-    let end = sim.now + 25_000_000;
-    while sim.now < end {
-        assert!(sim.send_video_frame(alice));
-        let next = sim.now + frame_us;
-        sim.run_until(next);
-    }
+    sim.video_for(alice, 25, |_| {});
     let from = sim.now - 10_000_000;
     let got: Vec<_> = sim.clients[carol]
         .rtp

@@ -396,6 +396,20 @@ impl Sim {
         self.publish(room, client, &offer)
     }
 
+    /// Runs `seconds` of video publisher `client`'s camera, [`VIDEO_FPS`] frames a
+    /// second; `also` runs before each frame interval (other media, or feedback the
+    /// test sends).
+    pub fn video_for(&mut self, client: usize, seconds: u64, mut also: impl FnMut(&mut Sim)) {
+        let frame_us = 1_000_000 / VIDEO_FPS;
+        let end = self.now + seconds * 1_000_000;
+        while self.now < end {
+            assert!(self.send_video_frame(client), "the publisher has its keys");
+            also(self);
+            let next = self.now + frame_us;
+            self.run_until(next);
+        }
+    }
+
     /// One frame of every layer of video publisher `client`'s camera (once it has
     /// keys): a keyframe where the node asked for one (and the first time), packets of
     /// at most 1200 bytes. False before it has keys.
