@@ -144,6 +144,15 @@ fn layers_and_gap(sim: &Sim, client: usize, from: u64) -> ([f64; 3], u64) {
     (share, gap)
 }
 
+/// How long after `since` (µs) `client` first got a packet of `layer`, if it did.
+fn first_on_layer(sim: &Sim, client: usize, since: u64, layer: u8) -> Option<u64> {
+    sim.clients[client]
+        .rtp
+        .iter()
+        .find(|r| r.at >= since && r.layer == Some(layer))
+        .map(|r| r.at - since)
+}
+
 /// The stream a receiver got is one stream whatever layer fed it: one SSRC, numbers
 /// that only go forward (by one where nothing was lost on the way), timestamps that
 /// never go back, and every change of layer at a keyframe of the new layer (where the
@@ -222,11 +231,7 @@ fn each_receiver_gets_the_layer_its_own_link_carries() {
     sim.clients[carol].down = Link::CLEAN;
     let lifted = sim.now;
     sim.video_for(alice, 20, |_| {});
-    let back = sim.clients[carol]
-        .rtp
-        .iter()
-        .find(|r| r.at >= lifted && r.layer == Some(2))
-        .map(|r| r.at - lifted);
+    let back = first_on_layer(&sim, carol, lifted, 2);
     assert!(
         back.is_some_and(|us| us <= 15_000_000),
         "Carol back on the top layer after {back:?} µs"
@@ -336,11 +341,7 @@ fn a_receiver_that_sends_only_remb_gets_what_its_remb_says() {
     );
     let lifted = sim.now;
     frames(&mut sim, 8, 5_000_000);
-    let back = sim.clients[carol]
-        .rtp
-        .iter()
-        .find(|r| r.at >= lifted && r.layer == Some(2))
-        .map(|r| r.at - lifted);
+    let back = first_on_layer(&sim, carol, lifted, 2);
     assert!(
         back.is_some_and(|us| us <= 5_000_000),
         "Carol back on the top layer after {back:?} µs"
