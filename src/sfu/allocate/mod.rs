@@ -402,10 +402,8 @@ pub struct Allocator {
     ran: Option<u64>,
     /// Since when a video has not fitted even at its lowest layer.
     short_since: Option<u64>,
-    /// Whether the receiver's path can be probed: then probes, not tries, find room.
-    probing: bool,
-    /// Whether tries are of use (see [`Allocator::set_way_up`]).
-    tries: bool,
+    /// How a receiver held below its best finds room.
+    way_up: WayUp,
     /// A probe to start (bit/s), and whether one is under way.
     probe_ask: Option<u64>,
     /// The last probe found room, and the allocation has not looked since.
@@ -414,6 +412,20 @@ pub struct Allocator {
     /// When the last probe ended, and the wait before the next.
     last_probe: Option<u64>,
     probe_interval: u64,
+}
+
+/// How a receiver held below its best finds room (see [`Allocator::set_way_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WayUp {
+    /// Its path can be probed (some video to it has RTX and the transport-wide
+    /// number): it asks for probes ([`Allocator::take_probe`]) and goes up when one
+    /// found room.
+    Probe,
+    /// It tries the next layer itself.
+    Try,
+    /// It estimates its link itself (REMB): up when that estimate has room, as it
+    /// grows with what gets through.
+    Estimate,
 }
 
 /// A step up tried beyond the estimate.
@@ -443,8 +455,7 @@ impl Allocator {
             proven: None,
             ran: None,
             short_since: None,
-            probing: false,
-            tries: true,
+            way_up: WayUp::Try,
             probe_ask: None,
             room_shown: false,
             probing_now: false,
@@ -453,15 +464,9 @@ impl Allocator {
         }
     }
 
-    /// How a receiver held below its best finds room: `probing`, where its path can be
-    /// probed (some video to it has RTX and the transport-wide number), it asks for
-    /// probes ([`Allocator::take_probe`]) and goes up when one found room; else, with
-    /// `tries`, it tries the next layer itself; with neither (a receiver that estimates
-    /// its link itself, REMB), it goes up when its estimate has room, as that estimate
-    /// grows with what gets through.
-    pub fn set_way_up(&mut self, probing: bool, tries: bool) {
-        self.probing = probing;
-        self.tries = tries;
+    /// How a receiver held below its best finds room ([`WayUp`]).
+    pub fn set_way_up(&mut self, way_up: WayUp) {
+        self.way_up = way_up;
     }
 
     /// The rate of a probe to start now (bit/s), once.
@@ -557,7 +562,7 @@ impl Allocator {
             .last_down
             .is_none_or(|t| now.saturating_sub(t) >= UP_HOLD_US);
         // Where the path can be probed, up only just after a probe found room.
-        let shown = !self.probing || std::mem::take(&mut self.room_shown);
+        let shown = self.way_up != WayUp::Probe || std::mem::take(&mut self.room_shown);
         if held && shown {
             // What the estimate has room for with the margin, never lowering a stream
             // without congestion: applied if it all still fits.
@@ -578,7 +583,7 @@ impl Allocator {
                 return &self.caps;
             }
         }
-        if self.probing {
+        if self.way_up == WayUp::Probe {
             if held {
                 self.ask_probe(demands, estimate, now);
             }
@@ -587,7 +592,7 @@ impl Allocator {
         let quiet = self
             .last_change
             .is_none_or(|t| now.saturating_sub(t) >= self.try_interval);
-        if self.tries && quiet {
+        if self.way_up == WayUp::Try && quiet {
             self.try_step(demands, decreases, now);
         }
         &self.caps

@@ -251,7 +251,7 @@ fn a_probeable_path_goes_up_only_after_a_probe_found_room() {
     use LayerCap::*;
     let d = two_videos();
     let mut a = Allocator::new();
-    a.set_way_up(true, false);
+    a.set_way_up(WayUp::Probe);
     let est = 1_200_000; // both middle layers fit, no top layer
     assert_eq!(a.run(Some(est), 0, &d, 0), [Any, UpTo(1), Any, UpTo(1)]);
     assert_eq!(

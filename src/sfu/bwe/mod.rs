@@ -20,7 +20,7 @@ pub use sent::SentPackets;
 
 use arrivals::REFERENCE_TICK_US;
 use delay::{DelayDetector, Usage};
-use probe::ProbeCluster;
+use probe::{ProbeCluster, Seen};
 use rate::RateControl;
 
 /// Loss under this share lets the loss-based bound grow (libwebrtc: 2 %).
@@ -308,23 +308,22 @@ impl Estimator {
             // link as congestion, and lower the estimate for the probe's sake. So it
             // skips the probe's packets, and starts over after them: what follows
             // waits behind the probe's queue, which then drains.
-            let probed = self.probe.as_ref().is_some_and(|p| p.contains(seq));
-            if self.probe.as_mut().is_some_and(|p| p.passed_by(seq)) {
+            let arrival = arrival.map(|t| t + offset);
+            let seen = self.probe.as_mut().map_or(Seen::Outside, |p| {
+                p.add(seq, packet.size, packet.at, arrival)
+            });
+            if seen == Seen::FirstAfter {
                 self.delay.restart();
             }
             match arrival {
-                Some(t) => {
-                    let arrival = t + offset;
+                Some(arrival) => {
                     self.loss.received += 1;
-                    if !probed {
+                    if seen != Seen::Inside {
                         self.delay.on_packet(packet.at as i64, arrival);
                     }
                     self.acked.add(arrival, packet.size);
                 }
                 None => self.loss.lost += 1,
-            }
-            if let Some(p) = self.probe.as_mut() {
-                p.add(seq, packet.size, packet.at, arrival.map(|t| t + offset));
             }
         }
         if !any {
@@ -362,7 +361,7 @@ impl Estimator {
         };
         self.probe = None;
         match o.bps {
-            Some(bps) if !o.room => self.lower_to(bps),
+            Some(bps) if !o.room => self.set_to(bps),
             Some(bps) if !congested => self.raise_to(bps),
             _ => {}
         }
@@ -372,8 +371,8 @@ impl Estimator {
         self.outcome = Some(o);
     }
 
-    /// The path carries no more than `bps`.
-    fn lower_to(&mut self, bps: u64) {
+    /// The path carries `bps` (a probe measured it): that is the estimate, up or down.
+    fn set_to(&mut self, bps: u64) {
         if bps < self.bps {
             self.rate.lower_to(bps);
             self.bps = self.rate.bps().min(self.loss.bps as u64);

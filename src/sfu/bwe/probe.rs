@@ -86,6 +86,18 @@ pub struct ProbeOutcome {
     pub room: bool,
 }
 
+/// Where a packet of the feedback lies for a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Sent in the probe.
+    Inside,
+    /// The first one seen after the probe ended: it and those after it waited behind
+    /// the probe's queue.
+    FirstAfter,
+    /// Before the probe, or after that first one.
+    Outside,
+}
+
 /// The packets of one probe and what the feedback says of them.
 #[derive(Debug)]
 pub struct ProbeCluster {
@@ -129,25 +141,20 @@ impl ProbeCluster {
     }
 
     /// Whether `seq` was sent in the probe (so far).
-    pub fn contains(&self, seq: u64) -> bool {
+    fn contains(&self, seq: u64) -> bool {
         seq >= self.first && self.last.is_none_or(|l| seq <= l)
     }
 
-    /// Whether `seq` is the first packet seen after the probe ended (true once): the
-    /// packets after a probe wait behind its queue.
-    pub fn passed_by(&mut self, seq: u64) -> bool {
-        if self.passed || self.last.is_none_or(|l| seq <= l) {
-            return false;
-        }
-        self.passed = true;
-        true
-    }
-
     /// One packet of the receiver's feedback: `seq`, `size` bytes sent at `sent_at`,
-    /// and when it arrived (`None`: lost). Packets outside the cluster are ignored.
-    pub fn add(&mut self, seq: u64, size: u16, sent_at: u64, arrival: Option<i64>) {
+    /// and when it arrived (`None`: lost); counted if it is the probe's. Says where it
+    /// lies (see [`Seen`]).
+    pub fn add(&mut self, seq: u64, size: u16, sent_at: u64, arrival: Option<i64>) -> Seen {
         if !self.contains(seq) {
-            return;
+            if self.passed || self.last.is_none_or(|l| seq <= l) {
+                return Seen::Outside;
+            }
+            self.passed = true;
+            return Seen::FirstAfter;
         }
         let size = u64::from(size);
         self.packets += 1;
@@ -158,6 +165,7 @@ impl ProbeCluster {
             self.received_bytes += size;
             self.arrival_span = Some(widen(self.arrival_span, at));
         }
+        Seen::Inside
     }
 
     /// The outcome once the feedback reached past its last packet (`reported`: the

@@ -85,7 +85,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
-use super::allocate::{Allocator, Demand, LayerMeter, LayerRates, StreamCap};
+use super::allocate::{Allocator, Demand, LayerMeter, LayerRates, StreamCap, WayUp};
 use super::bwe::Estimator;
 use super::bwe::probe::PROBE_DURATION_US;
 use super::dtls::{DtlsSession, SrtpPair};
@@ -185,6 +185,16 @@ impl SessionMedia {
             None
         };
         earliest(self.dtls_due, media)
+    }
+}
+
+/// What feed `f` of a receiver gets where its allocation gives it `cap`: nothing for a
+/// video of a receiver that wants audio only.
+fn wanted(audio_only: bool, f: &Feed, cap: LayerCap) -> LayerCap {
+    if audio_only && !f.audio {
+        LayerCap::Paused
+    } else {
+        cap
     }
 }
 
@@ -315,12 +325,8 @@ impl Subscription {
     /// No video for this receiver, or video again (see [`Subscription::audio_only`]).
     pub fn set_audio_only(&mut self, audio_only: bool) {
         self.audio_only = audio_only;
-        for f in self.feeds.iter().filter(|f| !f.audio) {
-            f.cap.set(if audio_only {
-                LayerCap::Paused
-            } else {
-                LayerCap::Any
-            });
+        for f in &self.feeds {
+            f.cap.set(wanted(audio_only, f, LayerCap::Any));
         }
     }
 
@@ -357,11 +363,7 @@ impl Subscription {
         let caps = self.allocator.run(estimate, decreases, &self.demands, now);
         let mut changed = false;
         for (f, cap) in self.feeds.iter().zip(caps) {
-            let cap = if self.audio_only && !f.audio {
-                LayerCap::Paused
-            } else {
-                *cap
-            };
+            let cap = wanted(self.audio_only, f, *cap);
             changed |= f.cap.get() != cap;
             f.cap.set(cap);
         }
@@ -407,10 +409,14 @@ impl Subscription {
         }
         // A receiver that sends only REMB estimates its link itself: neither probes
         // (nothing would tell their outcome) nor tries (its estimate is the judge).
-        let transport_cc = self.bwe.has_transport_feedback();
-        let probing =
-            link.is_some() && transport_cc && self.feeds.iter().any(|f| !f.audio && f.rtx);
-        self.allocator.set_way_up(probing, transport_cc && !probing);
+        let way_up = if !self.bwe.has_transport_feedback() {
+            WayUp::Estimate
+        } else if link.is_some() && self.feeds.iter().any(|f| !f.audio && f.rtx) {
+            WayUp::Probe
+        } else {
+            WayUp::Try
+        };
+        self.allocator.set_way_up(way_up);
     }
 
     /// An SSRC this receiver has never been sent under its SRTP keys. The SSRCs of
