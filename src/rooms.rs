@@ -31,6 +31,12 @@ pub const MAX_STREAMS_PER_PARTICIPANT: usize = 2;
 pub const DETACHED_GRACE_SECS: u64 = 60;
 /// Longest display name, in characters, after trimming.
 pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+/// Longest chat message, in characters, after trimming.
+pub const MAX_CHAT_CHARS: usize = 2_000;
+/// Chat messages one participant may send per [`CHAT_WINDOW_SECS`]: a quick exchange
+/// fits, a flood that would fill everyone's event stream does not.
+pub const CHAT_PER_WINDOW: u32 = 10;
+pub const CHAT_WINDOW_SECS: u64 = 10;
 
 /// Random bytes in a room id (the link is the only key to a room): 128 bits.
 const ROOM_ID_BYTES: usize = 16;
@@ -79,6 +85,8 @@ pub enum RoomError {
     Locked,
     /// The room belongs to another host (403).
     NotYourRoom,
+    /// The participant sent [`CHAT_PER_WINDOW`] chat messages in this window (429).
+    ChatTooFast,
 }
 
 impl RoomError {
@@ -91,6 +99,7 @@ impl RoomError {
             RoomError::TooManyRooms => "too many open rooms; delete one first",
             RoomError::Locked => "the room is locked: its host lets nobody new in",
             RoomError::NotYourRoom => "this room belongs to another host",
+            RoomError::ChatTooFast => "too many chat messages; wait a few seconds",
         }
     }
 }
@@ -100,6 +109,8 @@ impl RoomError {
 pub struct Member {
     pub participant: String,
     pub display_name: String,
+    /// The participant raised a hand (and has not lowered it).
+    pub hand_raised: bool,
 }
 
 impl fmt::Debug for Member {
@@ -130,6 +141,27 @@ pub enum Event {
     /// The video of a participant (their id) no longer fits this receiver's link even
     /// at its lowest layer and is paused (`true`), or flows again (`false`).
     VideoPaused(String, bool),
+    /// A chat message to the room.
+    Chat(ChatMessage),
+    /// A participant (their id) raised a hand (`true`) or lowered it (`false`).
+    Hand(String, bool),
+}
+
+/// A chat message as the room's streams carry it: who sent it and what it says. It
+/// is handed to the streams in the room when it is sent and kept nowhere else.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub participant: String,
+    pub text: Arc<str>,
+}
+
+impl fmt::Debug for ChatMessage {
+    /// The text stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatMessage")
+            .field("participant", &self.participant)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Event {
@@ -143,6 +175,8 @@ impl Event {
             Event::Offer(_) => "offer",
             Event::Speaker(_) => "speaker",
             Event::VideoPaused(..) => "video_paused",
+            Event::Chat(_) => "chat",
+            Event::Hand(..) => "hand",
         }
     }
 
@@ -158,6 +192,8 @@ impl Event {
             Event::VideoPaused(id, paused) => {
                 serde_json::json!({ "participant": id, "paused": paused })
             }
+            Event::Chat(m) => serde_json::json!({ "participant": m.participant, "text": &*m.text }),
+            Event::Hand(id, raised) => serde_json::json!({ "participant": id, "raised": raised }),
         };
         value.to_string()
     }
@@ -233,6 +269,9 @@ struct Participant {
     display_name: String,
     token_hash: [u8; 32],
     preferences: Preferences,
+    hand_raised: bool,
+    /// The start of the participant's chat window and the messages sent in it.
+    chat_window: (u64, u32),
     streams: Vec<StreamId>,
     /// When the last stream ended (or the join, before the first one).
     detached_since: Option<u64>,
@@ -274,6 +313,7 @@ impl Room {
             .map(|p| Member {
                 participant: p.id.clone(),
                 display_name: p.display_name.clone(),
+                hand_raised: p.hand_raised,
             })
             .collect()
     }
@@ -532,6 +572,7 @@ impl Rooms {
         let member = Member {
             participant: id.clone(),
             display_name: display_name.clone(),
+            hand_raised: false,
         };
         let mut effects = Effects::default();
         let joined = Event::Joined(member);
@@ -543,6 +584,8 @@ impl Rooms {
             display_name,
             token_hash: hash_token(&token),
             preferences: Preferences::default(),
+            hand_raised: false,
+            chat_window: (now, 0),
             streams: Vec::new(),
             detached_since: Some(now),
         });
@@ -584,6 +627,59 @@ impl Rooms {
             .position(|p| p.id == participant)
             .ok_or(RoomError::NoParticipant)?;
         Ok(r.remove(index, now))
+    }
+
+    /// A participant (after [`Rooms::authenticate`]) sends a chat message, already
+    /// validated (see [`validate_chat_text`]): every stream in the room, the sender's
+    /// own included, gets it, in the order the room took the messages in. At most
+    /// [`CHAT_PER_WINDOW`] per [`CHAT_WINDOW_SECS`] per participant.
+    pub fn chat(
+        &mut self,
+        room: &str,
+        participant: &str,
+        text: String,
+        now: u64,
+    ) -> Result<Effects, RoomError> {
+        let r = self.live_mut(room, now)?;
+        let p = r
+            .participant_mut(participant)
+            .ok_or(RoomError::NoParticipant)?;
+        let (start, sent) = &mut p.chat_window;
+        if now >= start.saturating_add(CHAT_WINDOW_SECS) {
+            (*start, *sent) = (now, 0);
+        }
+        if *sent >= CHAT_PER_WINDOW {
+            return Err(RoomError::ChatTooFast);
+        }
+        *sent += 1;
+        let message = Event::Chat(ChatMessage {
+            participant: participant.to_owned(),
+            text: text.into(),
+        });
+        Ok(Effects {
+            notices: r.all_streams().map(|s| (s, message.clone())).collect(),
+            close: Vec::new(),
+        })
+    }
+
+    /// A participant (after [`Rooms::authenticate`]) raises or lowers a hand: every
+    /// stream in the room hears `hand`, and rosters show it from now on.
+    pub fn raise_hand(
+        &mut self,
+        room: &str,
+        participant: &str,
+        raised: bool,
+        now: u64,
+    ) -> Result<Effects, RoomError> {
+        let r = self.live_mut(room, now)?;
+        r.participant_mut(participant)
+            .ok_or(RoomError::NoParticipant)?
+            .hand_raised = raised;
+        let hand = Event::Hand(participant.to_owned(), raised);
+        Ok(Effects {
+            notices: r.all_streams().map(|s| (s, hand.clone())).collect(),
+            close: Vec::new(),
+        })
     }
 
     /// Every open event stream of the live room `room`.
@@ -736,6 +832,26 @@ pub fn validate_display_name(name: &str) -> Result<String, &'static str> {
         return Err("display_name must not contain control characters");
     }
     Ok(name.to_owned())
+}
+
+/// A chat message as given, trimmed: 1 to [`MAX_CHAT_CHARS`] characters; line breaks
+/// and tabs are allowed, other control and format characters (see
+/// [`validate_display_name`]) are not.
+pub fn validate_chat_text(text: &str) -> Result<String, &'static str> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("text must not be empty");
+    }
+    if text.chars().count() > MAX_CHAT_CHARS {
+        return Err("text must be at most 2000 characters");
+    }
+    if text
+        .chars()
+        .any(|c| c != '\n' && c != '\t' && is_forbidden(c))
+    {
+        return Err("text must not contain control characters other than line breaks and tabs");
+    }
+    Ok(text.to_owned())
 }
 
 /// Control characters (Cc), and the format characters that reorder or hide text
@@ -1177,11 +1293,12 @@ mod tests {
         let m = Member {
             participant: "p1".into(),
             display_name: "Ann \"A\"".into(),
+            hand_raised: false,
         };
         let roster = Event::Roster(Arc::from(vec![m.clone()]));
         assert_eq!(
             roster.data(),
-            r#"{"participants":[{"display_name":"Ann \"A\"","participant":"p1"}]}"#
+            r#"{"participants":[{"display_name":"Ann \"A\"","hand_raised":false,"participant":"p1"}]}"#
         );
         assert_eq!(Event::Left("p1".into()).data(), r#"{"participant":"p1"}"#);
         assert_eq!(Event::RoomClosed.name(), "room_closed");
@@ -1192,5 +1309,114 @@ mod tests {
         assert_eq!(paused.data(), r#"{"participant":"p2","paused":true}"#);
         // No display name in Debug output (logs).
         assert!(!format!("{:?}", Event::Joined(m)).contains("Ann"));
+    }
+
+    #[test]
+    fn chat_reaches_every_stream_in_the_room_in_order_and_is_bounded() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let ann = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        let bo = r.join(&room, name("Bo"), &mut rng, T0).expect("join");
+        r.attach_stream(&room, &ann.participant, 1, T0)
+            .expect("stream");
+        r.attach_stream(&room, &bo.participant, 2, T0)
+            .expect("stream");
+        let mut seen = Vec::new();
+        for text in ["one", "two"] {
+            let fx = r
+                .chat(&room, &ann.participant, text.to_owned(), T0)
+                .expect("sent");
+            seen.extend(fx.notices);
+        }
+        let texts = |stream: StreamId| -> Vec<String> {
+            seen.iter()
+                .filter(|(s, _)| *s == stream)
+                .map(|(_, e)| match e {
+                    Event::Chat(m) => {
+                        assert_eq!(m.participant, ann.participant);
+                        m.text.to_string()
+                    }
+                    other => panic!("not a chat message: {other:?}"),
+                })
+                .collect()
+        };
+        // The sender's own stream too: everyone sees the room's one order.
+        assert_eq!(texts(1), ["one", "two"]);
+        assert_eq!(texts(2), ["one", "two"]);
+        let event = Event::Chat(ChatMessage {
+            participant: "p".into(),
+            text: "hi \"there\"".into(),
+        });
+        assert_eq!(event.name(), "chat");
+        assert_eq!(event.data(), r#"{"participant":"p","text":"hi \"there\""}"#);
+        // The text stays out of Debug output (and so out of logs).
+        assert!(!format!("{event:?}").contains("there"));
+
+        // Ten per ten seconds per participant.
+        for _ in 2..CHAT_PER_WINDOW {
+            r.chat(&room, &ann.participant, "x".into(), T0 + 1)
+                .expect("within the window");
+        }
+        assert_eq!(
+            r.chat(&room, &ann.participant, "x".into(), T0 + 9).err(),
+            Some(RoomError::ChatTooFast)
+        );
+        // Others are not held back by it, and the next window opens.
+        r.chat(&room, &bo.participant, "x".into(), T0 + 9)
+            .expect("another participant");
+        r.chat(&room, &ann.participant, "x".into(), T0 + 10)
+            .expect("next window");
+        assert_eq!(
+            r.chat(&room, "nobody", "x".into(), T0 + 10).err(),
+            Some(RoomError::NoParticipant)
+        );
+    }
+
+    #[test]
+    fn chat_text_is_checked() {
+        assert_eq!(
+            validate_chat_text("  hi\n there\t ").as_deref(),
+            Ok("hi\n there")
+        );
+        assert!(validate_chat_text(" \n ").is_err());
+        assert!(validate_chat_text(&"é".repeat(MAX_CHAT_CHARS)).is_ok());
+        assert!(validate_chat_text(&"é".repeat(MAX_CHAT_CHARS + 1)).is_err());
+        assert!(validate_chat_text("a\u{202E}b").is_err());
+        assert!(validate_chat_text("a\u{7}b").is_err());
+    }
+
+    #[test]
+    fn raised_hands_are_told_and_in_the_roster() {
+        let (mut r, mut rng) = rooms();
+        let room = r.create("host", &mut rng, T0).expect("room").room;
+        let ann = r.join(&room, name("Ann"), &mut rng, T0).expect("join");
+        let bo = r.join(&room, name("Bo"), &mut rng, T0).expect("join");
+        r.attach_stream(&room, &bo.participant, 2, T0)
+            .expect("stream");
+        let fx = r
+            .raise_hand(&room, &ann.participant, true, T0)
+            .expect("raised");
+        assert_eq!(
+            fx.notices,
+            [(2, Event::Hand(ann.participant.clone(), true))]
+        );
+        let hands = |r: &Rooms| -> Vec<bool> {
+            r.view(&room, T0)
+                .expect("room")
+                .participants
+                .iter()
+                .map(|m| m.hand_raised)
+                .collect()
+        };
+        assert_eq!(hands(&r), [true, false]);
+        // Someone who joins later sees it in the roster their stream starts with.
+        let cy = r.join(&room, name("Cy"), &mut rng, T0).expect("join");
+        let first = r
+            .attach_stream(&room, &cy.participant, 3, T0)
+            .expect("stream");
+        assert!(first.roster.data().contains(r#""hand_raised":true"#));
+        r.raise_hand(&room, &ann.participant, false, T0)
+            .expect("lowered");
+        assert_eq!(hands(&r), [false, false, false]);
     }
 }

@@ -294,8 +294,8 @@ fn get_room_lists_participants_and_404s_unknown_rooms() {
     assert_eq!(
         v["participants"],
         json!([
-            { "participant": a.id, "display_name": "Ann" },
-            { "participant": b.id, "display_name": "Bob" },
+            { "participant": a.id, "display_name": "Ann", "hand_raised": false },
+            { "participant": b.id, "display_name": "Bob", "hand_raised": false },
         ])
     );
     // Occupied: the link lives at least another ttl.
@@ -634,13 +634,13 @@ fn events_stream_roster_joined_and_left() {
     let mut ea = events(&node, &room, &a);
     assert_eq!(
         ea.expect("roster"),
-        json!({ "participants": [{ "participant": a.id, "display_name": "Ann" }] })
+        json!({ "participants": [{ "participant": a.id, "display_name": "Ann", "hand_raised": false }] })
     );
     // Bob joins: Ann hears joined, then the new roster.
     let b = join(&node, &room, "Bob");
     assert_eq!(
         ea.expect("joined"),
-        json!({ "participant": b.id, "display_name": "Bob" })
+        json!({ "participant": b.id, "display_name": "Bob", "hand_raised": false })
     );
     let roster = ea.expect("roster");
     assert_eq!(roster["participants"].as_array().map(Vec::len), Some(2));
@@ -667,7 +667,7 @@ fn events_stream_roster_joined_and_left() {
     assert_eq!(ea.expect("left"), json!({ "participant": b.id }));
     assert_eq!(
         ea.expect("roster")["participants"],
-        json!([{ "participant": a.id, "display_name": "Ann" }])
+        json!([{ "participant": a.id, "display_name": "Ann", "hand_raised": false }])
     );
     assert_eq!(eb.expect("left"), json!({ "participant": b.id }));
     assert_eq!(eb.next_event(), None);
@@ -942,6 +942,129 @@ fn publish_answers_sdp_once() {
     assert!(!r.body.contains(&format!("a=ice-ufrag:{ufrag}\r")));
 }
 
+fn chat(node: &Node, room: &str, p: &Joined, text: &str) -> HttpResponse {
+    http(
+        node.http,
+        "POST",
+        &format!("/api/rooms/{room}/participants/{}/chat", p.id),
+        &[
+            ("Authorization", &bearer(&p.token)),
+            ("Content-Type", "application/json"),
+        ],
+        json!({ "text": text }).to_string().as_bytes(),
+    )
+}
+
+fn hand(node: &Node, room: &str, p: &Joined, body: &[u8]) -> HttpResponse {
+    http(
+        node.http,
+        "PUT",
+        &format!("/api/rooms/{room}/participants/{}/hand", p.id),
+        &[
+            ("Authorization", &bearer(&p.token)),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+}
+
+/// Chat: every stream in the room, the sender's too, gets the messages in the order
+/// the node took them; bad bodies are 400, a stranger's token 401, a flood 429.
+/// Raised hands: everyone hears `hand`, and rosters carry it.
+#[test]
+fn chat_and_raised_hands_reach_the_room() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let mut ea = events(&node, &room, &a);
+    let mut eb = events(&node, &room, &b);
+    ea.expect("roster");
+    eb.expect("roster");
+    assert_eq!(chat(&node, &room, &a, "  hello\nall ").status, 204);
+    assert_eq!(chat(&node, &room, &b, "hi Ann").status, 204);
+    assert_eq!(chat(&node, &room, &a, "<b>not bold</b>").status, 204);
+    let expected = [
+        json!({ "participant": a.id, "text": "hello\nall" }),
+        json!({ "participant": b.id, "text": "hi Ann" }),
+        json!({ "participant": a.id, "text": "<b>not bold</b>" }),
+    ];
+    for e in [&mut ea, &mut eb] {
+        for m in &expected {
+            assert_eq!(&e.expect("chat"), m);
+        }
+    }
+
+    let path = format!("/api/rooms/{room}/participants/{}/chat", a.id);
+    let post = |auth: &str, mime: &str, body: &[u8]| {
+        http(
+            node.http,
+            "POST",
+            &path,
+            &[("Authorization", auth), ("Content-Type", mime)],
+            body,
+        )
+    };
+    let own = bearer(&a.token);
+    let long = json!({ "text": "é".repeat(2001) }).to_string();
+    for body in [
+        &br#"{"text": ""}"#[..],
+        br#"{"text": "   "}"#,
+        br#"{"text": 42}"#,
+        br#"{"text": null}"#,
+        br#"{"message": "hi"}"#,
+        br#"{"text": "a\u202Eb"}"#,
+        br#"{"text": "a\u0007b"}"#,
+        br#"["hi"]"#,
+        b"{",
+        long.as_bytes(),
+    ] {
+        let r = post(&own, "application/json", body);
+        assert_error(&r, 400);
+    }
+    assert_error(&post(&own, "text/plain", br#"{"text": "hi"}"#), 415);
+    assert_error(
+        &post(&bearer(&b.token), "application/json", br#"{"text": "hi"}"#),
+        401,
+    );
+    // Ten messages in ten seconds, then 429 with Retry-After (three sent above).
+    let mut refused = None;
+    for i in 0..10 {
+        let r = chat(&node, &room, &a, &format!("m{i}"));
+        if r.status != 204 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("a flood is refused");
+    assert_error(&r, 429);
+    assert!(r.header("retry-after").is_some(), "{}", r.body);
+
+    // Raised hands.
+    assert_eq!(hand(&node, &room, &b, br#"{"raised": true}"#).status, 204);
+    // Ann's stream has the accepted part of the flood first.
+    let raised = loop {
+        match ea.next_event() {
+            Some((name, data)) if name == "hand" => break data,
+            Some((name, _)) => assert_eq!(name, "chat"),
+            None => panic!("the stream ended"),
+        }
+    };
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&raised).expect("JSON"),
+        json!({ "participant": b.id, "raised": true })
+    );
+    let roster = get_room(&node, &room).json();
+    assert_eq!(roster["participants"][1]["hand_raised"], true);
+    assert_eq!(roster["participants"][0]["hand_raised"], false);
+    for body in [&br#"{"raised": "yes"}"#[..], br#"{}"#, b"true"] {
+        assert_error(&hand(&node, &room, &b, body), 400);
+    }
+    assert_eq!(hand(&node, &room, &b, br#"{"raised": false}"#).status, 204);
+    let roster = get_room(&node, &room).json();
+    assert_eq!(roster["participants"][1]["hand_raised"], false);
+}
+
 #[test]
 fn preferences_take_a_positive_max_height_audio_only_or_both() {
     let node = node();
@@ -1152,6 +1275,9 @@ fn display_names_never_reach_logs_or_disk() {
     );
     ea.expect("left");
     ea.expect("roster");
+    // Nor does what they say in the chat.
+    assert_eq!(chat(&node, &room, &a, "Xylophone-Secret-Plan").status, 204);
+    assert_eq!(ea.expect("chat")["text"], "Xylophone-Secret-Plan");
     // A token in the query string (EventSource) stays out of the log too.
     let mut eq = SseStream::open(
         node.http,
@@ -1171,6 +1297,10 @@ fn display_names_never_reach_logs_or_disk() {
         "a display name in the log:\n{text}"
     );
     assert!(!text.contains(&a.token), "a token in the log");
+    assert!(
+        !text.contains("Xylophone"),
+        "a chat message in the log:\n{text}"
+    );
     // Plain lines when stderr is no terminal (journald): no colour escape codes.
     assert!(!text.contains('\x1b'), "escape codes in the log:\n{text}");
     // Nothing written under the node's directory holds it either.
@@ -1183,6 +1313,7 @@ fn display_names_never_reach_logs_or_disk() {
             } else if let Ok(bytes) = std::fs::read(&path) {
                 let text = String::from_utf8_lossy(&bytes);
                 assert!(!text.contains("Zebediah"), "{}", path.display());
+                assert!(!text.contains("Xylophone"), "{}", path.display());
             }
         }
     }

@@ -81,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{participant}/events"), get(rooms::events))
         .route(&format!("{participant}/publish"), post(rooms::publish))
         .route(&format!("{participant}/subscribe"), post(rooms::subscribe))
+        .route(&format!("{participant}/chat"), post(rooms::chat))
+        .route(&format!("{participant}/hand"), put(rooms::hand))
         .route(
             &format!("{participant}/preferences"),
             put(rooms::preferences),

@@ -34,7 +34,10 @@ use super::limit::PerSource;
 use super::{AppState, error};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::rooms::{Effects, Event, Limits, RoomError, Rooms, StreamId, validate_display_name};
+use crate::rooms::{
+    CHAT_WINDOW_SECS, Effects, Event, Limits, RoomError, Rooms, StreamId, validate_chat_text,
+    validate_display_name,
+};
 use crate::sfu::sdp::PublishOffer;
 use crate::sfu::session::{MediaSessions, PublishRefusal};
 use crate::sfu::speaker::{Loudness, Speakers};
@@ -593,7 +596,7 @@ fn room_error(e: RoomError) -> Response {
         RoomError::NoRoom | RoomError::NoParticipant => StatusCode::NOT_FOUND,
         RoomError::BadToken => StatusCode::UNAUTHORIZED,
         RoomError::Full => StatusCode::CONFLICT,
-        RoomError::TooManyRooms => StatusCode::TOO_MANY_REQUESTS,
+        RoomError::TooManyRooms | RoomError::ChatTooFast => StatusCode::TOO_MANY_REQUESTS,
         RoomError::Locked | RoomError::NotYourRoom => StatusCode::FORBIDDEN,
     };
     let mut response = error(status, e.message());
@@ -1242,6 +1245,86 @@ pub async fn preferences(
                 api.media
                     .set_audio_only(&room, &participant, now.audio_only);
             }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => room_error(e),
+    }
+}
+
+/// `POST .../participants/{p}/chat` `{"text": "..."}`: to everyone in the room, on
+/// their event streams (see [`Rooms::chat`]). The text is in no log: the access log
+/// names the route, never a body.
+pub async fn chat(
+    State(state): State<AppState>,
+    Path((room, participant)): Path<(String, String)>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let api = &state.rooms;
+    if let Err(r) = authenticate(api, &room, &participant, &headers) {
+        return *r;
+    }
+    let raw = match json_body(&headers, raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let text = serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()
+        .and_then(|v| v.get("text")?.as_str().map(validate_chat_text));
+    let text = match text {
+        Some(Ok(t)) => t,
+        Some(Err(why)) => return error(StatusCode::BAD_REQUEST, why),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body must be JSON with \"text\" (a string)",
+            );
+        }
+    };
+    // Taken and delivered under one lock: every stream gets the room's order.
+    let mut hub = api.hub();
+    match hub.rooms.chat(&room, &participant, text, unix_now()) {
+        Ok(effects) => {
+            hub.apply(effects);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(RoomError::ChatTooFast) => too_many(CHAT_WINDOW_SECS, RoomError::ChatTooFast.message()),
+        Err(e) => room_error(e),
+    }
+}
+
+/// `PUT .../participants/{p}/hand` `{"raised": true}`: everyone in the room hears
+/// `hand`; rosters show it.
+pub async fn hand(
+    State(state): State<AppState>,
+    Path((room, participant)): Path<(String, String)>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let api = &state.rooms;
+    if let Err(r) = authenticate(api, &room, &participant, &headers) {
+        return *r;
+    }
+    let raw = match json_body(&headers, raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Some(raised) = serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()
+        .and_then(|v| v.get("raised")?.as_bool())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON with \"raised\" (true or false)",
+        );
+    };
+    let mut hub = api.hub();
+    match hub
+        .rooms
+        .raise_hand(&room, &participant, raised, unix_now())
+    {
+        Ok(effects) => {
+            hub.apply(effects);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => room_error(e),
