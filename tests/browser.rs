@@ -245,6 +245,42 @@ fn privacy_in_chromium() {
     );
 }
 
+/// Issue 14's chat and raised hands through the reference page (tests/browser/chat.mjs):
+/// three people exchange messages and all see them in one order; a hand raised from the
+/// keyboard shows everywhere. Then no file the node wrote and none of its output, at
+/// the debug level, holds a word of the messages.
+#[test]
+fn chat_in_chromium() {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let http = format!(
+        "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
+        cheap_hash(PASSWORD)
+    );
+    let extra = format!(
+        "[log]\nlevel = \"debug\"\ndir = \"{}\"\n",
+        logs.path().display()
+    );
+    let (node, log) = Node::start_binary_with_http(&common::release_binary(), "", &http, &extra);
+    run_script("chat.mjs", &node, &log);
+    let mut files = Vec::new();
+    for dir in [node.dir.path(), logs.path()] {
+        collect_files(dir, &mut files);
+    }
+    assert!(!files.is_empty(), "the node wrote no log file");
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("Xylophone"),
+            "{} holds a chat message",
+            file.display()
+        );
+    }
+    assert!(
+        !log.text().contains("Xylophone"),
+        "the node's output holds a chat message"
+    );
+}
+
 /// Every file under `dir`, recursively.
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {

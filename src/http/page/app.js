@@ -335,6 +335,20 @@
       if (call && call.active) setAudioOnly(call, !call.audioOnly);
     });
     $("enable-sound").addEventListener("click", enableSound);
+    $("toggle-hand").addEventListener("click", () => {
+      if (call && call.active) raiseHand(call, !call.hands.has(call.participant));
+    });
+    $("chat-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      if (call && call.active) sendChat(call);
+    });
+    $("chat-input").addEventListener("keydown", (ev) => {
+      // Enter sends; Shift+Enter is a new line; not while an input method composes.
+      if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        $("chat-form").requestSubmit();
+      }
+    });
     $("copy-link").addEventListener("click", async () => {
       const link = location.origin + "/r/" + encodeURIComponent(room);
       const ok = await copyText(link, null);
@@ -440,6 +454,8 @@
       pausedVideos: new Set(),
       // This participant asked for no video (the "Audio only" button, audioOnly=1).
       audioOnly: false,
+      // Participants with a raised hand (ids).
+      hands: new Set(),
       recvPc: null,
       recvQueue: Promise.resolve(),
       publishing: "starting",
@@ -448,6 +464,10 @@
     show($("join-panel"), false);
     show($("left-panel"), false);
     show($("call"), true);
+    $("chat-log").replaceChildren();
+    show($("chat-empty"), true);
+    show($("chat-error"), false);
+    $("toggle-hand").setAttribute("aria-pressed", "false");
     selfTile(c);
     openEvents(c);
     if (Number.isFinite(options.maxHeight) && options.maxHeight > 0) {
@@ -534,6 +554,7 @@
       if (d && d.participant) {
         c.members.set(d.participant, d.display_name || "");
         renderRoster(c);
+        if (d.participant !== c.participant) announce(d.display_name + " joined.");
       }
     });
     es.addEventListener("left", (ev) => {
@@ -543,8 +564,11 @@
         leave("You are no longer in this room.", true);
         return;
       }
+      const name = c.members.get(d.participant);
       c.members.delete(d.participant);
+      c.hands.delete(d.participant);
       renderRoster(c);
+      if (name !== undefined) announce(name + " left.");
     });
     es.addEventListener("speaker", (ev) => {
       const d = data(ev);
@@ -559,6 +583,20 @@
       if (d.paused) c.pausedVideos.add(d.participant);
       else c.pausedVideos.delete(d.participant);
       markPaused(c);
+    });
+    es.addEventListener("chat", (ev) => {
+      const d = data(ev);
+      if (d && typeof d.participant === "string" && typeof d.text === "string") showChat(c, d.participant, d.text);
+    });
+    es.addEventListener("hand", (ev) => {
+      const d = data(ev);
+      if (!d || typeof d.participant !== "string" || typeof d.raised !== "boolean") return;
+      if (d.raised === c.hands.has(d.participant)) return;
+      if (d.raised) c.hands.add(d.participant);
+      else c.hands.delete(d.participant);
+      renderRoster(c);
+      const who = d.participant === c.participant ? "You" : c.members.get(d.participant) || "Someone";
+      announce(who + (d.raised ? " raised a hand." : " lowered a hand."));
     });
     es.addEventListener("room_closed", () => leave("The room was closed.", true));
     es.addEventListener("offer", (ev) => {
@@ -578,10 +616,81 @@
 
   function setRoster(c, participants) {
     c.members = new Map();
+    c.hands = new Set();
     for (const m of participants) {
-      if (m && typeof m.participant === "string") c.members.set(m.participant, m.display_name || "");
+      if (m && typeof m.participant === "string") {
+        c.members.set(m.participant, m.display_name || "");
+        if (m.hand_raised === true) c.hands.add(m.participant);
+      }
     }
     renderRoster(c);
+  }
+
+  /** Tells screen readers what changed (the roster and hands; chat has its own live
+   * list). */
+  function announce(text) {
+    const el = $("announce");
+    // Replaced, not appended: a live region reads what is new.
+    setText(el, "");
+    setTimeout(() => setText(el, text), 50);
+  }
+
+  // ---- chat and raised hands ----
+
+  /** Sends what the chat box holds; the message shows when the node hands it back
+   * (everyone sees the same order). */
+  async function sendChat(c) {
+    const input = $("chat-input");
+    const error = $("chat-error");
+    const text = input.value.trim();
+    show(error, false);
+    if (!text) return;
+    try {
+      const res = await api("POST", c.base + "/chat", { auth: auth(c), json: { text } });
+      if (res.ok) {
+        if (input.value.trim() === text) input.value = "";
+        return;
+      }
+      setText(
+        error,
+        res.status === 429 ? "Too many messages at once; wait a few seconds." : "Not sent: " + (await errorOf(res)) + ".",
+      );
+    } catch (e) {
+      setText(error, "Not sent: the node cannot be reached.");
+    }
+    show(error, true);
+  }
+
+  /** Appends one message to the chat, as text (never as markup). */
+  function showChat(c, participant, text) {
+    const log = $("chat-log");
+    const li = document.createElement("li");
+    li.dataset.member = participant;
+    const from = document.createElement("span");
+    from.className = "chat-from";
+    const name = participant === c.participant ? "You" : c.members.get(participant);
+    setText(from, name === undefined ? "Someone who left" : name);
+    const body = document.createElement("span");
+    body.className = "chat-text";
+    setText(body, text);
+    li.append(from, body);
+    const atEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+    log.append(li);
+    show($("chat-empty"), false);
+    if (atEnd) log.scrollTop = log.scrollHeight;
+  }
+
+  async function raiseHand(c, raised) {
+    const button = $("toggle-hand");
+    button.setAttribute("aria-pressed", String(raised));
+    try {
+      const res = await api("PUT", c.base + "/hand", { auth: auth(c), json: { raised } });
+      if (res.ok) return;
+      notice("hand", "Could not " + (raised ? "raise" : "lower") + " your hand: " + (await errorOf(res)) + ".", "warn");
+    } catch (_) {
+      /* the event stream reports a lost node */
+    }
+    if (call === c) button.setAttribute("aria-pressed", String(c.hands.has(c.participant)));
   }
 
   /** The list of people and the stage's tiles, from `c.members`. */
@@ -606,6 +715,7 @@
         setText(you, "(you)");
         li.append(" ", you);
       }
+      if (c.hands.has(id)) li.append(handMark());
       items.push(li);
     }
     list.replaceChildren(...items);
@@ -615,11 +725,31 @@
     for (const [id, name] of c.members) {
       if (id !== c.participant) ensureTile(c, id).name(name);
     }
+    for (const [id, tile] of c.tiles) {
+      const mark = tile.figure.querySelector(".hand");
+      if (c.hands.has(id) && !mark) tile.figure.append(handMark());
+      else if (!c.hands.has(id) && mark) mark.remove();
+    }
+    $("toggle-hand").setAttribute("aria-pressed", String(c.hands.has(c.participant)));
     for (const id of [...c.tiles.keys()]) {
       if (id !== c.participant && !c.members.has(id)) removeTile(c, id);
     }
     layout(c);
     markSpeaker(c);
+  }
+
+  /** A raised hand's mark: a picture, and words for screen readers. */
+  function handMark() {
+    const mark = document.createElement("span");
+    mark.className = "hand";
+    const picture = document.createElement("span");
+    picture.setAttribute("aria-hidden", "true");
+    setText(picture, "\u270B");
+    const words = document.createElement("span");
+    words.className = "sr-only";
+    setText(words, "hand raised");
+    mark.append(picture, words);
+    return mark;
   }
 
   /** Says so on the tiles whose video the node paused for lack of bandwidth. */
@@ -1017,9 +1147,17 @@
         speaker: call.speaker || null,
         pausedVideos: [...call.pausedVideos],
         audioOnly: call.audioOnly,
+        hands: [...call.hands],
         sending: call.sendPc ? call.sendPc.connectionState : null,
         receiving: call.recvPc ? call.recvPc.connectionState : null,
       };
+    },
+    /** The chat as shown: each message's sender (participant id) and text. */
+    chat() {
+      return [...$("chat-log").children].map((li) => ({
+        participant: li.dataset.member,
+        text: li.querySelector(".chat-text").textContent,
+      }));
     },
     /** getStats() of both peer connections, reduced to plain numbers per stream, the
      * type of the local ICE candidate each one uses (host, srflx, prflx, relay) and,
