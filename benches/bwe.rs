@@ -134,6 +134,7 @@ fn ten_tracks() -> Vec<Demand> {
             heights: [180, 360, 720],
             max_height: None,
             speaker: i == 2,
+            screen: false,
         })
         .collect()
 }

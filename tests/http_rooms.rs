@@ -850,6 +850,9 @@ fn publish_and_subscribe_validate_their_sdp_bodies() {
     }
 }
 
+/// The certificate fingerprint of the offers and answers here.
+const FINGERPRINT: &str = "6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC";
+
 /// A Chrome-like publisher offer: Opus and VP8 with RTX, bundled, rtcp-mux.
 const PUBLISH_OFFER: &str = "v=0\r\n\
 o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
@@ -940,6 +943,119 @@ fn publish_answers_sdp_once() {
     );
     assert_eq!(r.status, 201, "{}", r.body);
     assert!(!r.body.contains(&format!("a=ice-ufrag:{ufrag}\r")));
+}
+
+/// The next `offer` on `p`'s `events` whose SDP satisfies `want`; each offer is
+/// answered as a browser would (the node offers again only after an answer). Panics
+/// when the stream ends first.
+fn offer_where(
+    node: &Node,
+    room: &str,
+    p: &Joined,
+    events: &mut SseStream,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    loop {
+        match events.next_event() {
+            Some((name, data)) if name == "offer" => {
+                let v: serde_json::Value = serde_json::from_str(&data).expect("JSON");
+                let sdp = v["sdp"].as_str().expect("sdp").to_owned();
+                let answer = common::sim::answer_as_browser(&sdp, "Rcvr", FINGERPRINT);
+                let r = http(
+                    node.http,
+                    "POST",
+                    &format!("/api/rooms/{room}/participants/{}/subscribe", p.id),
+                    &[
+                        ("Content-Type", "application/sdp"),
+                        ("Authorization", &bearer(&p.token)),
+                    ],
+                    answer.as_bytes(),
+                );
+                assert_eq!(r.status, 204, "{}", r.body);
+                if want(&sdp) {
+                    return sdp;
+                }
+            }
+            Some(_) => {}
+            None => panic!("the event stream ended before the offer"),
+        }
+    }
+}
+
+/// Issue 14's screen sharing at the API: `PUT .../publish` re-offers the publishing
+/// connection with a third section, `?screen=2` naming it a screen; the others get it
+/// (its track id says "screen"); a re-offer without it takes it away again. Before a
+/// publish, or with other ICE credentials, a re-offer is refused.
+#[test]
+fn a_publisher_adds_and_stops_a_shared_screen_by_re_offering() {
+    let node = node();
+    let room = create_room(&node);
+    let a = join(&node, &room, "Ann");
+    let b = join(&node, &room, "Bob");
+    let mut eb = events(&node, &room, &b);
+    let path = format!("/api/rooms/{room}/participants/{}/publish", a.id);
+    let own = bearer(&a.token);
+    let headers = [("Content-Type", "application/sdp"), ("Authorization", &own)];
+    let screen_section = PUBLISH_OFFER
+        .split("m=video")
+        .nth(1)
+        .expect("a video section")
+        .replace("a=mid:1", "a=mid:2");
+    let with_screen =
+        PUBLISH_OFFER.replace("BUNDLE 0 1", "BUNDLE 0 1 2") + "m=video" + &screen_section;
+    let screen = format!("{path}?screen=2");
+    assert_error(
+        &http(node.http, "PUT", &screen, &headers, with_screen.as_bytes()),
+        409,
+    );
+    let r = http(node.http, "POST", &path, &headers, PUBLISH_OFFER.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.body);
+    let first = r.body.clone();
+    offer_where(&node, &room, &b, &mut eb, |sdp| {
+        sdp.contains(&format!("{}-1", a.id))
+    });
+
+    let r = http(node.http, "PUT", &screen, &headers, with_screen.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = &r.body;
+    assert_eq!(answer.matches("m=video").count(), 2, "{answer}");
+    assert!(answer.contains("a=group:BUNDLE 0 1 2"), "{answer}");
+    // The same ICE session, the next version.
+    let line = |sdp: &str, prefix: &str| {
+        sdp.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+    };
+    assert_eq!(line(answer, "a=ice-ufrag:"), line(&first, "a=ice-ufrag:"));
+    let origin = |sdp: &str| {
+        let o = line(sdp, "o=").expect("o=");
+        let parts: Vec<String> = o.split(' ').map(str::to_owned).collect();
+        (parts[1].clone(), parts[2].clone())
+    };
+    assert_eq!(origin(answer).0, origin(&first).0);
+    assert_eq!(
+        (origin(&first).1.as_str(), origin(answer).1.as_str()),
+        ("1", "2")
+    );
+    let screen_track = format!("{}-screen-2", a.id);
+    offer_where(&node, &room, &b, &mut eb, |sdp| sdp.contains(&screen_track));
+
+    // Stopped: the section is inactive in the next re-offer.
+    let stopped = with_screen.replacen("a=mid:2\r\na=sendonly", "a=mid:2\r\na=inactive", 1);
+    assert_ne!(stopped, with_screen);
+    let r = http(node.http, "PUT", &path, &headers, stopped.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    offer_where(&node, &room, &b, &mut eb, |sdp| {
+        !sdp.contains(&screen_track)
+    });
+
+    // A new ICE session is a new publish, not a re-offer.
+    let other_ice = with_screen.replace("a=ice-ufrag:Clnt", "a=ice-ufrag:Othr");
+    assert_error(
+        &http(node.http, "PUT", &screen, &headers, other_ice.as_bytes()),
+        400,
+    );
+    assert_error(&http(node.http, "PUT", &screen, &headers, b"not sdp"), 400);
 }
 
 fn chat(node: &Node, room: &str, p: &Joined, text: &str) -> HttpResponse {

@@ -79,7 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms/{room}/participants", post(rooms::join))
         .route(participant, axum::routing::delete(rooms::leave))
         .route(&format!("{participant}/events"), get(rooms::events))
-        .route(&format!("{participant}/publish"), post(rooms::publish))
+        .route(
+            &format!("{participant}/publish"),
+            post(rooms::publish).put(rooms::republish),
+        )
         .route(&format!("{participant}/subscribe"), post(rooms::subscribe))
         .route(&format!("{participant}/chat"), post(rooms::chat))
         .route(&format!("{participant}/hand"), put(rooms::hand))

@@ -1129,11 +1129,73 @@ pub async fn publish(
             )
                 .into_response()
         }
-        Err(PublishRefusal::AlreadyPublishing) => already_publishing(),
-        Err(PublishRefusal::Full) => error(
+        Err(e) => publish_refused(e),
+    }
+}
+
+fn publish_refused(e: PublishRefusal) -> Response {
+    match e {
+        PublishRefusal::AlreadyPublishing => already_publishing(),
+        PublishRefusal::Full => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the node holds as many media sessions as it can",
         ),
+        PublishRefusal::NotPublishing => error(
+            StatusCode::CONFLICT,
+            "this participant does not publish yet: POST the first offer",
+        ),
+        PublishRefusal::NewTransport => error(
+            StatusCode::BAD_REQUEST,
+            "a re-offer keeps the ICE credentials of the first offer; a new connection \
+             needs a new participant",
+        ),
+    }
+}
+
+/// The query of `PUT .../publish`: `screen`, the mid of a section that carries a
+/// shared screen (given again with every re-offer while it is shared).
+#[derive(serde::Deserialize)]
+pub struct RepublishQuery {
+    screen: Option<String>,
+}
+
+/// `PUT .../participants/{p}/publish` (SDP re-offer of the publishing connection): 200
+/// with our answer. A track added (a shared screen: its mid in `?screen=`) is forwarded
+/// to the room, one stopped is taken from it; the rest goes on.
+pub async fn republish(
+    State(state): State<AppState>,
+    Path((room, participant)): Path<(String, String)>,
+    query: Result<Query<RepublishQuery>, QueryRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let api = &state.rooms;
+    let raw = match sdp_call(api, &room, &participant, &headers, raw) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "the query takes only screen=<mid>");
+    };
+    let offer = match PublishOffer::parse(&raw) {
+        Ok(o) => o,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, &e.to_string());
+        }
+    };
+    let screens: Vec<&str> = query.screen.as_deref().into_iter().collect();
+    match api.media.republish(&room, &participant, &offer, &screens) {
+        Ok(answer) => {
+            api.sync_media(&room);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/sdp")],
+                answer,
+            )
+                .into_response()
+        }
+        Err(e) => publish_refused(e),
     }
 }
 

@@ -586,11 +586,17 @@ impl PublishOffer {
             .filter_map(|s| s.track.as_ref().map(|t| (s.mid.as_str(), t)))
     }
 
-    /// Our answer: ICE-lite, DTLS passive, receiving every accepted track. Its `o=`
-    /// version is 1: a publishing connection is negotiated once (a second publish on a
-    /// participant is refused with 409).
+    /// Our answer: ICE-lite, DTLS passive, receiving every accepted track; `o=`
+    /// version 1.
     pub fn answer(&self, local: &LocalTransport<'_>) -> String {
-        let mut sd = session(local, 1);
+        self.answer_as(local, 1)
+    }
+
+    /// Our answer with `o=` version `version`: a re-offer of the same connection (a
+    /// track added or stopped) is answered under the same session id and the next
+    /// version.
+    pub fn answer_as(&self, local: &LocalTransport<'_>, version: u64) -> String {
+        let mut sd = session(local, version);
         let accepted: Vec<&str> = self.tracks().map(|(mid, _)| mid).collect();
         sd.attributes
             .push(attribute("group", format!("BUNDLE {}", accepted.join(" "))));

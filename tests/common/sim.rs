@@ -875,6 +875,11 @@ fn ice_check(c: &Client, id: u64) -> Vec<u8> {
 /// The answer a browser gives the node's offer: every live m-line received, with the
 /// client's ICE credentials and certificate.
 fn browser_answer(offer: &str, c: &Client) -> String {
+    answer_as_browser(offer, &c.ufrag, &c.fingerprint)
+}
+
+/// [`browser_answer`] for a client of ICE ufrag `ufrag` and certificate `fingerprint`.
+pub fn answer_as_browser(offer: &str, ufrag: &str, fingerprint: &str) -> String {
     let sd = sdp::SessionDescription::unmarshal(&mut Cursor::new(offer.as_bytes()))
         .expect("the node's offer parses");
     let mut body = String::new();
@@ -895,7 +900,7 @@ fn browser_answer(offer: &str, c: &Client) -> String {
         body.push_str(&format!(
             "a=ice-ufrag:{}\r\na=ice-pwd:clientpassword0123456789\r\n\
              a=fingerprint:sha-256 {}\r\na=setup:active\r\na=recvonly\r\na=rtcp-mux\r\n",
-            c.ufrag, c.fingerprint
+            ufrag, fingerprint
         ));
         for a in &m.attributes {
             if matches!(a.key.as_str(), "rtpmap" | "fmtp" | "rtcp-fb" | "extmap") {

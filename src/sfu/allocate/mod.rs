@@ -208,9 +208,24 @@ pub struct Demand {
     pub max_height: Option<u16>,
     /// The publisher is the room's active speaker: its video goes up first.
     pub speaker: bool,
+    /// A shared screen: it goes up before everything else (slides must stay readable).
+    pub screen: bool,
 }
 
+/// Videos are served in this many classes of priority (see [`Demand::priority`]).
+const PRIORITIES: u8 = 3;
+
 impl Demand {
+    /// Its class of priority, 0 first: a shared screen, the active speaker's camera,
+    /// the others.
+    fn priority(&self) -> u8 {
+        match (self.screen, self.speaker) {
+            (true, _) => 0,
+            (false, true) => 1,
+            (false, false) => 2,
+        }
+    }
+
     fn layers(&self) -> Layers {
         let mut active = 0u8;
         for (l, b) in self.bps.iter().enumerate() {
@@ -324,8 +339,9 @@ fn rank(cap: LayerCap) -> u8 {
 /// Shares `budget` (bit/s) among `demands` into `caps` (one each; extra entries of
 /// either are left alone): audio first, each
 /// video's lowest layer in order of priority (what does not fit is paused), then up
-/// layer by layer: the speaker's video to its best first, then the others one step
-/// each in turn, so that everyone gets the middle layer before anyone the top one.
+/// layer by layer: a shared screen to its best first, then the speaker's video, then
+/// the others one step each in turn, so that everyone gets the middle layer before
+/// anyone the top one.
 pub fn allocate(budget: u64, demands: &[Demand], caps: &mut [LayerCap]) {
     let n = demands.len().min(caps.len());
     let (demands, caps) = (&demands[..n], &mut caps[..n]);
@@ -336,14 +352,14 @@ pub fn allocate(budget: u64, demands: &[Demand], caps: &mut [LayerCap]) {
             left = left.saturating_sub(u64::from(d.bps[0]));
         }
     }
-    let videos = |speaker: bool| {
+    let videos = |priority: u8| {
         demands
             .iter()
             .enumerate()
-            .filter(move |(_, d)| !d.audio && d.speaker == speaker)
+            .filter(move |(_, d)| !d.audio && d.priority() == priority)
             .map(|(i, _)| i)
     };
-    for i in videos(true).chain(videos(false)) {
+    for i in (0..PRIORITIES).flat_map(videos) {
         let d = &demands[i];
         let floor = d.floor();
         if floor == LayerCap::Any {
@@ -357,12 +373,12 @@ pub fn allocate(budget: u64, demands: &[Demand], caps: &mut [LayerCap]) {
             caps[i] = LayerCap::Paused;
         }
     }
-    for i in videos(true) {
+    for i in (0..PRIORITIES - 1).flat_map(videos) {
         while step_up(&demands[i], &mut caps[i], &mut left) {}
     }
     loop {
         let mut stepped = false;
-        for i in videos(false) {
+        for i in videos(PRIORITIES - 1) {
             stepped |= step_up(&demands[i], &mut caps[i], &mut left);
         }
         if !stepped {
@@ -660,7 +676,7 @@ impl Allocator {
     }
 
     /// The stream to lift next, one layer, and its cap then: of the streams held below
-    /// their best, the speaker's first, else the one furthest below.
+    /// their best, by priority (a screen, the speaker's), else the one furthest below.
     fn next_step(&self, demands: &[Demand]) -> Option<(usize, LayerCap)> {
         let held = |i: &usize| {
             let d = &demands[*i];
@@ -668,7 +684,7 @@ impl Allocator {
         };
         let i = (0..demands.len())
             .filter(held)
-            .min_by_key(|i| (!demands[*i].speaker, rank(self.caps[*i])))?;
+            .min_by_key(|i| (demands[*i].priority(), rank(self.caps[*i])))?;
         let d = &demands[i];
         let mut cap = self.caps[i];
         if cap == LayerCap::Paused {

@@ -7,6 +7,7 @@ const AUDIO: Demand = Demand {
     heights: [0; MAX_LAYERS],
     max_height: None,
     speaker: false,
+    screen: false,
 };
 /// Chrome's three layers of a 720p camera, about.
 const VIDEO: Demand = Demand {
@@ -16,6 +17,7 @@ const VIDEO: Demand = Demand {
     heights: [180, 360, 720],
     max_height: None,
     speaker: false,
+    screen: false,
 };
 
 fn run(budget: u64, demands: &[Demand]) -> Vec<LayerCap> {
@@ -49,6 +51,39 @@ fn audio_first_then_lowest_layers_then_up_by_priority() {
     // Room for one lowest layer: the speaker's; the other video is paused.
     assert_eq!(run(80_000 + 200_000, &demands), [Paused, Any, UpTo(0), Any]);
     assert_eq!(run(0, &demands), [Paused, Any, Paused, Any]);
+}
+
+/// A shared screen (one layer, as Chrome sends it) goes before the speaker's camera:
+/// its floor first, then to its best, then the cameras.
+#[test]
+fn a_shared_screen_goes_first() {
+    use LayerCap::*;
+    let speaker = Demand {
+        speaker: true,
+        ..VIDEO
+    };
+    let screen = Demand {
+        bps: [1_200_000, 0, 0],
+        heights: [720, 0, 0],
+        screen: true,
+        ..VIDEO
+    };
+    let demands = [VIDEO, speaker, screen, AUDIO];
+    assert_eq!(run(10_000_000, &demands), [Any, Any, Any, Any]);
+    // Room for one video: the screen; both cameras are paused.
+    assert_eq!(
+        run(40_000 + 1_200_000, &demands),
+        [Paused, Paused, Any, Any]
+    );
+    // Then the speaker's camera, then the other one.
+    assert_eq!(
+        run(40_000 + 1_200_000 + 150_000, &demands),
+        [Paused, UpTo(0), Any, Any]
+    );
+    assert_eq!(
+        run(40_000 + 1_200_000 + 300_000, &demands),
+        [UpTo(0), UpTo(0), Any, Any]
+    );
 }
 
 #[test]

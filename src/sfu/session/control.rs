@@ -56,6 +56,11 @@ pub enum PublishRefusal {
     AlreadyPublishing,
     /// [`MAX_SESSIONS`] reached (HTTP 503).
     Full,
+    /// A re-offer for a participant that has no publishing session (HTTP 409).
+    NotPublishing,
+    /// A re-offer with other ICE credentials: a new connection needs a new publish
+    /// (HTTP 400).
+    NewTransport,
 }
 
 /// What the registry holds, under one lock.
@@ -233,8 +238,9 @@ impl MediaSessions {
             return Err(PublishRefusal::Full);
         }
         let local = self.fresh_credentials(&reg);
+        let session_id = self.session_id();
         let answer = offer.answer(&LocalTransport {
-            session_id: self.session_id(),
+            session_id,
             ice: &local,
             fingerprint: self.identity.fingerprint_hex(),
             candidates: &self.candidates,
@@ -260,6 +266,7 @@ impl MediaSessions {
                     .tracks()
                     .filter_map(|(mid, t)| published_media(mid, t))
                     .collect(),
+                answered: Some((session_id, 1)),
                 subscribe: None,
                 twcc: twcc_extension(offer).map(|ext| Box::new(TransportFeedback::new(ext))),
                 dtls_due: None,
@@ -268,6 +275,69 @@ impl MediaSessions {
         });
         reg.by_ufrag.insert(ufrag.clone(), session);
         reg.by_participant.insert(key, ufrag);
+        Ok(answer)
+    }
+
+    /// A re-offer of `participant`'s publishing connection (the same ICE session): a
+    /// track it adds is published (`screens`: the mids that carry a shared screen), one
+    /// it stopped ends; tracks it keeps go on untouched. Returns our answer; the caller
+    /// then brings the room's receivers in line ([`MediaSessions::sync_room`]).
+    pub fn republish(
+        &self,
+        room: &str,
+        participant: &str,
+        offer: &PublishOffer,
+        screens: &[&str],
+    ) -> Result<String, PublishRefusal> {
+        let session = {
+            let reg = self.read();
+            let ufrag = reg
+                .by_participant
+                .get(&(room.to_owned(), participant.to_owned()))
+                .ok_or(PublishRefusal::NotPublishing)?;
+            reg.by_ufrag
+                .get(ufrag)
+                .cloned()
+                .ok_or(PublishRefusal::NotPublishing)?
+        };
+        let mut media = session.media();
+        if media.agent.remote() != Some(&offer.ice) {
+            return Err(PublishRefusal::NewTransport);
+        }
+        let Some((session_id, version)) = media.answered else {
+            return Err(PublishRefusal::NotPublishing);
+        };
+        let offered: Vec<(&str, &PublishedTrack)> = offer.tracks().collect();
+        for t in media.tracks.iter_mut() {
+            t.ended = !offered.iter().any(|(mid, _)| *mid == t.mid);
+            if t.ended {
+                t.outs.clear();
+            }
+        }
+        for (mid, t) in offered {
+            let kept = media.tracks.iter().position(|k| k.mid == mid);
+            if kept.is_some_and(|i| !media.tracks[i].ended) {
+                continue;
+            }
+            let Some(mut new) = published_media(mid, t) else {
+                continue;
+            };
+            new.screen = screens.contains(&mid) && new.codec != CodecName::Opus;
+            match kept {
+                Some(i) => media.tracks[i] = new,
+                None => media.tracks.push(new),
+            }
+        }
+        let answer = offer.answer_as(
+            &LocalTransport {
+                session_id,
+                ice: media.agent.local(),
+                fingerprint: self.identity.fingerprint_hex(),
+                candidates: &self.candidates,
+            },
+            version + 1,
+        );
+        media.answered = Some((session_id, version + 1));
         Ok(answer)
     }
 
@@ -304,13 +374,13 @@ impl MediaSessions {
                 reg.sessions_in(&reg.by_participant, Some(room)).collect();
             (subscribers, publishers)
         };
-        // What each publisher offers: (participant, mid, codec).
-        let mut published: Vec<(String, String, CodecName)> = Vec::new();
+        // What each publisher offers: (participant, mid, codec, a screen).
+        let mut published: Vec<(String, String, CodecName, bool)> = Vec::new();
         for p in &publishers {
             let mut media = p.media();
-            for t in &mut media.tracks {
+            for t in media.tracks.iter_mut().filter(|t| !t.ended) {
                 t.outs.retain(|o| !o.subscriber.is_closed());
-                published.push((p.participant.clone(), t.mid.clone(), t.codec));
+                published.push((p.participant.clone(), t.mid.clone(), t.codec, t.screen));
             }
         }
         let mut offers = Vec::new();
@@ -332,7 +402,9 @@ impl MediaSessions {
             while i < sub.sources.len() {
                 let (mid, from, from_mid) = &sub.sources[i];
                 let live = from != &s.participant
-                    && published.iter().any(|(p, m, _)| p == from && m == from_mid);
+                    && published
+                        .iter()
+                        .any(|(p, m, ..)| p == from && m == from_mid);
                 if live {
                     i += 1;
                     continue;
@@ -343,7 +415,7 @@ impl MediaSessions {
                 removed.push((s.clone(), mid.clone()));
                 sub.sources.swap_remove(i);
             }
-            for (from, from_mid, codec) in &published {
+            for (from, from_mid, codec, screen) in &published {
                 if from == &s.participant
                     || sub
                         .sources
@@ -361,7 +433,12 @@ impl MediaSessions {
                     rtx_ssrc,
                     cname: "confnode".to_owned(),
                     stream_id: from.clone(),
-                    track_id: format!("{from}-{from_mid}"),
+                    // The page tells a shared screen by its track id.
+                    track_id: if *screen {
+                        format!("{from}-screen-{from_mid}")
+                    } else {
+                        format!("{from}-{from_mid}")
+                    },
                 };
                 let Ok(mid) = sub.sdp.add_track(track) else {
                     continue;
@@ -432,6 +509,7 @@ impl MediaSessions {
                             publisher: Arc::downgrade(p),
                             track: index,
                             rtx: true,
+                            screen: t.screen,
                         });
                     }
                     let Some(link) = a.subscriber.link.clone() else {
@@ -524,6 +602,7 @@ impl MediaSessions {
                 dtls_from: None,
                 srtp: None,
                 tracks: Vec::new(),
+                answered: None,
                 twcc: None,
                 dtls_due: None,
                 timer_due: None,
@@ -870,6 +949,8 @@ fn published_media(mid: &str, t: &PublishedTrack) -> Option<PublishedMedia> {
         next_nack: 0,
         meter: LayerMeter::default(),
         rates: Arc::new(LayerRates::default()),
+        ended: false,
+        screen: false,
     })
 }
 

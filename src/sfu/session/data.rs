@@ -512,7 +512,10 @@ pub(super) fn forward_rtp(
     let SessionMedia { tracks, srtp, .. } = media;
     // The track whose layer has the SSRC; else the first that takes the packet (a
     // layer that learns its SSRC from the rid or from its first packet).
-    let known = tracks.iter().position(|t| t.track.layer_of(ssrc).is_some());
+    // A track a re-offer stopped takes nothing.
+    let known = tracks
+        .iter()
+        .position(|t| !t.ended && t.track.layer_of(ssrc).is_some());
     let (index, incoming) = match known {
         Some(i) => match tracks[i].track.receive_parsed(pkt, len, header, now) {
             Ok(incoming) => (i, incoming),
@@ -520,7 +523,7 @@ pub(super) fn forward_rtp(
         },
         None => {
             let mut found = None;
-            for (i, t) in tracks.iter_mut().enumerate() {
+            for (i, t) in tracks.iter_mut().enumerate().filter(|(_, t)| !t.ended) {
                 match t.track.receive_parsed(pkt, len, header, now) {
                     Ok(incoming) => {
                         found = Some((i, incoming));

@@ -160,6 +160,9 @@ pub struct SessionMedia {
     pub srtp: Option<Box<SrtpPair>>,
     /// A publisher's tracks, each with the receivers it is forwarded to.
     pub tracks: Vec<PublishedMedia>,
+    /// A publisher's SDP session: the `o=` id of our answers and the version of the
+    /// last one (each answer to a re-offer takes the next).
+    pub answered: Option<(u64, u64)>,
     /// A receiving session's signalling state (`None` for a publisher).
     pub subscribe: Option<Box<Subscription>>,
     /// A publisher's transport-cc feedback, where its offer negotiated it.
@@ -227,6 +230,13 @@ pub struct PublishedMedia {
     /// allocations.
     pub meter: LayerMeter,
     pub rates: Arc<LayerRates>,
+    /// A re-offer of the publisher stopped the track: it is forwarded to nobody and
+    /// takes no packets. Kept in its place, since receivers' feeds name tracks by index
+    /// (a track that comes back under its mid takes the place again).
+    pub ended: bool,
+    /// A shared screen (its publisher said so): named so to receivers, and first in
+    /// their allocations.
+    pub screen: bool,
 }
 
 impl PublishedMedia {
@@ -281,10 +291,13 @@ pub struct Feed {
     /// Our SSRC of the stream (what the receiver's PLI and NACK name).
     pub ssrc: u32,
     pub publisher: Weak<Session>,
-    /// The track's index in the publisher's tracks (fixed for the session's life).
+    /// The track's index in the publisher's tracks (fixed for the session's life: a
+    /// stopped track keeps its place).
     pub track: usize,
     /// Whether the receiver's answer kept RTX (until it answers: as offered).
     pub rtx: bool,
+    /// A shared screen (first in the allocation).
+    pub screen: bool,
 }
 
 /// A receiving session's m-lines and what feeds them.
@@ -356,6 +369,7 @@ impl Subscription {
                 heights,
                 max_height: self.max_height,
                 speaker: f.publisher.upgrade().is_some_and(|p| p.is_speaking()),
+                screen: f.screen,
             });
         }
         let estimate = self.bwe.congestion_seen().then(|| self.bwe.bps());
