@@ -281,6 +281,15 @@ fn chat_in_chromium() {
     );
 }
 
+/// Issue 14's screen sharing through the reference page (tests/browser/screen.mjs): one
+/// participant shares a screen (Chromium's fake capture), the others play it large
+/// beside the camera; stopping it from the page or from the browser takes it away.
+#[test]
+fn screen_sharing_in_chromium() {
+    let (node, log) = node();
+    run_script("screen.mjs", &node, &log);
+}
+
 /// Every file under `dir`, recursively.
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {

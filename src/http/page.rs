@@ -23,9 +23,10 @@ pub const ICON_SVG: &str = include_str!("page/icon.svg");
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// Camera and microphone for this origin only; nothing else the page does not use.
+/// Camera, microphone and screen sharing for this origin only; nothing else the page
+/// does not use.
 const PERMISSIONS_POLICY: &str =
-    "camera=(self), microphone=(self), display-capture=(), geolocation=(), payment=(), usb=()";
+    "camera=(self), microphone=(self), display-capture=(self), geolocation=(), payment=(), usb=()";
 
 /// One embedded file with its type and validator.
 struct Asset {

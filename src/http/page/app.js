@@ -335,6 +335,11 @@
       if (call && call.active) setAudioOnly(call, !call.audioOnly);
     });
     $("enable-sound").addEventListener("click", enableSound);
+    $("toggle-screen").addEventListener("click", () => {
+      if (!call || !call.active) return;
+      if (call.screen) stopScreen(call);
+      else shareScreen(call);
+    });
     $("toggle-hand").addEventListener("click", () => {
       if (call && call.active) raiseHand(call, !call.hands.has(call.participant));
     });
@@ -456,6 +461,12 @@
       audioOnly: false,
       // Participants with a raised hand (ids).
       hands: new Set(),
+      // This participant's shared screen: { track, transceiver } while sharing.
+      screen: null,
+      // Shared screens shown: participant id → tile.
+      screens: new Map(),
+      // Re-offers of the sending connection, one after the other.
+      renegotiating: Promise.resolve(),
       recvPc: null,
       recvQueue: Promise.resolve(),
       publishing: "starting",
@@ -734,6 +745,9 @@
     for (const id of [...c.tiles.keys()]) {
       if (id !== c.participant && !c.members.has(id)) removeTile(c, id);
     }
+    for (const id of [...c.screens.keys()]) {
+      if (id !== c.participant && !c.members.has(id)) hideScreen(c, id);
+    }
     layout(c);
     markSpeaker(c);
   }
@@ -928,6 +942,7 @@
       if (res.status === 201) {
         await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
         c.publishing = "published";
+        $("toggle-screen").disabled = !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
         return;
       }
       pc.close();
@@ -950,6 +965,131 @@
       c.publishing = "failed";
       notice("media", "Could not send your camera and microphone: " + e.message, "error");
     }
+  }
+
+  // ---- screen sharing ----
+
+  /** Shares a screen or window as a second video of the sending connection: one
+   * layer, kept sharp ("detail"), re-offered to the node with its mid named. */
+  async function shareScreen(c) {
+    const button = $("toggle-screen");
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: false });
+    } catch (e) {
+      if (e && e.name !== "NotAllowedError") notice("screen", "Could not share the screen: " + e.message, "warn", 6000);
+      return;
+    }
+    const track = stream.getVideoTracks()[0];
+    if (!track || !c.active || !c.sendPc || c.screen) {
+      stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    if ("contentHint" in track) track.contentHint = "detail";
+    const transceiver = c.sendPc.addTransceiver(track, {
+      direction: "sendonly",
+      streams: [stream],
+      sendEncodings: [{ maxBitrate: 2_500_000 }],
+    });
+    c.screen = { track, transceiver };
+    // The browser's own "Stop sharing" ends the track.
+    track.addEventListener("ended", () => stopScreen(c));
+    button.setAttribute("aria-pressed", "true");
+    setText(button.querySelector(".label"), "Stop sharing");
+    showScreen(c, c.participant, track);
+    if (!(await renegotiate(c))) stopScreen(c);
+  }
+
+  async function stopScreen(c) {
+    const shared = c.screen;
+    if (!shared) return;
+    c.screen = null;
+    shared.track.stop();
+    const button = $("toggle-screen");
+    button.setAttribute("aria-pressed", "false");
+    setText(button.querySelector(".label"), "Share screen");
+    hideScreen(c, c.participant);
+    if (c.active && c.sendPc && c.sendPc.signalingState !== "closed") {
+      shared.transceiver.stop();
+      await renegotiate(c);
+    }
+  }
+
+  /** Re-offers the sending connection to the node (`PUT .../publish`); false when it
+   * did not take it. */
+  function renegotiate(c) {
+    const run = async () => {
+      const pc = c.sendPc;
+      if (!c.active || !pc || pc.signalingState === "closed") return false;
+      try {
+        await pc.setLocalDescription(await pc.createOffer());
+        const mid = c.screen && c.screen.transceiver.mid;
+        const query = mid ? "?screen=" + encodeURIComponent(mid) : "";
+        const res = await api("PUT", c.base + "/publish" + query, { auth: auth(c), sdp: pc.localDescription.sdp });
+        if (res.status === 200) {
+          await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+          return true;
+        }
+        notice("screen", "The node did not take the change: " + (await errorOf(res)) + ".", "warn", 6000);
+        await pc.setLocalDescription({ type: "rollback" });
+      } catch (e) {
+        notice("screen", "Could not change what you send: " + e.message, "warn", 6000);
+      }
+      return false;
+    };
+    c.renegotiating = c.renegotiating.then(run, run);
+    return c.renegotiating;
+  }
+
+  /** A shared screen's tile (the participant's own too): large, the cameras as a
+   * strip. */
+  function showScreen(c, id, track) {
+    let tile = c.screens.get(id);
+    if (!tile) {
+      tile = makeTile(id, hueClass(id));
+      tile.figure.classList.add("screen");
+      const video = document.createElement("video");
+      video.dataset.participant = id;
+      video.dataset.screen = "1";
+      video.autoplay = true;
+      video.playsInline = true;
+      video.muted = true;
+      tile.figure.querySelector(".media").prepend(video);
+      tile.video = video;
+      c.screens.set(id, tile);
+      $("tiles").append(tile.figure);
+    }
+    tile.track = track;
+    const name = id === c.participant ? "Your screen" : (c.members.get(id) || "Someone") + "'s screen";
+    tile.name(name);
+    tile.video.srcObject = new MediaStream([track]);
+    play(tile.video);
+    layoutScreens(c);
+  }
+
+  function hideScreen(c, id, track) {
+    const tile = c.screens.get(id);
+    if (!tile || (track && tile.track !== track)) return;
+    tile.video.srcObject = null;
+    tile.figure.remove();
+    c.screens.delete(id);
+    layoutScreens(c);
+  }
+
+  function layoutScreens(c) {
+    $("tiles").classList.toggle("presenting", c.screens.size > 0);
+  }
+
+  /** A remote screen track: its own tile, out of the participant's camera stream (a
+   * video element plays one video track of a stream). */
+  function remoteScreen(c, id, stream, track) {
+    stream.removeTrack(track);
+    showScreen(c, id, track);
+    track.addEventListener("mute", () => hideScreen(c, id, track));
+    track.addEventListener("ended", () => hideScreen(c, id, track));
+    track.addEventListener("unmute", () => {
+      if (c.active && c.members.has(id)) showScreen(c, id, track);
+    });
   }
 
   function toggleMic() {
@@ -1010,6 +1150,11 @@
     if (!stream || !c.active) return;
     const id = stream.id;
     c.trackOwner.set(ev.track.id, id);
+    // The node names a shared screen's track "{participant}-screen-{mid}".
+    if (ev.track.kind === "video" && ev.track.id.startsWith(id + "-screen-")) {
+      remoteScreen(c, id, stream, ev.track);
+      return;
+    }
     const tile = ensureTile(c, id);
     if (tile.stream !== stream) {
       tile.stream = stream;
@@ -1079,6 +1224,14 @@
     if (c.events) c.events.close();
     for (const pc of [c.sendPc, c.recvPc]) if (pc) pc.close();
     if (c.local) c.local.getTracks().forEach((t) => t.stop());
+    if (c.screen) c.screen.track.stop();
+    c.screen = null;
+    c.screens.clear();
+    $("tiles").classList.remove("presenting");
+    const share = $("toggle-screen");
+    share.disabled = true;
+    share.setAttribute("aria-pressed", "false");
+    setText(share.querySelector(".label"), "Share screen");
     for (const tile of c.tiles.values()) if (tile.video) tile.video.srcObject = null;
     $("tiles").replaceChildren();
     $("roster").replaceChildren();
@@ -1148,6 +1301,8 @@
         pausedVideos: [...call.pausedVideos],
         audioOnly: call.audioOnly,
         hands: [...call.hands],
+        sharing: call.screen !== null,
+        screens: [...call.screens.keys()],
         sending: call.sendPc ? call.sendPc.connectionState : null,
         receiving: call.recvPc ? call.recvPc.connectionState : null,
       };
@@ -1183,6 +1338,7 @@
           out.inbound.push({
             participant: call.trackOwner.get(s.trackIdentifier) || null,
             kind: s.kind,
+            screen: String(s.trackIdentifier || "").includes("-screen-"),
             mid: s.mid,
             packetsReceived: s.packetsReceived,
             bytesReceived: s.bytesReceived,
