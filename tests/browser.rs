@@ -290,6 +290,17 @@ fn screen_sharing_in_chromium() {
     run_script("screen.mjs", &node, &log);
 }
 
+/// Issue 14's end-to-end encryption through the reference page (tests/browser/e2ee.mjs):
+/// two Chromiums and a Firefox with one key in the link's fragment decode each other;
+/// a page that skips decryption and one with another key decode nothing of them, and
+/// the latter says so.
+#[test]
+fn e2ee_in_chromium_and_firefox() {
+    require_firefox_tools();
+    let (node, log) = node();
+    run_script("e2ee.mjs", &node, &log);
+}
+
 /// Every file under `dir`, recursively.
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {

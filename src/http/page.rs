@@ -18,6 +18,7 @@ pub const INDEX_HTML: &str = include_str!("page/index.html");
 pub const APP_JS: &str = include_str!("page/app.js");
 pub const APP_CSS: &str = include_str!("page/app.css");
 pub const ICON_SVG: &str = include_str!("page/icon.svg");
+pub const E2EE_WORKER_JS: &str = include_str!("page/e2ee-worker.js");
 
 /// Everything from this node only; no plugins, no `<base>`, no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; object-src 'none'; \
@@ -98,8 +99,11 @@ static SCRIPT: LazyLock<Asset> =
     LazyLock::new(|| Asset::new(APP_JS, "text/javascript; charset=utf-8"));
 static STYLE: LazyLock<Asset> = LazyLock::new(|| Asset::new(APP_CSS, "text/css; charset=utf-8"));
 static ICON: LazyLock<Asset> = LazyLock::new(|| Asset::new(ICON_SVG, "image/svg+xml"));
+static E2EE_WORKER: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new(E2EE_WORKER_JS, "text/javascript; charset=utf-8"));
 
-/// The page's routes: `/`, `/r/{room}`, `/app.js`, `/app.css` and `/icon.svg`.
+/// The page's routes: `/`, `/r/{room}`, `/app.js`, `/app.css`, `/icon.svg` and
+/// `/e2ee-worker.js` (the end-to-end encryption of media frames).
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
@@ -107,6 +111,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/app.js", get(script))
         .route("/app.css", get(style))
         .route("/icon.svg", get(icon))
+        .route("/e2ee-worker.js", get(e2ee_worker))
 }
 
 async fn index(headers: HeaderMap) -> Response {
@@ -123,6 +128,10 @@ async fn style(headers: HeaderMap) -> Response {
 
 async fn icon(headers: HeaderMap) -> Response {
     ICON.respond(&headers)
+}
+
+async fn e2ee_worker(headers: HeaderMap) -> Response {
+    E2EE_WORKER.respond(&headers)
 }
 
 #[cfg(test)]

@@ -131,14 +131,17 @@ export async function hostRoom(browser, cfg, screenshot) {
   await page.locator("#created").waitFor({ state: "visible", timeout: 15_000 });
   const room = await page.locator("#created").getAttribute("data-room");
   const link = await page.getByLabel("Room link").inputValue();
-  if (!room || !link.endsWith("/r/" + room)) throw new Error(`room link ${link} does not name room ${room}`);
+  // End-to-end encrypted by default: the key follows "#k=".
+  const [where, fragment] = link.split("#");
+  if (!room || !where.endsWith("/r/" + room)) throw new Error(`room link ${link} does not name room ${room}`);
+  if (!/^k=[A-Za-z0-9_-]{43}$/.test(fragment || "")) throw new Error(`room link ${link} carries no key`);
   await page.getByRole("button", { name: "Copy link" }).click();
   await page.getByText("Link copied.").waitFor({ timeout: 5_000 });
   const copied = await page.evaluate(() => navigator.clipboard.readText());
   if (copied !== link) throw new Error(`copied ${JSON.stringify(copied)}, not the link ${link}`);
   if (screenshot) await page.screenshot({ path: join(cfg.shots, screenshot), fullPage: true });
   assertNoProblems(ctx);
-  return { room, ctx, page, label: "host" };
+  return { room, ctx, page, label: "host", link };
 }
 
 /** Opens the room view with `query` (e.g. "name=Alice&autojoin=1") in a fresh context. */

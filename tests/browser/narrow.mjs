@@ -4,7 +4,8 @@
 // address.
 //
 // Alice and Bob join in a Chromium on the node's side, Carol in one inside the
-// namespace: everything the node sends Carol crosses the narrow link.
+// namespace: everything the node sends Carol crosses the narrow link. All three are
+// end to end encrypted (one key in the links' fragment), as the host's links are.
 //   - From her transport-cc feedback the node finds her link's limit: a video settles
 //     on its lowest layer (≤ 180 lines) for Carol and keeps playing (frames decoded, no
 //     freeze longer than a second over 10 s); the other one does too, or is paused and
@@ -16,6 +17,7 @@
 // CONFNODE_LIFT (the shell command that lifts the cap).
 
 import { execSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { assertNoProblems, config, createRoom, env, joined, launch, openRoom, sleep, step, waitFor, waitRoster } from "./lib.mjs";
 
 const cfg = config();
@@ -35,13 +37,19 @@ async function video(p, from) {
 }
 
 const room = await createRoom(wide, cfg, null);
-const alice = await openRoom(wide, cfg, room, "Alice", "name=Alice&autojoin=1");
-const bob = await openRoom(wide, cfg, room, "Bob", "name=Bob&autojoin=1");
-const carol = await openRoom(narrow, cfg, room, "Carol", "name=Carol&autojoin=1");
+// End to end encrypted, as the host's links are: the node switches layers on frames it
+// cannot read (their VP8 payload headers stay in the clear).
+const key = `#k=${randomBytes(32).toString("base64url")}`;
+const alice = await openRoom(wide, cfg, room, "Alice", "name=Alice&autojoin=1" + key);
+const bob = await openRoom(wide, cfg, room, "Bob", "name=Bob&autojoin=1" + key);
+const carol = await openRoom(narrow, cfg, room, "Carol", "name=Carol&autojoin=1" + key);
 const people = [alice, bob, carol];
 for (const p of people) p.id = await joined(p);
+for (const p of people) {
+  if (!(await p.page.evaluate(() => window.confnode.state().e2ee))) throw new Error(`${p.label}: not encrypting`);
+}
 for (const p of people) for (const q of people) await waitRoster(p, q.label, true);
-step(`three joined ${room}; Carol behind 400 kbit/s`);
+step(`three joined ${room}, end to end encrypted; Carol behind 400 kbit/s`);
 
 await waitFor("Bob: Alice's video at ≥ 540 lines", 30_000, async () => {
   const v = await video(bob, alice);

@@ -53,6 +53,21 @@
     return btoa(binary);
   }
 
+  /** Bytes as unpadded base64url. */
+  function base64url(bytes) {
+    let binary = "";
+    for (const b of bytes) binary += String.fromCharCode(b);
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  /** The 32-byte key of a room link's fragment (`#k=...`), or null. */
+  function linkKey() {
+    const m = /^#(?:.*&)?k=([A-Za-z0-9_-]{43})(?:&|$)/.exec(location.hash);
+    if (!m) return null;
+    const binary = atob(m[1].replace(/-/g, "+").replace(/_/g, "/") + "=");
+    return Uint8Array.from(binary, (ch) => ch.charCodeAt(0));
+  }
+
   function initials(name) {
     const words = (name || "").trim().split(/\s+/).filter(Boolean);
     if (words.length === 0) return "?";
@@ -257,10 +272,16 @@
 
     function created(room) {
       manage(room.room);
-      const link = $("room-link");
-      link.value = room.url;
+      // A fresh end-to-end key per room, only in the link's fragment.
+      const key = base64url(crypto.getRandomValues(new Uint8Array(32)));
+      const showLink = () => {
+        const fragment = $("e2ee-link").checked ? "#k=" + key : "";
+        $("room-link").value = room.url + fragment;
+        $("open-room").href = "/r/" + encodeURIComponent(room.room) + fragment;
+      };
+      $("e2ee-link").onchange = showLink;
+      showLink();
       $("created").dataset.room = room.room;
-      $("open-room").href = "/r/" + encodeURIComponent(room.room);
       const expires = new Date(room.expires_at);
       setText(
         $("room-expiry"),
@@ -315,6 +336,9 @@
       relay: params.get("relay") === "1",
       maxHeight: Number.parseInt(params.get("maxHeight") || "", 10),
       audioOnly: params.get("audioOnly") === "1",
+      // End to end encrypted when the link carries a key; `e2ee=off` skips it (for
+      // tests: the node's view of the media).
+      key: params.get("e2ee") === "off" ? null : linkKey(),
     };
     const nameField = $("display-name");
     if (params.has("name")) nameField.value = params.get("name");
@@ -355,7 +379,7 @@
       }
     });
     $("copy-link").addEventListener("click", async () => {
-      const link = location.origin + "/r/" + encodeURIComponent(room);
+      const link = location.origin + "/r/" + encodeURIComponent(room) + (options.key ? location.hash : "");
       const ok = await copyText(link, null);
       notice("copy", ok ? "Room link copied." : "Copy this link: " + link, "info", 4000);
     });
@@ -467,6 +491,10 @@
       screens: new Map(),
       // Re-offers of the sending connection, one after the other.
       renegotiating: Promise.resolve(),
+      // End-to-end encryption: the worker that seals and opens frames, or null.
+      e2ee: null,
+      // Senders whose frames do not decrypt with this link's key (ids).
+      undecryptable: new Set(),
       recvPc: null,
       recvQueue: Promise.resolve(),
       publishing: "starting",
@@ -475,6 +503,7 @@
     show($("join-panel"), false);
     show($("left-panel"), false);
     show($("call"), true);
+    if (options.key) await startE2ee(c, options.key);
     $("chat-log").replaceChildren();
     show($("chat-empty"), true);
     show($("chat-error"), false);
@@ -917,13 +946,14 @@
   async function publish(c, audio, video) {
     const pc = new RTCPeerConnection(pcConfig(c));
     c.sendPc = pc;
-    if (audio) pc.addTransceiver(audio, { direction: "sendonly", streams: [c.local] });
+    if (audio) seal(c, pc.addTransceiver(audio, { direction: "sendonly", streams: [c.local] }));
     if (video) {
-      pc.addTransceiver(video, {
+      const t = pc.addTransceiver(video, {
         direction: "sendonly",
         streams: [c.local],
         sendEncodings: SIMULCAST.map((e) => ({ ...e })),
       });
+      seal(c, t);
     }
     pc.addEventListener("connectionstatechange", () => {
       if (!c.active || c.sendPc !== pc) return;
@@ -967,6 +997,64 @@
     }
   }
 
+  // ---- end-to-end encryption ----
+
+  /** Starts the frame worker with the link's key. Without the browser API the call
+   * goes on unencrypted, and the page says so. */
+  async function startE2ee(c, raw) {
+    if (!window.RTCRtpScriptTransform || !window.crypto || !crypto.subtle) {
+      notice(
+        "e2ee",
+        "This browser cannot encrypt end to end: the others cannot see or hear you, and you them. Ask the host for a link without encryption.",
+        "error"
+      );
+      return;
+    }
+    const key = await crypto.subtle.importKey("raw", raw, "AES-GCM", false, ["encrypt", "decrypt"]);
+    const worker = new Worker("/e2ee-worker.js");
+    worker.postMessage({ key });
+    worker.addEventListener("message", (ev) => {
+      const d = ev.data;
+      if (!d || typeof d.participant !== "string" || call !== c) return;
+      if (d.decrypted) c.undecryptable.delete(d.participant);
+      else c.undecryptable.add(d.participant);
+      markUndecryptable(c);
+    });
+    c.e2ee = { worker };
+  }
+
+  /** Encrypts what a transceiver sends. */
+  function seal(c, transceiver) {
+    if (c.e2ee) transceiver.sender.transform = new RTCRtpScriptTransform(c.e2ee.worker, { operation: "encrypt" });
+  }
+
+  /** Decrypts what a receiver gets from `participant`. */
+  function unseal(c, receiver, participant) {
+    if (!c.e2ee) return;
+    try {
+      receiver.transform = new RTCRtpScriptTransform(c.e2ee.worker, { operation: "decrypt", participant });
+    } catch (e) {
+      notice("e2ee", "Could not decrypt a stream: " + e.message, "warn", 6000);
+    }
+  }
+
+  /** Says so on the tiles of senders whose frames do not decrypt: another key. */
+  function markUndecryptable(c) {
+    for (const [id, tile] of [...c.tiles, ...c.screens]) {
+      const wrong = c.undecryptable.has(id);
+      tile.figure.classList.toggle("wrong-key", wrong);
+      let label = tile.figure.querySelector(".key-state");
+      if (wrong && !label) {
+        label = document.createElement("p");
+        label.className = "key-state";
+        setText(label, "Cannot decrypt: this link's key differs from theirs");
+        tile.figure.append(label);
+      } else if (!wrong && label) {
+        label.remove();
+      }
+    }
+  }
+
   // ---- screen sharing ----
 
   /** Shares a screen or window as a second video of the sending connection: one
@@ -991,6 +1079,7 @@
       streams: [stream],
       sendEncodings: [{ maxBitrate: 2_500_000 }],
     });
+    seal(c, transceiver);
     c.screen = { track, transceiver };
     // The browser's own "Stop sharing" ends the track.
     track.addEventListener("ended", () => stopScreen(c));
@@ -1150,6 +1239,7 @@
     if (!stream || !c.active) return;
     const id = stream.id;
     c.trackOwner.set(ev.track.id, id);
+    unseal(c, ev.receiver, id);
     // The node names a shared screen's track "{participant}-screen-{mid}".
     if (ev.track.kind === "video" && ev.track.id.startsWith(id + "-screen-")) {
       remoteScreen(c, id, stream, ev.track);
@@ -1225,6 +1315,7 @@
     for (const pc of [c.sendPc, c.recvPc]) if (pc) pc.close();
     if (c.local) c.local.getTracks().forEach((t) => t.stop());
     if (c.screen) c.screen.track.stop();
+    if (c.e2ee) c.e2ee.worker.terminate();
     c.screen = null;
     c.screens.clear();
     $("tiles").classList.remove("presenting");
@@ -1302,6 +1393,8 @@
         audioOnly: call.audioOnly,
         hands: [...call.hands],
         sharing: call.screen !== null,
+        e2ee: call.e2ee !== null,
+        undecryptable: [...call.undecryptable],
         screens: [...call.screens.keys()],
         sending: call.sendPc ? call.sendPc.connectionState : null,
         receiving: call.recvPc ? call.recvPc.connectionState : null,
