@@ -33,8 +33,8 @@ pub const DETACHED_GRACE_SECS: u64 = 60;
 pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
 /// Longest chat message, in characters, after trimming.
 pub const MAX_CHAT_CHARS: usize = 2_000;
-/// Chat messages one participant may send per [`CHAT_WINDOW_SECS`]: a quick exchange
-/// fits, a flood that would fill everyone's event stream does not.
+/// Chat messages and hand changes one participant may send per [`CHAT_WINDOW_SECS`]:
+/// a quick exchange fits, a flood that would fill everyone's event stream does not.
 pub const CHAT_PER_WINDOW: u32 = 10;
 pub const CHAT_WINDOW_SECS: u64 = 10;
 
@@ -85,7 +85,8 @@ pub enum RoomError {
     Locked,
     /// The room belongs to another host (403).
     NotYourRoom,
-    /// The participant sent [`CHAT_PER_WINDOW`] chat messages in this window (429).
+    /// The participant sent [`CHAT_PER_WINDOW`] chat messages or hand changes in this
+    /// window (429).
     ChatTooFast,
 }
 
@@ -99,7 +100,7 @@ impl RoomError {
             RoomError::TooManyRooms => "too many open rooms; delete one first",
             RoomError::Locked => "the room is locked: its host lets nobody new in",
             RoomError::NotYourRoom => "this room belongs to another host",
-            RoomError::ChatTooFast => "too many chat messages; wait a few seconds",
+            RoomError::ChatTooFast => "too many chat messages or hand changes; wait a few seconds",
         }
     }
 }
@@ -270,11 +271,27 @@ struct Participant {
     token_hash: [u8; 32],
     preferences: Preferences,
     hand_raised: bool,
-    /// The start of the participant's chat window and the messages sent in it.
+    /// The start of the participant's chat window and the messages and hand changes
+    /// sent in it.
     chat_window: (u64, u32),
     streams: Vec<StreamId>,
     /// When the last stream ended (or the join, before the first one).
     detached_since: Option<u64>,
+}
+
+impl Participant {
+    /// Counts one chat message or hand change against [`CHAT_PER_WINDOW`].
+    fn count_said(&mut self, now: u64) -> Result<(), RoomError> {
+        let (start, sent) = &mut self.chat_window;
+        if now >= start.saturating_add(CHAT_WINDOW_SECS) {
+            (*start, *sent) = (now, 0);
+        }
+        if *sent >= CHAT_PER_WINDOW {
+            return Err(RoomError::ChatTooFast);
+        }
+        *sent += 1;
+        Ok(())
+    }
 }
 
 struct Room {
@@ -641,17 +658,9 @@ impl Rooms {
         now: u64,
     ) -> Result<Effects, RoomError> {
         let r = self.live_mut(room, now)?;
-        let p = r
-            .participant_mut(participant)
-            .ok_or(RoomError::NoParticipant)?;
-        let (start, sent) = &mut p.chat_window;
-        if now >= start.saturating_add(CHAT_WINDOW_SECS) {
-            (*start, *sent) = (now, 0);
-        }
-        if *sent >= CHAT_PER_WINDOW {
-            return Err(RoomError::ChatTooFast);
-        }
-        *sent += 1;
+        r.participant_mut(participant)
+            .ok_or(RoomError::NoParticipant)?
+            .count_said(now)?;
         let message = Event::Chat(ChatMessage {
             participant: participant.to_owned(),
             text: text.into(),
@@ -663,7 +672,8 @@ impl Rooms {
     }
 
     /// A participant (after [`Rooms::authenticate`]) raises or lowers a hand: every
-    /// stream in the room hears `hand`, and rosters show it from now on.
+    /// stream in the room hears `hand`, and rosters show it from now on. Counted with
+    /// the chat messages ([`CHAT_PER_WINDOW`]).
     pub fn raise_hand(
         &mut self,
         room: &str,
@@ -672,9 +682,11 @@ impl Rooms {
         now: u64,
     ) -> Result<Effects, RoomError> {
         let r = self.live_mut(room, now)?;
-        r.participant_mut(participant)
-            .ok_or(RoomError::NoParticipant)?
-            .hand_raised = raised;
+        let p = r
+            .participant_mut(participant)
+            .ok_or(RoomError::NoParticipant)?;
+        p.count_said(now)?;
+        p.hand_raised = raised;
         let hand = Event::Hand(participant.to_owned(), raised);
         Ok(Effects {
             notices: r.all_streams().map(|s| (s, hand.clone())).collect(),
@@ -1418,5 +1430,18 @@ mod tests {
         r.raise_hand(&room, &ann.participant, false, T0)
             .expect("lowered");
         assert_eq!(hands(&r), [false, false, false]);
+        // Hand changes count with chat messages: a flood of either is held back.
+        for _ in 2..CHAT_PER_WINDOW {
+            r.raise_hand(&room, &ann.participant, true, T0 + 1)
+                .expect("within the window");
+        }
+        assert_eq!(
+            r.raise_hand(&room, &ann.participant, false, T0 + 1).err(),
+            Some(RoomError::ChatTooFast)
+        );
+        assert_eq!(
+            r.chat(&room, &ann.participant, "x".into(), T0 + 1).err(),
+            Some(RoomError::ChatTooFast)
+        );
     }
 }

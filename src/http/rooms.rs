@@ -39,7 +39,7 @@ use crate::rooms::{
     validate_display_name,
 };
 use crate::sfu::sdp::PublishOffer;
-use crate::sfu::session::{MediaSessions, PublishRefusal};
+use crate::sfu::session::{MediaSessions, PublishRefusal, REOFFER_WINDOW_MS};
 use crate::sfu::speaker::{Loudness, Speakers};
 use crate::store::{HostKey, RedbStore, RoomStore, StoredRoom};
 
@@ -1144,6 +1144,10 @@ fn publish_refused(e: PublishRefusal) -> Response {
             StatusCode::CONFLICT,
             "this participant does not publish yet: POST the first offer",
         ),
+        PublishRefusal::TooManyReoffers => too_many(
+            REOFFER_WINDOW_MS / 1000,
+            "too many re-offers; wait a few seconds",
+        ),
         PublishRefusal::NewTransport => error(
             StatusCode::BAD_REQUEST,
             "a re-offer keeps the ICE credentials of the first offer; a new connection \
@@ -1185,7 +1189,10 @@ pub async fn republish(
         }
     };
     let screens: Vec<&str> = query.screen.as_deref().into_iter().collect();
-    match api.media.republish(&room, &participant, &offer, &screens) {
+    match api
+        .media
+        .republish(&room, &participant, &offer, &screens, api.media_now_ms())
+    {
         Ok(answer) => {
             api.sync_media(&room);
             (
@@ -1389,6 +1396,7 @@ pub async fn hand(
             hub.apply(effects);
             StatusCode::NO_CONTENT.into_response()
         }
+        Err(RoomError::ChatTooFast) => too_many(CHAT_WINDOW_SECS, RoomError::ChatTooFast.message()),
         Err(e) => room_error(e),
     }
 }

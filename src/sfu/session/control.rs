@@ -61,7 +61,15 @@ pub enum PublishRefusal {
     /// A re-offer with other ICE credentials: a new connection needs a new publish
     /// (HTTP 400).
     NewTransport,
+    /// Over [`REOFFERS_PER_WINDOW`] re-offers in [`REOFFER_WINDOW_MS`] (HTTP 429):
+    /// each one that changes the tracks renegotiates every receiver in the room.
+    TooManyReoffers,
 }
+
+/// Re-offers one publisher may make per window: sharing a screen and stopping it a
+/// few times over, not a stream of renegotiations for everyone else.
+pub const REOFFERS_PER_WINDOW: u32 = 10;
+pub const REOFFER_WINDOW_MS: u64 = 10_000;
 
 /// What the registry holds, under one lock.
 #[derive(Default)]
@@ -267,6 +275,7 @@ impl MediaSessions {
                     .filter_map(|(mid, t)| published_media(mid, t))
                     .collect(),
                 answered: Some((session_id, 1)),
+                reoffers: (now_ms, 0),
                 subscribe: None,
                 twcc: twcc_extension(offer).map(|ext| Box::new(TransportFeedback::new(ext))),
                 dtls_due: None,
@@ -288,6 +297,7 @@ impl MediaSessions {
         participant: &str,
         offer: &PublishOffer,
         screens: &[&str],
+        now_ms: u64,
     ) -> Result<String, PublishRefusal> {
         let session = {
             let reg = self.read();
@@ -307,6 +317,14 @@ impl MediaSessions {
         let Some((session_id, version)) = media.answered else {
             return Err(PublishRefusal::NotPublishing);
         };
+        let (start, count) = &mut media.reoffers;
+        if now_ms >= start.saturating_add(REOFFER_WINDOW_MS) {
+            (*start, *count) = (now_ms, 0);
+        }
+        if *count >= REOFFERS_PER_WINDOW {
+            return Err(PublishRefusal::TooManyReoffers);
+        }
+        *count += 1;
         let offered: Vec<(&str, &PublishedTrack)> = offer.tracks().collect();
         for t in media.tracks.iter_mut() {
             t.ended = !offered.iter().any(|(mid, _)| *mid == t.mid);
@@ -323,7 +341,10 @@ impl MediaSessions {
                 continue;
             };
             new.screen = screens.contains(&mid) && new.codec != CodecName::Opus;
-            match kept {
+            // Its own place if it had one, else the first a stopped track left: the
+            // list stays as long as the most tracks live at once (an offer's sections
+            // are bounded), however often tracks come and go.
+            match kept.or_else(|| media.tracks.iter().position(|t| t.ended)) {
                 Some(i) => media.tracks[i] = new,
                 None => media.tracks.push(new),
             }
@@ -603,6 +624,7 @@ impl MediaSessions {
                 srtp: None,
                 tracks: Vec::new(),
                 answered: None,
+                reoffers: (now_ms, 0),
                 twcc: None,
                 dtls_due: None,
                 timer_due: None,

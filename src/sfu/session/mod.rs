@@ -105,7 +105,7 @@ mod data;
 #[cfg(test)]
 mod tests;
 
-pub use control::{MediaSessions, PublishRefusal};
+pub use control::{MediaSessions, PublishRefusal, REOFFER_WINDOW_MS, REOFFERS_PER_WINDOW};
 pub use data::{CheckVerdict, ForwardCounts, MediaVerdict, SessionCache};
 
 /// Sessions on the node at once (one per publishing participant for now).
@@ -163,6 +163,9 @@ pub struct SessionMedia {
     /// A publisher's SDP session: the `o=` id of our answers and the version of the
     /// last one (each answer to a re-offer takes the next).
     pub answered: Option<(u64, u64)>,
+    /// A publisher's re-offers: when its window began (ms on the shared clock) and how
+    /// many it made in it.
+    pub reoffers: (u64, u32),
     /// A receiving session's signalling state (`None` for a publisher).
     pub subscribe: Option<Box<Subscription>>,
     /// A publisher's transport-cc feedback, where its offer negotiated it.

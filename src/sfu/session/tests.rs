@@ -737,3 +737,80 @@ fn paused_videos_are_listed_by_receiver_and_publisher() {
     cap.set(crate::sfu::simulcast::LayerCap::UpTo(0));
     assert!(s.paused_videos().is_empty());
 }
+
+/// `OFFER` with a video section of mid `mid` besides its audio, or without it.
+fn reoffer(mid: Option<&str>) -> PublishOffer {
+    let mut sdp = OFFER.to_owned();
+    if let Some(mid) = mid {
+        sdp = sdp.replace("BUNDLE 0", &format!("BUNDLE 0 {mid}"));
+        sdp.push_str(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+             c=IN IP4 0.0.0.0\r\n\
+             a=mid:{mid}\r\n\
+             a=sendonly\r\n\
+             a=rtcp-mux\r\n\
+             a=rtpmap:96 VP8/90000\r\n"
+        ));
+    }
+    PublishOffer::parse(sdp.as_bytes()).unwrap()
+}
+
+/// Re-offers that add and stop tracks under ever new mids keep the publisher's track
+/// list as long as the most tracks live at once, and a flood of them is refused.
+#[test]
+fn reoffers_reuse_stopped_places_and_are_bounded() {
+    let s = sessions();
+    let offer = PublishOffer::parse(OFFER.as_bytes()).unwrap();
+    let answer = s.publish("room", "p1", &offer, 0).unwrap();
+    let session = s.lookup(ice_line(&answer, "ice-ufrag").as_bytes()).unwrap();
+    let mut now = 0;
+    for i in 1..=6 {
+        let mid = format!("v{i}");
+        now += REOFFER_WINDOW_MS;
+        let answer = s
+            .republish("room", "p1", &reoffer(Some(&mid)), &[mid.as_str()], now)
+            .unwrap();
+        assert!(answer.contains(&format!("a=mid:{mid}")), "{answer}");
+        let media = session.media();
+        let live: Vec<&str> = media
+            .tracks
+            .iter()
+            .filter(|t| !t.ended)
+            .map(|t| t.mid.as_str())
+            .collect();
+        assert_eq!(live, ["0", mid.as_str()]);
+        assert!(media.tracks.iter().any(|t| t.screen && t.mid == mid));
+        assert_eq!(
+            media.tracks.len(),
+            2,
+            "a stopped track's place is taken again"
+        );
+        drop(media);
+        s.republish("room", "p1", &reoffer(None), &[], now).unwrap();
+        assert!(session.media().tracks.iter().any(|t| t.ended));
+    }
+    // Ten per window, then 429 until the window turns.
+    now += REOFFER_WINDOW_MS;
+    for _ in 0..REOFFERS_PER_WINDOW {
+        s.republish("room", "p1", &reoffer(None), &[], now).unwrap();
+    }
+    assert_eq!(
+        s.republish("room", "p1", &reoffer(None), &[], now + 1),
+        Err(PublishRefusal::TooManyReoffers)
+    );
+    assert!(
+        s.republish("room", "p1", &reoffer(None), &[], now + REOFFER_WINDOW_MS)
+            .is_ok()
+    );
+    // Other ICE credentials, or nobody publishing.
+    let other = OFFER.replace("a=ice-ufrag:Clnt", "a=ice-ufrag:Othr");
+    let other = PublishOffer::parse(other.as_bytes()).unwrap();
+    assert_eq!(
+        s.republish("room", "p1", &other, &[], now + REOFFER_WINDOW_MS),
+        Err(PublishRefusal::NewTransport)
+    );
+    assert_eq!(
+        s.republish("room", "p2", &offer, &[], now),
+        Err(PublishRefusal::NotPublishing)
+    );
+}
