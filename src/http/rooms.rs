@@ -1108,12 +1108,9 @@ pub async fn publish(
     if api.media.is_publishing(&room, &participant) {
         return already_publishing();
     }
-    let offer = match PublishOffer::parse(&raw) {
+    let offer = match parse_offer(&raw) {
         Ok(o) => o,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return error(status, &e.to_string());
-        }
+        Err(r) => return *r,
     };
     match api
         .media
@@ -1131,6 +1128,14 @@ pub async fn publish(
         }
         Err(e) => publish_refused(e),
     }
+}
+
+/// A publisher's offer, or the error answer that says what is wrong with it.
+fn parse_offer(raw: &[u8]) -> Result<PublishOffer, Refused> {
+    PublishOffer::parse(raw).map_err(|e| {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        Box::new(error(status, &e.to_string()))
+    })
 }
 
 fn publish_refused(e: PublishRefusal) -> Response {
@@ -1181,12 +1186,9 @@ pub async fn republish(
     let Ok(Query(query)) = query else {
         return error(StatusCode::BAD_REQUEST, "the query takes only screen=<mid>");
     };
-    let offer = match PublishOffer::parse(&raw) {
+    let offer = match parse_offer(&raw) {
         Ok(o) => o,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return error(status, &e.to_string());
-        }
+        Err(r) => return *r,
     };
     let screens: Vec<&str> = query.screen.as_deref().into_iter().collect();
     match api
@@ -1352,7 +1354,15 @@ pub async fn chat(
     };
     // Taken and delivered under one lock: every stream gets the room's order.
     let mut hub = api.hub();
-    match hub.rooms.chat(&room, &participant, text, unix_now()) {
+    let told = hub.rooms.chat(&room, &participant, text, unix_now());
+    tell_room(&mut hub, told)
+}
+
+/// 204 once a participant's message is delivered to the room (under the hub's lock:
+/// every stream gets the room's order), or why not (429 with `Retry-After` when they
+/// say too much).
+fn tell_room(hub: &mut Hub, told: Result<Effects, RoomError>) -> Response {
+    match told {
         Ok(effects) => {
             hub.apply(effects);
             StatusCode::NO_CONTENT.into_response()
@@ -1388,17 +1398,10 @@ pub async fn hand(
         );
     };
     let mut hub = api.hub();
-    match hub
+    let told = hub
         .rooms
-        .raise_hand(&room, &participant, raised, unix_now())
-    {
-        Ok(effects) => {
-            hub.apply(effects);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(RoomError::ChatTooFast) => too_many(CHAT_WINDOW_SECS, RoomError::ChatTooFast.message()),
-        Err(e) => room_error(e),
-    }
+        .raise_hand(&room, &participant, raised, unix_now());
+    tell_room(&mut hub, told)
 }
 
 #[cfg(test)]
