@@ -272,9 +272,11 @@ pub struct Metrics {
     /// `http.max_connections_per_ip`.
     pub http_refused: Counter,
     /// Rooms the node holds (those in use and those waiting for their link), and
-    /// participants in them; set every second.
+    /// participants in them, and the SFU's media sessions (publishing and receiving);
+    /// set every second.
     pub rooms: Gauge,
     pub participants: Gauge,
+    pub media_sessions: Gauge,
 }
 
 /// The counters of one transport, cloned into each worker or connection task.
@@ -306,7 +308,13 @@ impl Metrics {
         let http_refused = Counter::default();
         let rooms = Gauge::default();
         let participants = Gauge::default();
+        let media_sessions = Gauge::default();
         registry.register("rooms", "Rooms held (in use or not)", rooms.clone());
+        registry.register(
+            "media_sessions",
+            "SFU media sessions held (publishing and receiving)",
+            media_sessions.clone(),
+        );
         registry.register(
             "participants",
             "Participants in rooms",
@@ -358,6 +366,7 @@ impl Metrics {
             http_refused,
             rooms,
             participants,
+            media_sessions,
         };
         // Create every series up front so scrapers see zeros, not missing series.
         for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {

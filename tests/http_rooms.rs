@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::{
-    BIN, HttpResponse, Joined, Node, NodeOutput, SseStream, basic_auth, cheap_hash, free_port,
-    http, http_get, join, run_with_timeout, turn_allocate, unix_now,
+    BIN, HttpResponse, Joined, Node, NodeOutput, PUBLISH_OFFER, SseStream, basic_auth, cheap_hash,
+    free_port, http, http_get, join, run_with_timeout, turn_allocate, unix_now,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -852,35 +852,6 @@ fn publish_and_subscribe_validate_their_sdp_bodies() {
 
 /// The certificate fingerprint of the offers and answers here.
 const FINGERPRINT: &str = "6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC";
-
-/// A Chrome-like publisher offer: Opus and VP8 with RTX, bundled, rtcp-mux.
-const PUBLISH_OFFER: &str = "v=0\r\n\
-o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
-s=-\r\n\
-t=0 0\r\n\
-a=group:BUNDLE 0 1\r\n\
-m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
-c=IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:Clnt\r\n\
-a=ice-pwd:clientpassword0123456789\r\n\
-a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC\r\n\
-a=setup:actpass\r\n\
-a=mid:0\r\n\
-a=sendonly\r\n\
-a=rtcp-mux\r\n\
-a=rtpmap:111 opus/48000/2\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n\
-c=IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:Clnt\r\n\
-a=ice-pwd:clientpassword0123456789\r\n\
-a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:A6:BC\r\n\
-a=setup:actpass\r\n\
-a=mid:1\r\n\
-a=sendonly\r\n\
-a=rtcp-mux\r\n\
-a=rtpmap:96 VP8/90000\r\n\
-a=rtpmap:97 rtx/90000\r\n\
-a=fmtp:97 apt=96\r\n";
 
 #[test]
 fn publish_answers_sdp_once() {

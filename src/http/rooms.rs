@@ -280,6 +280,7 @@ impl RoomsApi {
                     .participants
                     .set(hub.rooms.participants_total() as i64);
             }
+            metrics.media_sessions.set(api.media.len() as i64);
             ticks += 1;
             if ticks % ROOM_SWEEP_TICKS == 0 {
                 let mut hub = api.hub();
