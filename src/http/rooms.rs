@@ -1092,6 +1092,18 @@ fn sdp_call(
     Ok(raw)
 }
 
+/// A participant's own call with a JSON body: the body, or the answer to refuse with.
+fn json_call(
+    api: &RoomsApi,
+    room: &str,
+    participant: &str,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Refused> {
+    authenticate(api, room, participant, headers)?;
+    json_body(headers, raw)
+}
+
 /// `POST .../participants/{p}/publish` (SDP offer, WHIP-like): 201 with our SDP
 /// answer; the participant's media session is registered under our ICE ufrag, so the
 /// data plane answers its connectivity checks. A second publish is refused (409).
@@ -1289,10 +1301,7 @@ pub async fn preferences(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = &state.rooms;
-    if let Err(r) = authenticate(api, &room, &participant, &headers) {
-        return *r;
-    }
-    let raw = match json_body(&headers, raw) {
+    let raw = match json_call(api, &room, &participant, &headers, raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -1333,10 +1342,7 @@ pub async fn chat(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = &state.rooms;
-    if let Err(r) = authenticate(api, &room, &participant, &headers) {
-        return *r;
-    }
-    let raw = match json_body(&headers, raw) {
+    let raw = match json_call(api, &room, &participant, &headers, raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -1382,10 +1388,7 @@ pub async fn hand(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = &state.rooms;
-    if let Err(r) = authenticate(api, &room, &participant, &headers) {
-        return *r;
-    }
-    let raw = match json_body(&headers, raw) {
+    let raw = match json_call(api, &room, &participant, &headers, raw) {
         Ok(b) => b,
         Err(r) => return *r,
     };

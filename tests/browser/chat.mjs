@@ -10,18 +10,12 @@
 // tests/browser.rs then checks that no message text is in the node's log or files.
 
 import { join } from "node:path";
-import { assertNoProblems, config, createRoom, joined, launch, openRoom, sleep, step, waitFor, waitRoster } from "./lib.mjs";
+import { assertNoProblems, config, createRoom, joinAll, launch, sleep, step, waitFor } from "./lib.mjs";
 
 const cfg = config();
 const browser = await launch();
 const room = await createRoom(browser, cfg, null);
-const people = [];
-for (const name of ["Alice", "Bob", "Carol"]) {
-  const p = await openRoom(browser, cfg, room, name, `name=${name}&autojoin=1`);
-  p.id = await joined(p);
-  people.push(p);
-}
-for (const p of people) for (const q of people) await waitRoster(p, q.label, true);
+const people = await joinAll(browser, cfg, room, ["Alice", "Bob", "Carol"]);
 const [alice, bob, carol] = people;
 step(`three joined ${room}`);
 

@@ -152,6 +152,19 @@ export async function openRoom(browser, cfg, room, label, query, options = {}) {
   return { ctx, page, label };
 }
 
+/** Each of `names` opens `room` (autojoin) in a fresh context of `browser` and joins;
+ * returns them, with their participant ids, once every roster shows everyone. */
+export async function joinAll(browser, cfg, room, names) {
+  const people = [];
+  for (const name of names) {
+    const p = await openRoom(browser, cfg, room, name, `name=${name}&autojoin=1`);
+    p.id = await joined(p);
+    people.push(p);
+  }
+  for (const p of people) for (const q of people) await waitRoster(p, q.label, true);
+  return people;
+}
+
 /** Waits until the page has joined; returns its participant id. */
 export async function joined(p) {
   await p.page.waitForFunction(() => window.confnode && window.confnode.state().joined, null, {

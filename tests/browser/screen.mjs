@@ -9,19 +9,13 @@
 //   - shared again and ended the way the browser's own "Stop sharing" does (the track's
 //     `ended` event), it goes away again and the button is back to "Share screen".
 
-import { assertNoProblems, config, createRoom, joined, launch, openRoom, sleep, step, waitFor, waitRoster } from "./lib.mjs";
+import { assertNoProblems, config, createRoom, joinAll, launch, sleep, step, waitFor } from "./lib.mjs";
 import { join } from "node:path";
 
 const cfg = config();
 const browser = await launch(["--auto-select-desktop-capture-source=Entire screen"]);
 const room = await createRoom(browser, cfg, null);
-const people = [];
-for (const name of ["Alice", "Bob", "Carol"]) {
-  const p = await openRoom(browser, cfg, room, name, `name=${name}&autojoin=1`);
-  p.id = await joined(p);
-  people.push(p);
-}
-for (const p of people) for (const q of people) await waitRoster(p, q.label, true);
+const people = await joinAll(browser, cfg, room, ["Alice", "Bob", "Carol"]);
 const [alice, bob, carol] = people;
 const viewers = [bob, carol];
 await waitFor("Alice: publishing", 20_000, async () => {
