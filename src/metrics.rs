@@ -46,6 +46,14 @@ pub enum DropReason {
     /// Well-formed STUN that nothing here answers (a response arriving at the server,
     /// an unknown method).
     Unhandled,
+    /// TURN data (ChannelData, a Send indication) or a relayed packet with no
+    /// allocation, channel or permission for it: stale, or from a spoofed address.
+    NoRoute,
+    /// A 401 or 438 answer held back by the per-source limit on unauthenticated
+    /// answers (a flood of requests without valid credentials).
+    RateLimited,
+    /// Over its allocation's bandwidth cap (`turn.max_bandwidth_kbps`).
+    Bandwidth,
     /// The kernel refused or could not take the reply.
     SendFailed,
 }
@@ -56,6 +64,9 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::Unrouted => "unrouted",
             DropReason::Unhandled => "unhandled",
+            DropReason::NoRoute => "no_route",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Bandwidth => "bandwidth",
             DropReason::SendFailed => "send_failed",
         }
     }
@@ -287,6 +298,9 @@ pub struct TransportCounters {
     pub malformed: Counter,
     pub unrouted: Counter,
     pub unhandled: Counter,
+    pub no_route: Counter,
+    pub rate_limited: Counter,
+    pub bandwidth: Counter,
     pub send_failed: Counter,
 }
 
@@ -389,6 +403,9 @@ impl Metrics {
             malformed: drop(DropReason::Malformed),
             unrouted: drop(DropReason::Unrouted),
             unhandled: drop(DropReason::Unhandled),
+            no_route: drop(DropReason::NoRoute),
+            rate_limited: drop(DropReason::RateLimited),
+            bandwidth: drop(DropReason::Bandwidth),
             send_failed: drop(DropReason::SendFailed),
         }
     }
@@ -569,4 +586,30 @@ fn register_turn(registry: &mut Registry) -> TurnMetrics {
         t.quota_refused.clone(),
     );
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_is_a_series_from_the_start() {
+        let text = Metrics::new().encode();
+        for transport in ["udp", "tcp", "tls"] {
+            for reason in [
+                "malformed",
+                "unrouted",
+                "unhandled",
+                "no_route",
+                "rate_limited",
+                "bandwidth",
+                "send_failed",
+            ] {
+                let series = format!(
+                    "confnode_dropped_total{{transport=\"{transport}\",reason=\"{reason}\"}} 0"
+                );
+                assert!(text.contains(&series), "{series} missing from:\n{text}");
+            }
+        }
+    }
 }

@@ -499,13 +499,17 @@ fn apply(
         Action::Drop(DropReason::Malformed) => {
             counters.malformed.inc();
         }
-        Action::Drop(
-            DropReason::Unhandled
-            | DropReason::NoRoute
-            | DropReason::RateLimited
-            | DropReason::Bandwidth,
-        ) => {
+        Action::Drop(DropReason::Unhandled) => {
             counters.unhandled.inc();
+        }
+        Action::Drop(DropReason::NoRoute) => {
+            counters.no_route.inc();
+        }
+        Action::Drop(DropReason::RateLimited) => {
+            counters.rate_limited.inc();
+        }
+        Action::Drop(DropReason::Bandwidth) => {
+            counters.bandwidth.inc();
         }
         Action::Drop(DropReason::Consumed) => {}
     }

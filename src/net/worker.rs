@@ -23,6 +23,7 @@
 //! What the SFU sends to a relayed address of another worker's allocation is queued
 //! for that worker, which does the same with it (see `net::handoff`).
 
+use crate::load::{BusyMeter, Load};
 use crate::metrics::{MediaDrop, TransportCounters, TurnMetrics};
 use crate::net::batch::{Batch, HEADROOM, RxClock};
 use crate::net::handoff::{Handoff, Ring, SLOT};
@@ -74,6 +75,14 @@ pub struct WorkerSetup {
     pub handoff: Arc<Handoff>,
     /// Told if this worker ends before `shutdown` is set.
     pub liveness: Arc<Liveness>,
+    /// Where this worker reports how busy it is (see `load`), and its limit.
+    pub load: Arc<Load>,
+    pub overload_percent: u8,
+}
+
+/// Microseconds since `epoch`.
+fn micros_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
 }
 
 /// Starts a worker thread serving the listener `sockets`. It runs until `shutdown` is
@@ -106,6 +115,7 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
                 shutdown: setup.shutdown.clone(),
             };
             let sessions = SessionCache::new(id, setup.media.clone());
+            let meter = BusyMeter::new(id, setup.overload_percent, micros_since(setup.epoch));
             let mut worker = Worker {
                 poll,
                 table,
@@ -116,6 +126,7 @@ pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Resul
                 scratch: vec![0u8; SLOT].into_boxed_slice(),
                 inbox: Ring::default(),
                 outbox: Outbox::new(),
+                meter,
             };
             if let Err(e) = worker.run() {
                 tracing::error!("data-plane worker {id} stopped: {e}");
@@ -223,6 +234,8 @@ struct Worker {
     /// What the SFU sends through the kernel, sent in `sendmmsg` batches
     /// (`Worker::flush_outbox`, or `Deliver` when it is full).
     outbox: Outbox,
+    /// How much of each second this worker spends serving rather than waiting.
+    meter: BusyMeter,
 }
 
 /// Sockets with datagrams (maybe) waiting, in the order they became ready; each
@@ -267,6 +280,9 @@ struct Tally {
     malformed: u64,
     unhandled: u64,
     unrouted: u64,
+    no_route: u64,
+    rate_limited: u64,
+    bandwidth: u64,
     send_failed: u64,
     to_peer: (u64, u64),
     to_client: (u64, u64),
@@ -316,7 +332,12 @@ impl Worker {
             } else {
                 wake.saturating_duration_since(Instant::now())
             };
-            match self.poll.poll(&mut events, Some(timeout)) {
+            let waiting = Instant::now();
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.meter.waited(waiting.elapsed().as_micros() as u64);
+            self.meter
+                .tick(micros_since(self.setup.epoch), &self.setup.load);
+            match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -690,6 +711,9 @@ impl Worker {
             (&c.malformed, t.malformed),
             (&c.unhandled, t.unhandled),
             (&c.unrouted, t.unrouted),
+            (&c.no_route, t.no_route),
+            (&c.rate_limited, t.rate_limited),
+            (&c.bandwidth, t.bandwidth),
             (&c.send_failed, t.send_failed),
             (&m.relayed_packets_to_peer, t.to_peer.0),
             (&m.relayed_bytes_to_peer, t.to_peer.1),
@@ -727,10 +751,10 @@ impl Tally {
     fn drop(&mut self, reason: DropReason) {
         match reason {
             DropReason::Malformed => self.malformed += 1,
-            DropReason::Unhandled
-            | DropReason::NoRoute
-            | DropReason::RateLimited
-            | DropReason::Bandwidth => self.unhandled += 1,
+            DropReason::Unhandled => self.unhandled += 1,
+            DropReason::NoRoute => self.no_route += 1,
+            DropReason::RateLimited => self.rate_limited += 1,
+            DropReason::Bandwidth => self.bandwidth += 1,
             DropReason::Consumed => {}
         }
     }
@@ -984,5 +1008,32 @@ mod tests {
         let again = t.open("127.0.0.1:0".parse().expect("addr")).expect("open");
         assert_eq!(again, id);
         assert_eq!(t.routes.media_peer(again, 0), Some(listener));
+    }
+
+    #[test]
+    fn each_drop_reason_is_counted_apart() {
+        let mut t = Tally::default();
+        for reason in [
+            DropReason::Malformed,
+            DropReason::Unhandled,
+            DropReason::NoRoute,
+            DropReason::NoRoute,
+            DropReason::RateLimited,
+            DropReason::Bandwidth,
+            // An indication taken as it should be: no drop.
+            DropReason::Consumed,
+        ] {
+            t.drop(reason);
+        }
+        assert_eq!(
+            (
+                t.malformed,
+                t.unhandled,
+                t.no_route,
+                t.rate_limited,
+                t.bandwidth
+            ),
+            (1, 1, 2, 1, 1)
+        );
     }
 }
