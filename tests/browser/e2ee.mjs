@@ -63,7 +63,11 @@ for (const p of keyed) {
       samples: of(s2, q.id, "audio", "totalSamplesReceived") - of(s1, q.id, "audio", "totalSamplesReceived"),
       energy: of(s2, q.id, "audio", "totalAudioEnergy"),
     }));
-    return moving.every((m) => m.frames > 5 && m.samples > 0 && m.energy > 0) ? true : moving;
+    if (moving.every((m) => m.frames > 5 && m.samples > 0 && m.energy > 0)) return true;
+    // What the encryption worker passed and dropped, to say where a silent stream stops.
+    const st = await state(p.page);
+    const audio = s2.inbound.filter((i) => i.kind === "audio");
+    return { moving, soundBlocked: st.soundBlocked, undecryptable: st.undecryptable, frames: st.e2eeFrames, audio };
   });
   const st = await state(p.page);
   if (st.undecryptable.length) throw new Error(`${p.label}: cannot decrypt ${st.undecryptable}`);

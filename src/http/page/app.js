@@ -929,6 +929,9 @@
       return;
     }
     c.local = stream;
+    // Browsers let a page that captures play sound without a click: the others'
+    // sound, refused while the camera was still opening, may play now.
+    if (soundBlocked) enableSound();
     const self = c.tiles.get(c.participant);
     const video = stream.getVideoTracks()[0];
     const audio = stream.getAudioTracks()[0];
@@ -1015,24 +1018,30 @@
     worker.postMessage({ key });
     worker.addEventListener("message", (ev) => {
       const d = ev.data;
-      if (!d || typeof d.participant !== "string" || call !== c) return;
+      if (!d || call !== c) return;
+      if (d.counts) c.e2ee.counts = d.counts;
+      if (d.failed) notice("e2ee", "Encryption stopped on a stream: " + d.failed, "warn", 6000);
+      if (typeof d.participant !== "string") return;
       if (d.decrypted) c.undecryptable.delete(d.participant);
       else c.undecryptable.add(d.participant);
       markUndecryptable(c);
     });
-    c.e2ee = { worker };
+    c.e2ee = { worker, counts: {} };
   }
 
   /** Encrypts what a transceiver sends. */
   function seal(c, transceiver) {
-    if (c.e2ee) transceiver.sender.transform = new RTCRtpScriptTransform(c.e2ee.worker, { operation: "encrypt" });
+    if (!c.e2ee) return;
+    const kind = transceiver.receiver.track.kind;
+    transceiver.sender.transform = new RTCRtpScriptTransform(c.e2ee.worker, { operation: "encrypt", kind });
   }
 
   /** Decrypts what a receiver gets from `participant`. */
   function unseal(c, receiver, participant) {
     if (!c.e2ee) return;
     try {
-      receiver.transform = new RTCRtpScriptTransform(c.e2ee.worker, { operation: "decrypt", participant });
+      const kind = receiver.track.kind;
+      receiver.transform = new RTCRtpScriptTransform(c.e2ee.worker, { operation: "decrypt", participant, kind });
     } catch (e) {
       notice("e2ee", "Could not decrypt a stream: " + e.message, "warn", 6000);
     }
@@ -1392,9 +1401,13 @@
         pausedVideos: [...call.pausedVideos],
         audioOnly: call.audioOnly,
         hands: [...call.hands],
+        // The browser refused to play sound without a click: the others play muted.
+        soundBlocked,
         sharing: call.screen !== null,
         e2ee: call.e2ee !== null,
         undecryptable: [...call.undecryptable],
+        // Frames through the encryption worker per "operation kind sender".
+        e2eeFrames: call.e2ee ? call.e2ee.counts : null,
         screens: [...call.screens.keys()],
         sending: call.sendPc ? call.sendPc.connectionState : null,
         receiving: call.recvPc ? call.recvPc.connectionState : null,
@@ -1443,6 +1456,9 @@
             totalSamplesReceived: s.totalSamplesReceived,
             totalAudioEnergy: s.totalAudioEnergy,
             concealedSamples: s.concealedSamples,
+            silentConcealedSamples: s.silentConcealedSamples,
+            jitterBufferEmittedCount: s.jitterBufferEmittedCount,
+            audioLevel: s.audioLevel,
             packetsLost: s.packetsLost,
             packetsDiscarded: s.packetsDiscarded,
           });
