@@ -38,6 +38,9 @@ pub struct NodeConfig {
     /// After SIGUSR1 (drain), the node exits when the last call ends, or after this
     /// many seconds at most.
     pub drain_timeout_s: u64,
+    /// New allocations (508) and joins (503) are refused while a data-plane worker
+    /// is busier than this share of its time (see `load`); 0 never refuses.
+    pub overload_percent: u8,
 }
 
 impl Default for NodeConfig {
@@ -47,6 +50,7 @@ impl Default for NodeConfig {
             public_ipv6: None,
             workers: 0,
             drain_timeout_s: 3600,
+            overload_percent: 90,
         }
     }
 }
@@ -550,6 +554,13 @@ impl Config {
         };
         if self.turn.listen.is_empty() {
             err("turn", "listen", "at least one listen address is needed");
+        }
+        if self.node.overload_percent > 100 {
+            err(
+                "node",
+                "overload_percent",
+                "must be 0 (never refuse) to 100",
+            );
         }
         if !self.turn.tls_listen.is_empty() {
             if self.turn.tls_cert.as_os_str().is_empty() {

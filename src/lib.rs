@@ -13,6 +13,7 @@
 pub mod config;
 pub mod date;
 pub mod http;
+pub mod load;
 pub mod logfiles;
 pub mod metrics;
 pub mod net;

@@ -288,6 +288,13 @@ pub struct Metrics {
     pub rooms: Gauge,
     pub participants: Gauge,
     pub media_sessions: Gauge,
+    /// Whether new allocations and joins are refused for load (1) or not (0), the
+    /// busiest data-plane worker's share of the last second in percent (both set every
+    /// second), and the allocations and joins refused so (see `load`).
+    pub overloaded: Gauge,
+    pub busiest_worker: Gauge,
+    pub overload_refused_allocations: Counter,
+    pub overload_refused_joins: Counter,
 }
 
 /// The counters of one transport, cloned into each worker or connection task.
@@ -323,6 +330,30 @@ impl Metrics {
         let rooms = Gauge::default();
         let participants = Gauge::default();
         let media_sessions = Gauge::default();
+        let overloaded = Gauge::default();
+        let busiest_worker = Gauge::default();
+        let overload_refused_allocations = Counter::default();
+        let overload_refused_joins = Counter::default();
+        registry.register(
+            "overloaded",
+            "1 while new allocations (508) and joins (503) are refused because a data-plane worker is past node.overload_percent",
+            overloaded.clone(),
+        );
+        registry.register(
+            "busiest_worker_percent",
+            "The busiest data-plane worker's share of the last second spent serving, in percent",
+            busiest_worker.clone(),
+        );
+        registry.register(
+            "overload_refused_allocations",
+            "TURN allocations refused (508) while overloaded",
+            overload_refused_allocations.clone(),
+        );
+        registry.register(
+            "overload_refused_joins",
+            "Joins refused (503) while overloaded",
+            overload_refused_joins.clone(),
+        );
         registry.register("rooms", "Rooms held (in use or not)", rooms.clone());
         registry.register(
             "media_sessions",
@@ -381,6 +412,10 @@ impl Metrics {
             rooms,
             participants,
             media_sessions,
+            overloaded,
+            busiest_worker,
+            overload_refused_allocations,
+            overload_refused_joins,
         };
         // Create every series up front so scrapers see zeros, not missing series.
         for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {

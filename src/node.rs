@@ -3,6 +3,7 @@
 //! the control plane (TCP, HTTP, signals) on tokio.
 
 use crate::config::{Config, MediaConfig};
+use crate::load::Load;
 use crate::metrics::{Metrics, Transport};
 use crate::net::handoff::Handoff;
 use crate::net::liveness::Liveness;
@@ -36,6 +37,13 @@ pub fn run_from(config: Config, path: Option<std::path::PathBuf>) -> Result<(), 
     let liveness = Arc::new(Liveness::default());
     let udp_listen = udp_listen_addresses(&config)?;
     let turn = Arc::new(turn_shared(&config, &udp_listen, &metrics));
+    // How busy the workers are: new allocations and joins are refused while one of
+    // them is past `node.overload_percent`.
+    let load = Arc::new(Load::new(config.node.worker_count()).counting(
+        metrics.overload_refused_allocations.clone(),
+        metrics.overload_refused_joins.clone(),
+    ));
+    turn.watch_load(load.clone());
     let auth = Auth::new(
         &config.turn.realm,
         &config.turn.users,
@@ -67,14 +75,19 @@ pub fn run_from(config: Config, path: Option<std::path::PathBuf>) -> Result<(), 
         )
         .with_downlink(downlink(&config.media)),
     );
+    let data_plane = DataPlane {
+        media,
+        liveness,
+        load,
+    };
     let workers = start_workers(
         &config,
         &udp_listen,
         &metrics,
         &turn,
         &auth,
-        (&shutdown, &liveness),
-        &media,
+        &shutdown,
+        &data_plane,
     )?;
 
     let tcp_listeners = config
@@ -117,8 +130,7 @@ pub fn run_from(config: Config, path: Option<std::path::PathBuf>) -> Result<(), 
         metrics,
         streams,
         http_listener,
-        media,
-        liveness,
+        data_plane,
         reload,
     ));
 
@@ -146,9 +158,14 @@ fn start_workers(
     metrics: &Arc<Metrics>,
     turn: &Arc<Shared>,
     auth: &Auth,
-    (shutdown, liveness): (&Arc<AtomicBool>, &Arc<Liveness>),
-    media: &Arc<MediaSessions>,
+    shutdown: &Arc<AtomicBool>,
+    data_plane: &DataPlane,
 ) -> Result<Vec<worker::WorkerHandle>, String> {
+    let DataPlane {
+        media,
+        liveness,
+        load,
+    } = data_plane;
     let count = config.node.worker_count();
     // Relay sockets bind where the TURN cores' `Shared` says (`turn_shared`).
     let handoff = Arc::new(Handoff::new(
@@ -173,6 +190,8 @@ fn start_workers(
             media: media.clone(),
             handoff: handoff.clone(),
             liveness: liveness.clone(),
+            load: load.clone(),
+            overload_percent: config.node.overload_percent,
         };
         let handle = worker::spawn(sockets, setup)
             .map_err(|e| format!("cannot start data-plane worker {id}: {e}"))?;
@@ -193,15 +212,27 @@ struct Streams {
     certs: Option<TlsCerts>,
 }
 
+/// What the control plane is given of the data plane: the SFU's sessions, the
+/// workers' liveness and their load.
+struct DataPlane {
+    media: Arc<MediaSessions>,
+    liveness: Arc<Liveness>,
+    load: Arc<Load>,
+}
+
 async fn control_plane(
     config: &Config,
     metrics: Arc<Metrics>,
     streams: Streams,
     http_listener: std::net::TcpListener,
-    media: Arc<MediaSessions>,
-    liveness: Arc<Liveness>,
+    data_plane: DataPlane,
     mut reload: Reload,
 ) -> Result<(), String> {
+    let DataPlane {
+        media,
+        liveness,
+        load,
+    } = data_plane;
     let signals = Signals::install()?;
     // TCP and TLS connections together are held to `max_tcp_connections`.
     let limit = Arc::new(Semaphore::new(config.turn.max_tcp_connections));
@@ -231,6 +262,7 @@ async fn control_plane(
     }
     let http = tokio::net::TcpListener::from_std(http_listener).map_err(|e| e.to_string())?;
     let state = crate::http::AppState::new(config, metrics.clone(), media, liveness.clone())?;
+    state.rooms.watch_load(load);
     // TURN asks the room API whether a room credential's participant is still in.
     let presence: std::sync::Arc<dyn crate::turn::auth::Presence> = state.rooms.clone();
     let _ = streams

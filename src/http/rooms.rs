@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,7 @@ use super::auth::{HostAuth, ONE_TIME_ACCOUNT, Refusal};
 use super::limit::PerSource;
 use super::{AppState, error};
 use crate::config::Config;
+use crate::load::Load;
 use crate::metrics::Metrics;
 use crate::rooms::{
     CHAT_WINDOW_SECS, Effects, Event, Limits, RoomError, Rooms, StreamId, validate_chat_text,
@@ -83,6 +84,8 @@ pub struct RoomsApi {
     host_key: HostKey,
     /// Set when the node drains: no new rooms or participants (503).
     draining: AtomicBool,
+    /// How busy the data plane is: no new participants while it is overloaded (503).
+    load: OnceLock<Arc<Load>>,
 }
 
 /// Room credentials are good while their participant is in the room.
@@ -184,7 +187,14 @@ impl RoomsApi {
             kept: Mutex::new(kept),
             host_key,
             draining: AtomicBool::new(false),
+            load: OnceLock::new(),
         })
+    }
+
+    /// From now on joins answer 503 while `load` says the node is overloaded; its
+    /// figures go on `/metrics` every second.
+    pub fn watch_load(&self, load: Arc<Load>) {
+        let _ = self.load.set(load);
     }
 
     /// From now on no new rooms or participants; who is in a call stays.
@@ -281,6 +291,12 @@ impl RoomsApi {
                     .set(hub.rooms.participants_total() as i64);
             }
             metrics.media_sessions.set(api.media.len() as i64);
+            if let Some(load) = api.load.get() {
+                metrics.overloaded.set(i64::from(load.overloaded()));
+                metrics
+                    .busiest_worker
+                    .set(i64::from(load.busiest_percent()));
+            }
             ticks += 1;
             if ticks % ROOM_SWEEP_TICKS == 0 {
                 let mut hub = api.hub();
@@ -790,6 +806,9 @@ pub async fn join(
     if api.is_draining() {
         return draining();
     }
+    if api.load.get().is_some_and(|l| l.refuse_join()) {
+        return overloaded();
+    }
     let now = unix_now();
     if let Some(ip) = source_ip(&source)
         && let Err(wait) = api.joins.check(ip, now)
@@ -852,6 +871,18 @@ fn draining() -> Response {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    response
+}
+
+/// 503 while the data plane is too busy for more calls (`Retry-After`: ten seconds).
+fn overloaded() -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node is at capacity; try again in a few seconds",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
     response
 }
 

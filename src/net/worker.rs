@@ -367,7 +367,7 @@ impl Worker {
 
     /// Runs the SFU's timers that ran out: DTLS flights resent, reports and feedback.
     fn run_sfu_timers(&mut self) {
-        let now_us = self.setup.epoch.elapsed().as_micros() as u64;
+        let now_us = micros_since(self.setup.epoch);
         if self.sessions.poll_timeout().is_none_or(|t| t > now_us) {
             return;
         }

@@ -13,13 +13,14 @@
 use super::auth::{Auth, Credentials, Reject};
 use super::policy::PeerPolicy;
 use crate::config::PortRange;
+use crate::load::Load;
 use crate::metrics::TurnMetrics;
 use crate::stun::message::{Class, HEADER_LEN, Message, WriteError, Writer, attr, method};
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use rand_chacha::ChaCha12Rng;
 
@@ -154,6 +155,8 @@ pub struct Shared {
     reservations: Mutex<Vec<Reservation>>,
     /// Set when the node drains: no new allocations, those held run on.
     draining: AtomicBool,
+    /// How busy the data plane is: no new allocations while it is overloaded.
+    load: OnceLock<Arc<Load>>,
 }
 
 impl Shared {
@@ -181,6 +184,7 @@ impl Shared {
             quotas: Mutex::new(Quotas::default()),
             reservations: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
+            load: OnceLock::new(),
         }
     }
 
@@ -201,6 +205,11 @@ impl Shared {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// From now on Allocate answers 508 while `load` says the node is overloaded.
+    pub fn watch_load(&self, load: Arc<Load>) {
+        let _ = self.load.set(load);
     }
 
     /// From now on Allocate answers 508; allocations held are refreshed as before.
@@ -920,8 +929,15 @@ impl TurnCore {
             (Some(FAMILY_V6), None) => (false, true),
             (Some(_), None) => return Err(FAMILY_NOT_SUPPORTED),
         };
-        // A draining node takes no new allocations (see `node`).
-        if self.shared.draining.load(Ordering::Relaxed) {
+        // A draining node takes no new allocations (see `node`), nor an overloaded
+        // one (see `load`).
+        if self.shared.draining.load(Ordering::Relaxed)
+            || self
+                .shared
+                .load
+                .get()
+                .is_some_and(|l| l.refuse_allocation())
+        {
             return Err(CAPACITY);
         }
         let reserved = match req.reservation {
