@@ -4,6 +4,9 @@
 //!
 //!     cargo bench --bench overload
 //!     OVERLOAD_STEPS=20000,80000 cargo bench --bench overload
+//!     OVERLOAD_TURN='max_bandwidth_kbps = 1000' cargo bench --bench overload
+//!
+//! (`OVERLOAD_TURN` is added to the node's `[turn]` table.)
 //!
 //! A call is held throughout: eight allocations, each sending a 160-byte ChannelData
 //! message every 20 ms (an audio stream) to a peer that echoes it back through the
@@ -46,7 +49,7 @@ const LOAD_THREADS: usize = 2;
 const MESSAGE: usize = 160;
 const STEP: Duration = Duration::from_secs(6);
 const PROBES: usize = 5;
-const DEFAULT_STEPS: &str = "5000,20000,40000,80000,160000,320000";
+const DEFAULT_STEPS: &str = "20000,80000,160000,320000,640000,1280000";
 
 /// An allocation with channel 0x4000 bound to `peer`.
 fn allocation(server: SocketAddr, peer: SocketAddr) -> Client {
@@ -214,7 +217,10 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let node = match start_confnode("users = { user = \"pass\" }\nallow_loopback_peers = true\n") {
+    let turn_extra = std::env::var("OVERLOAD_TURN").unwrap_or_default();
+    let node = match start_confnode(&format!(
+        "users = {{ user = \"pass\" }}\nallow_loopback_peers = true\n{turn_extra}\n"
+    )) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("overload: {e}");

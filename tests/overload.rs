@@ -3,7 +3,7 @@
 //! `Retry-After` — while what it holds goes on: an allocation made before is refreshed
 //! and relays, a participant stays in the room. When the load is gone it takes new
 //! work again. The limit is set low (2 %) so that a modest, paced flood of Binding
-//! requests passes it on any machine; `cargo run --release --bin overload_load`
+//! requests passes it on any machine; `cargo bench --bench overload`
 //! measures the curve at the default 90 % (README, "Overload").
 
 mod common;
