@@ -58,11 +58,7 @@ fn allocation(server: SocketAddr, peer: SocketAddr) -> Client {
     c.allocate(&creds);
     let r = c.create_permission(&[peer], &creds);
     assert_eq!(r.class(), Class::Success, "CreatePermission");
-    let bind = |w: &mut Writer<'_>| {
-        w.add_u32(attr::CHANNEL_NUMBER, 0x4000 << 16)?;
-        w.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
-    };
-    let r = c.request(method::CHANNEL_BIND, &bind, Some(&creds));
+    let r = c.bind_channel(0x4000, peer, &creds);
     assert_eq!(r.class(), Class::Success, "ChannelBind");
     c
 }

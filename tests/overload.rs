@@ -119,11 +119,7 @@ fn an_overloaded_node_refuses_new_work_and_keeps_what_it_holds() {
         held.create_permission(&[to], &creds).class(),
         Class::Success
     );
-    let bind = |w: &mut Writer<'_>| {
-        w.add_u32(attr::CHANNEL_NUMBER, 0x4000 << 16)?;
-        w.add_xor_address(attr::XOR_PEER_ADDRESS, to)
-    };
-    let r = held.request(method::CHANNEL_BIND, &bind, Some(&creds));
+    let r = held.bind_channel(0x4000, to, &creds);
     assert_eq!(
         r.class(),
         Class::Success,

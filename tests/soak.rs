@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::turn::{Client, Creds};
 use common::{Node, PUBLISH_OFFER, SseStream, basic_auth, cheap_hash, http, join};
-use confnode::stun::message::{Class, Writer, attr, method};
+use confnode::stun::message::Class;
 
 const HOST: &str = "soak";
 const PASSWORD: &str = "a password for the soak";
@@ -74,11 +74,7 @@ fn turn_round(server: SocketAddr, peer: &UdpSocket) -> bool {
         "CreatePermission: {:?}",
         r.error_code()
     );
-    let bind = |w: &mut Writer<'_>| {
-        w.add_u32(attr::CHANNEL_NUMBER, 0x4000 << 16)?;
-        w.add_xor_address(attr::XOR_PEER_ADDRESS, to)
-    };
-    let r = c.request(method::CHANNEL_BIND, &bind, Some(&creds));
+    let r = c.bind_channel(0x4000, to, &creds);
     assert_eq!(
         r.class(),
         Class::Success,

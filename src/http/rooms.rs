@@ -864,25 +864,24 @@ pub async fn join(
 
 /// 503 while the node drains for an upgrade (`Retry-After`: a minute).
 fn draining() -> Response {
-    let mut response = error(
-        StatusCode::SERVICE_UNAVAILABLE,
+    unavailable(
         "the node is being restarted for maintenance; try again in a minute",
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-    response
+        "60",
+    )
 }
 
 /// 503 while the data plane is too busy for more calls (`Retry-After`: ten seconds).
 fn overloaded() -> Response {
-    let mut response = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the node is at capacity; try again in a few seconds",
+    unavailable("the node is at capacity; try again in a few seconds", "10")
+}
+
+/// 503 with `message` and `Retry-After: retry_after_secs`.
+fn unavailable(message: &str, retry_after_secs: &'static str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(retry_after_secs),
     );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
     response
 }
 

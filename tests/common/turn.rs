@@ -241,6 +241,15 @@ impl Client {
         self.request(method::CREATE_PERMISSION, &add, Some(creds))
     }
 
+    /// ChannelBind of `channel` to `peer`; the answer.
+    pub fn bind_channel(&self, channel: u16, peer: SocketAddr, creds: &Creds) -> Reply {
+        let bind = |w: &mut Writer<'_>| {
+            w.add_u32(attr::CHANNEL_NUMBER, u32::from(channel) << 16)?;
+            w.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+        };
+        self.request(method::CHANNEL_BIND, &bind, Some(creds))
+    }
+
     pub fn delete(&self, creds: &Creds) {
         let r = self.request(
             method::REFRESH,
