@@ -54,6 +54,9 @@ pub enum DropReason {
     RateLimited,
     /// Over its allocation's bandwidth cap (`turn.max_bandwidth_kbps`).
     Bandwidth,
+    /// A copy of an SFU session's nominating ICE check from another address than the
+    /// one it came from (someone on the path replaying it).
+    Replayed,
     /// The kernel refused or could not take the reply.
     SendFailed,
 }
@@ -67,6 +70,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::RateLimited => "rate_limited",
             DropReason::Bandwidth => "bandwidth",
+            DropReason::Replayed => "replayed",
             DropReason::SendFailed => "send_failed",
         }
     }
@@ -308,6 +312,7 @@ pub struct TransportCounters {
     pub no_route: Counter,
     pub rate_limited: Counter,
     pub bandwidth: Counter,
+    pub replayed: Counter,
     pub send_failed: Counter,
 }
 
@@ -441,6 +446,7 @@ impl Metrics {
             no_route: drop(DropReason::NoRoute),
             rate_limited: drop(DropReason::RateLimited),
             bandwidth: drop(DropReason::Bandwidth),
+            replayed: drop(DropReason::Replayed),
             send_failed: drop(DropReason::SendFailed),
         }
     }
@@ -638,6 +644,7 @@ mod tests {
                 "no_route",
                 "rate_limited",
                 "bandwidth",
+                "replayed",
                 "send_failed",
             ] {
                 let series = format!(

@@ -19,8 +19,19 @@ const PWD: &[u8] = b"sfupassword0123456789abcd";
 
 /// A check as Chrome sends it; `key` signs it, `nominate` adds USE-CANDIDATE.
 fn check(key: &[u8], nominate: bool, controlled: bool) -> Vec<u8> {
+    check_as(key, nominate, controlled, 0x3c)
+}
+
+/// [`check`] with a transaction id of `transaction` bytes.
+fn check_as(key: &[u8], nominate: bool, controlled: bool, transaction: u8) -> Vec<u8> {
     let mut buf = [0u8; 256];
-    let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &[0x3c; 12]).unwrap();
+    let mut w = Writer::new(
+        &mut buf,
+        method::BINDING,
+        Class::Request,
+        &[transaction; 12],
+    )
+    .unwrap();
     w.add(attr::USERNAME, b"SfuLocal:Hx3u").unwrap();
     w.add(0xC057, &[0, 1, 0, 10]).unwrap(); // GOOG-NETWORK-INFO
     if controlled {
@@ -48,17 +59,23 @@ fn answering_checks_does_not_allocate() {
         "[2001:db8::20]:50000".parse().unwrap(),
         "203.0.113.5:61000".parse().unwrap(),
     ];
-    let cases = [
-        check(PWD, true, false),                          // nomination
-        check(PWD, false, false),                         // consent refresh
-        check(b"wrong-password-0123456789", true, false), // 401
-        check(PWD, false, true),                          // 487
-    ];
+    // Each address nominates with a check of its own: a copy of one address's
+    // nomination from another is refused as a replay.
+    let cases: Vec<[Vec<u8>; 4]> = (0..sources.len() as u8)
+        .map(|s| {
+            [
+                check_as(PWD, true, false, s),                    // nomination
+                check(PWD, false, false),                         // consent refresh
+                check(b"wrong-password-0123456789", true, false), // 401
+                check(PWD, false, true),                          // 487
+            ]
+        })
+        .collect();
     let mut slot = [0u8; 1500];
     let mut now = 0u64;
     let mut run = |i: usize| {
-        let req = &cases[i % cases.len()];
-        let src = sources[(i / cases.len()) % sources.len()];
+        let s = (i / 4) % sources.len();
+        let (req, src) = (&cases[s][i % 4], sources[s]);
         slot[..req.len()].copy_from_slice(req);
         // The data plane's routing step: find the agent by the USERNAME's first part.
         let routed = Message::parse(&slot[..req.len()])

@@ -511,6 +511,9 @@ fn apply(
         Action::Drop(DropReason::Bandwidth) => {
             counters.bandwidth.inc();
         }
+        Action::Drop(DropReason::Replayed) => {
+            counters.replayed.inc();
+        }
         Action::Drop(DropReason::Consumed) => {}
     }
 }

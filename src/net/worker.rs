@@ -283,6 +283,7 @@ struct Tally {
     no_route: u64,
     rate_limited: u64,
     bandwidth: u64,
+    replayed: u64,
     send_failed: u64,
     to_peer: (u64, u64),
     to_client: (u64, u64),
@@ -714,6 +715,7 @@ impl Worker {
             (&c.no_route, t.no_route),
             (&c.rate_limited, t.rate_limited),
             (&c.bandwidth, t.bandwidth),
+            (&c.replayed, t.replayed),
             (&c.send_failed, t.send_failed),
             (&m.relayed_packets_to_peer, t.to_peer.0),
             (&m.relayed_bytes_to_peer, t.to_peer.1),
@@ -755,6 +757,7 @@ impl Tally {
             DropReason::NoRoute => self.no_route += 1,
             DropReason::RateLimited => self.rate_limited += 1,
             DropReason::Bandwidth => self.bandwidth += 1,
+            DropReason::Replayed => self.replayed += 1,
             DropReason::Consumed => {}
         }
     }
@@ -786,6 +789,7 @@ fn answer_stun(
                 }
                 CheckVerdict::NotOurs => Action::Drop(DropReason::Unhandled),
                 CheckVerdict::Malformed => Action::Drop(DropReason::Malformed),
+                CheckVerdict::Replayed => Action::Drop(DropReason::Replayed),
             }
         }
         stun::Verdict::Malformed => Action::Drop(DropReason::Malformed),
@@ -1020,6 +1024,7 @@ mod tests {
             DropReason::NoRoute,
             DropReason::RateLimited,
             DropReason::Bandwidth,
+            DropReason::Replayed,
             // An indication taken as it should be: no drop.
             DropReason::Consumed,
         ] {
@@ -1031,9 +1036,10 @@ mod tests {
                 t.unhandled,
                 t.no_route,
                 t.rate_limited,
-                t.bandwidth
+                t.bandwidth,
+                t.replayed
             ),
-            (1, 1, 2, 1, 1)
+            (1, 1, 2, 1, 1, 1)
         );
     }
 }

@@ -14,6 +14,14 @@
 //! - USE-CANDIDATE nominates the pair the check came on (RFC 8445 §7.3.1.5); a later
 //!   nomination from another address moves the selection (a network change on the
 //!   client: the controlling agent decides, we follow).
+//! - A copy of a nominating check from another address than the one it came from is
+//!   refused (`IceVerdict::Replayed`): someone on the path who saw it could otherwise
+//!   move the session's media to any address of theirs with it. Checks carry no time,
+//!   so the agent remembers the transaction ids of the last `NOMINATIONS`
+//!   nominations; a copy of an older one (a client that renominates often, as Chrome
+//!   does on every check of its selected pair) would still move the media, until the
+//!   client's next nomination takes it back. A copy of a check that nominates nothing
+//!   moves nothing, and is answered like any valid check.
 //! - Consent (RFC 7675) is per address: only valid checks from the *selected* address
 //!   keep the session alive once one is selected. Before any nomination, any valid check
 //!   counts, and the clock starts when the agent is made, so a participant whose
@@ -51,6 +59,10 @@ const _: () = assert!(PWD_LEN * 6 >= 128 && UFRAG_LEN >= 4 && PWD_LEN <= 32);
 /// server-reflexive, relayed, IPv4 and IPv6); beyond this the least recently seen
 /// unselected address is forgotten, so a flood of valid checks cannot grow the state.
 const MAX_PATHS: usize = 8;
+/// Nominating checks remembered, to refuse copies of them from elsewhere: a client
+/// nominates once per selected pair (webrtc-rs, Firefox) or on every check of it
+/// (Chrome, about every 2.5 s once connected).
+const NOMINATIONS: usize = 8;
 
 /// 64 ICE characters (RFC 8445 §15.1: ALPHA / DIGIT / "+" / "/"): 6 random bits map to
 /// one character with no modulo bias.
@@ -146,6 +158,10 @@ pub enum IceVerdict {
     /// Not well-formed STUN, no valid FINGERPRINT, or a buffer too small to answer in:
     /// drop and count.
     Malformed,
+    /// A copy of a check that nominated, from another address than the one it came
+    /// from: someone on the path replaying it to draw the session's media to them.
+    /// Nothing was answered and nothing changed: drop and count.
+    Replayed,
 }
 
 /// One client address that sent a valid check.
@@ -153,6 +169,13 @@ pub enum IceVerdict {
 struct Path {
     addr: SocketAddr,
     last_check_ms: u64,
+}
+
+/// A check that nominated: its transaction id, and where it came from.
+#[derive(Clone, Copy, Debug)]
+struct Nomination {
+    transaction: [u8; 12],
+    from: SocketAddr,
 }
 
 /// The ICE-lite side of one peer connection.
@@ -165,6 +188,9 @@ pub struct IceAgent {
     /// When the agent was made or last heard a valid check from any address: the
     /// consent clock before a nomination.
     last_any_ms: u64,
+    /// The last nominations, oldest overwritten first (at `next_nomination`).
+    nominations: [Option<Nomination>; NOMINATIONS],
+    next_nomination: usize,
 }
 
 /// What a check asks of us, read before the buffer is overwritten with the answer.
@@ -203,6 +229,8 @@ impl IceAgent {
             paths: [None; MAX_PATHS],
             selected: None,
             last_any_ms: now_ms,
+            nominations: [None; NOMINATIONS],
+            next_nomination: 0,
         }
     }
 
@@ -275,6 +303,7 @@ impl IceAgent {
         let Ok(msg) = Message::parse(raw) else {
             return IceVerdict::Malformed;
         };
+        let transaction = *msg.transaction_id();
         if (msg.method(), msg.class()) != (method::BINDING, Class::Request)
             || !msg.has_magic_cookie()
         {
@@ -315,18 +344,28 @@ impl IceAgent {
             // §7.1.1.2: a check carries the sender's role; without it we cannot tell
             // that the client controls nomination.
             Ok(check) if !check.controlling => self.reject(buf, 400, "Bad Request", true, None),
-            Ok(check) => return self.accept(buf, src, now_ms, check.use_candidate),
+            Ok(check) if check.use_candidate && self.is_copy(&transaction, src) => {
+                return IceVerdict::Replayed;
+            }
+            Ok(check) => {
+                let nomination = check.use_candidate.then_some(Nomination {
+                    transaction,
+                    from: src,
+                });
+                return self.accept(buf, src, now_ms, nomination);
+            }
         };
         answered.unwrap_or(IceVerdict::Malformed)
     }
 
-    /// Answers a valid check with XOR-MAPPED-ADDRESS, then updates the state.
+    /// Answers a valid check with XOR-MAPPED-ADDRESS, then updates the state; a check
+    /// with USE-CANDIDATE brings its `nomination`.
     fn accept(
         &mut self,
         buf: &mut [u8],
         src: SocketAddr,
         now_ms: u64,
-        use_candidate: bool,
+        nomination: Option<Nomination>,
     ) -> IceVerdict {
         let len = match self.success(buf, src) {
             Ok(len) => len,
@@ -334,14 +373,39 @@ impl IceAgent {
         };
         self.last_any_ms = self.last_any_ms.max(now_ms);
         self.touch(src, now_ms);
-        let newly_selected = use_candidate && self.selected != Some(src);
-        if use_candidate {
+        let newly_selected = nomination.is_some() && self.selected != Some(src);
+        if let Some(n) = nomination {
             self.selected = Some(src);
+            self.remember_nomination(n);
         }
         IceVerdict::Success {
             len,
             newly_selected,
         }
+    }
+
+    /// Whether a nominating check with this transaction id came before from another
+    /// address than `src` (a retransmission comes from the same one).
+    fn is_copy(&self, transaction: &[u8; 12], src: SocketAddr) -> bool {
+        self.nominations
+            .iter()
+            .flatten()
+            .any(|n| n.transaction == *transaction && n.from != src)
+    }
+
+    fn remember_nomination(&mut self, n: Nomination) {
+        let known = self
+            .nominations
+            .iter()
+            .flatten()
+            .any(|m| m.transaction == n.transaction);
+        if known {
+            return; // a retransmission
+        }
+        if let Some(slot) = self.nominations.get_mut(self.next_nomination) {
+            *slot = Some(n);
+        }
+        self.next_nomination = (self.next_nomination + 1) % NOMINATIONS;
     }
 
     fn success(&self, buf: &mut [u8], src: SocketAddr) -> Result<usize, WriteError> {
@@ -471,6 +535,7 @@ mod tests {
         controlled: bool,
         extra: Option<u16>,
         fingerprint: bool,
+        transaction: [u8; 12],
     }
 
     const CHECK: Req<'static> = Req {
@@ -481,11 +546,13 @@ mod tests {
         controlled: false,
         extra: None,
         fingerprint: true,
+        transaction: TID,
     };
 
     fn slot(req: Req<'_>) -> ([u8; 1500], usize) {
         let mut buf = [0u8; 1500];
-        let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &TID).unwrap();
+        let mut w =
+            Writer::new(&mut buf, method::BINDING, Class::Request, &req.transaction).unwrap();
         if let Some(u) = req.username {
             w.add(attr::USERNAME, u).unwrap();
         }
@@ -611,8 +678,12 @@ mod tests {
         run(&mut a, CHECK, other, 3_500);
         assert_eq!(a.selected(), Some(first));
         assert!(a.is_validated(other));
-        // A nomination from the new address does.
-        let (v, _) = run(&mut a, req, other, 4_000);
+        // A nomination from the new address does (a new check: a new transaction).
+        let again = Req {
+            transaction: [8; 12],
+            ..req
+        };
+        let (v, _) = run(&mut a, again, other, 4_000);
         assert!(matches!(
             v,
             IceVerdict::Success {
@@ -621,6 +692,70 @@ mod tests {
             }
         ));
         assert_eq!(a.selected(), Some(other));
+    }
+
+    #[test]
+    fn a_copy_of_a_nomination_from_elsewhere_moves_nothing() {
+        let mut a = agent();
+        let client = addr("198.51.100.7:5000");
+        let nominate = Req {
+            use_candidate: true,
+            ..CHECK
+        };
+        run(&mut a, nominate, client, 2_000);
+        assert_eq!(a.selected(), Some(client));
+        // Someone on the path sends it again from an address of theirs: refused, not
+        // answered, the address not validated, the media staying where it is.
+        let thief = addr("203.0.113.9:4000");
+        let (v, out) = run(&mut a, nominate, thief, 2_100);
+        assert_eq!(v, IceVerdict::Replayed);
+        assert!(out.is_empty());
+        assert_eq!(a.selected(), Some(client));
+        assert!(!a.is_validated(thief));
+        // Also once it is no longer the latest nomination.
+        for i in 0..NOMINATIONS as u8 - 1 {
+            let later = Req {
+                transaction: [100 + i; 12],
+                ..nominate
+            };
+            run(&mut a, later, client, 3_000 + u64::from(i));
+        }
+        assert_eq!(run(&mut a, nominate, thief, 4_000).0, IceVerdict::Replayed);
+        // Its retransmission from the client is answered as before.
+        let (v, _) = run(&mut a, nominate, client, 4_100);
+        assert!(matches!(
+            v,
+            IceVerdict::Success {
+                newly_selected: false,
+                ..
+            }
+        ));
+        // A copy without USE-CANDIDATE of a check that had it still nominates nothing:
+        // answered, as any valid check is.
+        let (v, _) = run(&mut a, CHECK, thief, 4_200);
+        assert!(matches!(
+            v,
+            IceVerdict::Success {
+                newly_selected: false,
+                ..
+            }
+        ));
+        assert_eq!(a.selected(), Some(client));
+        // A fresh nomination from another address (the client moved) is followed.
+        let moved = addr("198.51.100.7:6000");
+        let fresh = Req {
+            transaction: [9; 12],
+            ..nominate
+        };
+        let (v, _) = run(&mut a, fresh, moved, 5_000);
+        assert!(matches!(
+            v,
+            IceVerdict::Success {
+                newly_selected: true,
+                ..
+            }
+        ));
+        assert_eq!(a.selected(), Some(moved));
     }
 
     #[test]

@@ -390,6 +390,9 @@ pub enum DropReason {
     Unhandled,
     /// Over the allocation's bandwidth cap.
     Bandwidth,
+    /// On the media port, beside TURN: a copy of an SFU session's nominating ICE check
+    /// from another address (`sfu::ice`).
+    Replayed,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -42,6 +42,9 @@ pub enum CheckVerdict {
     NotOurs,
     /// Unparsable, a bad FINGERPRINT, or no room to answer in: drop and count.
     Malformed,
+    /// A copy of one of the session's nominating checks from another address: drop and
+    /// count (see [`IceVerdict::Replayed`]).
+    Replayed,
 }
 
 /// What [`SessionCache::handle_media`] did with a DTLS or SRTP/SRTCP datagram.
@@ -200,6 +203,7 @@ impl SessionCache {
             IceVerdict::Error { len, .. } => CheckVerdict::Reply(len),
             IceVerdict::NotMine => CheckVerdict::NotOurs,
             IceVerdict::Malformed => CheckVerdict::Malformed,
+            IceVerdict::Replayed => CheckVerdict::Replayed,
         }
     }
 

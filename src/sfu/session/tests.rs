@@ -57,8 +57,14 @@ fn check(buf: &mut [u8], ufrag: &str, pwd: &str) -> usize {
     check_nominating(buf, ufrag, pwd, true)
 }
 
+/// A check of its own: a fresh transaction id each (a copy of a nomination from
+/// another address would be refused as a replay).
 fn check_nominating(buf: &mut [u8], ufrag: &str, pwd: &str, nominate: bool) -> usize {
-    let mut w = Writer::new(buf, method::BINDING, Class::Request, &[9; 12]).unwrap();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut transaction = [9; 12];
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    transaction[8..].copy_from_slice(&n.to_be_bytes());
+    let mut w = Writer::new(buf, method::BINDING, Class::Request, &transaction).unwrap();
     w.add(attr::USERNAME, format!("{ufrag}:Clnt").as_bytes())
         .unwrap();
     w.add(attr::ICE_CONTROLLING, &[1; 8]).unwrap();
@@ -269,10 +275,20 @@ fn dtls_and_srtp_from_a_validated_address_reach_the_session() {
     let _ = cache.handle_media(&mut record, other, 2, us(&s), &mut send);
     assert_eq!(session.media().media_peer, Some((src, 0)));
     let n = check(&mut buf, ufrag, pwd);
+    let nomination = buf[..n].to_vec();
     assert!(matches!(
         cache.answer_check(&mut buf, n, other, 2, now),
         CheckVerdict::Reply(_)
     ));
+    assert_eq!(session.media().media_peer, Some((other, 2)));
+    // The hostile-traffic test's finding: a copy of that check, sent from an address of
+    // whoever saw it, drew the media there. It is refused, and the media stays.
+    let thief: SocketAddr = "203.0.113.66:4000".parse().unwrap();
+    buf[..n].copy_from_slice(&nomination);
+    assert_eq!(
+        cache.answer_check(&mut buf, n, thief, 0, now),
+        CheckVerdict::Replayed
+    );
     assert_eq!(session.media().media_peer, Some((other, 2)));
     sent.borrow_mut().clear();
 
