@@ -282,18 +282,29 @@ impl SessionCache {
                     return MediaVerdict::Dropped(MediaDrop::Dtls);
                 }
                 media.dtls_from = Some((src, listener));
+                let connected = media.dtls.is_connected();
                 let fed = media.dtls.handle_datagram(pkt, now_ms);
+                let mut answered = false;
                 let wait = drain(
                     &mut self.out,
                     self.sessions.metrics(),
                     &session,
                     &mut media,
-                    send,
+                    &mut |record: &[u8], to, via| {
+                        answered = true;
+                        send(record, to, via);
+                    },
                 );
+                // A connected endpoint that neither answers a record nor ends over it
+                // threw it away (a copy, a forgery, junk): dropped, and counted so.
+                // During the handshake that cannot be told from a piece of a flight
+                // still coming together.
+                let discarded = connected && media.dtls.is_connected() && !answered;
                 media.dtls_due = dtls_due(&media, wait, now_us);
                 self.arm(&session, &mut media, now_us);
                 drop(media);
                 match fed {
+                    Ok(()) if discarded => MediaVerdict::Dropped(MediaDrop::Dtls),
                     Ok(()) => MediaVerdict::Dtls,
                     Err(_) => MediaVerdict::Dropped(MediaDrop::Dtls),
                 }

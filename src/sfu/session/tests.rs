@@ -227,9 +227,11 @@ fn dtls_and_srtp_from_a_validated_address_reach_the_session() {
     // The handshake, records carried by hand; the first server flight is resent by
     // the worker's timer when it is not answered.
     let mut keys = None;
+    let mut client_records = Vec::new();
     let mut retransmitted = false;
     for _ in 0..20 {
         for mut record in poll_client(&mut client, &mut keys) {
+            client_records.push(record.clone());
             assert_eq!(
                 cache.handle_media(&mut record, src, 1, us(&s), &mut send),
                 MediaVerdict::Dtls
@@ -260,6 +262,33 @@ fn dtls_and_srtp_from_a_validated_address_reach_the_session() {
         None,
         "no DTLS timer once connected"
     );
+
+    // The hostile-traffic test's finding: records a connected endpoint throws away were
+    // counted nowhere. Junk of a later epoch is a drop now; the client's flights again
+    // are answered with our last flight (at most once per retransmission timeout, as
+    // RFC 6347 §4.2.4 has it) or dropped. The session goes on.
+    let mut junk = [23, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 9, 0, 4, 1, 2, 3, 4];
+    assert_eq!(
+        cache.handle_media(&mut junk, src, 1, us(&s), &mut send),
+        MediaVerdict::Dropped(MediaDrop::Dtls)
+    );
+    assert!(sent.borrow().is_empty(), "junk answered");
+    for _ in 0..3 {
+        for mut record in client_records.iter().cloned() {
+            let before = sent.borrow().len();
+            let verdict = cache.handle_media(&mut record, src, 1, us(&s), &mut send);
+            let answered = sent.borrow().len() > before;
+            let expected = if answered {
+                MediaVerdict::Dtls
+            } else {
+                MediaVerdict::Dropped(MediaDrop::Dtls)
+            };
+            assert_eq!(verdict, expected, "answered: {answered}");
+        }
+    }
+    assert!(sent.borrow().len() < 3, "a flight resent at every copy");
+    assert!(session.is_dtls_connected());
+    sent.borrow_mut().clear();
 
     // Review finding: media went wherever the last DTLS-looking datagram from any
     // validated address came from. It goes where ICE nominated, and moves only
