@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Node, Peer, number_after, require_tool, run_with_timeout};
+use common::{Node, Peer, Totals, require_tool, run_with_timeout, uclient_totals};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,32 +26,6 @@ const CLIENTS: u32 = 5;
 /// Messages (`-n`) per client.
 const MESSAGES: u32 = 50;
 
-/// What one uclient run reported.
-#[derive(Debug)]
-struct Totals {
-    sent: u64,
-    received: u64,
-    lost: u64,
-}
-
-/// Reads uclient's closing summary: the totals line (without `msz=`, which the
-/// per-second progress lines have) and `Total lost packets N`.
-fn totals(out: &str) -> Totals {
-    let summary = out
-        .lines()
-        .rfind(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
-        .unwrap_or_else(|| panic!("no tot_send_msgs summary in uclient output:\n{out}"));
-    let lost = out
-        .lines()
-        .find_map(|l| number_after(l, "Total lost packets "))
-        .unwrap_or_else(|| panic!("no `Total lost packets` in uclient output:\n{out}"));
-    Totals {
-        sent: number_after(summary, "tot_send_msgs=").expect("tot_send_msgs"),
-        received: number_after(summary, "tot_recv_msgs=").expect("tot_recv_msgs"),
-        lost,
-    }
-}
-
 /// Runs `turnutils_uclient` against `server` (an address of `node`) with modest load and
 /// `args`, then checks what a user checks: success, 0 lost, as many received as sent,
 /// and on `/metrics` the relayed packets, no failed authentication, and every
@@ -70,7 +44,7 @@ fn uclient(node: &Node, server: &str, args: &[&str]) -> Totals {
     let (status, out) = run_with_timeout(&mut cmd, Duration::from_secs(60));
     let what = format!("turnutils_uclient {} {server}", args.join(" "));
     assert!(status.success(), "{what} failed ({status}):\n{out}");
-    let t = totals(&out);
+    let t = uclient_totals(&out);
     assert_eq!(t.lost, 0, "{what}: lost packets:\n{out}");
     assert!(
         t.sent >= u64::from(CLIENTS * MESSAGES),

@@ -892,3 +892,29 @@ pub fn number_after(line: &str, key: &str) -> Option<u64> {
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
+
+/// What one uclient run reported.
+#[derive(Debug)]
+pub struct Totals {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+}
+
+/// Reads uclient's closing summary: the totals line (without `msz=`, which the
+/// per-second progress lines have) and `Total lost packets N`.
+pub fn uclient_totals(out: &str) -> Totals {
+    let summary = out
+        .lines()
+        .rfind(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .unwrap_or_else(|| panic!("no tot_send_msgs summary in uclient output:\n{out}"));
+    let lost = out
+        .lines()
+        .find_map(|l| number_after(l, "Total lost packets "))
+        .unwrap_or_else(|| panic!("no `Total lost packets` in uclient output:\n{out}"));
+    Totals {
+        sent: number_after(summary, "tot_send_msgs=").expect("tot_send_msgs"),
+        received: number_after(summary, "tot_recv_msgs=").expect("tot_recv_msgs"),
+        lost,
+    }
+}
