@@ -1017,7 +1017,7 @@ const SAME_ADDRESS: std::ops::Range<usize> = 9..12;
 
 /// How many times over the storm sends its fixed-count categories (and replays what it
 /// captured).
-const SCALE: usize = 3;
+const SCALE: usize = 10;
 
 /// Allocates per flooding address: more than the burst of unauthenticated answers an
 /// address gets (200).
