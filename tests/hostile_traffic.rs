@@ -151,7 +151,7 @@ fn a_storm_of_hostile_packets_leaves_live_sessions_whole_and_is_counted() {
     let delta = |series: &str| after.get(series) - before.get(series);
     for series in DROPS
         .iter()
-        .chain(&[STUN_ANSWERED, AUTH_FAILURES, RECEIVED])
+        .chain(&[RATE_LIMITED, STUN_ANSWERED, AUTH_FAILURES, RECEIVED])
     {
         eprintln!(
             "{series}: +{} (expected {:?})",
