@@ -21,22 +21,22 @@ use sha2::{Digest, Sha256};
 use crate::store::StoredRoom;
 
 /// Live rooms one host may hold at once.
-pub const MAX_ROOMS_PER_HOST: usize = 100;
+pub(crate) const MAX_ROOMS_PER_HOST: usize = 100;
 /// Live rooms on the node at once, all hosts together.
-pub const MAX_ROOMS: usize = 10_000;
+pub(crate) const MAX_ROOMS: usize = 10_000;
 /// Event streams one participant may hold open; a further one replaces the oldest.
-pub const MAX_STREAMS_PER_PARTICIPANT: usize = 2;
+pub(crate) const MAX_STREAMS_PER_PARTICIPANT: usize = 2;
 /// A participant with no open event stream for this long (never connected, or the
 /// browser went away) leaves the room, and the others are told.
-pub const DETACHED_GRACE_SECS: u64 = 60;
+pub(crate) const DETACHED_GRACE_SECS: u64 = 60;
 /// Longest display name, in characters, after trimming.
-pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+pub(crate) const MAX_DISPLAY_NAME_CHARS: usize = 64;
 /// Longest chat message, in characters, after trimming.
-pub const MAX_CHAT_CHARS: usize = 2_000;
+pub(crate) const MAX_CHAT_CHARS: usize = 2_000;
 /// Chat messages and hand changes one participant may send per [`CHAT_WINDOW_SECS`]:
 /// a quick exchange fits, a flood that would fill everyone's event stream does not.
-pub const CHAT_PER_WINDOW: u32 = 10;
-pub const CHAT_WINDOW_SECS: u64 = 10;
+pub(crate) const CHAT_PER_WINDOW: u32 = 10;
+pub(crate) const CHAT_WINDOW_SECS: u64 = 10;
 
 /// Random bytes in a room id (the link is the only key to a room): 128 bits.
 const ROOM_ID_BYTES: usize = 16;
@@ -50,15 +50,15 @@ const TOKEN_BYTES: usize = 32;
 pub struct Limits {
     /// An unused room expires this long after its creation or after its last
     /// participant left (`rooms.ttl_hours`).
-    pub ttl_secs: u64,
+    pub(crate) ttl_secs: u64,
     /// Participants in one room at once (`rooms.max_participants`).
-    pub max_participants: usize,
-    pub max_rooms_per_host: usize,
-    pub max_rooms: usize,
+    pub(crate) max_participants: usize,
+    pub(crate) max_rooms_per_host: usize,
+    pub(crate) max_rooms: usize,
 }
 
 impl Limits {
-    pub fn new(ttl_hours: u32, max_participants: u32) -> Limits {
+    pub(crate) fn new(ttl_hours: u32, max_participants: u32) -> Limits {
         Limits {
             ttl_secs: u64::from(ttl_hours) * 3600,
             max_participants: max_participants as usize,
@@ -70,7 +70,7 @@ impl Limits {
 
 /// Why a request on rooms failed; the HTTP layer maps each to a status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RoomError {
+pub(crate) enum RoomError {
     /// No such room, or it expired or was deleted (404).
     NoRoom,
     /// No such participant in the room (404).
@@ -91,7 +91,7 @@ pub enum RoomError {
 }
 
 impl RoomError {
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             RoomError::NoRoom => "no such room (it may have expired or been closed)",
             RoomError::NoParticipant => "no such participant in this room",
@@ -107,11 +107,11 @@ impl RoomError {
 
 /// One participant as others see it: in rosters, `joined` events and room answers.
 #[derive(Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Member {
-    pub participant: String,
-    pub display_name: String,
+pub(crate) struct Member {
+    pub(crate) participant: String,
+    pub(crate) display_name: String,
     /// The participant raised a hand (and has not lowered it).
-    pub hand_raised: bool,
+    pub(crate) hand_raised: bool,
 }
 
 impl fmt::Debug for Member {
@@ -125,7 +125,7 @@ impl fmt::Debug for Member {
 
 /// What a participant's event stream carries. Later the SFU sends `Offer`s here.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Everyone in the room now, in the order they joined (sent on connect and after
     /// every change).
     Roster(Arc<[Member]>),
@@ -151,9 +151,9 @@ pub enum Event {
 /// A chat message as the room's streams carry it: who sent it and what it says. It
 /// is handed to the streams in the room when it is sent and kept nowhere else.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ChatMessage {
-    pub participant: String,
-    pub text: Arc<str>,
+pub(crate) struct ChatMessage {
+    pub(crate) participant: String,
+    pub(crate) text: Arc<str>,
 }
 
 impl fmt::Debug for ChatMessage {
@@ -167,7 +167,7 @@ impl fmt::Debug for ChatMessage {
 
 impl Event {
     /// The SSE `event:` name.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Event::Roster(_) => "roster",
             Event::Joined(_) => "joined",
@@ -182,7 +182,7 @@ impl Event {
     }
 
     /// The SSE `data:` line: one JSON object.
-    pub fn data(&self) -> String {
+    pub(crate) fn data(&self) -> String {
         let value = match self {
             Event::Roster(members) => serde_json::json!({ "participants": &**members }),
             Event::Joined(m) => serde_json::json!(m),
@@ -201,13 +201,13 @@ impl Event {
 }
 
 /// Identifies one open event stream (assigned by the caller, unique per process).
-pub type StreamId = u64;
+pub(crate) type StreamId = u64;
 
 /// What a change does to event streams: events to deliver, then streams to end.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Effects {
-    pub notices: Vec<(StreamId, Event)>,
-    pub close: Vec<StreamId>,
+pub(crate) struct Effects {
+    pub(crate) notices: Vec<(StreamId, Event)>,
+    pub(crate) close: Vec<StreamId>,
 }
 
 impl Effects {
@@ -219,22 +219,22 @@ impl Effects {
 
 /// A room as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoomView {
-    pub room: String,
-    pub participants: Vec<Member>,
+pub(crate) struct RoomView {
+    pub(crate) room: String,
+    pub(crate) participants: Vec<Member>,
     /// Unix seconds. While people are in the room it cannot expire: then this is the
     /// earliest it could (`now + ttl`).
-    pub expires_at: u64,
+    pub(crate) expires_at: u64,
     /// Its host locked it (see [`Rooms::set_locked`]).
-    pub locked: bool,
+    pub(crate) locked: bool,
 }
 
 /// A participant just admitted.
-pub struct Joined {
-    pub participant: String,
+pub(crate) struct Joined {
+    pub(crate) participant: String,
     /// The bearer secret; only its hash is kept.
-    pub token: String,
-    pub effects: Effects,
+    pub(crate) token: String,
+    pub(crate) effects: Effects,
 }
 
 impl fmt::Debug for Joined {
@@ -248,21 +248,21 @@ impl fmt::Debug for Joined {
 
 /// An event stream just attached.
 #[derive(Debug)]
-pub struct Attached {
+pub(crate) struct Attached {
     /// The first event of the stream.
-    pub roster: Event,
+    pub(crate) roster: Event,
     /// The participant's oldest stream, ended to keep within
     /// [`MAX_STREAMS_PER_PARTICIPANT`].
-    pub replaced: Option<StreamId>,
+    pub(crate) replaced: Option<StreamId>,
 }
 
 /// What a participant asked to receive (`PUT preferences`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Preferences {
+pub(crate) struct Preferences {
     /// The simulcast height cap.
-    pub max_height: Option<u32>,
+    pub(crate) max_height: Option<u32>,
     /// No video at all, only the others' voices.
-    pub audio_only: bool,
+    pub(crate) audio_only: bool,
 }
 
 struct Participant {
@@ -379,22 +379,24 @@ impl fmt::Debug for Rooms {
 }
 
 impl Rooms {
-    pub fn new(limits: Limits) -> Rooms {
+    pub(crate) fn new(limits: Limits) -> Rooms {
         Rooms {
             limits,
             rooms: HashMap::new(),
         }
     }
 
+    /// The limits the rooms were made with.
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
     /// Rooms held now (expired ones count until swept).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rooms.len()
     }
 
+    /// Whether no room is held.
     pub fn is_empty(&self) -> bool {
         self.rooms.is_empty()
     }
@@ -418,7 +420,7 @@ impl Rooms {
     /// Takes back a room kept from an earlier run. One that was occupied then starts
     /// its time to live again now (its calls ended with that run). Returns false, and
     /// takes nothing, for a room that has expired or whose id is taken.
-    pub fn restore(&mut self, kept: &StoredRoom, now: u64) -> bool {
+    pub(crate) fn restore(&mut self, kept: &StoredRoom, now: u64) -> bool {
         let room = Room {
             host: kept.host.as_str().into(),
             locked: kept.locked,
@@ -436,7 +438,7 @@ impl Rooms {
     }
 
     /// What is to be kept of every live room (see [`crate::store`]).
-    pub fn to_keep(&self, now: u64) -> Vec<StoredRoom> {
+    pub(crate) fn to_keep(&self, now: u64) -> Vec<StoredRoom> {
         let ttl = self.limits.ttl_secs;
         self.rooms
             .iter()
@@ -452,7 +454,7 @@ impl Rooms {
     }
 
     /// A new empty room for `host`; its id carries 128 random bits.
-    pub fn create(
+    pub(crate) fn create(
         &mut self,
         host: &str,
         rng: &mut impl RngCore,
@@ -499,7 +501,7 @@ impl Rooms {
         })
     }
 
-    pub fn view(&self, room: &str, now: u64) -> Result<RoomView, RoomError> {
+    pub(crate) fn view(&self, room: &str, now: u64) -> Result<RoomView, RoomError> {
         let r = self.live(room, now)?;
         Ok(RoomView {
             room: room.to_owned(),
@@ -519,7 +521,7 @@ impl Rooms {
     }
 
     /// The room's host locks it (nobody new joins; who is in stays) or opens it again.
-    pub fn set_locked(
+    pub(crate) fn set_locked(
         &mut self,
         room: &str,
         host: &str,
@@ -532,7 +534,7 @@ impl Rooms {
 
     /// The room's host removes a participant: like leaving, the others hear `left`, and
     /// so does the participant's own stream before it ends; its token stops working.
-    pub fn remove_participant(
+    pub(crate) fn remove_participant(
         &mut self,
         room: &str,
         host: &str,
@@ -549,14 +551,19 @@ impl Rooms {
     }
 
     /// Its host deletes a room (see [`Rooms::delete`]); another host may not.
-    pub fn delete_as(&mut self, room: &str, host: &str, now: u64) -> Result<Effects, RoomError> {
+    pub(crate) fn delete_as(
+        &mut self,
+        room: &str,
+        host: &str,
+        now: u64,
+    ) -> Result<Effects, RoomError> {
         self.owned_mut(room, host, now)?;
         self.delete(room, now)
     }
 
     /// Deletes a room: every stream in it hears `room_closed` and ends; every token of
     /// it stops working.
-    pub fn delete(&mut self, room: &str, now: u64) -> Result<Effects, RoomError> {
+    pub(crate) fn delete(&mut self, room: &str, now: u64) -> Result<Effects, RoomError> {
         self.live(room, now)?;
         let r = self.rooms.remove(room).ok_or(RoomError::NoRoom)?;
         Ok(close_room(&r))
@@ -564,7 +571,7 @@ impl Rooms {
 
     /// Admits a participant under an already validated display name (see
     /// [`validate_display_name`]). The others hear `joined` and the new roster.
-    pub fn join(
+    pub(crate) fn join(
         &mut self,
         room: &str,
         display_name: String,
@@ -618,7 +625,7 @@ impl Rooms {
     }
 
     /// Checks that `token` is `participant`'s in `room`.
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         room: &str,
         participant: &str,
@@ -636,7 +643,12 @@ impl Rooms {
     }
 
     /// A participant leaves (after [`Rooms::authenticate`]).
-    pub fn leave(&mut self, room: &str, participant: &str, now: u64) -> Result<Effects, RoomError> {
+    pub(crate) fn leave(
+        &mut self,
+        room: &str,
+        participant: &str,
+        now: u64,
+    ) -> Result<Effects, RoomError> {
         let r = self.live_mut(room, now)?;
         let index = r
             .participants
@@ -650,7 +662,7 @@ impl Rooms {
     /// validated (see [`validate_chat_text`]): every stream in the room, the sender's
     /// own included, gets it, in the order the room took the messages in. At most
     /// [`CHAT_PER_WINDOW`] per [`CHAT_WINDOW_SECS`] per participant.
-    pub fn chat(
+    pub(crate) fn chat(
         &mut self,
         room: &str,
         participant: &str,
@@ -674,7 +686,7 @@ impl Rooms {
     /// A participant (after [`Rooms::authenticate`]) raises or lowers a hand: every
     /// stream in the room hears `hand`, and rosters show it from now on. Counted with
     /// the chat messages ([`CHAT_PER_WINDOW`]).
-    pub fn raise_hand(
+    pub(crate) fn raise_hand(
         &mut self,
         room: &str,
         participant: &str,
@@ -695,26 +707,26 @@ impl Rooms {
     }
 
     /// Every open event stream of the live room `room`.
-    pub fn streams_of(&self, room: &str, now: u64) -> Vec<StreamId> {
+    pub(crate) fn streams_of(&self, room: &str, now: u64) -> Vec<StreamId> {
         self.live(room, now)
             .map(|r| r.all_streams().collect())
             .unwrap_or_default()
     }
 
     /// Participants in all rooms together.
-    pub fn participants_total(&self) -> usize {
+    pub(crate) fn participants_total(&self) -> usize {
         self.rooms.values().map(|r| r.participants.len()).sum()
     }
 
     /// Whether `participant` is in the live room `room`.
-    pub fn contains(&self, room: &str, participant: &str, now: u64) -> bool {
+    pub(crate) fn contains(&self, room: &str, participant: &str, now: u64) -> bool {
         self.live(room, now)
             .is_ok_and(|r| r.participant(participant).is_some())
     }
 
     /// The participants of the live room `room` with an open event stream, each with
     /// its newest stream (where the SFU's offers go).
-    pub fn stream_holders(&self, room: &str, now: u64) -> Vec<(String, StreamId)> {
+    pub(crate) fn stream_holders(&self, room: &str, now: u64) -> Vec<(String, StreamId)> {
         let Ok(r) = self.live(room, now) else {
             return Vec::new();
         };
@@ -726,7 +738,7 @@ impl Rooms {
 
     /// Stores what a participant asked to receive: a height cap, audio only, or both
     /// (`None`: as it was). Returns the preferences now.
-    pub fn set_preferences(
+    pub(crate) fn set_preferences(
         &mut self,
         room: &str,
         participant: &str,
@@ -746,7 +758,7 @@ impl Rooms {
         Ok(p.preferences)
     }
 
-    pub fn preferences(&self, room: &str, participant: &str, now: u64) -> Preferences {
+    pub(crate) fn preferences(&self, room: &str, participant: &str, now: u64) -> Preferences {
         self.live(room, now)
             .ok()
             .and_then(|r| r.participant(participant))
@@ -757,7 +769,7 @@ impl Rooms {
     /// An event stream of `participant` opened; it starts with the roster. Beyond
     /// [`MAX_STREAMS_PER_PARTICIPANT`] the oldest stream is replaced (a reloaded page
     /// gets through while its old connection is not yet known to be dead).
-    pub fn attach_stream(
+    pub(crate) fn attach_stream(
         &mut self,
         room: &str,
         participant: &str,
@@ -782,7 +794,13 @@ impl Rooms {
     /// An event stream ended (the client went away, or it was closed here). Unknown
     /// rooms, participants and streams are ignored: the stream may have been closed
     /// because they are gone.
-    pub fn detach_stream(&mut self, room: &str, participant: &str, stream: StreamId, now: u64) {
+    pub(crate) fn detach_stream(
+        &mut self,
+        room: &str,
+        participant: &str,
+        stream: StreamId,
+        now: u64,
+    ) {
         let Some(p) = self
             .rooms
             .get_mut(room)
@@ -798,7 +816,7 @@ impl Rooms {
 
     /// Drops participants without an event stream for [`DETACHED_GRACE_SECS`] (the
     /// others are told) and removes expired rooms. Call it every few seconds.
-    pub fn sweep(&mut self, now: u64) -> Effects {
+    pub(crate) fn sweep(&mut self, now: u64) -> Effects {
         let ttl = self.limits.ttl_secs;
         let mut effects = Effects::default();
         for r in self.rooms.values_mut() {
@@ -832,7 +850,7 @@ fn close_room(r: &Room) -> Effects {
 /// A display name as given, trimmed: 1 to [`MAX_DISPLAY_NAME_CHARS`] characters, none
 /// of them a control character (line breaks, escapes, bidi overrides and other format
 /// characters).
-pub fn validate_display_name(name: &str) -> Result<String, &'static str> {
+pub(crate) fn validate_display_name(name: &str) -> Result<String, &'static str> {
     let name = name.trim();
     if name.is_empty() {
         return Err("display_name must not be empty");
@@ -849,7 +867,7 @@ pub fn validate_display_name(name: &str) -> Result<String, &'static str> {
 /// A chat message as given, trimmed: 1 to [`MAX_CHAT_CHARS`] characters; line breaks
 /// and tabs are allowed, other control and format characters (see
 /// [`validate_display_name`]) are not.
-pub fn validate_chat_text(text: &str) -> Result<String, &'static str> {
+pub(crate) fn validate_chat_text(text: &str) -> Result<String, &'static str> {
     let text = text.trim();
     if text.is_empty() {
         return Err("text must not be empty");

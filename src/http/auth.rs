@@ -26,7 +26,7 @@ use super::limit::PerSource;
 use crate::config::HttpConfig;
 
 /// Name of the account that gets the one-time password.
-pub const ONE_TIME_ACCOUNT: &str = "host";
+pub(crate) const ONE_TIME_ACCOUNT: &str = "host";
 /// argon2 verifications run at once (each takes ~19 MiB and a core for a while).
 const CONCURRENT_VERIFICATIONS: usize = 2;
 /// How long a login waits for a verification slot before it is told to retry.
@@ -44,7 +44,7 @@ const MAX_AUTHORIZATION_LEN: usize = 8192;
 
 /// Why a host request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No or a malformed `Authorization` header, wrong credentials, or a bad token: 401.
     /// `bearer` says which challenge to answer with.
     Unauthorized { bearer: bool },
@@ -55,7 +55,7 @@ pub enum Refusal {
 }
 
 /// The host accounts and the JWT key, and the throttles of password logins.
-pub struct HostAuth {
+pub(crate) struct HostAuth {
     /// Replaced as a whole on SIGHUP ([`HostAuth::replace`]).
     logins: RwLock<Arc<Logins>>,
     verifications: Semaphore,
@@ -68,7 +68,7 @@ pub struct HostAuth {
 /// On any other `http.listen` than loopback, the node needs a way for hosts to log in:
 /// an `[[http.hosts]]` account or `http.jwt_secret` (the one-time password is for a
 /// node on loopback only).
-pub fn check_host_logins(http: &HttpConfig) -> Result<(), String> {
+pub(crate) fn check_host_logins(http: &HttpConfig) -> Result<(), String> {
     if http.hosts.is_empty() && http.jwt_secret.is_empty() && !http.listen.ip().is_loopback() {
         return Err(format!(
             "http.hosts: http.listen {} is not a loopback address, so at least one \
@@ -128,7 +128,7 @@ impl std::fmt::Debug for HostAuth {
 impl HostAuth {
     /// The accounts of `[http]`; with none (and no JWT secret) a one-time password is
     /// made and returned so that it can be shown to the operator once.
-    pub fn from_config(http: &HttpConfig) -> (HostAuth, Option<String>) {
+    pub(crate) fn from_config(http: &HttpConfig) -> (HostAuth, Option<String>) {
         install_hs256_provider();
         let none = http.hosts.is_empty() && http.jwt_secret.is_empty();
         let password = none.then(|| {
@@ -149,7 +149,7 @@ impl HostAuth {
     /// The accounts and JWT secret of a new `[http]` (SIGHUP); logins from now on are
     /// checked against them. With neither, a one-time password shown at start stays
     /// good; none is made now (no terminal may be watching).
-    pub fn replace(&self, http: &HttpConfig) {
+    pub(crate) fn replace(&self, http: &HttpConfig) {
         let one_time = self.logins().one_time;
         let none = http.hosts.is_empty() && http.jwt_secret.is_empty();
         let logins = Logins::new(http, one_time.filter(|_| none));
@@ -166,7 +166,7 @@ impl HostAuth {
     /// The host a request speaks for: the account name (Basic), or `jwt:` and the
     /// token's `sub` (Bearer). `source` is the client's address: one that failed too
     /// many password logins is refused before any verification.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         self: &Arc<Self>,
         headers: &HeaderMap,
         source: Option<IpAddr>,
@@ -309,7 +309,7 @@ static HS256_ONLY: CryptoProvider = CryptoProvider {
 
 /// Makes [`HS256_ONLY`] jsonwebtoken's provider for this process (once; later calls
 /// change nothing).
-pub fn install_hs256_provider() {
+pub(crate) fn install_hs256_provider() {
     let _ = HS256_ONLY.install_default();
 }
 

@@ -16,7 +16,7 @@ const MAX_SOURCES: usize = 65_536;
 
 /// At most `limit` requests per source in each window of `window_secs`.
 #[derive(Debug)]
-pub struct PerSource {
+pub(crate) struct PerSource {
     limit: u32,
     window_secs: u64,
     /// Source → (start of its window, requests in it).
@@ -24,7 +24,7 @@ pub struct PerSource {
 }
 
 impl PerSource {
-    pub fn new(limit: u32, window_secs: u64) -> PerSource {
+    pub(crate) fn new(limit: u32, window_secs: u64) -> PerSource {
         PerSource {
             limit,
             window_secs: window_secs.max(1),
@@ -34,7 +34,7 @@ impl PerSource {
 
     /// Counts one request of `source` at `now` (unix seconds): `Err(seconds)` until
     /// the source may ask again when it is over its limit.
-    pub fn check(&self, source: IpAddr, now: u64) -> Result<(), u64> {
+    pub(crate) fn check(&self, source: IpAddr, now: u64) -> Result<(), u64> {
         let key = client_prefix(source);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if !seen.contains_key(&key) && seen.len() >= MAX_SOURCES {
@@ -63,7 +63,7 @@ impl PerSource {
 impl PerSource {
     /// Whether `source` is over its limit now, without counting a request: the
     /// seconds until it may ask again.
-    pub fn blocked(&self, source: IpAddr, now: u64) -> Option<u64> {
+    pub(crate) fn blocked(&self, source: IpAddr, now: u64) -> Option<u64> {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         let &(start, count) = seen.get(&client_prefix(source))?;
         let end = start.saturating_add(self.window_secs);

@@ -1,11 +1,11 @@
 //! The HTTP side of the node (axum): health, metrics, the room API, and the reference
 //! page.
 
-pub mod auth;
-pub mod limit;
-pub mod page;
-pub mod rooms;
-pub mod serve;
+pub(crate) mod auth;
+pub(crate) mod limit;
+pub(crate) mod page;
+pub(crate) mod rooms;
+pub(crate) mod serve;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -25,12 +25,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub metrics: Arc<Metrics>,
-    pub rooms: Arc<rooms::RoomsApi>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) rooms: Arc<rooms::RoomsApi>,
     /// Whether every data-plane worker runs (`/api/health`).
-    pub liveness: Arc<Liveness>,
+    pub(crate) liveness: Arc<Liveness>,
     /// `http.cors_origins`.
-    pub cors_origins: Arc<[String]>,
+    pub(crate) cors_origins: Arc<[String]>,
 }
 
 impl AppState {
@@ -193,7 +193,7 @@ fn room_of(path: &str) -> Option<&str> {
 }
 
 /// An error answer: `{"error": "..."}` with a fitting status.
-pub fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
@@ -219,7 +219,7 @@ async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> 
 
 /// The OpenAPI 3 document of the API (`src/http/openapi.json`; `tests/openapi.rs` runs
 /// schemathesis against a live node with it).
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()

@@ -14,14 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sha2::{Digest, Sha256};
 
-pub const INDEX_HTML: &str = include_str!("page/index.html");
-pub const APP_JS: &str = include_str!("page/app.js");
-pub const APP_CSS: &str = include_str!("page/app.css");
-pub const ICON_SVG: &str = include_str!("page/icon.svg");
-pub const E2EE_WORKER_JS: &str = include_str!("page/e2ee-worker.js");
+pub(crate) const INDEX_HTML: &str = include_str!("page/index.html");
+pub(crate) const APP_JS: &str = include_str!("page/app.js");
+pub(crate) const APP_CSS: &str = include_str!("page/app.css");
+pub(crate) const ICON_SVG: &str = include_str!("page/icon.svg");
+pub(crate) const E2EE_WORKER_JS: &str = include_str!("page/e2ee-worker.js");
 
 /// Everything from this node only; no plugins, no `<base>`, no framing.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; object-src 'none'; \
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Camera, microphone and screen sharing for this origin only; nothing else the page
@@ -104,7 +104,7 @@ static E2EE_WORKER: LazyLock<Asset> =
 
 /// The page's routes: `/`, `/r/{room}`, `/app.js`, `/app.css`, `/icon.svg` and
 /// `/e2ee-worker.js` (the end-to-end encryption of media frames).
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/r/{room}", get(index))

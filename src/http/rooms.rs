@@ -46,17 +46,17 @@ use crate::store::{HostKey, RedbStore, RoomStore, StoredRoom};
 
 /// Largest request body: an SDP answer in a large room (a 50-person room's is about
 /// 70 KB; the answer's own bound, twice our offer, is checked after).
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// Largest JSON body (a display name, a preference, a lock).
-pub const MAX_JSON_BODY: usize = 16 * 1024;
+pub(crate) const MAX_JSON_BODY: usize = 16 * 1024;
 /// How long the TURN credentials handed to a participant stay valid.
-pub const TURN_CREDENTIAL_SECS: u64 = 12 * 3600;
+pub(crate) const TURN_CREDENTIAL_SECS: u64 = 12 * 3600;
 /// Events waiting on one stream; a client that falls this far behind loses the stream
 /// (it reconnects and starts again from a fresh roster).
 const STREAM_QUEUE: usize = 64;
 /// Joins one source address (an IPv6 /64) may make per minute: plenty for the people
 /// behind one address, too few to fill rooms with participants nobody sees.
-pub const JOINS_PER_MINUTE: u32 = 30;
+pub(crate) const JOINS_PER_MINUTE: u32 = 30;
 /// SSE comment lines keep idle connections (and proxies) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often media sessions are swept for lost consent (and sessions without a
@@ -66,7 +66,7 @@ const MEDIA_SWEEP_EVERY: Duration = Duration::from_secs(1);
 const ROOM_SWEEP_TICKS: u32 = 5;
 
 /// The room API's shared state.
-pub struct RoomsApi {
+pub(crate) struct RoomsApi {
     hub: Mutex<Hub>,
     hosts: Arc<HostAuth>,
     /// Replaced on SIGHUP (a new TURN REST secret signs from then on).
@@ -142,7 +142,7 @@ impl RoomsApi {
     /// REST secrets (the first signs the credentials handed out). With no host account
     /// and no JWT secret, a one-time password is made and printed on stderr; that is only
     /// allowed on a loopback `http.listen`.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         turn_secrets: &[String],
         media: Arc<MediaSessions>,
@@ -193,21 +193,21 @@ impl RoomsApi {
 
     /// From now on joins answer 503 while `load` says the node is overloaded; its
     /// figures go on `/metrics` every second.
-    pub fn watch_load(&self, load: Arc<Load>) {
+    pub(crate) fn watch_load(&self, load: Arc<Load>) {
         let _ = self.load.set(load);
     }
 
     /// From now on no new rooms or participants; who is in a call stays.
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
     /// Participants in all rooms (a draining node waits for none to be left).
-    pub fn participants(&self) -> usize {
+    pub(crate) fn participants(&self) -> usize {
         self.hub().rooms.participants_total()
     }
 
@@ -252,7 +252,7 @@ impl RoomsApi {
     /// What SIGHUP changes here: the host accounts and JWT secret of `config`, and the
     /// TURN REST secret that signs participants' credentials (the first of
     /// `turn_secrets`, the node's effective ones). Rooms and participants stay.
-    pub fn reload(&self, config: &Config, turn_secrets: &[String]) {
+    pub(crate) fn reload(&self, config: &Config, turn_secrets: &[String]) {
         self.hosts.replace(&config.http);
         if let Some(secret) = turn_secrets.iter().find(|s| !s.is_empty()) {
             *self.ice.write().unwrap_or_else(PoisonError::into_inner) =
@@ -273,7 +273,7 @@ impl RoomsApi {
     /// Every second, makes participants whose media consent ran out leave; every few
     /// seconds removes detached participants and expired rooms (and their media
     /// sessions). Runs until the API is dropped.
-    pub async fn sweep_forever(api: Weak<RoomsApi>, metrics: Arc<Metrics>) {
+    pub(crate) async fn sweep_forever(api: Weak<RoomsApi>, metrics: Arc<Metrics>) {
         let mut tick = tokio::time::interval(MEDIA_SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u32;
@@ -511,7 +511,7 @@ fn restore_rooms(
 /// Browsers slow their discovery down (and Firefox warns) from five URLs on, so the lists
 /// stay short: no `stun:` URLs (an ICE-lite SFU with a public address needs none).
 #[derive(Clone)]
-pub struct IceServers {
+pub(crate) struct IceServers {
     /// For `iceTransportPolicy: "all"`: TCP and TLS.
     direct: Vec<String>,
     /// For `iceTransportPolicy: "relay"`: UDP, then TCP and TLS.
@@ -520,7 +520,7 @@ pub struct IceServers {
 }
 
 impl IceServers {
-    pub fn from_config(config: &Config, secret: String) -> IceServers {
+    pub(crate) fn from_config(config: &Config, secret: String) -> IceServers {
         let mut hostports: Vec<(String, bool)> = Vec::new();
         for l in &config.turn.listen {
             let host = match l.0.ip() {
@@ -573,7 +573,7 @@ impl IceServers {
     /// [`TURN_CREDENTIAL_SECS`] at most and only while the participant is in the room
     /// (the username says which: `<expiry>:room:<room>:<participant>`, see
     /// [`crate::turn::auth::room_credential`]).
-    pub fn for_participant(
+    pub(crate) fn for_participant(
         &self,
         room: &str,
         participant: &str,
@@ -711,7 +711,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `POST /api/rooms`
-pub async fn create_room(
+pub(crate) async fn create_room(
     State(state): State<AppState>,
     source: Source,
     headers: HeaderMap,
@@ -754,7 +754,7 @@ pub async fn create_room(
 }
 
 /// `GET /api/rooms/{room}`
-pub async fn get_room(State(state): State<AppState>, Path(room): Path<String>) -> Response {
+pub(crate) async fn get_room(State(state): State<AppState>, Path(room): Path<String>) -> Response {
     let view = state.rooms.hub().rooms.view(&room, unix_now());
     match view {
         Ok(v) => Json(json!({
@@ -769,7 +769,7 @@ pub async fn get_room(State(state): State<AppState>, Path(room): Path<String>) -
 }
 
 /// `DELETE /api/rooms/{room}` (its host): everyone in it hears `room_closed` and is out.
-pub async fn delete_room(
+pub(crate) async fn delete_room(
     State(state): State<AppState>,
     Path(room): Path<String>,
     source: Source,
@@ -795,7 +795,7 @@ pub async fn delete_room(
 }
 
 /// `POST /api/rooms/{room}/participants` `{"display_name"}`
-pub async fn join(
+pub(crate) async fn join(
     State(state): State<AppState>,
     Path(room): Path<String>,
     source: Source,
@@ -905,7 +905,7 @@ fn declares(headers: &HeaderMap, mime: &str) -> bool {
 
 /// `PATCH /api/rooms/{room}` `{"locked": bool}` (the room's host): a locked room
 /// refuses new participants; who is in stays.
-pub async fn patch_room(
+pub(crate) async fn patch_room(
     State(state): State<AppState>,
     Path(room): Path<String>,
     source: Source,
@@ -947,12 +947,12 @@ pub async fn patch_room(
 }
 
 #[derive(serde::Deserialize)]
-pub struct TokenQuery {
+pub(crate) struct TokenQuery {
     token: Option<String>,
 }
 
 /// `GET /api/rooms/{room}/participants/{p}/events` (token as Bearer or `?token=`)
-pub async fn events(
+pub(crate) async fn events(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     query: Result<Query<TokenQuery>, QueryRejection>,
@@ -1055,7 +1055,7 @@ fn authenticate(
 
 /// `DELETE /api/rooms/{room}/participants/{p}`, with the participant's token (it
 /// leaves) or the room host's login (it is removed): the others hear `left`.
-pub async fn leave(
+pub(crate) async fn leave(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     source: Source,
@@ -1137,7 +1137,7 @@ fn json_call(
 /// `POST .../participants/{p}/publish` (SDP offer, WHIP-like): 201 with our SDP
 /// answer; the participant's media session is registered under our ICE ufrag, so the
 /// data plane answers its connectivity checks. A second publish is refused (409).
-pub async fn publish(
+pub(crate) async fn publish(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     headers: HeaderMap,
@@ -1207,14 +1207,14 @@ fn publish_refused(e: PublishRefusal) -> Response {
 /// The query of `PUT .../publish`: `screen`, the mid of a section that carries a
 /// shared screen (given again with every re-offer while it is shared).
 #[derive(serde::Deserialize)]
-pub struct RepublishQuery {
+pub(crate) struct RepublishQuery {
     screen: Option<String>,
 }
 
 /// `PUT .../participants/{p}/publish` (SDP re-offer of the publishing connection): 200
 /// with our answer. A track added (a shared screen: its mid in `?screen=`) is forwarded
 /// to the room, one stopped is taken from it; the rest goes on.
-pub async fn republish(
+pub(crate) async fn republish(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     query: Result<Query<RepublishQuery>, QueryRejection>,
@@ -1259,7 +1259,7 @@ fn already_publishing() -> Response {
 }
 
 /// `POST .../participants/{p}/subscribe` (SDP answer to the server's offer)
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     headers: HeaderMap,
@@ -1324,7 +1324,7 @@ fn parse_preferences(raw: &[u8]) -> Option<(Option<u32>, Option<bool>)> {
 }
 
 /// `PUT .../participants/{p}/preferences` `{"max_height": 180, "audio_only": false}`
-pub async fn preferences(
+pub(crate) async fn preferences(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     headers: HeaderMap,
@@ -1365,7 +1365,7 @@ pub async fn preferences(
 /// `POST .../participants/{p}/chat` `{"text": "..."}`: to everyone in the room, on
 /// their event streams (see [`Rooms::chat`]). The text is in no log: the access log
 /// names the route, never a body.
-pub async fn chat(
+pub(crate) async fn chat(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     headers: HeaderMap,
@@ -1411,7 +1411,7 @@ fn tell_room(hub: &mut Hub, told: Result<Effects, RoomError>) -> Response {
 
 /// `PUT .../participants/{p}/hand` `{"raised": true}`: everyone in the room hears
 /// `hand`; rosters show it.
-pub async fn hand(
+pub(crate) async fn hand(
     State(state): State<AppState>,
     Path((room, participant)): Path<(String, String)>,
     headers: HeaderMap,

@@ -28,19 +28,19 @@ use crate::net::client::client_prefix;
 
 /// The longest a client may take to send a request head, or to start its next
 /// request on a kept-alive connection.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (request line and headers) read.
-pub const MAX_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
 /// The caps of [`serve`].
 #[derive(Clone, Copy, Debug)]
-pub struct ConnectionLimits {
-    pub total: usize,
-    pub per_ip: usize,
+pub(crate) struct ConnectionLimits {
+    pub(crate) total: usize,
+    pub(crate) per_ip: usize,
 }
 
 /// Serves `app` on `listener` until the task is dropped.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
