@@ -16,31 +16,33 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub node: NodeConfig,
+    pub(crate) node: NodeConfig,
+    /// `[turn]`: listeners, TLS, realm, secrets and limits of the TURN server.
     pub turn: TurnConfig,
-    pub http: HttpConfig,
-    pub rooms: RoomsConfig,
-    pub media: MediaConfig,
-    pub store: StoreConfig,
+    pub(crate) http: HttpConfig,
+    pub(crate) rooms: RoomsConfig,
+    pub(crate) media: MediaConfig,
+    pub(crate) store: StoreConfig,
+    /// `[log]`: level and destination of the log.
     pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct NodeConfig {
+pub(crate) struct NodeConfig {
     /// IPv4 address put into XOR-RELAYED-ADDRESS and ICE candidates.
-    pub public_ip: Ipv4Addr,
+    pub(crate) public_ip: Ipv4Addr,
     /// The same for IPv6; `None` ("" in the file) means the relay address itself.
     #[serde(deserialize_with = "optional_ipv6")]
-    pub public_ipv6: Option<Ipv6Addr>,
+    pub(crate) public_ipv6: Option<Ipv6Addr>,
     /// Data-plane threads; 0 means one per CPU core.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// After SIGUSR1 (drain), the node exits when the last call ends, or after this
     /// many seconds at most.
-    pub drain_timeout_s: u64,
+    pub(crate) drain_timeout_s: u64,
     /// New allocations (508) and joins (503) are refused while a data-plane worker
     /// is busier than this share of its time (see `load`); 0 never refuses.
-    pub overload_percent: u8,
+    pub(crate) overload_percent: u8,
 }
 
 impl Default for NodeConfig {
@@ -57,7 +59,7 @@ impl Default for NodeConfig {
 
 impl NodeConfig {
     /// The number of data-plane workers to start.
-    pub fn worker_count(&self) -> usize {
+    pub(crate) fn worker_count(&self) -> usize {
         if self.workers > 0 {
             return self.workers;
         }
@@ -67,37 +69,41 @@ impl NodeConfig {
     }
 }
 
+/// The `[turn]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TurnConfig {
-    pub listen: Vec<ListenAddr>,
+    pub(crate) listen: Vec<ListenAddr>,
+    /// TURN over TLS listeners (TCP); none unless given.
     pub tls_listen: Vec<ListenAddr>,
+    /// PEM certificate chain for `tls_listen`.
     pub tls_cert: PathBuf,
+    /// PEM private key for `tls_cert`.
     pub tls_key: PathBuf,
-    pub realm: String,
+    pub(crate) realm: String,
     /// TURN REST API secrets: one string, or a list while a new one is rolled out.
     #[serde(deserialize_with = "one_or_many")]
-    pub auth_secret: Vec<String>,
-    pub users: BTreeMap<String, String>,
-    pub relay_ports: PortRange,
-    pub relay_ips: Vec<IpAddr>,
-    pub allow_loopback_peers: bool,
-    pub allowed_peers: Vec<Cidr>,
-    pub denied_peers: Vec<Cidr>,
+    pub(crate) auth_secret: Vec<String>,
+    pub(crate) users: BTreeMap<String, String>,
+    pub(crate) relay_ports: PortRange,
+    pub(crate) relay_ips: Vec<IpAddr>,
+    pub(crate) allow_loopback_peers: bool,
+    pub(crate) allowed_peers: Vec<Cidr>,
+    pub(crate) denied_peers: Vec<Cidr>,
     /// TCP and TLS client connections held at once; more are refused at accept.
-    pub max_tcp_connections: usize,
+    pub(crate) max_tcp_connections: usize,
     /// Allocations held at once, by all users together.
-    pub max_allocations: usize,
+    pub(crate) max_allocations: usize,
     /// Allocations one username may hold at once.
-    pub max_allocations_per_user: u32,
+    pub(crate) max_allocations_per_user: u32,
     /// Allocations one client address (an IPv6 /64) holds at once, EVEN-PORT
     /// reservations included.
-    pub max_allocations_per_ip: u32,
+    pub(crate) max_allocations_per_ip: u32,
     /// Permissions and channels one allocation may hold.
-    pub max_permissions: usize,
-    pub max_channels: usize,
+    pub(crate) max_permissions: usize,
+    pub(crate) max_channels: usize,
     /// Relayed kilobits per second one allocation may use; 0 = no cap.
-    pub max_bandwidth_kbps: u64,
+    pub(crate) max_bandwidth_kbps: u64,
 }
 
 impl Default for TurnConfig {
@@ -131,18 +137,18 @@ impl Default for TurnConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    pub listen: SocketAddr,
-    pub public_url: PublicUrl,
-    pub jwt_secret: String,
-    pub hosts: Vec<HostAccount>,
+pub(crate) struct HttpConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) public_url: PublicUrl,
+    pub(crate) jwt_secret: String,
+    pub(crate) hosts: Vec<HostAccount>,
     /// Origins (`https://meet.example.org`) of a separate web page whose scripts may
     /// call the API; the reference page, served by the node itself, needs none.
-    pub cors_origins: Vec<String>,
+    pub(crate) cors_origins: Vec<String>,
     /// HTTP connections open at once, all clients together (event streams included).
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// HTTP connections one client address (an IPv6 /64) may hold open.
-    pub max_connections_per_ip: usize,
+    pub(crate) max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -162,16 +168,16 @@ impl Default for HttpConfig {
 /// A host account that may create rooms.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HostAccount {
-    pub name: String,
-    pub password_hash: PasswordHash,
+pub(crate) struct HostAccount {
+    pub(crate) name: String,
+    pub(crate) password_hash: PasswordHash,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RoomsConfig {
-    pub ttl_hours: u32,
-    pub max_participants: u32,
+pub(crate) struct RoomsConfig {
+    pub(crate) ttl_hours: u32,
+    pub(crate) max_participants: u32,
 }
 
 impl Default for RoomsConfig {
@@ -186,13 +192,13 @@ impl Default for RoomsConfig {
 /// The SFU's media: each receiver's downlink bandwidth estimate.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct MediaConfig {
+pub(crate) struct MediaConfig {
     /// Where a receiver's estimate starts before its feedback says more, kbit/s.
-    pub downlink_start_kbps: u32,
+    pub(crate) downlink_start_kbps: u32,
     /// The estimate never goes below this (audio and the lowest layers fit), kbit/s.
-    pub downlink_min_kbps: u32,
+    pub(crate) downlink_min_kbps: u32,
     /// Nor above this, kbit/s.
-    pub downlink_max_kbps: u32,
+    pub(crate) downlink_max_kbps: u32,
 }
 
 impl Default for MediaConfig {
@@ -208,8 +214,8 @@ impl Default for MediaConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    pub path: PathBuf,
+pub(crate) struct StoreConfig {
+    pub(crate) path: PathBuf,
 }
 
 impl Default for StoreConfig {
@@ -220,9 +226,11 @@ impl Default for StoreConfig {
     }
 }
 
+/// The `[log]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// The least severe level written.
     pub level: LogLevel,
     /// Log files are deleted once dated more than this many days ago.
     pub retention_days: u32,
@@ -241,17 +249,24 @@ impl Default for LogConfig {
     }
 }
 
+/// `log.level`, from the most severe to the most verbose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
+    /// Errors only.
     Error,
+    /// Warnings and errors.
     Warn,
+    /// Start, stop, reloads and refusals worth knowing (the default).
     Info,
+    /// Per-session events.
     Debug,
+    /// Per-packet detail.
     Trace,
 }
 
 impl LogLevel {
+    /// The `tracing` level the subscriber filters on.
     pub fn as_tracing(self) -> tracing::Level {
         match self {
             LogLevel::Error => tracing::Level::ERROR,
@@ -295,7 +310,9 @@ impl<'de> Deserialize<'de> for ListenAddr {
 /// An inclusive UDP port range for relay sockets, written `"49152-65535"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
+    /// The lowest port, included.
     pub first: u16,
+    /// The highest port, included.
     pub last: u16,
 }
 
@@ -322,13 +339,13 @@ fn parse_port_range(s: &str) -> Result<PortRange, String> {
 /// An address block, `"10.0.0.0/8"`, `"2001:db8::/32"`, or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
+    pub(crate) addr: IpAddr,
+    pub(crate) prefix: u8,
 }
 
 impl Cidr {
     /// Whether `ip` lies in this block (families must match; callers canonicalise first).
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
@@ -377,7 +394,7 @@ impl<'de> Deserialize<'de> for Cidr {
 
 /// The base URL of the room links handed out (`http://` or `https://`, no trailing `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicUrl(pub String);
+pub(crate) struct PublicUrl(pub String);
 
 impl<'de> Deserialize<'de> for PublicUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -401,7 +418,7 @@ impl<'de> Deserialize<'de> for PublicUrl {
 
 /// An argon2id PHC string, checked for form when the file is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PasswordHash(pub String);
+pub(crate) struct PasswordHash(pub String);
 
 impl<'de> Deserialize<'de> for PasswordHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -448,10 +465,10 @@ fn optional_ipv6<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv6Ad
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// Dotted key, e.g. `turn.listen`; empty for a syntax error.
-    pub key: String,
+    pub(crate) key: String,
     /// 1-based line, where it could be found.
-    pub line: Option<usize>,
-    pub message: String,
+    pub(crate) line: Option<usize>,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for ConfigError {

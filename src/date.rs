@@ -14,7 +14,7 @@ pub fn days_from_civil(year: i32, month: u8, day: u8) -> Option<i64> {
 
 /// The (year, month, day) of days since 1970-01-01; `None` beyond `time`'s range
 /// (±9999 years).
-pub fn civil_from_days(days: i64) -> Option<(i32, u8, u8)> {
+pub(crate) fn civil_from_days(days: i64) -> Option<(i32, u8, u8)> {
     let julian = i32::try_from(days.checked_add(UNIX_EPOCH_JULIAN_DAY)?).ok()?;
     let date = Date::from_julian_day(julian).ok()?;
     Some((date.year(), u8::from(date.month()), date.day()))

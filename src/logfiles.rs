@@ -113,7 +113,7 @@ impl<'a> MakeWriter<'a> for DailyFiles {
 
 /// Deletes this node's log files dated more than `retention_days` before `today`.
 /// Other files in the directory are left alone.
-pub fn purge(dir: &Path, retention_days: u32, today: i64) -> io::Result<usize> {
+pub(crate) fn purge(dir: &Path, retention_days: u32, today: i64) -> io::Result<usize> {
     let mut deleted = 0;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;

@@ -13,14 +13,14 @@ use std::fmt::Write;
 
 /// The client transport a message came over.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     Udp,
     Tcp,
     Tls,
 }
 
 impl Transport {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
@@ -37,7 +37,7 @@ impl EncodeLabelValue for Transport {
 
 /// Why a packet was dropped.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// Not a well-formed message of any protocol we speak.
     Malformed,
     /// A datagram of no protocol the media port speaks: its first byte is outside the
@@ -62,7 +62,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DropReason::Malformed => "malformed",
             DropReason::Unrouted => "unrouted",
@@ -95,7 +95,7 @@ struct DropLabel {
 
 /// Which way a relayed packet went.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     ToPeer,
     ToClient,
 }
@@ -117,35 +117,35 @@ struct DirectionLabel {
 /// TURN's metrics, shared by every TURN core.
 #[derive(Clone, Debug, Default)]
 pub struct TurnMetrics {
-    pub allocations: Gauge,
-    pub permissions: Gauge,
-    pub channels: Gauge,
-    pub auth_failures: Counter,
-    pub peers_refused: Counter,
-    pub quota_refused: Counter,
-    pub relayed_packets_to_peer: Counter,
-    pub relayed_bytes_to_peer: Counter,
-    pub relayed_packets_to_client: Counter,
-    pub relayed_bytes_to_client: Counter,
+    pub(crate) allocations: Gauge,
+    pub(crate) permissions: Gauge,
+    pub(crate) channels: Gauge,
+    pub(crate) auth_failures: Counter,
+    pub(crate) peers_refused: Counter,
+    pub(crate) quota_refused: Counter,
+    pub(crate) relayed_packets_to_peer: Counter,
+    pub(crate) relayed_bytes_to_peer: Counter,
+    pub(crate) relayed_packets_to_client: Counter,
+    pub(crate) relayed_bytes_to_client: Counter,
     /// Datagrams between a relay and the node's own media port handed over inside the
     /// worker (no system call): a client's to the SFU (`to_peer`) and the SFU's to the
     /// client (`to_client`). Also counted in `relayed_packets_*`.
-    pub internal_to_peer: Counter,
-    pub internal_to_client: Counter,
+    pub(crate) internal_to_peer: Counter,
+    pub(crate) internal_to_client: Counter,
     /// Datagrams from the node's own media port that reached a relay socket through
     /// the kernel (the SFU answering a client whose allocation another worker holds).
-    pub hairpin: Counter,
+    pub(crate) hairpin: Counter,
     /// Of `internal_to_client`: the SFU's datagrams handed from the worker that sent them
     /// to the worker holding the relay (`net::handoff`).
-    pub cross_worker: Counter,
+    pub(crate) cross_worker: Counter,
     /// The SFU's datagrams for another worker's relay that went through the kernel
     /// because that worker's hand-over queue was full (then also counted as `hairpin`).
-    pub cross_worker_queue_full: Counter,
+    pub(crate) cross_worker_queue_full: Counter,
 }
 
 /// What kind of media packet the SFU received.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum MediaKind {
+pub(crate) enum MediaKind {
     Rtp,
     Rtcp,
 }
@@ -201,7 +201,7 @@ struct MediaDropLabel {
 
 /// Why the SFU did not answer a receiver's NACK of a packet.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum NackRefusal {
+pub(crate) enum NackRefusal {
     /// No longer in the cache, or never sent to that receiver.
     NotHeld,
     /// Sent again less than a round trip ago.
@@ -232,88 +232,88 @@ pub struct SfuMetrics {
     /// not ended since.
     pub dtls_connected: Gauge,
     /// DTLS handshakes that failed (bad fingerprint, protocol error, timeout).
-    pub dtls_failures: Counter,
+    pub(crate) dtls_failures: Counter,
     /// Of those, sessions ended because the DTLS library panicked on their records
     /// (caught per session: the worker goes on).
-    pub dtls_panics: Counter,
+    pub(crate) dtls_panics: Counter,
     /// Media datagrams unprotected, and their bytes on the wire, by kind.
-    pub received_rtp_packets: Counter,
-    pub received_rtp_bytes: Counter,
-    pub received_rtcp_packets: Counter,
-    pub received_rtcp_bytes: Counter,
-    pub dropped_unvalidated: Counter,
-    pub dropped_no_keys: Counter,
-    pub dropped_auth_failed: Counter,
-    pub dropped_replayed: Counter,
-    pub dropped_malformed: Counter,
-    pub dropped_dtls: Counter,
+    pub(crate) received_rtp_packets: Counter,
+    pub(crate) received_rtp_bytes: Counter,
+    pub(crate) received_rtcp_packets: Counter,
+    pub(crate) received_rtcp_bytes: Counter,
+    pub(crate) dropped_unvalidated: Counter,
+    pub(crate) dropped_no_keys: Counter,
+    pub(crate) dropped_auth_failed: Counter,
+    pub(crate) dropped_replayed: Counter,
+    pub(crate) dropped_malformed: Counter,
+    pub(crate) dropped_dtls: Counter,
     /// RTP packets forwarded to receivers (one per receiver).
-    pub forwarded_rtp_packets: Counter,
+    pub(crate) forwarded_rtp_packets: Counter,
     /// Keyframe requests (PLI) sent to publishers.
-    pub keyframe_requests: Counter,
+    pub(crate) keyframe_requests: Counter,
     /// Packets sent again to receivers that asked for them with a NACK.
-    pub retransmitted_packets: Counter,
+    pub(crate) retransmitted_packets: Counter,
     /// NACKed packets not sent again, by reason.
-    pub nack_refused_not_held: Counter,
-    pub nack_refused_too_soon: Counter,
-    pub nack_refused_budget: Counter,
+    pub(crate) nack_refused_not_held: Counter,
+    pub(crate) nack_refused_too_soon: Counter,
+    pub(crate) nack_refused_budget: Counter,
     /// RTCP the SFU sent besides keyframe requests: reports, NACKs, transport-cc.
-    pub rtcp_sent: Counter,
+    pub(crate) rtcp_sent: Counter,
     /// Transport-cc feedback and REMB read from receivers into their downlink estimates.
-    pub downlink_feedback: Counter,
+    pub(crate) downlink_feedback: Counter,
     /// Padding packets sent to probe receivers' paths before raising their video.
-    pub probe_padding: Counter,
+    pub(crate) probe_padding: Counter,
     /// `sendmmsg` system calls that sent the SFU's datagrams (the workers' outboxes),
     /// and the datagrams they sent: their ratio is packets per system call.
-    pub send_batches: Counter,
-    pub sent_datagrams: Counter,
+    pub(crate) send_batches: Counter,
+    pub(crate) sent_datagrams: Counter,
 }
 
 /// All of the node's metrics and the registry that encodes them.
 pub struct Metrics {
-    pub turn: TurnMetrics,
-    pub sfu: SfuMetrics,
+    pub(crate) turn: TurnMetrics,
+    pub(crate) sfu: SfuMetrics,
     registry: Registry,
     received: Family<TransportLabel, Counter>,
     stun_answered: Family<TransportLabel, Counter>,
     dropped: Family<DropLabel, Counter>,
     /// TCP and TLS client connections open now.
-    pub tcp_connections: Gauge,
+    pub(crate) tcp_connections: Gauge,
     /// TCP and TLS connections refused because `turn.max_tcp_connections` was reached.
-    pub tcp_refused: Counter,
+    pub(crate) tcp_refused: Counter,
     /// HTTP connections open now.
-    pub http_connections: Gauge,
+    pub(crate) http_connections: Gauge,
     /// HTTP connections closed at once: over `http.max_connections` or
     /// `http.max_connections_per_ip`.
-    pub http_refused: Counter,
+    pub(crate) http_refused: Counter,
     /// Rooms the node holds (those in use and those waiting for their link), and
     /// participants in them, and the SFU's media sessions (publishing and receiving);
     /// set every second.
-    pub rooms: Gauge,
-    pub participants: Gauge,
-    pub media_sessions: Gauge,
+    pub(crate) rooms: Gauge,
+    pub(crate) participants: Gauge,
+    pub(crate) media_sessions: Gauge,
     /// Whether new allocations and joins are refused for load (1) or not (0), the
     /// busiest data-plane worker's share of the last second in percent (both set every
     /// second), and the allocations and joins refused so (see `load`).
-    pub overloaded: Gauge,
-    pub busiest_worker: Gauge,
-    pub overload_refused_allocations: Counter,
-    pub overload_refused_joins: Counter,
+    pub(crate) overloaded: Gauge,
+    pub(crate) busiest_worker: Gauge,
+    pub(crate) overload_refused_allocations: Counter,
+    pub(crate) overload_refused_joins: Counter,
 }
 
 /// The counters of one transport, cloned into each worker or connection task.
 #[derive(Clone, Debug)]
-pub struct TransportCounters {
-    pub received: Counter,
-    pub stun_answered: Counter,
-    pub malformed: Counter,
-    pub unrouted: Counter,
-    pub unhandled: Counter,
-    pub no_route: Counter,
-    pub rate_limited: Counter,
-    pub bandwidth: Counter,
-    pub replayed: Counter,
-    pub send_failed: Counter,
+pub(crate) struct TransportCounters {
+    pub(crate) received: Counter,
+    pub(crate) stun_answered: Counter,
+    pub(crate) malformed: Counter,
+    pub(crate) unrouted: Counter,
+    pub(crate) unhandled: Counter,
+    pub(crate) no_route: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) bandwidth: Counter,
+    pub(crate) replayed: Counter,
+    pub(crate) send_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -323,6 +323,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every family registered under the `confnode` prefix, all at zero.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("confnode");
         let received = Family::<TransportLabel, Counter>::default();
@@ -430,7 +431,7 @@ impl Metrics {
     }
 
     /// The counter handles of one transport.
-    pub fn transport(&self, transport: Transport) -> TransportCounters {
+    pub(crate) fn transport(&self, transport: Transport) -> TransportCounters {
         let label = TransportLabel { transport };
         let drop = |reason| {
             self.dropped
@@ -452,7 +453,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -624,7 +624,7 @@ fn udp_listen_addresses(config: &Config) -> Result<Vec<SocketAddr>, String> {
 /// The TURN REST secrets in force: the configured ones, or, when none is set, one
 /// random secret made now, with which the room API signs the TURN credentials it
 /// hands to participants (so they work with no secret configured).
-pub fn effective_turn_secrets(configured: &[String]) -> Vec<String> {
+pub(crate) fn effective_turn_secrets(configured: &[String]) -> Vec<String> {
     let secrets: Vec<String> = configured
         .iter()
         .filter(|s| !s.is_empty())

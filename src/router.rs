@@ -30,8 +30,11 @@ pub enum Inbound {
     /// hand-over queue was full): `peer` is then the media address the relay's client
     /// sent to.
     Peer {
+        /// The relay socket it arrived on.
         relay: RelayId,
+        /// Its sender, or the client's media address for a hairpin.
         peer: SocketAddr,
+        /// It came from our own media port (see above).
         hairpin: bool,
     },
     /// A client's STUN that is no TURN method: a Binding request or an ICE check.
@@ -49,7 +52,7 @@ pub enum Inbound {
 
 /// Where a datagram the SFU sends goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// To this worker's relay: to the TURN core, as from our media address, and on to
     /// its client.
     OwnRelay(RelayId),
@@ -60,7 +63,7 @@ pub enum Outbound {
 }
 
 /// Which worker holds the relay bound to an address (`net::handoff`'s directory).
-pub trait RelayDirectory {
+pub(crate) trait RelayDirectory {
     /// The worker holding the relay bound to `addr`, if it is one of ours.
     fn owner(&self, addr: SocketAddr) -> Option<usize>;
     /// Whether `addr` is in the directory's space, so that [`Self::owner`]'s `None`
@@ -99,6 +102,7 @@ impl Routes {
         }
     }
 
+    /// Listener sockets (media port first) the routes know.
     pub fn listeners(&self) -> usize {
         self.listeners
     }
@@ -120,7 +124,7 @@ impl Routes {
 
     /// Relay `index` closed. Returns its address, to unregister from the other
     /// workers before the port is free.
-    pub fn remove_relay(&mut self, index: usize) -> Option<SocketAddr> {
+    pub(crate) fn remove_relay(&mut self, index: usize) -> Option<SocketAddr> {
         if index < self.listeners {
             return None;
         }
@@ -133,13 +137,13 @@ impl Routes {
     }
 
     /// The local address of socket `index` (for a relay: the relayed transport address).
-    pub fn local(&self, index: usize) -> Option<SocketAddr> {
+    pub(crate) fn local(&self, index: usize) -> Option<SocketAddr> {
         self.local.get(index).copied().flatten()
     }
 
     /// Lists the own media addresses: every listener's address, then the public
     /// addresses at the listeners' ports (a listener named first wins a shared port).
-    pub fn set_own_media(&mut self, (public_v4, public_v6): (Ipv4Addr, Option<Ipv6Addr>)) {
+    pub(crate) fn set_own_media(&mut self, (public_v4, public_v6): (Ipv4Addr, Option<Ipv6Addr>)) {
         let listeners: Vec<(SocketAddr, usize)> = (0..self.listeners)
             .filter_map(|i| Some((self.local(i)?, i)))
             .collect();
@@ -161,7 +165,7 @@ impl Routes {
 
     /// The listener whose media address `peer` is (exactly: address and port): what
     /// TURN relays there is for our own SFU.
-    pub fn own_listener(&self, peer: SocketAddr) -> Option<usize> {
+    pub(crate) fn own_listener(&self, peer: SocketAddr) -> Option<usize> {
         self.own_media
             .iter()
             .find(|&&(a, _)| same_addr(a, peer))
@@ -169,7 +173,7 @@ impl Routes {
     }
 
     /// This worker's relay bound to `addr`, if any.
-    pub fn relay_at(&self, addr: SocketAddr) -> Option<RelayId> {
+    pub(crate) fn relay_at(&self, addr: SocketAddr) -> Option<RelayId> {
         if self.relay_by_addr.is_empty() {
             return None;
         }
@@ -177,7 +181,12 @@ impl Routes {
     }
 
     /// Relay `relay`'s client reached the SFU at `peer` (on `listener`).
-    pub fn remember_media_peer(&mut self, relay: RelayId, listener: usize, peer: SocketAddr) {
+    pub(crate) fn remember_media_peer(
+        &mut self,
+        relay: RelayId,
+        listener: usize,
+        peer: SocketAddr,
+    ) {
         if self.media_peer.len() <= relay {
             self.media_peer.resize(relay + 1, None);
         }
@@ -187,7 +196,7 @@ impl Routes {
     /// The own media address the SFU's datagrams through listener `via` to relay
     /// `relay` come from: the one its client sent to, else the listener's own address
     /// (what the kernel would have shown).
-    pub fn media_peer(&self, relay: RelayId, via: usize) -> Option<SocketAddr> {
+    pub(crate) fn media_peer(&self, relay: RelayId, via: usize) -> Option<SocketAddr> {
         match self.media_peer.get(relay).copied().flatten() {
             Some((listener, peer)) if listener == via => Some(peer),
             _ => self.local(via),
@@ -222,7 +231,7 @@ impl Routes {
     /// Which of the SFU's handlers takes `data`, a TURN client's payload its relay
     /// handed to our media port: `Stun` or `Media`; anything else (TURN inside TURN
     /// through our own relay, which coturn refuses too) `Unrouted`.
-    pub fn relayed_to_sfu(data: &[u8]) -> Inbound {
+    pub(crate) fn relayed_to_sfu(data: &[u8]) -> Inbound {
         match demux::classify(data) {
             Class::Stun if !TurnCore::is_turn_method(data) => Inbound::Stun,
             Class::Dtls | Class::Rtp => Inbound::Media,
@@ -233,7 +242,7 @@ impl Routes {
     /// Where a datagram the SFU sends to `to` goes. The directory answers for every
     /// address in its range with one atomic load; the worker's own map is read only
     /// for its own relays (and for an address outside the directory's range).
-    pub fn outbound(&self, to: SocketAddr, directory: &impl RelayDirectory) -> Outbound {
+    pub(crate) fn outbound(&self, to: SocketAddr, directory: &impl RelayDirectory) -> Outbound {
         match directory.owner(to) {
             Some(w) if w == self.worker => self
                 .relay_at(to)

@@ -37,6 +37,7 @@ const LOCKED: u8 = 2;
 /// What is kept of one room.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRoom {
+    /// The room id, as in its URL.
     pub id: String,
     /// The keyed hash of its host's name (see [`HostKey`]), as the rooms hold it.
     pub host: String,
@@ -45,6 +46,7 @@ pub struct StoredRoom {
     /// People were in it when this was written: after a crash its calls are over, and
     /// its time to live starts again at the restart.
     pub occupied: bool,
+    /// The host locked it: no new participant may join.
     pub locked: bool,
 }
 

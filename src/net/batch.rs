@@ -11,12 +11,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
 /// Datagrams per system call.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 /// Bytes kept free in front of each received datagram.
 pub const HEADROOM: usize = 64;
 /// The largest datagram received whole; longer ones are truncated by the kernel and
 /// dropped. Media and TURN traffic stays well under a 1500-byte MTU.
-pub const MAX_DATAGRAM: usize = 2048 - HEADROOM;
+pub(crate) const MAX_DATAGRAM: usize = 2048 - HEADROOM;
 const SLOT: usize = HEADROOM + MAX_DATAGRAM;
 /// Control-message room per slot, in u64 words (cmsghdr alignment): one
 /// `SCM_TIMESTAMPNS` takes 32 bytes, and the kernel truncates (`MSG_CTRUNC`) rather than
@@ -34,29 +34,29 @@ struct Out {
 }
 
 /// One received datagram, as `Batch::packet` hands it out.
-pub struct Packet<'a> {
+pub(crate) struct Packet<'a> {
     /// The whole slot: `HEADROOM` free bytes, then the datagram, then free space.
-    pub slot: &'a mut [u8],
-    pub len: usize,
-    pub src: SocketAddr,
+    pub(crate) slot: &'a mut [u8],
+    pub(crate) len: usize,
+    pub(crate) src: SocketAddr,
     /// The `origin` given to `recv`: which socket it came from.
-    pub origin: usize,
+    pub(crate) origin: usize,
     /// When the kernel received it (µs of `CLOCK_REALTIME` since the Unix epoch), for
     /// sockets with `SO_TIMESTAMPNS` on (`net::udp`); see [`RxClock`].
-    pub stamp_us: Option<u64>,
+    pub(crate) stamp_us: Option<u64>,
 }
 
 /// What one `send` call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
-    pub sent: usize,
-    pub failed: usize,
+pub(crate) struct Sent {
+    pub(crate) sent: usize,
+    pub(crate) failed: usize,
     /// `sendmmsg` system calls made.
-    pub calls: usize,
+    pub(crate) calls: usize,
 }
 
 impl Sent {
-    pub fn add(&mut self, other: Sent) {
+    pub(crate) fn add(&mut self, other: Sent) {
         self.sent += other.sent;
         self.failed += other.failed;
         self.calls += other.calls;
@@ -64,7 +64,7 @@ impl Sent {
 }
 
 /// Preallocated buffers and system-call descriptors for `BATCH` datagrams.
-pub struct Batch {
+pub(crate) struct Batch {
     bufs: Box<[u8]>,
     lens: [usize; BATCH],
     srcs: [Option<SocketAddr>; BATCH],
@@ -86,7 +86,7 @@ impl Default for Batch {
 }
 
 impl Batch {
-    pub fn new() -> Batch {
+    pub(crate) fn new() -> Batch {
         // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all
         // zero bytes is a valid (empty) value.
         let zeroed = || unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
@@ -109,20 +109,20 @@ impl Batch {
     }
 
     /// Forgets the datagrams held, and what was to be sent.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.received = 0;
         self.outs = [None; BATCH];
     }
 
     /// Whether every slot holds a datagram.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.received == BATCH
     }
 
     /// Receives datagrams from a non-blocking socket into the free slots, marking them
     /// with `origin`. Returns how many arrived; `WouldBlock` when none were waiting.
     /// Filling one batch from several sockets lets their replies share one `sendmmsg`.
-    pub fn recv(&mut self, fd: RawFd, origin: usize) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd, origin: usize) -> io::Result<usize> {
         let first = self.received;
         let free = BATCH - first;
         if free == 0 {
@@ -176,17 +176,17 @@ impl Batch {
     }
 
     /// Datagrams held from the last `recv`.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.received
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.received == 0
     }
 
     /// Datagram `i`: `None` for one that was truncated or came from an unknown address
     /// family.
-    pub fn packet(&mut self, i: usize) -> Option<Packet<'_>> {
+    pub(crate) fn packet(&mut self, i: usize) -> Option<Packet<'_>> {
         if i >= self.received {
             return None;
         }
@@ -202,7 +202,14 @@ impl Batch {
 
     /// Marks `len` bytes of slot `i` from `start` (counted from the slot's beginning,
     /// headroom included) to be sent to `dst` through socket `via`.
-    pub fn send_from(&mut self, i: usize, start: usize, len: usize, dst: SocketAddr, via: usize) {
+    pub(crate) fn send_from(
+        &mut self,
+        i: usize,
+        start: usize,
+        len: usize,
+        dst: SocketAddr,
+        via: usize,
+    ) {
         if i < self.received && start.checked_add(len).is_some_and(|end| end <= SLOT) {
             self.outs[i] = Some(Out {
                 start,
@@ -215,7 +222,7 @@ impl Batch {
 
     /// Marks the first `len` bytes after slot `i`'s headroom to go back to where the
     /// datagram came from.
-    pub fn reply(&mut self, i: usize, len: usize, dst: SocketAddr) {
+    pub(crate) fn reply(&mut self, i: usize, len: usize, dst: SocketAddr) {
         let via = self.origins[i % BATCH];
         self.send_from(i, HEADROOM, len, dst, via);
     }
@@ -224,7 +231,7 @@ impl Batch {
     /// to it; `None` drops those datagrams as failed). A datagram the kernel refuses is
     /// counted as failed and skipped; it is never retried, as a relay must not stall on
     /// one bad destination.
-    pub fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Sent {
+    pub(crate) fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Sent {
         let mut order = [0usize; BATCH];
         let mut n = 0;
         for i in 0..self.received {
@@ -261,7 +268,7 @@ impl Batch {
 /// Puts the slot indices `order` in socket order (`via_of` names each one's socket),
 /// each socket's slots in the order they had, and calls `each(via, group)` once per
 /// socket: one `sendmmsg` per socket, and no stream reordered.
-pub fn by_socket(
+pub(crate) fn by_socket(
     order: &mut [usize],
     via_of: impl Fn(usize) -> usize,
     mut each: impl FnMut(usize, &[usize]),
@@ -282,7 +289,7 @@ pub fn by_socket(
 /// The descriptors of one `sendmmsg` of up to a fixed number of datagrams, allocated
 /// once: the one place this crate sends datagrams in batches (`Batch::flush`, and the
 /// SFU's `net::outbox::Outbox`).
-pub struct SendMmsg {
+pub(crate) struct SendMmsg {
     names: Box<[libc::sockaddr_storage]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
@@ -290,7 +297,7 @@ pub struct SendMmsg {
 
 impl SendMmsg {
     /// Room for `capacity` datagrams per system call (at least one).
-    pub fn new(capacity: usize) -> SendMmsg {
+    pub(crate) fn new(capacity: usize) -> SendMmsg {
         let capacity = capacity.clamp(1, 1024);
         // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all
         // zero bytes is a valid (empty) value.
@@ -305,7 +312,7 @@ impl SendMmsg {
     }
 
     /// Datagrams per system call.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.hdrs.len()
     }
 
@@ -319,7 +326,7 @@ impl SendMmsg {
     ///   datagrams as failed rather than retrying them.
     ///
     /// Each system call takes at least one datagram off, so it ends.
-    pub fn send<'a>(
+    pub(crate) fn send<'a>(
         &mut self,
         fd: RawFd,
         mut datagrams: impl Iterator<Item = (&'a [u8], SocketAddr)>,
@@ -428,19 +435,19 @@ fn receive_stamp(h: &libc::msghdr) -> Option<u64> {
 /// kept within [`RxClock::MAX_SKEW_US`] of the reading, so a step of the wall clock
 /// (NTP, an operator) cannot throw an arrival time far off.
 #[derive(Debug, Clone, Copy)]
-pub struct RxClock {
+pub(crate) struct RxClock {
     /// The monotonic clock at the reading (µs since the node's epoch).
-    pub now_us: u64,
+    pub(crate) now_us: u64,
     /// `now_us` minus the wall clock at the reading (µs since the Unix epoch).
     offset_us: i128,
 }
 
 impl RxClock {
     /// How far from the reading an arrival time may lie.
-    pub const MAX_SKEW_US: u64 = 1_000_000;
+    pub(crate) const MAX_SKEW_US: u64 = 1_000_000;
 
     /// Reads both clocks; `epoch` is where the node's monotonic clock counts from.
-    pub fn read(epoch: std::time::Instant) -> RxClock {
+    pub(crate) fn read(epoch: std::time::Instant) -> RxClock {
         let now_us = epoch.elapsed().as_micros() as u64;
         let real_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -458,7 +465,7 @@ impl RxClock {
 
     /// When a datagram with kernel stamp `stamp_us` arrived, on the monotonic clock;
     /// the reading itself for one without a stamp.
-    pub fn arrival_us(&self, stamp_us: Option<u64>) -> u64 {
+    pub(crate) fn arrival_us(&self, stamp_us: Option<u64>) -> u64 {
         let Some(stamp) = stamp_us else {
             return self.now_us;
         };

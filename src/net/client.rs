@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 /// An IPv4 address (also when it arrives IPv4-mapped), or the /64 of an IPv6 address:
 /// one subscriber's network, which a client could otherwise spread itself over.
-pub fn client_prefix(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_prefix(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

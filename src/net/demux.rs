@@ -3,7 +3,7 @@
 
 /// What a datagram is, judged by its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// 0–3: STUN (Binding, TURN methods, ICE checks).
     Stun,
     /// 64–127: TURN ChannelData (RFC 7983 gives 64–79; RFC 5766 channel numbers,
@@ -17,7 +17,7 @@ pub enum Class {
     Unknown,
 }
 
-pub fn classify(packet: &[u8]) -> Class {
+pub(crate) fn classify(packet: &[u8]) -> Class {
     match packet.first() {
         Some(0..=3) => Class::Stun,
         Some(20..=63) => Class::Dtls,

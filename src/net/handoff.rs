@@ -42,13 +42,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 /// Room for one datagram the SFU sends to a relayed address, with `HEADROOM` in front
 /// for the ChannelData header or Data indication the TURN core writes there. The SFU's
 /// buffers hold at most 2048 bytes.
-pub const SLOT: usize = HEADROOM + 2048;
+pub(crate) const SLOT: usize = HEADROOM + 2048;
 /// Datagrams one worker's inbox holds before senders fall back to the kernel.
-pub const INBOX_CAPACITY: usize = 512;
+pub(crate) const INBOX_CAPACITY: usize = 512;
 
 /// What every worker shares for hand-overs: who holds which relay, and each worker's
 /// inbox.
-pub struct Handoff {
+pub(crate) struct Handoff {
     directory: RelayDirectory,
     inboxes: Box<[Inbox]>,
 }
@@ -66,7 +66,7 @@ impl crate::router::RelayDirectory for Handoff {
 impl Handoff {
     /// For `workers` workers whose relay sockets bind to `relay_v4`/`relay_v6` at ports
     /// of `ports`.
-    pub fn new(
+    pub(crate) fn new(
         workers: usize,
         ports: PortRange,
         relay_v4: Option<IpAddr>,
@@ -80,39 +80,39 @@ impl Handoff {
 
     /// Gives worker `worker` the waker its inbox wakes it with (once; later calls do
     /// nothing).
-    pub fn set_waker(&self, worker: usize, waker: Arc<Waker>) {
+    pub(crate) fn set_waker(&self, worker: usize, waker: Arc<Waker>) {
         if let Some(inbox) = self.inboxes.get(worker) {
             let _ = inbox.waker.set(waker);
         }
     }
 
     /// Notes that worker `worker` holds the relay socket bound to `addr`.
-    pub fn register(&self, addr: SocketAddr, worker: usize) {
+    pub(crate) fn register(&self, addr: SocketAddr, worker: usize) {
         if worker < self.inboxes.len() {
             self.directory.register(addr, worker);
         }
     }
 
     /// Notes that worker `worker` closed the relay socket bound to `addr`.
-    pub fn unregister(&self, addr: SocketAddr, worker: usize) {
+    pub(crate) fn unregister(&self, addr: SocketAddr, worker: usize) {
         self.directory.unregister(addr, worker);
     }
 
     /// The worker holding the relay socket bound to `addr`, if it is one of ours.
-    pub fn owner(&self, addr: SocketAddr) -> Option<usize> {
+    pub(crate) fn owner(&self, addr: SocketAddr) -> Option<usize> {
         self.directory.owner(addr)
     }
 
     /// Whether `addr` is in the table's space (the relay address and port range), so
     /// that [`Handoff::owner`] answers for it with authority.
-    pub fn covers(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn covers(&self, addr: SocketAddr) -> bool {
         self.directory.entry(addr).is_some()
     }
 
     /// Queues `data`, which the SFU sends to `to` through listener `via`, for worker
     /// `worker`, and wakes it if its inbox was empty. Returns false, queuing nothing,
     /// when the inbox is full, the datagram too long, or there is no such worker.
-    pub fn push(&self, worker: usize, data: &[u8], to: SocketAddr, via: usize) -> bool {
+    pub(crate) fn push(&self, worker: usize, data: &[u8], to: SocketAddr, via: usize) -> bool {
         let Some(inbox) = self.inboxes.get(worker) else {
             return false;
         };
@@ -133,7 +133,7 @@ impl Handoff {
 
     /// Takes everything queued for worker `worker`: swaps its inbox with `spare`, which
     /// must be empty (it is cleared first). Returns whether anything was queued.
-    pub fn take(&self, worker: usize, spare: &mut Ring) -> bool {
+    pub(crate) fn take(&self, worker: usize, spare: &mut Ring) -> bool {
         spare.len = 0;
         let Some(inbox) = self.inboxes.get(worker) else {
             return false;
@@ -167,12 +167,12 @@ pub struct Ring {
 
 /// One queued datagram: `len` bytes at `HEADROOM` in `buf`, for `to`, sent by the SFU
 /// through listener `via`.
-pub struct Slot {
-    pub to: SocketAddr,
-    pub via: usize,
-    pub len: usize,
+pub(crate) struct Slot {
+    pub(crate) to: SocketAddr,
+    pub(crate) via: usize,
+    pub(crate) len: usize,
     /// `SLOT` bytes: `HEADROOM` free, then the datagram, then free space.
-    pub buf: Box<[u8]>,
+    pub(crate) buf: Box<[u8]>,
 }
 
 impl Ring {
@@ -204,21 +204,23 @@ impl Ring {
     }
 
     /// The queued datagrams, oldest first, to be framed in place.
-    pub fn slots_mut(&mut self) -> &mut [Slot] {
+    pub(crate) fn slots_mut(&mut self) -> &mut [Slot] {
         let len = self.len.min(self.slots.len());
         &mut self.slots[..len]
     }
 
+    /// Datagrams queued.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether none is queued.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Forgets the queued datagrams (their slots stay, for reuse).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.len = 0;
     }
 }

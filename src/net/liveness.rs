@@ -23,7 +23,7 @@ pub struct Liveness {
 
 impl Liveness {
     /// Whether no worker has ended before shutdown.
-    pub fn all_alive(&self) -> bool {
+    pub(crate) fn all_alive(&self) -> bool {
         self.gone.load(Ordering::SeqCst) == 0
     }
 
@@ -34,7 +34,7 @@ impl Liveness {
     }
 
     /// Returns once a worker has ended before shutdown.
-    pub async fn wait_gone(&self) {
+    pub(crate) async fn wait_gone(&self) {
         while self.all_alive() {
             self.changed.notified().await;
         }
@@ -43,10 +43,10 @@ impl Liveness {
 
 /// Held by a worker thread for its whole life: when it is dropped, by a return or by a
 /// panic unwinding the thread, before `shutdown` was set, the worker is marked gone.
-pub struct WorkerGuard {
-    pub id: usize,
-    pub liveness: Arc<Liveness>,
-    pub shutdown: Arc<AtomicBool>,
+pub(crate) struct WorkerGuard {
+    pub(crate) id: usize,
+    pub(crate) liveness: Arc<Liveness>,
+    pub(crate) shutdown: Arc<AtomicBool>,
 }
 
 impl Drop for WorkerGuard {

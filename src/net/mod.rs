@@ -4,16 +4,16 @@
 // recvmmsg/sendmmsg and their control messages.
 #[allow(unsafe_code)]
 pub mod batch;
-pub mod client;
-pub mod demux;
+pub(crate) mod client;
+pub(crate) mod demux;
 pub mod handoff;
 pub mod liveness;
 pub mod outbox;
 // Reading into a buffer tokio sees as uninitialised.
 #[allow(unsafe_code)]
-pub mod tcp;
+pub(crate) mod tcp;
 pub mod tls;
 // Socket options socket2 does not wrap, and the interface list (getifaddrs).
 #[allow(unsafe_code)]
-pub mod udp;
-pub mod worker;
+pub(crate) mod udp;
+pub(crate) mod worker;

@@ -15,10 +15,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
 
 /// Datagrams held before the outbox must be flushed.
-pub const OUTBOX: usize = 128;
+pub(crate) const OUTBOX: usize = 128;
 /// The longest datagram queued: a full `batch::MAX_DATAGRAM`-sized one plus room for
 /// TURN framing. A longer one is not queued (`push` says so).
-pub const OUTBOX_SLOT: usize = 2048 + 64;
+pub(crate) const OUTBOX_SLOT: usize = 2048 + 64;
 
 /// Preallocated slots for `OUTBOX` datagrams, each with its destination and the socket
 /// (the worker's socket index) it leaves through.
@@ -40,7 +40,7 @@ impl Default for Outbox {
 }
 
 impl Outbox {
-    pub fn new() -> Outbox {
+    pub(crate) fn new() -> Outbox {
         let nowhere = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
         Outbox {
             bufs: vec![0u8; OUTBOX * OUTBOX_SLOT].into_boxed_slice(),
@@ -58,18 +58,19 @@ impl Outbox {
         self.queued
     }
 
+    /// Whether none is queued.
     pub fn is_empty(&self) -> bool {
         self.queued == 0
     }
 
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.queued >= OUTBOX
     }
 
     /// Queues a copy of `data` for `to` through socket `via`. Returns `false`, queuing
     /// nothing, when the outbox is full (flush it first) or `data` is longer than
     /// `OUTBOX_SLOT` (send it some other way, after flushing, to keep the order).
-    pub fn push(&mut self, data: &[u8], to: SocketAddr, via: usize) -> bool {
+    pub(crate) fn push(&mut self, data: &[u8], to: SocketAddr, via: usize) -> bool {
         let i = self.queued;
         if i >= OUTBOX || data.len() > OUTBOX_SLOT {
             return false;
@@ -89,7 +90,7 @@ impl Outbox {
     /// Sends everything queued, with one `sendmmsg` per socket (`fd_of` maps `via` to
     /// it; `None` drops those datagrams as failed), each socket's in the order queued;
     /// see `SendMmsg::send` for partial sends and refusals. Empties the outbox.
-    pub fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Sent {
+    pub(crate) fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> Sent {
         let n = self.queued;
         self.queued = 0;
         let mut total = Sent::default();

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Binds a non-blocking TCP listener for STUN/TURN over TCP or TLS.
-pub fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -66,24 +66,24 @@ const PEER_BURST: usize = 64;
 const OUT_HIGH: usize = 16 << 10;
 
 /// What every connection of one listener shares.
-pub struct StreamContext {
+pub(crate) struct StreamContext {
     /// TCP or TLS.
-    pub transport: Transport,
+    pub(crate) transport: Transport,
     /// The counters of `transport`.
-    pub counters: TransportCounters,
-    pub metrics: Arc<Metrics>,
+    pub(crate) counters: TransportCounters,
+    pub(crate) metrics: Arc<Metrics>,
     /// Open connections, TCP and TLS together (`turn.max_tcp_connections`).
-    pub limit: Arc<Semaphore>,
-    pub turn: Arc<Shared>,
+    pub(crate) limit: Arc<Semaphore>,
+    pub(crate) turn: Arc<Shared>,
     /// The node's authenticator; each connection takes `Auth::for_connection` of it.
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     /// Where `Clock::mono_ms` counts from, the same for every core of the node.
-    pub epoch: Instant,
+    pub(crate) epoch: Instant,
 }
 
 /// Accepts connections on `listener` until the task is dropped; each connection holds a
 /// permit of `ctx.limit`, and connections over the limit are closed at once.
-pub async fn serve(listener: TcpListener, ctx: Arc<StreamContext>) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<StreamContext>) {
     loop {
         let Some((stream, peer, permit)) = accept(&listener, &ctx).await else {
             continue;
@@ -102,7 +102,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<StreamContext>) {
 
 /// Accepts one connection and takes a permit for it; `None` when accepting failed or
 /// the connection was refused at the limit.
-pub async fn accept(
+pub(crate) async fn accept(
     listener: &TcpListener,
     ctx: &StreamContext,
 ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
@@ -125,7 +125,7 @@ pub async fn accept(
 
 /// Serves one client connection until it closes, breaks its framing, idles without an
 /// allocation, or stops taking data.
-pub async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
     ctx: &StreamContext,

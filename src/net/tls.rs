@@ -55,7 +55,7 @@ impl TlsCerts {
 
     /// Reads the files again. On success new handshakes use the new certificate; on
     /// failure the old one stays and the error says why.
-    pub fn reload(&self) -> Result<(), String> {
+    pub(crate) fn reload(&self) -> Result<(), String> {
         let key = read_certified_key(&self.cert_path, &self.key_path, &self.provider)?;
         match self.resolver.current.write() {
             Ok(mut current) => *current = Arc::new(key),
@@ -66,7 +66,7 @@ impl TlsCerts {
         Ok(())
     }
 
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.config.clone())
     }
 }
@@ -120,7 +120,7 @@ fn read_certified_key(
 
 /// Accepts TLS connections on `listener` until the task is dropped. Connections share
 /// the permits of `ctx.limit` with TCP; the permit is taken before the handshake.
-pub async fn serve(listener: TcpListener, ctx: Arc<StreamContext>, acceptor: TlsAcceptor) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<StreamContext>, acceptor: TlsAcceptor) {
     loop {
         let Some((stream, peer, permit)) = tcp::accept(&listener, &ctx).await else {
             continue;

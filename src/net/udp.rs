@@ -11,7 +11,7 @@ use crate::turn::server::HeldPort;
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Binds a non-blocking UDP socket that other workers can bind to as well.
-pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn bind_shared(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // An IPv6 listener serves IPv6 only; IPv4 gets its own listen address.
@@ -28,14 +28,14 @@ pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 /// The socket of a port held for a reservation ([`HeldPort`] from `reserve`).
-pub fn held_socket(held: HeldPort) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn held_socket(held: HeldPort) -> io::Result<std::net::UdpSocket> {
     held.into_inner::<std::net::UdpSocket>()
         .ok_or_else(|| io::Error::other("a held port that is no UDP socket"))
 }
 
 /// Binds a non-blocking relay socket for one TURN allocation: its own port, shared with
 /// nobody (no `SO_REUSEPORT`), so a taken port fails with `AddrInUse`.
-pub fn bind_relay(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn bind_relay(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -79,7 +79,7 @@ fn stamp_arrivals(socket: &Socket) {
 /// family on the host's interfaces now. A UDP socket bound to a wildcard answers from
 /// whichever address the kernel picks, which on a host with several addresses may not
 /// be the one the client sent to; sockets bound to each address answer from it.
-pub fn expand_wildcard(addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+pub(crate) fn expand_wildcard(addr: SocketAddr) -> io::Result<Vec<SocketAddr>> {
     if !addr.ip().is_unspecified() {
         return Ok(vec![addr]);
     }

@@ -54,30 +54,30 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const RELAY_BUFFER: usize = 256 << 10;
 
 /// A running worker: wake it to make it look at the shutdown flag.
-pub struct WorkerHandle {
-    pub waker: Arc<Waker>,
-    pub thread: JoinHandle<()>,
+pub(crate) struct WorkerHandle {
+    pub(crate) waker: Arc<Waker>,
+    pub(crate) thread: JoinHandle<()>,
 }
 
 /// What a worker needs besides its sockets.
-pub struct WorkerSetup {
-    pub id: usize,
-    pub counters: TransportCounters,
-    pub turn: TurnCore,
-    pub turn_metrics: TurnMetrics,
-    pub shutdown: Arc<AtomicBool>,
+pub(crate) struct WorkerSetup {
+    pub(crate) id: usize,
+    pub(crate) counters: TransportCounters,
+    pub(crate) turn: TurnCore,
+    pub(crate) turn_metrics: TurnMetrics,
+    pub(crate) shutdown: Arc<AtomicBool>,
     /// Where `Clock::mono_ms` counts from, the same for every core of the node.
-    pub epoch: Instant,
+    pub(crate) epoch: Instant,
     /// The SFU's media sessions, which ICE checks on the media port are routed to.
-    pub media: Arc<MediaSessions>,
+    pub(crate) media: Arc<MediaSessions>,
     /// Who holds which relay, and every worker's queue of the SFU's datagrams for its
     /// relays (`id` is this worker's index in it).
-    pub handoff: Arc<Handoff>,
+    pub(crate) handoff: Arc<Handoff>,
     /// Told if this worker ends before `shutdown` is set.
-    pub liveness: Arc<Liveness>,
+    pub(crate) liveness: Arc<Liveness>,
     /// Where this worker reports how busy it is (see `load`), and its limit.
-    pub load: Arc<Load>,
-    pub overload_percent: u8,
+    pub(crate) load: Arc<Load>,
+    pub(crate) overload_percent: u8,
 }
 
 /// Microseconds since `epoch`.
@@ -87,7 +87,10 @@ fn micros_since(epoch: Instant) -> u64 {
 
 /// Starts a worker thread serving the listener `sockets`. It runs until `shutdown` is
 /// set and the waker is woken.
-pub fn spawn(sockets: Vec<std::net::UdpSocket>, setup: WorkerSetup) -> io::Result<WorkerHandle> {
+pub(crate) fn spawn(
+    sockets: Vec<std::net::UdpSocket>,
+    setup: WorkerSetup,
+) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let mut table = SocketTable {
