@@ -11,7 +11,9 @@
 pub enum Codec {
     /// Any audio codec: every packet may start a stream.
     Audio,
+    /// VP8: keyframes and temporal layers read from the payload descriptor.
     Vp8,
+    /// H.264: keyframes read from the NAL units.
     H264,
     /// A video codec the SFU cannot read (VP9, AV1): every packet counts as a switch
     /// point, so it is only fit for single-layer tracks, whose receivers ask for a
@@ -22,7 +24,7 @@ pub enum Codec {
 impl Codec {
     /// Whether the packet with this payload may start a receiver's stream: a keyframe's
     /// first packet for readable video, any packet otherwise.
-    pub fn switch_point(self, payload: &[u8], vp8: Option<&Vp8Descriptor>) -> bool {
+    pub(crate) fn switch_point(self, payload: &[u8], vp8: Option<&Vp8Descriptor>) -> bool {
         match self {
             Codec::Audio | Codec::Video => true,
             Codec::Vp8 => vp8.is_some_and(|d| d.keyframe),
@@ -35,29 +37,29 @@ impl Codec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Vp8Descriptor {
     /// S: the first packet of a partition.
-    pub start: bool,
-    pub partition: u8,
+    pub(crate) start: bool,
+    pub(crate) partition: u8,
     /// The picture id (7 or 15 bits), where it lies, and whether it has 15 bits.
     pub picture_id: Option<u16>,
-    pub picture_id_offset: usize,
-    pub long_picture_id: bool,
-    pub tl0picidx: Option<u8>,
-    pub tl0picidx_offset: usize,
+    pub(crate) picture_id_offset: usize,
+    pub(crate) long_picture_id: bool,
+    pub(crate) tl0picidx: Option<u8>,
+    pub(crate) tl0picidx_offset: usize,
     /// Temporal layer index and the layer-sync bit.
     pub tid: Option<u8>,
-    pub layer_sync: bool,
+    pub(crate) layer_sync: bool,
     /// Length of the descriptor: where the VP8 payload begins.
-    pub len: usize,
+    pub(crate) len: usize,
     /// The first packet of a keyframe.
     pub keyframe: bool,
     /// Width and height from a keyframe's frame header.
-    pub size: Option<(u16, u16)>,
+    pub(crate) size: Option<(u16, u16)>,
 }
 
 impl Vp8Descriptor {
     /// Writes a new picture id in the width the packet already uses (a 15-bit counter
     /// is cut to 7 bits where the sender used 7: players follow the wrap).
-    pub fn write_picture_id(&self, payload: &mut [u8], pid: u16) {
+    pub(crate) fn write_picture_id(&self, payload: &mut [u8], pid: u16) {
         if self.picture_id.is_none() {
             return;
         }
@@ -72,7 +74,7 @@ impl Vp8Descriptor {
         }
     }
 
-    pub fn write_tl0picidx(&self, payload: &mut [u8], idx: u8) {
+    pub(crate) fn write_tl0picidx(&self, payload: &mut [u8], idx: u8) {
         if self.tl0picidx.is_some()
             && let Some(b) = payload.get_mut(self.tl0picidx_offset)
         {

@@ -51,7 +51,7 @@ use super::srtp::{MasterKey, SrtpContext, SrtpError, SrtpProfile, split_keying_m
 pub const DTLS_MTU: usize = 1150;
 /// A handshake that has not completed this long after the ClientHello fails: ICE consent
 /// (30 s) would end the session by then anyway.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long our certificate claims to be valid. Peers pin it by fingerprint and do not
 /// check dates, but one that did must never see it expire while the node runs.
 const CERT_VALIDITY_DAYS: i64 = 3650;
@@ -139,7 +139,7 @@ impl DtlsIdentity {
     /// A fresh key pair and self-signed certificate, valid from a day before `now`, with
     /// a serial number drawn from `rng`. (rcgen draws the key itself, from ring's
     /// generator.)
-    pub fn generate(
+    pub(crate) fn generate(
         now: time::OffsetDateTime,
         rng: &mut impl RngCore,
     ) -> Result<DtlsIdentity, DtlsError> {
@@ -164,7 +164,10 @@ impl DtlsIdentity {
     }
 
     /// An identity from a DER certificate and its PKCS#8 (or SEC1) DER private key.
-    pub fn from_der(certificate: Vec<u8>, private_key: Vec<u8>) -> Result<DtlsIdentity, DtlsError> {
+    pub(crate) fn from_der(
+        certificate: Vec<u8>,
+        private_key: Vec<u8>,
+    ) -> Result<DtlsIdentity, DtlsError> {
         let config = Config::builder()
             .mtu(DTLS_MTU)
             .use_server_cookie(false)
@@ -192,6 +195,7 @@ impl DtlsIdentity {
         })
     }
 
+    /// SHA-256 fingerprint of our certificate, for the SDP answer.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
     }
@@ -217,13 +221,16 @@ impl DtlsIdentity {
 /// only RTCP; a subscriber's sends one stream per forwarded track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SrtpCapacity {
+    /// SSRCs the inbound (unprotecting) context tracks.
     pub inbound: usize,
+    /// SSRCs the outbound (protecting) context tracks.
     pub outbound: usize,
 }
 
 /// The SRTP contexts of an established session.
 #[derive(Debug)]
 pub struct SrtpPair {
+    /// The protection profile the handshake agreed.
     pub profile: SrtpProfile,
     /// Unprotects what the peer sends: the client's write keys.
     pub inbound: SrtpContext,
@@ -231,7 +238,7 @@ pub struct SrtpPair {
     pub outbound: SrtpContext,
     /// The server's write master key, from which the streams to a receiver make their
     /// own contexts (`sfu::egress`).
-    pub outbound_key: MasterKey,
+    pub(crate) outbound_key: MasterKey,
 }
 
 /// What [`DtlsSession::poll_output`] has for the caller.
@@ -258,9 +265,13 @@ pub enum DtlsOutput {
 /// Where a session is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DtlsState {
+    /// Before the handshake completed (or before it began).
     Handshaking,
+    /// Handshake done, SRTP keys exported.
     Connected,
+    /// The handshake or the connection failed; the session is done.
     Failed(DtlsError),
+    /// The peer sent close_notify.
     Closed,
 }
 
@@ -342,10 +353,12 @@ impl DtlsSession {
         }
     }
 
+    /// Where the session is.
     pub fn state(&self) -> &DtlsState {
         &self.state
     }
 
+    /// Whether the handshake completed and the session is open.
     pub fn is_connected(&self) -> bool {
         self.state == DtlsState::Connected
     }

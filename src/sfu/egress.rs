@@ -24,11 +24,11 @@ use super::srtp::{MasterKey, SrtpContext, SrtpError};
 const STREAM_SSRCS: usize = 2;
 
 /// Where a receiver's media goes: a client address and the listener it leaves through.
-pub type Peer = (SocketAddr, usize);
+pub(crate) type Peer = (SocketAddr, usize);
 
 /// What a receiving session shares with the streams forwarded to it.
 #[derive(Debug, Default)]
-pub struct ReceiverLink {
+pub(crate) struct ReceiverLink {
     /// Our outbound SRTP master key of the receiver's DTLS (the server's write key).
     key: OnceLock<MasterKey>,
     peer: Mutex<Option<Peer>>,
@@ -36,24 +36,24 @@ pub struct ReceiverLink {
     version: AtomicU32,
     /// The receiver transport's transport-wide sequence numbers and what went out
     /// under them, for reading its transport-cc feedback.
-    pub sent: SentPackets,
+    pub(crate) sent: SentPackets,
     /// The pace of a probe of the receiver's path, when one runs.
-    pub probe: ProbePace,
+    pub(crate) probe: ProbePace,
 }
 
 impl ReceiverLink {
-    pub fn new() -> ReceiverLink {
+    pub(crate) fn new() -> ReceiverLink {
         ReceiverLink::default()
     }
 
     /// The receiver's DTLS connected: streams may encrypt from now on. Only the first
     /// key counts (a session connects once).
-    pub fn set_key(&self, key: MasterKey) {
+    pub(crate) fn set_key(&self, key: MasterKey) {
         let _ = self.key.set(key);
     }
 
     /// The receiver's media moved to `peer` (a nomination, or its DTLS connected).
-    pub fn set_peer(&self, peer: Option<Peer>) {
+    pub(crate) fn set_peer(&self, peer: Option<Peer>) {
         let mut held = self.peer.lock().unwrap_or_else(PoisonError::into_inner);
         if *held != peer {
             *held = peer;
@@ -64,7 +64,7 @@ impl ReceiverLink {
 
 /// One forwarded stream's way to its receiver.
 #[derive(Debug)]
-pub struct Egress {
+pub(crate) struct Egress {
     link: Arc<ReceiverLink>,
     /// This stream's SRTP state under the receiver's key (its SSRC and RTX SSRC only).
     srtp: Option<Box<SrtpContext>>,
@@ -74,7 +74,7 @@ pub struct Egress {
 }
 
 impl Egress {
-    pub fn new(link: Arc<ReceiverLink>) -> Egress {
+    pub(crate) fn new(link: Arc<ReceiverLink>) -> Egress {
         let seen = link.version.load(Ordering::Acquire).wrapping_sub(1);
         Egress {
             link,
@@ -110,7 +110,7 @@ impl Egress {
     /// packet has a transport-wide sequence number (at `transport_seq_at`, from
     /// [`crate::sfu::forward::Forwarder::transport_seq_at`]), it gets the receiver's
     /// next one, and the packet is remembered under it as sent at `now`.
-    pub fn send_rtp(
+    pub(crate) fn send_rtp(
         &mut self,
         out: &mut [u8],
         len: usize,
@@ -131,12 +131,12 @@ impl Egress {
     }
 
     /// Bytes of padding a probe of the receiver's path wants sent by `now`.
-    pub fn probe_owed(&self, now: u64) -> u64 {
+    pub(crate) fn probe_owed(&self, now: u64) -> u64 {
         self.link.probe.owed(now, &self.link.sent)
     }
 
     /// The same for RTCP in `out[..len]` (a sender report of this stream).
-    pub fn send_rtcp(
+    pub(crate) fn send_rtcp(
         &mut self,
         out: &mut [u8],
         len: usize,

@@ -37,9 +37,9 @@ use super::twcc::TransportFeedback;
 
 /// How often each stream gets a report (RFC 3550 allows more often at these rates;
 /// once a second is what browsers do).
-pub const REPORT_INTERVAL_US: u64 = 1_000_000;
+pub(crate) const REPORT_INTERVAL_US: u64 = 1_000_000;
 /// How often the publisher's losses are looked at for NACKs.
-pub const NACK_INTERVAL_US: u64 = 20_000;
+pub(crate) const NACK_INTERVAL_US: u64 = 20_000;
 /// The round-trip time assumed for spacing repeated NACKs.
 const NACK_RTT_US: u64 = 50_000;
 /// Requests read from one datagram of a receiver's RTCP; more are dropped (a real
@@ -69,7 +69,7 @@ struct Request {
 
 /// What one datagram of a receiver's RTCP asks of publishers.
 #[derive(Debug)]
-pub struct Requests {
+pub(crate) struct Requests {
     items: [Option<Request>; MAX_REQUESTS],
     len: usize,
 }
@@ -91,14 +91,14 @@ impl Requests {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 }
 
 /// Reads a receiver's (decrypted, compound) RTCP: keyframe requests and NACKs for the
 /// streams `sub` receives. Reports and anything else are left alone.
-pub fn receiver_requests(sub: &Subscription, rtcp: &[u8]) -> Requests {
+pub(crate) fn receiver_requests(sub: &Subscription, rtcp: &[u8]) -> Requests {
     let mut requests = Requests {
         items: [const { None }; MAX_REQUESTS],
         len: 0,
@@ -133,7 +133,12 @@ pub fn receiver_requests(sub: &Subscription, rtcp: &[u8]) -> Requests {
 /// Reads the transport-cc feedback and REMB in a receiver's (decrypted, compound) RTCP
 /// into its downlink estimate `bwe`, about the packets `sent` holds; returns how many
 /// such packets there were. Unparsable ones are skipped.
-pub fn estimate_downlink(bwe: &mut Estimator, sent: &SentPackets, rtcp: &[u8], now: u64) -> u64 {
+pub(crate) fn estimate_downlink(
+    bwe: &mut Estimator,
+    sent: &SentPackets,
+    rtcp: &[u8],
+    now: u64,
+) -> u64 {
     let mut read = 0;
     for packet in RtcpIter::new(rtcp) {
         match packet {
@@ -156,7 +161,7 @@ pub fn estimate_downlink(bwe: &mut Estimator, sent: &SentPackets, rtcp: &[u8], n
 /// Carries out what a receiver asked for (its lock is not held): keyframe requests go
 /// to the publisher as PLIs, NACKed packets go back to the receiver from the cache.
 /// `now` (µs) is when the RTCP arrived; retransmissions are taken as sent at `sent_us`.
-pub fn answer_receiver(
+pub(crate) fn answer_receiver(
     requests: &Requests,
     receiver: &Arc<Session>,
     out: &mut [u8],
@@ -255,7 +260,7 @@ fn resend(
 }
 
 /// Takes in a publisher's (decrypted, compound) RTCP: its sender reports.
-pub fn on_publisher_rtcp(tracks: &mut [PublishedMedia], rtcp: &[u8], now: u64) {
+pub(crate) fn on_publisher_rtcp(tracks: &mut [PublishedMedia], rtcp: &[u8], now: u64) {
     for packet in RtcpIter::new(rtcp) {
         if let Rtcp::SenderReport(sr) = packet {
             for t in tracks.iter_mut() {
@@ -272,7 +277,7 @@ pub fn on_publisher_rtcp(tracks: &mut [PublishedMedia], rtcp: &[u8], now: u64) {
 /// publisher's losses, and each second a
 /// receiver report to the publisher and a sender report to each receiver. `now` is µs
 /// on the shared clock, whose start was `unix_at_epoch_us` on the wall clock.
-pub fn send_track_due(
+pub(crate) fn send_track_due(
     out: &mut [u8],
     counts: &mut ForwardCounts,
     t: &mut PublishedMedia,
@@ -310,7 +315,7 @@ pub fn send_track_due(
 }
 
 /// A PLI for the publisher's `ssrc`, encrypted with the publisher's keys.
-pub fn send_pli(
+pub(crate) fn send_pli(
     out: &mut [u8],
     srtp: &mut Option<Box<SrtpPair>>,
     ssrc: u32,
@@ -345,7 +350,7 @@ fn send_rtcp(
 
 /// Sends `twcc`'s transport-cc feedback due by `now` to the publisher, encrypted with
 /// its keys.
-pub fn send_transport_feedback(
+pub(crate) fn send_transport_feedback(
     twcc: &mut TransportFeedback,
     out: &mut [u8],
     counts: &mut ForwardCounts,

@@ -22,13 +22,13 @@ use super::simulcast::{Gate, LayerCap, Layers, Selector, TemporalFilter};
 use super::track::{Incoming, Track};
 
 /// Outgoing packets remembered for answering NACKs: matches the track's cache.
-pub const HISTORY: usize = 512;
+pub(crate) const HISTORY: usize = 512;
 /// A packet is not sent again sooner than one round trip to its receiver after its
 /// last retransmission (a NACK repeated before the first answer could arrive gets
 /// nothing new), and never sooner than this.
-pub const MIN_RESEND_INTERVAL_US: u64 = 20_000;
+pub(crate) const MIN_RESEND_INTERVAL_US: u64 = 20_000;
 /// The round trip assumed until the receiver's reports tell it.
-pub const DEFAULT_ROUND_TRIP_US: u64 = 50_000;
+pub(crate) const DEFAULT_ROUND_TRIP_US: u64 = 50_000;
 /// A round trip longer than this is taken as this: past it, repairs are too late for
 /// any jitter buffer, and one bogus report must not stop retransmissions for long.
 const MAX_ROUND_TRIP_US: u64 = 1_000_000;
@@ -38,7 +38,7 @@ const MAX_ROUND_TRIP_US: u64 = 1_000_000;
 const RESEND_SHARE: u32 = 2;
 /// Unspent retransmission budget kept at most: enough to repair a lost keyframe at
 /// once, little next to what a receiver asking for everything could pull.
-pub const RESEND_BURST_BYTES: u32 = 128 * 1024;
+pub(crate) const RESEND_BURST_BYTES: u32 = 128 * 1024;
 /// The budget a new forwarder starts with, so the first packets (a keyframe) can be
 /// repaired before the stream earned any.
 const RESEND_INITIAL_BYTES: u32 = 16 * 1024;
@@ -183,22 +183,28 @@ impl ExtensionMap {
 /// RTX (RFC 4588) as negotiated with the receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtxConfig {
+    /// The receiver's RTX SSRC.
     pub ssrc: u32,
+    /// The receiver's RTX payload type.
     pub payload_type: u8,
 }
 
+/// How one receiver gets one track: its SSRC, payload types, RTX and extensions.
 #[derive(Clone)]
 pub struct ForwarderConfig {
     /// The SSRC the receiver knows this stream by.
     pub ssrc: u32,
     /// The receiver's payload type for the codec; `None` keeps the publisher's.
     pub payload_type: Option<u8>,
+    /// RTX for this receiver; `None`: retransmissions go out as the media SSRC.
     pub rtx: Option<RtxConfig>,
     /// The receiver's `max_height` preference.
     pub max_height: Option<u16>,
     /// First outgoing sequence number and timestamp: random, per RFC 3550 §5.1.
     pub initial_seq: u16,
+    /// First outgoing RTP timestamp (random).
     pub initial_timestamp: u32,
+    /// The receiver's header extension ids.
     pub extensions: ExtensionMap,
 }
 
@@ -207,7 +213,12 @@ pub struct ForwarderConfig {
 pub enum Action {
     /// Ask the publisher for a keyframe of this layer (through
     /// [`Track::request_keyframe`], which throttles).
-    NeedKeyframe { layer: u8, ssrc: u32 },
+    NeedKeyframe {
+        /// The layer, 0 = lowest.
+        layer: u8,
+        /// The publisher's SSRC of that layer.
+        ssrc: u32,
+    },
 }
 
 /// How one outgoing packet was made from its source packet.
@@ -233,6 +244,7 @@ struct Offsets {
     tl0: u8,
 }
 
+/// Rewrites one track's packets for one receiver: layer switching at keyframes, continuous sequence numbers and timestamps, retransmissions.
 pub struct Forwarder {
     ssrc: u32,
     payload_type: Option<u8>,
@@ -314,11 +326,12 @@ impl Forwarder {
         }
     }
 
+    /// The SSRC the receiver knows this stream by.
     pub fn ssrc(&self) -> u32 {
         self.ssrc
     }
 
-    pub fn rtx(&self) -> Option<RtxConfig> {
+    pub(crate) fn rtx(&self) -> Option<RtxConfig> {
         self.rtx
     }
 
@@ -329,7 +342,7 @@ impl Forwarder {
 
     /// The bound the receiver's bandwidth puts on this stream; a switch follows at the
     /// next keyframe (paused: nothing from now on). Cheap when unchanged.
-    pub fn set_layer_cap(&mut self, cap: LayerCap) {
+    pub(crate) fn set_layer_cap(&mut self, cap: LayerCap) {
         let (spatial, tid) = match cap {
             LayerCap::Frames { layer, tid } => (LayerCap::UpTo(layer), Some(tid)),
             other => (other, None),
@@ -343,12 +356,13 @@ impl Forwarder {
         self.selector.current()
     }
 
+    /// The layer a switch waits to reach at its next keyframe, if any.
     pub fn target_layer(&self) -> Option<u8> {
         self.selector.target()
     }
 
     /// Sends retransmissions as they were first sent: the receiver's answer left RTX out.
-    pub fn disable_rtx(&mut self) {
+    pub(crate) fn disable_rtx(&mut self) {
         self.rtx = None;
     }
 
@@ -569,18 +583,18 @@ impl Forwarder {
 
     /// The source packet (layer, source sequence number) behind outgoing `out_seq`, if
     /// it is still in the history.
-    pub fn nack_source(&self, out_seq: u16) -> Option<(u8, u16)> {
+    pub(crate) fn nack_source(&self, out_seq: u16) -> Option<(u8, u16)> {
         let s = &self.history[usize::from(out_seq) % HISTORY];
         (s.valid && s.out_seq == out_seq).then_some((s.layer, s.src_seq))
     }
 
     /// The interval before a packet is sent again: the receiver's round trip.
-    pub fn resend_interval(&self) -> u64 {
+    pub(crate) fn resend_interval(&self) -> u64 {
         self.round_trip_us.max(MIN_RESEND_INTERVAL_US)
     }
 
     /// Takes the round trip a receiver report told (see [`Forwarder::round_trip`]).
-    pub fn set_round_trip(&mut self, round_trip_us: u64) {
+    pub(crate) fn set_round_trip(&mut self, round_trip_us: u64) {
         self.round_trip_us = round_trip_us.min(MAX_ROUND_TRIP_US);
     }
 
@@ -605,7 +619,7 @@ impl Forwarder {
     /// history no longer knows `out_seq` or `cached` is not its source, when it was
     /// sent again less than a round trip ago, or when the receiver's retransmissions
     /// spent their share of the stream.
-    pub fn retransmit(
+    pub(crate) fn retransmit(
         &mut self,
         out_seq: u16,
         cached: &[u8],
@@ -662,7 +676,7 @@ impl Forwarder {
     /// receiver's path, see `sfu::bwe::probe`), with the current timestamp. Returns its
     /// length; `None` without RTX or a transport-wide sequence number, which it needs
     /// to be of any use (the receiver drops it once it counted it).
-    pub fn write_padding(&mut self, out: &mut [u8], padding: usize) -> Option<usize> {
+    pub(crate) fn write_padding(&mut self, out: &mut [u8], padding: usize) -> Option<usize> {
         let rtx = self.rtx?;
         let id = self.extensions.receiver_transport_cc()?;
         let header = (rtx.ssrc, rtx.payload_type, self.rtx_seq, self.out_ts);
@@ -714,7 +728,7 @@ impl Forwarder {
 
     /// The round-trip time to the receiver (microseconds) from a report block of its
     /// about this stream, if it quotes our last sender report.
-    pub fn round_trip(&self, block: &ReportBlock, now: u64) -> Option<u64> {
+    pub(crate) fn round_trip(&self, block: &ReportBlock, now: u64) -> Option<u64> {
         let (lsr, sent_at) = self.last_sr?;
         if block.ssrc != self.ssrc || block.last_sr == 0 || block.last_sr != lsr {
             return None;

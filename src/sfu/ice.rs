@@ -45,14 +45,14 @@ use crate::stun::message::{Class, Message, WriteError, Writer, attr, method};
 
 /// A session whose selected address sends no valid check for this long has lost
 /// consent (RFC 7675 §5.1: 30 seconds) and leaves.
-pub const CONSENT_TIMEOUT_MS: u64 = 30_000;
+pub(crate) const CONSENT_TIMEOUT_MS: u64 = 30_000;
 /// Characters in a generated ufrag: 8 of 64 symbols, 48 bits. It only needs to be
 /// unique among the node's sessions (the data plane routes checks by it); the caller
 /// regenerates on the rare collision.
-pub const UFRAG_LEN: usize = 8;
+pub(crate) const UFRAG_LEN: usize = 8;
 /// Characters in a generated password: 24 of 64 symbols, 144 bits (RFC 8445 §5.3 asks
 /// for at least 128 bits of randomness).
-pub const PWD_LEN: usize = 24;
+pub(crate) const PWD_LEN: usize = 24;
 // Each generated character carries 6 random bits.
 const _: () = assert!(PWD_LEN * 6 >= 128 && UFRAG_LEN >= 4 && PWD_LEN <= 32);
 /// Client addresses remembered per agent. Chrome checks a handful of pairs (host,
@@ -71,7 +71,9 @@ const ICE_CHARS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 /// An ICE username fragment and password (RFC 8839 §5.4).
 #[derive(Clone, PartialEq, Eq)]
 pub struct IceCredentials {
+    /// Username fragment: 4 to 256 ICE characters (we make 8).
     pub ufrag: String,
+    /// Password: 22 to 256 ICE characters (we make 24).
     pub pwd: String,
 }
 
@@ -88,7 +90,7 @@ impl fmt::Debug for IceCredentials {
 impl IceCredentials {
     /// Fresh local credentials from `rng` (the node's is seeded from the OS, tests pass
     /// a fixed seed).
-    pub fn generate(rng: &mut impl RngCore) -> IceCredentials {
+    pub(crate) fn generate(rng: &mut impl RngCore) -> IceCredentials {
         IceCredentials {
             ufrag: random_ice_string(rng, UFRAG_LEN),
             pwd: random_ice_string(rng, PWD_LEN),
@@ -112,7 +114,7 @@ impl IceCredentials {
 }
 
 /// Whether `s` is made of ICE characters only (ALPHA / DIGIT / "+" / "/").
-pub fn is_ice_chars(s: &str) -> bool {
+pub(crate) fn is_ice_chars(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
@@ -149,10 +151,20 @@ pub enum IceVerdict {
     /// A valid check: the success response is in `buf[..len]`; send it to `src`.
     /// `newly_selected` when this check's USE-CANDIDATE moved the selection to `src`
     /// (the data plane then points the session's media at it).
-    Success { len: usize, newly_selected: bool },
+    Success {
+        /// Length of the response in `buf`.
+        len: usize,
+        /// The check nominated `src` and the selection moved to it.
+        newly_selected: bool,
+    },
     /// An error response (400, 401, 420 or 487) is in `buf[..len]`; send it to `src`.
     /// The agent's state did not change.
-    Error { len: usize, code: u16 },
+    Error {
+        /// Length of the response in `buf`.
+        len: usize,
+        /// The STUN error code sent.
+        code: u16,
+    },
     /// Not a Binding request for this agent's ufrag: the buffer is untouched.
     NotMine,
     /// Not well-formed STUN, no valid FINGERPRINT, or a buffer too small to answer in:
@@ -234,22 +246,22 @@ impl IceAgent {
         }
     }
 
-    pub fn local(&self) -> &IceCredentials {
+    pub(crate) fn local(&self) -> &IceCredentials {
         &self.local
     }
 
-    pub fn remote(&self) -> Option<&IceCredentials> {
+    pub(crate) fn remote(&self) -> Option<&IceCredentials> {
         self.remote.as_ref()
     }
 
     /// Records the client's credentials from its SDP answer.
-    pub fn set_remote(&mut self, remote: IceCredentials) {
+    pub(crate) fn set_remote(&mut self, remote: IceCredentials) {
         self.remote = Some(remote);
     }
 
     /// Starts the consent clock again, for every address: the client's answer came,
     /// and what it checked before keeps counting from now.
-    pub fn restart_consent(&mut self, now_ms: u64) {
+    pub(crate) fn restart_consent(&mut self, now_ms: u64) {
         self.last_any_ms = now_ms;
         for path in self.paths.iter_mut().flatten() {
             path.last_check_ms = path.last_check_ms.max(now_ms);
@@ -262,13 +274,13 @@ impl IceAgent {
     }
 
     /// Whether `addr` sent a valid check: media (DTLS, SRTP) is accepted from it.
-    pub fn is_validated(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn is_validated(&self, addr: SocketAddr) -> bool {
         self.path(addr).is_some()
     }
 
     /// When consent runs out unless another valid check arrives first: the timer the
     /// caller sets.
-    pub fn consent_deadline_ms(&self) -> u64 {
+    pub(crate) fn consent_deadline_ms(&self) -> u64 {
         let last = match self.selected.and_then(|a| self.path(a)) {
             Some(path) => path.last_check_ms,
             None => self.last_any_ms,

@@ -16,7 +16,7 @@ use super::rtp::seq_newer;
 /// longer than any NACK round trip worth answering.
 pub const DEFAULT_CACHE_PACKETS: usize = 512;
 /// Bytes per cache slot: a packet over an Ethernet MTU is not media we forward.
-pub const CACHE_SLOT: usize = 1500;
+pub(crate) const CACHE_SLOT: usize = 1500;
 
 /// The last packets of one source, by sequence number.
 pub struct PacketCache {
@@ -30,7 +30,7 @@ pub struct PacketCache {
 impl PacketCache {
     /// A cache of `packets` slots (rounded up to a power of two, at most 32768, so the
     /// slot of a sequence number stays the same across the 16-bit wrap).
-    pub fn new(packets: usize) -> PacketCache {
+    pub(crate) fn new(packets: usize) -> PacketCache {
         let n = packets.clamp(1, 1 << 15).next_power_of_two();
         PacketCache {
             data: vec![0; n * CACHE_SLOT].into_boxed_slice(),
@@ -40,6 +40,7 @@ impl PacketCache {
         }
     }
 
+    /// Packets the cache holds (a power of two).
     pub fn capacity(&self) -> usize {
         self.mask + 1
     }
@@ -47,7 +48,7 @@ impl PacketCache {
     /// Keeps a copy of `packet` under `seq`, replacing whatever had its slot. A packet
     /// too large for a slot is not kept (and empties the slot, so an older packet of
     /// the same slot is not sent in its place).
-    pub fn insert(&mut self, seq: u16, packet: &[u8]) {
+    pub(crate) fn insert(&mut self, seq: u16, packet: &[u8]) {
         let i = usize::from(seq) & self.mask;
         if packet.is_empty() || packet.len() > CACHE_SLOT {
             self.lens[i] = 0;
@@ -59,7 +60,7 @@ impl PacketCache {
     }
 
     /// The packet with sequence number `seq`, if still held.
-    pub fn get(&self, seq: u16) -> Option<&[u8]> {
+    pub(crate) fn get(&self, seq: u16) -> Option<&[u8]> {
         let i = usize::from(seq) & self.mask;
         let len = usize::from(self.lens[i]);
         if len == 0 || self.seqs[i] != seq {
@@ -68,27 +69,27 @@ impl PacketCache {
         self.data.get(i * CACHE_SLOT..i * CACHE_SLOT + len)
     }
 
-    pub fn contains(&self, seq: u16) -> bool {
+    pub(crate) fn contains(&self, seq: u16) -> bool {
         let i = usize::from(seq) & self.mask;
         self.lens[i] != 0 && self.seqs[i] == seq
     }
 
     /// Forgets every packet (the source was replaced).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.lens.fill(0);
     }
 }
 
 /// Sequence numbers tracked behind the newest one; a gap larger than this is not
 /// repaired packet by packet (a keyframe is cheaper).
-pub const NACK_WINDOW: usize = 512;
+pub(crate) const NACK_WINDOW: usize = 512;
 /// How many times one packet is asked for.
-pub const MAX_NACK_RETRIES: u8 = 10;
+pub(crate) const MAX_NACK_RETRIES: u8 = 10;
 /// How long after it went missing a packet is still asked for: past this, the
 /// receivers' jitter buffers have given up on it.
-pub const MAX_NACK_AGE_US: u64 = 1_000_000;
+pub(crate) const MAX_NACK_AGE_US: u64 = 1_000_000;
 /// Least time between two requests for one packet, whatever the round trip.
-pub const MIN_NACK_INTERVAL_US: u64 = 20_000;
+pub(crate) const MIN_NACK_INTERVAL_US: u64 = 20_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Missing {
@@ -102,7 +103,7 @@ struct Missing {
 
 /// What a received sequence number told the generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
+pub(crate) enum Arrival {
     /// The next one, or one ahead with the packets between now missing.
     New,
     /// A missing packet arrived (a retransmission or a late one).
@@ -115,7 +116,7 @@ pub enum Arrival {
 }
 
 /// The missing sequence numbers of one publisher source.
-pub struct NackGenerator {
+pub(crate) struct NackGenerator {
     missing: Box<[Missing]>,
     newest: Option<u16>,
     outstanding: usize,
@@ -128,7 +129,7 @@ impl Default for NackGenerator {
 }
 
 impl NackGenerator {
-    pub fn new() -> NackGenerator {
+    pub(crate) fn new() -> NackGenerator {
         NackGenerator {
             missing: vec![Missing::default(); NACK_WINDOW].into_boxed_slice(),
             newest: None,
@@ -137,14 +138,14 @@ impl NackGenerator {
     }
 
     /// Forgets everything (the source was replaced).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.missing.fill(Missing::default());
         self.newest = None;
         self.outstanding = 0;
     }
 
     /// Packets currently asked for.
-    pub fn outstanding(&self) -> usize {
+    pub(crate) fn outstanding(&self) -> usize {
         self.outstanding
     }
 
@@ -153,7 +154,7 @@ impl NackGenerator {
     }
 
     /// Records the arrival of `seq` at `now` (microseconds).
-    pub fn on_packet(&mut self, seq: u16, now: u64) -> Arrival {
+    pub(crate) fn on_packet(&mut self, seq: u16, now: u64) -> Arrival {
         let Some(newest) = self.newest else {
             self.newest = Some(seq);
             return Arrival::New;
@@ -212,7 +213,7 @@ impl NackGenerator {
     /// [`MIN_NACK_INTERVAL_US`]), at most [`MAX_NACK_RETRIES`] times and for at most
     /// [`MAX_NACK_AGE_US`]. Returns how many were written; more may be due when `out`
     /// was filled.
-    pub fn due(&mut self, now: u64, rtt: u64, out: &mut [u16]) -> usize {
+    pub(crate) fn due(&mut self, now: u64, rtt: u64, out: &mut [u16]) -> usize {
         let Some(newest) = self.newest else {
             return 0;
         };

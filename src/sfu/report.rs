@@ -9,15 +9,15 @@ use super::rtp::seq_newer;
 /// The last sender report of a source: its NTP and RTP time, and when (our monotonic
 /// microseconds) it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SrInfo {
-    pub ntp: u64,
-    pub rtp_timestamp: u32,
-    pub received_at: u64,
+pub(crate) struct SrInfo {
+    pub(crate) ntp: u64,
+    pub(crate) rtp_timestamp: u32,
+    pub(crate) received_at: u64,
 }
 
 /// Reception statistics of one publisher source.
 #[derive(Debug, Clone)]
-pub struct ReceiveStats {
+pub(crate) struct ReceiveStats {
     clock_rate: u64,
     started: bool,
     base_seq: u32,
@@ -34,7 +34,7 @@ pub struct ReceiveStats {
 }
 
 impl ReceiveStats {
-    pub fn new(clock_rate: u32) -> ReceiveStats {
+    pub(crate) fn new(clock_rate: u32) -> ReceiveStats {
         ReceiveStats {
             clock_rate: u64::from(clock_rate.max(1)),
             started: false,
@@ -51,14 +51,14 @@ impl ReceiveStats {
     }
 
     /// Forgets everything (the source was replaced).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = ReceiveStats::new(self.clock_rate as u32);
     }
 
     /// Counts a packet arriving at `now` (monotonic microseconds). Jitter is measured
     /// on new in-order packets only: a retransmission's timestamp says nothing of the
     /// path's delay variation.
-    pub fn on_packet(&mut self, seq: u16, timestamp: u32, now: u64, retransmission: bool) {
+    pub(crate) fn on_packet(&mut self, seq: u16, timestamp: u32, now: u64, retransmission: bool) {
         self.received = self.received.wrapping_add(1);
         if !self.started {
             self.started = true;
@@ -89,7 +89,7 @@ impl ReceiveStats {
         self.last_transit = Some(transit);
     }
 
-    pub fn on_sender_report(&mut self, ntp: u64, rtp_timestamp: u32, now: u64) {
+    pub(crate) fn on_sender_report(&mut self, ntp: u64, rtp_timestamp: u32, now: u64) {
         self.last_sr = Some(SrInfo {
             ntp,
             rtp_timestamp,
@@ -97,27 +97,27 @@ impl ReceiveStats {
         });
     }
 
-    pub fn last_sender_report(&self) -> Option<SrInfo> {
+    pub(crate) fn last_sender_report(&self) -> Option<SrInfo> {
         self.last_sr
     }
 
     /// Whether any packet was counted.
-    pub fn started(&self) -> bool {
+    pub(crate) fn started(&self) -> bool {
         self.started
     }
 
-    pub fn extended_highest(&self) -> u32 {
+    pub(crate) fn extended_highest(&self) -> u32 {
         self.cycles.wrapping_add(u32::from(self.max_seq))
     }
 
     /// Jitter in timestamp units.
-    pub fn jitter(&self) -> u32 {
+    pub(crate) fn jitter(&self) -> u32 {
         self.jitter16 >> 4
     }
 
     /// The report block for source `ssrc` at `now`; starts a new interval for the
     /// fraction lost.
-    pub fn report(&mut self, ssrc: u32, now: u64) -> ReportBlock {
+    pub(crate) fn report(&mut self, ssrc: u32, now: u64) -> ReportBlock {
         let expected = self
             .extended_highest()
             .wrapping_sub(self.base_seq)

@@ -10,30 +10,34 @@
 //! or `None` when the buffer is too small; several calls into consecutive parts of one
 //! buffer make a compound packet.
 
-pub const SR: u8 = 200;
-pub const RR: u8 = 201;
+pub(crate) const SR: u8 = 200;
+pub(crate) const RR: u8 = 201;
+/// Packet type of source descriptions (RFC 3550 §6.5).
 pub const SDES: u8 = 202;
+/// Packet type of a goodbye (RFC 3550 §6.6).
 pub const BYE: u8 = 203;
+/// Packet type of application-defined packets (RFC 3550 §6.7).
 pub const APP: u8 = 204;
 /// Transport-layer feedback (RFC 4585 §6.2): generic NACK (FMT 1), transport-wide
 /// congestion control (FMT 15).
-pub const RTPFB: u8 = 205;
+pub(crate) const RTPFB: u8 = 205;
 /// Payload-specific feedback (RFC 4585 §6.3): PLI (FMT 1), FIR (FMT 4, RFC 5104),
 /// application layer (FMT 15, REMB among them).
-pub const PSFB: u8 = 206;
+pub(crate) const PSFB: u8 = 206;
+/// Packet type of extended reports (RFC 3611).
 pub const XR: u8 = 207;
 
-pub const FMT_NACK: u8 = 1;
-pub const FMT_TWCC: u8 = 15;
-pub const FMT_PLI: u8 = 1;
-pub const FMT_FIR: u8 = 4;
-pub const FMT_AFB: u8 = 15;
+pub(crate) const FMT_NACK: u8 = 1;
+pub(crate) const FMT_TWCC: u8 = 15;
+pub(crate) const FMT_PLI: u8 = 1;
+pub(crate) const FMT_FIR: u8 = 4;
+pub(crate) const FMT_AFB: u8 = 15;
 
 const HEADER: usize = 4;
 const REPORT_BLOCK: usize = 24;
 const SR_INFO: usize = 24;
 /// Most report blocks one SR/RR can count (a 5-bit field).
-pub const MAX_REPORT_BLOCKS: usize = 31;
+pub(crate) const MAX_REPORT_BLOCKS: usize = 31;
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
@@ -41,25 +45,25 @@ const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 /// bytes after its 4-byte header (padding removed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawRtcp<'a> {
-    pub pt: u8,
-    pub count: u8,
-    pub body: &'a [u8],
+    pub(crate) pt: u8,
+    pub(crate) count: u8,
+    pub(crate) body: &'a [u8],
 }
 
 /// A reception report block (RFC 3550 §6.4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReportBlock {
-    pub ssrc: u32,
+    pub(crate) ssrc: u32,
     /// Packets lost since the previous report, as a fraction of 256.
-    pub fraction_lost: u8,
+    pub(crate) fraction_lost: u8,
     /// Packets lost in total; 24-bit signed (duplicates can make it negative).
-    pub cumulative_lost: i32,
-    pub highest_seq: u32,
-    pub jitter: u32,
+    pub(crate) cumulative_lost: i32,
+    pub(crate) highest_seq: u32,
+    pub(crate) jitter: u32,
     /// The middle 32 bits of the NTP time of the last SR received, 0 for none.
-    pub last_sr: u32,
+    pub(crate) last_sr: u32,
     /// Time since that SR, in 1/65536 s.
-    pub delay_since_last_sr: u32,
+    pub(crate) delay_since_last_sr: u32,
 }
 
 impl ReportBlock {
@@ -112,28 +116,35 @@ impl Iterator for ReportBlocks<'_> {
     }
 }
 
+/// A sender report (RFC 3550 §6.4.1): the sender's clocks and counts, then report blocks.
 #[derive(Debug, Clone)]
 pub struct SenderReport<'a> {
-    pub ssrc: u32,
+    pub(crate) ssrc: u32,
     /// NTP timestamp, 32.32 fixed point.
-    pub ntp: u64,
-    pub rtp_timestamp: u32,
+    pub(crate) ntp: u64,
+    pub(crate) rtp_timestamp: u32,
+    /// RTP packets the sender has sent on this SSRC.
     pub packet_count: u32,
+    /// RTP payload bytes the sender has sent on this SSRC.
     pub octet_count: u32,
+    /// What the sender received, one block per source.
     pub blocks: ReportBlocks<'a>,
 }
 
+/// A receiver report (RFC 3550 §6.4.2): report blocks from a receiver that sends no media.
 #[derive(Debug, Clone)]
 pub struct ReceiverReport<'a> {
+    /// The reporting receiver's SSRC.
     pub ssrc: u32,
-    pub blocks: ReportBlocks<'a>,
+    pub(crate) blocks: ReportBlocks<'a>,
 }
 
 /// A feedback message's SSRCs and its feedback control information.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Feedback<'a> {
-    pub sender: u32,
-    pub media: u32,
+    pub(crate) sender: u32,
+    pub(crate) media: u32,
+    /// The feedback control information, after the two SSRCs.
     pub fci: &'a [u8],
 }
 
@@ -192,9 +203,9 @@ impl Iterator for NackSeqs<'_> {
 /// Receiver Estimated Maximum Bitrate (draft-alvestrand-rmcat-remb).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Remb<'a> {
-    pub sender: u32,
+    pub(crate) sender: u32,
     /// Bits per second.
-    pub bitrate: u64,
+    pub(crate) bitrate: u64,
     ssrcs: &'a [u8],
 }
 
@@ -208,17 +219,22 @@ impl<'a> Remb<'a> {
 /// One packet of a compound RTCP datagram.
 #[derive(Debug, Clone)]
 pub enum Rtcp<'a> {
+    /// A sender report.
     SenderReport(SenderReport<'a>),
+    /// A receiver report.
     ReceiverReport(ReceiverReport<'a>),
     /// Picture loss indication: the receiver wants a keyframe of `media`.
     Pli {
+        /// SSRC of the receiver asking.
         sender: u32,
+        /// SSRC of the stream it wants a keyframe of.
         media: u32,
     },
     /// Full intra request; `fir_entries` names the SSRCs.
     Fir(Feedback<'a>),
     /// Generic NACK; `nack_seqs` lists the packets.
     Nack(Feedback<'a>),
+    /// Receiver estimated maximum bitrate (an application-layer feedback).
     Remb(Remb<'a>),
     /// Transport-wide congestion control feedback, left to the bandwidth estimator.
     TransportCc(Feedback<'a>),
@@ -311,6 +327,7 @@ pub struct RtcpIter<'a> {
 }
 
 impl<'a> RtcpIter<'a> {
+    /// Walks `buf`, one compound datagram already decrypted.
     pub fn new(buf: &'a [u8]) -> RtcpIter<'a> {
         RtcpIter {
             buf,
@@ -376,7 +393,7 @@ fn header(buf: &mut [u8], count: u8, pt: u8, len: usize) {
 
 /// A sender report: the sender's NTP and RTP time, what it sent so far, and reception
 /// report blocks (at most 31).
-pub fn write_sender_report(
+pub(crate) fn write_sender_report(
     buf: &mut [u8],
     ssrc: u32,
     ntp: u64,
@@ -403,7 +420,11 @@ pub fn write_sender_report(
 }
 
 /// A receiver report with up to 31 report blocks.
-pub fn write_receiver_report(buf: &mut [u8], ssrc: u32, blocks: &[ReportBlock]) -> Option<usize> {
+pub(crate) fn write_receiver_report(
+    buf: &mut [u8],
+    ssrc: u32,
+    blocks: &[ReportBlock],
+) -> Option<usize> {
     if blocks.len() > MAX_REPORT_BLOCKS {
         return None;
     }
@@ -507,19 +528,19 @@ pub fn write_remb(buf: &mut [u8], sender: u32, bitrate: u64, ssrcs: &[u32]) -> O
 }
 
 /// NTP time (32.32 fixed point since 1900) of a Unix time in microseconds.
-pub fn ntp_from_unix_micros(us: u64) -> u64 {
+pub(crate) fn ntp_from_unix_micros(us: u64) -> u64 {
     let secs = us / 1_000_000 + NTP_UNIX_OFFSET;
     let frac = ((us % 1_000_000) << 32) / 1_000_000;
     (secs << 32) | frac
 }
 
 /// A duration in microseconds as an NTP (32.32) duration.
-pub fn ntp_duration(us: u64) -> u64 {
+pub(crate) fn ntp_duration(us: u64) -> u64 {
     ((u128::from(us) << 32) / 1_000_000) as u64
 }
 
 /// The middle 32 bits of an NTP time: what LSR quotes (RFC 3550 §6.4.1).
-pub fn ntp_middle(ntp: u64) -> u32 {
+pub(crate) fn ntp_middle(ntp: u64) -> u32 {
     (ntp >> 16) as u32
 }
 

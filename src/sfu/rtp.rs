@@ -13,21 +13,21 @@
 use std::ops::Range;
 
 /// Length of the fixed RTP header.
-pub const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 /// `defined by profile` of the one-byte extension form (RFC 8285 §4.2).
-pub const ONE_BYTE_PROFILE: u16 = 0xBEDE;
+pub(crate) const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 /// Upper 12 bits of `defined by profile` in the two-byte form (RFC 8285 §4.3); the low
 /// four bits are application bits.
-pub const TWO_BYTE_PROFILE: u16 = 0x1000;
+pub(crate) const TWO_BYTE_PROFILE: u16 = 0x1000;
 
 /// Whether `a` is newer than `b` in 16-bit serial-number arithmetic (RFC 1982): less than
 /// half the number space ahead of it.
-pub fn seq_newer(a: u16, b: u16) -> bool {
+pub(crate) fn seq_newer(a: u16, b: u16) -> bool {
     a != b && a.wrapping_sub(b) < 0x8000
 }
 
 /// Whether timestamp `a` is newer than `b`, in 32-bit serial-number arithmetic.
-pub fn ts_newer(a: u32, b: u32) -> bool {
+pub(crate) fn ts_newer(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < 0x8000_0000
 }
 
@@ -40,19 +40,19 @@ pub fn is_rtcp(buf: &[u8]) -> bool {
 
 /// Where the header-extension block lies in a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExtensionBlock {
+pub(crate) struct ExtensionBlock {
     /// The 16-bit `defined by profile` field.
-    pub profile: u16,
+    pub(crate) profile: u16,
     /// Offset of the first element, after the 4-byte block header.
-    pub start: usize,
+    pub(crate) start: usize,
     /// Length of the elements in bytes (a multiple of 4).
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
 impl ExtensionBlock {
     /// Whether the elements use the one-byte form; `None` for a profile that is neither
     /// RFC 8285 form (its elements cannot be read).
-    pub fn one_byte(&self) -> Option<bool> {
+    pub(crate) fn one_byte(&self) -> Option<bool> {
         if self.profile == ONE_BYTE_PROFILE {
             Some(true)
         } else if self.profile & 0xFFF0 == TWO_BYTE_PROFILE {
@@ -63,7 +63,7 @@ impl ExtensionBlock {
     }
 
     /// A cursor over the elements, for reading or rewriting them one at a time.
-    pub fn cursor(&self) -> ExtCursor {
+    pub(crate) fn cursor(&self) -> ExtCursor {
         ExtCursor {
             pos: self.start,
             end: self.start + self.len,
@@ -75,17 +75,17 @@ impl ExtensionBlock {
 /// One header-extension element: its id, where its header byte(s) start and where its
 /// value lies, all as offsets into the packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtElement {
-    pub id: u8,
-    pub header: usize,
-    pub value: Range<usize>,
-    pub one_byte: bool,
+pub(crate) struct ExtElement {
+    pub(crate) id: u8,
+    pub(crate) header: usize,
+    pub(crate) value: Range<usize>,
+    pub(crate) one_byte: bool,
 }
 
 /// Walks the elements of an extension block. It borrows the packet only during each
 /// `next` call, so the caller may rewrite an element before asking for the next one.
 #[derive(Debug, Clone)]
-pub struct ExtCursor {
+pub(crate) struct ExtCursor {
     pos: usize,
     end: usize,
     one_byte: Option<bool>,
@@ -94,7 +94,7 @@ pub struct ExtCursor {
 impl ExtCursor {
     /// The next element; `None` at the end, at the one-byte form's stop id 15, or where an
     /// element would run past the block (the rest of such a block is not trusted).
-    pub fn next(&mut self, buf: &[u8]) -> Option<ExtElement> {
+    pub(crate) fn next(&mut self, buf: &[u8]) -> Option<ExtElement> {
         let one_byte = self.one_byte?;
         loop {
             if self.pos >= self.end {
@@ -138,19 +138,23 @@ impl ExtCursor {
 /// The framing of an RTP packet, as offsets into its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtpHeader {
-    pub marker: bool,
+    pub(crate) marker: bool,
+    /// Payload type (7 bits).
     pub payload_type: u8,
+    /// Sequence number.
     pub seq: u16,
+    /// RTP timestamp, in the codec's clock rate.
     pub timestamp: u32,
+    /// Synchronization source.
     pub ssrc: u32,
-    pub csrc_count: u8,
-    pub extension: Option<ExtensionBlock>,
+    pub(crate) csrc_count: u8,
+    pub(crate) extension: Option<ExtensionBlock>,
     /// Where the payload starts.
-    pub payload_offset: usize,
+    pub(crate) payload_offset: usize,
     /// Where the payload ends: the packet's length less its padding.
-    pub payload_end: usize,
+    pub(crate) payload_end: usize,
     /// Whether the P bit is set (`payload_end` already excludes the padding).
-    pub padding: bool,
+    pub(crate) padding: bool,
 }
 
 impl RtpHeader {
@@ -237,21 +241,23 @@ pub fn set_seq(buf: &mut [u8], seq: u16) {
     put(buf, 2, &seq.to_be_bytes());
 }
 
+/// Writes the RTP timestamp of the packet in `buf`.
 pub fn set_timestamp(buf: &mut [u8], ts: u32) {
     put(buf, 4, &ts.to_be_bytes());
 }
 
-pub fn set_ssrc(buf: &mut [u8], ssrc: u32) {
+pub(crate) fn set_ssrc(buf: &mut [u8], ssrc: u32) {
     put(buf, 8, &ssrc.to_be_bytes());
 }
 
 /// Writes the payload type, keeping the marker bit.
-pub fn set_payload_type(buf: &mut [u8], pt: u8) {
+pub(crate) fn set_payload_type(buf: &mut [u8], pt: u8) {
     if let Some(b) = buf.get_mut(1) {
         *b = (*b & 0x80) | (pt & 0x7F);
     }
 }
 
+/// Sets or clears the marker bit, keeping the payload type.
 pub fn set_marker(buf: &mut [u8], marker: bool) {
     if let Some(b) = buf.get_mut(1) {
         *b = (*b & 0x7F) | if marker { 0x80 } else { 0 };
@@ -267,7 +273,7 @@ pub fn read_abs_send_time(value: &[u8]) -> Option<u32> {
 }
 
 /// Transport-wide sequence number.
-pub fn read_transport_seq(value: &[u8]) -> Option<u16> {
+pub(crate) fn read_transport_seq(value: &[u8]) -> Option<u16> {
     match value {
         [a, b] | [a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
         _ => None,
@@ -275,7 +281,7 @@ pub fn read_transport_seq(value: &[u8]) -> Option<u16> {
 }
 
 /// Client-to-mixer audio level (RFC 6464): the voice-activity flag and the level in -dBov.
-pub fn read_audio_level(value: &[u8]) -> Option<(bool, u8)> {
+pub(crate) fn read_audio_level(value: &[u8]) -> Option<(bool, u8)> {
     value.first().map(|b| (b & 0x80 != 0, b & 0x7F))
 }
 
@@ -283,7 +289,7 @@ pub fn read_audio_level(value: &[u8]) -> Option<(bool, u8)> {
 /// original sequence number (OSN) from the first two payload bytes, the media SSRC and
 /// payload type, the rest of the payload moved two bytes back, padding dropped. Returns
 /// the new length; `None` for an RTX packet without an OSN (padding sent for probing).
-pub fn unwrap_rtx(
+pub(crate) fn unwrap_rtx(
     buf: &mut [u8],
     header: &RtpHeader,
     media_ssrc: u32,
@@ -330,9 +336,9 @@ pub fn wrap_rtx(
 }
 
 /// Most padding one packet carries (its last byte counts it, RFC 3550 §5.1).
-pub const MAX_PADDING: usize = 255;
+pub(crate) const MAX_PADDING: usize = 255;
 /// Where [`write_padding`] puts the transport-wide sequence number.
-pub const PADDING_TRANSPORT_SEQ_AT: usize = 17;
+pub(crate) const PADDING_TRANSPORT_SEQ_AT: usize = 17;
 
 /// Writes into `buf` an RTP packet of padding only: `ssrc`, `pt`, `seq`, `timestamp`,
 /// a one-byte extension block with the transport-wide sequence number under
@@ -340,7 +346,7 @@ pub const PADDING_TRANSPORT_SEQ_AT: usize = 17;
 /// [`PADDING_TRANSPORT_SEQ_AT`]) and `padding` bytes (1..=[`MAX_PADDING`]) of
 /// padding. Returns its length; `None` when `buf` is too short or an argument is out
 /// of range.
-pub fn write_padding(
+pub(crate) fn write_padding(
     buf: &mut [u8],
     (ssrc, pt, seq, timestamp): (u32, u8, u16, u32),
     transport_cc: u8,

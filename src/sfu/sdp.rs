@@ -45,15 +45,15 @@ use ::sdp::description::session::{Origin, SessionDescription, TimeDescription, T
 use super::ice::IceCredentials;
 
 /// Largest SDP accepted (bigger bodies are answered 413).
-pub const MAX_SDP_LEN: usize = 64 * 1024;
+pub(crate) const MAX_SDP_LEN: usize = 64 * 1024;
 /// m-lines in a publisher's offer: camera, microphone, a screen share and its audio fit
 /// many times over.
-pub const MAX_PUBLISH_SECTIONS: usize = 16;
+pub(crate) const MAX_PUBLISH_SECTIONS: usize = 16;
 /// m-lines in a subscriber's session, live or recycled.
-pub const MAX_SUBSCRIBE_SECTIONS: usize = 256;
+pub(crate) const MAX_SUBSCRIBE_SECTIONS: usize = 256;
 /// Simulcast layers received from a publisher; further ones are left out of the answer
 /// (RFC 8853 §5.3 lets the answerer drop streams).
-pub const MAX_RIDS: usize = 3;
+pub(crate) const MAX_RIDS: usize = 3;
 /// SSRCs signalled on one m-line.
 const MAX_SSRCS: usize = 16;
 /// Longest mid or rid: both travel in one-byte RTP header extensions (RFC 8285: at
@@ -65,23 +65,23 @@ const MAX_TOKEN_LEN: usize = 64;
 const RTP_PROTOS: [&str; 4] = ["UDP", "TLS", "RTP", "SAVPF"];
 
 /// Payload types of server offers (the forwarder rewrites publishers' to these).
-pub mod pt {
-    pub const VP8: u8 = 96;
-    pub const VP8_RTX: u8 = 97;
-    pub const H264: u8 = 102;
-    pub const H264_RTX: u8 = 103;
-    pub const OPUS: u8 = 111;
+pub(crate) mod pt {
+    pub(crate) const VP8: u8 = 96;
+    pub(crate) const VP8_RTX: u8 = 97;
+    pub(crate) const H264: u8 = 102;
+    pub(crate) const H264_RTX: u8 = 103;
+    pub(crate) const OPUS: u8 = 111;
 }
 
 /// The H264 format offered to subscribers: constrained baseline, packetization mode 1,
 /// which every browser decodes; publishers' H264 is picked to match (see
 /// [`PublishOffer::parse`]).
-pub const H264_FMTP: &str =
+pub(crate) const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 
 /// Header extensions of server offers and their fixed ids.
-pub const SUBSCRIBE_EXTENSIONS: [(Extension, u8); 4] = [
+pub(crate) const SUBSCRIBE_EXTENSIONS: [(Extension, u8); 4] = [
     (Extension::AudioLevel, 1),
     (Extension::AbsSendTime, 2),
     (Extension::TransportCc, 3),
@@ -93,38 +93,59 @@ pub const SUBSCRIBE_EXTENSIONS: [(Extension, u8); 4] = [
 pub enum SdpError {
     /// Over the size limit (HTTP 413): the length and the limit.
     TooLarge(usize, usize),
+    /// The body is not UTF-8.
     NotUtf8,
     /// Not SDP the parser understands; the parser's words, shortened.
     Syntax(String),
     /// No audio or video m-line we can receive.
     NoMedia,
+    /// More m-lines than a session may have (the count).
     TooManySections(usize),
     /// The m-line at this index (from 0) has no `a=mid`.
     MissingMid(usize),
+    /// Two m-lines share this `a=mid`.
     DuplicateMid(String),
+    /// No `a=group:BUNDLE`: every m-line must share one transport.
     NoBundle,
+    /// This mid is outside the BUNDLE group.
     NotBundled(String),
+    /// This mid lacks `a=rtcp-mux` (RTP and RTCP share one port).
     NoRtcpMux(String),
+    /// A required attribute is absent.
     Missing {
+        /// The attribute's name.
         attribute: &'static str,
+        /// The m-line it is missing from; `None` at session level.
         mid: Option<String>,
     },
+    /// An attribute's value cannot be used.
     Invalid {
+        /// The attribute's name.
         attribute: &'static str,
+        /// What is wrong with it.
         reason: String,
     },
     /// Fingerprints were given, none with SHA-256.
     NoSha256Fingerprint,
+    /// `a=setup` has a role we cannot take.
     Setup {
+        /// The role offered.
         found: String,
+        /// The roles accepted.
         expected: &'static str,
     },
+    /// An m-line offers no codec we forward.
     NoCodec {
+        /// The m-line's mid.
         mid: String,
+        /// The codecs we would accept.
         wanted: &'static str,
     },
+    /// The simulcast or RID attributes of an m-line do not fit.
     Simulcast {
+        /// The m-line's mid.
         mid: String,
+        /// What does not fit.
         reason: String,
     },
     /// A subscriber's answer does not fit the offer it answers.
@@ -135,7 +156,7 @@ pub enum SdpError {
 
 impl SdpError {
     /// The HTTP status the room API answers with.
-    pub fn http_status(&self) -> u16 {
+    pub(crate) fn http_status(&self) -> u16 {
         match self {
             SdpError::TooLarge(..) => 413,
             SdpError::NoPendingOffer => 409,
@@ -202,13 +223,13 @@ impl fmt::Display for SdpError {
 impl std::error::Error for SdpError {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MediaKind {
+pub(crate) enum MediaKind {
     Audio,
     Video,
 }
 
 impl MediaKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MediaKind::Audio => "audio",
             MediaKind::Video => "video",
@@ -218,14 +239,14 @@ impl MediaKind {
 
 /// The codecs the SFU forwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CodecName {
+pub(crate) enum CodecName {
     Opus,
     Vp8,
     H264,
 }
 
 impl CodecName {
-    pub fn kind(self) -> MediaKind {
+    pub(crate) fn kind(self) -> MediaKind {
         match self {
             CodecName::Opus => MediaKind::Audio,
             CodecName::Vp8 | CodecName::H264 => MediaKind::Video,
@@ -242,7 +263,7 @@ impl CodecName {
     }
 
     /// Payload types in server offers: the codec's and its RTX's.
-    pub fn offer_pts(self) -> (u8, Option<u8>) {
+    pub(crate) fn offer_pts(self) -> (u8, Option<u8>) {
         match self {
             CodecName::Opus => (pt::OPUS, None),
             CodecName::Vp8 => (pt::VP8, Some(pt::VP8_RTX)),
@@ -253,7 +274,7 @@ impl CodecName {
 
 /// RTCP feedback the SFU handles (RFC 4585, RFC 5104, transport-cc, REMB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Feedback {
+pub(crate) enum Feedback {
     GoogRemb,
     TransportCc,
     CcmFir,
@@ -263,7 +284,7 @@ pub enum Feedback {
 
 impl Feedback {
     /// In the order Chrome writes them.
-    pub const ALL: [Feedback; 5] = [
+    pub(crate) const ALL: [Feedback; 5] = [
         Feedback::GoogRemb,
         Feedback::TransportCc,
         Feedback::CcmFir,
@@ -271,7 +292,7 @@ impl Feedback {
         Feedback::NackPli,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Feedback::GoogRemb => "goog-remb",
             Feedback::TransportCc => "transport-cc",
@@ -294,7 +315,7 @@ impl Feedback {
 
 /// RTP header extensions the SFU reads or writes (RFC 8285 URIs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Extension {
+pub(crate) enum Extension {
     Mid,
     Rid,
     RepairedRid,
@@ -304,7 +325,7 @@ pub enum Extension {
 }
 
 impl Extension {
-    pub const ALL: [Extension; 6] = [
+    pub(crate) const ALL: [Extension; 6] = [
         Extension::Mid,
         Extension::Rid,
         Extension::RepairedRid,
@@ -313,7 +334,7 @@ impl Extension {
         Extension::AudioLevel,
     ];
 
-    pub fn uri(self) -> &'static str {
+    pub(crate) fn uri(self) -> &'static str {
         match self {
             Extension::Mid => "urn:ietf:params:rtp-hdrext:sdes:mid",
             Extension::Rid => "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
@@ -326,7 +347,7 @@ impl Extension {
         }
     }
 
-    pub fn from_uri(uri: &str) -> Option<Extension> {
+    pub(crate) fn from_uri(uri: &str) -> Option<Extension> {
         Extension::ALL.into_iter().find(|e| e.uri() == uri)
     }
 }
@@ -387,8 +408,11 @@ impl fmt::Debug for Fingerprint {
 /// `a=setup` (RFC 4145, RFC 8842): who starts the DTLS handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setup {
+    /// Starts the handshake (DTLS client).
     Active,
+    /// Waits for the handshake (DTLS server).
     Passive,
+    /// Either, the answerer chooses (offers only).
     Actpass,
 }
 
@@ -404,7 +428,7 @@ impl Setup {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     SendRecv,
     SendOnly,
     RecvOnly,
@@ -435,46 +459,46 @@ impl Direction {
 /// One codec kept from an offer, with the client's payload types.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Codec {
-    pub name: CodecName,
-    pub pt: u8,
+    pub(crate) name: CodecName,
+    pub(crate) pt: u8,
     /// The offer's format parameters, echoed in the answer.
-    pub fmtp: Option<String>,
+    pub(crate) fmtp: Option<String>,
     /// Payload type of its RTX stream (RFC 4588), when offered.
-    pub rtx_pt: Option<u8>,
+    pub(crate) rtx_pt: Option<u8>,
     /// Feedback both sides support, in [`Feedback::ALL`] order.
-    pub feedback: Vec<Feedback>,
+    pub(crate) feedback: Vec<Feedback>,
 }
 
 /// `a=msid` (RFC 8830): the stream and track ids of a sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Msid {
-    pub stream: String,
-    pub track: Option<String>,
+pub(crate) struct Msid {
+    pub(crate) stream: String,
+    pub(crate) track: Option<String>,
 }
 
 /// A track a publisher sends, as negotiated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishedTrack {
-    pub kind: MediaKind,
+    pub(crate) kind: MediaKind,
     /// Kept codecs, the preferred first (the order of the answer).
-    pub codecs: Vec<Codec>,
+    pub(crate) codecs: Vec<Codec>,
     /// Supported header extensions with the client's ids.
-    pub extensions: Vec<(Extension, u8)>,
+    pub(crate) extensions: Vec<(Extension, u8)>,
     /// Simulcast rids in the offer's order (Chrome lists the lowest layer first); empty
     /// without simulcast.
-    pub rids: Vec<String>,
-    pub msid: Option<Msid>,
-    pub cname: Option<String>,
+    pub(crate) rids: Vec<String>,
+    pub(crate) msid: Option<Msid>,
+    pub(crate) cname: Option<String>,
     /// Media SSRCs from `a=ssrc` lines (browsers leave them out for rid simulcast).
-    pub ssrcs: Vec<u32>,
+    pub(crate) ssrcs: Vec<u32>,
     /// (media, RTX) SSRC pairs from `a=ssrc-group:FID`.
-    pub rtx_ssrcs: Vec<(u32, u32)>,
+    pub(crate) rtx_ssrcs: Vec<(u32, u32)>,
     /// The client offered reduced-size RTCP (RFC 5506); it is accepted.
-    pub rtcp_rsize: bool,
+    pub(crate) rtcp_rsize: bool,
 }
 
 impl PublishedTrack {
-    pub fn extension_id(&self, ext: Extension) -> Option<u8> {
+    pub(crate) fn extension_id(&self, ext: Extension) -> Option<u8> {
         self.extensions
             .iter()
             .find(|(e, _)| *e == ext)
@@ -497,11 +521,11 @@ impl PublishedTrack {
 
 /// One m-line of a publisher's offer.
 #[derive(Clone, Debug)]
-pub struct PublishSection {
-    pub mid: String,
+pub(crate) struct PublishSection {
+    pub(crate) mid: String,
     /// `None`: refused in the answer (port 0): a data channel, a receive-only
     /// transceiver or a profile other than UDP/TLS/RTP/SAVPF.
-    pub track: Option<PublishedTrack>,
+    pub(crate) track: Option<PublishedTrack>,
     /// The offered m= line, echoed with port 0 when refused.
     offered: MediaName,
 }
@@ -509,11 +533,12 @@ pub struct PublishSection {
 /// A publisher's offer for its sending peer connection.
 #[derive(Clone, Debug)]
 pub struct PublishOffer {
-    pub ice: IceCredentials,
-    pub fingerprint: Fingerprint,
+    pub(crate) ice: IceCredentials,
+    pub(crate) fingerprint: Fingerprint,
+    /// The publisher's DTLS role; the SFU answers the opposite one.
     pub setup: Setup,
     /// In m-line order.
-    pub sections: Vec<PublishSection>,
+    pub(crate) sections: Vec<PublishSection>,
 }
 
 /// What our side of a peer connection puts into its SDP.
@@ -521,6 +546,7 @@ pub struct PublishOffer {
 pub struct LocalTransport<'a> {
     /// `o=` session id of this peer connection: random, below 2^63 (JSEP §5.2.1).
     pub session_id: u64,
+    /// Our ICE ufrag and password for this peer connection.
     pub ice: &'a IceCredentials,
     /// SHA-256 fingerprint of our DTLS certificate, `AB:CD:...`.
     pub fingerprint: &'a str,
@@ -595,7 +621,7 @@ impl PublishOffer {
     /// Our answer with `o=` version `version`: a re-offer of the same connection (a
     /// track added or stopped) is answered under the same session id and the next
     /// version.
-    pub fn answer_as(&self, local: &LocalTransport<'_>, version: u64) -> String {
+    pub(crate) fn answer_as(&self, local: &LocalTransport<'_>, version: u64) -> String {
         let mut sd = session(local, version);
         let accepted: Vec<&str> = self.tracks().map(|(mid, _)| mid).collect();
         sd.attributes
@@ -1277,16 +1303,16 @@ fn answer_section(
 /// A track the SFU forwards to one subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutTrack {
-    pub codec: CodecName,
+    pub(crate) codec: CodecName,
     /// The SSRC this receiver sees (its own per forwarded stream).
-    pub ssrc: u32,
+    pub(crate) ssrc: u32,
     /// Video only: the SSRC of retransmissions, announced with `ssrc-group:FID`.
-    pub rtx_ssrc: Option<u32>,
-    pub cname: String,
+    pub(crate) rtx_ssrc: Option<u32>,
+    pub(crate) cname: String,
     /// `msid` stream id: the publishing participant's id, so the page can label the
     /// `<video data-participant>` from the track event's stream.
-    pub stream_id: String,
-    pub track_id: String,
+    pub(crate) stream_id: String,
+    pub(crate) track_id: String,
 }
 
 #[derive(Clone, Debug)]
@@ -1325,15 +1351,15 @@ struct Offered {
 
 /// What a subscriber's answer settled.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubscribeAnswer {
-    pub ice: IceCredentials,
-    pub fingerprint: Fingerprint,
+pub(crate) struct SubscribeAnswer {
+    pub(crate) ice: IceCredentials,
+    pub(crate) fingerprint: Fingerprint,
     /// Tracks the browser refused (port 0): do not forward them.
-    pub rejected: Vec<String>,
+    pub(crate) rejected: Vec<String>,
     /// Tracks the browser accepted but does not want now (`a=inactive`).
-    pub inactive: Vec<String>,
+    pub(crate) inactive: Vec<String>,
     /// Tracks whose RTX the browser left out: NACKs are answered without it.
-    pub without_rtx: Vec<String>,
+    pub(crate) without_rtx: Vec<String>,
 }
 
 /// The m-lines of a subscriber's receiving peer connection across renegotiations.
@@ -1354,13 +1380,13 @@ pub struct SubscribeSession {
 }
 
 impl SubscribeSession {
-    pub fn new() -> SubscribeSession {
+    pub(crate) fn new() -> SubscribeSession {
         SubscribeSession::default()
     }
 
     /// Adds a track to forward and returns its mid. It takes a recycled m-line of the
     /// same kind when there is one, else a new one at the end.
-    pub fn add_track(&mut self, track: OutTrack) -> Result<String, SdpError> {
+    pub(crate) fn add_track(&mut self, track: OutTrack) -> Result<String, SdpError> {
         for (what, token) in [
             ("cname", &track.cname),
             ("msid stream id", &track.stream_id),
@@ -1395,7 +1421,7 @@ impl SubscribeSession {
     }
 
     /// Stops forwarding the track on `mid`; false if no track is there.
-    pub fn remove_track(&mut self, mid: &str) -> bool {
+    pub(crate) fn remove_track(&mut self, mid: &str) -> bool {
         let offered = self
             .pending
             .as_ref()
@@ -1446,13 +1472,13 @@ impl SubscribeSession {
     }
 
     /// Something changed that the browser has not been offered yet.
-    pub fn needs_offer(&self) -> bool {
+    pub(crate) fn needs_offer(&self) -> bool {
         self.changed && self.pending.is_none() && !self.slots.is_empty()
     }
 
     /// The next offer, if [`needs_offer`](Self::needs_offer): the m-lines of the last
     /// offer in the same order, then new ones.
-    pub fn offer(&mut self, local: &LocalTransport<'_>) -> Option<String> {
+    pub(crate) fn offer(&mut self, local: &LocalTransport<'_>) -> Option<String> {
         if !self.needs_offer() {
             return None;
         }
@@ -1509,13 +1535,13 @@ impl SubscribeSession {
     /// answer repeats each m-line's codecs and transport but carries no SSRCs or
     /// candidates, so it stays well below twice our offer; never below
     /// [`MAX_SDP_LEN`].
-    pub fn max_answer_len(&self) -> usize {
+    pub(crate) fn max_answer_len(&self) -> usize {
         MAX_SDP_LEN.max(self.offer_len.saturating_mul(2))
     }
 
     /// Checks the browser's answer to the outstanding offer and settles the m-lines.
     /// On error nothing changes and the offer stays outstanding.
-    pub fn apply_answer(&mut self, raw: &[u8]) -> Result<SubscribeAnswer, SdpError> {
+    pub(crate) fn apply_answer(&mut self, raw: &[u8]) -> Result<SubscribeAnswer, SdpError> {
         let offered = self.pending.as_ref().ok_or(SdpError::NoPendingOffer)?;
         let sd = parse_text(raw, self.max_answer_len())?;
         let media = &sd.media_descriptions;

@@ -13,35 +13,35 @@
 //! or pauses it.
 
 /// Most simulcast layers of one track.
-pub const MAX_LAYERS: usize = 3;
+pub(crate) const MAX_LAYERS: usize = 3;
 /// A layer that sent nothing for this long counts as stopped. Chrome stops its upper
 /// layers when bandwidth or CPU run short and sends nothing at all on them.
-pub const LAYER_TIMEOUT_US: u64 = 1_000_000;
+pub(crate) const LAYER_TIMEOUT_US: u64 = 1_000_000;
 /// How often a receiver waiting for a keyframe repeats its request (the publisher may
 /// have lost the PLI). The publisher-side throttle merges these anyway.
-pub const KEYFRAME_RETRY_US: u64 = 1_000_000;
+pub(crate) const KEYFRAME_RETRY_US: u64 = 1_000_000;
 
 /// The layers of a published track as the SFU sees them now. Copied into every
 /// [`Incoming`](super::track::Incoming), so receivers always decide on current facts;
 /// `generation` changes whenever anything else here does, so they re-decide only then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Layers {
-    pub count: u8,
+pub(crate) struct Layers {
+    pub(crate) count: u8,
     /// Bit `i`: layer `i` is running.
-    pub active: u8,
+    pub(crate) active: u8,
     /// Frame height per layer, 0 = not known yet.
-    pub heights: [u16; MAX_LAYERS],
+    pub(crate) heights: [u16; MAX_LAYERS],
     /// Media SSRC per layer, once known (simulcast by rid learns it from the packets).
-    pub ssrcs: [Option<u32>; MAX_LAYERS],
-    pub generation: u32,
+    pub(crate) ssrcs: [Option<u32>; MAX_LAYERS],
+    pub(crate) generation: u32,
 }
 
 impl Layers {
-    pub fn is_active(&self, layer: u8) -> bool {
+    pub(crate) fn is_active(&self, layer: u8) -> bool {
         usize::from(layer) < MAX_LAYERS && self.active & (1 << layer) != 0
     }
 
-    pub fn ssrc(&self, layer: u8) -> Option<u32> {
+    pub(crate) fn ssrc(&self, layer: u8) -> Option<u32> {
         self.ssrcs.get(usize::from(layer)).copied().flatten()
     }
 }
@@ -51,7 +51,7 @@ impl Layers {
 /// none is (a receiver always gets something); `None` when nothing runs. A layer whose
 /// height is not known yet does not count as within a cap: it is taken when no cap is
 /// set or when it is the lowest running layer.
-pub fn select_layer(max_height: Option<u16>, layers: &Layers) -> Option<u8> {
+pub(crate) fn select_layer(max_height: Option<u16>, layers: &Layers) -> Option<u8> {
     let count = usize::from(layers.count).min(MAX_LAYERS) as u8;
     let mut lowest = None;
     let mut best = None;
@@ -79,14 +79,19 @@ pub enum LayerCap {
     UpTo(u8),
     /// As `UpTo(layer)`, and of its frames only those of VP8 temporal layers up to
     /// `tid`: a lower frame rate, a step finer than a whole layer ([`TemporalFilter`]).
-    Frames { layer: u8, tid: u8 },
+    Frames {
+        /// The spatial layer, 0 = lowest.
+        layer: u8,
+        /// The highest VP8 temporal layer id forwarded.
+        tid: u8,
+    },
     /// Nothing: not even the lowest layer fits. It resumes at a keyframe.
     Paused,
 }
 
 /// The target under a cap: the highest running layer at or below it, else the lowest
 /// running one; nothing when paused.
-pub fn cap_layer(target: Option<u8>, cap: LayerCap, layers: &Layers) -> Option<u8> {
+pub(crate) fn cap_layer(target: Option<u8>, cap: LayerCap, layers: &Layers) -> Option<u8> {
     let target = target?;
     let bound = match cap {
         LayerCap::Any => return Some(target),
@@ -105,7 +110,7 @@ pub fn cap_layer(target: Option<u8>, cap: LayerCap, layers: &Layers) -> Option<u
 }
 
 /// Every temporal layer: VP8's TID has two bits.
-pub const ALL_TIDS: u8 = 3;
+pub(crate) const ALL_TIDS: u8 = 3;
 
 /// One receiver's choice among the VP8 temporal layers of the layer it is forwarded:
 /// all of them, or those up to a TID (a lower frame rate). Frames of a higher TID
@@ -113,7 +118,7 @@ pub const ALL_TIDS: u8 = 3;
 /// going up waits for a frame decodable from what was forwarded: one of the next
 /// layer up with the layer-sync bit, or a keyframe.
 #[derive(Debug, Clone)]
-pub struct TemporalFilter {
+pub(crate) struct TemporalFilter {
     target: u8,
     current: u8,
     /// The frame (its RTP timestamp) last decided on, and whether it passes.
@@ -132,7 +137,7 @@ impl Default for TemporalFilter {
 
 impl TemporalFilter {
     /// Temporal layers up to `tid` from now on (`None`: all).
-    pub fn set_target(&mut self, tid: Option<u8>) {
+    pub(crate) fn set_target(&mut self, tid: Option<u8>) {
         self.target = tid.unwrap_or(ALL_TIDS).min(ALL_TIDS);
     }
 
@@ -140,7 +145,7 @@ impl TemporalFilter {
     /// (`None`: the stream has no temporal layers) with layer-sync bit `sync`, passes;
     /// `keyframe`: the frame is a keyframe (from which any choice may start). Every
     /// packet of a frame gets the decision its first one got.
-    pub fn pass(&mut self, ts: u32, tid: Option<u8>, sync: bool, keyframe: bool) -> bool {
+    pub(crate) fn pass(&mut self, ts: u32, tid: Option<u8>, sync: bool, keyframe: bool) -> bool {
         let Some(tid) = tid else {
             return true;
         };
@@ -164,7 +169,7 @@ impl TemporalFilter {
 
 /// What to do with a packet of some layer, for one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
+pub(crate) enum Gate {
     /// It belongs to the layer being forwarded.
     Forward,
     /// It is the keyframe to move to: forward it and everything after it from its layer.
@@ -188,7 +193,7 @@ pub struct Selector {
 }
 
 impl Selector {
-    pub fn new(max_height: Option<u16>) -> Selector {
+    pub(crate) fn new(max_height: Option<u16>) -> Selector {
         Selector {
             max_height,
             cap: LayerCap::Any,
@@ -201,18 +206,19 @@ impl Selector {
     }
 
     /// A new preference; it takes effect with the next packet.
-    pub fn set_max_height(&mut self, max_height: Option<u16>) {
+    pub(crate) fn set_max_height(&mut self, max_height: Option<u16>) {
         self.max_height = max_height;
         self.seen = None;
     }
 
+    /// The receiver's `max_height` preference, if any.
     pub fn max_height(&self) -> Option<u16> {
         self.max_height
     }
 
     /// A new bound from the receiver's bandwidth; it takes effect with the next packet.
     /// Paused, nothing more is forwarded from now on.
-    pub fn set_cap(&mut self, cap: LayerCap) {
+    pub(crate) fn set_cap(&mut self, cap: LayerCap) {
         if cap == self.cap {
             return;
         }
@@ -224,18 +230,18 @@ impl Selector {
     }
 
     /// The layer being forwarded.
-    pub fn current(&self) -> Option<u8> {
+    pub(crate) fn current(&self) -> Option<u8> {
         self.current
     }
 
     /// The layer wanted.
-    pub fn target(&self) -> Option<u8> {
+    pub(crate) fn target(&self) -> Option<u8> {
         self.target
     }
 
     /// The forwarded layer's stream broke off (its SSRC was replaced): nothing flows
     /// until a keyframe, which is asked for at once.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.current = None;
         self.ask_now = self.target.is_some();
     }
@@ -252,7 +258,7 @@ impl Selector {
 
     /// Decides on a packet of `layer`; `switch_point` says whether a receiver may start
     /// there (a keyframe's first packet).
-    pub fn on_packet(&mut self, layer: u8, switch_point: bool, layers: &Layers) -> Gate {
+    pub(crate) fn on_packet(&mut self, layer: u8, switch_point: bool, layers: &Layers) -> Gate {
         if self.seen != Some(layers.generation) {
             self.retarget(layers);
         }
@@ -280,7 +286,7 @@ impl Selector {
 
     /// The layer whose keyframe this receiver waits for, when it is time to ask (at once
     /// after a change of target, then every [`KEYFRAME_RETRY_US`]).
-    pub fn poll_keyframe(&mut self, now: u64) -> Option<u8> {
+    pub(crate) fn poll_keyframe(&mut self, now: u64) -> Option<u8> {
         let target = self.target?;
         if self.current == Some(target) {
             return None;

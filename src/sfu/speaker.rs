@@ -12,7 +12,7 @@
 /// Levels (in -dBov; 0 is the loudest, 127 silence) at or under this count as speech.
 /// Chrome's levels for a voice at a normal distance are about 20–45; room noise is
 /// rarely under 60.
-pub const SPEECH_DBOV: u8 = 55;
+pub(crate) const SPEECH_DBOV: u8 = 55;
 /// Share of a window's packets that must carry speech for the publisher to count as
 /// speaking in it: half (Opus sends 50 packets a second).
 const SPEAKING_SHARE_PERCENT: u32 = 50;
@@ -24,14 +24,14 @@ const OVERTAKE_FACTOR: u32 = 2;
 
 /// Speech in one audio track since the last [`Loudness::take`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Loudness {
-    pub packets: u32,
-    pub speech: u32,
+pub(crate) struct Loudness {
+    pub(crate) packets: u32,
+    pub(crate) speech: u32,
 }
 
 impl Loudness {
     /// One packet with `level` (-dBov) and the voice-activity flag.
-    pub fn add(&mut self, voice_flag: bool, level: u8) {
+    pub(crate) fn add(&mut self, voice_flag: bool, level: u8) {
         self.packets = self.packets.saturating_add(1);
         // The flag, where the sender sets it, says more than the level; a level that
         // loud is speech whatever the flag.
@@ -41,7 +41,7 @@ impl Loudness {
     }
 
     /// The counts so far, starting a new window.
-    pub fn take(&mut self) -> Loudness {
+    pub(crate) fn take(&mut self) -> Loudness {
         std::mem::take(self)
     }
 
@@ -52,7 +52,7 @@ impl Loudness {
 
 /// One room's speaker, from windows of [`Loudness`] per participant.
 #[derive(Debug, Default)]
-pub struct Speakers {
+pub(crate) struct Speakers {
     /// Participant → its last windows, newest last (at most [`WINDOWS_TO_SWITCH`]).
     history: Vec<(String, Vec<Loudness>)>,
     current: Option<String>,
@@ -60,13 +60,13 @@ pub struct Speakers {
 
 impl Speakers {
     /// The speaker now, if anyone spoke yet.
-    pub fn current(&self) -> Option<&str> {
+    pub(crate) fn current(&self) -> Option<&str> {
         self.current.as_deref()
     }
 
     /// Takes one window: the loudness of every participant that publishes audio (one
     /// missing from it has stopped). Returns the new speaker when it changed.
-    pub fn window(&mut self, heard: &[(String, Loudness)]) -> Option<&str> {
+    pub(crate) fn window(&mut self, heard: &[(String, Loudness)]) -> Option<&str> {
         self.history
             .retain(|(p, _)| heard.iter().any(|(h, _)| h == p));
         for (participant, loudness) in heard {

@@ -62,11 +62,11 @@ type Aes128Ctr = ctr::Ctr128BE<Aes128>;
 type Aes256Ctr = ctr::Ctr128BE<Aes256>;
 
 /// The most bytes `protect_rtp` appends (the GCM tag; HMAC-SHA1-80 appends 10).
-pub const MAX_RTP_OVERHEAD: usize = 16;
+pub(crate) const MAX_RTP_OVERHEAD: usize = 16;
 /// The most bytes `protect_rtcp` appends (GCM tag and the 4-byte E flag + SRTCP index).
 pub const MAX_RTCP_OVERHEAD: usize = 20;
 /// Upper bound on the SSRCs one context tracks, whatever the caller asks for.
-pub const MAX_SSRCS: usize = 4096;
+pub(crate) const MAX_SSRCS: usize = 4096;
 
 const RTP_HEADER_LEN: usize = 12;
 /// RTCP common header and the sender's SSRC: never encrypted (RFC 3711 §3.4).
@@ -114,7 +114,7 @@ impl SrtpProfile {
     }
 
     /// Bytes DTLS exports for this profile: both sides' keys and salts (RFC 5764 §4.2).
-    pub const fn keying_material_len(self) -> usize {
+    pub(crate) const fn keying_material_len(self) -> usize {
         2 * (self.master_key_len() + self.master_salt_len())
     }
 
@@ -129,7 +129,7 @@ impl SrtpProfile {
     }
 
     /// The profile's name in the DTLS `use_srtp` registry.
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             SrtpProfile::Aes128CmHmacSha1_80 => "SRTP_AES128_CM_HMAC_SHA1_80",
             SrtpProfile::AeadAes128Gcm => "SRTP_AEAD_AES_128_GCM",
@@ -227,6 +227,7 @@ impl MasterKey {
         Ok(out)
     }
 
+    /// The profile the key and salt are for.
     pub fn profile(&self) -> SrtpProfile {
         self.profile
     }
@@ -648,6 +649,7 @@ impl SrtpContext {
         })
     }
 
+    /// The profile this context protects with.
     pub fn profile(&self) -> SrtpProfile {
         self.profile
     }

@@ -17,7 +17,7 @@ use super::simulcast::{LAYER_TIMEOUT_US, Layers, MAX_LAYERS};
 
 /// Keyframe requests (PLI/FIR) to one publisher SSRC are sent at most this often: each
 /// one costs the publisher a large frame, and a keyframe answers every receiver at once.
-pub const KEYFRAME_INTERVAL_US: u64 = 500_000;
+pub(crate) const KEYFRAME_INTERVAL_US: u64 = 500_000;
 /// Most sequence numbers put in one NACK per layer and call.
 const NACKS_PER_CALL: usize = 64;
 
@@ -26,15 +26,20 @@ const NACKS_PER_CALL: usize = 64;
 pub struct LayerConfig {
     /// The rid (RFC 8851), for layers whose SSRCs are learned from the rid extension.
     pub rid: Option<String>,
+    /// The media SSRC, if the SDP names it (`a=ssrc-group` or `a=ssrc`).
     pub ssrc: Option<u32>,
+    /// The RTX SSRC paired with `ssrc`, if negotiated.
     pub rtx_ssrc: Option<u32>,
     /// Frame height if known (0 = unknown); VP8 keyframes update it.
     pub height: u16,
 }
 
+/// What the SDP says of a published track, for [`Track::new`].
 #[derive(Debug, Clone)]
 pub struct TrackConfig {
+    /// The negotiated codec.
     pub codec: Codec,
+    /// RTP clock rate in Hz (90 000 for video, 48 000 for Opus).
     pub clock_rate: u32,
     /// The media payload type the publisher uses; RTX packets are turned back into it
     /// and other payload types are dropped.
@@ -43,6 +48,7 @@ pub struct TrackConfig {
     pub layers: Vec<LayerConfig>,
     /// The publisher's extension ids of rid and repaired-rid, where negotiated.
     pub rid_extension: Option<u8>,
+    /// Repaired-rid: names the layer of an RTX packet.
     pub repaired_rid_extension: Option<u8>,
     /// Packets cached per layer for answering NACKs (0: none, e.g. audio).
     pub cache_packets: usize,
@@ -53,9 +59,11 @@ pub struct TrackConfig {
 /// A packet that `Track::receive` refused, for the drop counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
+    /// Not RTP, or cut short.
     Malformed,
     /// An SSRC no layer has, and no rid to learn it from.
     UnknownSsrc,
+    /// A payload type the track did not negotiate.
     PayloadType,
     /// Already received (found in the cache).
     Duplicate,
@@ -66,15 +74,15 @@ pub enum Dropped {
 /// A received packet, read once for all receivers.
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming {
-    pub layer: u8,
+    pub(crate) layer: u8,
     /// Length of the packet (RTX already unwrapped).
     pub len: usize,
-    pub header: RtpHeader,
+    pub(crate) header: RtpHeader,
     /// A receiver may start here (first packet of a keyframe, or any audio packet).
-    pub switch_point: bool,
+    pub(crate) switch_point: bool,
     /// The VP8 payload descriptor, offsets relative to the payload.
-    pub vp8: Option<Vp8Descriptor>,
-    pub layers: Layers,
+    pub(crate) vp8: Option<Vp8Descriptor>,
+    pub(crate) layers: Layers,
     /// It came as RTX, or filled a gap.
     pub retransmission: bool,
 }
@@ -82,9 +90,11 @@ pub struct Incoming {
 /// A keyframe request to send to the publisher now, as a PLI (or FIR with `fir_seq`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyframeRequest {
+    /// The layer (0 = lowest) the request is for.
     pub layer: u8,
+    /// The publisher's SSRC of that layer.
     pub ssrc: u32,
-    pub fir_seq: u8,
+    pub(crate) fir_seq: u8,
 }
 
 struct Layer {
@@ -100,6 +110,7 @@ struct Layer {
     fir_seq: u8,
 }
 
+/// One published track: its layers' receive state, NACK cache and keyframe requests; [`Forwarder`](super::forward::Forwarder)s read from it.
 pub struct Track {
     codec: Codec,
     clock_rate: u32,
@@ -154,21 +165,21 @@ impl Track {
         }
     }
 
-    pub fn codec(&self) -> Codec {
+    pub(crate) fn codec(&self) -> Codec {
         self.codec
     }
 
-    pub fn clock_rate(&self) -> u32 {
+    pub(crate) fn clock_rate(&self) -> u32 {
         self.clock_rate
     }
 
     /// The layers as they are now.
-    pub fn layers(&self) -> &Layers {
+    pub(crate) fn layers(&self) -> &Layers {
         &self.view
     }
 
     /// The layer with media or RTX SSRC `ssrc`.
-    pub fn layer_of(&self, ssrc: u32) -> Option<u8> {
+    pub(crate) fn layer_of(&self, ssrc: u32) -> Option<u8> {
         (0..self.layers.len() as u8).find(|&l| {
             self.view.ssrc(l) == Some(ssrc) || self.layers[usize::from(l)].rtx_ssrc == Some(ssrc)
         })
@@ -197,7 +208,7 @@ impl Track {
 
     /// [`Track::receive`] of a packet whose header the caller has read already:
     /// `header` is `RtpHeader::parse(&buf[..len])`.
-    pub fn receive_parsed(
+    pub(crate) fn receive_parsed(
         &mut self,
         buf: &mut [u8],
         len: usize,
@@ -384,7 +395,7 @@ impl Track {
     }
 
     /// When a keyframe request held back by the throttle is next due (µs), if any.
-    pub fn keyframe_due(&self) -> Option<u64> {
+    pub(crate) fn keyframe_due(&self) -> Option<u64> {
         self.layers
             .iter()
             .zip(&self.view.ssrcs)
@@ -394,7 +405,7 @@ impl Track {
     }
 
     /// Whether some layer has packets it still asks the publisher for.
-    pub fn has_missing(&self) -> bool {
+    pub(crate) fn has_missing(&self) -> bool {
         self.layers
             .iter()
             .any(|l| l.nack.as_ref().is_some_and(|n| n.outstanding() > 0))
@@ -418,7 +429,7 @@ impl Track {
 
     /// Takes in a sender report of the publisher (for RR's LSR/DLSR and for mapping
     /// receivers' timestamps in their sender reports). False for a foreign SSRC.
-    pub fn on_sender_report(&mut self, sr: &SenderReport<'_>, now: u64) -> bool {
+    pub(crate) fn on_sender_report(&mut self, sr: &SenderReport<'_>, now: u64) -> bool {
         let Some(layer) = self
             .layer_of(sr.ssrc)
             .filter(|&l| self.view.ssrc(l) == Some(sr.ssrc))
@@ -432,7 +443,7 @@ impl Track {
     }
 
     /// The publisher's last sender report for `layer`.
-    pub fn sender_report(&self, layer: u8) -> Option<SrInfo> {
+    pub(crate) fn sender_report(&self, layer: u8) -> Option<SrInfo> {
         self.layers
             .get(usize::from(layer))?
             .stats
@@ -489,7 +500,7 @@ impl Track {
     }
 
     /// The cached packet `seq` of `layer`.
-    pub fn cached(&self, layer: u8, seq: u16) -> Option<&[u8]> {
+    pub(crate) fn cached(&self, layer: u8, seq: u16) -> Option<&[u8]> {
         self.layers
             .get(usize::from(layer))?
             .cache

@@ -22,13 +22,13 @@ use super::rtp::{RtpHeader, read_transport_seq};
 /// How long unreported packets may wait for their feedback. libwebrtc sends every 50 to
 /// 250 ms depending on the bitrate; the short end keeps GoogCC's estimate fresh, and a
 /// feedback packet costs a few dozen bytes.
-pub const FEEDBACK_INTERVAL_US: u64 = 50_000;
+pub(crate) const FEEDBACK_INTERVAL_US: u64 = 50_000;
 /// Pending packets that make feedback due before the interval has passed, so one
 /// feedback packet stays well within an MTU at high packet rates.
-pub const FEEDBACK_PENDING_PACKETS: u64 = 100;
+pub(crate) const FEEDBACK_PENDING_PACKETS: u64 = 100;
 /// A sequence number this far from the highest one seen (either way) is not a loss or a
 /// reordering but a restarted or hostile sender: recording starts afresh there.
-pub const MAX_SEQ_GAP: u64 = 1000;
+pub(crate) const MAX_SEQ_GAP: u64 = 1000;
 
 /// Arrival times kept: the widest window one feedback round may cover. A power of two,
 /// larger than [`MAX_SEQ_GAP`] so that a gap never wraps onto pending slots.
@@ -109,6 +109,7 @@ impl Default for TwccRecorder {
 }
 
 impl TwccRecorder {
+    /// A recorder that has seen no packet.
     pub fn new() -> TwccRecorder {
         TwccRecorder {
             arrivals: vec![NOT_RECEIVED; RING].into_boxed_slice(),
@@ -170,7 +171,7 @@ impl TwccRecorder {
 
     /// When [`Self::due`] next turns true without another packet (µs): `None` with
     /// nothing pending.
-    pub fn next_due(&self) -> Option<u64> {
+    pub(crate) fn next_due(&self) -> Option<u64> {
         let pending = self.pending();
         if pending == 0 {
             return None;
@@ -411,7 +412,7 @@ impl Writer<'_> {
 
 /// Transport-cc feedback to one publisher: the arrival time of every packet by its
 /// transport-wide sequence number, reported every few tens of milliseconds.
-pub struct TransportFeedback {
+pub(crate) struct TransportFeedback {
     /// The publisher's id of the transport-wide sequence number extension.
     ext: u8,
     recorder: TwccRecorder,
@@ -429,7 +430,7 @@ impl std::fmt::Debug for TransportFeedback {
 }
 
 impl TransportFeedback {
-    pub fn new(ext: u8) -> TransportFeedback {
+    pub(crate) fn new(ext: u8) -> TransportFeedback {
         TransportFeedback {
             ext,
             recorder: TwccRecorder::new(),
@@ -439,7 +440,7 @@ impl TransportFeedback {
 
     /// Notes the arrival (`now`, µs) of the decrypted RTP packet `pkt` (its header read
     /// into `header`).
-    pub fn on_rtp(&mut self, pkt: &[u8], header: &RtpHeader, now: u64) {
+    pub(crate) fn on_rtp(&mut self, pkt: &[u8], header: &RtpHeader, now: u64) {
         let Some(seq) = header
             .extension_value(pkt, self.ext)
             .and_then(read_transport_seq)
@@ -451,14 +452,14 @@ impl TransportFeedback {
     }
 
     /// When feedback is next due without another packet (µs).
-    pub fn next_due(&self) -> Option<u64> {
+    pub(crate) fn next_due(&self) -> Option<u64> {
         self.media_ssrc.and(self.recorder.next_due())
     }
 
     /// Writes the feedback due by `now` into `out[..room]`, one RTCP packet at a time,
     /// handing each to `emit(out, len)` (which encrypts it in place, in the room behind
     /// `len`, and sends it). `sender_ssrc` is our RTCP SSRC.
-    pub fn write_due(
+    pub(crate) fn write_due(
         &mut self,
         out: &mut [u8],
         room: usize,

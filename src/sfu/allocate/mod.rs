@@ -32,48 +32,48 @@ use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, Ordering};
 use super::simulcast::{LayerCap, Layers, MAX_LAYERS, select_layer};
 
 /// A layer's rate is measured over windows of this.
-pub const METER_WINDOW_US: u64 = 500_000;
+pub(crate) const METER_WINDOW_US: u64 = 500_000;
 /// Up-steps need the estimate to exceed their cost by this factor.
-pub const UP_MARGIN: f64 = 1.15;
+pub(crate) const UP_MARGIN: f64 = 1.15;
 /// No step up within this of the last step down.
-pub const UP_HOLD_US: u64 = 2_000_000;
+pub(crate) const UP_HOLD_US: u64 = 2_000_000;
 /// A receiver held below its best tries a step up after this without a change.
-pub const TRY_MIN_US: u64 = 4_000_000;
+pub(crate) const TRY_MIN_US: u64 = 4_000_000;
 /// ... and, after failed tries, at most this rarely: a link that came back is used
 /// again within about two of these (two steps up).
-pub const TRY_MAX_US: u64 = 8_000_000;
+pub(crate) const TRY_MAX_US: u64 = 8_000_000;
 /// A video is paused only when it did not fit even at its lowest layer for this long
 /// (until then it keeps that layer): a dip of the estimate does not stop a picture.
-pub const PAUSE_AFTER_US: u64 = 2_000_000;
+pub(crate) const PAUSE_AFTER_US: u64 = 2_000_000;
 /// While it holds a stream below its best, an allocation is looked at again at least
 /// this often, feedback or not.
-pub const RECHECK_US: u64 = 500_000;
+pub(crate) const RECHECK_US: u64 = 500_000;
 /// A try that caused no congestion within this succeeded: what it sent got through,
 /// and the estimate is raised to it.
-pub const TRY_SETTLE_US: u64 = 3_000_000;
+pub(crate) const TRY_SETTLE_US: u64 = 3_000_000;
 /// A receiver whose path can be probed (see `sfu::bwe::probe`) and is held below its
 /// best probes again this soon after a probe that found room (which raised the
 /// estimate, and the allocation with it): GoogCC too probes on at once, doubling the
 /// rate each time, so a link that came back is found in a few round trips...
-pub const PROBE_AGAIN_US: u64 = 250_000;
+pub(crate) const PROBE_AGAIN_US: u64 = 250_000;
 /// ... and this long after one that found none, doubling after each such probe...
-pub const PROBE_MIN_US: u64 = 1_000_000;
+pub(crate) const PROBE_MIN_US: u64 = 1_000_000;
 /// ... and, after probes that found none, at most this rarely (GoogCC probes a
 /// limited link every 5 s too): a link that came back is used again within about
 /// this and a probe per doubling of the rate.
-pub const PROBE_MAX_US: u64 = 5_000_000;
+pub(crate) const PROBE_MAX_US: u64 = 5_000_000;
 /// A probe aims this far past the rate it is to show room for (with the margin): what
 /// it measures is the lower of its send and receive rates, a little under its aim.
-pub const PROBE_BEYOND: f64 = 1.1;
+pub(crate) const PROBE_BEYOND: f64 = 1.1;
 
 /// Rates of a layer's lower temporal layers (bit/s): TID 0 alone, TIDs 0 and 1; zeros
 /// where the layer has no temporal layers.
-pub type Thin = [u32; 2];
+pub(crate) type Thin = [u32; 2];
 
 /// What each layer of a published track sends (bit/s; 0: not running), and of that its
 /// lower temporal layers, and its height, shared by the track's receivers' allocators.
 #[derive(Debug, Default)]
-pub struct LayerRates {
+pub(crate) struct LayerRates {
     bps: [AtomicU32; MAX_LAYERS],
     thin: [[AtomicU32; 2]; MAX_LAYERS],
     heights: [AtomicU16; MAX_LAYERS],
@@ -81,7 +81,7 @@ pub struct LayerRates {
 
 /// What [`LayerRates::read`] gives: each layer's rate, its lower temporal layers'
 /// rates, its height.
-pub type Measured = ([u32; MAX_LAYERS], [Thin; MAX_LAYERS], [u16; MAX_LAYERS]);
+pub(crate) type Measured = ([u32; MAX_LAYERS], [Thin; MAX_LAYERS], [u16; MAX_LAYERS]);
 
 impl LayerRates {
     fn publish(&self, (bps, thin, heights): Measured) {
@@ -95,7 +95,7 @@ impl LayerRates {
     }
 
     /// The rates and heights last measured.
-    pub fn read(&self) -> Measured {
+    pub(crate) fn read(&self) -> Measured {
         let mut out: Measured = Default::default();
         for l in 0..MAX_LAYERS {
             out.0[l] = self.bps[l].load(Ordering::Relaxed);
@@ -109,7 +109,7 @@ impl LayerRates {
 /// Measures a track's layers on the forwarding path: a few additions per packet, a
 /// store per layer every [`METER_WINDOW_US`].
 #[derive(Debug, Default)]
-pub struct LayerMeter {
+pub(crate) struct LayerMeter {
     start: Option<u64>,
     /// Bytes per layer and VP8 temporal layer (TID 3 and packets without one together).
     bytes: [[u64; 4]; MAX_LAYERS],
@@ -120,7 +120,7 @@ pub struct LayerMeter {
 impl LayerMeter {
     /// One packet of `len` bytes of `layer` and temporal layer `tid` at `now` (µs);
     /// `heights` are the track's.
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         (layer, tid): (u8, Option<u8>),
         len: usize,
@@ -157,7 +157,7 @@ impl LayerMeter {
 /// A stream's [`LayerCap`], written by its receiver's allocator and read by its
 /// forwarder (under the publisher's lock) on every packet.
 #[derive(Debug)]
-pub struct StreamCap(AtomicU8);
+pub(crate) struct StreamCap(AtomicU8);
 
 const CAP_ANY: u8 = u8::MAX;
 const CAP_PAUSED: u8 = u8::MAX - 1;
@@ -171,7 +171,7 @@ impl Default for StreamCap {
 }
 
 impl StreamCap {
-    pub fn set(&self, cap: LayerCap) {
+    pub(crate) fn set(&self, cap: LayerCap) {
         let layer = |l: u8| l.min(MAX_LAYERS as u8 - 1);
         let v = match cap {
             LayerCap::Any => CAP_ANY,
@@ -182,7 +182,7 @@ impl StreamCap {
         self.0.store(v, Ordering::Relaxed);
     }
 
-    pub fn get(&self) -> LayerCap {
+    pub(crate) fn get(&self) -> LayerCap {
         match self.0.load(Ordering::Relaxed) {
             CAP_ANY => LayerCap::Any,
             CAP_PAUSED => LayerCap::Paused,
@@ -198,11 +198,14 @@ impl StreamCap {
 /// What one stream to the receiver could use.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Demand {
+    /// An audio stream: always fully served, before any video.
     pub audio: bool,
     /// Each layer's rate (bit/s; 0: not running), that of its lower temporal layers
     /// (zeros: none), and its height.
     pub bps: [u32; MAX_LAYERS],
+    /// Each layer's lower temporal layers: their rates.
     pub thin: [Thin; MAX_LAYERS],
+    /// Each layer's frame height (0: not known).
     pub heights: [u16; MAX_LAYERS],
     /// The receiver's `max_height`.
     pub max_height: Option<u16>,
@@ -432,7 +435,7 @@ pub struct Allocator {
 
 /// How a receiver held below its best finds room (see [`Allocator::set_way_up`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WayUp {
+pub(crate) enum WayUp {
     /// Its path can be probed (some video to it has RTX and the transport-wide
     /// number): it asks for probes ([`Allocator::take_probe`]) and goes up when one
     /// found room.
@@ -459,6 +462,7 @@ impl Default for Allocator {
 }
 
 impl Allocator {
+    /// An allocator with nothing allocated yet.
     pub fn new() -> Allocator {
         Allocator {
             caps: Vec::new(),
@@ -481,17 +485,17 @@ impl Allocator {
     }
 
     /// How a receiver held below its best finds room ([`WayUp`]).
-    pub fn set_way_up(&mut self, way_up: WayUp) {
+    pub(crate) fn set_way_up(&mut self, way_up: WayUp) {
         self.way_up = way_up;
     }
 
     /// The rate of a probe to start now (bit/s), once.
-    pub fn take_probe(&mut self) -> Option<u64> {
+    pub(crate) fn take_probe(&mut self) -> Option<u64> {
         self.probe_ask.take()
     }
 
     /// The probe asked for ended at `now`; `room`: the path delivered all it was sent.
-    pub fn probe_done(&mut self, room: bool, now: u64) {
+    pub(crate) fn probe_done(&mut self, room: bool, now: u64) {
         self.probing_now = false;
         self.room_shown = room;
         self.last_probe = Some(now);
@@ -504,13 +508,13 @@ impl Allocator {
 
     /// When to run again without feedback: [`RECHECK_US`] after the last run while a
     /// stream is held below its best; never otherwise.
-    pub fn next_due(&self) -> Option<u64> {
+    pub(crate) fn next_due(&self) -> Option<u64> {
         let held = self.caps.iter().any(|c| *c != LayerCap::Any);
         self.ran.filter(|_| held).map(|t| t + RECHECK_US)
     }
 
     /// The rate a try that held sent, once (see [`TRY_SETTLE_US`]).
-    pub fn take_proven(&mut self) -> Option<u64> {
+    pub(crate) fn take_proven(&mut self) -> Option<u64> {
         self.proven.take()
     }
 

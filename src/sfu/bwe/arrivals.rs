@@ -6,21 +6,21 @@
 //! ends it. Nothing allocates; the packets are walked in place.
 
 /// The unit of the reference time, µs.
-pub const REFERENCE_TICK_US: i64 = 64_000;
+pub(crate) const REFERENCE_TICK_US: i64 = 64_000;
 /// The unit of receive deltas, µs.
-pub const DELTA_TICK_US: i64 = 250;
+pub(crate) const DELTA_TICK_US: i64 = 250;
 /// Packets read from one feedback at most: far more than any receiver reports at once
 /// (about 100 ms of packets), so a hostile count cannot buy a long walk.
-pub const MAX_REPORTED: u16 = 2048;
+pub(crate) const MAX_REPORTED: u16 = 2048;
 
 /// One feedback packet's FCI.
 #[derive(Debug, Clone, Copy)]
 pub struct ArrivalReport<'a> {
-    pub base_seq: u16,
+    pub(crate) base_seq: u16,
     /// Packets reported (capped at [`MAX_REPORTED`]).
     pub count: u16,
     /// The receiver's clock at the first arrival, in [`REFERENCE_TICK_US`] (24 bits).
-    pub reference: u32,
+    pub(crate) reference: u32,
     /// The feedback's own counter, for spotting lost feedback.
     pub feedback_count: u8,
     chunks: &'a [u8],

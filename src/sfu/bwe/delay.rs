@@ -31,7 +31,7 @@ const OVERUSE_MS: f64 = 10.0;
 
 /// What the delay says about the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Usage {
+pub(crate) enum Usage {
     Normal,
     /// A queue is growing: send less.
     Overuse,
@@ -48,7 +48,7 @@ struct Group {
 
 /// The delay-based detector of one receiver's path.
 #[derive(Debug)]
-pub struct DelayDetector {
+pub(crate) struct DelayDetector {
     current: Option<Group>,
     previous: Option<Group>,
     // Trendline.
@@ -75,7 +75,7 @@ impl Default for DelayDetector {
 }
 
 impl DelayDetector {
-    pub fn new() -> DelayDetector {
+    pub(crate) fn new() -> DelayDetector {
         DelayDetector {
             current: None,
             previous: None,
@@ -95,13 +95,13 @@ impl DelayDetector {
         }
     }
 
-    pub fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         self.usage
     }
 
     /// Forgets the packets so far (keeping the threshold it learned): the delay they
     /// showed is no longer news about the path.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         *self = DelayDetector {
             threshold_ms: self.threshold_ms,
             ..DelayDetector::new()
@@ -110,7 +110,7 @@ impl DelayDetector {
 
     /// One packet that arrived: sent at `send` and received at `arrival` (µs, each on
     /// its own clock), in the order they were sent.
-    pub fn on_packet(&mut self, send: i64, arrival: i64) {
+    pub(crate) fn on_packet(&mut self, send: i64, arrival: i64) {
         let Some(mut g) = self.current else {
             self.current = Some(Group {
                 first_send: send,

@@ -8,14 +8,14 @@
 //! estimate is the lower of the delay-based and the loss-based rate, within the
 //! configured minimum and maximum.
 
-pub mod arrivals;
-pub mod delay;
-pub mod probe;
-pub mod rate;
-pub mod sent;
+pub(crate) mod arrivals;
+pub(crate) mod delay;
+pub(crate) mod probe;
+pub(crate) mod rate;
+pub(crate) mod sent;
 
 pub use arrivals::ArrivalReport;
-pub use probe::{ProbeOutcome, ProbePace};
+pub(crate) use probe::{ProbeOutcome, ProbePace};
 pub use sent::SentPackets;
 
 use arrivals::REFERENCE_TICK_US;
@@ -48,9 +48,9 @@ const ACKED_WINDOW_US: i64 = 250_000;
 /// Start, floor and ceiling of an estimate, bit/s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BweConfig {
-    pub start_bps: u64,
-    pub min_bps: u64,
-    pub max_bps: u64,
+    pub(crate) start_bps: u64,
+    pub(crate) min_bps: u64,
+    pub(crate) max_bps: u64,
 }
 
 impl Default for BweConfig {
@@ -158,6 +158,7 @@ pub struct Estimator {
 }
 
 impl Estimator {
+    /// An estimate starting at `config.start_bps`, kept within its bounds.
     pub fn new(config: BweConfig) -> Estimator {
         let rate = RateControl::new(config.start_bps, config.min_bps, config.max_bps);
         Estimator {
@@ -185,7 +186,7 @@ impl Estimator {
 
     /// The estimate, bit/s: ours from transport-cc feedback, bounded by the receiver's
     /// own (REMB) where it sends one; a receiver that sends only REMB has only that.
-    pub fn bps(&self) -> u64 {
+    pub(crate) fn bps(&self) -> u64 {
         match self.remb {
             Some(r) if self.reported.is_none() => r,
             Some(r) => self.bps.min(r),
@@ -194,7 +195,7 @@ impl Estimator {
     }
 
     /// Whether the receiver sends transport-cc feedback (then its path can be probed).
-    pub fn has_transport_feedback(&self) -> bool {
+    pub(crate) fn has_transport_feedback(&self) -> bool {
         self.reported.is_some()
     }
 
@@ -202,7 +203,7 @@ impl Estimator {
     /// a receiver that estimates its link itself): it bounds ours, and is a real bound
     /// of the link from the start (see [`Estimator::congestion_seen`]). A drop of over
     /// [`REMB_DROP`] counts as congestion.
-    pub fn on_remb(&mut self, bps: u64) {
+    pub(crate) fn on_remb(&mut self, bps: u64) {
         let (min, max) = (
             self.config.min_bps,
             self.config.max_bps.max(self.config.min_bps),
@@ -224,19 +225,19 @@ impl Estimator {
     /// was the node's own wait before a worker reached a datagram, no longer counted
     /// (see `SessionCache::handle_media_received`), but a receiver busy decoding takes
     /// its arrival times late too.
-    pub fn congestion_seen(&self) -> bool {
+    pub(crate) fn congestion_seen(&self) -> bool {
         self.loss.decreased_us.is_some() || self.remb.is_some()
     }
 
     /// How many times delay or loss lowered the estimate so far: a change means the
     /// path showed congestion since it was last looked at.
-    pub fn decreases(&self) -> u32 {
+    pub(crate) fn decreases(&self) -> u32 {
         self.decreases
     }
 
     /// Traffic at `bps` got through without congestion (a step up that held): the
     /// estimate is at least that.
-    pub fn raise_to(&mut self, bps: u64) {
+    pub(crate) fn raise_to(&mut self, bps: u64) {
         let bps = bps.min(self.config.max_bps);
         self.rate.raise_to(bps);
         self.loss.bps = self.loss.bps.max(bps as f64);
@@ -245,12 +246,12 @@ impl Estimator {
 
     /// A probe's packets start at transport-wide number `first` (see [`probe`]); one
     /// still open is dropped.
-    pub fn start_probe(&mut self, first: u64) {
+    pub(crate) fn start_probe(&mut self, first: u64) {
         self.probe = Some(ProbeCluster::new(first));
     }
 
     /// The probe ended at `now` with number `last`.
-    pub fn end_probe(&mut self, last: u64, now: u64) {
+    pub(crate) fn end_probe(&mut self, last: u64, now: u64) {
         if let Some(p) = self.probe.as_mut() {
             p.end(last, now);
         }
@@ -259,7 +260,7 @@ impl Estimator {
     /// What the last probe found, once its feedback is in; one whose feedback did not
     /// come in time (by `now`) found nothing. A probe that found more room than the
     /// estimate raised it already, unless the same feedback showed congestion.
-    pub fn take_probe_outcome(&mut self, now: u64) -> Option<ProbeOutcome> {
+    pub(crate) fn take_probe_outcome(&mut self, now: u64) -> Option<ProbeOutcome> {
         // Complete clusters are taken on the feedback that completes them: one that
         // has an outcome here timed out.
         if self

@@ -23,7 +23,7 @@ use super::SentPackets;
 /// ms between forwarded packets) to make a measurable train, short enough that a
 /// probe at twice a full link's rate adds no more than the link's queue holds
 /// (150 ms of its rate; the narrow test's queue holds 200 ms).
-pub const PROBE_DURATION_US: u64 = 150_000;
+pub(crate) const PROBE_DURATION_US: u64 = 150_000;
 /// A cluster whose feedback is not complete this long after it ended failed.
 const PROBE_TIMEOUT_US: u64 = 1_000_000;
 /// Received at under this share of the rate it was sent at: the path slowed it (a
@@ -42,7 +42,7 @@ const MIN_RECEIVED: f64 = 0.8;
 /// the receiver's allocation, read by the forwarders of its streams on every packet
 /// they forward (atomics, no lock).
 #[derive(Debug, Default)]
-pub struct ProbePace {
+pub(crate) struct ProbePace {
     /// When the probe started and ends (µs on the shared clock); `end` 0: none.
     start_us: AtomicU64,
     end_us: AtomicU64,
@@ -53,7 +53,7 @@ pub struct ProbePace {
 
 impl ProbePace {
     /// Sends at `bps` for [`PROBE_DURATION_US`] from `now`.
-    pub fn start(&self, bps: u64, now: u64, sent: &SentPackets) {
+    pub(crate) fn start(&self, bps: u64, now: u64, sent: &SentPackets) {
         self.end_us.store(0, Ordering::Release);
         self.start_us.store(now, Ordering::Relaxed);
         self.bps.store(bps, Ordering::Relaxed);
@@ -64,7 +64,7 @@ impl ProbePace {
 
     /// Bytes of padding due at `now`: what the probe's rate sends by now, less what the
     /// receiver was sent since it started.
-    pub fn owed(&self, now: u64, sent: &SentPackets) -> u64 {
+    pub(crate) fn owed(&self, now: u64, sent: &SentPackets) -> u64 {
         let end = self.end_us.load(Ordering::Acquire);
         if now >= end {
             return 0;
@@ -79,16 +79,16 @@ impl ProbePace {
 
 /// What a probe found.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeOutcome {
+pub(crate) struct ProbeOutcome {
     /// The rate the path delivered (bit/s), when the cluster could tell.
-    pub bps: Option<u64>,
+    pub(crate) bps: Option<u64>,
     /// The path delivered what it was sent: there may be more room.
-    pub room: bool,
+    pub(crate) room: bool,
 }
 
 /// Where a packet of the feedback lies for a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
+pub(crate) enum Seen {
     /// Sent in the probe.
     Inside,
     /// The first one seen after the probe ended: it and those after it waited behind
@@ -100,7 +100,7 @@ pub enum Seen {
 
 /// The packets of one probe and what the feedback says of them.
 #[derive(Debug)]
-pub struct ProbeCluster {
+pub(crate) struct ProbeCluster {
     /// Its first transport-wide number, and the last once it ended.
     first: u64,
     last: Option<u64>,
@@ -119,7 +119,7 @@ pub struct ProbeCluster {
 
 impl ProbeCluster {
     /// A probe whose packets start at `first`.
-    pub fn new(first: u64) -> ProbeCluster {
+    pub(crate) fn new(first: u64) -> ProbeCluster {
         ProbeCluster {
             first,
             last: None,
@@ -135,7 +135,7 @@ impl ProbeCluster {
     }
 
     /// It ended at `now`; `last` is the last number sent in it.
-    pub fn end(&mut self, last: u64, now: u64) {
+    pub(crate) fn end(&mut self, last: u64, now: u64) {
         self.last = Some(last);
         self.ended_us = now;
     }
@@ -148,7 +148,7 @@ impl ProbeCluster {
     /// One packet of the receiver's feedback: `seq`, `size` bytes sent at `sent_at`,
     /// and when it arrived (`None`: lost); counted if it is the probe's. Says where it
     /// lies (see [`Seen`]).
-    pub fn add(&mut self, seq: u64, size: u16, sent_at: u64, arrival: Option<i64>) -> Seen {
+    pub(crate) fn add(&mut self, seq: u64, size: u16, sent_at: u64, arrival: Option<i64>) -> Seen {
         if !self.contains(seq) {
             if self.passed || self.last.is_none_or(|l| seq <= l) {
                 return Seen::Outside;
@@ -170,7 +170,7 @@ impl ProbeCluster {
 
     /// The outcome once the feedback reached past its last packet (`reported`: the
     /// highest number the feedback told of) or it timed out at `now`; `None` before.
-    pub fn outcome(&self, reported: Option<u64>, now: u64) -> Option<ProbeOutcome> {
+    pub(crate) fn outcome(&self, reported: Option<u64>, now: u64) -> Option<ProbeOutcome> {
         let last = self.last?;
         let complete = last < self.first || reported.is_some_and(|r| r >= last);
         if !complete && now < self.ended_us.saturating_add(PROBE_TIMEOUT_US) {

@@ -28,7 +28,7 @@ enum State {
 }
 
 #[derive(Debug)]
-pub struct RateControl {
+pub(crate) struct RateControl {
     bps: f64,
     min: f64,
     max: f64,
@@ -40,7 +40,7 @@ pub struct RateControl {
 }
 
 impl RateControl {
-    pub fn new(start: u64, min: u64, max: u64) -> RateControl {
+    pub(crate) fn new(start: u64, min: u64, max: u64) -> RateControl {
         let (min, max) = (min as f64, (max as f64).max(min as f64));
         RateControl {
             bps: (start as f64).clamp(min, max),
@@ -53,17 +53,17 @@ impl RateControl {
         }
     }
 
-    pub fn bps(&self) -> u64 {
+    pub(crate) fn bps(&self) -> u64 {
         self.bps as u64
     }
 
-    pub fn set_round_trip(&mut self, round_trip_us: u64) {
+    pub(crate) fn set_round_trip(&mut self, round_trip_us: u64) {
         self.round_trip_us = round_trip_us.clamp(1_000, 2_000_000);
     }
 
     /// Moves the estimate on after one feedback: `usage` from the delay detector,
     /// `acked` the rate that got through (bit/s), if measured yet.
-    pub fn update(&mut self, usage: Usage, acked: Option<f64>, now: u64) -> u64 {
+    pub(crate) fn update(&mut self, usage: Usage, acked: Option<f64>, now: u64) -> u64 {
         self.state = match (usage, self.state) {
             (Usage::Overuse, _) => State::Decrease,
             (Usage::Underuse, _) => State::Hold,
@@ -133,14 +133,14 @@ impl RateControl {
 
     /// The estimate is at most `bps` (the path carried no more), which is also the
     /// capacity it stays near.
-    pub fn lower_to(&mut self, bps: u64) {
+    pub(crate) fn lower_to(&mut self, bps: u64) {
         let bps = (bps as f64).clamp(self.min, self.max);
         self.bps = self.bps.min(bps);
         self.capacity = Some(bps);
     }
 
     /// The estimate is at least `bps` (traffic at that rate got through).
-    pub fn raise_to(&mut self, bps: u64) {
+    pub(crate) fn raise_to(&mut self, bps: u64) {
         let bps = bps as f64;
         if self.capacity.is_some_and(|c| bps > c * CAPACITY_RESET) {
             self.capacity = None; // the link changed: grow multiplicatively again

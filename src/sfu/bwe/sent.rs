@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Packets remembered: 16 KiB per receiver, 4 s at 5 Mbit/s and 1 s at the 20 Mbit/s
 /// ceiling, ten times the longest wait for feedback (an interval and a round trip).
-pub const SENT_RING: usize = 2048;
+pub(crate) const SENT_RING: usize = 2048;
 
 /// Bits of [`SentPackets`]'s counter that count packets (a trillion: never wraps)...
 const COUNT_BITS: u32 = 40;
@@ -28,13 +28,13 @@ const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 
 /// One packet as it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SentPacket {
+pub(crate) struct SentPacket {
     /// The unwrapped transport-wide sequence number.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// Bytes of the RTP packet (capped at 4095).
-    pub size: u16,
+    pub(crate) size: u16,
     /// When it was sent (µs on the shared clock).
-    pub at: u64,
+    pub(crate) at: u64,
 }
 
 /// A receiver's transport-wide sequence numbers and what was sent under them.
@@ -79,24 +79,24 @@ impl SentPackets {
     }
 
     /// The number the next packet will get (unwrapped).
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.next.load(Ordering::Acquire) & COUNT_MASK
     }
 
     /// Bytes sent so far under all numbers, wrapping at [`BYTES_MASK`] (see
     /// [`SentPackets::bytes_since`]).
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.next.load(Ordering::Relaxed) >> COUNT_BITS
     }
 
     /// Bytes sent since [`SentPackets::bytes`] said `then` (less than 16 MiB ago).
-    pub fn bytes_since(&self, then: u64) -> u64 {
+    pub(crate) fn bytes_since(&self, then: u64) -> u64 {
         self.bytes().wrapping_sub(then) & BYTES_MASK
     }
 
     /// The unwrapped number of `seq` (as feedback reports it): the latest number handed
     /// out that ends in it.
-    pub fn unwrap(&self, seq: u16) -> u64 {
+    pub(crate) fn unwrap(&self, seq: u16) -> u64 {
         let next = self.next_seq();
         let behind = u64::from(next.wrapping_sub(1) as u16).wrapping_sub(u64::from(seq)) & 0xFFFF;
         next.wrapping_sub(1).wrapping_sub(behind)
@@ -104,7 +104,7 @@ impl SentPackets {
 
     /// What was sent as `seq` (unwrapped), if the ring still holds it; `now` (µs)
     /// restores the send time's high bits.
-    pub fn get(&self, seq: u64, now: u64) -> Option<SentPacket> {
+    pub(crate) fn get(&self, seq: u64, now: u64) -> Option<SentPacket> {
         let next = self.next_seq();
         if seq >= next || next - seq > SENT_RING as u64 {
             return None;

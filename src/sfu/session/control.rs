@@ -69,6 +69,7 @@ pub enum PublishRefusal {
 /// Re-offers one publisher may make per window: sharing a screen and stopping it a
 /// few times over, not a stream of renegotiations for everyone else.
 pub const REOFFERS_PER_WINDOW: u32 = 10;
+/// The window, in milliseconds, [`REOFFERS_PER_WINDOW`] counts over.
 pub const REOFFER_WINDOW_MS: u64 = 10_000;
 
 /// What the registry holds, under one lock.
@@ -149,15 +150,17 @@ impl MediaSessions {
 
     /// Receivers' downlink estimates start, stay above and below these (the
     /// `[media]` keys of the configuration).
-    pub fn with_downlink(mut self, downlink: BweConfig) -> MediaSessions {
+    pub(crate) fn with_downlink(mut self, downlink: BweConfig) -> MediaSessions {
         self.downlink = downlink;
         self
     }
 
+    /// Our DTLS certificate, shared by every session.
     pub fn identity(&self) -> &Arc<DtlsIdentity> {
         &self.identity
     }
 
+    /// The SFU's counters.
     pub fn metrics(&self) -> &SfuMetrics {
         &self.metrics
     }
@@ -178,7 +181,7 @@ impl MediaSessions {
     }
 
     /// The wall-clock time at the epoch (µs since 1970), for RTCP's NTP timestamps.
-    pub fn unix_at_epoch_us(&self) -> u64 {
+    pub(crate) fn unix_at_epoch_us(&self) -> u64 {
         self.epoch.unix_us
     }
 
@@ -208,14 +211,16 @@ impl MediaSessions {
         self.rng().next_u64() >> 1
     }
 
+    /// Our host candidates: the media port on the public addresses.
     pub fn candidates(&self) -> &[SocketAddr] {
         &self.candidates
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.read().by_ufrag.len()
     }
 
+    /// Whether no session is on the node.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -291,7 +296,7 @@ impl MediaSessions {
     /// track it adds is published (`screens`: the mids that carry a shared screen), one
     /// it stopped ends; tracks it keeps go on untouched. Returns our answer; the caller
     /// then brings the room's receivers in line ([`MediaSessions::sync_room`]).
-    pub fn republish(
+    pub(crate) fn republish(
         &self,
         room: &str,
         participant: &str,
@@ -552,7 +557,7 @@ impl MediaSessions {
 
     /// The receiver `participant` of `room` wants video of at most `max_height` lines:
     /// its forwarders switch layers at the next key frame.
-    pub fn set_max_height(&self, room: &str, participant: &str, max_height: Option<u16>) {
+    pub(crate) fn set_max_height(&self, room: &str, participant: &str, max_height: Option<u16>) {
         if let Some(s) = self.subscriber(room, participant)
             && let Some(sub) = s.media().subscribe.as_mut()
         {
@@ -652,7 +657,7 @@ impl MediaSessions {
     }
 
     /// The longest answer the receiving session of `participant` accepts now.
-    pub fn max_answer_len(&self, room: &str, participant: &str) -> Option<usize> {
+    pub(crate) fn max_answer_len(&self, room: &str, participant: &str) -> Option<usize> {
         let s = self.subscriber(room, participant)?;
         let media = s.media();
         media.subscribe.as_ref().map(|sub| sub.sdp.max_answer_len())
@@ -733,20 +738,20 @@ impl MediaSessions {
     }
 
     /// The session our ufrag `ufrag` names (a worker's cache miss).
-    pub fn lookup(&self, ufrag: &[u8]) -> Option<Arc<Session>> {
+    pub(crate) fn lookup(&self, ufrag: &[u8]) -> Option<Arc<Session>> {
         let ufrag = std::str::from_utf8(ufrag).ok()?;
         self.read().by_ufrag.get(ufrag).cloned()
     }
 
     /// Whether `participant` of `room` has a publishing session.
-    pub fn is_publishing(&self, room: &str, participant: &str) -> bool {
+    pub(crate) fn is_publishing(&self, room: &str, participant: &str) -> bool {
         self.read()
             .by_participant
             .contains_key(&(room.to_owned(), participant.to_owned()))
     }
 
     /// Ends the sessions of a participant (it left or was dropped).
-    pub fn remove_participant(&self, room: &str, participant: &str) {
+    pub(crate) fn remove_participant(&self, room: &str, participant: &str) {
         let mut reg = self.write();
         let key = (room.to_owned(), participant.to_owned());
         if let Some(ufrag) = reg.by_participant.remove(&key)
@@ -762,12 +767,12 @@ impl MediaSessions {
     }
 
     /// Ends the sessions of every participant of `room` (deleted or expired).
-    pub fn remove_room(&self, room: &str) {
+    pub(crate) fn remove_room(&self, room: &str) {
         self.retain(|r, _| r != room);
     }
 
     /// Keeps the sessions whose (room, participant) `keep` approves, ends the others.
-    pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
         let mut reg = self.write();
         let Registry {
             by_ufrag,
@@ -789,7 +794,7 @@ impl MediaSessions {
 
     /// Every (room, participant) with a session, for the control plane to compare with
     /// its rooms.
-    pub fn participants(&self) -> Vec<(String, String)> {
+    pub(crate) fn participants(&self) -> Vec<(String, String)> {
         let reg = self.read();
         let mut all: Vec<(String, String)> = reg.by_participant.keys().cloned().collect();
         all.extend(
@@ -803,7 +808,7 @@ impl MediaSessions {
 
     /// The speech each publisher's audio carried since the last call, by room:
     /// (room, participant, loudness) for every publisher with an audio level to read.
-    pub fn take_loudness(&self) -> Vec<(String, String, Loudness)> {
+    pub(crate) fn take_loudness(&self) -> Vec<(String, String, Loudness)> {
         let publishers: Vec<Arc<Session>> = {
             let reg = self.read();
             reg.sessions_in(&reg.by_participant, None).collect()
@@ -855,7 +860,7 @@ impl MediaSessions {
 
     /// `participant` is the active speaker of `room`: its receivers' allocations raise
     /// its video first (and no longer the previous speaker's).
-    pub fn set_speaker(&self, room: &str, participant: &str) {
+    pub(crate) fn set_speaker(&self, room: &str, participant: &str) {
         let reg = self.read();
         for ((r, p), ufrag) in &reg.by_participant {
             if r == room
@@ -872,7 +877,7 @@ impl MediaSessions {
     /// [`ANSWER_DEADLINE_MS`], or whose DTLS failed or was closed by the peer (no media
     /// can flow any more). They stay registered; the caller makes the
     /// participant leave and then removes them.
-    pub fn consent_expired(&self, now_ms: u64) -> Vec<(String, String)> {
+    pub(crate) fn consent_expired(&self, now_ms: u64) -> Vec<(String, String)> {
         let reg = self.read();
         reg.by_ufrag
             .values()

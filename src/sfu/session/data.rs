@@ -86,21 +86,21 @@ pub struct SessionCache {
 /// What forwarding did, for the worker's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ForwardCounts {
-    pub forwarded: u64,
-    pub keyframe_requests: u64,
+    pub(crate) forwarded: u64,
+    pub(crate) keyframe_requests: u64,
     /// Packets sent again to receivers that NACKed them.
-    pub retransmitted: u64,
+    pub(crate) retransmitted: u64,
     /// NACKed packets not sent again: no longer held, asked for again within a round
     /// trip, or beyond the receiver's retransmission budget.
-    pub resend_not_held: u64,
-    pub resend_too_soon: u64,
-    pub resend_over_budget: u64,
+    pub(crate) resend_not_held: u64,
+    pub(crate) resend_too_soon: u64,
+    pub(crate) resend_over_budget: u64,
     /// Reports, NACKs and transport-cc feedback sent.
-    pub rtcp_sent: u64,
+    pub(crate) rtcp_sent: u64,
     /// Transport-cc feedback and REMB read from receivers into their downlink estimates.
-    pub downlink_feedback: u64,
+    pub(crate) downlink_feedback: u64,
     /// Padding sent to probe receivers' paths.
-    pub probe_padding: u64,
+    pub(crate) probe_padding: u64,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -115,6 +115,7 @@ impl std::fmt::Debug for SessionCache {
 }
 
 impl SessionCache {
+    /// The cache of data-plane worker `worker` over the node's sessions.
     pub fn new(worker: usize, sessions: Arc<MediaSessions>) -> SessionCache {
         SessionCache {
             worker,
@@ -128,6 +129,7 @@ impl SessionCache {
         }
     }
 
+    /// The node's sessions this cache reads from.
     pub fn sessions(&self) -> &Arc<MediaSessions> {
         &self.sessions
     }
@@ -247,7 +249,7 @@ impl SessionCache {
     /// sent at `now_us`, for their downlink estimates: a busy worker reaches a datagram
     /// late, and that wait is the node's, not the receiver's link's (taken as sent at
     /// arrival, it read as a growing queue whenever the machine was busy).
-    pub fn handle_media_received(
+    pub(crate) fn handle_media_received(
         &mut self,
         pkt: &mut [u8],
         src: SocketAddr,
@@ -491,12 +493,12 @@ impl SessionCache {
     }
 
     /// What forwarding did since the last call.
-    pub fn take_counts(&mut self) -> ForwardCounts {
+    pub(crate) fn take_counts(&mut self) -> ForwardCounts {
         std::mem::take(&mut self.counts)
     }
 
     /// Forgets closed sessions (run now and then, off the per-packet path).
-    pub fn sweep(&mut self) {
+    pub(crate) fn sweep(&mut self) {
         self.cache.retain(|_, s| !s.is_closed());
         self.by_addr.retain(|_, s| !s.is_closed());
         self.timers.retain(|t| !t.session.is_closed());

@@ -109,20 +109,20 @@ pub use control::{MediaSessions, PublishRefusal, REOFFER_WINDOW_MS, REOFFERS_PER
 pub use data::{CheckVerdict, ForwardCounts, MediaVerdict, SessionCache};
 
 /// Sessions on the node at once (one per publishing participant for now).
-pub const MAX_SESSIONS: usize = 20_000;
+pub(crate) const MAX_SESSIONS: usize = 20_000;
 /// No owner yet.
 const NO_OWNER: usize = usize::MAX;
 /// A receiving session whose participant has not answered our first offer within this
 /// ends like one whose consent ran out, and the participant leaves the room: a page
 /// answers at once, and a client that never does would hold its place in a full room.
-pub const ANSWER_DEADLINE_MS: u64 = 30_000;
+pub(crate) const ANSWER_DEADLINE_MS: u64 = 30_000;
 /// The SSRC our RTCP to publishers (keyframe requests, reports, feedback) comes from.
-pub const RTCP_SENDER_SSRC: u32 = 0x636E_6F64;
+pub(crate) const RTCP_SENDER_SSRC: u32 = 0x636E_6F64;
 
 /// One peer connection of a participant, as the data plane sees it.
 pub struct Session {
-    pub room: String,
-    pub participant: String,
+    pub(crate) room: String,
+    pub(crate) participant: String,
     /// Set when the session is removed; workers then forget it.
     closed: AtomicBool,
     /// A receiving session's keys and address for the streams forwarded to it, read
@@ -143,33 +143,33 @@ pub struct Session {
 
 /// The mutable part of a session, under its own mutex.
 #[derive(Debug)]
-pub struct SessionMedia {
-    pub agent: IceAgent,
+pub(crate) struct SessionMedia {
+    pub(crate) agent: IceAgent,
     /// The DTLS endpoint (passive role), pinned to the fingerprint of the client's SDP.
-    pub dtls: DtlsSession,
+    pub(crate) dtls: DtlsSession,
     /// Where media and RTCP go, and the listener they leave through (listener indices
     /// are the same in every worker): the address the client's ICE nominated, or,
     /// without a nomination, where its completed DTLS handshake came from. A datagram
     /// that merely looks like DTLS never moves it: media would follow anyone able to
     /// send from a validated address.
-    pub media_peer: Option<(SocketAddr, usize)>,
+    pub(crate) media_peer: Option<(SocketAddr, usize)>,
     /// Where the client's last DTLS record came from: where DTLS answers and
     /// retransmitted flights go.
-    pub dtls_from: Option<(SocketAddr, usize)>,
+    pub(crate) dtls_from: Option<(SocketAddr, usize)>,
     /// The SRTP contexts, once DTLS has connected.
-    pub srtp: Option<Box<SrtpPair>>,
+    pub(crate) srtp: Option<Box<SrtpPair>>,
     /// A publisher's tracks, each with the receivers it is forwarded to.
-    pub tracks: Vec<PublishedMedia>,
+    pub(crate) tracks: Vec<PublishedMedia>,
     /// A publisher's SDP session: the `o=` id of our answers and the version of the
     /// last one (each answer to a re-offer takes the next).
-    pub answered: Option<(u64, u64)>,
+    pub(crate) answered: Option<(u64, u64)>,
     /// A publisher's re-offers: when its window began (ms on the shared clock) and how
     /// many it made in it.
-    pub reoffers: (u64, u32),
+    pub(crate) reoffers: (u64, u32),
     /// A receiving session's signalling state (`None` for a publisher).
-    pub subscribe: Option<Box<Subscription>>,
+    pub(crate) subscribe: Option<Box<Subscription>>,
     /// A publisher's transport-cc feedback, where its offer negotiated it.
-    pub twcc: Option<Box<TransportFeedback>>,
+    pub(crate) twcc: Option<Box<TransportFeedback>>,
     /// When the DTLS handshake's retransmission timer runs out (µs on the shared clock).
     dtls_due: Option<u64>,
     /// When the worker that drives this session's timer has it due (µs): what its
@@ -213,33 +213,33 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 }
 
 /// One track of a publisher as the data plane forwards it.
-pub struct PublishedMedia {
+pub(crate) struct PublishedMedia {
     /// The publisher's mid of the track.
-    pub mid: String,
-    pub codec: CodecName,
-    pub track: Track,
+    pub(crate) mid: String,
+    pub(crate) codec: CodecName,
+    pub(crate) track: Track,
     /// The header extensions of the publisher's offer, with its ids.
-    pub extensions: Vec<(Extension, u8)>,
+    pub(crate) extensions: Vec<(Extension, u8)>,
     /// Every receiver of the track: its session and its own stream of it.
-    pub outs: Vec<Downstream>,
+    pub(crate) outs: Vec<Downstream>,
     /// The id of the audio-level extension, on an audio track that has one.
-    pub audio_level: Option<u8>,
+    pub(crate) audio_level: Option<u8>,
     /// Speech heard since the control plane last asked ([`MediaSessions::take_loudness`]).
-    pub loudness: Loudness,
+    pub(crate) loudness: Loudness,
     /// When reports (µs on the shared clock) and NACKs are next due.
-    pub next_report: u64,
-    pub next_nack: u64,
+    pub(crate) next_report: u64,
+    pub(crate) next_nack: u64,
     /// What each layer sends, measured on the forwarding path, for the receivers'
     /// allocations.
-    pub meter: LayerMeter,
-    pub rates: Arc<LayerRates>,
+    pub(crate) meter: LayerMeter,
+    pub(crate) rates: Arc<LayerRates>,
     /// A re-offer of the publisher stopped the track: it is forwarded to nobody and
     /// takes no packets. Kept in its place, since receivers' feeds name tracks by index
     /// (a track that comes back under its mid takes the place again).
-    pub ended: bool,
+    pub(crate) ended: bool,
     /// A shared screen (its publisher said so): named so to receivers, and first in
     /// their allocations.
-    pub screen: bool,
+    pub(crate) screen: bool,
 }
 
 impl PublishedMedia {
@@ -268,51 +268,51 @@ impl std::fmt::Debug for PublishedMedia {
 }
 
 /// One receiver's stream of a published track.
-pub struct Downstream {
-    pub subscriber: Arc<Session>,
+pub(crate) struct Downstream {
+    pub(crate) subscriber: Arc<Session>,
     /// The mid of the m-line the receiver gets it on.
-    pub mid: String,
-    pub forwarder: Forwarder,
+    pub(crate) mid: String,
+    pub(crate) forwarder: Forwarder,
     /// The receiver's keys and address, reached without its lock.
-    pub egress: Egress,
+    pub(crate) egress: Egress,
     /// The receiver's answer refused the m-line or made it inactive: nothing is sent.
-    pub paused: bool,
+    pub(crate) paused: bool,
     /// The layer cap the receiver's allocation gives the stream.
-    pub cap: Arc<StreamCap>,
+    pub(crate) cap: Arc<StreamCap>,
 }
 
 /// Where one of a receiver's streams comes from, for routing its feedback back.
 #[derive(Debug, Clone)]
-pub struct Feed {
+pub(crate) struct Feed {
     /// The receiver's mid of the stream.
-    pub mid: String,
-    pub audio: bool,
+    pub(crate) mid: String,
+    pub(crate) audio: bool,
     /// What the track's layers send, and the cap the receiver's allocation gives the
     /// stream (read by its forwarder).
-    pub rates: Arc<LayerRates>,
-    pub cap: Arc<StreamCap>,
+    pub(crate) rates: Arc<LayerRates>,
+    pub(crate) cap: Arc<StreamCap>,
     /// Our SSRC of the stream (what the receiver's PLI and NACK name).
-    pub ssrc: u32,
-    pub publisher: Weak<Session>,
+    pub(crate) ssrc: u32,
+    pub(crate) publisher: Weak<Session>,
     /// The track's index in the publisher's tracks (fixed for the session's life: a
     /// stopped track keeps its place).
-    pub track: usize,
+    pub(crate) track: usize,
     /// Whether the receiver's answer kept RTX (until it answers: as offered).
-    pub rtx: bool,
+    pub(crate) rtx: bool,
     /// A shared screen (first in the allocation).
-    pub screen: bool,
+    pub(crate) screen: bool,
 }
 
 /// A receiving session's m-lines and what feeds them.
 #[derive(Debug)]
-pub struct Subscription {
-    pub sdp: SubscribeSession,
+pub(crate) struct Subscription {
+    pub(crate) sdp: SubscribeSession,
     /// The `o=` id, the same across renegotiations.
     session_id: u64,
     /// Sub mid → (publishing participant, its mid).
     sources: Vec<(String, String, String)>,
     /// Where each forwarded stream comes from, for the receiver's feedback.
-    pub feeds: Vec<Feed>,
+    pub(crate) feeds: Vec<Feed>,
     /// The client's answer set the ICE credentials and DTLS fingerprint.
     answered: bool,
     /// When the first offer went out (see [`ANSWER_DEADLINE_MS`]); none while there is
@@ -324,7 +324,7 @@ pub struct Subscription {
     /// The next SSRC for a stream to this receiver (see [`Subscription::fresh_ssrc`]).
     next_ssrc: u32,
     /// The receiver's downlink estimate, from its transport-cc feedback.
-    pub bwe: Estimator,
+    pub(crate) bwe: Estimator,
     /// How the estimate is shared among the streams (one demand per feed).
     allocator: Allocator,
     demands: Vec<Demand>,
@@ -339,7 +339,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// No video for this receiver, or video again (see [`Subscription::audio_only`]).
-    pub fn set_audio_only(&mut self, audio_only: bool) {
+    pub(crate) fn set_audio_only(&mut self, audio_only: bool) {
         self.audio_only = audio_only;
         for f in &self.feeds {
             f.cap.set(wanted(audio_only, f, LayerCap::Any));
@@ -348,7 +348,7 @@ impl Subscription {
 
     /// When the allocation is to be looked at again without feedback: while it holds
     /// a stream below its best (a paused video sends no feedback).
-    pub fn allocation_due(&self) -> Option<u64> {
+    pub(crate) fn allocation_due(&self) -> Option<u64> {
         earliest(self.allocator.next_due(), self.probe_end)
     }
 
@@ -356,7 +356,7 @@ impl Subscription {
     /// and hands each forwarder its cap; starts and ends the probes of its path
     /// (`link`) the allocation asks for. Run after each of its transport-cc feedbacks;
     /// allocates only when the receiver has more streams than ever before.
-    pub fn allocate(&mut self, room: &str, link: Option<&ReceiverLink>, now: u64) {
+    pub(crate) fn allocate(&mut self, room: &str, link: Option<&ReceiverLink>, now: u64) {
         self.end_probe(room, link, now);
         self.demands.clear();
         for f in &self.feeds {
@@ -462,12 +462,12 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 
     /// Whether this publisher is its room's active speaker.
-    pub fn is_speaking(&self) -> bool {
+    pub(crate) fn is_speaking(&self) -> bool {
         self.speaking.load(Ordering::Relaxed)
     }
 
@@ -481,7 +481,7 @@ impl Session {
 
     /// The session's media state, under its lock. Order: a publisher's before a
     /// receiver's, never two of a kind (checked in debug builds).
-    pub fn media(&self) -> MediaGuard<'_> {
+    pub(crate) fn media(&self) -> MediaGuard<'_> {
         let order = LockOrder::take(self.link.is_some());
         MediaGuard {
             guard: self.media.lock().unwrap_or_else(PoisonError::into_inner),
@@ -499,12 +499,12 @@ impl Session {
     }
 
     /// Whether the DTLS handshake completed and the session has SRTP keys.
-    pub fn is_dtls_connected(&self) -> bool {
+    pub(crate) fn is_dtls_connected(&self) -> bool {
         self.dtls_connected.load(Ordering::Relaxed)
     }
 
     /// Whether DTLS failed or the peer closed it.
-    pub fn is_dtls_ended(&self) -> bool {
+    pub(crate) fn is_dtls_ended(&self) -> bool {
         self.dtls_ended.load(Ordering::Relaxed)
     }
 
@@ -528,12 +528,14 @@ impl Session {
 /// counted on, so they never step with the wall clock.
 #[derive(Debug, Clone, Copy)]
 pub struct Epoch {
+    /// The monotonic instant every `now` counts from.
     pub instant: Instant,
+    /// Wall-clock time at `instant`, µs since 1970.
     pub unix_us: u64,
 }
 
 /// A session's media state under its lock (see [`Session::media`]).
-pub struct MediaGuard<'a> {
+pub(crate) struct MediaGuard<'a> {
     guard: MutexGuard<'a, SessionMedia>,
     _order: LockOrder,
 }
