@@ -9,11 +9,14 @@
 // their control messages, a socket option, the interface list) are the only unsafe
 // code: `net` allows it module by module, each block with a `// SAFETY:` line.
 #![deny(unsafe_code)]
+// The library is the API of the tests, benches and fuzz targets: what they may use is
+// documented, everything else is `pub(crate)`.
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
 pub mod date;
 pub mod http;
-pub mod load;
+pub(crate) mod load;
 pub mod logfiles;
 pub mod metrics;
 pub mod net;

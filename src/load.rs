@@ -20,19 +20,19 @@ const WINDOW_US: u64 = 1_000_000;
 
 /// What the workers report and the control plane reads: shared by the node.
 #[derive(Debug, Default)]
-pub struct Load {
+pub(crate) struct Load {
     /// Per worker: busy share of its last full second, in thousandths.
     busy: Vec<AtomicU32>,
     /// Per worker: whether it is past the limit (see [`BusyMeter`]).
     hot: Vec<AtomicBool>,
     /// New allocations and joins refused while overloaded.
-    pub refused_allocations: Counter,
-    pub refused_joins: Counter,
+    pub(crate) refused_allocations: Counter,
+    pub(crate) refused_joins: Counter,
 }
 
 impl Load {
     /// The load of `workers` data-plane workers, none busy yet.
-    pub fn new(workers: usize) -> Load {
+    pub(crate) fn new(workers: usize) -> Load {
         Load {
             busy: (0..workers).map(|_| AtomicU32::new(0)).collect(),
             hot: (0..workers).map(|_| AtomicBool::new(false)).collect(),
@@ -41,7 +41,7 @@ impl Load {
     }
 
     /// The same, counting refusals on `allocations` and `joins` (the node's metrics).
-    pub fn counting(self, allocations: Counter, joins: Counter) -> Load {
+    pub(crate) fn counting(self, allocations: Counter, joins: Counter) -> Load {
         Load {
             refused_allocations: allocations,
             refused_joins: joins,
@@ -50,18 +50,18 @@ impl Load {
     }
 
     /// Whether new work is refused now: some worker is past the limit.
-    pub fn overloaded(&self) -> bool {
+    pub(crate) fn overloaded(&self) -> bool {
         self.hot.iter().any(|h| h.load(Ordering::Relaxed))
     }
 
     /// The busiest worker's share of its last second, in percent.
-    pub fn busiest_percent(&self) -> u32 {
+    pub(crate) fn busiest_percent(&self) -> u32 {
         let permille = self.busy.iter().map(|b| b.load(Ordering::Relaxed)).max();
         permille.unwrap_or(0) / 10
     }
 
     /// Whether a new allocation must be refused; counts it if so.
-    pub fn refuse_allocation(&self) -> bool {
+    pub(crate) fn refuse_allocation(&self) -> bool {
         let refuse = self.overloaded();
         if refuse {
             self.refused_allocations.inc();
@@ -70,7 +70,7 @@ impl Load {
     }
 
     /// Whether a new participant must be refused; counts it if so.
-    pub fn refuse_join(&self) -> bool {
+    pub(crate) fn refuse_join(&self) -> bool {
         let refuse = self.overloaded();
         if refuse {
             self.refused_joins.inc();
@@ -91,7 +91,7 @@ impl Load {
 /// One worker's measure of its own load: told how long each wait for packets took,
 /// and the time now and then.
 #[derive(Debug)]
-pub struct BusyMeter {
+pub(crate) struct BusyMeter {
     worker: usize,
     /// The limit in thousandths; 0 never refuses.
     limit: u32,
@@ -105,7 +105,7 @@ pub struct BusyMeter {
 impl BusyMeter {
     /// Worker `worker`'s meter: refuses past `limit_percent` (0 = never), starting at
     /// `now_us`.
-    pub fn new(worker: usize, limit_percent: u8, now_us: u64) -> BusyMeter {
+    pub(crate) fn new(worker: usize, limit_percent: u8, now_us: u64) -> BusyMeter {
         BusyMeter {
             worker,
             limit: u32::from(limit_percent.min(100)) * 10,
@@ -117,13 +117,13 @@ impl BusyMeter {
     }
 
     /// The worker waited `us` for packets or timers.
-    pub fn waited(&mut self, us: u64) {
+    pub(crate) fn waited(&mut self, us: u64) {
         self.waited_us = self.waited_us.saturating_add(us);
     }
 
     /// Closes the window when a second has passed: stores its busy share (in
     /// thousandths, returned) and whether the worker is past the limit in `load`.
-    pub fn tick(&mut self, now_us: u64, load: &Load) -> Option<u32> {
+    pub(crate) fn tick(&mut self, now_us: u64, load: &Load) -> Option<u32> {
         let elapsed = now_us.checked_sub(self.window_start_us)?;
         if elapsed < WINDOW_US {
             return None;

@@ -17,15 +17,15 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 /// Length of the fixed STUN header.
-pub const HEADER_LEN: usize = 20;
+pub(crate) const HEADER_LEN: usize = 20;
 /// The magic cookie that tells RFC 5389/8489 messages from RFC 3489 ones.
-pub const MAGIC_COOKIE: u32 = 0x2112_A442;
+pub(crate) const MAGIC_COOKIE: u32 = 0x2112_A442;
 /// XORed into the CRC-32 of FINGERPRINT so STUN's CRC differs from the application's.
-pub const FINGERPRINT_XOR: u32 = 0x5354_554E;
+pub(crate) const FINGERPRINT_XOR: u32 = 0x5354_554E;
 /// Length of a MESSAGE-INTEGRITY value (HMAC-SHA1).
-pub const INTEGRITY_LEN: usize = 20;
+pub(crate) const INTEGRITY_LEN: usize = 20;
 /// Length of a full MESSAGE-INTEGRITY-SHA256 value (it may arrive truncated to 16).
-pub const INTEGRITY_SHA256_LEN: usize = 32;
+pub(crate) const INTEGRITY_SHA256_LEN: usize = 32;
 
 const ATTR_HEADER_LEN: usize = 4;
 const FINGERPRINT_LEN: usize = 4;
@@ -35,12 +35,19 @@ const FAMILY_IPV6: u8 = 0x02;
 
 /// STUN methods (12 bits): Binding from RFC 8489, the rest from TURN (RFC 8656).
 pub mod method {
+    /// Binding: address discovery and ICE connectivity checks.
     pub const BINDING: u16 = 0x001;
+    /// Allocate: asks the server for a relayed transport address.
     pub const ALLOCATE: u16 = 0x003;
+    /// Refresh: extends an allocation's lifetime, or ends it with lifetime 0.
     pub const REFRESH: u16 = 0x004;
+    /// Send indication: data from the client for a peer.
     pub const SEND: u16 = 0x006;
+    /// Data indication: data from a peer for the client.
     pub const DATA: u16 = 0x007;
+    /// CreatePermission: lets a peer's IP address send to the allocation.
     pub const CREATE_PERMISSION: u16 = 0x008;
+    /// ChannelBind: binds a channel number to a peer address.
     pub const CHANNEL_BIND: u16 = 0x009;
 }
 
@@ -48,52 +55,85 @@ pub mod method {
 /// from 0x8000 up it may ignore them (comprehension-optional).
 pub mod attr {
     // RFC 8489
+    /// The client's reflexive address, not XORed (RFC 3489 clients).
     pub const MAPPED_ADDRESS: u16 = 0x0001;
+    /// The long-term or ICE username.
     pub const USERNAME: u16 = 0x0006;
+    /// HMAC-SHA1 over the message up to this attribute.
     pub const MESSAGE_INTEGRITY: u16 = 0x0008;
+    /// Class, number and reason phrase of an error response.
     pub const ERROR_CODE: u16 = 0x0009;
+    /// The comprehension-required attributes a 420 response refused.
     pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+    /// The long-term credential realm.
     pub const REALM: u16 = 0x0014;
+    /// The server's nonce for long-term credentials.
     pub const NONCE: u16 = 0x0015;
+    /// HMAC-SHA256 over the message up to this attribute.
     pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
-    pub const PASSWORD_ALGORITHM: u16 = 0x001D;
-    pub const USERHASH: u16 = 0x001E;
+    pub(crate) const PASSWORD_ALGORITHM: u16 = 0x001D;
+    pub(crate) const USERHASH: u16 = 0x001E;
+    /// The client's reflexive address, XORed with the magic cookie.
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    /// The password algorithms a server offers.
     pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
+    /// The domain of an alternate server (TLS).
     pub const ALTERNATE_DOMAIN: u16 = 0x8003;
+    /// A description of the sending agent's software.
     pub const SOFTWARE: u16 = 0x8022;
+    /// The server a 300 response redirects to.
     pub const ALTERNATE_SERVER: u16 = 0x8023;
+    /// CRC-32 of the message XORed with 0x5354554e; always last.
     pub const FINGERPRINT: u16 = 0x8028;
     // RFC 3489 leftovers that old clients still send
+    /// RFC 3489: where to send the response.
     pub const RESPONSE_ADDRESS: u16 = 0x0002;
+    /// RFC 3489/5780: asks for an answer from another address or port.
     pub const CHANGE_REQUEST: u16 = 0x0003;
     // RFC 5780 (NAT behaviour discovery)
+    /// RFC 5780: pads a response to probe fragmentation.
     pub const PADDING: u16 = 0x0026;
+    /// RFC 5780: the port to answer to.
     pub const RESPONSE_PORT: u16 = 0x0027;
+    /// RFC 5780: the address a response was sent from.
     pub const RESPONSE_ORIGIN: u16 = 0x802B;
+    /// RFC 5780: the server's alternate address.
     pub const OTHER_ADDRESS: u16 = 0x802C;
     // RFC 8656 (TURN)
+    /// The channel (0x4000..=0x4FFF) of a ChannelBind.
     pub const CHANNEL_NUMBER: u16 = 0x000C;
+    /// Seconds an allocation should live.
     pub const LIFETIME: u16 = 0x000D;
+    /// A peer's transport address, XORed.
     pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    /// The application data of a Send or Data indication.
     pub const DATA: u16 = 0x0013;
+    /// The relayed transport address the server allocated, XORed.
     pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    /// The address family (IPv4 or IPv6) asked for the relay.
     pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
-    pub const EVEN_PORT: u16 = 0x0018;
+    pub(crate) const EVEN_PORT: u16 = 0x0018;
+    /// The relay protocol asked for (17, UDP, is the only one).
     pub const REQUESTED_TRANSPORT: u16 = 0x0019;
+    /// Asks the server to set DF on relayed datagrams.
     pub const DONT_FRAGMENT: u16 = 0x001A;
-    pub const RESERVATION_TOKEN: u16 = 0x0022;
-    pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
-    pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+    pub(crate) const RESERVATION_TOKEN: u16 = 0x0022;
+    pub(crate) const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+    pub(crate) const ADDRESS_ERROR_CODE: u16 = 0x8001;
+    /// An ICMP error a peer's datagram caused (in a Data indication).
     pub const ICMP: u16 = 0x8004;
     // RFC 8445 (ICE)
+    /// ICE: the priority a peer-reflexive candidate would get.
     pub const PRIORITY: u16 = 0x0024;
+    /// ICE: the controlling agent nominates this pair.
     pub const USE_CANDIDATE: u16 = 0x0025;
+    /// ICE: the sender is the controlled agent (with its tie-breaker).
     pub const ICE_CONTROLLED: u16 = 0x8029;
+    /// ICE: the sender is the controlling agent (with its tie-breaker).
     pub const ICE_CONTROLLING: u16 = 0x802A;
 
     /// Whether an agent that does not know `typ` must reject the message (RFC 8489 §15).
-    pub const fn is_comprehension_required(typ: u16) -> bool {
+    pub(crate) const fn is_comprehension_required(typ: u16) -> bool {
         typ < 0x8000
     }
 }
@@ -101,9 +141,13 @@ pub mod attr {
 /// The two class bits of the message type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Class {
+    /// Expects a success or error response with the same transaction id.
     Request,
+    /// Expects no response.
     Indication,
+    /// Success response to a request.
     Success,
+    /// Error response to a request (carries ERROR-CODE).
     Error,
 }
 
@@ -129,13 +173,13 @@ impl Class {
 }
 
 /// Interleaves a 12-bit method with the class bits (RFC 8489 §5, figure 3).
-pub const fn message_type(method: u16, class: Class) -> u16 {
+pub(crate) const fn message_type(method: u16, class: Class) -> u16 {
     let m = method & 0x0FFF;
     (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | class.bits()
 }
 
 /// Splits a message type into its method and class.
-pub const fn split_type(typ: u16) -> (u16, Class) {
+pub(crate) const fn split_type(typ: u16) -> (u16, Class) {
     let method = (typ & 0x000F) | ((typ & 0x00E0) >> 1) | ((typ & 0x3E00) >> 2);
     (method, Class::from_type(typ))
 }
@@ -178,6 +222,7 @@ impl std::error::Error for ParseError {}
 /// One attribute as it sits in the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attribute<'a> {
+    /// Attribute type, one of [`attr`].
     pub typ: u16,
     /// The value without padding.
     pub value: &'a [u8],
@@ -334,10 +379,12 @@ impl<'a> Message<'a> {
         self.raw
     }
 
+    /// The 12-bit method, one of [`method`].
     pub fn method(&self) -> u16 {
         self.method
     }
 
+    /// Request, indication, success or error.
     pub fn class(&self) -> Class {
         self.class
     }
@@ -354,7 +401,7 @@ impl<'a> Message<'a> {
 
     /// Header bytes 4..20: the magic cookie and the transaction id, or the whole 128-bit
     /// transaction id of an RFC 3489 message. XOR addresses are keyed with these bytes.
-    pub fn cookie_and_transaction_id(&self) -> &'a [u8; 16] {
+    pub(crate) fn cookie_and_transaction_id(&self) -> &'a [u8; 16] {
         self.cookie_tid
     }
 
@@ -390,7 +437,7 @@ impl<'a> Message<'a> {
     }
 
     /// Offset of the MESSAGE-INTEGRITY-SHA256 attribute's header, if it counts.
-    pub fn integrity_sha256_offset(&self) -> Option<usize> {
+    pub(crate) fn integrity_sha256_offset(&self) -> Option<usize> {
         self.integrity_sha256
     }
 
@@ -510,12 +557,15 @@ pub fn userhash(username: &[u8], realm: &[u8]) -> [u8; 32] {
 }
 
 /// Decodes a MAPPED-ADDRESS style value: reserved byte, family, port, address.
-pub fn decode_address(value: &[u8]) -> Result<SocketAddr, ParseError> {
+pub(crate) fn decode_address(value: &[u8]) -> Result<SocketAddr, ParseError> {
     decode(value, &[0; 16])
 }
 
 /// Decodes an XOR-MAPPED-ADDRESS style value; `cookie_tid` is header bytes 4..20.
-pub fn decode_xor_address(value: &[u8], cookie_tid: &[u8; 16]) -> Result<SocketAddr, ParseError> {
+pub(crate) fn decode_xor_address(
+    value: &[u8],
+    cookie_tid: &[u8; 16],
+) -> Result<SocketAddr, ParseError> {
     decode(value, cookie_tid)
 }
 
@@ -551,7 +601,7 @@ fn xor_into(out: &mut [u8], src: &[u8], mask: &[u8]) {
 }
 
 /// Length of an address attribute's value for `addr`: 8 for IPv4, 20 for IPv6.
-pub const fn address_len(addr: &SocketAddr) -> usize {
+pub(crate) const fn address_len(addr: &SocketAddr) -> usize {
     match addr {
         SocketAddr::V4(_) => 8,
         SocketAddr::V6(_) => 20,
@@ -559,12 +609,12 @@ pub const fn address_len(addr: &SocketAddr) -> usize {
 }
 
 /// Writes a MAPPED-ADDRESS style value into `out`, returning its length.
-pub fn encode_address(addr: SocketAddr, out: &mut [u8]) -> Result<usize, WriteError> {
+pub(crate) fn encode_address(addr: SocketAddr, out: &mut [u8]) -> Result<usize, WriteError> {
     encode(addr, &[0; 16], out)
 }
 
 /// Writes an XOR-MAPPED-ADDRESS style value into `out`, returning its length.
-pub fn encode_xor_address(
+pub(crate) fn encode_xor_address(
     addr: SocketAddr,
     cookie_tid: &[u8; 16],
     out: &mut [u8],
@@ -645,7 +695,7 @@ impl<'b> Writer<'b> {
 
     /// Starts a message whose header bytes 4..20 are `cookie_tid` verbatim: an answer to
     /// an RFC 3489 client echoes its whole 128-bit transaction id.
-    pub fn with_cookie_and_transaction_id(
+    pub(crate) fn with_cookie_and_transaction_id(
         buf: &'b mut [u8],
         method: u16,
         class: Class,
@@ -660,7 +710,7 @@ impl<'b> Writer<'b> {
 
     /// Starts a message in a buffer whose bytes 4..20 already hold the cookie and
     /// transaction id, typically the request being answered in place.
-    pub fn reuse_header(
+    pub(crate) fn reuse_header(
         buf: &'b mut [u8],
         method: u16,
         class: Class,
@@ -707,7 +757,7 @@ impl<'b> Writer<'b> {
     }
 
     /// Header bytes 4..20, the key of XOR addresses.
-    pub fn cookie_and_transaction_id(&self) -> [u8; 16] {
+    pub(crate) fn cookie_and_transaction_id(&self) -> [u8; 16] {
         let mut out = [0u8; 16];
         out.copy_from_slice(&self.buf[4..HEADER_LEN]);
         out
@@ -726,7 +776,7 @@ impl<'b> Writer<'b> {
 
     /// Appends an attribute with a `value_len`-byte value that `fill` writes in place;
     /// padding is zeroed. Nothing is written if it does not fit.
-    pub fn add_with(
+    pub(crate) fn add_with(
         &mut self,
         typ: u16,
         value_len: usize,
@@ -767,7 +817,7 @@ impl<'b> Writer<'b> {
     }
 
     /// Appends a plain address attribute (MAPPED-ADDRESS, ALTERNATE-SERVER, ...).
-    pub fn add_address(&mut self, typ: u16, addr: SocketAddr) -> Result<(), WriteError> {
+    pub(crate) fn add_address(&mut self, typ: u16, addr: SocketAddr) -> Result<(), WriteError> {
         self.add_with(typ, address_len(&addr), |out| {
             // Cannot fail: `out` has exactly `address_len` bytes.
             let _ = encode_address(addr, out);
@@ -796,7 +846,7 @@ impl<'b> Writer<'b> {
     }
 
     /// Appends UNKNOWN-ATTRIBUTES listing `types` (RFC 8489 §14.9).
-    pub fn add_unknown_attributes(&mut self, types: &[u16]) -> Result<(), WriteError> {
+    pub(crate) fn add_unknown_attributes(&mut self, types: &[u16]) -> Result<(), WriteError> {
         self.add_with(attr::UNKNOWN_ATTRIBUTES, types.len() * 2, |out| {
             for (slot, typ) in out.chunks_exact_mut(2).zip(types) {
                 slot.copy_from_slice(&typ.to_be_bytes());

@@ -33,9 +33,9 @@ use crate::stun::{Message, WriteError, Writer};
 /// How long a nonce stays valid, in seconds (coturn's default `stale-nonce` is the same).
 /// A nonce whose issue time is further than this from `now` in either direction (the
 /// clock may step back) is stale; the client gets a 438 and retries with the fresh one.
-pub const NONCE_LIFETIME_SECS: u64 = 600;
+pub(crate) const NONCE_LIFETIME_SECS: u64 = 600;
 /// Length of a nonce on the wire: [`NONCE_RAW_LEN`] bytes, lowercase hex.
-pub const NONCE_LEN: usize = 2 * NONCE_RAW_LEN;
+pub(crate) const NONCE_LEN: usize = 2 * NONCE_RAW_LEN;
 // RFC 8489 §14.10: NONCE is fewer than 128 characters.
 const _: () = assert!(NONCE_LEN < 128);
 /// Issue time (4 bytes, big-endian unix seconds: good until 2106) and a 12-byte
@@ -46,7 +46,7 @@ const NONCE_RAW_LEN: usize = 4 + NONCE_TAG_LEN;
 const NONCE_TAG_LEN: usize = 12;
 
 /// Slots in the per-source limiter of unauthenticated answers (a power of two).
-pub const CHALLENGE_BUCKETS: usize = 4096;
+pub(crate) const CHALLENGE_BUCKETS: usize = 4096;
 /// Unauthenticated answers a source may get in a burst. Every client's first request
 /// is answered with a 401, and a whole office behind one NAT address may join at once,
 /// so the bucket is deep; a reflector it still is not, as a 401 is about twice the size
@@ -70,27 +70,27 @@ const REST_PASSWORD_LEN: usize = 28;
 const ROOM_MARK: &str = "room:";
 
 /// The (room, participant) of a room credential's username, if it is one.
-pub fn room_credential(username: &str) -> Option<(&str, &str)> {
+pub(crate) fn room_credential(username: &str) -> Option<(&str, &str)> {
     let (_, rest) = username.split_once(':')?;
     rest.strip_prefix(ROOM_MARK)?.split_once(':')
 }
 
 /// The room API, as TURN asks it whether a room credential's participant is still in
 /// its room (a credential is good only while they are).
-pub trait Presence: Send + Sync {
+pub(crate) trait Presence: Send + Sync {
     fn is_present(&self, room: &str, participant: &str) -> bool;
 }
 
 /// Where the room API is found once it exists (it starts after the TURN cores).
-pub type PresenceHook = Arc<OnceLock<Weak<dyn Presence>>>;
+pub(crate) type PresenceHook = Arc<OnceLock<Weak<dyn Presence>>>;
 
 /// The identity a request authenticated as, and the key its response is signed with.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: Box<str>,
+pub(crate) struct Credentials {
+    pub(crate) username: Box<str>,
     /// MD5(username ":" realm ":" password), RFC 8489 §9.2.2: the key of the response's
     /// MESSAGE-INTEGRITY (or MESSAGE-INTEGRITY-SHA256).
-    pub key: [u8; 16],
+    pub(crate) key: [u8; 16],
 }
 
 impl fmt::Debug for Credentials {
@@ -225,7 +225,7 @@ impl Auth {
     /// Replaces the static users and REST secrets of this `Auth` and every clone
     /// (SIGHUP). The realm stays: allocations' keys were made with it. Allocations keep
     /// running; their next refresh is checked against the new credentials.
-    pub fn replace_credentials(&self, users: &BTreeMap<String, String>, secrets: &[String]) {
+    pub(crate) fn replace_credentials(&self, users: &BTreeMap<String, String>, secrets: &[String]) {
         let new = Arc::new(Secrets::new(&self.realm, users, secrets));
         *self.known.write().unwrap_or_else(PoisonError::into_inner) = new;
     }
@@ -239,7 +239,7 @@ impl Auth {
     }
 
     /// Where to put the room API once it exists; shared by every clone.
-    pub fn presence_hook(&self) -> PresenceHook {
+    pub(crate) fn presence_hook(&self) -> PresenceHook {
         self.presence.clone()
     }
 
@@ -247,7 +247,7 @@ impl Auth {
     /// limiter of a single bucket instead of a table of [`CHALLENGE_BUCKETS`]. A
     /// connection has one source, whose address the TCP handshake proved (so no
     /// reflection is possible), and the table would cost 64 KiB per connection.
-    pub fn for_connection(&self) -> Auth {
+    pub(crate) fn for_connection(&self) -> Auth {
         Auth {
             realm: self.realm.clone(),
             known: self.known.clone(),
@@ -257,6 +257,7 @@ impl Auth {
         }
     }
 
+    /// The realm sent in challenges and used in long-term keys.
     pub fn realm(&self) -> &str {
         &self.realm
     }
@@ -268,7 +269,7 @@ impl Auth {
     /// The key always follows the MD5 password algorithm: our nonces never start with the
     /// "obMatJos2" cookie, so clients do not negotiate PASSWORD-ALGORITHM (§9.2.3).
     /// USERHASH is not supported (a request with it but no USERNAME gets 400).
-    pub fn check(
+    pub(crate) fn check(
         &self,
         msg: &Message<'_>,
         src: SocketAddr,
@@ -353,7 +354,7 @@ impl Auth {
 
     /// Appends REALM and a fresh NONCE for `src` to a response being written (after
     /// ERROR-CODE, before any integrity attribute).
-    pub fn add_challenge(
+    pub(crate) fn add_challenge(
         &self,
         w: &mut Writer<'_>,
         src: SocketAddr,
@@ -412,7 +413,7 @@ impl Auth {
     /// what one victim network receives). No allocation, no growth with the number of
     /// sources; sources that share a bucket share its budget. The table is one for the
     /// node: every worker's clone shares it.
-    pub fn allow_challenge(&mut self, src: IpAddr, now_ms: u64) -> bool {
+    pub(crate) fn allow_challenge(&mut self, src: IpAddr, now_ms: u64) -> bool {
         self.limiter.allow(src, now_ms)
     }
 }

@@ -139,7 +139,7 @@ impl PeerPolicy {
     /// with a global address, any other UDP service on the host (DNS, memcached, ...)
     /// would be reachable through the relay. Loopback with `allow_loopback` and what
     /// `allowed` lists stay open: the operator asked for them.
-    pub fn with_host(mut self, host: &[IpAddr], relay_ports: (u16, u16)) -> Self {
+    pub(crate) fn with_host(mut self, host: &[IpAddr], relay_ports: (u16, u16)) -> Self {
         self.host = host.iter().map(|&ip| canonical(ip)).collect();
         self.relay_ports = relay_ports;
         self
@@ -152,7 +152,7 @@ impl PeerPolicy {
     /// then `allowed` lets through the built-in deny-list, and so does
     /// `allow_loopback` for loopback; then the built-in deny-list refuses; everything
     /// else is permitted. CIDR lists match the address as given and its canonical form.
-    pub fn permits(&self, peer: SocketAddr) -> bool {
+    pub(crate) fn permits(&self, peer: SocketAddr) -> bool {
         if peer.port() == 0 {
             return false;
         }
@@ -182,7 +182,7 @@ impl PeerPolicy {
     /// port and without the node's own addresses (which are let through for their exact
     /// port only; see [`PeerPolicy::is_own_ip`]). For permissions, which RFC 8656 §9
     /// installs per IP address.
-    pub fn permits_ip(&self, ip: IpAddr) -> bool {
+    pub(crate) fn permits_ip(&self, ip: IpAddr) -> bool {
         let canon = canonical(ip);
         !listed(&self.denied, ip, canon) && !self.is_host(ip, canon) && self.opens(ip, canon)
     }
@@ -191,7 +191,7 @@ impl PeerPolicy {
     /// addresses, or of the host, and not denied: a permission for it may carry data to
     /// the media addresses and relay ports only, which [`PeerPolicy::permits`] checks
     /// per packet.
-    pub fn is_own_ip(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_own_ip(&self, ip: IpAddr) -> bool {
         let canon = canonical(ip);
         !listed(&self.denied, ip, canon)
             && (self.own.iter().any(|own| own.ip() == canon)
@@ -253,7 +253,7 @@ fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, len: u8) -> bool {
 /// `::` and `::1` are themselves), NAT64 well-known `64:ff9b::a.b.c.d` (RFC 6052) and
 /// 6to4 `2002:AABB:CCDD::/48` (RFC 3056). Teredo and the local-use NAT64 prefix are
 /// deliberately not decoded: see `RESERVED_V6`.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),

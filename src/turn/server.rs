@@ -41,6 +41,7 @@ pub trait RelayIo {
     fn reserve(&mut self, addr: SocketAddr) -> io::Result<HeldPort>;
     /// Starts polling a port held by `reserve` (of any worker).
     fn adopt(&mut self, held: HeldPort) -> io::Result<RelayId>;
+    /// Closes relay socket `id`; the core never names it again.
     fn close(&mut self, id: RelayId);
 }
 
@@ -70,14 +71,20 @@ impl std::fmt::Debug for HeldPort {
 /// Lifetimes (RFC 8656 §2.2, §9, §12) and bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Seconds an allocation lives when the request names no LIFETIME.
     pub default_lifetime: u32,
+    /// Upper bound, in seconds, on a requested LIFETIME.
     pub max_lifetime: u32,
+    /// Allocations on the node at once (all cores together).
     pub max_allocations: usize,
+    /// Allocations one username holds at once (486 past it).
     pub max_allocations_per_user: u32,
     /// Allocations (and EVEN-PORT reservations) one client address holds at once; an
     /// IPv6 /64 counts as one address.
     pub max_allocations_per_ip: u32,
+    /// Permissions one allocation holds.
     pub max_permissions: usize,
+    /// Channel bindings one allocation holds.
     pub max_channels: usize,
     /// Relayed bytes per second one allocation may move, both directions together;
     /// 0 = no cap. One second's worth may come in a burst.
@@ -116,7 +123,7 @@ const MAX_PEERS_PER_REQUEST: usize = 8;
 /// per local address and TURN URL on each of a page's two connections (up to 12 with
 /// IPv4 and IPv6); with a cap of 4 it was refused some and its receiving connection
 /// failed, so the cap leaves room for all of them.
-pub const ROOM_RELAYS_PER_PARTICIPANT: u32 = 16;
+pub(crate) const ROOM_RELAYS_PER_PARTICIPANT: u32 = 16;
 /// Attempts at a free relay port before answering 508.
 const PORT_ATTEMPTS: usize = 64;
 const UDP: u8 = 17;
@@ -128,9 +135,9 @@ const FAMILY_V6: u8 = 0x02;
 
 /// What SIGHUP may change while allocations run: the limits and the peer policy.
 #[derive(Debug)]
-pub struct Settings {
-    pub limits: Limits,
-    pub policy: PeerPolicy,
+pub(crate) struct Settings {
+    pub(crate) limits: Limits,
+    pub(crate) policy: PeerPolicy,
 }
 
 /// What every core of the node shares: settings and the allocation quotas.
@@ -140,14 +147,14 @@ pub struct Shared {
     /// no lock on the packet path).
     settings: RwLock<Arc<Settings>>,
     generation: AtomicU64,
-    pub ports: PortRange,
+    pub(crate) ports: PortRange,
     /// Addresses relay sockets bind to, per family (`None`: no relay of that family).
-    pub relay_v4: Option<IpAddr>,
-    pub relay_v6: Option<IpAddr>,
+    pub(crate) relay_v4: Option<IpAddr>,
+    pub(crate) relay_v6: Option<IpAddr>,
     /// What XOR-RELAYED-ADDRESS says (the public side of a 1:1 NAT).
-    pub public_v4: Ipv4Addr,
-    pub public_v6: Option<Ipv6Addr>,
-    pub metrics: TurnMetrics,
+    pub(crate) public_v4: Ipv4Addr,
+    pub(crate) public_v6: Option<Ipv6Addr>,
+    pub(crate) metrics: TurnMetrics,
     total: AtomicUsize,
     /// Allocations and reservations held per username and per client address.
     quotas: Mutex<Quotas>,
@@ -160,6 +167,7 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The shared state of one node: limits and peer policy (replaceable), the relay port range and addresses, the public addresses, the metrics.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         limits: Limits,
@@ -189,7 +197,7 @@ impl Shared {
     }
 
     /// The limits and peer policy in force.
-    pub fn settings(&self) -> Arc<Settings> {
+    pub(crate) fn settings(&self) -> Arc<Settings> {
         self.settings
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -199,7 +207,7 @@ impl Shared {
     /// New limits and peer policy for every core (SIGHUP). Allocations, permissions
     /// and channels held stay; what the new settings refuse is refused from the next
     /// request or datagram on.
-    pub fn replace_settings(&self, settings: Settings) {
+    pub(crate) fn replace_settings(&self, settings: Settings) {
         *self
             .settings
             .write()
@@ -208,12 +216,12 @@ impl Shared {
     }
 
     /// From now on Allocate answers 508 while `load` says the node is overloaded.
-    pub fn watch_load(&self, load: Arc<Load>) {
+    pub(crate) fn watch_load(&self, load: Arc<Load>) {
         let _ = self.load.set(load);
     }
 
     /// From now on Allocate answers 508; allocations held are refreshed as before.
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
@@ -334,7 +342,7 @@ impl Shared {
     }
 
     /// Allocations held now, over all cores.
-    pub fn allocations(&self) -> usize {
+    pub(crate) fn allocations(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
 }
@@ -343,14 +351,18 @@ impl Shared {
 /// REST usernames and nonces.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
+    /// Monotonic milliseconds (any origin), for lifetimes.
     pub mono_ms: u64,
+    /// Wall-clock seconds since the Unix epoch, for REST usernames and nonces.
     pub unix: u64,
 }
 
 /// Where a client's packets come from: which listener socket, which address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientKey {
+    /// Index of the listener socket (or stream) the packet came in on.
     pub listener: usize,
+    /// The client's transport address as that listener sees it.
     pub addr: SocketAddr,
 }
 
@@ -361,21 +373,29 @@ pub enum Action {
     Reply(usize),
     /// Send `buf[start..start + len]` to `peer` from relay socket `relay`.
     ToPeer {
+        /// The relay socket to send from.
         relay: RelayId,
+        /// The peer to send to.
         peer: SocketAddr,
+        /// Offset of the payload in `buf`.
         start: usize,
+        /// Length of the payload.
         len: usize,
     },
     /// Send `buf[start..start + len]` to a client through its listener socket.
     ToClient {
+        /// The client (listener and address) to send to.
         client: ClientKey,
+        /// Offset of the ChannelData or Data indication in `buf`.
         start: usize,
+        /// Its length.
         len: usize,
     },
     /// Nothing to send; the packet was consumed or dropped for this reason.
     Drop(DropReason),
 }
 
+/// Why [`Action::Drop`] sent nothing (a label of the drop counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// Not well-formed.
@@ -521,7 +541,12 @@ pub struct TurnCore {
 
 impl TurnCore {
     /// A core whose randomness comes from `seed` (the node draws it from the OS).
-    pub fn with_seed(shared: Arc<Shared>, auth: Auth, stream: bool, seed: [u8; 32]) -> TurnCore {
+    pub(crate) fn with_seed(
+        shared: Arc<Shared>,
+        auth: Auth,
+        stream: bool,
+        seed: [u8; 32],
+    ) -> TurnCore {
         let mut core = TurnCore::new(shared, auth, stream, 0);
         core.rng = ChaCha12Rng::from_seed(seed);
         core
@@ -569,13 +594,14 @@ impl TurnCore {
         self.by_client.len()
     }
 
+    /// Whether this core holds no allocation.
     pub fn is_empty(&self) -> bool {
         self.by_client.is_empty()
     }
 
     /// The node's public addresses (`node.public_ip`, `node.public_ipv6`): with a
     /// listener's port, the media address the SFU's candidates name.
-    pub fn public_addresses(&self) -> (Ipv4Addr, Option<Ipv6Addr>) {
+    pub(crate) fn public_addresses(&self) -> (Ipv4Addr, Option<Ipv6Addr>) {
         (self.shared.public_v4, self.shared.public_v6)
     }
 
@@ -1498,7 +1524,7 @@ impl TurnCore {
     }
 
     /// Drops every allocation (the connection or the node is going away).
-    pub fn close_all(&mut self, relays: &mut dyn RelayIo) {
+    pub(crate) fn close_all(&mut self, relays: &mut dyn RelayIo) {
         for i in 0..self.allocations.len() {
             self.remove(i, relays);
         }

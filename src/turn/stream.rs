@@ -13,11 +13,22 @@ pub const MAX_FRAME: usize = STUN_HEADER + 65_532;
 pub enum Frame {
     /// Not a whole frame yet: at least this many bytes are needed (0: not known yet,
     /// under a frame's first four bytes).
-    Partial { need: usize },
+    Partial {
+        /// Bytes needed in all, 0 if not known yet.
+        need: usize,
+    },
     /// A STUN message of `total` bytes.
-    Stun { total: usize },
+    Stun {
+        /// The message's length with its header.
+        total: usize,
+    },
     /// A ChannelData message of `4 + length` bytes, `total` with its padding.
-    ChannelData { total: usize, length: usize },
+    ChannelData {
+        /// Bytes the frame takes in the stream, padding included.
+        total: usize,
+        /// The length field: application data bytes.
+        length: usize,
+    },
     /// Neither: a STUN length that is not a multiple of four, or a first byte that no
     /// frame starts with. The stream can no longer be framed: it ends.
     Broken,
