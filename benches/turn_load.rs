@@ -624,10 +624,10 @@ fn run_uclients(server: SocketAddr, load: Load, env: &Env) -> Result<Vec<ClientR
     let mut codes: Vec<Option<Option<i32>>> = vec![None; procs.len()];
     let failure = loop {
         for (p, code) in procs.iter_mut().zip(&mut codes) {
-            if code.is_none() {
-                if let Some(status) = p.exit_status() {
-                    *code = Some(status.code());
-                }
+            if code.is_none()
+                && let Some(status) = p.exit_status()
+            {
+                *code = Some(status.code());
             }
         }
         if codes.iter().all(Option::is_some) {
@@ -939,11 +939,11 @@ fn bare_relay(peer: SocketAddrV4) -> io::Result<()> {
                             target = None;
                         }
                     }
-                    if let Some((a, first)) = run {
-                        if target != Some(a) {
-                            flush_to_peer(&mut inbound, &allocations[a].sock, first..i);
-                            run = None;
-                        }
+                    if let Some((a, first)) = run
+                        && target != Some(a)
+                    {
+                        flush_to_peer(&mut inbound, &allocations[a].sock, first..i);
+                        run = None;
                     }
                     if let (Some(a), None) = (target, run) {
                         run = Some((a, i));

@@ -136,7 +136,7 @@ fn receiver(track: &Track, i: usize) -> Forwarder {
         ForwarderConfig {
             ssrc: 0xA000 + i as u32,
             payload_type: Some(100),
-            rtx: (i % 2 == 0).then_some(RtxConfig {
+            rtx: i.is_multiple_of(2).then_some(RtxConfig {
                 ssrc: 0xB000 + i as u32,
                 payload_type: 101,
             }),

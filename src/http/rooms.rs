@@ -298,7 +298,7 @@ impl RoomsApi {
                     .set(i64::from(load.busiest_percent()));
             }
             ticks += 1;
-            if ticks % ROOM_SWEEP_TICKS == 0 {
+            if ticks.is_multiple_of(ROOM_SWEEP_TICKS) {
                 let mut hub = api.hub();
                 let effects = hub.rooms.sweep(unix_now());
                 hub.apply(effects);

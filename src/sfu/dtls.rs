@@ -374,7 +374,7 @@ impl DtlsSession {
     /// An instant as ms on our clock, rounded up so a timer never fires early.
     fn millis(&self, at: Instant) -> u64 {
         let d = at.saturating_duration_since(self.epoch);
-        let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+        let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
         u64::try_from(ms).unwrap_or(u64::MAX)
     }
 

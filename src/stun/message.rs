@@ -359,7 +359,7 @@ impl<'a> Message<'a> {
             attr::MESSAGE_INTEGRITY_SHA256 => {
                 self.integrity_sha256 = Some(a.offset);
                 // §14.6: truncation to no less than 16 bytes, in 4-byte steps.
-                (16..=INTEGRITY_SHA256_LEN).contains(&len) && len % 4 == 0
+                (16..=INTEGRITY_SHA256_LEN).contains(&len) && len.is_multiple_of(4)
             }
             attr::FINGERPRINT => {
                 self.fingerprint = Some(a.offset);
@@ -731,7 +731,7 @@ impl<'b> Writer<'b> {
     /// Continues a message whose first `len` bytes (header and attributes, each padded)
     /// are already in `buf`, e.g. to add MESSAGE-INTEGRITY to a prepared message.
     pub fn resume(buf: &'b mut [u8], len: usize) -> Result<Writer<'b>, WriteError> {
-        if len < HEADER_LEN || len % 4 != 0 {
+        if len < HEADER_LEN || !len.is_multiple_of(4) {
             return Err(WriteError::BadValue);
         }
         if len > buf.len() {
