@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use common::turn::{Client, Creds, UDP, tid, transport};
 use common::{
-    Node, Peer, basic_auth, cheap_hash, http, join, require_tool, run_with_timeout, uclient_totals,
+    Node, Peer, create_room, host_account, join, require_tool, run_with_timeout, uclient_totals,
 };
 use confnode::stun::message::{Class, Message, Writer, attr, fingerprint, method};
 use peers::{Published, Rtp, Subscribed};
@@ -102,10 +102,7 @@ const DROPS: [&str; 11] = [
 #[test]
 fn a_storm_of_hostile_packets_leaves_live_sessions_whole_and_is_counted() {
     require_tool("turnutils_uclient", "coturn");
-    let http_hosts = format!(
-        "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        cheap_hash(PASSWORD)
-    );
+    let http_hosts = host_account(HOST, PASSWORD);
     let (node, _log) = Node::start_with_http(
         "users = { user = \"pass\" }\nallow_loopback_peers = true\n",
         &http_hosts,
@@ -513,16 +510,7 @@ fn call_api() -> webrtc::api::API {
 
 impl Call {
     fn start(node: &Node) -> Call {
-        let host = basic_auth(HOST, PASSWORD);
-        let r = http(
-            node.http,
-            "POST",
-            "/api/rooms",
-            &[("Authorization", &host)],
-            b"",
-        );
-        assert_eq!(r.status, 201, "create room: {}", r.body);
-        let room = r.json()["room"].as_str().expect("room").to_owned();
+        let room = create_room(node, HOST, PASSWORD);
         let people = [join(node, &room, "Ann"), join(node, &room, "Bo")];
         let taps: Vec<Tap> = (0..4).map(|_| Tap::start(node.stun)).collect();
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::turn::{Client, Creds, transport};
-use common::{Node, basic_auth, cheap_hash, http, join};
+use common::{Node, create_room, host_account, http, join};
 use confnode::stun::message::{Class, Writer, attr, method};
 
 const HOST: &str = "host";
@@ -96,10 +96,7 @@ fn join_status(node: &Node, room: &str) -> common::HttpResponse {
 
 #[test]
 fn an_overloaded_node_refuses_new_work_and_keeps_what_it_holds() {
-    let http_hosts = format!(
-        "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        cheap_hash(PASSWORD)
-    );
+    let http_hosts = host_account(HOST, PASSWORD);
     let (node, _log) = Node::start_with_http(
         "users = { user = \"pass\" }\nallow_loopback_peers = true\n",
         &http_hosts,
@@ -127,15 +124,7 @@ fn an_overloaded_node_refuses_new_work_and_keeps_what_it_holds() {
         r.error_code()
     );
     assert!(relays(&held, node.stun, &peer, b"before", 10));
-    let r = http(
-        node.http,
-        "POST",
-        "/api/rooms",
-        &[("Authorization", &basic_auth(HOST, PASSWORD))],
-        b"",
-    );
-    assert_eq!(r.status, 201, "create room: {}", r.body);
-    let room = r.json()["room"].as_str().expect("room").to_owned();
+    let room = create_room(&node, HOST, PASSWORD);
     join(&node, &room, "Early");
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -30,7 +30,7 @@ use base64::engine::general_purpose::STANDARD;
 use common::{Node, http, http_get, metric_value};
 use peers::{
     Rtp, assert_media_intact, collect_media, drain_rtcp, index_of, publish, send_media,
-    sender_ssrc, set_local_gathered, subscribe, webrtc_api, webrtc_api_with,
+    sender_ssrc, set_local_gathered, subscribe, wait_connected, webrtc_api, webrtc_api_with,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -43,7 +43,6 @@ use webrtc::interceptor::stream_info::StreamInfo;
 use webrtc::interceptor::{Interceptor, InterceptorBuilder, RTPReader};
 use webrtc::media::Sample;
 use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
@@ -205,24 +204,7 @@ fn a_webrtc_rs_publisher_connects_and_its_srtp_is_received() {
             .unwrap_or_else(|e| panic!("remote description: {e}\n{}", r.body));
 
         // ICE and DTLS.
-        let connected = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(state) = rx.recv().await {
-                match state {
-                    RTCPeerConnectionState::Connected => return Ok(()),
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        return Err(state);
-                    }
-                    _ => {}
-                }
-            }
-            Err(RTCPeerConnectionState::Unspecified)
-        })
-        .await;
-        match connected {
-            Ok(Ok(())) => {}
-            Ok(Err(state)) => panic!("peer connection ended in {state}"),
-            Err(_) => panic!("peer connection not connected within 10 s"),
-        }
+        wait_connected(&mut rx, "publisher").await;
         assert_eq!(metric(http_addr, DTLS_CONNECTED).await, 1.0);
         let before = metric(http_addr, RTP_RECEIVED).await;
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::turn::{Client, Creds};
-use common::{Node, PUBLISH_OFFER, SseStream, basic_auth, cheap_hash, http, join};
+use common::{Node, PUBLISH_OFFER, SseStream, basic_auth, create_room, host_account, http, join};
 use confnode::stun::message::Class;
 
 const HOST: &str = "soak";
@@ -95,15 +95,7 @@ fn turn_round(server: SocketAddr, peer: &UdpSocket) -> bool {
 /// publish, leave, and the host deletes the room.
 fn room_round(node: &Node) {
     let host = basic_auth(HOST, PASSWORD);
-    let r = http(
-        node.http,
-        "POST",
-        "/api/rooms",
-        &[("Authorization", &host)],
-        b"",
-    );
-    assert_eq!(r.status, 201, "create room: {}", r.body);
-    let room = r.json()["room"].as_str().expect("room").to_owned();
+    let room = create_room(node, HOST, PASSWORD);
     let mut streams = Vec::new();
     let mut people = Vec::new();
     for name in ["Ann", "Bo"] {
@@ -169,10 +161,7 @@ fn churn_leaves_nothing_behind() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let http_hosts = format!(
-        "[[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
-        cheap_hash(PASSWORD)
-    );
+    let http_hosts = host_account(HOST, PASSWORD);
     let (node, _log) = Node::start_with_http(
         "users = { user = \"pass\" }\nallow_loopback_peers = true\n",
         &http_hosts,

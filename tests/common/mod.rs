@@ -813,6 +813,27 @@ pub fn cheap_hash(password: &str) -> String {
 }
 
 /// `Authorization: Basic` for a host login.
+/// The `[[http.hosts]]` table of one host account (for `Node::start_with_http`).
+pub fn host_account(name: &str, password: &str) -> String {
+    format!(
+        "[[http.hosts]]\nname = \"{name}\"\npassword_hash = \"{}\"\n",
+        cheap_hash(password)
+    )
+}
+
+/// Creates a room as host `name` with `password` (`POST /api/rooms`, 201); its id.
+pub fn create_room(node: &Node, name: &str, password: &str) -> String {
+    let r = http(
+        node.http,
+        "POST",
+        "/api/rooms",
+        &[("Authorization", &basic_auth(name, password))],
+        b"",
+    );
+    assert_eq!(r.status, 201, "create room: {}", r.body);
+    r.json()["room"].as_str().expect("room").to_owned()
+}
+
 pub fn basic_auth(user: &str, password: &str) -> String {
     use base64::Engine;
     let raw = format!("{user}:{password}");

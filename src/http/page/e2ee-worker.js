@@ -41,8 +41,8 @@ function counter(label) {
   return c;
 }
 
-function count(label, passed) {
-  const c = counter(label);
+/** Counts one frame of a stream on its counter `c` (from `counter`). */
+function count(c, passed) {
   c.frames++;
   if (passed) c.passed++;
   else c.dropped++;
@@ -63,12 +63,14 @@ self.onrtctransform = (ev) => {
   const t = ev.transformer;
   const { operation, participant, kind } = t.options || {};
   const label = `${operation} ${kind} ${participant || "self"}`;
-  counter(label).transforms++;
+  // Looked up once per stream, not per frame.
+  const c = counter(label);
+  c.transforms++;
   const transform = new TransformStream({
     transform:
       operation === "encrypt"
-        ? (frame, out) => encrypt(frame, out, kind, label)
-        : (frame, out) => decrypt(frame, out, kind, participant, label),
+        ? (frame, out) => encrypt(frame, out, kind, c)
+        : (frame, out) => decrypt(frame, out, kind, participant, c),
   });
   t.readable
     .pipeThrough(transform)
@@ -95,8 +97,8 @@ function clearHeader(data, n, kind) {
   return header;
 }
 
-async function encrypt(frame, out, kind, label) {
-  if (!key) return count(label, false); // no key yet: send nothing rather than the clear frame
+async function encrypt(frame, out, kind, c) {
+  if (!key) return count(c, false); // no key yet: send nothing rather than the clear frame
   const data = new Uint8Array(frame.data);
   const n = Math.min(clearBytes(frame, kind), data.length);
   const iv = crypto.getRandomValues(new Uint8Array(IV_BYTES));
@@ -111,10 +113,10 @@ async function encrypt(frame, out, kind, label) {
   result[result.length - 1] = FORMAT;
   frame.data = result.buffer;
   out.enqueue(frame);
-  count(label, true);
+  count(c, true);
 }
 
-async function decrypt(frame, out, kind, participant, label) {
+async function decrypt(frame, out, kind, participant, c) {
   const data = new Uint8Array(frame.data);
   const n = clearBytes(frame, kind);
   const ok = key && data.length >= n + TAG_BYTES + IV_BYTES + 1 && data[data.length - 1] === FORMAT;
@@ -128,14 +130,14 @@ async function decrypt(frame, out, kind, participant, label) {
       );
       frame.data = plain;
       out.enqueue(frame);
-      count(label, true);
+      count(c, true);
       report(participant, true);
       return;
     } catch (_) {
       /* another key, or damaged */
     }
   }
-  count(label, false);
+  count(c, false);
   report(participant, false);
 }
 
