@@ -216,12 +216,16 @@ impl Default for MediaConfig {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct StoreConfig {
     pub(crate) path: PathBuf,
+    /// `postgres://...`: rooms and the live node set in PostgreSQL, shared with other
+    /// nodes (see `cluster`); empty, the embedded store under `path` alone.
+    pub(crate) url: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("confnode-data"),
+            url: String::new(),
         }
     }
 }
@@ -647,6 +651,21 @@ impl Config {
                 "downlink_start_kbps",
                 "must be between media.downlink_min_kbps and media.downlink_max_kbps",
             );
+        }
+        if !self.store.url.is_empty() {
+            if !(self.store.url.starts_with("postgres://")
+                || self.store.url.starts_with("postgresql://"))
+            {
+                err("store", "url", "must be a postgres:// URL, or empty");
+            }
+            if self.turn.auth_secret.iter().all(String::is_empty) {
+                err(
+                    "store",
+                    "url",
+                    "nodes sharing a store must share turn.auth_secret too: each checks the \
+                     TURN credentials the others hand out",
+                );
+            }
         }
         if self.store.path.as_os_str().is_empty() {
             err("store", "path", "must not be empty");

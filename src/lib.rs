@@ -13,6 +13,7 @@
 // documented, everything else is `pub(crate)`.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod cluster;
 pub mod config;
 pub mod date;
 pub mod http;

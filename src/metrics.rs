@@ -299,6 +299,9 @@ pub struct Metrics {
     pub(crate) busiest_worker: Gauge,
     pub(crate) overload_refused_allocations: Counter,
     pub(crate) overload_refused_joins: Counter,
+    /// Live nodes in the shared store, this one included (0 without `store.url`); set
+    /// every second.
+    pub(crate) cluster_nodes: Gauge,
 }
 
 /// The counters of one transport, cloned into each worker or connection task.
@@ -340,6 +343,12 @@ impl Metrics {
         let busiest_worker = Gauge::default();
         let overload_refused_allocations = Counter::default();
         let overload_refused_joins = Counter::default();
+        let cluster_nodes = Gauge::default();
+        registry.register(
+            "cluster_nodes",
+            "Live nodes sharing rooms through store.url, this one included (0 without a shared store)",
+            cluster_nodes.clone(),
+        );
         registry.register(
             "overloaded",
             "1 while new allocations (508) and joins (503) are refused because a data-plane worker is past node.overload_percent",
@@ -422,6 +431,7 @@ impl Metrics {
             busiest_worker,
             overload_refused_allocations,
             overload_refused_joins,
+            cluster_nodes,
         };
         // Create every series up front so scrapers see zeros, not missing series.
         for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {

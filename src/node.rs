@@ -311,6 +311,8 @@ async fn control_plane(
             status so that the service manager restarts the node".to_owned()),
     };
     tracing::info!("shutting down");
+    // Other nodes take this one's rooms at their next join from now on.
+    drain.rooms.leave_cluster();
     tasks.shutdown().await;
     result
 }

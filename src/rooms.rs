@@ -453,6 +453,11 @@ impl Rooms {
             .collect()
     }
 
+    /// Whether a live (not expired) room by this id is here.
+    pub(crate) fn holds(&self, room: &str, now: u64) -> bool {
+        self.live(room, now).is_ok()
+    }
+
     /// A new empty room for `host`; its id carries 128 random bits.
     pub(crate) fn create(
         &mut self,
@@ -479,7 +484,7 @@ impl Rooms {
             self.rooms.retain(|_, r| !r.is_expired(ttl, now));
         }
         let id = loop {
-            let id = random_text::<ROOM_ID_BYTES>(rng);
+            let id = new_room_id(rng);
             if !self.rooms.contains_key(&id) {
                 break id;
             }
@@ -893,6 +898,21 @@ fn is_forbidden(c: char) -> bool {
             | '\u{FEFF}')
 }
 
+/// A room id: [`ROOM_ID_BYTES`] random bytes in base64url (also for a room that a
+/// shared store places on another node).
+pub(crate) fn new_room_id(rng: &mut impl RngCore) -> String {
+    random_text::<ROOM_ID_BYTES>(rng)
+}
+
+/// Whether `text` could be a room id (what [`new_room_id`] makes): checked before a
+/// shared store is asked for it.
+pub(crate) fn is_room_id(text: &str) -> bool {
+    text.len() == ROOM_ID_BYTES.div_ceil(3) * 4 - (3 - ROOM_ID_BYTES % 3) % 3
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// `N` random bytes as unpadded base64url text.
 fn random_text<const N: usize>(rng: &mut impl RngCore) -> String {
     let mut raw = [0u8; N];
@@ -1272,6 +1292,16 @@ mod tests {
         );
         rooms.set_locked(&room, "dana", false, 5).unwrap();
         assert!(rooms.join(&room, name("Cy"), &mut rng, 5).is_ok());
+    }
+
+    #[test]
+    fn room_ids_are_recognised() {
+        let mut rng = TestRng(7);
+        let id = new_room_id(&mut rng);
+        assert_eq!(id.len(), 22);
+        assert!(is_room_id(&id));
+        assert!(!is_room_id(&id[1..]));
+        assert!(!is_room_id("aaaaaaaaaaaaaaaaaaaa/."));
     }
 
     #[test]

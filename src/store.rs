@@ -196,6 +196,16 @@ impl HostKey {
         HostKey(key)
     }
 
+    /// The key in hex, as a shared store keeps it for every node.
+    pub(crate) fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// A key written by [`HostKey::to_hex`].
+    pub(crate) fn from_hex(text: &str) -> Option<HostKey> {
+        hex_decode::<HOST_KEY_LEN>(text.as_bytes()).map(HostKey)
+    }
+
     /// HMAC-SHA256(key, host name), in hex: what rooms keep as their host.
     pub fn hash(&self, host: &str) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key");
@@ -252,6 +262,11 @@ mod tests {
     #[test]
     fn records_round_trip_and_bad_ones_are_refused() {
         let key = HostKey::random();
+        assert_eq!(
+            HostKey::from_hex(&key.to_hex()).map(|k| k.hash("dana")),
+            Some(key.hash("dana"))
+        );
+        assert!(HostKey::from_hex("00").is_none());
         let r = room("x", &key);
         let bytes = r.encode().unwrap();
         assert_eq!(StoredRoom::decode("x", &bytes), Some(r));

@@ -19,6 +19,9 @@ command -v openssl >/dev/null || packages+=(openssl)
 [ -x /usr/bin/firefox-esr ] || packages+=(firefox-esr)
 # A receiver behind a narrow link (tests/browser.rs): network namespaces and tc.
 command -v tc >/dev/null || packages+=(iproute2)
+# Several nodes on one shared store (tests/cluster.rs): a throwaway PostgreSQL cluster
+# made with Debian's initdb and pg_ctl.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || packages+=(postgresql)
 command -v node >/dev/null || packages+=(nodejs)
 command -v npm >/dev/null || packages+=(npm)
 if ((${#packages[@]})); then

@@ -64,12 +64,8 @@ pub fn router(state: AppState) -> Router {
         ));
     }
     let participant = "/api/rooms/{room}/participants/{participant}";
-    let cors = cors(&state.cors_origins);
+    let cors = cors(&state);
     let router = Router::new()
-        .route("/api/health", get(health))
-        .route("/api/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
-        .route("/api/rooms", post(rooms::create_room))
         .route(
             "/api/rooms/{room}",
             get(rooms::get_room)
@@ -90,6 +86,13 @@ pub fn router(state: AppState) -> Router {
             &format!("{participant}/preferences"),
             put(rooms::preferences),
         )
+        // Calls on one room: with a shared store, those of another node's rooms are
+        // redirected there.
+        .route_layer(middleware::from_fn_with_state(state.clone(), rooms::locate))
+        .route("/api/health", get(health))
+        .route("/api/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/api/rooms", post(rooms::create_room))
         .merge(page::routes())
         .layer(DefaultBodyLimit::max(rooms::MAX_BODY))
         .layer(middleware::from_fn(security_headers))
@@ -103,21 +106,32 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
-/// CORS for the origins of `http.cors_origins` (none: no CORS headers at all, and
-/// browsers keep other sites' scripts away from the API). Bearer tokens and Basic
-/// logins travel in `Authorization`, never in cookies, so no credentials mode.
-fn cors(origins: &[String]) -> Option<CorsLayer> {
+/// CORS for the origins of `http.cors_origins` and, with a shared store, for the pages
+/// of the live nodes, which the room API's redirects send here (none of either: no
+/// CORS headers at all, and browsers keep other sites' scripts away from the API).
+/// Bearer tokens and Basic logins travel in `Authorization`, never in cookies, so no
+/// credentials mode.
+fn cors(state: &AppState) -> Option<CorsLayer> {
     use axum::http::Method;
-    if origins.is_empty() {
+    if state.cors_origins.is_empty() && !state.rooms.is_clustered() {
         return None;
     }
-    let origins: Vec<HeaderValue> = origins
+    let listed: Vec<HeaderValue> = state
+        .cors_origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
+    let allow = if state.rooms.is_clustered() {
+        let rooms = state.rooms.clone();
+        AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            listed.contains(origin) || origin.to_str().is_ok_and(|o| rooms.is_node_origin(o))
+        })
+    } else {
+        AllowOrigin::list(listed)
+    };
     Some(
         CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
+            .allow_origin(allow)
             .allow_methods([
                 Method::GET,
                 Method::POST,

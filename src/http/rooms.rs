@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use super::auth::{HostAuth, ONE_TIME_ACCOUNT, Refusal};
 use super::limit::PerSource;
 use super::{AppState, error};
+use crate::cluster::{Cluster, Located};
 use crate::config::Config;
 use crate::load::Load;
 use crate::metrics::Metrics;
@@ -79,8 +80,10 @@ pub(crate) struct RoomsApi {
     joins: PerSource,
     /// Where rooms are kept across restarts, what it holds now, and the key host names
     /// are hashed with before a room keeps them.
-    store: Box<dyn RoomStore>,
+    store: Arc<dyn RoomStore>,
     kept: Mutex<HashMap<String, StoredRoom>>,
+    /// The shared store and node set (`store.url`), when there is one.
+    cluster: Option<Arc<Cluster>>,
     host_key: HostKey,
     /// Set when the node drains: no new rooms or participants (503).
     draining: AtomicBool,
@@ -163,13 +166,27 @@ impl RoomsApi {
         }
         let dir = &config.store.path;
         let in_store = |e: String| format!("store.path: {e}");
-        let store = RedbStore::open(dir).map_err(in_store)?;
-        let host_key = HostKey::load_or_create(dir).map_err(in_store)?;
+        let mut host_key = HostKey::load_or_create(dir).map_err(in_store)?;
+        let (store, cluster): (Arc<dyn RoomStore>, _) = if config.store.url.is_empty() {
+            (Arc::new(RedbStore::open(dir).map_err(in_store)?), None)
+        } else {
+            let in_url = |e: String| format!("store.url: {e}");
+            let cluster = Cluster::start(
+                &config.store.url,
+                &http.public_url.0,
+                media.candidates().to_vec(),
+            )
+            .map_err(in_url)?;
+            // The first node's key hashes every node's hosts: a host who made a room
+            // through one node manages it through any.
+            host_key = cluster.host_key(&host_key).map_err(in_url)?;
+            (cluster.clone(), Some(cluster))
+        };
         let mut rooms = Rooms::new(Limits::new(
             config.rooms.ttl_hours,
             config.rooms.max_participants,
         ));
-        let kept = restore_rooms(&mut rooms, &store)?;
+        let kept = restore_rooms(&mut rooms, &*store)?;
         Ok(RoomsApi {
             hub: Mutex::new(Hub {
                 rooms,
@@ -183,8 +200,9 @@ impl RoomsApi {
             next_stream: AtomicU64::new(1),
             media,
             joins: PerSource::new(JOINS_PER_MINUTE, 60),
-            store: Box::new(store),
+            store,
             kept: Mutex::new(kept),
+            cluster,
             host_key,
             draining: AtomicBool::new(false),
             load: OnceLock::new(),
@@ -200,6 +218,9 @@ impl RoomsApi {
     /// From now on no new rooms or participants; who is in a call stays.
     pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        if let Some(c) = &self.cluster {
+            c.own.draining.store(true, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -239,6 +260,37 @@ impl RoomsApi {
             kept.insert(r.id.clone(), r);
         }
         Ok(())
+    }
+
+    /// A room of the shared store that this node serves from now on.
+    fn take_over(&self, stored: &StoredRoom) {
+        let now = unix_now();
+        if self.hub().rooms.restore(stored, now) {
+            self.kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(stored.id.clone(), stored.clone());
+            self.persist_or_log();
+        }
+    }
+
+    /// Whether the shared store's live nodes include the page at `origin` (CORS).
+    pub(crate) fn is_node_origin(&self, origin: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.is_node_origin(origin))
+    }
+
+    /// Whether rooms are shared with other nodes (`store.url`).
+    pub(crate) fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// A node that stops leaves the shared store's live set at once.
+    pub(crate) fn leave_cluster(&self) {
+        if let Some(c) = &self.cluster {
+            c.leave();
+        }
     }
 
     /// [`RoomsApi::persist`], where a failure is only logged (the change stands in
@@ -296,6 +348,14 @@ impl RoomsApi {
                 metrics
                     .busiest_worker
                     .set(i64::from(load.busiest_percent()));
+                if let Some(c) = &api.cluster {
+                    c.own
+                        .load_percent
+                        .store(load.busiest_percent(), Ordering::Relaxed);
+                }
+            }
+            if let Some(c) = &api.cluster {
+                metrics.cluster_nodes.set(c.live().len() as i64);
             }
             ticks += 1;
             if ticks.is_multiple_of(ROOM_SWEEP_TICKS) {
@@ -725,6 +785,12 @@ pub(crate) async fn create_room(
         Err(r) => return refused(r),
     };
     let now = unix_now();
+    if let Some(cluster) = &api.cluster {
+        let node = cluster.place();
+        if node != cluster.me() {
+            return create_elsewhere(api, cluster, host, node, now).await;
+        }
+    }
     let created = api.hub().rooms.create(&host, &mut OsRng, now);
     match created {
         Ok(view) => {
@@ -751,6 +817,100 @@ pub(crate) async fn create_room(
         }
         Err(e) => room_error(e),
     }
+}
+
+/// A new room kept in the shared store for `node` to serve (it takes the room into
+/// memory when first asked for it); the link names this node, whose API redirects.
+async fn create_elsewhere(
+    api: &Arc<RoomsApi>,
+    cluster: &Arc<Cluster>,
+    host: String,
+    node: String,
+    now: u64,
+) -> Response {
+    let room = StoredRoom {
+        id: crate::rooms::new_room_id(&mut OsRng),
+        host,
+        idle_since: now,
+        occupied: false,
+        locked: false,
+    };
+    let (c, r, n) = (cluster.clone(), room.clone(), node.clone());
+    let inserted = tokio::task::spawn_blocking(move || c.insert(&r, &n)).await;
+    if let Err(e) = inserted.map_err(|e| e.to_string()).and_then(|r| r) {
+        tracing::error!("cannot write a room to store.url: {e}");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the room could not be saved; try again later",
+        );
+    }
+    tracing::info!(room = %room.id, node = %node, "room created on another node");
+    let ttl = api.hub().rooms.limits().ttl_secs;
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "room": room.id,
+            "url": format!("{}/r/{}", api.public_url, room.id),
+            "expires_at": crate::date::rfc3339(now.saturating_add(ttl)),
+        })),
+    )
+        .into_response()
+}
+
+/// Before every call on one room (`/api/rooms/{room}/...`), with a shared store: a
+/// room this node does not hold is looked up there. One of another live node is
+/// answered with a redirect (307, so the method and body go along) to the same path on
+/// that node; one of this node's (after a restart) or of a node that left is taken into
+/// memory here, and the call goes on. Redirects rather than proxying: the page's event
+/// stream and SDP calls then run between the page and the room's node, and no node
+/// carries another's traffic or depends on it being up; the page's origin may call every
+/// live node (CORS, see `http::cors`).
+pub(crate) async fn locate(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let api = &state.rooms;
+    let Some(cluster) = api.cluster.clone() else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    let room = path
+        .strip_prefix("/api/rooms/")
+        .map(|rest| rest.split('/').next().unwrap_or(rest))
+        .unwrap_or_default();
+    if !crate::rooms::is_room_id(room) || api.hub().rooms.holds(room, unix_now()) {
+        return next.run(request).await;
+    }
+    let (c, r) = (cluster.clone(), room.to_owned());
+    let located = tokio::task::spawn_blocking(move || c.locate(&r)).await;
+    match located.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(Located::Nowhere) => next.run(request).await,
+        Ok(Located::Here(stored)) => {
+            api.take_over(&stored);
+            next.run(request).await
+        }
+        Ok(Located::At(node)) => {
+            let target = request.uri().path_and_query().map_or(path, |p| p.as_str());
+            redirect(&format!("{node}{target}"))
+        }
+        Err(e) => {
+            tracing::error!("cannot look a room up in store.url: {e}");
+            unavailable("the room's node cannot be found right now; try again", "5")
+        }
+    }
+}
+
+/// 307 to `location`, with the usual JSON message.
+fn redirect(location: &str) -> Response {
+    let mut response = error(
+        StatusCode::TEMPORARY_REDIRECT,
+        "the room is served by another node",
+    );
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 /// `GET /api/rooms/{room}`

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use confnode::stun::message::{Class, Message, Writer, attr, long_term_key, method};
 
+pub mod postgres;
 pub mod sim;
 pub mod turn;
 
@@ -407,7 +408,8 @@ impl NodeOutput {
 
 impl Node {
     /// Like [`Node::start_with_turn`], with `http` (keys of `[http]`, one per line) written
-    /// into the generated `[http]` table; the node's output is collected (and echoed).
+    /// into the generated `[http]` table (`{HTTP_PORT}` there becomes the port it listens
+    /// on); the node's output is collected (and echoed).
     pub fn start_with_http(turn: &str, http: &str, extra: &str) -> (Node, NodeOutput) {
         Node::start_binary_with_http(Path::new(BIN), turn, http, extra)
     }
@@ -470,6 +472,9 @@ impl Node {
                 format!("127.0.0.1:{http_port}"),
             ),
         };
+        // `{HTTP_PORT}` in the [http] keys is the port this attempt listens on (for a
+        // public_url that must name it).
+        let http = http.replace("{HTTP_PORT}", &http_port.to_string());
         let config = format!(
             "[turn]\nlisten = [{turn_listen}]\n{turn}\n\
              [http]\nlisten = \"{http_listen}\"\n{http}\n\

@@ -1,0 +1,237 @@
+//! Several nodes sharing rooms through PostgreSQL (`store.url`), against a throwaway
+//! cluster of Debian's `postgresql` started by each test: the store's contract holds
+//! for the embedded store and the shared one alike; a room created through one node is
+//! joined through the other; a node that is killed leaves placement and its rooms are
+//! served by another at their next join.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::postgres::Postgres;
+use common::{Node, NodeOutput, basic_auth, host_account, http};
+use confnode::cluster::Cluster;
+use confnode::store::{HostKey, RedbStore, RoomStore, StoredRoom};
+
+const HOST: &str = "dana";
+const PASSWORD: &str = "a host password";
+/// Every node of a shared store signs and checks TURN credentials with this.
+const TURN_SECRET: &str = "a TURN REST secret the nodes share";
+
+fn room(id: &str, key: &HostKey, idle_since: u64) -> StoredRoom {
+    StoredRoom {
+        id: id.to_owned(),
+        host: key.hash(HOST),
+        idle_since,
+        occupied: false,
+        locked: false,
+    }
+}
+
+fn sorted(store: &dyn RoomStore) -> Vec<StoredRoom> {
+    let (mut rooms, unreadable) = store.load().expect("load");
+    assert_eq!(unreadable, 0);
+    rooms.sort_by(|a, b| a.id.cmp(&b.id));
+    rooms
+}
+
+/// What the room API asks of any store: writes are there when read back, overwrite,
+/// and removals remove; nothing else is there.
+fn store_contract(store: &dyn RoomStore) {
+    let key = HostKey::random();
+    assert_eq!(sorted(store), vec![]);
+    let mut b = room("b", &key, 20);
+    b.locked = true;
+    b.occupied = true;
+    store
+        .write(&[room("a", &key, 10), b.clone(), room("c", &key, 30)], &[])
+        .expect("write");
+    store.write(&[], &["c".to_owned()]).expect("remove");
+    assert_eq!(sorted(store), vec![room("a", &key, 10), b.clone()]);
+    b.locked = false;
+    b.idle_since = 25;
+    store
+        .write(&[b.clone()], &["a".to_owned(), "never-there".to_owned()])
+        .expect("overwrite");
+    assert_eq!(sorted(store), vec![b]);
+}
+
+#[test]
+fn the_store_contract_holds_for_the_embedded_and_the_shared_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    store_contract(&RedbStore::open(dir.path()).expect("redb"));
+    let pg = Postgres::start();
+    let a = Cluster::start(&pg.url, "http://127.0.0.1:1", vec![]).expect("shared store");
+    store_contract(&*a);
+    // A second node's rooms are its own: it sees none of the first's.
+    let b = Cluster::start(&pg.url, "http://127.0.0.1:2", vec![]).expect("shared store");
+    let key = HostKey::random();
+    a.write(&[room("of-a", &key, 1)], &[]).expect("write");
+    assert!(sorted(&*b).is_empty());
+    // Nor may it remove them.
+    b.write(&[], &["of-a".to_owned()]).expect("remove");
+    assert_eq!(sorted(&*a).len(), 2);
+}
+
+/// A node on the shared store: its public URL is where it listens.
+fn node(pg: &Postgres) -> (Node, NodeOutput) {
+    let turn = format!("auth_secret = [\"{TURN_SECRET}\"]");
+    let http = format!(
+        "public_url = \"http://127.0.0.1:{{HTTP_PORT}}\"\n{}",
+        host_account(HOST, PASSWORD)
+    );
+    // Keys at the start of `extra` land in the generated [store] table.
+    let store = format!("url = \"{}\"\n", pg.url);
+    Node::start_with_http(&turn, &http, &store)
+}
+
+fn public_url(node: &Node) -> String {
+    format!("http://{}", node.http)
+}
+
+/// Waits until `node` counts `n` live nodes in the shared store.
+fn wait_nodes(node: &Node, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if node.metric("confnode_cluster_nodes") == n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "{}: confnode_cluster_nodes stayed {} (expected {n})",
+        public_url(node),
+        node.metric("confnode_cluster_nodes")
+    );
+}
+
+fn create(node: &Node) -> String {
+    let r = http(
+        node.http,
+        "POST",
+        "/api/rooms",
+        &[("Authorization", &basic_auth(HOST, PASSWORD))],
+        b"",
+    );
+    assert_eq!(r.status, 201, "create room: {}", r.body);
+    let id = r.json()["room"].as_str().expect("room").to_owned();
+    assert_eq!(
+        r.json()["url"].as_str(),
+        Some(format!("{}/r/{id}", public_url(node)).as_str()),
+        "the link names the node that was asked"
+    );
+    id
+}
+
+/// Joins `room` through `node`: Ok(participant) when that node serves the room, Err(the
+/// node it redirects to) when another does.
+fn join(node: &Node, room: &str) -> Result<String, String> {
+    let path = format!("/api/rooms/{room}/participants");
+    let r = http(
+        node.http,
+        "POST",
+        &path,
+        &[("Content-Type", "application/json")],
+        br#"{"display_name":"Erin"}"#,
+    );
+    match r.status {
+        201 => Ok(r.json()["participant"]
+            .as_str()
+            .expect("participant")
+            .to_owned()),
+        307 => {
+            let location = r.header("Location").expect("a redirect names its target");
+            let target = location
+                .strip_suffix(&path)
+                .unwrap_or_else(|| panic!("redirected elsewhere than the same path: {location}"));
+            Err(target.to_owned())
+        }
+        s => panic!("join through {}: {s} {}", public_url(node), r.body),
+    }
+}
+
+#[test]
+fn rooms_created_through_one_node_are_served_by_either_and_move_when_a_node_dies() {
+    let pg = Postgres::start();
+    let (mut a, _a_log) = node(&pg);
+    let (b, _b_log) = node(&pg);
+    wait_nodes(&a, 2.0);
+    wait_nodes(&b, 2.0);
+    // Placement spreads rooms: among a few created through A, some go to B (the node
+    // with fewer rooms), and each is joined through either node.
+    let rooms: Vec<String> = (0..4).map(|_| create(&a)).collect();
+    let mut on_b = Vec::new();
+    let mut on_a = Vec::new();
+    for r in &rooms {
+        match join(&a, r) {
+            Ok(_) => on_a.push(r.clone()),
+            Err(target) => {
+                assert_eq!(target, public_url(&b), "redirected to the other node");
+                // Through B itself it is served; through A again, redirected there.
+                join(&b, r).expect("the room's node serves it");
+                on_b.push(r.clone());
+            }
+        }
+    }
+    assert!(
+        !on_a.is_empty() && !on_b.is_empty(),
+        "A: {on_a:?}, B: {on_b:?}"
+    );
+    for r in &on_a {
+        assert_eq!(join(&b, r), Err(public_url(&a)));
+    }
+    // The room's state is the node's: B's room shows Erin, asked through B.
+    let view = http(b.http, "GET", &format!("/api/rooms/{}", on_b[0]), &[], b"");
+    assert_eq!(view.status, 200, "{}", view.body);
+    assert_eq!(
+        view.json()["participants"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // Through A, the same answer after a redirect.
+    let via_a = http(a.http, "GET", &format!("/api/rooms/{}", on_b[0]), &[], b"");
+    assert_eq!(via_a.status, 307);
+    // A page on A's origin may follow the redirect to B (CORS for the live nodes).
+    let preflight = http(
+        b.http,
+        "OPTIONS",
+        &format!("/api/rooms/{}/participants", on_b[0]),
+        &[
+            ("Origin", &public_url(&a)),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+        b"",
+    );
+    assert_eq!(
+        preflight.header("Access-Control-Allow-Origin").as_deref(),
+        Some(public_url(&a).as_str()),
+        "{}",
+        preflight.head
+    );
+    let stranger = http(
+        b.http,
+        "OPTIONS",
+        "/api/rooms",
+        &[
+            ("Origin", "http://stranger.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        b"",
+    );
+    assert_eq!(stranger.header("Access-Control-Allow-Origin"), None);
+    // An unknown room is unknown through every node.
+    let missing = http(a.http, "GET", "/api/rooms/AAAAAAAAAAAAAAAAAAAAAA", &[], b"");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    // A is killed: once its heartbeat is old, B alone takes new rooms, and A's rooms
+    // are served by B at their next join.
+    a.kill();
+    wait_nodes(&b, 1.0);
+    for _ in 0..3 {
+        let r = create(&b);
+        join(&b, &r).expect("a new room lands on the live node");
+    }
+    for r in &on_a {
+        join(&b, r).expect("a dead node's room is taken over at its next join");
+    }
+}
