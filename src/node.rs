@@ -14,7 +14,7 @@ use crate::sfu::bwe::BweConfig;
 use crate::sfu::dtls::{DtlsError, DtlsIdentity};
 use crate::sfu::session::{Epoch, MediaSessions};
 use crate::turn::auth::Auth;
-use crate::turn::policy::PeerPolicy;
+use crate::turn::policy::{OtherNodes, PeerPolicy};
 use crate::turn::server::{Limits, Settings, Shared, TurnCore};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,7 +36,9 @@ pub fn run_from(config: Config, path: Option<std::path::PathBuf>) -> Result<(), 
     let shutdown = Arc::new(AtomicBool::new(false));
     let liveness = Arc::new(Liveness::default());
     let udp_listen = udp_listen_addresses(&config)?;
-    let turn = Arc::new(turn_shared(&config, &udp_listen, &metrics));
+    // Filled from the shared store's live set (`store.url`), kept across reloads.
+    let other_nodes = Arc::new(OtherNodes::default());
+    let turn = Arc::new(turn_shared(&config, &udp_listen, &metrics, &other_nodes));
     // How busy the workers are: new allocations and joins are refused while one of
     // them is past `node.overload_percent`.
     let load = Arc::new(Load::new(config.node.worker_count()).counting(
@@ -124,6 +126,7 @@ pub fn run_from(config: Config, path: Option<std::path::PathBuf>) -> Result<(), 
         path,
         running: config.clone(),
         udp_listen,
+        other_nodes,
     };
     let result = runtime.block_on(control_plane(
         &config,
@@ -263,6 +266,7 @@ async fn control_plane(
     let http = tokio::net::TcpListener::from_std(http_listener).map_err(|e| e.to_string())?;
     let state = crate::http::AppState::new(config, metrics.clone(), media, liveness.clone())?;
     state.rooms.watch_load(load);
+    state.rooms.feed_other_nodes(reload.other_nodes.clone());
     // TURN asks the room API whether a room credential's participant is still in.
     let presence: std::sync::Arc<dyn crate::turn::auth::Presence> = state.rooms.clone();
     let _ = streams
@@ -415,6 +419,8 @@ struct Reload {
     /// The configuration in force (TURN REST secrets already the effective ones).
     running: Config,
     udp_listen: Vec<SocketAddr>,
+    /// The other live nodes' media addresses, which the peer policy lets through.
+    other_nodes: Arc<OtherNodes>,
 }
 
 /// What SIGHUP changes in the running node.
@@ -464,7 +470,7 @@ impl Reload {
         let t = &next.turn;
         live.auth.replace_credentials(&t.users, &t.auth_secret);
         live.turn
-            .replace_settings(turn_settings(&next, &self.udp_listen));
+            .replace_settings(turn_settings(&next, &self.udp_listen, &self.other_nodes));
         live.rooms.reload(&next, &t.auth_secret);
         self.running = next;
         tracing::info!(
@@ -500,13 +506,18 @@ impl Reload {
 }
 
 /// What every TURN core shares, from the configuration.
-fn turn_shared(config: &Config, udp_listen: &[SocketAddr], metrics: &Metrics) -> Shared {
+fn turn_shared(
+    config: &Config,
+    udp_listen: &[SocketAddr],
+    metrics: &Metrics,
+    other_nodes: &Arc<OtherNodes>,
+) -> Shared {
     let t = &config.turn;
     let (relay_v4, relay_v6) = (
         relay_ip(config, udp_listen, false),
         relay_ip(config, udp_listen, true),
     );
-    let Settings { limits, policy } = turn_settings(config, udp_listen);
+    let Settings { limits, policy } = turn_settings(config, udp_listen, other_nodes);
     Shared::new(
         limits,
         t.relay_ports,
@@ -520,7 +531,11 @@ fn turn_shared(config: &Config, udp_listen: &[SocketAddr], metrics: &Metrics) ->
 }
 
 /// The TURN limits and peer policy of `config` (at start, and on SIGHUP).
-fn turn_settings(config: &Config, udp_listen: &[SocketAddr]) -> Settings {
+fn turn_settings(
+    config: &Config,
+    udp_listen: &[SocketAddr],
+    other_nodes: &Arc<OtherNodes>,
+) -> Settings {
     let t = &config.turn;
     let limits = Limits {
         max_allocations: t.max_allocations,
@@ -563,7 +578,8 @@ fn turn_settings(config: &Config, udp_listen: &[SocketAddr]) -> Settings {
         &t.denied_peers,
         &own,
     )
-    .with_host(&host, (t.relay_ports.first, t.relay_ports.last));
+    .with_host(&host, (t.relay_ports.first, t.relay_ports.last))
+    .with_nodes(other_nodes.clone());
     Settings { limits, policy }
 }
 

@@ -235,3 +235,112 @@ fn rooms_created_through_one_node_are_served_by_either_and_move_when_a_node_dies
         join(&b, r).expect("a dead node's room is taken over at its next join");
     }
 }
+
+/// A room served by `node` (created and joined through it) and the join's answer.
+fn room_served_by(node: &Node, other: &Node) -> serde_json::Value {
+    for _ in 0..8 {
+        let room = create(node);
+        let r = http(
+            node.http,
+            "POST",
+            &format!("/api/rooms/{room}/participants"),
+            &[("Content-Type", "application/json")],
+            br#"{"display_name":"Erin"}"#,
+        );
+        if r.status == 201 {
+            return r.json();
+        }
+        assert_eq!(r.status, 307, "{}", r.body);
+        // Placed on the other node: the next one goes here.
+        join(other, &room).expect("served by the other node");
+    }
+    panic!("no room was placed on {}", public_url(node));
+}
+
+/// Credentials that node A handed to a participant of one of its rooms are taken by
+/// node B's TURN server, whose relay reaches A's media port (a STUN Binding through it
+/// is answered by A) and no other port of A's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_one_node_relay_through_the_other_to_its_media_port_only() {
+    use std::sync::Arc;
+    use turn::client::{Client, ClientConfig};
+    use webrtc_util::Conn;
+
+    let pg = Postgres::start();
+    let (a, _a_log) = node(&pg);
+    let (b, _b_log) = node(&pg);
+    wait_nodes(&a, 2.0);
+    wait_nodes(&b, 2.0);
+    let joined = room_served_by(&a, &b);
+    let server = &joined["ice_servers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["username"].is_string()))
+        .expect("TURN credentials in the join answer");
+    let (username, password) = (
+        server["username"].as_str().expect("username").to_owned(),
+        server["credential"]
+            .as_str()
+            .expect("credential")
+            .to_owned(),
+    );
+    // B's peer policy learns A's media address from the live set (every second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: b.stun.to_string(),
+        turn_serv_addr: b.stun.to_string(),
+        username,
+        password,
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .expect("turn client");
+    client.listen().await.expect("listen");
+    let relay = tokio::time::timeout(Duration::from_secs(10), client.allocate())
+        .await
+        .expect("allocate in time")
+        .expect("B takes A's credentials");
+
+    // A STUN Binding request to A's media port, through B's relay: A answers.
+    let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    binding.extend_from_slice(b"cluster-test");
+    let mut answered = false;
+    for _ in 0..5 {
+        relay.send_to(&binding, a.stun).await.expect("send");
+        let mut buf = [0u8; 1500];
+        if let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_secs(1), relay.recv_from(&mut buf)).await
+        {
+            assert_eq!(from, a.stun);
+            assert!(n >= 20 && buf[..2] == [0x01, 0x01], "a Binding success");
+            assert_eq!(&buf[8..20], b"cluster-test");
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "A's media port did not answer through B's relay");
+
+    // Another UDP port on A's address is not reachable through the relay.
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    other
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let target = other.local_addr().expect("addr");
+    for _ in 0..3 {
+        let _ = relay.send_to(b"not for this port", target).await;
+    }
+    let mut buf = [0u8; 100];
+    assert!(
+        other.recv_from(&mut buf).is_err(),
+        "B relayed to a port of A's address other than its media port"
+    );
+    let _ = relay.close().await;
+    let _ = client.close().await;
+}

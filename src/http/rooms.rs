@@ -44,6 +44,7 @@ use crate::sfu::sdp::PublishOffer;
 use crate::sfu::session::{MediaSessions, PublishRefusal, REOFFER_WINDOW_MS};
 use crate::sfu::speaker::{Loudness, Speakers};
 use crate::store::{HostKey, RedbStore, RoomStore, StoredRoom};
+use crate::turn::policy::OtherNodes;
 
 /// Largest request body: an SDP answer in a large room (a 50-person room's is about
 /// 70 KB; the answer's own bound, twice our offer, is checked after).
@@ -89,12 +90,22 @@ pub(crate) struct RoomsApi {
     draining: AtomicBool,
     /// How busy the data plane is: no new participants while it is overloaded (503).
     load: OnceLock<Arc<Load>>,
+    /// Where the other live nodes' media addresses go for TURN's peer policy.
+    other_nodes: OnceLock<Arc<OtherNodes>>,
 }
 
 /// Room credentials are good while their participant is in the room.
 impl crate::turn::auth::Presence for RoomsApi {
+    /// A room another node of the shared store serves is asked about its credentials'
+    /// signature and expiry only (checked before): a participant may take any node's
+    /// relay to its room's node.
     fn is_present(&self, room: &str, participant: &str) -> bool {
-        self.hub().rooms.contains(room, participant, unix_now())
+        let now = unix_now();
+        let hub = self.hub();
+        if hub.rooms.holds(room, now) || self.cluster.is_none() {
+            return hub.rooms.contains(room, participant, now);
+        }
+        true
     }
 }
 
@@ -206,6 +217,7 @@ impl RoomsApi {
             host_key,
             draining: AtomicBool::new(false),
             load: OnceLock::new(),
+            other_nodes: OnceLock::new(),
         })
     }
 
@@ -213,6 +225,12 @@ impl RoomsApi {
     /// figures go on `/metrics` every second.
     pub(crate) fn watch_load(&self, load: Arc<Load>) {
         let _ = self.load.set(load);
+    }
+
+    /// With a shared store, the other live nodes' media addresses are written to
+    /// `nodes` every second, so TURN relays to them (see [`OtherNodes`]).
+    pub(crate) fn feed_other_nodes(&self, nodes: Arc<OtherNodes>) {
+        let _ = self.other_nodes.set(nodes);
     }
 
     /// From now on no new rooms or participants; who is in a call stays.
@@ -355,7 +373,16 @@ impl RoomsApi {
                 }
             }
             if let Some(c) = &api.cluster {
-                metrics.cluster_nodes.set(c.live().len() as i64);
+                let live = c.live();
+                metrics.cluster_nodes.set(live.len() as i64);
+                if let Some(nodes) = api.other_nodes.get() {
+                    let media: Vec<SocketAddr> = live
+                        .into_iter()
+                        .filter(|n| n.url != c.me())
+                        .flat_map(|n| n.media)
+                        .collect();
+                    nodes.set(&media);
+                }
             }
             ticks += 1;
             if ticks.is_multiple_of(ROOM_SWEEP_TICKS) {

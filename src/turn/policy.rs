@@ -11,6 +11,8 @@
 //! enough to run on every Send indication.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::config::Cidr;
 
@@ -92,6 +94,39 @@ const RESERVED_V6: &[(Ipv6Addr, u8)] = &[
 /// a whole: new special ranges there are covered before anyone lists them.
 const GLOBAL_UNICAST_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0), 3);
 
+/// The media addresses of the other live nodes of a shared store (`cluster`): a relay
+/// reaches them as it reaches this node's own, exact address and port only, so a
+/// participant may use any node's TURN server for a room on any node. Empty without a
+/// shared store; looked at only for a peer that would be refused otherwise.
+#[derive(Debug, Default)]
+pub struct OtherNodes {
+    any: AtomicBool,
+    media: RwLock<Box<[SocketAddr]>>,
+}
+
+impl OtherNodes {
+    /// Replaces the set (with each heartbeat's live nodes).
+    pub(crate) fn set(&self, media: &[SocketAddr]) {
+        let media: Box<[SocketAddr]> = media
+            .iter()
+            .filter(|a| a.port() != 0 && !a.ip().is_unspecified())
+            .map(|a| SocketAddr::new(canonical(a.ip()), a.port()))
+            .collect();
+        self.any.store(!media.is_empty(), Ordering::Relaxed);
+        *self.media.write().unwrap_or_else(PoisonError::into_inner) = media;
+    }
+
+    fn any_where(&self, hit: impl Fn(&SocketAddr) -> bool) -> bool {
+        self.any.load(Ordering::Relaxed)
+            && self
+                .media
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(hit)
+    }
+}
+
 /// The peers one node's TURN clients may reach; built once from configuration.
 #[derive(Clone, Debug)]
 pub struct PeerPolicy {
@@ -104,6 +139,8 @@ pub struct PeerPolicy {
     host: Box<[IpAddr]>,
     /// The relay port range: the ports of the host's addresses a client may reach.
     relay_ports: (u16, u16),
+    /// The other nodes' media addresses (see [`OtherNodes`]).
+    nodes: Arc<OtherNodes>,
 }
 
 impl PeerPolicy {
@@ -130,7 +167,14 @@ impl PeerPolicy {
             own,
             host: Box::new([]),
             relay_ports: (0, 0),
+            nodes: Arc::default(),
         }
+    }
+
+    /// Lets the other live nodes' media addresses through like the node's own ones.
+    pub(crate) fn with_nodes(mut self, nodes: Arc<OtherNodes>) -> Self {
+        self.nodes = nodes;
+        self
     }
 
     /// Refuses every address of the host itself (`node.public_ip`, `public_ipv6`, every
@@ -164,11 +208,14 @@ impl PeerPolicy {
         if self.own.contains(&SocketAddr::new(ip, peer.port())) {
             return true;
         }
-        if self.is_host(raw, ip) {
+        let opened = if self.is_host(raw, ip) {
             let (first, last) = self.relay_ports;
-            return (first..=last).contains(&peer.port()) && self.opens(raw, ip);
-        }
-        self.opens(raw, ip)
+            (first..=last).contains(&peer.port()) && self.opens(raw, ip)
+        } else {
+            self.opens(raw, ip)
+        };
+        let exact = SocketAddr::new(ip, peer.port());
+        opened || self.nodes.any_where(|a| *a == exact)
     }
 
     /// Whether `ip` is an address of the host itself that the operator did not open.
@@ -195,7 +242,8 @@ impl PeerPolicy {
         let canon = canonical(ip);
         !listed(&self.denied, ip, canon)
             && (self.own.iter().any(|own| own.ip() == canon)
-                || (self.is_host(ip, canon) && self.opens(ip, canon)))
+                || (self.is_host(ip, canon) && self.opens(ip, canon))
+                || self.nodes.any_where(|a| a.ip() == canon))
     }
 
     /// Past `denied` and the own addresses: `allowed`, loopback if allowed, else the
@@ -305,6 +353,29 @@ mod tests {
 
     fn permits(p: &PeerPolicy, addr: &str) -> bool {
         p.permits(peer(ip(addr)))
+    }
+
+    #[test]
+    fn other_nodes_media_addresses_pass_for_their_exact_port_only() {
+        let nodes = Arc::new(OtherNodes::default());
+        let host = [ip("10.0.0.5")];
+        let p = default_policy()
+            .with_host(&host, (49152, 65535))
+            .with_nodes(nodes.clone());
+        assert!(!p.permits(sa("10.0.0.7:3478")));
+        nodes.set(&[sa("10.0.0.7:3478"), sa("127.0.0.1:3479")]);
+        assert!(p.permits(sa("10.0.0.7:3478")));
+        assert!(p.permits(sa("[::ffff:10.0.0.7]:3478")), "in any spelling");
+        assert!(!p.permits(sa("10.0.0.7:3479")), "another port of that node");
+        assert!(p.permits(sa("127.0.0.1:3479")));
+        assert!(!p.permits(sa("127.0.0.1:22")));
+        assert!(p.is_own_ip(ip("10.0.0.7")) && !p.permits_ip(ip("10.0.0.7")));
+        // Denied wins, and a node that left is refused again.
+        let denied =
+            PeerPolicy::new(false, &[], &cidrs(&["10.0.0.7/32"]), &[]).with_nodes(nodes.clone());
+        assert!(!denied.permits(sa("10.0.0.7:3478")));
+        nodes.set(&[]);
+        assert!(!p.permits(sa("10.0.0.7:3478")) && !p.is_own_ip(ip("10.0.0.7")));
     }
 
     #[test]
