@@ -133,12 +133,14 @@ impl std::fmt::Debug for Call {
 
 impl Cluster {
     /// Connects to `url` on a thread of its own, runs the migrations, and starts the
-    /// heartbeat of the node `me` (its public URL) taking media at `media`. Fails when
-    /// the database cannot be reached or migrated within [`CALL_TIMEOUT`].
+    /// heartbeat of the node `me` (its public URL) taking media at `media`; rooms idle
+    /// for `ttl_secs` leave the store (see [`beat`]). Fails when the database cannot be
+    /// reached or migrated within [`CALL_TIMEOUT`].
     pub fn start(
         url: &str,
         me: &str,
         media: Vec<SocketAddr>,
+        ttl_secs: u64,
     ) -> Result<std::sync::Arc<Cluster>, String> {
         let config: tokio_postgres::Config = url
             .parse()
@@ -159,7 +161,7 @@ impl Cluster {
             .join(" ");
         std::thread::Builder::new()
             .name("confnode-store".into())
-            .spawn(move || database_thread(config, weak, media, rx, ready_tx))
+            .spawn(move || database_thread(config, weak, (media, ttl_secs), rx, ready_tx))
             .map_err(|e| format!("cannot start the store's thread: {e}"))?;
         match ready_rx.recv_timeout(CALL_TIMEOUT) {
             Ok(Ok(())) => Ok(cluster),
@@ -277,7 +279,7 @@ impl Cluster {
 }
 
 /// `scheme://host[:port]` of a URL (what a browser sends as `Origin`).
-fn origin_of(url: &str) -> Option<&str> {
+pub(crate) fn origin_of(url: &str) -> Option<&str> {
     let after_scheme = url.find("://")? + 3;
     let end = url[after_scheme..]
         .find('/')
@@ -304,7 +306,7 @@ impl RoomStore for Cluster {
 fn database_thread(
     config: tokio_postgres::Config,
     cluster: std::sync::Weak<Cluster>,
-    media: String,
+    (media, ttl_secs): (String, u64),
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: std_mpsc::SyncSender<Result<(), String>>,
 ) {
@@ -327,7 +329,7 @@ fn database_thread(
                         let _ = r.send(Ok(()));
                     }
                     tracing::info!("connected to the shared store");
-                    serve(&client, &cluster, &media, &mut jobs).await;
+                    serve(&client, &cluster, (&media, ttl_secs), &mut jobs).await;
                     if cluster.strong_count() == 0 {
                         return;
                     }
@@ -402,7 +404,7 @@ async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
 async fn serve(
     client: &Client,
     cluster: &std::sync::Weak<Cluster>,
-    media: &str,
+    (media, ttl_secs): (&str, u64),
     jobs: &mut mpsc::UnboundedReceiver<Job>,
 ) {
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
@@ -410,7 +412,7 @@ async fn serve(
         tokio::select! {
             _ = heartbeat.tick() => {
                 let Some(c) = cluster.upgrade() else { return };
-                match beat(client, &c, media).await {
+                match beat(client, &c, media, ttl_secs).await {
                     Ok(live) => {
                         *c.live.write().unwrap_or_else(PoisonError::into_inner) = live;
                     }
@@ -435,11 +437,14 @@ async fn serve(
     }
 }
 
-/// Writes this node's heartbeat and reads the live set.
+/// Writes this node's heartbeat, removes expired rooms that no live node holds (a room
+/// placed on a node that never took it, or whose node left: nobody else removes them),
+/// and reads the live set.
 async fn beat(
     client: &Client,
     c: &Cluster,
     media: &str,
+    ttl_secs: u64,
 ) -> Result<Vec<NodeInfo>, tokio_postgres::Error> {
     let load = c.own.load_percent.load(Ordering::Relaxed) as i32;
     let draining = c.own.draining.load(Ordering::Relaxed);
@@ -450,6 +455,21 @@ async fn beat(
              ON CONFLICT (id) DO UPDATE SET media = $2, heartbeat = now(),
                  load_percent = $3, draining = $4",
             &[&c.me, &media, &load, &draining],
+        )
+        .await?;
+    // An occupied room's idle time starts again when a node takes it over, so one of
+    // a live node is left to that node.
+    client
+        .execute(
+            "DELETE FROM confnode_rooms
+             WHERE idle_since < extract(epoch FROM now())::bigint - $1
+               AND (NOT occupied OR node NOT IN (
+                   SELECT id FROM confnode_nodes
+                   WHERE heartbeat > now() - make_interval(secs => $2)))",
+            &[
+                &(ttl_secs.min(i64::MAX as u64) as i64),
+                &f64::from(LIVE_SECS),
+            ],
         )
         .await?;
     let rows = client

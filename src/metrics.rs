@@ -87,6 +87,12 @@ struct TransportLabel {
     transport: Transport,
 }
 
+/// A node of the shared store, by its public URL.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct NodeLabel {
+    pub(crate) node: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabel {
     transport: Transport,
@@ -302,6 +308,36 @@ pub struct Metrics {
     /// Live nodes in the shared store, this one included (0 without `store.url`); set
     /// every second.
     pub(crate) cluster_nodes: Gauge,
+    /// Each live node's rooms, load (its busiest worker, percent) and whether it
+    /// drains, as its last heartbeat told.
+    pub(crate) cluster_node_rooms: Family<NodeLabel, Gauge>,
+    pub(crate) cluster_node_load: Family<NodeLabel, Gauge>,
+    pub(crate) cluster_node_draining: Family<NodeLabel, Gauge>,
+}
+
+impl Metrics {
+    /// The shared store's live nodes, as this node last read them.
+    pub(crate) fn show_node_set(&self, live: &[crate::cluster::NodeInfo]) {
+        self.cluster_nodes.set(live.len() as i64);
+        // Nodes that left go from the series too.
+        self.cluster_node_rooms.clear();
+        self.cluster_node_load.clear();
+        self.cluster_node_draining.clear();
+        for n in live {
+            let label = NodeLabel {
+                node: n.url.clone(),
+            };
+            self.cluster_node_rooms
+                .get_or_create(&label)
+                .set(n.rooms as i64);
+            self.cluster_node_load
+                .get_or_create(&label)
+                .set(i64::from(n.load_percent));
+            self.cluster_node_draining
+                .get_or_create(&label)
+                .set(i64::from(n.draining));
+        }
+    }
 }
 
 /// The counters of one transport, cloned into each worker or connection task.
@@ -344,6 +380,24 @@ impl Metrics {
         let overload_refused_allocations = Counter::default();
         let overload_refused_joins = Counter::default();
         let cluster_nodes = Gauge::default();
+        let cluster_node_rooms = Family::<NodeLabel, Gauge>::default();
+        let cluster_node_load = Family::<NodeLabel, Gauge>::default();
+        let cluster_node_draining = Family::<NodeLabel, Gauge>::default();
+        registry.register(
+            "cluster_node_rooms",
+            "Rooms each live node of the shared store serves",
+            cluster_node_rooms.clone(),
+        );
+        registry.register(
+            "cluster_node_load_percent",
+            "Each live node's busiest data-plane worker, in percent, as placement sees it",
+            cluster_node_load.clone(),
+        );
+        registry.register(
+            "cluster_node_draining",
+            "1 for a live node that drains (no new rooms are placed on it)",
+            cluster_node_draining.clone(),
+        );
         registry.register(
             "cluster_nodes",
             "Live nodes sharing rooms through store.url, this one included (0 without a shared store)",
@@ -432,6 +486,9 @@ impl Metrics {
             overload_refused_allocations,
             overload_refused_joins,
             cluster_nodes,
+            cluster_node_rooms,
+            cluster_node_load,
+            cluster_node_draining,
         };
         // Create every series up front so scrapers see zeros, not missing series.
         for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {

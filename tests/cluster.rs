@@ -18,11 +18,17 @@ const PASSWORD: &str = "a host password";
 /// Every node of a shared store signs and checks TURN credentials with this.
 const TURN_SECRET: &str = "a TURN REST secret the nodes share";
 
-fn room(id: &str, key: &HostKey, idle_since: u64) -> StoredRoom {
+/// A room that went idle `ago` seconds before now (a shared store removes rooms idle
+/// longer than their time to live).
+fn room(id: &str, key: &HostKey, ago: u64) -> StoredRoom {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
     StoredRoom {
         id: id.to_owned(),
         host: key.hash(HOST),
-        idle_since,
+        idle_since: now - ago,
         occupied: false,
         locked: false,
     }
@@ -40,16 +46,17 @@ fn sorted(store: &dyn RoomStore) -> Vec<StoredRoom> {
 fn store_contract(store: &dyn RoomStore) {
     let key = HostKey::random();
     assert_eq!(sorted(store), vec![]);
+    let a = room("a", &key, 10);
     let mut b = room("b", &key, 20);
     b.locked = true;
     b.occupied = true;
     store
-        .write(&[room("a", &key, 10), b.clone(), room("c", &key, 30)], &[])
+        .write(&[a.clone(), b.clone(), room("c", &key, 30)], &[])
         .expect("write");
     store.write(&[], &["c".to_owned()]).expect("remove");
-    assert_eq!(sorted(store), vec![room("a", &key, 10), b.clone()]);
+    assert_eq!(sorted(store), vec![a, b.clone()]);
     b.locked = false;
-    b.idle_since = 25;
+    b.idle_since -= 5;
     store
         .write(&[b.clone()], &["a".to_owned(), "never-there".to_owned()])
         .expect("overwrite");
@@ -61,10 +68,10 @@ fn the_store_contract_holds_for_the_embedded_and_the_shared_store() {
     let dir = tempfile::tempdir().expect("temp dir");
     store_contract(&RedbStore::open(dir.path()).expect("redb"));
     let pg = Postgres::start();
-    let a = Cluster::start(&pg.url, "http://127.0.0.1:1", vec![]).expect("shared store");
+    let a = Cluster::start(&pg.url, "http://127.0.0.1:1", vec![], 3600).expect("shared store");
     store_contract(&*a);
     // A second node's rooms are its own: it sees none of the first's.
-    let b = Cluster::start(&pg.url, "http://127.0.0.1:2", vec![]).expect("shared store");
+    let b = Cluster::start(&pg.url, "http://127.0.0.1:2", vec![], 3600).expect("shared store");
     let key = HostKey::random();
     a.write(&[room("of-a", &key, 1)], &[]).expect("write");
     assert!(sorted(&*b).is_empty());
@@ -343,4 +350,64 @@ async fn credentials_from_one_node_relay_through_the_other_to_its_media_port_onl
     );
     let _ = relay.close().await;
     let _ = client.close().await;
+}
+
+/// The value of `series` with the label `node="{url}"` on `node`'s `/metrics`.
+fn node_series(node: &Node, series: &str, url: &str) -> Option<f64> {
+    let text = node.metrics();
+    let prefix = format!("{series}{{node=\"{url}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A node that drains (SIGUSR1, while a call on it goes on) leaves placement: the other
+/// node's `/metrics` shows it draining, and every new room goes to the other node.
+#[test]
+fn a_draining_node_gets_no_new_rooms() {
+    let pg = Postgres::start();
+    let (a, _a_log) = node(&pg);
+    let (b, _b_log) = node(&pg);
+    wait_nodes(&a, 2.0);
+    wait_nodes(&b, 2.0);
+    // A call on A keeps it up while it drains.
+    room_served_by(&a, &b);
+    let a_url = public_url(&a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_series(&b, "confnode_cluster_node_rooms", &a_url) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "B's /metrics does not show A's room:\n{}",
+            b.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        node_series(&b, "confnode_cluster_node_draining", &a_url),
+        Some(0.0)
+    );
+    a.signal(10); // SIGUSR1
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_series(&b, "confnode_cluster_node_draining", &a_url) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "B does not see A draining:\n{}",
+            b.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // B now has more rooms than A, yet every new one is B's.
+    for _ in 0..4 {
+        let room = create(&b);
+        join(&b, &room).expect("a new room goes to the node that does not drain");
+    }
+    // A refuses to make rooms itself while it drains.
+    let refused = http(
+        a.http,
+        "POST",
+        "/api/rooms",
+        &[("Authorization", &basic_auth(HOST, PASSWORD))],
+        b"",
+    );
+    assert_eq!(refused.status, 503);
 }

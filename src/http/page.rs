@@ -2,17 +2,21 @@
 //! `src/http/page/`, embedded in the binary, no build step. `GET /` is the host view
 //! (log in, create a room, copy its link), `GET /r/{room}` the room view; both are the
 //! same document, which picks its view from the path. Nothing is loaded from another
-//! host, and the Content-Security-Policy holds the page to that.
+//! host, and the Content-Security-Policy holds the page to that (with a shared store, its
+//! API calls may also go to the other live nodes, where rooms are served).
 //!
 //! Privacy: the page shows display names; nothing here logs a request.
 
 use std::sync::LazyLock;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sha2::{Digest, Sha256};
+
+use super::AppState;
 
 pub(crate) const INDEX_HTML: &str = include_str!("page/index.html");
 pub(crate) const APP_JS: &str = include_str!("page/app.js");
@@ -104,7 +108,7 @@ static E2EE_WORKER: LazyLock<Asset> =
 
 /// The page's routes: `/`, `/r/{room}`, `/app.js`, `/app.css`, `/icon.svg` and
 /// `/e2ee-worker.js` (the end-to-end encryption of media frames).
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/r/{room}", get(index))
@@ -114,8 +118,23 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/e2ee-worker.js", get(e2ee_worker))
 }
 
-async fn index(headers: HeaderMap) -> Response {
-    INDEX.respond(&headers)
+/// The page; with a shared store its scripts may also call the other live nodes, where
+/// the room API redirects calls on their rooms (`connect-src`).
+async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut response = INDEX.respond(&headers);
+    let others = state.rooms.other_node_origins();
+    if !others.is_empty() {
+        let policy = format!(
+            "{CONTENT_SECURITY_POLICY}; connect-src 'self' {}",
+            others.join(" ")
+        );
+        if let Ok(value) = HeaderValue::from_str(&policy) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_SECURITY_POLICY, value);
+        }
+    }
+    response
 }
 
 async fn script(headers: HeaderMap) -> Response {

@@ -186,6 +186,7 @@ impl RoomsApi {
                 &config.store.url,
                 &http.public_url.0,
                 media.candidates().to_vec(),
+                u64::from(config.rooms.ttl_hours) * 3600,
             )
             .map_err(in_url)?;
             // The first node's key hashes every node's hosts: a host who made a room
@@ -299,6 +300,18 @@ impl RoomsApi {
             .is_some_and(|c| c.is_node_origin(origin))
     }
 
+    /// The origins of the other live nodes' pages (none without a shared store).
+    pub(crate) fn other_node_origins(&self) -> Vec<String> {
+        let Some(c) = &self.cluster else {
+            return Vec::new();
+        };
+        c.live()
+            .iter()
+            .filter(|n| n.url != c.me())
+            .filter_map(|n| crate::cluster::origin_of(&n.url).map(str::to_owned))
+            .collect()
+    }
+
     /// Whether rooms are shared with other nodes (`store.url`).
     pub(crate) fn is_clustered(&self) -> bool {
         self.cluster.is_some()
@@ -374,7 +387,7 @@ impl RoomsApi {
             }
             if let Some(c) = &api.cluster {
                 let live = c.live();
-                metrics.cluster_nodes.set(live.len() as i64);
+                metrics.show_node_set(&live);
                 if let Some(nodes) = api.other_nodes.get() {
                     let media: Vec<SocketAddr> = live
                         .into_iter()

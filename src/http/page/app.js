@@ -191,6 +191,10 @@
     // while this view shows it.
     let managed = null;
     let refresh = null;
+    // The origin of the node that serves the managed room: with several nodes the
+    // room's look-up is redirected there, and the host's calls go there directly (a
+    // browser drops Authorization on a redirect to another origin).
+    let managedApi = "";
 
     async function loadRoom() {
       if (!managed) return;
@@ -198,6 +202,7 @@
       try {
         const res = await api("GET", "/api/rooms/" + encodeURIComponent(room));
         if (room !== managed) return;
+        if (res.ok) managedApi = new URL(res.url).origin;
         if (!res.ok) {
           setText($("manage-state"), "Could not look up the room: " + (await errorOf(res)) + ".");
           return;
@@ -236,7 +241,7 @@
       const path =
         "/api/rooms/" + encodeURIComponent(managed) + "/participants/" + encodeURIComponent(participant);
       try {
-        const res = await api("DELETE", path, { auth });
+        const res = await api("DELETE", managedApi + path, { auth });
         if (!res.ok && res.status !== 404) {
           setText($("manage-state"), "Could not remove them: " + (await errorOf(res)) + ".");
         }
@@ -251,7 +256,10 @@
       const locked = lock.getAttribute("aria-pressed") !== "true";
       lock.disabled = true;
       try {
-        const res = await api("PATCH", "/api/rooms/" + encodeURIComponent(managed), { auth, json: { locked } });
+        const res = await api("PATCH", managedApi + "/api/rooms/" + encodeURIComponent(managed), {
+          auth,
+          json: { locked },
+        });
         if (!res.ok) setText($("manage-state"), "Could not change the lock: " + (await errorOf(res)) + ".");
       } catch (e) {
         setText($("manage-state"), "Could not reach the node: " + e.message);
@@ -263,6 +271,7 @@
 
     function manage(room) {
       managed = room;
+      managedApi = "";
       $("manage-people").replaceChildren();
       setText($("manage-state"), "");
       if (refresh) clearInterval(refresh);
@@ -450,6 +459,9 @@
         return;
       }
       joined = await res.json();
+      // With several nodes the join was redirected to the room's node: every call of
+      // the participant goes there directly (see managedApi).
+      joined.api = new URL(res.url).origin;
     } catch (e) {
       setText(error, "Could not reach the node: " + e.message);
       show(error, true);
@@ -470,7 +482,11 @@
       // node's answers to direct checks).
       iceServers: iceServersOf(joined, options.relay),
       base:
-        "/api/rooms/" + encodeURIComponent(options.room) + "/participants/" + encodeURIComponent(joined.participant),
+        joined.api +
+        "/api/rooms/" +
+        encodeURIComponent(options.room) +
+        "/participants/" +
+        encodeURIComponent(joined.participant),
       name,
       events: null,
       members: new Map(),
