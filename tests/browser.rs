@@ -183,6 +183,54 @@ fn media_in_chromium() {
     );
 }
 
+/// Issue 15's two nodes on one shared store (tests/browser/cluster.mjs): a room made
+/// through node A's page; Alice on A's page and Bob on B's see and hear each other,
+/// whichever node serves the room.
+#[test]
+fn cluster_in_chromium() {
+    let pg = common::postgres::Postgres::start();
+    let start = || {
+        let http = format!(
+            "public_url = \"http://127.0.0.1:{{HTTP_PORT}}\"\n\
+             [[http.hosts]]\nname = \"{HOST}\"\npassword_hash = \"{}\"\n",
+            cheap_hash(PASSWORD)
+        );
+        let turn = "auth_secret = [\"a TURN REST secret the nodes share\"]";
+        // Keys at the start of `extra` land in the generated [store] table.
+        let store = format!("url = \"{}\"\n", pg.url);
+        Node::start_binary_with_http(&common::release_binary(), turn, &http, &store)
+    };
+    let (a, a_log) = start();
+    let (b, b_log) = start();
+    for node in [&a, &b] {
+        let live = node.wait_metric(
+            "confnode_cluster_nodes",
+            std::time::Duration::from_secs(30),
+            |n| n == 2.0,
+        );
+        assert_eq!(live, 2.0, "the nodes do not see each other");
+    }
+    let b_url = format!("http://{}", b.http);
+    run_script_with(
+        "cluster.mjs",
+        &a,
+        &a_log,
+        &[("CONFNODE_URL_B", std::ffi::OsStr::new(&b_url))],
+    );
+    // Privacy holds for the second node's output too.
+    for name in ["Alice", "Bob"] {
+        assert!(!mentions(&b_log.text(), name), "B's output names {name}");
+    }
+    // Both nodes took part: one served the room, the other redirected to it.
+    let forwarded = |n: &Node| n.metric("confnode_sfu_forwarded_packets_total");
+    assert!(
+        forwarded(&a) + forwarded(&b) > 500.0,
+        "A forwarded {}, B {}",
+        forwarded(&a),
+        forwarded(&b)
+    );
+}
+
 /// Issue 13's privacy test through the reference page (tests/browser/privacy.mjs): a
 /// host creates a room, two people with distinctive names (one an e-mail address) call
 /// each other for a few seconds and leave. Then no file the node wrote (its store, its

@@ -78,7 +78,8 @@ export function step(text) {
 
 /**
  * A browser context that fails the test on page errors, on Content-Security-Policy
- * violations and on any request to another origin than the node's.
+ * violations and on any request to another origin than the node's (or, with
+ * `cfg.origins`, than those nodes').
  */
 export async function context(browser, cfg, label, options = {}) {
   const ctx = await browser.newContext({
@@ -90,7 +91,9 @@ export async function context(browser, cfg, label, options = {}) {
   ctx.on("request", (req) => {
     const url = req.url();
     if (url.startsWith("data:") || url.startsWith("blob:")) return;
-    if (new URL(url).origin !== cfg.origin) ctx.problems.push(`${label}: request to another host: ${url}`);
+    // `cfg.origins`: the nodes a page may reach (several nodes on one shared store).
+    const allowed = cfg.origins || [cfg.origin];
+    if (!allowed.includes(new URL(url).origin)) ctx.problems.push(`${label}: request to another host: ${url}`);
   });
   ctx.on("page", (page) => watch(page, ctx, label));
   return ctx;

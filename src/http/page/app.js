@@ -1411,6 +1411,9 @@
       return {
         joined: call.active,
         participant: call.participant,
+        // The origin of the node that serves the room (with several nodes, maybe
+        // another than the page's).
+        api: new URL(call.base, location.href).origin,
         publishing: call.publishing,
         members: call.members.size,
         speaker: call.speaker || null,
