@@ -229,6 +229,20 @@ fn rooms_created_through_one_node_are_served_by_either_and_move_when_a_node_dies
     // An unknown room is unknown through every node.
     let missing = http(a.http, "GET", "/api/rooms/AAAAAAAAAAAAAAAAAAAAAA", &[], b"");
     assert_eq!(missing.status, 404, "{}", missing.body);
+    // Made-up ids asked of a node, one database look-up each, are limited per source.
+    let mut answered = 1;
+    let limited = loop {
+        let id = format!("{answered:0>22}");
+        let r = http(a.http, "GET", &format!("/api/rooms/{id}"), &[], b"");
+        if r.status == 429 {
+            break r;
+        }
+        assert_eq!(r.status, 404, "{}", r.body);
+        answered += 1;
+        assert!(answered <= 200, "no limit on look-ups");
+    };
+    assert!(answered >= 100, "limited after {answered} look-ups");
+    assert!(limited.header("Retry-After").is_some());
 
     // A is killed: once its heartbeat is old, B alone takes new rooms, and A's rooms
     // are served by B at their next join.

@@ -59,6 +59,10 @@ const STREAM_QUEUE: usize = 64;
 /// Joins one source address (an IPv6 /64) may make per minute: plenty for the people
 /// behind one address, too few to fill rooms with participants nobody sees.
 pub(crate) const JOINS_PER_MINUTE: u32 = 30;
+/// Look-ups in the shared store of rooms this node does not hold, per source address
+/// and minute: a page makes a few (its room check, its join, a host's refresh every
+/// 3 s), a flood of made-up ids would keep the database busy for everyone.
+pub(crate) const LOOKUPS_PER_MINUTE: u32 = 120;
 /// SSE comment lines keep idle connections (and proxies) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often media sessions are swept for lost consent (and sessions without a
@@ -79,6 +83,8 @@ pub(crate) struct RoomsApi {
     media: Arc<MediaSessions>,
     /// [`JOINS_PER_MINUTE`] per source.
     joins: PerSource,
+    /// [`LOOKUPS_PER_MINUTE`] per source.
+    lookups: PerSource,
     /// Where rooms are kept across restarts, what it holds now, and the key host names
     /// are hashed with before a room keeps them.
     store: Arc<dyn RoomStore>,
@@ -212,6 +218,7 @@ impl RoomsApi {
             next_stream: AtomicU64::new(1),
             media,
             joins: PerSource::new(JOINS_PER_MINUTE, 60),
+            lookups: PerSource::new(LOOKUPS_PER_MINUTE, 60),
             store,
             kept: Mutex::new(kept),
             cluster,
@@ -907,6 +914,7 @@ async fn create_elsewhere(
 /// live node (CORS, see `http::cors`).
 pub(crate) async fn locate(
     State(state): State<AppState>,
+    source: Source,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -919,8 +927,17 @@ pub(crate) async fn locate(
         .strip_prefix("/api/rooms/")
         .map(|rest| rest.split('/').next().unwrap_or(rest))
         .unwrap_or_default();
-    if !crate::rooms::is_room_id(room) || api.hub().rooms.holds(room, unix_now()) {
+    let now = unix_now();
+    if !crate::rooms::is_room_id(room) || api.hub().rooms.holds(room, now) {
         return next.run(request).await;
+    }
+    if let Some(ip) = source_ip(&source)
+        && let Err(wait) = api.lookups.check(ip, now)
+    {
+        return too_many(
+            wait,
+            "too many look-ups of rooms from this address; retry later",
+        );
     }
     let (c, r) = (cluster.clone(), room.to_owned());
     let located = tokio::task::spawn_blocking(move || c.locate(&r)).await;
