@@ -498,6 +498,33 @@ async fn beat(
         .collect())
 }
 
+/// Writes a room of `node`. Only that node's rooms are overwritten: a room another
+/// node took over (while this one was thought gone) stays with it.
+async fn put_room(
+    client: &Client,
+    r: &StoredRoom,
+    node: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO confnode_rooms (id, host, idle_since, occupied, locked, node)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET host = $2, idle_since = $3,
+                 occupied = $4, locked = $5
+             WHERE confnode_rooms.node = $6",
+            &[
+                &r.id,
+                &r.host,
+                &(r.idle_since as i64),
+                &r.occupied,
+                &r.locked,
+                &node,
+            ],
+        )
+        .await
+        .map(|_| ())
+}
+
 fn room_from_row(row: &tokio_postgres::Row) -> StoredRoom {
     StoredRoom {
         id: row.get("id"),
@@ -521,26 +548,8 @@ async fn answer(client: &Client, me: &str, call: Call) -> Result<Answer, tokio_p
             Ok(Answer::Rooms(rows.iter().map(room_from_row).collect()))
         }
         Call::Write(put, remove) => {
-            // Only this node's rooms are written: a room another node took over (while
-            // this one was thought gone) stays with it.
             for r in &put {
-                client
-                    .execute(
-                        "INSERT INTO confnode_rooms (id, host, idle_since, occupied, locked, node)
-                         VALUES ($1, $2, $3, $4, $5, $6)
-                         ON CONFLICT (id) DO UPDATE SET host = $2, idle_since = $3,
-                             occupied = $4, locked = $5
-                         WHERE confnode_rooms.node = $6",
-                        &[
-                            &r.id,
-                            &r.host,
-                            &(r.idle_since as i64),
-                            &r.occupied,
-                            &r.locked,
-                            &me,
-                        ],
-                    )
-                    .await?;
+                put_room(client, r, me).await?;
             }
             if !remove.is_empty() {
                 client
@@ -573,20 +582,7 @@ async fn answer(client: &Client, me: &str, call: Call) -> Result<Answer, tokio_p
             Ok(Answer::Claimed(n == 1))
         }
         Call::Insert(r, node) => {
-            client
-                .execute(
-                    "INSERT INTO confnode_rooms (id, host, idle_since, occupied, locked, node)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &r.id,
-                        &r.host,
-                        &(r.idle_since as i64),
-                        &r.occupied,
-                        &r.locked,
-                        &node,
-                    ],
-                )
-                .await?;
+            put_room(client, &r, &node).await?;
             Ok(Answer::Done)
         }
         Call::HostKey(fallback) => {

@@ -375,6 +375,19 @@ fn node_series(node: &Node, series: &str, url: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Waits until `node`'s `series{node="{url}"}` is `want`.
+fn wait_series(node: &Node, series: &str, url: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_series(node, series, url) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{series} of {url} is not {want}:\n{}",
+            node.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A node that drains (SIGUSR1, while a call on it goes on) leaves placement: the other
 /// node's `/metrics` shows it draining, and every new room goes to the other node.
 #[test]
@@ -387,29 +400,13 @@ fn a_draining_node_gets_no_new_rooms() {
     // A call on A keeps it up while it drains.
     room_served_by(&a, &b);
     let a_url = public_url(&a);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node_series(&b, "confnode_cluster_node_rooms", &a_url) != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "B's /metrics does not show A's room:\n{}",
-            b.metrics()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_series(&b, "confnode_cluster_node_rooms", &a_url, 1.0);
     assert_eq!(
         node_series(&b, "confnode_cluster_node_draining", &a_url),
         Some(0.0)
     );
     a.signal(10); // SIGUSR1
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node_series(&b, "confnode_cluster_node_draining", &a_url) != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "B does not see A draining:\n{}",
-            b.metrics()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_series(&b, "confnode_cluster_node_draining", &a_url, 1.0);
     // B now has more rooms than A, yet every new one is B's.
     for _ in 0..4 {
         let room = create(&b);
