@@ -912,6 +912,20 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_store_needs_a_postgres_url_and_a_shared_turn_secret() {
+        let url = "[store]\nurl = \"postgres://confnode@db.example.org/confnode\"\n";
+        let errs = Config::from_toml(url).expect_err("no TURN secret").0;
+        assert_eq!(errs[0].key, "store.url", "{errs:?}");
+        assert!(errs[0].message.contains("turn.auth_secret"), "{errs:?}");
+        let with_secret = format!("[turn]\nauth_secret = \"s3cret\"\n{url}");
+        assert!(Config::from_toml(&with_secret).is_ok());
+        let mysql = "[turn]\nauth_secret = \"s\"\n[store]\nurl = \"mysql://db/x\"\n";
+        let errs = Config::from_toml(mysql).expect_err("not postgres").0;
+        assert_eq!(errs[0].key, "store.url", "{errs:?}");
+        assert!(Config::default().store.url.is_empty());
+    }
+
+    #[test]
     fn cors_origins_must_be_origins() {
         let ok = "[http]\ncors_origins = [\"https://meet.example.org\", \"http://[::1]:8000\"]\n";
         assert_eq!(

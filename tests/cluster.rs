@@ -422,3 +422,30 @@ fn a_draining_node_gets_no_new_rooms() {
     );
     assert_eq!(refused.status, 503);
 }
+
+/// A node whose database cannot be reached does not start, and says which key to fix.
+#[test]
+fn a_node_without_its_database_does_not_start() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A loopback port nothing listens on.
+    let port = common::free_port();
+    let config = common::write_file(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "[turn]\nlisten = [\"127.0.0.1:{}\"]\nauth_secret = \"{TURN_SECRET}\"\n\
+             [http]\nlisten = \"127.0.0.1:{}\"\n\
+             [store]\npath = \"{}\"\nurl = \"postgres://confnode@127.0.0.1:{port}/postgres\"\n",
+            common::free_port(),
+            common::free_port(),
+            dir.path().join("data").display()
+        ),
+    );
+    let (status, output) = common::run_with_timeout(
+        Command::new(common::BIN).arg("--config").arg(&config),
+        Duration::from_secs(30),
+    );
+    assert!(!status.success(), "started without its database:\n{output}");
+    assert!(output.contains("store.url:"), "{output}");
+}
