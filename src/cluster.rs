@@ -101,6 +101,7 @@ enum Call {
     Find(String),
     Claim(String, String),
     Insert(StoredRoom, String),
+    HostRooms(String),
     HostKey(String),
     Leave,
 }
@@ -110,6 +111,7 @@ enum Answer {
     Done,
     Found(Option<(StoredRoom, String)>),
     Claimed(bool),
+    Count(u64),
     Key(String),
 }
 
@@ -241,6 +243,14 @@ impl Cluster {
     pub(crate) fn insert(&self, room: &StoredRoom, node: &str) -> Result<(), String> {
         self.call(Call::Insert(room.clone(), node.to_owned()))
             .map(|_| ())
+    }
+
+    /// Rooms the host (by its keyed hash) holds on every node together.
+    pub(crate) fn host_rooms(&self, host: &str) -> Result<u64, String> {
+        match self.call(Call::HostRooms(host.to_owned()))? {
+            Answer::Count(n) => Ok(n),
+            _ => Err("unexpected answer".into()),
+        }
     }
 
     /// Where a room this node does not hold is served. A room of this node (after a
@@ -584,6 +594,15 @@ async fn answer(client: &Client, me: &str, call: Call) -> Result<Answer, tokio_p
         Call::Insert(r, node) => {
             put_room(client, &r, &node).await?;
             Ok(Answer::Done)
+        }
+        Call::HostRooms(host) => {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM confnode_rooms WHERE host = $1",
+                    &[&host],
+                )
+                .await?;
+            Ok(Answer::Count(row.get::<_, i64>(0).max(0) as u64))
         }
         Call::HostKey(fallback) => {
             client

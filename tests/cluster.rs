@@ -449,3 +449,42 @@ fn a_node_without_its_database_does_not_start() {
     assert!(!status.success(), "started without its database:\n{output}");
     assert!(output.contains("store.url:"), "{output}");
 }
+
+/// A host's rooms count on every node together: 100 at most (`MAX_ROOMS_PER_HOST`),
+/// made through either node and placed on both.
+#[test]
+fn a_hosts_rooms_count_on_every_node_together() {
+    let pg = Postgres::start();
+    let (a, _a_log) = node(&pg);
+    let (b, _b_log) = node(&pg);
+    wait_nodes(&a, 2.0);
+    wait_nodes(&b, 2.0);
+    let mut made = 0;
+    let refused = loop {
+        let through = if made % 2 == 0 { &a } else { &b };
+        let r = http(
+            through.http,
+            "POST",
+            "/api/rooms",
+            &[("Authorization", &basic_auth(HOST, PASSWORD))],
+            b"",
+        );
+        if r.status != 201 {
+            break r;
+        }
+        made += 1;
+        assert!(made <= 200, "no limit on a host's rooms");
+    };
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(made, 100);
+    let a_url = public_url(&a);
+    let b_url = public_url(&b);
+    std::thread::sleep(Duration::from_secs(3));
+    let on = |url: &str| node_series(&a, "confnode_cluster_node_rooms", url).unwrap_or(0.0);
+    assert!(
+        on(&a_url) > 0.0 && on(&b_url) > 0.0 && on(&a_url) + on(&b_url) == 100.0,
+        "rooms on A {}, on B {}",
+        on(&a_url),
+        on(&b_url)
+    );
+}

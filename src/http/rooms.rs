@@ -833,6 +833,22 @@ pub(crate) async fn create_room(
     };
     let now = unix_now();
     if let Some(cluster) = &api.cluster {
+        // A host's rooms count on every node together.
+        let (c, h) = (cluster.clone(), host.clone());
+        let held = tokio::task::spawn_blocking(move || c.host_rooms(&h)).await;
+        match held.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(n) if n >= api.hub().rooms.limits().max_rooms_per_host as u64 => {
+                return room_error(RoomError::TooManyRooms);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("cannot count a host's rooms in store.url: {e}");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the room could not be saved; try again later",
+                );
+            }
+        }
         let node = cluster.place();
         if node != cluster.me() {
             return create_elsewhere(api, cluster, host, node, now).await;
