@@ -258,7 +258,7 @@ fn rooms_created_through_one_node_are_served_by_either_and_move_when_a_node_dies
 }
 
 /// A room served by `node` (created and joined through it) and the join's answer.
-fn room_served_by(node: &Node, other: &Node) -> serde_json::Value {
+fn room_served_by(node: &Node, other: &Node) -> (String, serde_json::Value) {
     for _ in 0..8 {
         let room = create(node);
         let r = http(
@@ -269,7 +269,7 @@ fn room_served_by(node: &Node, other: &Node) -> serde_json::Value {
             br#"{"display_name":"Erin"}"#,
         );
         if r.status == 201 {
-            return r.json();
+            return (room, r.json());
         }
         assert_eq!(r.status, 307, "{}", r.body);
         // Placed on the other node: the next one goes here.
@@ -292,7 +292,7 @@ async fn credentials_from_one_node_relay_through_the_other_to_its_media_port_onl
     let (b, _b_log) = node(&pg);
     wait_nodes(&a, 2.0);
     wait_nodes(&b, 2.0);
-    let joined = room_served_by(&a, &b);
+    let (_, joined) = room_served_by(&a, &b);
     let server = &joined["ice_servers"]
         .as_array()
         .and_then(|l| l.iter().find(|s| s["username"].is_string()))
@@ -487,4 +487,69 @@ fn a_hosts_rooms_count_on_every_node_together() {
         on(&a_url),
         on(&b_url)
     );
+}
+
+/// While the database is away, the calls a node holds go on and what needs the
+/// database is refused with a clear answer; once it is back, the node takes new rooms
+/// again by itself.
+#[test]
+fn calls_go_on_while_the_database_is_away_and_it_is_taken_back() {
+    let pg = Postgres::start();
+    let (a, _a_log) = node(&pg);
+    let (b, _b_log) = node(&pg);
+    wait_nodes(&a, 2.0);
+    let (room, joined) = room_served_by(&a, &b);
+    let participant = joined["participant"].as_str().expect("participant");
+    let token = joined["token"].as_str().expect("token");
+
+    pg.stop();
+    // A's room and its participant are in A's memory: the participant's calls work.
+    let view = http(a.http, "GET", &format!("/api/rooms/{room}"), &[], b"");
+    assert_eq!(view.status, 200, "{}", view.body);
+    let pref = http(
+        a.http,
+        "PUT",
+        &format!("/api/rooms/{room}/participants/{participant}/preferences"),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"max_height":360}"#,
+    );
+    assert_eq!(pref.status, 204, "{}", pref.body);
+    // A new room needs the database: refused, with a JSON message, not a hang.
+    let started = Instant::now();
+    let refused = http(
+        a.http,
+        "POST",
+        "/api/rooms",
+        &[("Authorization", &basic_auth(HOST, PASSWORD))],
+        b"",
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.json()["error"].is_string());
+    assert!(started.elapsed() < Duration::from_secs(12));
+
+    pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http(
+            a.http,
+            "POST",
+            "/api/rooms",
+            &[("Authorization", &basic_auth(HOST, PASSWORD))],
+            b"",
+        );
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new room 30 s after the database came back: {} {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_nodes(&a, 2.0);
 }

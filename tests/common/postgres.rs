@@ -3,7 +3,7 @@
 //! fresh loopback port only, stopped (and its files removed) when dropped. As root it
 //! runs as the `postgres` user, since PostgreSQL refuses to run as root.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::free_port;
@@ -13,6 +13,8 @@ pub struct Postgres {
     pub url: String,
     bin: PathBuf,
     data: PathBuf,
+    /// `pg_ctl start`'s server options (port, socket directory, ...).
+    options: String,
     _dir: tempfile::TempDir,
 }
 
@@ -44,7 +46,7 @@ fn is_root() -> bool {
 }
 
 /// `program args...`, as the `postgres` user when this process is root.
-fn run(program: &PathBuf, args: &[&str]) -> std::process::Output {
+fn run(program: &Path, args: &[&str]) -> std::process::Output {
     let mut cmd = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -104,26 +106,12 @@ impl Postgres {
                 dir.path().display()
             );
             let log = dir.path().join("log");
-            let started = run(
-                &bin.join("pg_ctl"),
-                &[
-                    "-D",
-                    &data_s,
-                    "-o",
-                    &options,
-                    "-l",
-                    log.to_str().expect("UTF-8 path"),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            );
-            if started.status.success() {
+            if pg_start(&bin, &data, &options).status.success() {
                 return Postgres {
                     url: format!("postgres://confnode@127.0.0.1:{port}/postgres"),
                     bin,
                     data,
+                    options,
                     _dir: dir,
                 };
             }
@@ -134,6 +122,48 @@ impl Postgres {
             );
         }
         panic!("PostgreSQL did not start, five times");
+    }
+}
+
+/// `pg_ctl start`, waiting until the server takes connections; its log beside `data`.
+fn pg_start(bin: &Path, data: &Path, options: &str) -> std::process::Output {
+    let log = data.with_file_name("log");
+    run(
+        &bin.join("pg_ctl"),
+        &[
+            "-D",
+            data.to_str().expect("UTF-8 path"),
+            "-o",
+            options,
+            "-l",
+            log.to_str().expect("UTF-8 path"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+    )
+}
+
+impl Postgres {
+    /// Stops the server (fast shutdown: connections are cut), keeping its data.
+    pub fn stop(&self) {
+        let data = self.data.to_str().expect("UTF-8 path");
+        let stopped = run(
+            &self.bin.join("pg_ctl"),
+            &["-D", data, "-m", "fast", "-w", "stop"],
+        );
+        assert!(stopped.status.success(), "pg_ctl stop failed");
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn start_again(&self) {
+        let started = pg_start(&self.bin, &self.data, &self.options);
+        assert!(
+            started.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
     }
 }
 
