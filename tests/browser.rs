@@ -184,8 +184,8 @@ fn media_in_chromium() {
 }
 
 /// Issue 15's two nodes on one shared store (tests/browser/cluster.mjs): a room made
-/// through node A's page; Alice on A's page and Bob on B's see and hear each other,
-/// whichever node serves the room.
+/// through node A's page lands on B; Alice on A's page and Bob on B's see and hear each
+/// other, and the host on A's page locks it on B.
 #[test]
 fn cluster_in_chromium() {
     let pg = common::postgres::Postgres::start();
@@ -210,6 +210,9 @@ fn cluster_in_chromium() {
         );
         assert_eq!(live, 2.0, "the nodes do not see each other");
     }
+    // A serves a room already: the page's room goes to B, and A's page reaches it
+    // through redirects.
+    common::create_room(&a, HOST, PASSWORD);
     let b_url = format!("http://{}", b.http);
     run_script_with(
         "cluster.mjs",

@@ -1,14 +1,15 @@
 // Run by tests/browser.rs (`cargo test --test browser cluster_in_chromium`).
 //
 // Two nodes share rooms through one PostgreSQL database (CONFNODE_URL and
-// CONFNODE_URL_B). A host creates a room through the first node's page; Alice opens the
-// room link on the first node, Bob the same room on the second node. Whichever node
-// serves the room, the other one's page reaches it (its API redirects there): both
-// join, see each other in the roster, publish, decode each other's video and hear each
-// other; no page breaks its Content-Security-Policy or reaches any host but the two
-// nodes.
+// CONFNODE_URL_B; the first already serves a room, so placement puts the next on the
+// second). A host creates a room through the first node's page; Alice opens the room
+// link on the first node, Bob the same room on the second node. Whichever node serves
+// the room, the other one's page reaches it (its API redirects there): both join, see
+// each other in the roster, publish, decode each other's video and hear each other;
+// the host, still on the first node's page, locks the room on the node that serves
+// it; no page breaks its Content-Security-Policy or reaches any host but the two nodes.
 
-import { LAPTOP, assertNoProblems, config, createRoom, joined, launch, openRoom, sleep, step, waitFor, waitRoster } from "./lib.mjs";
+import { LAPTOP, assertNoProblems, config, hostRoom, joined, launch, openRoom, sleep, step, waitFor, waitRoster } from "./lib.mjs";
 import { env } from "./lib.mjs";
 
 const cfgA = config();
@@ -20,7 +21,8 @@ const cfgB = { ...cfgA, base: baseB, origin: new URL(baseB).origin, origins };
 // of ICE unless told.
 const browser = await launch(["--allow-loopback-in-peer-connection"]);
 
-const room = await createRoom(browser, cfgA, null);
+const host = await hostRoom(browser, cfgA, null);
+const room = host.room;
 const people = [
   await openRoom(browser, cfgA, room, "Alice", "name=Alice&autojoin=1", { viewport: LAPTOP }),
   await openRoom(browser, cfgB, room, "Bob", "name=Bob&autojoin=1", { viewport: LAPTOP }),
@@ -30,6 +32,7 @@ for (const p of people) for (const q of people) await waitRoster(p, q.label, tru
 const apis = await Promise.all(people.map((p) => p.page.evaluate(() => window.confnode.state().api)));
 step(`Alice (page of ${cfgA.origin}) and Bob (page of ${cfgB.origin}) joined ${room}, served by ${apis.join(" and ")}`);
 if (apis[0] !== apis[1] || !origins.includes(apis[0])) throw new Error(`the two pages call different nodes: ${apis}`);
+if (apis[0] !== cfgB.origin) throw new Error(`the room was placed on ${apis[0]}, not on the node with fewer rooms`);
 
 for (const p of people) {
   await p.page.waitForFunction(() => window.confnode.state().publishing !== "starting", null, { timeout: 20_000 });
@@ -70,6 +73,16 @@ for (const p of people) {
 }
 step("each decodes the other's video and hears the other");
 
-assertNoProblems(...people.map((p) => p.ctx));
+// The host's page (first node) manages the room on the node that serves it.
+await host.page.getByRole("button", { name: "Lock the room" }).click();
+await waitFor("the host's page shows the room locked", 10_000, async () => {
+  const pressed = await host.page.locator("#lock-room").getAttribute("aria-pressed");
+  return pressed === "true" ? true : { pressed, state: await host.page.locator("#manage-state").textContent() };
+});
+const info = await (await fetch(`${apis[0]}/api/rooms/${room}`)).json();
+if (info.locked !== true) throw new Error(`the room's node does not hold it locked: ${JSON.stringify(info)}`);
+step(`the host locked the room from ${cfgA.origin}'s page on ${apis[0]}`);
+
+assertNoProblems(host.ctx, ...people.map((p) => p.ctx));
 await browser.close();
 step("done");
