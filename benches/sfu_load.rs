@@ -6,6 +6,7 @@
 //!     SFU_LOAD=c cargo bench --bench sfu_load    # a 10 × 10 conference
 //!     SFU_LOAD=d cargo bench --bench sfu_load    # audio only, 1 speaker × 100 listeners
 //!     cargo bench --bench sfu_load -- c          # the same, as an argument
+//!     SFU_LOAD=ladder cargo bench --bench sfu_load  # b at 10 to 300 subscribers
 //!
 //! Every scenario runs twice with the same media schedule: first through confnode (the
 //! release build cargo made for this bench), then through the bare relay. The bare
@@ -41,15 +42,23 @@
 //! packet. The node (or bare relay) is pinned to core 0 and the generator to core 1
 //! with `taskset`/`sched_setaffinity`, and the output says so.
 //!
-//! Settings: `SFU_LOAD_SECS` (measured window, default 30), `SFU_LOAD_SUBS` and
-//! `SFU_LOAD_PUBS` (override the scenario's counts, for more points on the plot),
-//! `SFU_LOAD_NO_BARE=1`. Each run replaces its row in `benches/results/sfu_load.tsv`
-//! and redraws `benches/results/sfu_load.svg` from all rows.
+//! The machine is shared, so each scenario runs in alternating rounds (confnode, bare,
+//! confnode, ...) and each side's round of median packets per CPU-second is reported.
+//!
+//! Settings: `SFU_LOAD_SECS` (measured window per round, default 10; 20 for the
+//! ladder), `SFU_LOAD_ROUNDS` (default 3; 1 for the ladder), `SFU_LOAD_SUBS` and
+//! `SFU_LOAD_PUBS` (override the scenario's counts), `SFU_LOAD_NO_BARE=1`,
+//! `SFU_LOAD_JANUS=1` (also confnode and Janus in a network namespace made for the
+//! run, over a veth pair: see `sfu_load/janus.rs`; needs root and Debian's `janus`). Each
+//! scenario replaces its row in `benches/results/sfu_load.tsv` and redraws
+//! `benches/results/sfu_load.svg` from all rows.
 //!
 //! Everything is on 127.0.0.1; every process started is a child stopped at the end.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "sfu_load/janus.rs"]
+mod janus;
 mod load;
 #[path = "../tests/common/peers.rs"]
 mod peers;
@@ -73,6 +82,7 @@ use webrtc::rtp::packet::Packet;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
@@ -82,6 +92,8 @@ const HOST: &str = "bench";
 const PASSWORD: &str = "bench password";
 /// The server's core and the generator's.
 const SERVER_CORE: usize = 0;
+/// Subscriber counts of `SFU_LOAD=ladder`.
+const LADDER: [usize; 6] = [10, 25, 50, 100, 200, 300];
 const GENERATOR_CORE: usize = 1;
 
 // ---------------------------------------------------------------------------------
@@ -388,6 +400,12 @@ impl Scenario {
         s
     }
 
+    fn with_listeners(mut self, n: usize) -> Scenario {
+        self.listeners = n;
+        self.title = "ladder of scenario b";
+        self
+    }
+
     fn conference(&self) -> bool {
         self.listeners == 0
     }
@@ -443,7 +461,9 @@ struct Run {
     p50_us: f64,
     p99_us: f64,
     layers: [u64; 4],
-    note: String,
+    /// The generator's own CPU seconds over the window (this process, core 1): near
+    /// the window's length, it is the generator that saturates, not the server.
+    gen_cpu_s: f64,
 }
 
 impl Run {
@@ -513,6 +533,11 @@ fn pin_process(pid: u32, core: usize) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// This process's CPU seconds (the generator's).
+fn own_cpu() -> f64 {
+    cpu_seconds(std::process::id()).expect("/proc/self/stat")
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -537,34 +562,39 @@ fn node_sample(node: &common::Node) -> (f64, f64, f64) {
 /// A webrtc-rs API whose media engine writes the mid and rid header extensions a
 /// simulcast sender needs.
 fn publisher_api() -> webrtc::api::API {
-    peers::webrtc_api_with(|media: &mut MediaEngine, registry| {
-        for uri in [
-            sdp::extmap::SDES_MID_URI,
-            sdp::extmap::SDES_RTP_STREAM_ID_URI,
-        ] {
-            let ext = RTCRtpHeaderExtensionCapability {
-                uri: uri.to_owned(),
-            };
-            media
-                .register_header_extension(ext.clone(), RTPCodecType::Video, None)
-                .expect("video header extension");
-        }
-        let mid = RTCRtpHeaderExtensionCapability {
-            uri: sdp::extmap::SDES_MID_URI.to_owned(),
-        };
-        media
-            .register_header_extension(mid, RTPCodecType::Audio, None)
-            .expect("audio header extension");
+    peers::webrtc_api_with(|media, registry| {
+        register_simulcast_extensions(media);
         registry
     })
+}
+
+/// The mid and rid header extensions a simulcast sender writes.
+fn register_simulcast_extensions(media: &mut MediaEngine) {
+    let ext = |uri: &str| RTCRtpHeaderExtensionCapability {
+        uri: uri.to_owned(),
+    };
+    for uri in [
+        sdp::extmap::SDES_MID_URI,
+        sdp::extmap::SDES_RTP_STREAM_ID_URI,
+    ] {
+        media
+            .register_header_extension(ext(uri), RTPCodecType::Video, None)
+            .expect("video header extension");
+    }
+    media
+        .register_header_extension(ext(sdp::extmap::SDES_MID_URI), RTPCodecType::Audio, None)
+        .expect("audio header extension");
 }
 
 /// A connected publisher: its tracks by trailer layer (q, h, f, audio; video absent
 /// for an audio-only one).
 struct Publisher {
     pc: Arc<RTCPeerConnection>,
-    tracks: Vec<Option<Arc<TrackLocalStaticRTP>>>,
+    tracks: Tracks,
 }
+
+/// A publisher's tracks by trailer layer (q, h, f, audio).
+type Tracks = Vec<Option<Arc<TrackLocalStaticRTP>>>;
 
 fn track(mime: &str, id: &str, rid: Option<&str>) -> Arc<TrackLocalStaticRTP> {
     let cap = RTCRtpCodecCapability {
@@ -582,19 +612,9 @@ fn track(mime: &str, id: &str, rid: Option<&str>) -> Arc<TrackLocalStaticRTP> {
     })
 }
 
-/// Publishes VP8 simulcast (when `video`) and Opus as participant `joined`.
-async fn publish(
-    api: &webrtc::api::API,
-    http: SocketAddr,
-    room: &str,
-    joined: &common::Joined,
-    video: bool,
-) -> Publisher {
-    let pc = Arc::new(
-        api.new_peer_connection(RTCConfiguration::default())
-            .await
-            .expect("publisher peer connection"),
-    );
+/// Adds VP8 simulcast (when `video`) and Opus tracks to `pc`: the tracks by trailer
+/// layer, and their senders.
+async fn add_tracks(pc: &RTCPeerConnection, video: bool) -> (Tracks, Vec<Arc<RTCRtpSender>>) {
     let mut tracks = vec![None; 4];
     let mut senders = Vec::new();
     if video {
@@ -625,6 +645,23 @@ async fn publish(
     senders.push(sender);
     tracks[usize::from(AUDIO)] = Some(audio);
 
+    (tracks, senders)
+}
+
+/// Publishes VP8 simulcast (when `video`) and Opus as participant `joined`.
+async fn publish(
+    api: &webrtc::api::API,
+    http: SocketAddr,
+    room: &str,
+    joined: &common::Joined,
+    video: bool,
+) -> Publisher {
+    let pc = Arc::new(
+        api.new_peer_connection(RTCConfiguration::default())
+            .await
+            .expect("publisher peer connection"),
+    );
+    let (tracks, senders) = add_tracks(&pc, video).await;
     let mut state = peers::state_channel(&pc);
     let offer = pc.create_offer(None).await.expect("offer");
     let offer = peers::set_local_gathered(&pc, offer).await;
@@ -680,22 +717,7 @@ async fn subscribe(
             .await
             .expect("subscriber peer connection"),
     );
-    let (epoch, measuring) = clock;
-    pc.on_track(Box::new(move |track, _, _| {
-        let stats = stats.clone();
-        let measuring = measuring.clone();
-        tokio::spawn(async move {
-            while let Ok((pkt, _)) = track.read_rtp().await {
-                let now = epoch.elapsed().as_nanos() as u64;
-                let on = measuring.load(Ordering::Relaxed);
-                let h = &pkt.header;
-                if let Ok(mut s) = stats.lock() {
-                    s.record(h.ssrc, h.sequence_number, &pkt.payload, now, on);
-                }
-            }
-        });
-        Box::pin(async {})
-    }));
+    record_tracks(&pc, stats, clock);
     let mut state = peers::state_channel(&pc);
     let offer = RTCSessionDescription::offer(offer).expect("offer");
     pc.set_remote_description(offer)
@@ -713,13 +735,29 @@ async fn subscribe(
     }
 }
 
+/// Every RTP packet `pc` reads on its remote tracks goes into `stats` (while the
+/// `measuring` flag of `clock` is set), timed against its epoch.
+fn record_tracks(pc: &RTCPeerConnection, stats: Shared, clock: (Instant, Arc<AtomicBool>)) {
+    let (epoch, measuring) = clock;
+    pc.on_track(Box::new(move |track, _, _| {
+        let stats = stats.clone();
+        let measuring = measuring.clone();
+        tokio::spawn(async move {
+            while let Ok((pkt, _)) = track.read_rtp().await {
+                let now = epoch.elapsed().as_nanos() as u64;
+                let on = measuring.load(Ordering::Relaxed);
+                let h = &pkt.header;
+                if let Ok(mut s) = stats.lock() {
+                    s.record(h.ssrc, h.sequence_number, &pkt.payload, now, on);
+                }
+            }
+        });
+        Box::pin(async {})
+    }));
+}
+
 /// Sends a publisher's schedule on its tracks until `stop`.
-async fn send_media(
-    mut source: Source,
-    tracks: Vec<Option<Arc<TrackLocalStaticRTP>>>,
-    epoch: Instant,
-    stop: Arc<AtomicBool>,
-) {
+async fn send_media(mut source: Source, tracks: Tracks, epoch: Instant, stop: Arc<AtomicBool>) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut due = Vec::new();
@@ -746,30 +784,58 @@ async fn send_media(
     }
 }
 
-fn start_node(s: &Scenario) -> common::Node {
-    let http = common::host_account(HOST, PASSWORD);
+/// The node's configuration for scenario `s`: its `[http]` keys, and the rest
+/// (starting with keys of `[node]`, whose header the caller writes).
+fn node_config(s: &Scenario) -> (String, String) {
+    // Every subscriber's event stream comes from one address.
+    let http = format!(
+        "max_connections_per_ip = 4096\n{}",
+        common::host_account(HOST, PASSWORD)
+    );
     // One data-plane worker: the node has one core. Room size above the scenario's.
+    // `[node]` keys first: `start_binary_on` opens that table itself.
     let extra = format!(
-        "[node]\nworkers = 1\n[rooms]\nmax_participants = {}\n[log]\nlevel = \"warn\"\n",
+        "workers = 1\n[rooms]\nmax_participants = {}\n[log]\nlevel = \"warn\"\n",
         s.publishers + s.listeners + 10
     );
-    common::Node::start_with_http("", &http, &extra).0
+    (http, extra)
 }
 
-/// Joins `n` participants named `prefix`N, participant `i` from loopback address
-/// 127.0.`net`.(`i`+1): the node allows [30 joins a minute] per source address, as if
-/// each were a person at their own address.
+/// The node started inside `ns` on its inner address (through a wrapper script that
+/// enters the namespace and execs the binary, so the pid stays the node's); the
+/// wrapper's directory must outlive it.
+fn start_node_in(s: &Scenario, ns: &janus::Netns) -> (common::Node, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrapper = dir.path().join("confnode-in-netns");
+    let script = format!(
+        "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
+        ns.name,
+        common::BIN
+    );
+    std::fs::write(&wrapper, script).expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the wrapper");
+    let (http, extra) = node_config(s);
+    let node = common::Node::start_binary_on(&wrapper, ns.inside, &http, &extra).0;
+    (node, dir)
+}
+
+fn start_node(s: &Scenario) -> common::Node {
+    let (http, extra) = node_config(s);
+    common::Node::start_with_http("", &http, &format!("[node]\n{extra}")).0
+}
+
+/// Joins `n` participants named `prefix`N, participant `i` from address `from(i)`.
 fn join_all(
     http: SocketAddr,
     room: &str,
-    (prefix, net): (&str, u8),
+    prefix: &str,
     n: usize,
+    from: impl Fn(usize) -> std::net::Ipv4Addr,
 ) -> Vec<common::Joined> {
     (0..n)
-        .map(|i| {
-            let from = std::net::Ipv4Addr::new(127, 0, net, (i % 250 + 1) as u8);
-            join_from(http, room, &format!("{prefix}{i}"), from)
-        })
+        .map(|i| join_from(http, room, &format!("{prefix}{i}"), from(i)))
         .collect()
 }
 
@@ -808,8 +874,23 @@ fn join_from(http: SocketAddr, room: &str, name: &str, from: std::net::Ipv4Addr)
     }
 }
 
-fn run_sfu(s: &Scenario, secs: u64, pinned: bool) -> Run {
-    let node = start_node(s);
+/// One run of scenario `s` through confnode: on loopback, or in network namespace `ns`
+/// (reached over its veth, as Janus is).
+fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> Run {
+    let (node, _wrapper) = match ns {
+        None => (start_node(s), None),
+        Some(ns) => {
+            let (node, wrapper) = start_node_in(s, ns);
+            (node, Some(wrapper))
+        }
+    };
+    // Each participant joins from its own address (the node allows 30 joins a minute
+    // per address): 127.0.1.x publishers and 127.0.2.x listeners on loopback, the
+    // namespace's client addresses on the veth.
+    let from = |net: u8, i: usize| match ns {
+        None => std::net::Ipv4Addr::new(127, 0, net, (i % 250 + 1) as u8),
+        Some(ns) => ns.client(usize::from(net - 1) * s.publishers + i),
+    };
     if pinned {
         assert!(
             pin_process(node.pid(), SERVER_CORE),
@@ -817,11 +898,11 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool) -> Run {
         );
     }
     let room = common::create_room(&node, HOST, PASSWORD);
-    let pubs = join_all(node.http, &room, ("pub", 1), s.publishers);
+    let pubs = join_all(node.http, &room, "pub", s.publishers, |i| from(1, i));
     let subs = if s.conference() {
         Vec::new()
     } else {
-        join_all(node.http, &room, ("sub", 2), s.listeners)
+        join_all(node.http, &room, "sub", s.listeners, |i| from(2, i))
     };
     let stats = shared_stats(s.subscribers());
     let measuring = Arc::new(AtomicBool::new(false));
@@ -834,7 +915,7 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool) -> Run {
         .build()
         .expect("tokio runtime");
     let mut run = runtime.block_on(async {
-        let api = publisher_api();
+        let api = ns.map_or_else(publisher_api, |ns| janus::api(ns.host));
         let mut publishers = Vec::new();
         for (p, joined) in pubs.iter().enumerate() {
             let publisher = publish(&api, node.http, &room, joined, s.video).await;
@@ -848,7 +929,7 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool) -> Run {
             publishers.push(publisher);
         }
         // Subscribers join ten at a time.
-        let sub_api = Arc::new(peers::webrtc_api());
+        let sub_api = Arc::new(ns.map_or_else(peers::webrtc_api, |ns| janus::api(ns.host)));
         let who: Vec<(String, String)> = if s.conference() {
             pubs.iter()
                 .map(|j| (j.id.clone(), j.token.clone()))
@@ -886,16 +967,19 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool) -> Run {
         // A keyframe interval and a bit: every subscriber is on layer f.
         tokio::time::sleep(Duration::from_millis(3500)).await;
         let before = node_sample(&node);
+        let gen0 = own_cpu();
         measuring.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(secs)).await;
         measuring.store(false, Ordering::Relaxed);
         let after = node_sample(&node);
+        let gen1 = own_cpu();
         stop.store(true, Ordering::Relaxed);
         let span = secs as f64;
         let run = Run {
             in_pps: (after.0 - before.0) / span,
             out_pps: (after.1 - before.1) / span,
             cpu_s: after.2 - before.2,
+            gen_cpu_s: gen1 - gen0,
             secs: span,
             ..Run::default()
         };
@@ -1099,16 +1183,19 @@ fn run_bare(s: &Scenario, secs: u64, pinned: bool) -> Run {
     };
     std::thread::sleep(Duration::from_millis(3500));
     let cpu0 = cpu_seconds(relay.pid()).expect("the relay's /proc/PID/stat");
+    let gen0 = own_cpu();
     measuring.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(secs));
     measuring.store(false, Ordering::Relaxed);
     let cpu1 = cpu_seconds(relay.pid()).expect("the relay's /proc/PID/stat");
+    let gen1 = own_cpu();
     stop.store(true, Ordering::Relaxed);
     let sent_in = sender.join().expect("bare sender");
     receiver.join().expect("bare receiver");
     drop(relay);
     let mut run = Run {
         cpu_s: cpu1 - cpu0,
+        gen_cpu_s: gen1 - gen0,
         secs: secs as f64,
         ..Run::default()
     };
@@ -1179,9 +1266,21 @@ fn fmtpct(x: f64) -> String {
     }
 }
 
-fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>) {
+/// The run of median egress packets per CPU-second.
+fn median_run(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.out_per_cpu_s().total_cmp(&b.out_per_cpu_s()));
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>, janus: Option<(&Run, &Run)>) {
     let mut rows = Vec::new();
-    for (name, r) in std::iter::once(("confnode", sfu)).chain(bare.map(|b| ("bare", b))) {
+    let others = bare.map(|b| ("bare", b)).into_iter();
+    let others = others.chain(
+        janus
+            .into_iter()
+            .flat_map(|(n, j)| [("confnode (netns)", n), ("Janus (netns)", j)]),
+    );
+    for (name, r) in std::iter::once(("confnode", sfu)).chain(others) {
         rows.push(vec![
             name.to_owned(),
             format!("{:.0}", r.in_pps),
@@ -1194,6 +1293,7 @@ fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>) {
             r.gaps.to_string(),
             format!("{:.0}", r.p50_us),
             format!("{:.0}", r.p99_us),
+            format!("{:.0} %", r.gen_cpu_s / r.secs * 100.0),
         ]);
     }
     println!(
@@ -1215,35 +1315,52 @@ fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>) {
             "seq gaps",
             "p50 µs",
             "p99 µs",
+            "generator CPU",
         ],
         &rows,
     );
-    let l = sfu.layers;
-    println!(
-        "  confnode subscribers got: q {} h {} f {} audio {} packets",
-        l[0], l[1], l[2], l[3]
-    );
+    for (name, r) in [("confnode", Some(sfu)), ("Janus", janus.map(|(_, j)| j))] {
+        if let Some(r) = r {
+            let l = r.layers;
+            println!(
+                "  {name} subscribers got: q {} h {} f {} audio {} packets",
+                l[0], l[1], l[2], l[3]
+            );
+        }
+    }
     if let Some(b) = bare {
         println!(
             "  confnode egress per CPU-second = {:.3} × the bare limit",
             sfu.out_per_cpu_s() / b.out_per_cpu_s()
         );
     }
-    if !sfu.note.is_empty() {
-        println!("  note: {}", sfu.note);
+    if let Some((n, j)) = janus {
+        println!(
+            "  in the network namespace (over the veth): confnode egress per CPU-second = \
+             {:.2} × Janus's",
+            n.out_per_cpu_s() / j.out_per_cpu_s()
+        );
     }
 }
 
 const RESULTS_HEADER: &str = "label\tscenario\ttitle\tpublishers\tsubscribers\toffered_pps\t\
 sfu_in_pps\tsfu_out_pps\tsfu_cpu_s\tsfu_pkts_per_cpu_s\tsfu_loss\tsfu_gaps\tsfu_p50_us\tsfu_p99_us\t\
-bare_out_pps\tbare_cpu_s\tbare_pkts_per_cpu_s\tbare_loss\tbare_p50_us\tbare_p99_us\tdate\tcpu";
+bare_out_pps\tbare_cpu_s\tbare_pkts_per_cpu_s\tbare_loss\tbare_p50_us\tbare_p99_us\tdate\tcpu\t\
+sfu_generator_cpu\tbare_generator_cpu\t\
+janus_out_pps\tjanus_cpu_s\tjanus_pkts_per_cpu_s\tjanus_loss\tjanus_p50_us\tjanus_p99_us\t\
+netns_sfu_pkts_per_cpu_s\tnetns_sfu_loss\tnetns_sfu_p99_us";
 
 fn results_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results")
 }
 
 /// Replaces this scenario's row in the results file; returns all rows.
-fn save_row(s: &Scenario, sfu: &Run, bare: Option<&Run>) -> Vec<Vec<String>> {
+fn save_row(
+    s: &Scenario,
+    sfu: &Run,
+    bare: Option<&Run>,
+    janus: Option<(&Run, &Run)>,
+) -> Vec<Vec<String>> {
     let dir = results_dir();
     std::fs::create_dir_all(&dir).expect("create benches/results");
     let path = dir.join("sfu_load.tsv");
@@ -1255,12 +1372,14 @@ fn save_row(s: &Scenario, sfu: &Run, bare: Option<&Run>) -> Vec<Vec<String>> {
         .map(|l| l.split('\t').map(str::to_owned).collect::<Vec<_>>())
         .filter(|r| r.first() != Some(&label))
         .collect();
-    let b = bare.cloned().unwrap_or(Run {
+    let none = Run {
         out_pps: f64::NAN,
         p50_us: f64::NAN,
         p99_us: f64::NAN,
         ..Run::default()
-    });
+    };
+    let b = bare.cloned().unwrap_or_else(|| none.clone());
+    let (n, j) = janus.map_or((none.clone(), none), |(n, j)| (n.clone(), j.clone()));
     rows.push(vec![
         label,
         s.name.to_owned(),
@@ -1284,6 +1403,17 @@ fn save_row(s: &Scenario, sfu: &Run, bare: Option<&Run>) -> Vec<Vec<String>> {
         format!("{:.0}", b.p99_us),
         today(),
         cpu_model(),
+        format!("{:.3}", sfu.gen_cpu_s / sfu.secs),
+        format!("{:.3}", b.gen_cpu_s / b.secs.max(1.0)),
+        format!("{:.0}", j.out_pps),
+        format!("{:.2}", j.cpu_s),
+        format!("{:.0}", j.out_per_cpu_s()),
+        format!("{:.6}", j.loss()),
+        format!("{:.0}", j.p50_us),
+        format!("{:.0}", j.p99_us),
+        format!("{:.0}", n.out_per_cpu_s()),
+        format!("{:.6}", n.loss()),
+        format!("{:.0}", n.p99_us),
     ]);
     rows.sort_by(|a, b| a[0].cmp(&b[0]));
     let mut text = format!("{RESULTS_HEADER}\n");
@@ -1313,33 +1443,82 @@ fn main() {
         .cloned()
         .or_else(|| std::env::var("SFU_LOAD").ok())
         .unwrap_or_else(|| "b".to_owned());
-    let scenario = Scenario::pick(&name);
-    let secs = env_u64("SFU_LOAD_SECS", 30).max(1);
+    let scenarios = if name == "ladder" {
+        // Scenario b's fan-out at rising subscriber counts: points along the load axis.
+        LADDER
+            .iter()
+            .map(|&n| Scenario::pick("b").with_listeners(n))
+            .collect()
+    } else {
+        vec![Scenario::pick(&name)]
+    };
+    let ladder = name == "ladder";
+    let secs = env_u64("SFU_LOAD_SECS", if ladder { 20 } else { 10 }).max(1);
+    let rounds = env_u64("SFU_LOAD_ROUNDS", if ladder { 1 } else { 3 }).max(1);
 
     let pinned = cores() >= 2 && pin_self(GENERATOR_CORE);
     println!(
-        "sfu_load scenario {} ({}): {} publishers, {} subscribers, {} s measured; {}",
-        scenario.name,
-        scenario.title,
-        scenario.publishers,
-        scenario.subscribers(),
-        secs,
+        "sfu_load: {}; {} s measured per run, {} alternating rounds",
         if pinned {
             format!(
                 "server pinned to core {SERVER_CORE}, generator to core {GENERATOR_CORE} (taskset)"
             )
         } else {
             "NOT pinned (fewer than 2 cores)".to_owned()
-        }
+        },
+        secs,
+        rounds
     );
     println!("  machine: {}, {}", cpu_model(), today());
-
-    let sfu = run_sfu(&scenario, secs, pinned);
-    let bare = (!env_flag("SFU_LOAD_NO_BARE")).then(|| run_bare(&scenario, secs, pinned));
-    print_runs(&scenario, &sfu, bare.as_ref());
-    let rows = save_row(&scenario, &sfu, bare.as_ref());
-    let svg = results_dir().join("sfu_load.svg");
-    std::fs::write(&svg, plot::svg(&rows)).expect("write the plot");
+    for scenario in &scenarios {
+        println!(
+            "\nscenario {} ({}): {} publishers, {} subscribers",
+            scenario.name,
+            scenario.title,
+            scenario.publishers,
+            scenario.subscribers()
+        );
+        // Alternating rounds; each side's round of median packets per CPU-second is
+        // the one reported (the machine is shared).
+        let with_janus = env_flag("SFU_LOAD_JANUS");
+        let (mut sfus, mut bares, mut januses) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let sfu = run_sfu(scenario, secs, pinned, None);
+            let bare = (!env_flag("SFU_LOAD_NO_BARE")).then(|| run_bare(scenario, secs, pinned));
+            // Janus needs a network namespace: confnode runs there too for that row.
+            let janus = with_janus.then(|| {
+                let ns = janus::Netns::create(scenario.publishers + scenario.listeners);
+                let node = run_sfu(scenario, secs, pinned, Some(&ns));
+                (node, janus::run(scenario, secs, pinned, &ns))
+            });
+            if rounds > 1 {
+                let rate = |r: Option<&Run>| {
+                    r.map_or("-".to_owned(), |r| format!("{:.0}", r.out_per_cpu_s()))
+                };
+                println!(
+                    "  round {}: egress packets per CPU-second: confnode {:.0}, bare {}, Janus {}",
+                    round + 1,
+                    sfu.out_per_cpu_s(),
+                    rate(bare.as_ref()),
+                    rate(janus.as_ref().map(|(_, j)| j))
+                );
+            }
+            sfus.push(sfu);
+            bares.extend(bare);
+            januses.extend(janus);
+        }
+        let sfu = median_run(sfus);
+        let bare = (!bares.is_empty()).then(|| median_run(bares));
+        let janus = (!januses.is_empty()).then(|| {
+            let (nodes, janus): (Vec<Run>, Vec<Run>) = januses.into_iter().unzip();
+            (median_run(nodes), median_run(janus))
+        });
+        let janus = janus.as_ref().map(|(n, j)| (n, j));
+        print_runs(scenario, &sfu, bare.as_ref(), janus);
+        let rows = save_row(scenario, &sfu, bare.as_ref(), janus);
+        let svg = results_dir().join("sfu_load.svg");
+        std::fs::write(&svg, plot::svg(&rows)).expect("write the plot");
+    }
     println!("  results: benches/results/sfu_load.tsv, plot: benches/results/sfu_load.svg");
 }
 
@@ -1353,7 +1532,7 @@ mod plot {
     const LEFT: f64 = 90.0;
     const RIGHT: f64 = 170.0;
     const PANEL: f64 = 220.0;
-    const TOP: [f64; 2] = [50.0, 330.0];
+    const TOP: [f64; 2] = [76.0, 356.0];
 
     /// Columns of the results file (see `RESULTS_HEADER`).
     const LABEL: usize = 0;
@@ -1364,6 +1543,8 @@ mod plot {
     const BARE_LOSS: usize = 17;
     const DATE: usize = 20;
     const CPU: usize = 21;
+    const JANUS_RATE: usize = 26;
+    const JANUS_LOSS: usize = 27;
 
     fn num(row: &[String], col: usize) -> f64 {
         row.get(col)
@@ -1401,12 +1582,12 @@ mod plot {
         let x_max = axis(rows.iter().map(|r| num(r, OFFERED)).fold(0.0, f64::max) * 1.1);
         let rate_max = rows
             .iter()
-            .flat_map(|r| [num(r, SFU_RATE), num(r, BARE_RATE)])
+            .flat_map(|r| [num(r, SFU_RATE), num(r, BARE_RATE), num(r, JANUS_RATE)])
             .filter(|v| v.is_finite())
             .fold(0.0, f64::max);
         let loss_max = rows
             .iter()
-            .flat_map(|r| [num(r, SFU_LOSS), num(r, BARE_LOSS)])
+            .flat_map(|r| [num(r, SFU_LOSS), num(r, BARE_LOSS), num(r, JANUS_LOSS)])
             .filter(|v| v.is_finite())
             .fold(0.0, f64::max)
             * 100.0;
@@ -1475,11 +1656,28 @@ mod plot {
             }
             for row in rows {
                 let x = x_of(num(row, OFFERED));
-                let (sfu, bare) = if k == 0 {
-                    (num(row, SFU_RATE), num(row, BARE_RATE))
+                let (sfu, bare, janus) = if k == 0 {
+                    (
+                        num(row, SFU_RATE),
+                        num(row, BARE_RATE),
+                        num(row, JANUS_RATE),
+                    )
                 } else {
-                    (num(row, SFU_LOSS) * scale, num(row, BARE_LOSS) * scale)
+                    (
+                        num(row, SFU_LOSS) * scale,
+                        num(row, BARE_LOSS) * scale,
+                        num(row, JANUS_LOSS) * scale,
+                    )
                 };
+                if janus.is_finite() {
+                    let y = y_of(janus);
+                    let _ = writeln!(
+                        s,
+                        "<path d=\"M{:.1},{:.1} l5,9 h-10 z\" fill=\"#e07b00\"/>",
+                        x,
+                        y - 5.0
+                    );
+                }
                 if bare.is_finite() {
                     let y = y_of(bare);
                     let _ = writeln!(
@@ -1516,14 +1714,19 @@ mod plot {
             "<circle cx=\"{lx}\" cy=\"{}\" r=\"5\" fill=\"#1f6fd1\"/>\
              <text x=\"{}\" y=\"{}\">confnode (SRTP)</text>\n\
              <rect x=\"{}\" y=\"{}\" width=\"8\" height=\"8\" fill=\"#888\"/>\
-             <text x=\"{}\" y=\"{}\">bare UDP fan-out</text>\n</svg>",
+             <text x=\"{}\" y=\"{}\">bare UDP fan-out</text>\n\
+             <path d=\"M{lx},{} l5,9 h-10 z\" fill=\"#e07b00\"/>\
+             <text x=\"{}\" y=\"{}\">Janus (veth)</text>\n</svg>",
             TOP[0] + 10.0,
             lx + 10.0,
             TOP[0] + 14.0,
             lx - 4.0,
             TOP[0] + 26.0,
             lx + 10.0,
-            TOP[0] + 34.0
+            TOP[0] + 34.0,
+            TOP[0] + 44.0,
+            lx + 10.0,
+            TOP[0] + 54.0
         );
         s
     }
