@@ -400,9 +400,11 @@ impl Scenario {
         s
     }
 
+    /// A point of the ladder: scenario b's fan-out to `n` subscribers, its own row.
     fn with_listeners(mut self, n: usize) -> Scenario {
+        self.name = "ladder";
         self.listeners = n;
-        self.title = "ladder of scenario b";
+        self.title = "scenario b's fan-out";
         self
     }
 
@@ -464,6 +466,8 @@ struct Run {
     /// The generator's own CPU seconds over the window (this process, core 1): near
     /// the window's length, it is the generator that saturates, not the server.
     gen_cpu_s: f64,
+    /// Subscribers whose peer connection failed, left out of the run.
+    failed: usize,
 }
 
 impl Run {
@@ -940,6 +944,7 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
                 .collect()
         };
         let mut subscribers = Vec::new();
+        let mut failed = 0;
         for chunk in who.iter().zip(&stats).collect::<Vec<_>>().chunks(10) {
             let tasks: Vec<_> = chunk
                 .iter()
@@ -955,11 +960,16 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
                 })
                 .collect();
             for t in tasks {
-                subscribers.push(t.await.expect("subscriber task"));
+                // A subscriber whose connection failed (its panic is printed) is left
+                // out and counted: the run goes on with the others.
+                match t.await {
+                    Ok(sub) => subscribers.push(sub),
+                    Err(_) => failed += 1,
+                }
             }
         }
         println!(
-            "  {} publishers and {} subscribers connected after {:.1} s",
+            "  {} publishers and {} subscribers connected after {:.1} s ({failed} failed)",
             publishers.len(),
             subscribers.len(),
             epoch.elapsed().as_secs_f64()
@@ -980,6 +990,7 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
             out_pps: (after.1 - before.1) / span,
             cpu_s: after.2 - before.2,
             gen_cpu_s: gen1 - gen0,
+            failed,
             secs: span,
             ..Run::default()
         };
@@ -1294,6 +1305,7 @@ fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>, janus: Option<(&Run, 
             format!("{:.0}", r.p50_us),
             format!("{:.0}", r.p99_us),
             format!("{:.0} %", r.gen_cpu_s / r.secs * 100.0),
+            r.failed.to_string(),
         ]);
     }
     println!(
@@ -1316,6 +1328,7 @@ fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>, janus: Option<(&Run, 
             "p50 µs",
             "p99 µs",
             "generator CPU",
+            "subs failed",
         ],
         &rows,
     );
@@ -1354,6 +1367,24 @@ fn results_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results")
 }
 
+fn results_file() -> PathBuf {
+    results_dir().join("sfu_load.tsv")
+}
+
+/// The rows of the results file (none if there is none).
+fn read_rows() -> Vec<Vec<String>> {
+    let old = std::fs::read_to_string(results_file()).unwrap_or_default();
+    old.lines()
+        .skip(1)
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
+fn write_plot(rows: &[Vec<String>]) {
+    let svg = results_dir().join("sfu_load.svg");
+    std::fs::write(&svg, plot::svg(rows)).expect("write the plot");
+}
+
 /// Replaces this scenario's row in the results file; returns all rows.
 fn save_row(
     s: &Scenario,
@@ -1363,13 +1394,9 @@ fn save_row(
 ) -> Vec<Vec<String>> {
     let dir = results_dir();
     std::fs::create_dir_all(&dir).expect("create benches/results");
-    let path = dir.join("sfu_load.tsv");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
     let label = s.label();
-    let mut rows: Vec<Vec<String>> = old
-        .lines()
-        .skip(1)
-        .map(|l| l.split('\t').map(str::to_owned).collect::<Vec<_>>())
+    let mut rows: Vec<Vec<String>> = read_rows()
+        .into_iter()
         .filter(|r| r.first() != Some(&label))
         .collect();
     let none = Run {
@@ -1421,7 +1448,7 @@ fn save_row(
         text.push_str(&r.join("\t"));
         text.push('\n');
     }
-    std::fs::write(&path, text).expect("write benches/results/sfu_load.tsv");
+    std::fs::write(results_file(), text).expect("write benches/results/sfu_load.tsv");
     rows
 }
 
@@ -1443,6 +1470,11 @@ fn main() {
         .cloned()
         .or_else(|| std::env::var("SFU_LOAD").ok())
         .unwrap_or_else(|| "b".to_owned());
+    if name == "plot" {
+        // Only redraws the plot from the results file.
+        write_plot(&read_rows());
+        return;
+    }
     let scenarios = if name == "ladder" {
         // Scenario b's fan-out at rising subscriber counts: points along the load axis.
         LADDER
@@ -1515,9 +1547,7 @@ fn main() {
         });
         let janus = janus.as_ref().map(|(n, j)| (n, j));
         print_runs(scenario, &sfu, bare.as_ref(), janus);
-        let rows = save_row(scenario, &sfu, bare.as_ref(), janus);
-        let svg = results_dir().join("sfu_load.svg");
-        std::fs::write(&svg, plot::svg(&rows)).expect("write the plot");
+        write_plot(&save_row(scenario, &sfu, bare.as_ref(), janus));
     }
     println!("  results: benches/results/sfu_load.tsv, plot: benches/results/sfu_load.svg");
 }
@@ -1579,7 +1609,11 @@ mod plot {
     }
 
     pub(super) fn svg(rows: &[Vec<String>]) -> String {
-        let x_max = axis(rows.iter().map(|r| num(r, OFFERED)).fold(0.0, f64::max) * 1.1);
+        // A log axis for the load: the ladder doubles it from point to point.
+        let loads = || rows.iter().map(|r| num(r, OFFERED)).filter(|v| *v > 0.0);
+        let decade = |v: f64| 10f64.powf(v.log10().floor());
+        let x_min = decade(loads().fold(f64::INFINITY, f64::min).min(1e9));
+        let x_max = decade(loads().fold(0.0, f64::max).max(1.0)) * 10.0;
         let rate_max = rows
             .iter()
             .flat_map(|r| [num(r, SFU_RATE), num(r, BARE_RATE), num(r, JANUS_RATE)])
@@ -1599,7 +1633,7 @@ mod plot {
             ),
             ("loss (%)", axis(loss_max.max(0.1) * 1.1), 100.0),
         ];
-        let height = TOP[1] + PANEL + 70.0;
+        let height = TOP[1] + PANEL + 80.0;
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -1620,7 +1654,8 @@ mod plot {
         let plot_w = W - LEFT - RIGHT;
         for (k, (title, (y_max, y_step), scale)) in panels.iter().enumerate() {
             let top = TOP[k];
-            let x_of = |v: f64| LEFT + v / x_max.0 * plot_w;
+            let span = (x_max / x_min).ln();
+            let x_of = |v: f64| LEFT + (v / x_min).ln() / span * plot_w;
             let y_of = |v: f64| top + PANEL - v / y_max * PANEL;
             let _ = writeln!(
                 s,
@@ -1643,16 +1678,25 @@ mod plot {
                 );
                 v += y_step;
             }
-            let mut x = 0.0;
-            while x <= x_max.0 + 1e-9 {
-                let _ = writeln!(
-                    s,
-                    "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                    x_of(x),
-                    top + PANEL + 16.0,
-                    fmt_tick(x)
-                );
-                x += x_max.1;
+            let mut d = x_min;
+            while d <= x_max * 1.001 {
+                for m in [1.0, 2.0, 5.0] {
+                    let x = d * m;
+                    if x > x_max * 1.001 {
+                        break;
+                    }
+                    let _ = writeln!(
+                        s,
+                        "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{top}\" y2=\"{}\" \
+                         stroke=\"#eee\"/><text x=\"{x:.1}\" y=\"{}\" \
+                         text-anchor=\"middle\">{}</text>",
+                        top + PANEL,
+                        top + PANEL + 16.0,
+                        fmt_tick(x),
+                        x = x_of(x)
+                    );
+                }
+                d *= 10.0;
             }
             for row in rows {
                 let x = x_of(num(row, OFFERED));
@@ -1691,12 +1735,21 @@ mod plot {
                     let y = y_of(sfu);
                     let _ = writeln!(
                         s,
-                        "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"#1f6fd1\"/>\
-                         <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1f6fd1\">{}</text>",
-                        x + 7.0,
-                        y - 6.0,
-                        row[LABEL]
+                        "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"#1f6fd1\"/>"
                     );
+                    // Loss is labelled only where there is some: the zeros share a line.
+                    if k == 0 || sfu > 0.0 {
+                        let _ = writeln!(
+                            s,
+                            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1f6fd1\" \
+                             font-size=\"10\" transform=\"rotate(-30 {:.1} {:.1})\">{}</text>",
+                            x + 6.0,
+                            y - 6.0,
+                            x + 6.0,
+                            y - 6.0,
+                            row[LABEL]
+                        );
+                    }
                 }
             }
         }
@@ -1704,9 +1757,12 @@ mod plot {
         let _ = writeln!(
             s,
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">offered egress load \
-             (packets/s the scenario asks the server to send)</text>",
+             (packets/s the scenario asks the server to send, log scale)</text>\n\
+             <text x=\"{LEFT}\" y=\"{}\" fill=\"#555\">Loss is counted at the subscribers, \
+             the generator's webrtc-rs peers on one core.</text>",
             LEFT + plot_w / 2.0,
-            bottom + 36.0
+            bottom + 36.0,
+            bottom + 56.0
         );
         let lx = LEFT + plot_w + 16.0;
         let _ = writeln!(

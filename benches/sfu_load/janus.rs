@@ -420,6 +420,7 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
         }
         let sub_api = Arc::new(api(ns.host));
         let all: Vec<usize> = (0..s.subscribers()).collect();
+        let mut failed = 0;
         for chunk in all.chunks(10) {
             let tasks: Vec<_> = chunk
                 .iter()
@@ -435,13 +436,17 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
                 })
                 .collect();
             for t in tasks {
-                pcs.push(t.await.expect("subscriber task"));
+                // As for confnode: a failed subscriber is left out and counted.
+                match t.await {
+                    Ok(pc) => pcs.push(pc),
+                    Err(_) => failed += 1,
+                }
             }
         }
         println!(
-            "  Janus: {} publishers and {} subscribers connected after {:.1} s",
+            "  Janus: {} publishers and {} subscribers connected after {:.1} s ({failed} failed)",
             s.publishers,
-            s.subscribers(),
+            s.subscribers() - failed,
             epoch.elapsed().as_secs_f64()
         );
         tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -459,6 +464,7 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
         Run {
             cpu_s: cpu1 - cpu0,
             gen_cpu_s: gen1 - gen0,
+            failed,
             secs: secs as f64,
             ..Run::default()
         }
