@@ -468,6 +468,8 @@ struct Run {
     gen_cpu_s: f64,
     /// Subscribers whose peer connection failed, left out of the run.
     failed: usize,
+    /// The node's datagrams per sendmmsg call (0 where not known).
+    per_batch: f64,
 }
 
 impl Run {
@@ -552,15 +554,21 @@ fn cores() -> usize {
 const RTP_IN: &str = "confnode_sfu_received_packets_total{kind=\"rtp\"}";
 const FORWARDED: &str = "confnode_sfu_forwarded_packets_total";
 
-/// Packets in, packets forwarded, and the node's CPU seconds, now.
-fn node_sample(node: &common::Node) -> (f64, f64, f64) {
+const SEND_BATCHES: &str = "confnode_sfu_send_batches_total";
+const SENT_DATAGRAMS: &str = "confnode_sfu_sent_datagrams_total";
+
+/// Packets in, packets forwarded, the node's CPU seconds, and its sendmmsg calls and
+/// the datagrams they sent, now.
+fn node_sample(node: &common::Node) -> [f64; 5] {
     let metrics = node.metrics();
     let cpu = cpu_seconds(node.pid()).expect("the node's /proc/PID/stat");
-    (
+    [
         common::metric_value(&metrics, RTP_IN),
         common::metric_value(&metrics, FORWARDED),
         cpu,
-    )
+        common::metric_value(&metrics, SEND_BATCHES),
+        common::metric_value(&metrics, SENT_DATAGRAMS),
+    ]
 }
 
 /// A webrtc-rs API whose media engine writes the mid and rid header extensions a
@@ -986,9 +994,10 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
         stop.store(true, Ordering::Relaxed);
         let span = secs as f64;
         let run = Run {
-            in_pps: (after.0 - before.0) / span,
-            out_pps: (after.1 - before.1) / span,
-            cpu_s: after.2 - before.2,
+            in_pps: (after[0] - before[0]) / span,
+            out_pps: (after[1] - before[1]) / span,
+            cpu_s: after[2] - before[2],
+            per_batch: (after[4] - before[4]) / (after[3] - before[3]).max(1.0),
             gen_cpu_s: gen1 - gen0,
             failed,
             secs: span,
@@ -1331,6 +1340,10 @@ fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>, janus: Option<(&Run, 
             "subs failed",
         ],
         &rows,
+    );
+    println!(
+        "  confnode sent {:.1} datagrams per sendmmsg call",
+        sfu.per_batch
     );
     for (name, r) in [("confnode", Some(sfu)), ("Janus", janus.map(|(_, j)| j))] {
         if let Some(r) = r {
