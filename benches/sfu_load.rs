@@ -8,9 +8,9 @@
 //!     cargo bench --bench sfu_load -- c          # the same, as an argument
 //!     SFU_LOAD=ladder cargo bench --bench sfu_load  # b at 10 to 300 subscribers
 //!
-//! Every scenario runs twice with the same media schedule: first through confnode (the
-//! release build cargo made for this bench), then through the bare relay. The bare
-//! limit is printed beside each confnode figure; that is scenario (e) of issue 11.
+//! Every round runs the same media schedule through confnode (the release build cargo
+//! made for this bench), then through the bare relay. The bare limit is printed beside
+//! each confnode figure; that is scenario (e) of issue 11.
 //!
 //! **Media.** Each publisher sends VP8 in three simulcast layers (rids q/h/f, about
 //! 150/500/1500 kbit/s at 30 frames/s, 320×180/640×360/1280×720, a keyframe every 3 s
@@ -53,7 +53,9 @@
 //! scenario replaces its row in `benches/results/sfu_load.tsv` and redraws
 //! `benches/results/sfu_load.svg` from all rows.
 //!
-//! Everything is on 127.0.0.1; every process started is a child stopped at the end.
+//! Everything is on loopback (127.0.0.0/8), or with `SFU_LOAD_JANUS=1` also on a veth
+//! pair into a namespace the run makes and deletes; every process started is a child
+//! stopped at the end.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
