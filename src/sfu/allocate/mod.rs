@@ -428,6 +428,9 @@ pub struct Allocator {
     /// The last probe found room, and the allocation has not looked since.
     room_shown: bool,
     probing_now: bool,
+    /// The last probe found no room: the next asks for the cheapest step up of any
+    /// held stream (see [`Allocator::ask_probe`]).
+    last_probe_failed: bool,
     /// When the last probe ended, and the wait before the next.
     last_probe: Option<u64>,
     probe_interval: u64,
@@ -479,6 +482,7 @@ impl Allocator {
             probe_ask: None,
             room_shown: false,
             probing_now: false,
+            last_probe_failed: false,
             last_probe: None,
             probe_interval: PROBE_MIN_US,
         }
@@ -498,6 +502,7 @@ impl Allocator {
     pub(crate) fn probe_done(&mut self, room: bool, now: u64) {
         self.probing_now = false;
         self.room_shown = room;
+        self.last_probe_failed = !room;
         self.last_probe = Some(now);
         self.probe_interval = if room {
             PROBE_AGAIN_US
@@ -624,7 +629,10 @@ impl Allocator {
     /// estimate; a probe of a full link then overshoots it by little, which keeps its
     /// queue short and its measurement clear. One probe at a time, spaced by
     /// [`PROBE_AGAIN_US`] after one that found room, from [`PROBE_MIN_US`] up to
-    /// [`PROBE_MAX_US`] after ones that found none.
+    /// [`PROBE_MAX_US`] after ones that found none. After one that found none, the next
+    /// asks for the cheapest step of any held stream instead: the first in priority may
+    /// have a step the path can never carry (the speaker's next layer on a narrow
+    /// link), and probing only for it would keep every other video at its floor.
     fn ask_probe(&mut self, demands: &[Demand], estimate: u64, now: u64) {
         let spaced = self
             .last_probe
@@ -632,7 +640,12 @@ impl Allocator {
         if self.probing_now || !spaced {
             return;
         }
-        let Some((i, cap)) = self.next_step(demands) else {
+        let step = if self.last_probe_failed {
+            self.cheapest_step(demands)
+        } else {
+            self.next_step(demands)
+        };
+        let Some((i, cap)) = step else {
             return;
         };
         let cost: u64 = demands
@@ -682,22 +695,43 @@ impl Allocator {
     /// The stream to lift next, one layer, and its cap then: of the streams held below
     /// their best, by priority (a screen, the speaker's), else the one furthest below.
     fn next_step(&self, demands: &[Demand]) -> Option<(usize, LayerCap)> {
-        let held = |i: &usize| {
-            let d = &demands[*i];
-            !d.audio && d.best().is_some() && self.caps[*i] != LayerCap::Any
-        };
-        let i = (0..demands.len())
-            .filter(held)
+        let i = self
+            .held(demands)
             .min_by_key(|i| (demands[*i].priority(), rank(self.caps[*i])))?;
-        let d = &demands[i];
-        let mut cap = self.caps[i];
+        Some((i, self.one_up(&demands[i], self.caps[i])))
+    }
+
+    /// Of the streams held below their best, the one whose next step costs least (by
+    /// priority among equals), and its cap then.
+    fn cheapest_step(&self, demands: &[Demand]) -> Option<(usize, LayerCap)> {
+        self.held(demands)
+            .map(|i| (i, self.one_up(&demands[i], self.caps[i])))
+            .min_by_key(|&(i, cap)| {
+                let d = &demands[i];
+                (
+                    d.cost(cap).saturating_sub(d.cost(self.caps[i])),
+                    d.priority(),
+                )
+            })
+    }
+
+    /// The videos held below their best.
+    fn held<'a>(&'a self, demands: &'a [Demand]) -> impl Iterator<Item = usize> + 'a {
+        (0..demands.len()).filter(|&i| {
+            let d = &demands[i];
+            !d.audio && d.best().is_some() && self.caps[i] != LayerCap::Any
+        })
+    }
+
+    /// `cap` one step up: a paused video to its floor.
+    fn one_up(&self, d: &Demand, cap: LayerCap) -> LayerCap {
         if cap == LayerCap::Paused {
-            cap = d.floor();
-        } else {
-            let mut unlimited = u64::MAX;
-            step_up(d, &mut cap, &mut unlimited);
+            return d.floor();
         }
-        Some((i, cap))
+        let mut cap = cap;
+        let mut unlimited = u64::MAX;
+        step_up(d, &mut cap, &mut unlimited);
+        cap
     }
 }
 

@@ -281,6 +281,51 @@ fn a_try_ends_at_the_first_congestion() {
     assert_eq!(a.take_proven(), None);
 }
 
+/// A narrow link: the speaker's camera has its lowest layer whole, the other camera its
+/// base temporal layer; the speaker's next layer can never pass. A probe for it finds no
+/// room; the next asks for the cheapest step (the other camera's next temporal layer),
+/// and when that finds room the other camera goes up, instead of staying at a quarter
+/// of its frame rate while probes for the speaker fail.
+#[test]
+fn after_a_probe_found_no_room_the_next_asks_for_the_cheapest_step() {
+    use LayerCap::*;
+    let thin = |d: Demand| Demand {
+        thin: [[40_000, 90_000], [0; 2], [0; 2]],
+        ..d
+    };
+    let speaker = Demand {
+        speaker: true,
+        ..thin(VIDEO)
+    };
+    let d = [AUDIO, speaker, AUDIO, thin(VIDEO)];
+    let base = Frames { layer: 0, tid: 0 };
+    let mut a = Allocator::new();
+    a.set_way_up(WayUp::Probe);
+    let est = 300_000;
+    assert_eq!(a.run(Some(est), 0, &d, 0), [Any, UpTo(0), Any, base]);
+    // The first probe is for the speaker's next layer: at most twice the estimate.
+    a.run(Some(est), 0, &d, UP_HOLD_US);
+    assert_eq!(a.take_probe(), Some(2 * est));
+    a.probe_done(false, UP_HOLD_US + S);
+    // It found no room: the next one is for the other camera's next temporal layer.
+    let next = UP_HOLD_US + S + 2 * PROBE_MIN_US;
+    a.run(Some(est), 0, &d, next);
+    let with_it = 80_000 + 150_000 + 90_000;
+    assert_eq!(
+        a.take_probe(),
+        Some((with_it as f64 * UP_MARGIN * PROBE_BEYOND) as u64)
+    );
+    // It found room (the estimator raised the estimate with it): the other camera up.
+    a.probe_done(true, next + S);
+    assert_eq!(
+        a.run(Some(390_000), 0, &d, next + S),
+        [Any, UpTo(0), Any, Frames { layer: 0, tid: 1 }]
+    );
+    // And the probe after a success is for the first in priority again.
+    a.run(Some(390_000), 0, &d, next + S + PROBE_AGAIN_US);
+    assert_eq!(a.take_probe(), Some(2 * 390_000));
+}
+
 #[test]
 fn a_probeable_path_goes_up_only_after_a_probe_found_room() {
     use LayerCap::*;
