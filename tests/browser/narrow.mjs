@@ -56,8 +56,11 @@ await waitFor("Bob: Alice's video at ≥ 540 lines", 30_000, async () => {
   return v.height >= 540 ? true : v;
 });
 // Two lowest layers and two voices need about 370 kbit/s: one video may be paused
-// (and the page says so); the one that plays (frames decoded over 2 s, not merely
-// once: a video the node pauses keeps what it decoded) is the one judged.
+// (and the page says so); the one that plays (at least 10 frames a second over 2 s,
+// not merely once: a video the node pauses keeps what it decoded) is the one judged.
+// The other plays on its lowest layer too, at least at the allocation's floor (its
+// base temporal layer: a quarter of the frames, README "What works today"), or is
+// paused.
 let shown = null;
 await waitFor("Carol: a video playing on its lowest layer, the other too or paused", 45_000, async () => {
   const before = { alice: await video(carol, alice), bob: await video(carol, bob) };
@@ -65,9 +68,13 @@ await waitFor("Carol: a video playing on its lowest layer, the other too or paus
   const paused = await carol.page.evaluate(() => window.confnode.state().pausedVideos);
   const now = { alice: await video(carol, alice), bob: await video(carol, bob) };
   const lowest = (v) => v.height > 0 && v.height <= 180;
-  const plays = (who, key) => !paused.includes(who.id) && now[key].frames - before[key].frames >= 20 && lowest(now[key]);
+  const decoded = (key) => now[key].frames - before[key].frames;
+  const plays = (who, key) => !paused.includes(who.id) && decoded(key) >= 20 && lowest(now[key]);
+  // A quarter of Chrome's frame rate here (about 20 frames a second from the fake
+  // camera on this 2-core machine) is 10 frames in 2 s; 6 leaves room for a late one.
+  const atFloor = (who, key) => !paused.includes(who.id) && decoded(key) >= 6 && lowest(now[key]);
   for (const [from, key, other, otherKey] of [[alice, "alice", bob, "bob"], [bob, "bob", alice, "alice"]]) {
-    if (plays(from, key) && (paused.includes(other.id) || plays(other, otherKey))) {
+    if (plays(from, key) && (paused.includes(other.id) || atFloor(other, otherKey))) {
       shown = from;
       return true;
     }
