@@ -112,14 +112,19 @@ fn wait_nodes(node: &Node, n: f64) {
     );
 }
 
-fn create(node: &Node) -> String {
-    let r = http(
+/// `POST /api/rooms` as the host through `node`.
+fn post_room(node: &Node) -> common::HttpResponse {
+    http(
         node.http,
         "POST",
         "/api/rooms",
         &[("Authorization", &basic_auth(HOST, PASSWORD))],
         b"",
-    );
+    )
+}
+
+fn create(node: &Node) -> String {
+    let r = post_room(node);
     assert_eq!(r.status, 201, "create room: {}", r.body);
     let id = r.json()["room"].as_str().expect("room").to_owned();
     assert_eq!(
@@ -413,13 +418,7 @@ fn a_draining_node_gets_no_new_rooms() {
         join(&b, &room).expect("a new room goes to the node that does not drain");
     }
     // A refuses to make rooms itself while it drains.
-    let refused = http(
-        a.http,
-        "POST",
-        "/api/rooms",
-        &[("Authorization", &basic_auth(HOST, PASSWORD))],
-        b"",
-    );
+    let refused = post_room(&a);
     assert_eq!(refused.status, 503);
 }
 
@@ -462,13 +461,7 @@ fn a_hosts_rooms_count_on_every_node_together() {
     let mut made = 0;
     let refused = loop {
         let through = if made % 2 == 0 { &a } else { &b };
-        let r = http(
-            through.http,
-            "POST",
-            "/api/rooms",
-            &[("Authorization", &basic_auth(HOST, PASSWORD))],
-            b"",
-        );
+        let r = post_room(through);
         if r.status != 201 {
             break r;
         }
@@ -519,13 +512,7 @@ fn calls_go_on_while_the_database_is_away_and_it_is_taken_back() {
     assert_eq!(pref.status, 204, "{}", pref.body);
     // A new room needs the database: refused, with a JSON message, not a hang.
     let started = Instant::now();
-    let refused = http(
-        a.http,
-        "POST",
-        "/api/rooms",
-        &[("Authorization", &basic_auth(HOST, PASSWORD))],
-        b"",
-    );
+    let refused = post_room(&a);
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.json()["error"].is_string());
     assert!(started.elapsed() < Duration::from_secs(12));
@@ -533,13 +520,7 @@ fn calls_go_on_while_the_database_is_away_and_it_is_taken_back() {
     pg.start_again();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = http(
-            a.http,
-            "POST",
-            "/api/rooms",
-            &[("Authorization", &basic_auth(HOST, PASSWORD))],
-            b"",
-        );
+        let r = post_room(&a);
         if r.status == 201 {
             break;
         }
