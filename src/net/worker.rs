@@ -478,9 +478,13 @@ impl Worker {
                     continue;
                 };
                 match self.batch.recv(fd, index) {
-                    // It may have more: to the back of the queue, so that one busy
-                    // socket cannot starve the others.
-                    Ok(_) => self.ready.rotate(),
+                    // It filled the batch and may have more: to the back of the queue,
+                    // so that one busy socket cannot starve the others.
+                    Ok(_) if self.batch.is_full() => self.ready.rotate(),
+                    // Fewer than asked: it is drained. The poll is edge-triggered (mio),
+                    // so the next datagram wakes us again; asking once more only to
+                    // hear `WouldBlock` would cost a system call per wake.
+                    Ok(_) => self.ready.pop(),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         // WouldBlock: drained. Anything else is an ICMP error queued
