@@ -77,7 +77,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use load::{Epoll, MsgBatch, Proc, cpu_seconds, env_flag, env_u64, print_table, set_buffers};
+use load::{
+    Epoll, MsgBatch, Proc, cpu_seconds, env_flag, env_u64, print_table, set_buffers, wakeups,
+};
 use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -515,6 +517,8 @@ struct Run {
     failed: usize,
     /// The node's datagrams per sendmmsg call (0 where not known).
     per_batch: f64,
+    /// Times the server's threads went to sleep over the window (waiting for packets).
+    wakeups: f64,
 }
 
 impl Run {
@@ -602,9 +606,9 @@ const FORWARDED: &str = "confnode_sfu_forwarded_packets_total";
 const SEND_BATCHES: &str = "confnode_sfu_send_batches_total";
 const SENT_DATAGRAMS: &str = "confnode_sfu_sent_datagrams_total";
 
-/// Packets in, packets forwarded, the node's CPU seconds, and its sendmmsg calls and
-/// the datagrams they sent, now.
-fn node_sample(node: &common::Node) -> [f64; 5] {
+/// Packets in, packets forwarded, the node's CPU seconds, its sendmmsg calls and the
+/// datagrams they sent, and its threads' wakeups, now.
+fn node_sample(node: &common::Node) -> [f64; 6] {
     let metrics = node.metrics();
     let cpu = cpu_seconds(node.pid()).expect("the node's /proc/PID/stat");
     [
@@ -613,6 +617,7 @@ fn node_sample(node: &common::Node) -> [f64; 5] {
         cpu,
         common::metric_value(&metrics, SEND_BATCHES),
         common::metric_value(&metrics, SENT_DATAGRAMS),
+        wakeups(node.pid()).unwrap_or(0) as f64,
     ]
 }
 
@@ -1051,6 +1056,7 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
             out_pps: (after[1] - before[1]) / span,
             cpu_s: after[2] - before[2],
             per_batch: (after[4] - before[4]) / (after[3] - before[3]).max(1.0),
+            wakeups: after[5] - before[5],
             gen_cpu_s: gen1 - gen0,
             failed,
             secs: span,
@@ -1256,11 +1262,13 @@ fn run_bare(s: &Scenario, secs: u64, pinned: bool) -> Run {
     };
     std::thread::sleep(Duration::from_millis(3500));
     let cpu0 = cpu_seconds(relay.pid()).expect("the relay's /proc/PID/stat");
+    let wake0 = wakeups(relay.pid()).unwrap_or(0);
     let gen0 = own_cpu();
     measuring.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(secs));
     measuring.store(false, Ordering::Relaxed);
     let cpu1 = cpu_seconds(relay.pid()).expect("the relay's /proc/PID/stat");
+    let wake1 = wakeups(relay.pid()).unwrap_or(0);
     let gen1 = own_cpu();
     stop.store(true, Ordering::Relaxed);
     let sent_in = sender.join().expect("bare sender");
@@ -1269,6 +1277,7 @@ fn run_bare(s: &Scenario, secs: u64, pinned: bool) -> Run {
     let mut run = Run {
         cpu_s: cpu1 - cpu0,
         gen_cpu_s: gen1 - gen0,
+        wakeups: wake1.saturating_sub(wake0) as f64,
         secs: secs as f64,
         ..Run::default()
     };
@@ -1286,30 +1295,59 @@ fn bare_send(
     epoch: Instant,
     stop: Arc<AtomicBool>,
 ) -> f64 {
-    let mut schedules: Vec<Source> = (0..sources.len())
-        .map(|p| Source::new(p as u16, sources[p].len() > 1))
+    // Each publisher on a thread of its own, started a share of the 5 ms tick after the
+    // one before: independent browsers (and the webrtc-rs publishers, each a task of its
+    // own) send at times of their own, and a relay fed every publisher's packets in one
+    // burst per tick would wake less often than the SFU does for the same packets.
+    let start = Instant::now();
+    let count = sources.len().max(1) as u32;
+    let publishers: Vec<_> = sources
+        .into_iter()
+        .enumerate()
+        .map(|(p, socks)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(5) * p as u32 / count);
+                bare_publish(p, &socks, relay, epoch, &stop)
+            })
+        })
         .collect();
+    let sent: u64 = publishers
+        .into_iter()
+        .map(|t| t.join().expect("bare publisher"))
+        .sum();
+    sent as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Publisher `p`'s schedule, sent from its sockets (one per layer) to the bare relay
+/// until `stop`. Returns the packets sent.
+fn bare_publish(
+    p: usize,
+    socks: &[(u8, UdpSocket, u16)],
+    relay: SocketAddr,
+    epoch: Instant,
+    stop: &AtomicBool,
+) -> u64 {
+    let mut schedule = Source::new(p as u16, socks.len() > 1);
     let start = Instant::now();
     let mut due = Vec::new();
     let mut buf = Vec::with_capacity(2048);
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(5));
-        for (p, schedule) in schedules.iter_mut().enumerate() {
-            schedule.due(start.elapsed(), &mut due);
-            for out in due.drain(..) {
-                let Some((_, sock, _)) = sources[p].iter().find(|(l, _, _)| *l == out.layer) else {
-                    continue;
-                };
-                let ssrc = (p as u32) << 8 | u32::from(out.layer);
-                bare_packet(&out, ssrc, epoch, &mut buf);
-                if sock.send_to(&buf, relay).is_ok() {
-                    sent += 1;
-                }
+        schedule.due(start.elapsed(), &mut due);
+        for out in due.drain(..) {
+            let Some((_, sock, _)) = socks.iter().find(|(l, _, _)| *l == out.layer) else {
+                continue;
+            };
+            let ssrc = (p as u32) << 8 | u32::from(out.layer);
+            bare_packet(&out, ssrc, epoch, &mut buf);
+            if sock.send_to(&buf, relay).is_ok() {
+                sent += 1;
             }
         }
     }
-    sent as f64 / start.elapsed().as_secs_f64()
+    sent
 }
 
 // ---------------------------------------------------------------------------------
@@ -1366,6 +1404,7 @@ fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>, janus: Option<(&Run, 
             r.gaps.to_string(),
             format!("{:.0}", r.p50_us),
             format!("{:.0}", r.p99_us),
+            format!("{:.0}", r.wakeups / r.secs),
             format!("{:.0} %", r.gen_cpu_s / r.secs * 100.0),
             r.failed.to_string(),
         ]);
@@ -1389,6 +1428,7 @@ fn print_runs(s: &Scenario, sfu: &Run, bare: Option<&Run>, janus: Option<(&Run, 
             "seq gaps",
             "p50 µs",
             "p99 µs",
+            "wakeups/s",
             "generator CPU",
             "subs failed",
         ],

@@ -167,6 +167,24 @@ fn cpu_seconds_of(path: &str) -> Option<f64> {
     (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
+/// How often the threads of process `pid` have gone to sleep so far (their voluntary
+/// context switches, summed over /proc/<pid>/task/*/status): how often a server waited
+/// for packets and was woken.
+pub fn wakeups(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// A `kB` field of /proc/<pid>/status: "VmRSS" (resident now) or "VmHWM" (peak).
 pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -451,11 +451,13 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
         );
         tokio::time::sleep(Duration::from_millis(3500)).await;
         let cpu0 = super::cpu_seconds(janus.pid()).expect("Janus's /proc/PID/stat");
+        let wake0 = super::wakeups(janus.pid()).unwrap_or(0);
         let gen0 = own_cpu();
         measuring.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(secs)).await;
         measuring.store(false, Ordering::Relaxed);
         let cpu1 = super::cpu_seconds(janus.pid()).expect("Janus's /proc/PID/stat");
+        let wake1 = super::wakeups(janus.pid()).unwrap_or(0);
         let gen1 = own_cpu();
         stop.store(true, Ordering::Relaxed);
         for pc in &pcs {
@@ -464,6 +466,7 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
         Run {
             cpu_s: cpu1 - cpu0,
             gen_cpu_s: gen1 - gen0,
+            wakeups: wake1.saturating_sub(wake0) as f64,
             failed,
             secs: secs as f64,
             ..Run::default()
