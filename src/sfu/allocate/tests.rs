@@ -310,11 +310,7 @@ fn after_a_probe_found_no_room_the_next_asks_for_the_cheapest_step() {
     // It found no room: the next one is for the other camera's next temporal layer.
     let next = UP_HOLD_US + S + 2 * PROBE_MIN_US;
     a.run(Some(est), 0, &d, next);
-    let with_it = 80_000 + 150_000 + 90_000;
-    assert_eq!(
-        a.take_probe(),
-        Some((with_it as f64 * UP_MARGIN * PROBE_BEYOND) as u64)
-    );
+    assert_eq!(a.take_probe(), probe_for(80_000 + 150_000 + 90_000));
     // It found room (the estimator raised the estimate with it): the other camera up.
     a.probe_done(true, next + S);
     assert_eq!(
@@ -324,6 +320,12 @@ fn after_a_probe_found_no_room_the_next_asks_for_the_cheapest_step() {
     // And the probe after a success is for the first in priority again.
     a.run(Some(390_000), 0, &d, next + S + PROBE_AGAIN_US);
     assert_eq!(a.take_probe(), Some(2 * 390_000));
+}
+
+/// The rate of a probe for a step that needs `bps` in all: with the margin and a little
+/// beyond.
+fn probe_for(bps: u64) -> Option<u64> {
+    Some((bps as f64 * UP_MARGIN * PROBE_BEYOND) as u64)
 }
 
 #[test]
@@ -377,11 +379,7 @@ fn a_probeable_path_goes_up_only_after_a_probe_found_room() {
     a.probe_done(true, ended);
     assert_eq!(a.run(Some(raised), 0, &d, ended), [Any, Any, Any, UpTo(1)]);
     a.run(Some(raised), 0, &d, ended + PROBE_AGAIN_US);
-    let all = 80_000 + 1_500_000 + 1_500_000;
-    assert_eq!(
-        a.take_probe(),
-        Some((all as f64 * UP_MARGIN * PROBE_BEYOND) as u64)
-    );
+    assert_eq!(a.take_probe(), probe_for(80_000 + 1_500_000 + 1_500_000));
     // With room for everything, nothing is held and nothing probed.
     a.probe_done(true, ended + PROBE_AGAIN_US);
     assert_eq!(
