@@ -14,7 +14,7 @@
 //! of the link ([`SentPackets`]), taken as each packet is sent.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::bwe::{ProbePace, SentPackets};
@@ -27,18 +27,27 @@ const STREAM_SSRCS: usize = 2;
 pub(crate) type Peer = (SocketAddr, usize);
 
 /// What a receiving session shares with the streams forwarded to it.
+///
+/// Forwarding reads it once per packet and receiver, and with one audio packet fanned
+/// out to a hundred listeners 20 ms apart it is usually cold by then: what every packet
+/// reads (whether the receiver takes media, the version of its address, the
+/// transport-wide counter and the probe's end) comes first, in the link's first cache
+/// line, so that each receiver costs one miss here rather than several.
 #[derive(Debug, Default)]
+#[repr(C, align(64))]
 pub(crate) struct ReceiverLink {
-    /// Our outbound SRTP master key of the receiver's DTLS (the server's write key).
-    key: OnceLock<MasterKey>,
-    peer: Mutex<Option<Peer>>,
     /// Bumped after every change of `peer`.
     version: AtomicU32,
+    /// The receiver's DTLS connected and the session is not closed: it takes media.
+    receiving: AtomicBool,
     /// The receiver transport's transport-wide sequence numbers and what went out
     /// under them, for reading its transport-cc feedback.
     pub(crate) sent: SentPackets,
     /// The pace of a probe of the receiver's path, when one runs.
     pub(crate) probe: ProbePace,
+    peer: Mutex<Option<Peer>>,
+    /// Our outbound SRTP master key of the receiver's DTLS (the server's write key).
+    key: OnceLock<MasterKey>,
 }
 
 impl ReceiverLink {
@@ -50,6 +59,11 @@ impl ReceiverLink {
     /// key counts (a session connects once).
     pub(crate) fn set_key(&self, key: MasterKey) {
         let _ = self.key.set(key);
+    }
+
+    /// Whether the receiver takes media (see [`Egress::receiving`]).
+    pub(crate) fn set_receiving(&self, on: bool) {
+        self.receiving.store(on, Ordering::SeqCst);
     }
 
     /// The receiver's media moved to `peer` (a nomination, or its DTLS connected).
@@ -82,6 +96,12 @@ impl Egress {
             peer: None,
             seen,
         }
+    }
+
+    /// Whether the receiver takes media now: its DTLS connected and its session is not
+    /// closed (one load from the link, which the packet reads next anyway).
+    pub(crate) fn receiving(&self) -> bool {
+        self.link.receiving.load(Ordering::Relaxed)
     }
 
     /// Where to send, once the receiver's DTLS connected and its address is known;

@@ -575,7 +575,7 @@ pub(super) fn forward_rtp(
     for o in &mut t.outs {
         // Nothing is forwarded before the receiver can decrypt it, so that its stream
         // starts at a keyframe it will see.
-        if o.paused || o.subscriber.is_closed() || !o.subscriber.is_dtls_connected() {
+        if o.paused || !o.egress.receiving() {
             continue;
         }
         out[..n].copy_from_slice(&pkt[..n]);
@@ -727,6 +727,7 @@ fn drain(
                 if !session.dtls_connected.swap(true, Ordering::SeqCst) {
                     metrics.dtls_connected.inc();
                 }
+                session.start_receiving();
                 // Closed meanwhile: its `close` may have looked before we counted.
                 if session.closed.load(Ordering::SeqCst) {
                     session.leave_gauge(metrics);

@@ -499,6 +499,7 @@ impl Session {
     }
 
     /// Whether the DTLS handshake completed and the session has SRTP keys.
+    #[cfg(test)]
     pub(crate) fn is_dtls_connected(&self) -> bool {
         self.dtls_connected.load(Ordering::Relaxed)
     }
@@ -508,8 +509,20 @@ impl Session {
         self.dtls_ended.load(Ordering::Relaxed)
     }
 
-    /// Takes the session out of the `dtls_connected` gauge, once.
+    /// A receiving session's streams may be forwarded from now on (its DTLS connected).
+    fn start_receiving(&self) {
+        if let Some(link) = &self.link {
+            link.set_receiving(true);
+        }
+    }
+
+    /// Takes the session out of the `dtls_connected` gauge, once, and stops what is
+    /// forwarded to it (every time: a `start_receiving` racing with `close` is undone by
+    /// the caller's look at `closed` after it).
     fn leave_gauge(&self, metrics: &SfuMetrics) {
+        if let Some(link) = &self.link {
+            link.set_receiving(false);
+        }
         if self.dtls_connected.swap(false, Ordering::SeqCst) {
             metrics.dtls_connected.dec();
         }
