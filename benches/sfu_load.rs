@@ -37,9 +37,11 @@
 //! **Measured**, over a window after a warm-up (one keyframe interval, so every
 //! subscriber is on layer f): packets in and out per second at the node (its
 //! `/metrics`), loss (per-stream counter ranges) and RTP sequence gaps per subscriber,
-//! latency from the publisher's write to the subscriber's read (p50/p99, through both
-//! webrtc-rs stacks and the generator's scheduling: an upper bound of what the node
-//! adds), and the server's CPU seconds (utime + stime, /proc/PID/stat) per forwarded
+//! latency from the publisher's write to the packet's arrival in the subscriber's
+//! socket (p50/p99; the kernel's receive time, `sfu_load/stamped.rs`, for the SFU's
+//! webrtc-rs subscribers and the bare relay's receivers alike, so the generator's own
+//! queueing on its one core is left out; the publisher's webrtc-rs send path is in
+//! it), and the server's CPU seconds (utime + stime, /proc/PID/stat) per forwarded
 //! packet. The node (or bare relay) is pinned to core 0 and the generator to core 1
 //! with `taskset`/`sched_setaffinity`, and the output says so.
 //!
@@ -67,10 +69,12 @@ mod janus;
 mod load;
 #[path = "../tests/common/peers.rs"]
 mod peers;
+#[path = "sfu_load/stamped.rs"]
+mod stamped;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,7 +84,11 @@ use std::time::{Duration, Instant};
 use load::{
     Epoll, MsgBatch, Proc, cpu_seconds, env_flag, env_u64, print_table, set_buffers, wakeups,
 };
+use webrtc::api::APIBuilder;
 use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
+use webrtc::ice::udp_network::UDPNetwork;
+use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
@@ -741,6 +749,47 @@ async fn publish(
     Publisher { pc, tracks }
 }
 
+/// A webrtc-rs API for one subscriber whose ICE uses `sock` alone (on `ip`, its only
+/// candidate), so that its arrivals are noted (see `stamped`). For Janus (`janus`) the
+/// media engine also knows the simulcast extensions, as `janus::api`'s does.
+fn subscriber_api(ip: Ipv4Addr, janus: bool, sock: stamped::StampedSocket) -> webrtc::api::API {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().expect("codecs");
+    if janus {
+        register_simulcast_extensions(&mut media);
+    }
+    let mut settings = peers::settings();
+    settings.set_include_loopback_candidate(ip.is_loopback());
+    settings.set_ip_filter(Box::new(move |a| a == std::net::IpAddr::V4(ip)));
+    let mux = UDPMuxDefault::new(UDPMuxParams::new(sock));
+    settings.set_udp_network(UDPNetwork::Muxed(mux));
+    APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(Registry::new())
+        .with_setting_engine(settings)
+        .build()
+}
+
+/// A subscriber's peer connection on a socket of its own on `host` (the veth address
+/// for a namespace's server, else 127.0.0.1), recording into `stats` what it reads.
+async fn subscriber_pc(
+    host: Option<Ipv4Addr>,
+    stats: Shared,
+    clock: (Instant, Arc<AtomicBool>),
+) -> Arc<RTCPeerConnection> {
+    let arrivals = stamped::Arrivals::new(clock.0);
+    let ip = host.unwrap_or(Ipv4Addr::LOCALHOST);
+    let sock = stamped::StampedSocket::bind(ip.into(), arrivals.clone()).await;
+    let api = subscriber_api(ip, host.is_some(), sock);
+    let pc = Arc::new(
+        api.new_peer_connection(RTCConfiguration::default())
+            .await
+            .expect("subscriber peer connection"),
+    );
+    record_tracks(&pc, stats, clock, arrivals);
+    pc
+}
+
 /// A connected subscriber: its peer connection and its open event stream.
 struct Subscriber {
     pc: Arc<RTCPeerConnection>,
@@ -750,7 +799,7 @@ struct Subscriber {
 /// Subscribes participant `joined`: answers the node's offer; every RTP packet it reads
 /// goes into `stats` (while `measuring`).
 async fn subscribe(
-    api: Arc<webrtc::api::API>,
+    host: Option<Ipv4Addr>,
     http: SocketAddr,
     room: String,
     joined: (String, String),
@@ -774,12 +823,7 @@ async fn subscribe(
     .await
     .expect("offer event");
 
-    let pc = Arc::new(
-        api.new_peer_connection(RTCConfiguration::default())
-            .await
-            .expect("subscriber peer connection"),
-    );
-    record_tracks(&pc, stats, clock);
+    let pc = subscriber_pc(host, stats, clock).await;
     let mut state = peers::state_channel(&pc);
     let offer = RTCSessionDescription::offer(offer).expect("offer");
     pc.set_remote_description(offer)
@@ -798,17 +842,26 @@ async fn subscribe(
 }
 
 /// Every RTP packet `pc` reads on its remote tracks goes into `stats` (while the
-/// `measuring` flag of `clock` is set), timed against its epoch.
-fn record_tracks(pc: &RTCPeerConnection, stats: Shared, clock: (Instant, Arc<AtomicBool>)) {
+/// `measuring` flag of `clock` is set), timed by when it reached the subscriber's
+/// socket (from `arrivals`; when that is unknown, by its read) against the epoch.
+fn record_tracks(
+    pc: &RTCPeerConnection,
+    stats: Shared,
+    clock: (Instant, Arc<AtomicBool>),
+    arrivals: Arc<stamped::Arrivals>,
+) {
     let (epoch, measuring) = clock;
     pc.on_track(Box::new(move |track, _, _| {
         let stats = stats.clone();
         let measuring = measuring.clone();
+        let arrivals = arrivals.clone();
         tokio::spawn(async move {
             while let Ok((pkt, _)) = track.read_rtp().await {
-                let now = epoch.elapsed().as_nanos() as u64;
-                let on = measuring.load(Ordering::Relaxed);
                 let h = &pkt.header;
+                let now = arrivals
+                    .take(h.ssrc, h.sequence_number)
+                    .unwrap_or_else(|| epoch.elapsed().as_nanos() as u64);
+                let on = measuring.load(Ordering::Relaxed);
                 if let Ok(mut s) = stats.lock() {
                     s.record(h.ssrc, h.sequence_number, &pkt.payload, now, on);
                 }
@@ -999,7 +1052,7 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
             publishers.push(publisher);
         }
         // Subscribers join ten at a time.
-        let sub_api = Arc::new(ns.map_or_else(peers::webrtc_api, |ns| janus::api(ns.host)));
+        let sub_host = ns.map(|ns| ns.host);
         let who: Vec<(String, String)> = if s.conference() {
             pubs.iter()
                 .map(|j| (j.id.clone(), j.token.clone()))
@@ -1016,7 +1069,7 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
                 .iter()
                 .map(|((id, token), st)| {
                     tokio::spawn(subscribe(
-                        sub_api.clone(),
+                        sub_host,
                         node.http,
                         room.clone(),
                         (id.clone(), token.clone()),
@@ -1166,21 +1219,26 @@ fn bare_receive(
         s.set_nonblocking(true).expect("non-blocking");
         epoll.add(s, i as u64).expect("epoll add");
     }
-    let mut batch = MsgBatch::new(32);
+    // Each datagram is timed by when the kernel put it in the socket, as the SFU's
+    // subscribers time theirs (`stamped`), so one reader thread for all sockets does
+    // not add its own queueing to the relay's latency.
+    let epoch_unix = stamped::epoch_unix_ns(epoch);
+    for s in &socks {
+        let _ = stamped::last_arrival(s);
+    }
+    let mut buf = vec![0u8; 2048];
     let mut ready = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         epoll.wait(&mut ready, 50).expect("epoll wait");
         for &i in &ready {
             let sock = &socks[i as usize];
-            let Ok(n) = batch.recv(sock, 0, 32, 0, libc::MSG_DONTWAIT) else {
-                continue;
-            };
-            let now = epoch.elapsed().as_nanos() as u64;
             let on = measuring.load(Ordering::Relaxed);
             let mut st = stats[i as usize].lock().expect("stats lock");
-            for k in 0..n {
-                let len = batch.lens[k];
-                let p = &batch.slot(k)[..len];
+            while let Ok(len) = sock.recv(&mut buf) {
+                let now = stamped::last_arrival(sock)
+                    .map(|t| t.saturating_sub(epoch_unix))
+                    .unwrap_or_else(|| epoch.elapsed().as_nanos() as u64);
+                let p = &buf[..len];
                 if len < 12 + BARE_OVERHEAD {
                     continue;
                 }

@@ -29,7 +29,7 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 use super::{
     Proc, Run, SERVER_CORE, Scenario, Source, add_tracks, common, layer_pps, own_cpu, peers,
-    record_tracks, register_simulcast_extensions, send_media, shared_stats,
+    register_simulcast_extensions, send_media, shared_stats, subscriber_pc,
 };
 
 const JANUS_PORT: u16 = 8088;
@@ -312,7 +312,7 @@ async fn publish(
 
 /// Subscribes to `feeds`, answers Janus's offer, waits until connected.
 async fn subscribe(
-    api: Arc<webrtc::api::API>,
+    host: Ipv4Addr,
     addr: SocketAddr,
     feeds: Vec<u64>,
     stats: super::Shared,
@@ -331,12 +331,7 @@ async fn subscribe(
             .to_owned()
     })
     .await;
-    let pc = Arc::new(
-        api.new_peer_connection(RTCConfiguration::default())
-            .await
-            .expect("subscriber peer connection"),
-    );
-    record_tracks(&pc, stats, clock);
+    let pc = subscriber_pc(Some(host), stats, clock).await;
     let mut state = peers::state_channel(&pc);
     pc.set_remote_description(RTCSessionDescription::offer(offer).expect("offer"))
         .await
@@ -418,7 +413,6 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
             feeds.push(feed);
             pcs.push(pc);
         }
-        let sub_api = Arc::new(api(ns.host));
         let all: Vec<usize> = (0..s.subscribers()).collect();
         let mut failed = 0;
         for chunk in all.chunks(10) {
@@ -427,7 +421,7 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
                 .map(|&i| {
                     let mine: Vec<u64> = s.feeds(i).iter().map(|&p| feeds[p]).collect();
                     tokio::spawn(subscribe(
-                        sub_api.clone(),
+                        ns.host,
                         addr,
                         mine,
                         stats[i].clone(),
