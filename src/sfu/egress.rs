@@ -104,6 +104,12 @@ impl Egress {
         self.link.receiving.load(Ordering::Relaxed)
     }
 
+    /// Whether the stream's SRTP context has sent under `ssrc` yet (see
+    /// [`SrtpContext::knows`]: read ahead of a fan-out, to warm the context).
+    pub(crate) fn knows(&self, ssrc: u32) -> bool {
+        self.srtp.as_ref().is_some_and(|c| c.knows(ssrc))
+    }
+
     /// Where to send, once the receiver's DTLS connected and its address is known;
     /// then the stream's SRTP context exists too. Allocates once per stream (the
     /// context), never per packet.

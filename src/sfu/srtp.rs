@@ -667,6 +667,15 @@ impl SrtpContext {
         self.streams.remove(ssrc)
     }
 
+    /// Whether the context keeps state for `ssrc` (has protected or unprotected under
+    /// it). It reads what
+    /// [`protect_rtp`](Self::protect_rtp) reads first (the profile, the SSRC's slot), so
+    /// a caller about to protect one packet under many receivers' contexts can bring
+    /// their cold lines in together rather than one after another.
+    pub fn knows(&self, ssrc: u32) -> bool {
+        self.profile.tag_len() > 0 && self.streams.find(ssrc).is_ok()
+    }
+
     /// Protects the RTP packet in `buf[..len]` in place: encrypts its payload and writes
     /// the tag behind it. `buf` must have [`SrtpProfile::rtp_overhead`] bytes of tailroom;
     /// returns the SRTP packet's length.
