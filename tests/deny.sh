@@ -23,6 +23,7 @@ snapshot=tests/advisory-db
 dbs=target/advisory-dbs
 clone="$dbs/advisory-db-3157b0e258782691"
 date=$(sed -n 's/^date=//p' "$snapshot/SNAPSHOT")
+commit=$(sed -n 's/^commit=//p' "$snapshot/SNAPSHOT")
 rm -rf "$dbs"
 mkdir -p "$clone"
 cp -r "$snapshot/crates" "$snapshot/LICENSE.txt" "$clone/"
@@ -32,7 +33,7 @@ cp -r "$snapshot/crates" "$snapshot/LICENSE.txt" "$clone/"
   git add -A
   GIT_AUTHOR_DATE=$date GIT_COMMITTER_DATE=$date \
     git -c user.name=snapshot -c user.email=snapshot@localhost -c commit.gpgsign=false \
-    commit -q -m "RustSec advisory database $(sed -n 's/^commit=//p' "$snapshot/SNAPSHOT")"
+    commit -q -m "RustSec advisory database $commit"
 )
 
 export CONFNODE_ADVISORY_DBS="$PWD/$dbs"
