@@ -749,20 +749,23 @@ async fn publish(
     Publisher { pc, tracks }
 }
 
-/// A webrtc-rs API for one subscriber whose ICE uses `sock` alone (on `ip`, its only
-/// candidate), so that its arrivals are noted (see `stamped`). For Janus (`janus`) the
-/// media engine also knows the simulcast extensions, as `janus::api`'s does.
-fn subscriber_api(ip: Ipv4Addr, janus: bool, sock: stamped::StampedSocket) -> webrtc::api::API {
+/// A webrtc-rs API whose peers gather one candidate, on `ip`: through `sock` alone when
+/// given (a subscriber's, whose arrivals are then noted: see `stamped`), else on
+/// sockets of webrtc-rs's own. `simulcast`: the media engine also knows the simulcast
+/// extensions (what Janus's peers need).
+fn api_on(ip: Ipv4Addr, simulcast: bool, sock: Option<stamped::StampedSocket>) -> webrtc::api::API {
     let mut media = MediaEngine::default();
     media.register_default_codecs().expect("codecs");
-    if janus {
+    if simulcast {
         register_simulcast_extensions(&mut media);
     }
     let mut settings = peers::settings();
     settings.set_include_loopback_candidate(ip.is_loopback());
     settings.set_ip_filter(Box::new(move |a| a == std::net::IpAddr::V4(ip)));
-    let mux = UDPMuxDefault::new(UDPMuxParams::new(sock));
-    settings.set_udp_network(UDPNetwork::Muxed(mux));
+    if let Some(sock) = sock {
+        let mux = UDPMuxDefault::new(UDPMuxParams::new(sock));
+        settings.set_udp_network(UDPNetwork::Muxed(mux));
+    }
     APIBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(Registry::new())
@@ -780,7 +783,7 @@ async fn subscriber_pc(
     let arrivals = stamped::Arrivals::new(clock.0);
     let ip = host.unwrap_or(Ipv4Addr::LOCALHOST);
     let sock = stamped::StampedSocket::bind(ip.into(), arrivals.clone()).await;
-    let api = subscriber_api(ip, host.is_some(), sock);
+    let api = api_on(ip, host.is_some(), Some(sock));
     let pc = Arc::new(
         api.new_peer_connection(RTCConfiguration::default())
             .await
@@ -1242,8 +1245,9 @@ fn bare_receive(
                 if len < 12 + BARE_OVERHEAD {
                     continue;
                 }
-                let seq = u16::from_be_bytes([p[2], p[3]]);
-                let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+                let Some((ssrc, seq)) = stamped::rtp_key(p) else {
+                    continue;
+                };
                 st.record(ssrc, seq, &p[12..len - BARE_OVERHEAD], now, on);
             }
         }

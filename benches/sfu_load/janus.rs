@@ -20,16 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use webrtc::api::APIBuilder;
-use webrtc::api::media_engine::MediaEngine;
-use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 use super::{
     Proc, Run, SERVER_CORE, Scenario, Source, add_tracks, common, layer_pps, own_cpu, peers,
-    register_simulcast_extensions, send_media, shared_stats, subscriber_pc,
+    send_media, shared_stats, subscriber_pc,
 };
 
 const JANUS_PORT: u16 = 8088;
@@ -245,17 +242,7 @@ impl Handle {
 
 /// A webrtc-rs API whose peers gather candidates on `host` (the veth) alone.
 pub(super) fn api(host: Ipv4Addr) -> webrtc::api::API {
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().expect("codecs");
-    register_simulcast_extensions(&mut media);
-    let mut settings = peers::settings();
-    settings.set_include_loopback_candidate(false);
-    settings.set_ip_filter(Box::new(move |ip| ip == std::net::IpAddr::V4(host)));
-    APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(Registry::new())
-        .with_setting_engine(settings)
-        .build()
+    super::api_on(host, true, None)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -71,9 +71,9 @@ pub(super) fn epoch_unix_ns(epoch: Instant) -> u64 {
     unix_now.saturating_sub(epoch.elapsed().as_nanos() as u64)
 }
 
-/// SSRC and sequence number of an SRTP packet (RTP version 2, not RTCP's payload
+/// SSRC and sequence number of an RTP or SRTP packet (version 2, not RTCP's payload
 /// types 192–223); `None` for STUN, DTLS and RTCP.
-fn rtp_key(d: &[u8]) -> Option<(u32, u16)> {
+pub(super) fn rtp_key(d: &[u8]) -> Option<(u32, u16)> {
     if d.len() < 12 || d[0] >> 6 != 2 || (192..=223).contains(&d[1]) {
         return None;
     }

@@ -104,7 +104,7 @@ impl Egress {
         self.link.receiving.load(Ordering::Relaxed)
     }
 
-    /// Whether the stream's SRTP context has sent under `ssrc` yet (see
+    /// Whether the stream's SRTP context keeps state for `ssrc` (see
     /// [`SrtpContext::knows`]: read ahead of a fan-out, to warm the context).
     pub(crate) fn knows(&self, ssrc: u32) -> bool {
         self.srtp.as_ref().is_some_and(|c| c.knows(ssrc))

@@ -305,7 +305,7 @@ pub(crate) fn send_track_due(
     }
     let ntp_now = rtcp::ntp_from_unix_micros(unix_at_epoch_us.saturating_add(now));
     for o in &mut t.outs {
-        if o.paused || !o.egress.receiving() {
+        if !o.is_sending() {
             continue;
         }
         if let Some(n) = o.forwarder.write_sender_report(out, &t.track, now, ntp_now) {

@@ -580,9 +580,7 @@ pub(super) fn forward_rtp(
         // forwards. (`black_box` keeps the SRTP read, whose answer is not needed here.)
         let mut caps = [None; GATHER];
         for (cap, o) in caps.iter_mut().zip(outs.iter()) {
-            // Nothing is forwarded before the receiver can decrypt it, so that its
-            // stream starts at a keyframe it will see.
-            if !o.paused && o.egress.receiving() {
+            if o.is_sending() {
                 *cap = Some(o.cap.get());
                 std::hint::black_box(o.egress.knows(o.forwarder.ssrc()));
             }

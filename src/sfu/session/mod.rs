@@ -281,6 +281,15 @@ pub(crate) struct Downstream {
     pub(crate) cap: Arc<StreamCap>,
 }
 
+impl Downstream {
+    /// Whether the stream is sent now: the receiver's answer kept it and the receiver
+    /// can decrypt it (its DTLS connected, its session not closed). Nothing is forwarded
+    /// before that, so that the stream starts at a keyframe the receiver will see.
+    pub(crate) fn is_sending(&self) -> bool {
+        !self.paused && self.egress.receiving()
+    }
+}
+
 /// Where one of a receiver's streams comes from, for routing its feedback back.
 #[derive(Debug, Clone)]
 pub(crate) struct Feed {
