@@ -104,10 +104,17 @@ impl Egress {
         self.link.receiving.load(Ordering::Relaxed)
     }
 
-    /// Whether the stream's SRTP context keeps state for `ssrc` (see
-    /// [`SrtpContext::knows`]: read ahead of a fan-out, to warm the context).
-    pub(crate) fn knows(&self, ssrc: u32) -> bool {
-        self.srtp.as_ref().is_some_and(|c| c.knows(ssrc))
+    /// Reads what sending the next packet of `ssrc` reads first, for a caller that
+    /// reads ahead for several receivers (see `Downstream::read_ahead`): the address
+    /// held, the slot the transport-wide number goes to, and the SRTP context's state
+    /// for `ssrc` ([`SrtpContext::knows`]).
+    pub(crate) fn read_ahead(&self, ssrc: u32) {
+        std::hint::black_box((
+            self.seen,
+            self.peer.is_some(),
+            self.link.sent.read_ahead(),
+            self.srtp.as_ref().is_some_and(|c| c.knows(ssrc)),
+        ));
     }
 
     /// Where to send, once the receiver's DTLS connected and its address is known;

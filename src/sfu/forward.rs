@@ -62,28 +62,31 @@ const FLOOR_LAG: u16 = 0x4000;
 /// receiver's id or blanked into padding, in place. The mid is rewritten to the
 /// receiver's value; a value longer than the publisher's cannot be written in place, so
 /// that mid is blanked instead and the receiver demultiplexes by the SSRC its SDP lists.
+// In this order (C's): what every packet reads sits next to the one-byte form's ids
+// (1 to 14), mostly in one cache line, where Rust's own order puts it behind the table.
 #[derive(Clone)]
+#[repr(C)]
 pub struct ExtensionMap {
-    /// Publisher id → receiver id; 0 = blank it.
-    ids: [u8; 256],
     keep_all: bool,
     /// The publisher's id of the transport-wide sequence number; 0: none.
     transport_cc: u8,
     mid_id: u8,
-    mid: [u8; 16],
     mid_len: u8,
+    mid: [u8; 16],
+    /// Publisher id → receiver id; 0 = blank it.
+    ids: [u8; 256],
 }
 
 impl Default for ExtensionMap {
     /// Blanks every element.
     fn default() -> Self {
         ExtensionMap {
-            ids: [0; 256],
             keep_all: false,
             transport_cc: 0,
             mid_id: 0,
-            mid: [0; 16],
             mid_len: 0,
+            mid: [0; 16],
+            ids: [0; 256],
         }
     }
 }
@@ -277,6 +280,9 @@ pub struct Forwarder {
     rtx_seq: u16,
     packets: u32,
     octets: u32,
+    /// How each recent outgoing packet was made, by outgoing sequence number modulo
+    /// [`HISTORY`]; empty for a track that caches nothing to resend (audio), which
+    /// then spends neither the memory nor a cache line per packet on it.
     history: Box<[Sent]>,
     /// LSR value and time of the last sender report sent, for the round trip.
     last_sr: Option<(u32, u64)>,
@@ -289,7 +295,8 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// A forwarder of `track` to one receiver; allocates its NACK history once.
+    /// A forwarder of `track` to one receiver; allocates its NACK history once (when
+    /// the track caches packets to resend).
     pub fn new(track: &Track, config: ForwarderConfig) -> Forwarder {
         Forwarder {
             ssrc: config.ssrc,
@@ -318,12 +325,51 @@ impl Forwarder {
             rtx_seq: config.initial_seq ^ 0x5A5A,
             packets: 0,
             octets: 0,
-            history: vec![Sent::default(); HISTORY].into_boxed_slice(),
+            history: if track.caches() {
+                vec![Sent::default(); HISTORY].into_boxed_slice()
+            } else {
+                Box::default()
+            },
             last_sr: None,
             round_trip_us: DEFAULT_ROUND_TRIP_US,
             resend_budget: RESEND_INITIAL_BYTES,
             transport_seq_at: None,
         }
+    }
+
+    /// Reads what [`Forwarder::forward`] reads of this forwarder for most packets, for
+    /// a caller that reads ahead for several receivers (see `Downstream::read_ahead`):
+    /// the fields are spread over several cache lines, and the slot the next packet
+    /// takes in the history is one more.
+    pub(crate) fn read_ahead(&self) {
+        let next = usize::from(self.out_seq.wrapping_add(1)) % HISTORY;
+        std::hint::black_box((
+            (
+                self.layers.generation,
+                self.started,
+                self.selector.current(),
+            ),
+            (
+                self.epoch_ssrc,
+                self.src_newest,
+                self.src_floor,
+                self.skipped_seq,
+            ),
+            (
+                self.offsets.seq,
+                self.offsets.ts,
+                self.out_ts,
+                self.out_ts_at,
+            ),
+            (
+                self.packets,
+                self.octets,
+                self.resend_budget,
+                self.payload_type,
+            ),
+            (self.extensions.keep_all, self.extensions.ids[1]),
+            self.history.get(next).map(|s| s.out_seq),
+        ));
     }
 
     /// The SSRC the receiver knows this stream by.
@@ -460,17 +506,18 @@ impl Forwarder {
                 }
             }
         }
-        let slot = usize::from(out_seq) % HISTORY;
-        self.history[slot] = Sent {
-            out_seq,
-            src_seq: seq,
-            layer: info.layer,
-            valid: true,
-            tl0_offset: o.tl0,
-            pid_offset: o.pid,
-            ts_offset: o.ts,
-            resent_at: 0,
-        };
+        if let Some(slot) = self.history.get_mut(usize::from(out_seq) % HISTORY) {
+            *slot = Sent {
+                out_seq,
+                src_seq: seq,
+                layer: info.layer,
+                valid: true,
+                tl0_offset: o.tl0,
+                pid_offset: o.pid,
+                ts_offset: o.ts,
+                resent_at: 0,
+            };
+        }
         self.packets = self.packets.wrapping_add(1);
         let payload = info.header.payload_end - info.header.payload_offset;
         self.octets = self.octets.wrapping_add(payload as u32);
@@ -584,7 +631,7 @@ impl Forwarder {
     /// The source packet (layer, source sequence number) behind outgoing `out_seq`, if
     /// it is still in the history.
     pub(crate) fn nack_source(&self, out_seq: u16) -> Option<(u8, u16)> {
-        let s = &self.history[usize::from(out_seq) % HISTORY];
+        let s = self.history.get(usize::from(out_seq) % HISTORY)?;
         (s.valid && s.out_seq == out_seq).then_some((s.layer, s.src_seq))
     }
 
@@ -627,7 +674,7 @@ impl Forwarder {
         now: u64,
     ) -> Result<usize, ResendRefusal> {
         let slot = usize::from(out_seq) % HISTORY;
-        let sent = self.history[slot];
+        let sent = *self.history.get(slot).ok_or(ResendRefusal::NotHeld)?;
         if !sent.valid || sent.out_seq != out_seq {
             return Err(ResendRefusal::NotHeld);
         }
@@ -667,7 +714,9 @@ impl Forwarder {
             }
             None => len,
         };
-        self.history[slot].resent_at = now.max(1);
+        if let Some(s) = self.history.get_mut(slot) {
+            s.resent_at = now.max(1);
+        }
         self.resend_budget -= cost;
         Ok(len)
     }
@@ -1399,6 +1448,18 @@ mod tests {
             assert_eq!(h.payload_type, 111);
             assert_eq!(f.poll_action(0), None);
         }
+        // Audio is not cached to be resent, so the forwarder keeps no history of it: a
+        // NACK of a packet just sent is refused as not held.
+        assert!(f.history.is_empty());
+        let mut out = [0u8; 1500];
+        assert_eq!(
+            f.resend(&t, 65_531, &mut out, 0),
+            Err(ResendRefusal::NotHeld)
+        );
+        assert_eq!(
+            f.retransmit(65_531, b"\x80\x6f\xff\xff", &mut out, 0),
+            Err(ResendRefusal::NotHeld)
+        );
     }
 
     #[test]

@@ -499,6 +499,12 @@ impl Track {
         (written > 0).then_some(written)
     }
 
+    /// Whether the track keeps packets to answer NACKs with (video does; audio is
+    /// better concealed than resent).
+    pub(crate) fn caches(&self) -> bool {
+        self.layers.iter().any(|l| l.cache.is_some())
+    }
+
     /// The cached packet `seq` of `layer`.
     pub(crate) fn cached(&self, layer: u8, seq: u16) -> Option<&[u8]> {
         self.layers

@@ -78,6 +78,13 @@ impl SentPackets {
         seq as u16
     }
 
+    /// Reads the slot the next packet will be noted in (see
+    /// `Downstream::read_ahead`): a store into a cold line waits for it as a load does.
+    pub(crate) fn read_ahead(&self) -> u64 {
+        let next = self.next.load(Ordering::Relaxed) & COUNT_MASK;
+        self.ring[slot(next)].load(Ordering::Relaxed)
+    }
+
     /// The number the next packet will get (unwrapped).
     pub(crate) fn next_seq(&self) -> u64 {
         self.next.load(Ordering::Acquire) & COUNT_MASK
