@@ -1714,6 +1714,13 @@ fn main() {
             bares.extend(bare);
             januses.extend(janus);
         }
+        // Each round's confnode over the bare round right after it: the machine's speed
+        // drifts over minutes, less between neighbouring rounds.
+        let mut ratios: Vec<f64> = sfus
+            .iter()
+            .zip(&bares)
+            .map(|(s, b)| s.out_per_cpu_s() / b.out_per_cpu_s())
+            .collect();
         let sfu = median_run(sfus);
         let bare = (!bares.is_empty()).then(|| median_run(bares));
         let janus = (!januses.is_empty()).then(|| {
@@ -1722,6 +1729,15 @@ fn main() {
         });
         let janus = janus.as_ref().map(|(n, j)| (n, j));
         print_runs(scenario, &sfu, bare.as_ref(), janus);
+        if ratios.len() > 1 {
+            ratios.sort_by(f64::total_cmp);
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            println!(
+                "  each round's confnode over its bare round: median {:.3} × (sorted: {})",
+                ratios[ratios.len() / 2],
+                each.join(" / ")
+            );
+        }
         write_plot(&save_row(scenario, &sfu, bare.as_ref(), janus));
     }
     println!("  results: benches/results/sfu_load.tsv, plot: benches/results/sfu_load.svg");
