@@ -62,6 +62,8 @@
 //! pair into a namespace the run makes and deletes; every process started is a child
 //! stopped at the end.
 
+#[path = "sfu_load/burst.rs"]
+mod burst;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "sfu_load/janus.rs"]
@@ -631,11 +633,10 @@ fn node_sample(node: &common::Node) -> [f64; 6] {
 
 /// A webrtc-rs API whose media engine writes the mid and rid header extensions a
 /// simulcast sender needs.
-fn publisher_api() -> webrtc::api::API {
-    peers::webrtc_api_with(|media, registry| {
-        register_simulcast_extensions(media);
-        registry
-    })
+/// A publisher's webrtc-rs API: its peer gathers one candidate, on `ip`, through
+/// `burst`.
+fn publisher_api(ip: Ipv4Addr, burst: &burst::BurstSocket) -> webrtc::api::API {
+    api_on(ip, true, Some(burst.clone()))
 }
 
 /// The mid and rid header extensions a simulcast sender writes.
@@ -661,6 +662,8 @@ fn register_simulcast_extensions(media: &mut MediaEngine) {
 struct Publisher {
     pc: Arc<RTCPeerConnection>,
     tracks: Tracks,
+    /// Its ICE socket, which sends a tick's packets when told.
+    burst: burst::BurstSocket,
 }
 
 /// A publisher's tracks by trailer layer (q, h, f, audio).
@@ -720,12 +723,14 @@ async fn add_tracks(pc: &RTCPeerConnection, video: bool) -> (Tracks, Vec<Arc<RTC
 
 /// Publishes VP8 simulcast (when `video`) and Opus as participant `joined`.
 async fn publish(
-    api: &webrtc::api::API,
+    ip: Ipv4Addr,
     http: SocketAddr,
     room: &str,
     joined: &common::Joined,
     video: bool,
 ) -> Publisher {
+    let burst = burst::BurstSocket::bind(ip.into()).await;
+    let api = publisher_api(ip, &burst);
     let pc = Arc::new(
         api.new_peer_connection(RTCConfiguration::default())
             .await
@@ -746,14 +751,18 @@ async fn publish(
     // The node's keyframe requests and reports: read and dropped (keyframes come on
     // schedule).
     peers::drain_rtcp(&senders);
-    Publisher { pc, tracks }
+    Publisher { pc, tracks, burst }
 }
 
 /// A webrtc-rs API whose peers gather one candidate, on `ip`: through `sock` alone when
 /// given (a subscriber's, whose arrivals are then noted: see `stamped`), else on
 /// sockets of webrtc-rs's own. `simulcast`: the media engine also knows the simulcast
 /// extensions (what Janus's peers need).
-fn api_on(ip: Ipv4Addr, simulcast: bool, sock: Option<stamped::StampedSocket>) -> webrtc::api::API {
+fn api_on(
+    ip: Ipv4Addr,
+    simulcast: bool,
+    sock: Option<impl webrtc_util::Conn + Send + Sync + 'static>,
+) -> webrtc::api::API {
     let mut media = MediaEngine::default();
     media.register_default_codecs().expect("codecs");
     if simulcast {
@@ -874,8 +883,14 @@ fn record_tracks(
     }));
 }
 
-/// Sends a publisher's schedule on its tracks until `stop`.
-async fn send_media(mut source: Source, tracks: Tracks, epoch: Instant, stop: Arc<AtomicBool>) {
+/// Sends a publisher's schedule on its tracks until `stop`, each tick's packets in one
+/// burst from its socket.
+async fn send_media(
+    mut source: Source,
+    (tracks, burst): (Tracks, burst::BurstSocket),
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut due = Vec::new();
@@ -899,6 +914,7 @@ async fn send_media(mut source: Source, tracks: Tracks, epoch: Instant, stop: Ar
             };
             let _ = track.write_rtp(&pkt).await;
         }
+        burst.flush().await;
     }
 }
 
@@ -1040,15 +1056,20 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let senders = publishers_runtime();
     let mut run = runtime.block_on(async {
-        let api = ns.map_or_else(publisher_api, |ns| janus::api(ns.host));
+        let ip = ns.map_or(Ipv4Addr::LOCALHOST, |ns| ns.host);
         let mut publishers = Vec::new();
         for (p, joined) in pubs.iter().enumerate() {
-            let publisher = publish(&api, node.http, &room, joined, s.video).await;
+            let (http, room, joined, video) = (node.http, room.clone(), joined.clone(), s.video);
+            let publisher = senders
+                .spawn(async move { publish(ip, http, &room, &joined, video).await })
+                .await
+                .expect("publisher");
             let source = Source::new(p as u16, s.video);
-            tokio::spawn(send_media(
+            senders.spawn(send_media(
                 source,
-                publisher.tracks.clone(),
+                (publisher.tracks.clone(), publisher.burst.clone()),
                 epoch,
                 stop.clone(),
             ));
@@ -1127,8 +1148,21 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
         run
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
+    senders.shutdown_timeout(Duration::from_secs(2));
     run.take_stats(&stats);
     run
+}
+
+/// The runtime the publishers send on, one worker of its own: on the generator's one
+/// core the subscribers' tasks, which read every packet the server sends, would delay
+/// the publishers' ticks by whatever they were doing, as independent browsers' are
+/// not; the bare relay's publishers tick on a runtime like it.
+fn publishers_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 // ---------------------------------------------------------------------------------
@@ -1357,33 +1391,38 @@ fn bare_send(
     epoch: Instant,
     stop: Arc<AtomicBool>,
 ) -> f64 {
-    // Each publisher on a thread of its own, started a share of the 5 ms tick after the
-    // one before: independent browsers (and the webrtc-rs publishers, each a task of its
-    // own) send at times of their own, and a relay fed every publisher's packets in one
-    // burst per tick would wake less often than the SFU does for the same packets.
+    // Each publisher a task of its own on a tokio interval of 5 ms, started a share of
+    // the tick after the one before, on the webrtc-rs publishers' kind of runtime: the
+    // relay is fed at the moments the node is. (Threads sleeping 5 ms after each tick
+    // drift together: a tick delayed by another publisher's burst stays late, until
+    // every publisher sends in one burst and the relay wakes once per tick.)
     let start = Instant::now();
     let count = sources.len().max(1) as u32;
-    let publishers: Vec<_> = sources
-        .into_iter()
-        .enumerate()
-        .map(|(p, socks)| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(5) * p as u32 / count);
-                bare_publish(p, &socks, relay, epoch, &stop)
+    let runtime = publishers_runtime();
+    let sent: u64 = runtime.block_on(async {
+        let publishers: Vec<_> = sources
+            .into_iter()
+            .enumerate()
+            .map(|(p, socks)| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(5) * p as u32 / count).await;
+                    bare_publish(p, &socks, relay, epoch, &stop).await
+                })
             })
-        })
-        .collect();
-    let sent: u64 = publishers
-        .into_iter()
-        .map(|t| t.join().expect("bare publisher"))
-        .sum();
+            .collect();
+        let mut sent = 0;
+        for p in publishers {
+            sent += p.await.expect("bare publisher");
+        }
+        sent
+    });
     sent as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Publisher `p`'s schedule, sent from its sockets (one per layer) to the bare relay
 /// until `stop`. Returns the packets sent.
-fn bare_publish(
+async fn bare_publish(
     p: usize,
     socks: &[(u8, UdpSocket, u16)],
     relay: SocketAddr,
@@ -1392,11 +1431,12 @@ fn bare_publish(
 ) -> u64 {
     let mut schedule = Source::new(p as u16, socks.len() > 1);
     let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut due = Vec::new();
     let mut buf = Vec::with_capacity(2048);
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(5));
+        tick.tick().await;
         schedule.due(start.elapsed(), &mut due);
         for out in due.drain(..) {
             let Some((_, sock, _)) = socks.iter().find(|(l, _, _)| *l == out.layer) else {
@@ -1404,6 +1444,7 @@ fn bare_publish(
             };
             let ssrc = (p as u32) << 8 | u32::from(out.layer);
             bare_packet(&out, ssrc, epoch, &mut buf);
+            // A loopback UDP send does not block.
             if sock.send_to(&buf, relay).is_ok() {
                 sent += 1;
             }

@@ -24,9 +24,10 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
+use super::burst::BurstSocket;
 use super::{
     Proc, Run, SERVER_CORE, Scenario, Source, add_tracks, common, layer_pps, own_cpu, peers,
-    send_media, shared_stats, subscriber_pc,
+    publishers_runtime, send_media, shared_stats, subscriber_pc,
 };
 
 const JANUS_PORT: u16 = 8088;
@@ -240,11 +241,6 @@ impl Handle {
     }
 }
 
-/// A webrtc-rs API whose peers gather candidates on `host` (the veth) alone.
-pub(super) fn api(host: Ipv4Addr) -> webrtc::api::API {
-    super::api_on(host, true, None)
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
@@ -252,11 +248,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Joins as publisher `p`, publishes, waits until connected; its feed id, tracks and
 /// peer connection.
 async fn publish(
-    api: &webrtc::api::API,
+    host: Ipv4Addr,
     addr: SocketAddr,
     p: usize,
     video: bool,
-) -> (u64, super::Tracks, Arc<RTCPeerConnection>) {
+) -> (u64, (super::Tracks, BurstSocket), Arc<RTCPeerConnection>) {
     let h = blocking(move || Handle::attach(addr)).await;
     let feed = blocking(move || {
         h.message(
@@ -268,8 +264,10 @@ async fn publish(
             .expect("feed id")
     })
     .await;
+    let burst = BurstSocket::bind(host.into()).await;
     let pc = Arc::new(
-        api.new_peer_connection(RTCConfiguration::default())
+        super::publisher_api(host, &burst)
+            .new_peer_connection(RTCConfiguration::default())
             .await
             .expect("publisher peer connection"),
     );
@@ -294,7 +292,7 @@ async fn publish(
         .expect("publisher remote description");
     peers::wait_connected(&mut state, "Janus publisher").await;
     peers::drain_rtcp(&senders);
-    (feed, tracks, pc)
+    (feed, (tracks, burst), pc)
 }
 
 /// Subscribes to `feeds`, answers Janus's offer, waits until connected.
@@ -389,14 +387,18 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let senders = publishers_runtime();
     let mut run = runtime.block_on(async {
-        let pub_api = api(ns.host);
         let mut feeds = Vec::new();
         let mut pcs = Vec::new();
         for p in 0..s.publishers {
-            let (feed, tracks, pc) = publish(&pub_api, addr, p, s.video).await;
+            let (host, video) = (ns.host, s.video);
+            let (feed, tracks, pc) = senders
+                .spawn(async move { publish(host, addr, p, video).await })
+                .await
+                .expect("Janus publisher");
             let source = Source::new(p as u16, s.video);
-            tokio::spawn(send_media(source, tracks, epoch, stop.clone()));
+            senders.spawn(send_media(source, tracks, epoch, stop.clone()));
             feeds.push(feed);
             pcs.push(pc);
         }
@@ -454,6 +456,7 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
+    senders.shutdown_timeout(Duration::from_secs(2));
     drop(janus);
     run.take_stats(&stats);
     run.out_pps = run.received as f64 / run.secs;

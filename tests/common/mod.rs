@@ -886,6 +886,7 @@ a=rtpmap:97 rtx/90000\r\n\
 a=fmtp:97 apt=96\r\n";
 
 /// A participant that joined a room: its id, token and the whole join answer.
+#[derive(Clone)]
 pub struct Joined {
     pub id: String,
     pub token: String,
