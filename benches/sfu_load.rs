@@ -22,7 +22,9 @@
 //!
 //! **Peers.** Publishers and subscribers are webrtc-rs peer connections (the `webrtc`
 //! crate, no code of confnode's media path): ICE, DTLS and SRTP are real, and the
-//! node's egress is SRTP. They join through the HTTP room API. Subscribers send no RTCP
+//! node's egress is SRTP. They join through the HTTP room API. Publishers tick on a
+//! runtime of their own, and each sends a tick's packets in one burst
+//! (`sfu_load/burst.rs`), as a browser's pacer does. Subscribers send no RTCP
 //! of their own, so the node never caps their layer (its estimate starts at 2.5 Mbit/s
 //! and only congestion it sees lowers it): every subscriber gets layer f and the audio
 //! of every other publisher.
@@ -631,10 +633,9 @@ fn node_sample(node: &common::Node) -> [f64; 6] {
     ]
 }
 
-/// A webrtc-rs API whose media engine writes the mid and rid header extensions a
-/// simulcast sender needs.
 /// A publisher's webrtc-rs API: its peer gathers one candidate, on `ip`, through
-/// `burst`.
+/// `burst`, and its media engine writes the mid and rid header extensions a simulcast
+/// sender needs.
 fn publisher_api(ip: Ipv4Addr, burst: &burst::BurstSocket) -> webrtc::api::API {
     api_on(ip, true, Some(burst.clone()))
 }
@@ -755,8 +756,9 @@ async fn publish(
 }
 
 /// A webrtc-rs API whose peers gather one candidate, on `ip`: through `sock` alone when
-/// given (a subscriber's, whose arrivals are then noted: see `stamped`), else on
-/// sockets of webrtc-rs's own. `simulcast`: the media engine also knows the simulcast
+/// given (a subscriber's, whose arrivals are then noted: see `stamped`; a publisher's,
+/// which sends each tick in one burst: see `burst`), else on sockets of webrtc-rs's
+/// own. `simulcast`: the media engine also knows the simulcast
 /// extensions (what Janus's peers need).
 fn api_on(
     ip: Ipv4Addr,
@@ -1051,11 +1053,7 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = runtime(2);
     let senders = publishers_runtime();
     let mut run = runtime.block_on(async {
         let ip = ns.map_or(Ipv4Addr::LOCALHOST, |ns| ns.host);
@@ -1158,8 +1156,13 @@ fn run_sfu(s: &Scenario, secs: u64, pinned: bool, ns: Option<&janus::Netns>) -> 
 /// the publishers' ticks by whatever they were doing, as independent browsers' are
 /// not; the bare relay's publishers tick on a runtime like it.
 fn publishers_runtime() -> tokio::runtime::Runtime {
+    runtime(1)
+}
+
+/// A multi-threaded tokio runtime of `workers` workers, with timers and I/O.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("tokio runtime")

@@ -27,7 +27,7 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use super::burst::BurstSocket;
 use super::{
     Proc, Run, SERVER_CORE, Scenario, Source, add_tracks, common, layer_pps, own_cpu, peers,
-    publishers_runtime, send_media, shared_stats, subscriber_pc,
+    publishers_runtime, runtime, send_media, shared_stats, subscriber_pc,
 };
 
 const JANUS_PORT: u16 = 8088;
@@ -382,11 +382,7 @@ pub(super) fn run(s: &Scenario, secs: u64, pinned: bool, ns: &Netns) -> Run {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = runtime(2);
     let senders = publishers_runtime();
     let mut run = runtime.block_on(async {
         let mut feeds = Vec::new();
